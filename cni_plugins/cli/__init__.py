@@ -1,0 +1,1 @@
+"""Entry points: the multi-call plugin executable and cnmctl."""

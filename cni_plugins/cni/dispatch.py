@@ -1,0 +1,74 @@
+"""Command dispatch: a Request in, exactly one stdout document and an exit code out.
+
+`dispatch()` is the whole CNI behaviour of a plugin executable, with no global
+state, so the same function serves an exec'd process and a resident helper.
+VERSION and every error are answered without importing pyroute2 or pydantic.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from typing import Any, Callable, Mapping, Protocol
+
+from . import versions
+from .errors import INTERNAL, CNIError
+from .request import Request, parse
+
+
+@dataclass(frozen=True)
+class Response:
+    stdout: bytes
+    exit_code: int
+
+
+class Plugin(Protocol):
+    """What a plugin type implements; each method raises CNIError on failure."""
+
+    def add(self, request: Request) -> Any: ...  # a cni.result.Result
+    def delete(self, request: Request) -> None: ...
+    def check(self, request: Request) -> None: ...
+    def gc(self, request: Request) -> None: ...
+    def status(self, request: Request) -> None: ...
+
+
+# Commands that only exist from a spec version on (R41, R45, R52).
+MIN_VERSION = {"CHECK": "0.4.0", "GC": "1.1.0", "STATUS": "1.1.0"}
+
+
+def version_info(request_version: str) -> bytes:
+    return json.dumps({"cniVersion": request_version, "supportedVersions": list(versions.SUPPORTED)}).encode() + b"\n"
+
+
+def dispatch(load_plugin: Callable[[], Plugin], env: Mapping[str, str], stdin: bytes, netns_fd: int | None = None) -> Response:
+    error_version = versions.LATEST
+    try:
+        request = parse(env, stdin, netns_fd)
+        error_version = request.version
+        if request.command == "VERSION":
+            return Response(version_info(request.config.get("cniVersion") or versions.LATEST), 0)
+        floor = MIN_VERSION.get(request.command)
+        if floor and not versions.at_least(request.version, floor):
+            raise CNIError(
+                1,
+                f"config version does not allow {request.command}",
+                f"config is {request.version!r}; {request.command} needs {floor} or later",
+            )
+        plugin = load_plugin()
+        if request.command == "ADD":
+            result = plugin.add(request)
+            return Response(json.dumps(result.emit(request.version)).encode() + b"\n", 0)
+        if request.command == "DEL":
+            plugin.delete(request)
+        elif request.command == "CHECK":
+            plugin.check(request)
+        elif request.command == "GC":
+            plugin.gc(request)
+        else:
+            plugin.status(request)
+        return Response(b"", 0)
+    except CNIError as err:
+        return Response(err.to_json(error_version), 1)
+    except Exception as exc:  # a bug must still answer with an error object, never a traceback
+        err = CNIError(INTERNAL, "internal error", f"{type(exc).__name__}: {' '.join(str(exc).split())[:500]}")
+        return Response(err.to_json(error_version), 1)

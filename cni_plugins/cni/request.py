@@ -1,0 +1,155 @@
+"""One plugin invocation: env + stdin parsed and validated (cni-spec.md R7-R24)."""
+
+from __future__ import annotations
+
+import json
+import re
+from dataclasses import dataclass, field
+from typing import Any, Mapping
+
+from . import versions
+from .args import parse_cni_args
+from .errors import DECODE_FAILURE, INVALID_CONFIG, INVALID_ENV, IO_FAILURE, CNIError
+
+COMMANDS = ("ADD", "DEL", "CHECK", "GC", "STATUS", "VERSION")
+ID_PATTERN = re.compile(r"^[a-zA-Z0-9][a-zA-Z0-9_.\-]*$")
+MAX_STDIN = 16 * 1024 * 1024  # a conflist with a big prevResult is a few KiB; refuse absurd input
+
+# Which env vars each command needs (the spec's table, plus netns for ADD/CHECK as skel demands).
+REQUIRED_ENV = {
+    "ADD": ("CNI_CONTAINERID", "CNI_NETNS", "CNI_IFNAME"),
+    "CHECK": ("CNI_CONTAINERID", "CNI_NETNS", "CNI_IFNAME"),
+    "DEL": ("CNI_CONTAINERID", "CNI_IFNAME"),
+    "GC": (),
+    "STATUS": (),
+    "VERSION": (),
+}
+
+
+@dataclass(frozen=True)
+class Request:
+    command: str
+    container_id: str
+    netns: str
+    ifname: str
+    cni_args: Mapping[str, str]
+    cni_path: tuple[str, ...]
+    config: Mapping[str, Any]
+    stdin: bytes
+    env: Mapping[str, str]
+    # An already-open CNI_NETNS, handed over by the thin client to the resident helper.
+    netns_fd: int | None = field(default=None, compare=False)
+
+    @property
+    def version(self) -> str:
+        return self.config.get("cniVersion") or "0.1.0"
+
+    @property
+    def network(self) -> str:
+        return self.config["name"]
+
+    @property
+    def plugin_type(self) -> str:
+        return self.config.get("type", "")
+
+    def runtime_config(self, key: str, default: Any = None) -> Any:
+        """runtimeConfig[key], matching keys case-insensitively at every depth (R78)."""
+        rc = fold_keys(self.config.get("runtimeConfig") or {})
+        return rc.get(key.lower(), default) if isinstance(rc, dict) else default
+
+
+def fold_keys(value: Any) -> Any:
+    if isinstance(value, dict):
+        return {str(k).lower(): fold_keys(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [fold_keys(v) for v in value]
+    return value
+
+
+def validate_ifname(name: str) -> None:
+    if (
+        not name
+        or len(name.encode()) > 15
+        or name in (".", "..")
+        or any(c in name for c in "/:")
+        or any(c.isspace() for c in name)
+    ):
+        raise CNIError(
+            INVALID_ENV,
+            "invalid CNI_IFNAME",
+            f"{name!r}: must be 1-15 bytes, not '.' or '..', without '/', ':' or whitespace",
+        )
+
+
+def validate_container_id(cid: str) -> None:
+    if not ID_PATTERN.match(cid):
+        raise CNIError(
+            INVALID_ENV,
+            "invalid CNI_CONTAINERID",
+            f"{cid!r} does not match {ID_PATTERN.pattern}",
+        )
+
+
+def decode_config(stdin: bytes, command: str) -> dict:
+    if len(stdin) > MAX_STDIN:
+        raise CNIError(IO_FAILURE, "stdin too large", f"{len(stdin)} bytes, at most {MAX_STDIN}")
+    if not stdin.strip():
+        if command == "VERSION":
+            return {}
+        raise CNIError(DECODE_FAILURE, "empty network configuration on stdin")
+    try:
+        config = json.loads(stdin)
+    except (ValueError, RecursionError) as exc:
+        raise CNIError(DECODE_FAILURE, "failed to decode network configuration", str(exc)[:500]) from None
+    if not isinstance(config, dict):
+        raise CNIError(DECODE_FAILURE, "network configuration must be a JSON object", f"got {type(config).__name__}")
+    return config
+
+
+def validate_config(config: dict, command: str) -> None:
+    version = config.get("cniVersion", "")
+    if not isinstance(version, str):
+        raise CNIError(DECODE_FAILURE, "invalid cniVersion", f"cniVersion must be a string, got {version!r}")
+    versions.require_supported(version)
+    if command == "VERSION":
+        return
+    name = config.get("name")
+    if not isinstance(name, str) or not ID_PATTERN.match(name):
+        raise CNIError(INVALID_CONFIG, "invalid network name", f"name={name!r} must match {ID_PATTERN.pattern}")
+    ptype = config.get("type")
+    if not isinstance(ptype, str) or not ptype:
+        raise CNIError(INVALID_CONFIG, "invalid plugin type", f"type={ptype!r} must be a non-empty string")
+    for key in ("runtimeConfig", "args", "ipam", "dns", "prevResult"):
+        if key in config and config[key] is not None and not isinstance(config[key], dict):
+            raise CNIError(INVALID_CONFIG, f"invalid {key}", f"{key}={config[key]!r} must be an object")
+
+
+def parse(env: Mapping[str, str], stdin: bytes, netns_fd: int | None = None) -> Request:
+    """Build a Request from a plugin's environment and stdin; raise CNIError on bad input."""
+    command = env.get("CNI_COMMAND", "")
+    if command not in COMMANDS:
+        raise CNIError(INVALID_ENV, f"unknown CNI_COMMAND: {command}")
+    missing = [var for var in REQUIRED_ENV[command] if not env.get(var)]
+    if missing:
+        raise CNIError(INVALID_ENV, f"required env variables [{','.join(missing)}] missing")
+    config = decode_config(stdin, command)
+    validate_config(config, command)
+    container_id = env.get("CNI_CONTAINERID", "")
+    ifname = env.get("CNI_IFNAME", "")
+    if command in ("ADD", "DEL", "CHECK"):
+        validate_container_id(container_id)
+        validate_ifname(ifname)
+    cni_args = parse_cni_args(env.get("CNI_ARGS", ""), strict=command != "DEL") if command in ("ADD", "DEL", "CHECK") else {}
+    cni_path = tuple(p for p in env.get("CNI_PATH", "").split(":") if p)
+    return Request(
+        command=command,
+        container_id=container_id,
+        netns=env.get("CNI_NETNS", ""),
+        ifname=ifname,
+        cni_args=cni_args,
+        cni_path=cni_path,
+        config=config,
+        stdin=stdin,
+        env=dict(env),
+        netns_fd=netns_fd,
+    )

@@ -1,0 +1,194 @@
+"""The CNM store: SQLite (WAL), one transaction per command, a schema version.
+
+The interface is small (get/put/delete/list inside a transaction) so another
+backend can stand behind it later.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sqlite3
+from contextlib import contextmanager
+from typing import Iterator
+
+from .model import Endpoint, Network, Sandbox
+
+SCHEMA_VERSION = 1
+DEFAULT_STATE_DIR = "/var/lib/cni/cnm"
+STATE_DIR_ENV = "CNM_STATE_DIR"
+DB_NAME = "cnm.db"
+BUSY_TIMEOUT_S = 120.0  # kubelet gives a pod two minutes; never fail earlier on a busy lock
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS meta(key TEXT PRIMARY KEY, value TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS networks(
+    name TEXT PRIMARY KEY, driver TEXT NOT NULL, options TEXT NOT NULL, data TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS sandboxes(
+    id TEXT PRIMARY KEY, netns TEXT NOT NULL, ns_dev INTEGER NOT NULL, ns_ino INTEGER NOT NULL,
+    pin TEXT NOT NULL, data TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS endpoints(
+    id TEXT PRIMARY KEY, network TEXT NOT NULL, sandbox TEXT NOT NULL, container_id TEXT NOT NULL,
+    ifname TEXT NOT NULL, driver TEXT NOT NULL, active INTEGER NOT NULL, data TEXT NOT NULL);
+CREATE INDEX IF NOT EXISTS endpoints_sandbox ON endpoints(sandbox);
+CREATE INDEX IF NOT EXISTS endpoints_container ON endpoints(container_id);
+CREATE INDEX IF NOT EXISTS sandboxes_ns ON sandboxes(ns_dev, ns_ino);
+"""
+
+
+class StoreError(Exception):
+    pass
+
+
+def state_dir(config_dir: str | None = None, env: dict | None = None) -> str:
+    """Config key `stateDir` wins over $CNM_STATE_DIR, which wins over the default."""
+    env = os.environ if env is None else env
+    return config_dir or env.get(STATE_DIR_ENV) or DEFAULT_STATE_DIR
+
+
+class Store:
+    def __init__(self, directory: str):
+        self.directory = directory
+        self.path = os.path.join(directory, DB_NAME)
+
+    def _connect(self) -> sqlite3.Connection:
+        os.makedirs(self.directory, mode=0o700, exist_ok=True)
+        old = os.umask(0o077)  # the db, -wal and -shm files are created 0600
+        try:
+            conn = sqlite3.connect(self.path, timeout=BUSY_TIMEOUT_S, isolation_level=None)
+            conn.execute("PRAGMA journal_mode=WAL")
+            conn.execute("PRAGMA synchronous=NORMAL")
+            self._migrate(conn)
+        finally:
+            os.umask(old)
+        return conn
+
+    @staticmethod
+    def _migrate(conn: sqlite3.Connection) -> None:
+        row = None
+        try:
+            row = conn.execute("SELECT value FROM meta WHERE key='schema_version'").fetchone()
+        except sqlite3.OperationalError:
+            pass
+        if row is not None:
+            if int(row[0]) > SCHEMA_VERSION:
+                raise StoreError(f"store schema {row[0]} is newer than this plugin's {SCHEMA_VERSION}")
+            return
+        conn.execute("BEGIN IMMEDIATE")
+        try:
+            for statement in filter(str.strip, SCHEMA.split(";")):
+                conn.execute(statement)
+            conn.execute(
+                "INSERT OR IGNORE INTO meta(key, value) VALUES('schema_version', ?)", (str(SCHEMA_VERSION),)
+            )
+            conn.execute("COMMIT")
+        except BaseException:
+            conn.execute("ROLLBACK")
+            raise
+
+    @contextmanager
+    def transaction(self, write: bool = True) -> Iterator["Transaction"]:
+        """One transaction; a write transaction holds the store's write lock throughout."""
+        try:
+            conn = self._connect()
+        except sqlite3.Error as exc:
+            raise StoreError(f"cannot open store {self.path}: {exc}") from exc
+        try:
+            conn.execute("BEGIN IMMEDIATE" if write else "BEGIN")
+            tx = Transaction(conn)
+            try:
+                yield tx
+            except BaseException:
+                conn.execute("ROLLBACK")
+                raise
+            conn.execute("COMMIT")
+        finally:
+            conn.close()
+
+
+class Transaction:
+    def __init__(self, conn: sqlite3.Connection):
+        self.conn = conn
+
+    # ---- networks ---------------------------------------------------------------------
+    def get_network(self, name: str) -> Network | None:
+        row = self.conn.execute("SELECT name, driver, options, data FROM networks WHERE name=?", (name,)).fetchone()
+        return Network(row[0], row[1], json.loads(row[2]), json.loads(row[3])) if row else None
+
+    def put_network(self, net: Network) -> None:
+        self.conn.execute(
+            "INSERT OR REPLACE INTO networks(name, driver, options, data) VALUES(?,?,?,?)",
+            (net.name, net.driver, json.dumps(net.options, sort_keys=True), json.dumps(net.data, sort_keys=True)),
+        )
+
+    def delete_network(self, name: str) -> None:
+        self.conn.execute("DELETE FROM networks WHERE name=?", (name,))
+
+    def list_networks(self) -> list[Network]:
+        rows = self.conn.execute("SELECT name, driver, options, data FROM networks ORDER BY name").fetchall()
+        return [Network(r[0], r[1], json.loads(r[2]), json.loads(r[3])) for r in rows]
+
+    # ---- sandboxes --------------------------------------------------------------------
+    _SB = "SELECT id, netns, ns_dev, ns_ino, pin, data FROM sandboxes"
+
+    @staticmethod
+    def _sandbox(row) -> Sandbox | None:
+        return Sandbox(row[0], row[1], row[2], row[3], row[4], json.loads(row[5])) if row else None
+
+    def get_sandbox(self, sandbox_id: str) -> Sandbox | None:
+        return self._sandbox(self.conn.execute(self._SB + " WHERE id=?", (sandbox_id,)).fetchone())
+
+    def find_sandbox_by_netns(self, dev: int, ino: int) -> Sandbox | None:
+        return self._sandbox(self.conn.execute(self._SB + " WHERE ns_dev=? AND ns_ino=?", (dev, ino)).fetchone())
+
+    def find_sandbox_of_container(self, container_id: str) -> Sandbox | None:
+        """The sandbox a container is an active member of."""
+        row = self.conn.execute(
+            "SELECT sandbox FROM endpoints WHERE container_id=? AND active=1 LIMIT 1", (container_id,)
+        ).fetchone()
+        return self.get_sandbox(row[0]) if row else None
+
+    def put_sandbox(self, sb: Sandbox) -> None:
+        self.conn.execute(
+            "INSERT OR REPLACE INTO sandboxes(id, netns, ns_dev, ns_ino, pin, data) VALUES(?,?,?,?,?,?)",
+            (sb.id, sb.netns, sb.ns_dev, sb.ns_ino, sb.pin, json.dumps(sb.data, sort_keys=True)),
+        )
+
+    def delete_sandbox(self, sandbox_id: str) -> None:
+        self.conn.execute("DELETE FROM sandboxes WHERE id=?", (sandbox_id,))
+
+    def list_sandboxes(self) -> list[Sandbox]:
+        return [self._sandbox(r) for r in self.conn.execute(self._SB + " ORDER BY id").fetchall()]
+
+    # ---- endpoints --------------------------------------------------------------------
+    _EP = "SELECT id, network, sandbox, container_id, ifname, driver, active, data FROM endpoints"
+
+    @staticmethod
+    def _endpoint(row) -> Endpoint | None:
+        return Endpoint(row[0], row[1], row[2], row[3], row[4], row[5], bool(row[6]), json.loads(row[7])) if row else None
+
+    def get_endpoint(self, endpoint_id: str) -> Endpoint | None:
+        return self._endpoint(self.conn.execute(self._EP + " WHERE id=?", (endpoint_id,)).fetchone())
+
+    def put_endpoint(self, ep: Endpoint) -> None:
+        self.conn.execute(
+            "INSERT OR REPLACE INTO endpoints(id, network, sandbox, container_id, ifname, driver, active, data)"
+            " VALUES(?,?,?,?,?,?,?,?)",
+            (ep.id, ep.network, ep.sandbox, ep.container_id, ep.ifname, ep.driver, int(ep.active),
+             json.dumps(ep.data, sort_keys=True)),
+        )
+
+    def delete_endpoint(self, endpoint_id: str) -> None:
+        self.conn.execute("DELETE FROM endpoints WHERE id=?", (endpoint_id,))
+
+    def list_endpoints(self, sandbox: str | None = None, network: str | None = None) -> list[Endpoint]:
+        clauses, params = [], []
+        if sandbox is not None:
+            clauses.append("sandbox=?")
+            params.append(sandbox)
+        if network is not None:
+            clauses.append("network=?")
+            params.append(network)
+        where = (" WHERE " + " AND ".join(clauses)) if clauses else ""
+        rows = self.conn.execute(self._EP + where + " ORDER BY id", params).fetchall()
+        return [self._endpoint(r) for r in rows]

@@ -1,0 +1,356 @@
+"""CNI command -> CNM operations. The one place that knows both sides.
+
+ADD  = ensure Network -> ensure Sandbox -> create Endpoint -> Join -> result.
+DEL  = Leave -> delete Endpoint -> drop the Sandbox when no member is left.
+CHECK, GC, STATUS as in DESIGN.md §2. Each command is one store transaction,
+which is also the node-wide lock that orders concurrent commands.
+"""
+
+from __future__ import annotations
+
+import os
+from contextlib import ExitStack
+from typing import Iterable
+
+from . import drivers
+from .cni.args import truthy
+from .cni.errors import CHECK_FAILED, CONFLICT, INVALID_CONFIG, INVALID_NETNS, NOT_AVAILABLE, CNIError
+from .cni.request import Request
+from .cni.result import Result
+from .cnm.model import HOST_SANDBOX, Endpoint, Network, Sandbox, endpoint_id
+from .cnm.store import Store, StoreError, state_dir
+from .drivers.base import Context, Driver
+from .linux import netns
+
+RUN_DIR_ENV = "CNM_RUN_DIR"
+DEFAULT_RUN_DIR = "/run/cnm"
+
+# CNI plugin type -> CNM driver name.
+PLUGIN_DRIVERS = {
+    "cnm-bridge": "bridge",
+    "cnm-host": "host",
+    "cnm-none": "null",
+    "loopback": "null",  # cnm-none installed in containerd's loopback slot
+    "cnm-container": "container",
+}
+
+
+def pin_dir(env) -> str:
+    return os.path.join(env.get(RUN_DIR_ENV) or DEFAULT_RUN_DIR, "netns")
+
+
+def open_store(request: Request) -> Store:
+    directory = request.config.get("stateDir")
+    if directory is not None and (not isinstance(directory, str) or not os.path.isabs(directory)):
+        raise CNIError(INVALID_CONFIG, "invalid stateDir", f"stateDir={directory!r} must be an absolute path")
+    return Store(state_dir(directory, request.env))
+
+
+class Controller:
+    """Serves one plugin type through its driver (the Plugin protocol of cni.dispatch)."""
+
+    def __init__(self, driver_name: str):
+        self.driver: Driver = drivers.load(driver_name)
+
+    # ---- helpers -------------------------------------------------------------------------
+    def _guard_host_netns(self, request: Request, fd: int, allow_host: bool) -> None:
+        """R10: refuse the plugin's own netns unless overridden (before anything changes)."""
+        if allow_host or truthy(request.env.get("CNI_NETNS_OVERRIDE", "")):
+            return
+        if netns.identity_of(fd) == netns.own_identity():
+            raise CNIError(
+                INVALID_NETNS,
+                "CNI_NETNS is the host network namespace",
+                f"{request.netns!r} is the namespace this plugin runs in; set CNI_NETNS_OVERRIDE=1 if that is intended",
+            )
+
+    @staticmethod
+    def _open_required(request: Request) -> int:
+        if request.netns_fd is not None:
+            return os.dup(request.netns_fd)
+        try:
+            return netns.open_netns(request.netns)
+        except netns.NetnsError as exc:
+            raise CNIError(INVALID_NETNS, f"invalid CNI_NETNS: {exc.strerror}", request.netns) from None
+
+    @staticmethod
+    def _open_optional(*paths: str, fd: int | None = None) -> int | None:
+        """The first openable netns among the candidates; None when all are gone (DEL)."""
+        if fd is not None:
+            try:
+                if netns.is_netns_fd(fd):
+                    return os.dup(fd)
+            except OSError:
+                pass
+        for path in paths:
+            if not path:
+                continue
+            try:
+                return netns.open_netns(path)
+            except netns.NetnsError:
+                continue
+        return None
+
+    def _network_options(self, request: Request) -> dict:
+        return self.driver.network_options(request)
+
+    @staticmethod
+    def _ensure_network(tx, request: Request, driver: Driver, options: dict) -> Network:
+        net = tx.get_network(request.network)
+        if net is not None and (net.driver != driver.name or net.options != options):
+            in_use = [e for e in tx.list_endpoints(network=net.name)]
+            if in_use:
+                changed = sorted(
+                    k for k in set(net.options) | set(options) if net.options.get(k) != options.get(k)
+                ) or ["driver"]
+                raise CNIError(
+                    INVALID_CONFIG,
+                    f"network {net.name!r} already exists with other settings",
+                    f"{', '.join(changed)} cannot change while {len(in_use)} endpoint(s) are attached",
+                )
+            net = None
+        if net is None:
+            net = Network(request.network, driver.name, options)
+            tx.put_network(net)
+        return net
+
+    # ---- ADD -----------------------------------------------------------------------------
+    def add(self, request: Request) -> Result:
+        driver = self.driver
+        options = self._network_options(request)
+        store = open_store(request)
+        with ExitStack() as stack:
+            fd = self._open_required(request)
+            stack.callback(os.close, fd)
+            self._guard_host_netns(request, fd, driver.uses_host_netns)
+            identity = netns.identity_of(fd)
+            try:
+                tx = stack.enter_context(store.transaction())
+            except StoreError as exc:
+                raise CNIError(NOT_AVAILABLE, "CNM store unavailable", str(exc)) from None
+            network = self._ensure_network(tx, request, driver, options)
+            ep_id = endpoint_id(request.network, request.container_id, request.ifname)
+            if tx.get_endpoint(ep_id) is not None:
+                raise CNIError(
+                    CONFLICT,
+                    "endpoint already exists",
+                    f"container {request.container_id} already has {request.ifname} on network "
+                    f"{request.network}; DEL it first",
+                )
+            sandbox, new_sandbox = self._ensure_sandbox(tx, request, fd, identity, driver)
+            endpoint = Endpoint(
+                ep_id, request.network, sandbox.id, request.container_id, request.ifname, driver.name
+            )
+            ctx = Context(request, fd, request.env)
+            undo = ExitStack()
+            try:
+                if new_sandbox and sandbox.pin:
+                    netns.pin(fd, sandbox.pin)
+                    undo.callback(netns.unpin, sandbox.pin)
+                driver.create_endpoint(ctx, network, endpoint)
+                undo.callback(driver.delete_endpoint, ctx, network, endpoint)
+                result = driver.join(ctx, network, endpoint, sandbox)
+                undo.callback(driver.leave, ctx, network, endpoint, sandbox)
+                tx.put_network(network)
+                tx.put_sandbox(sandbox)
+                tx.put_endpoint(endpoint)
+            except BaseException:
+                _unwind(undo)
+                raise
+            undo.pop_all()
+            return result
+
+    def _ensure_sandbox(self, tx, request: Request, fd: int, identity, driver: Driver) -> tuple[Sandbox, bool]:
+        """The sandbox this netns is; a new one (pinned) on first use."""
+        if driver.uses_host_netns and identity == netns.own_identity():
+            sb = tx.get_sandbox(HOST_SANDBOX)
+            if sb is None:
+                return Sandbox(HOST_SANDBOX, request.netns, identity.dev, identity.ino), True
+            return sb, False
+        sb = tx.find_sandbox_by_netns(identity.dev, identity.ino)
+        if sb is not None:
+            return sb, False
+        mine = tx.find_sandbox_of_container(request.container_id)
+        if mine is not None:
+            raise CNIError(
+                CONFLICT,
+                "container is already attached in another network namespace",
+                f"container {request.container_id} has sandbox {mine.id} in {mine.netns}; DEL it first",
+            )
+        sb_id = request.container_id
+        while tx.get_sandbox(sb_id) is not None:  # a stale sandbox of a reused container id
+            sb_id = sb_id + "-"
+        pin = os.path.join(pin_dir(request.env), sb_id)
+        return Sandbox(sb_id, request.netns, identity.dev, identity.ino, pin), True
+
+    # ---- DEL -----------------------------------------------------------------------------
+    def delete(self, request: Request) -> None:
+        store = open_store(request)
+        ep_id = endpoint_id(request.network, request.container_id, request.ifname)
+        with ExitStack() as stack:
+            try:
+                tx = stack.enter_context(store.transaction())
+            except StoreError as exc:
+                raise CNIError(NOT_AVAILABLE, "CNM store unavailable", str(exc)) from None
+            endpoint = tx.get_endpoint(ep_id)
+            if endpoint is None:
+                self._delete_unrecorded(request, ep_id)
+                return
+            sandbox = tx.get_sandbox(endpoint.sandbox)
+            fd = self._open_optional(sandbox.pin if sandbox else "", request.netns, fd=request.netns_fd)
+            if fd is not None:
+                stack.callback(os.close, fd)
+            if fd is not None and sandbox is not None and not sandbox.is_host:
+                if netns.identity_of(fd) == netns.own_identity():
+                    self._guard_host_netns(request, fd, allow_host=False)
+            endpoint.active = False
+            tx.put_endpoint(endpoint)
+            members = self._active_members(tx, endpoint.sandbox)
+            others = members - {endpoint.container_id}
+            if others:
+                return  # the sandbox lives on; its endpoints stay until the last member leaves
+            ctx = Context(request, fd, request.env)
+            if endpoint.container_id not in members:
+                doomed = [e for e in tx.list_endpoints(sandbox=endpoint.sandbox) if not e.active]
+            else:
+                doomed = [endpoint]
+            errors = []
+            for ep in doomed:
+                try:
+                    self._teardown(tx, ctx, ep, sandbox)
+                except CNIError as err:
+                    errors.append(err)
+            if not members and sandbox is not None and not errors:
+                if sandbox.pin:
+                    netns.unpin(sandbox.pin)
+                tx.delete_sandbox(sandbox.id)
+            if errors:
+                raise errors[0]
+
+    @staticmethod
+    def _active_members(tx, sandbox_id: str) -> set[str]:
+        return {e.container_id for e in tx.list_endpoints(sandbox=sandbox_id) if e.active}
+
+    @staticmethod
+    def _teardown(tx, ctx: Context, endpoint: Endpoint, sandbox: Sandbox | None) -> None:
+        """Leave + delete through the endpoint's own driver (whatever plugin serves this DEL)."""
+        driver = drivers.load(endpoint.driver)
+        network = tx.get_network(endpoint.network)
+        driver.leave(ctx, network, endpoint, sandbox)
+        driver.delete_endpoint(ctx, network, endpoint)
+        tx.delete_endpoint(endpoint.id)
+
+    def _delete_unrecorded(self, request: Request, ep_id: str) -> None:
+        """No record (never added, already deleted, or lost in a crash): converge the kernel."""
+        cleanup = getattr(self.driver, "delete_unrecorded", None)
+        if cleanup is None:
+            return
+        fd = self._open_optional(request.netns, fd=request.netns_fd)
+        try:
+            if fd is not None and not self.driver.uses_host_netns and netns.identity_of(fd) == netns.own_identity():
+                fd_for_driver = None  # never touch the host's own interfaces
+                os.close(fd)
+                fd = None
+            else:
+                fd_for_driver = fd
+            cleanup(Context(request, fd_for_driver, request.env), ep_id)
+        finally:
+            if fd is not None:
+                os.close(fd)
+
+    # ---- CHECK ---------------------------------------------------------------------------
+    def check(self, request: Request) -> None:
+        store = open_store(request)
+        prev_raw = request.config.get("prevResult")
+        prev = Result.parse(prev_raw, request.version) if prev_raw else None
+        ep_id = endpoint_id(request.network, request.container_id, request.ifname)
+        with ExitStack() as stack:
+            fd = self._open_required(request)
+            stack.callback(os.close, fd)
+            self._guard_host_netns(request, fd, self.driver.uses_host_netns)
+            tx = stack.enter_context(store.transaction(write=False))
+            endpoint = tx.get_endpoint(ep_id)
+            if endpoint is None or not endpoint.active:
+                raise CNIError(
+                    CHECK_FAILED,
+                    "no such endpoint",
+                    f"container {request.container_id} has no {request.ifname} on network {request.network}",
+                )
+            sandbox = tx.get_sandbox(endpoint.sandbox)
+            identity = netns.identity_of(fd)
+            if sandbox is None or (sandbox.ns_dev, sandbox.ns_ino) != (identity.dev, identity.ino):
+                raise CNIError(
+                    CHECK_FAILED,
+                    "network namespace changed",
+                    f"{request.netns} is not the namespace of sandbox {endpoint.sandbox}",
+                )
+            network = tx.get_network(endpoint.network)
+            drivers.load(endpoint.driver).check(Context(request, fd, request.env), network, endpoint, sandbox, prev)
+
+    # ---- GC / STATUS ---------------------------------------------------------------------
+    def gc(self, request: Request) -> None:
+        valid = _valid_attachments(request.config)
+        if valid is None:
+            return  # no list given (cnitool gc): no information, remove nothing
+        store = open_store(request)
+        errors = []
+        with store.transaction() as tx:
+            for endpoint in tx.list_endpoints(network=request.network):
+                if (endpoint.container_id, endpoint.ifname) in valid:
+                    continue
+                sandbox = tx.get_sandbox(endpoint.sandbox)
+                fd = self._open_optional(sandbox.pin if sandbox else "")
+                try:
+                    self._teardown(tx, Context(request, fd, request.env), endpoint, sandbox)
+                except CNIError as err:
+                    errors.append(err)
+                finally:
+                    if fd is not None:
+                        os.close(fd)
+                if sandbox is not None and not tx.list_endpoints(sandbox=sandbox.id):
+                    if sandbox.pin:
+                        netns.unpin(sandbox.pin)
+                    tx.delete_sandbox(sandbox.id)
+        gc_extra = getattr(self.driver, "gc", None)
+        if gc_extra is not None:
+            try:
+                gc_extra(request, valid)
+            except CNIError as err:
+                errors.append(err)
+        if errors:
+            raise CNIError(errors[0].code, errors[0].msg, "; ".join(f"{e.msg}: {e.details}" for e in errors))
+
+    def status(self, request: Request) -> None:
+        self._network_options(request)
+        try:
+            with open_store(request).transaction(write=False):
+                pass
+        except StoreError as exc:
+            raise CNIError(NOT_AVAILABLE, "CNM store unavailable", str(exc)) from None
+        self.driver.status(request)
+
+
+def _valid_attachments(config) -> set[tuple[str, str]] | None:
+    for key in ("cni.dev/valid-attachments", "cni.dev/attachments"):
+        if key in config:
+            items = config[key] or []
+            if not isinstance(items, list):
+                raise CNIError(INVALID_CONFIG, f"invalid {key}", "must be a list of {containerID, ifname}")
+            return {
+                (str(a.get("containerID", "")), str(a.get("ifname", "")))
+                for a in items
+                if isinstance(a, dict)
+            }
+    return None
+
+
+def _unwind(stack: ExitStack) -> None:
+    """Roll back a failed ADD; errors while undoing must not hide the original error."""
+    try:
+        stack.close()
+    except Exception:
+        pass
+
+
+def members_of(endpoints: Iterable[Endpoint]) -> set[str]:
+    return {e.container_id for e in endpoints if e.active}

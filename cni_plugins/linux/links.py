@@ -1,0 +1,82 @@
+"""Links, addresses and routes through pyroute2 (imported here, never on the entry path)."""
+
+from __future__ import annotations
+
+import socket
+from contextlib import contextmanager
+from typing import Iterator
+
+from pyroute2.iproute.linux import IPRoute
+from pyroute2.netlink.exceptions import NetlinkError
+
+from . import netns
+
+IFF_UP = 0x1
+RT_SCOPE_UNIVERSE = 0
+RT_SCOPE_HOST = 254
+
+
+@contextmanager
+def rtnl(netns_fd: int | None = None) -> Iterator[IPRoute]:
+    """An rtnetlink socket bound to `netns_fd` (or to our own netns)."""
+    if netns_fd is None:
+        ipr = IPRoute()
+    else:
+        with netns.entered(netns_fd):
+            ipr = IPRoute()
+    try:
+        yield ipr
+    finally:
+        ipr.close()
+
+
+def link_index(ipr: IPRoute, name: str) -> int | None:
+    try:
+        found = ipr.link_lookup(ifname=name)
+    except NetlinkError:
+        return None
+    return found[0] if found else None
+
+
+def get_link(ipr: IPRoute, name: str):
+    idx = link_index(ipr, name)
+    if idx is None:
+        return None
+    return ipr.get_links(idx)[0]
+
+
+def is_up(link) -> bool:
+    return bool(link["flags"] & IFF_UP)
+
+
+def set_up(ipr: IPRoute, name: str, up: bool = True) -> None:
+    idx = link_index(ipr, name)
+    if idx is None:
+        raise LookupError(f"link {name} not found")
+    ipr.link("set", index=idx, state="up" if up else "down")
+
+
+def addresses(ipr: IPRoute, index: int | None = None) -> list[tuple[int, str, int, int]]:
+    """(ifindex, address, prefixlen, scope) of every address, optionally of one link."""
+    kwargs = {"index": index} if index is not None else {}
+    out = []
+    for msg in ipr.get_addr(**kwargs):
+        out.append((msg["index"], msg.get_attr("IFA_ADDRESS"), msg["prefixlen"], msg["scope"]))
+    return out
+
+
+def family_name(family: int) -> int:
+    return 4 if family == socket.AF_INET else 6
+
+
+def default_routes(ipr: IPRoute) -> list[tuple[int, str, int]]:
+    """(family 4|6, gateway, oif) of the main table's default routes."""
+    out = []
+    for fam in (socket.AF_INET, socket.AF_INET6):
+        for msg in ipr.get_routes(family=fam, table=254):
+            if msg["dst_len"] != 0:
+                continue
+            gw = msg.get_attr("RTA_GATEWAY")
+            if gw:
+                out.append((family_name(fam), gw, msg.get_attr("RTA_OIF")))
+    return out

@@ -1,0 +1,149 @@
+"""Network namespaces: open, identify, enter, create, pin (bind mount), remove.
+
+Stdlib only (ctypes for setns/unshare/mount), so the entry path stays lean.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import errno
+import os
+import stat
+from contextlib import contextmanager
+from dataclasses import dataclass
+from typing import Iterator
+
+CLONE_NEWNET = 0x40000000
+MS_BIND = 4096
+MNT_DETACH = 2
+SELF = "/proc/self/ns/net"
+NETNS_RUN_DIR = "/run/netns"
+
+_libc = ctypes.CDLL(None, use_errno=True)
+
+
+class NetnsError(OSError):
+    """CNI_NETNS cannot be used: it is missing, not a namespace, or setns failed."""
+
+
+@dataclass(frozen=True)
+class Identity:
+    """A network namespace's nsfs identity: equal identities are the same namespace."""
+
+    dev: int
+    ino: int
+
+    def __str__(self) -> str:
+        return f"{self.dev}:{self.ino}"
+
+
+def identity_of(path_or_fd: str | int) -> Identity:
+    st = os.stat(path_or_fd)
+    return Identity(st.st_dev, st.st_ino)
+
+
+def own_identity() -> Identity:
+    """The namespace this process runs in: the host's, for a plugin exec'd by a runtime."""
+    return identity_of(SELF)
+
+
+def nsfs_dev() -> int:
+    return os.stat(SELF).st_dev
+
+
+def open_netns(path: str) -> int:
+    """Open CNI_NETNS; NetnsError if it does not exist or is not an nsfs file."""
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+    except FileNotFoundError:
+        raise NetnsError(errno.ENOENT, "network namespace does not exist", path) from None
+    except OSError as exc:
+        raise NetnsError(exc.errno, f"cannot open network namespace: {exc.strerror}", path) from None
+    if not is_netns_fd(fd):
+        os.close(fd)
+        raise NetnsError(errno.EINVAL, "not a network namespace (no nsfs mount)", path)
+    return fd
+
+
+def is_netns_fd(fd: int) -> bool:
+    st = os.fstat(fd)
+    return st.st_dev == nsfs_dev() and not stat.S_ISDIR(st.st_mode)
+
+
+def setns(fd: int) -> None:
+    if _libc.setns(fd, CLONE_NEWNET) != 0:
+        err = ctypes.get_errno()
+        raise NetnsError(err, f"setns failed: {os.strerror(err)}")
+
+
+@contextmanager
+def entered(fd: int) -> Iterator[None]:
+    """Run the block in another netns (this thread only) and always come back.
+
+    Sockets opened inside stay bound to that namespace after the block.
+    """
+    home = os.open(SELF, os.O_RDONLY | os.O_CLOEXEC)
+    try:
+        setns(fd)
+        try:
+            yield
+        finally:
+            setns(home)
+    finally:
+        os.close(home)
+
+
+def bind_mount(source: str, target: str) -> None:
+    if _libc.mount(source.encode(), target.encode(), None, MS_BIND, None) != 0:
+        err = ctypes.get_errno()
+        raise OSError(err, f"bind mount {source} -> {target}: {os.strerror(err)}")
+
+
+def unmount(target: str) -> None:
+    """Detach a bind mount; absent or not-mounted targets are fine."""
+    if _libc.umount2(target.encode(), MNT_DETACH) != 0:
+        err = ctypes.get_errno()
+        if err not in (errno.EINVAL, errno.ENOENT):
+            raise OSError(err, f"umount {target}: {os.strerror(err)}")
+
+
+def pin(source_fd: int, target: str) -> None:
+    """Bind-mount an open netns onto `target` so it outlives every process in it."""
+    os.makedirs(os.path.dirname(target), mode=0o700, exist_ok=True)
+    if not os.path.exists(target):
+        os.close(os.open(target, os.O_RDONLY | os.O_CREAT | os.O_EXCL, 0o600))
+    bind_mount(f"/proc/self/fd/{source_fd}", target)
+
+
+def unpin(target: str) -> None:
+    unmount(target)
+    try:
+        os.unlink(target)
+    except FileNotFoundError:
+        pass
+
+
+def create_named(name: str) -> str:
+    """`ip netns add NAME`: a fresh netns bind-mounted at /run/netns/NAME (tests, cnmctl run)."""
+    path = os.path.join(NETNS_RUN_DIR, name)
+    os.makedirs(NETNS_RUN_DIR, exist_ok=True)
+    # unshare() moves this thread into the new netns; do it in a child so we stay home.
+    pid = os.fork()
+    if pid == 0:  # pragma: no cover - child
+        try:
+            if _libc.unshare(CLONE_NEWNET) != 0:
+                os._exit(1)
+            fd = os.open(SELF, os.O_RDONLY)
+            pin(fd, path)
+            os._exit(0)
+        except BaseException:
+            os._exit(1)
+    _, status = os.waitpid(pid, 0)
+    if os.waitstatus_to_exitcode(status) != 0:
+        raise OSError(f"could not create network namespace {name}")
+    return path
+
+
+def remove_named(name_or_path: str) -> None:
+    path = name_or_path if "/" in name_or_path else os.path.join(NETNS_RUN_DIR, name_or_path)
+    unpin(path)

@@ -1,0 +1,23 @@
+#!/bin/bash
+# Prepare a fresh Debian machine (as root) to run cnm-cni from this checkout:
+# apt packages for the kernel tools and the reference plugins, and .venv with
+# Debian's python3 (the interpreter bin/ runs under).
+set -euo pipefail
+ROOT=$(cd "$(dirname "$0")/.." && pwd)
+APT_PACKAGES=(python3 python3-venv iproute2 nftables conntrack iputils-ping containernetworking-plugins kmod)
+
+missing=()
+for p in "${APT_PACKAGES[@]}"; do
+  dpkg -s "$p" >/dev/null 2>&1 || missing+=("$p")
+done
+if [ ${#missing[@]} -gt 0 ]; then
+  export DEBIAN_FRONTEND=noninteractive
+  apt-get update -qq
+  apt-get install -y -qq "${missing[@]}" >/dev/null
+fi
+
+if [ ! -x "$ROOT/.venv/bin/python" ]; then
+  /usr/bin/python3 -m venv "$ROOT/.venv"
+fi
+"$ROOT/.venv/bin/pip" install -q --disable-pip-version-check -e "$ROOT[test]"
+modprobe br_netfilter 2>/dev/null || true
