@@ -1,0 +1,1 @@
+"""IP address management: the host-local compatible allocator (cnm-ipam) and delegation."""

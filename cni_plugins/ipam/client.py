@@ -1,0 +1,74 @@
+"""How a main plugin (the bridge driver) runs its IPAM: in-process for cnm-ipam,
+else the IPAM binary found on CNI_PATH, executed with the identical stdin and
+the plugin's own environment, only CNI_COMMAND overridden (cni-spec.md R68-R74).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+from typing import Mapping, Sequence
+
+from ..cni.errors import INVALID_CONFIG, PLUGIN_FAILURE, CNIError
+from ..cni.result import Result
+
+IN_PROCESS = "cnm-ipam"
+
+
+def find_plugin(ipam_type: str, cni_path: Sequence[str]) -> str:
+    if not ipam_type or "/" in ipam_type:
+        raise CNIError(INVALID_CONFIG, "invalid ipam.type", f"ipam.type={ipam_type!r}")
+    for directory in cni_path:
+        candidate = os.path.join(directory, ipam_type)
+        if os.path.isfile(candidate):
+            return candidate
+    raise CNIError(PLUGIN_FAILURE, f'failed to find plugin "{ipam_type}" in path {list(cni_path)}')
+
+
+def execute(
+    command: str,
+    ipam_type: str,
+    stdin: bytes,
+    env: Mapping[str, str],
+    cni_path: Sequence[str],
+    version: str,
+    netns_fd: int | None = None,
+) -> Result | None:
+    """Run IPAM `command`; ADD returns its Result (any version, parsed), others None.
+
+    Raises CNIError: a delegate's own error object is passed through unchanged (R67).
+    """
+    child_env = dict(env)
+    child_env["CNI_COMMAND"] = command
+    if ipam_type == IN_PROCESS:
+        from ..cni.request import parse
+        from .plugin import IpamPlugin
+
+        request = parse(child_env, stdin)
+        plugin = IpamPlugin()
+        if command == "ADD":
+            return plugin.add(request)
+        {"DEL": plugin.delete, "CHECK": plugin.check, "GC": plugin.gc, "STATUS": plugin.status}[command](request)
+        return None
+    binary = find_plugin(ipam_type, cni_path)
+    try:
+        proc = subprocess.run(binary and [binary], input=stdin, env=child_env, stdout=subprocess.PIPE, timeout=300)
+    except (OSError, subprocess.SubprocessError) as exc:
+        raise CNIError(PLUGIN_FAILURE, f"failed to run IPAM plugin {ipam_type}", str(exc)) from None
+    out = proc.stdout.strip()
+    if proc.returncode != 0:
+        try:
+            data = json.loads(out)
+            if isinstance(data, dict) and "code" in data:
+                raise CNIError.from_dict(data)
+        except ValueError:
+            pass
+        raise CNIError(PLUGIN_FAILURE, f"IPAM plugin {ipam_type} failed", out.decode(errors="replace")[:500])
+    if command != "ADD":
+        return None
+    try:
+        data = json.loads(out)
+    except ValueError:
+        raise CNIError(PLUGIN_FAILURE, f"IPAM plugin {ipam_type} printed an invalid result", out[:500].decode(errors="replace")) from None
+    return Result.parse(data, version)
