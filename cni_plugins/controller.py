@@ -151,6 +151,9 @@ class Controller:
                 undo.callback(driver.delete_endpoint, ctx, network, endpoint)
                 result = driver.join(ctx, network, endpoint, sandbox)
                 undo.callback(driver.leave, ctx, network, endpoint, sandbox)
+                # A result the requested version cannot carry (0.1/0.2 without an IP) must
+                # fail the ADD here, rolled back, not after the commit.
+                result.emit(request.version)
                 tx.put_network(network)
                 tx.put_sandbox(sandbox)
                 tx.put_endpoint(endpoint)
