@@ -63,7 +63,7 @@ def read_stdin() -> bytes:
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv if argv is None else argv
     name = plugin_name(argv[0])
-    if "CNI_COMMAND" not in os.environ:
+    if not os.environ.get("CNI_COMMAND"):  # unset or empty, as Go's skel (R5)
         sys.stderr.write(
             f"{name} (cnm-cni {__version__}): CNI plugin over the Container Network Model\n"
             f"CNI protocol versions supported: {', '.join(versions.SUPPORTED)}\n"

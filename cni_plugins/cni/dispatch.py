@@ -13,7 +13,7 @@ from typing import Any, Callable, Mapping, Protocol
 
 from . import versions
 from .errors import INTERNAL, CNIError
-from .request import Request, parse
+from .request import Request, parse, version_hint
 
 
 @dataclass(frozen=True)
@@ -36,17 +36,19 @@ class Plugin(Protocol):
 MIN_VERSION = {"CHECK": "0.4.0", "GC": "1.1.0", "STATUS": "1.1.0"}
 
 
-def version_info(request_version: str) -> bytes:
-    return json.dumps({"cniVersion": request_version, "supportedVersions": list(versions.SUPPORTED)}).encode() + b"\n"
+def version_info(asked: object) -> bytes:
+    """The VERSION answer: echo the asked version when we speak it, else our newest."""
+    version = asked if isinstance(asked, str) and asked in versions.SUPPORTED else versions.LATEST
+    return json.dumps({"cniVersion": version, "supportedVersions": list(versions.SUPPORTED)}).encode() + b"\n"
 
 
 def dispatch(load_plugin: Callable[[], Plugin], env: Mapping[str, str], stdin: bytes, netns_fd: int | None = None) -> Response:
-    error_version = versions.LATEST
+    error_version = None  # the request's version once parsed; before that, a hint from stdin
     try:
         request = parse(env, stdin, netns_fd)
         error_version = request.version
         if request.command == "VERSION":
-            return Response(version_info(request.config.get("cniVersion") or versions.LATEST), 0)
+            return Response(version_info(request.config.get("cniVersion")), 0)
         floor = MIN_VERSION.get(request.command)
         if floor and not versions.at_least(request.version, floor):
             raise CNIError(
@@ -68,7 +70,7 @@ def dispatch(load_plugin: Callable[[], Plugin], env: Mapping[str, str], stdin: b
             plugin.status(request)
         return Response(b"", 0)
     except CNIError as err:
-        return Response(err.to_json(error_version), 1)
+        return Response(err.to_json(error_version or version_hint(stdin)), 1)
     except Exception as exc:  # a bug must still answer with an error object, never a traceback
         err = CNIError(INTERNAL, "internal error", f"{type(exc).__name__}: {' '.join(str(exc).split())[:500]}")
-        return Response(err.to_json(error_version), 1)
+        return Response(err.to_json(error_version or version_hint(stdin)), 1)

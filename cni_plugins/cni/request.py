@@ -12,6 +12,7 @@ from .args import parse_cni_args
 from .errors import DECODE_FAILURE, INVALID_CONFIG, INVALID_ENV, IO_FAILURE, CNIError
 
 COMMANDS = ("ADD", "DEL", "CHECK", "GC", "STATUS", "VERSION")
+# Used with fullmatch: `$` alone would accept a trailing newline ("abc\n").
 ID_PATTERN = re.compile(r"^[a-zA-Z0-9][a-zA-Z0-9_.\-]*$")
 MAX_STDIN = 16 * 1024 * 1024  # a conflist with a big prevResult is a few KiB; refuse absurd input
 
@@ -82,7 +83,7 @@ def validate_ifname(name: str) -> None:
 
 
 def validate_container_id(cid: str) -> None:
-    if not ID_PATTERN.match(cid):
+    if not ID_PATTERN.fullmatch(cid):
         raise CNIError(
             INVALID_ENV,
             "invalid CNI_CONTAINERID",
@@ -98,11 +99,42 @@ def decode_config(stdin: bytes, command: str) -> dict:
             return {}
         raise CNIError(DECODE_FAILURE, "empty network configuration on stdin")
     try:
-        config = json.loads(stdin)
+        # Strict like Go's encoding/json: UTF-8 only (json.loads(bytes) would guess UTF-16/32)
+        # and no NaN/Infinity literals.
+        config = json.loads(stdin.decode("utf-8"), parse_constant=_reject_constant)
     except (ValueError, RecursionError) as exc:
         raise CNIError(DECODE_FAILURE, "failed to decode network configuration", str(exc)[:500]) from None
     if not isinstance(config, dict):
         raise CNIError(DECODE_FAILURE, "network configuration must be a JSON object", f"got {type(config).__name__}")
+    return config
+
+
+def _reject_constant(name: str):
+    raise ValueError(f"invalid JSON literal {name}")
+
+
+def version_hint(stdin: bytes) -> str:
+    """The version to print an error in when the request could not be parsed (R62).
+
+    The config's cniVersion when stdin decodes and names a supported one (missing or
+    empty means 0.1.0, as for a parsed request); otherwise the newest version.
+    """
+    try:
+        config = decode_config(stdin, "ADD")
+    except Exception:  # CNIError, RecursionError, anything: this is only a hint
+        return versions.LATEST
+    version = config.get("cniVersion")
+    if version in (None, ""):
+        return "0.1.0"
+    return version if isinstance(version, str) and version in versions.SUPPORTED else versions.LATEST
+
+
+def lenient_config(stdin: bytes) -> dict:
+    """VERSION's stdin: whatever decodes to an object, else {} (Go's skel ignores it entirely)."""
+    try:
+        config = decode_config(stdin, "VERSION")
+    except Exception:
+        return {}
     return config
 
 
@@ -114,7 +146,7 @@ def validate_config(config: dict, command: str) -> None:
     if command == "VERSION":
         return
     name = config.get("name")
-    if not isinstance(name, str) or not ID_PATTERN.match(name):
+    if not isinstance(name, str) or not ID_PATTERN.fullmatch(name):
         raise CNIError(INVALID_CONFIG, "invalid network name", f"name={name!r} must match {ID_PATTERN.pattern}")
     ptype = config.get("type")
     if not isinstance(ptype, str) or not ptype:
@@ -132,8 +164,11 @@ def parse(env: Mapping[str, str], stdin: bytes, netns_fd: int | None = None) -> 
     missing = [var for var in REQUIRED_ENV[command] if not env.get(var)]
     if missing:
         raise CNIError(INVALID_ENV, f"required env variables [{','.join(missing)}] missing")
-    config = decode_config(stdin, command)
-    validate_config(config, command)
+    if command == "VERSION":  # never refused: it is how runtimes discover what we speak (R42-R44)
+        config = lenient_config(stdin)
+    else:
+        config = decode_config(stdin, command)
+        validate_config(config, command)
     container_id = env.get("CNI_CONTAINERID", "")
     ifname = env.get("CNI_IFNAME", "")
     if command in ("ADD", "DEL", "CHECK"):
