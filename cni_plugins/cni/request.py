@@ -139,7 +139,9 @@ def lenient_config(stdin: bytes) -> dict:
 
 
 def validate_config(config: dict, command: str) -> None:
-    version = config.get("cniVersion", "")
+    version = config.get("cniVersion")
+    if version is None:  # missing or null: Go decodes both to "" (R12)
+        version = ""
     if not isinstance(version, str):
         raise CNIError(DECODE_FAILURE, "invalid cniVersion", f"cniVersion must be a string, got {version!r}")
     versions.require_supported(version)
