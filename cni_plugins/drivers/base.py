@@ -11,6 +11,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any, Mapping, Protocol
 
+from ..cni import versions
 from ..cni.request import Request
 from ..cni.result import Result
 from ..cnm.model import Endpoint, Network, Sandbox
@@ -23,12 +24,42 @@ class Context:
     request: Request  # the command being served (its config may differ from the endpoint's ADD)
     netns_fd: int | None  # the sandbox's netns, open; None when it is gone
     env: Mapping[str, str]  # the plugin's environment (for delegated IPAM)
+    # The sandbox's other endpoints (any driver), for drivers that report or check the
+    # whole sandbox (cnm-container); each carries its recorded ADD (see recorded_result).
+    peers: tuple[Endpoint, ...] = ()
+
+
+# endpoint.data[RECORD_KEY]: what the controller recorded at ADD, for every driver:
+# {"result": the ADD result (newest version), "stdin": the ADD config, "args": CNI_ARGS}.
+# It lets a DEL/CHECK that arrives through another plugin type (the last member of a
+# shared sandbox) act on this endpoint with its own config, and lets joiners replay it.
+RECORD_KEY = "cni"
+
+
+def record_add(endpoint: Endpoint, request: Request, result: Result) -> None:
+    endpoint.data[RECORD_KEY] = {
+        "result": result.emit(versions.LATEST),
+        "stdin": request.stdin.decode("utf-8", errors="replace"),
+        "args": request.env.get("CNI_ARGS", ""),
+    }
+
+
+def recorded_result(endpoint: Endpoint) -> Result | None:
+    raw = (endpoint.data.get(RECORD_KEY) or {}).get("result")
+    return Result.parse(raw, versions.LATEST) if raw else None
 
 
 class Driver(Protocol):
     name: str
     # True when the driver's endpoints live in the host netns (no code-8 guard).
     uses_host_netns: bool
+    # True when ADD adds a member to the sandbox of another container (cnm-container)
+    # instead of finding/creating the sandbox by CNI_NETNS; then the driver names the
+    # container with target_container(request).
+    joins_sandbox: bool
+    # True when the endpoint owns nothing (only a membership): it goes at once on DEL,
+    # and it is never part of the sandbox's own reported state.
+    membership_only: bool
 
     def network_options(self, request: Request) -> dict[str, Any]:
         """Validate the config (CNIError code 7 naming the key) and return immutable options."""
@@ -51,6 +82,8 @@ class BaseDriver:
 
     name = "base"
     uses_host_netns = False
+    joins_sandbox = False
+    membership_only = False
 
     def network_options(self, request: Request) -> dict[str, Any]:
         return {}
