@@ -91,7 +91,7 @@ class Store:
         """One transaction; a write transaction holds the store's write lock throughout."""
         try:
             conn = self._connect()
-        except sqlite3.Error as exc:
+        except (sqlite3.Error, OSError) as exc:  # OSError: the directory cannot be made
             raise StoreError(f"cannot open store {self.path}: {exc}") from exc
         try:
             conn.execute("BEGIN IMMEDIATE" if write else "BEGIN")
