@@ -1,0 +1,185 @@
+"""The CNM store: SQLite in WAL mode, a schema version, private files, one transaction
+per command, and where it lives (default, $CNM_STATE_DIR, config key stateDir)."""
+
+from __future__ import annotations
+
+import json
+import os
+import sqlite3
+import stat
+import threading
+
+import pytest
+
+from cni_plugins.cli.plugin import handle
+from cni_plugins.cnm.model import Endpoint, Network, Sandbox, endpoint_id
+from cni_plugins.cnm.store import DB_NAME, DEFAULT_STATE_DIR, SCHEMA_VERSION, STATE_DIR_ENV, Store, StoreError, state_dir
+
+
+def mode(path) -> int:
+    return stat.S_IMODE(os.stat(path).st_mode)
+
+
+@pytest.fixture
+def store(tmp_path):
+    return Store(str(tmp_path / "state" / "sub"))
+
+
+def fill(tx):
+    tx.put_network(Network("net1", "null", {"a": 1}, {"b": [2]}))
+    tx.put_sandbox(Sandbox("sb1", "/run/netns/x", 4, 4026531840, "/run/cnm/netns/sb1", {"k": "v"}))
+    eid = endpoint_id("net1", "c1", "eth0")
+    tx.put_endpoint(Endpoint(eid, "net1", "sb1", "c1", "eth0", "null", True, {"mac": "aa"}))
+    return eid
+
+
+def test_wal_schema_version_and_private_files(store, tmp_path):
+    with store.transaction() as tx:
+        fill(tx)
+        # While a connection is open the -wal and -shm files exist: all of them private.
+        for suffix in ("", "-wal", "-shm"):
+            path = store.path + suffix
+            assert os.path.exists(path), path
+            assert mode(path) == 0o600, (path, oct(mode(path)))
+    assert mode(store.directory) == 0o700
+    conn = sqlite3.connect(store.path)
+    try:
+        assert conn.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+        assert conn.execute("SELECT value FROM meta WHERE key='schema_version'").fetchone()[0] == str(SCHEMA_VERSION)
+    finally:
+        conn.close()
+
+
+def test_files_stay_private_under_a_permissive_umask(store):
+    old = os.umask(0)
+    try:
+        with store.transaction() as tx:
+            fill(tx)
+            assert mode(store.path) == 0o600
+            assert mode(store.path + "-wal") == 0o600
+    finally:
+        os.umask(old)
+    assert mode(store.directory) == 0o700
+
+
+def test_round_trip_of_every_object(store):
+    with store.transaction() as tx:
+        eid = fill(tx)
+    with store.transaction(write=False) as tx:
+        assert tx.get_network("net1") == Network("net1", "null", {"a": 1}, {"b": [2]})
+        assert tx.list_networks() == [tx.get_network("net1")]
+        sb = tx.get_sandbox("sb1")
+        assert sb == Sandbox("sb1", "/run/netns/x", 4, 4026531840, "/run/cnm/netns/sb1", {"k": "v"})
+        assert tx.find_sandbox_by_netns(4, 4026531840) == sb
+        assert tx.find_sandbox_by_netns(4, 1) is None
+        assert tx.find_sandbox_of_container("c1") == sb
+        ep = tx.get_endpoint(eid)
+        assert (ep.network, ep.sandbox, ep.container_id, ep.ifname, ep.active, ep.data) == (
+            "net1", "sb1", "c1", "eth0", True, {"mac": "aa"})
+        assert tx.list_endpoints(sandbox="sb1") == [ep] == tx.list_endpoints(network="net1")
+        assert tx.list_endpoints(sandbox="other") == []
+    with store.transaction() as tx:
+        tx.delete_endpoint(eid)
+        tx.delete_sandbox("sb1")
+        tx.delete_network("net1")
+    with store.transaction(write=False) as tx:
+        assert tx.list_endpoints() == [] and tx.list_sandboxes() == [] and tx.list_networks() == []
+
+
+def test_a_failed_command_leaves_the_old_state(store):
+    with store.transaction() as tx:
+        fill(tx)
+    with pytest.raises(RuntimeError):
+        with store.transaction() as tx:
+            tx.delete_sandbox("sb1")
+            tx.put_network(Network("net2", "null"))
+            raise RuntimeError("killed half way")
+    with store.transaction(write=False) as tx:
+        assert tx.get_sandbox("sb1") is not None and tx.get_network("net2") is None
+
+
+def test_write_transactions_are_serialised(store):
+    """A write transaction holds the lock: a second writer waits until the first commits."""
+    with store.transaction() as tx:
+        tx.put_network(Network("counter", "null", data={"n": 0}))
+    errors = []
+
+    def bump():
+        try:
+            for _ in range(10):
+                with store.transaction() as tx:
+                    net = tx.get_network("counter")
+                    net.data["n"] += 1
+                    tx.put_network(net)
+        except Exception as exc:  # pragma: no cover - reported below
+            errors.append(exc)
+
+    threads = [threading.Thread(target=bump) for _ in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert not errors
+    with store.transaction(write=False) as tx:
+        assert tx.get_network("counter").data["n"] == 40
+
+
+def test_a_newer_schema_is_refused(store):
+    with store.transaction():
+        pass
+    conn = sqlite3.connect(store.path)
+    conn.execute("UPDATE meta SET value=? WHERE key='schema_version'", (str(SCHEMA_VERSION + 1),))
+    conn.commit()
+    conn.close()
+    with pytest.raises(StoreError):
+        with store.transaction():
+            pass
+
+
+def test_an_unusable_store_is_a_store_error(tmp_path):
+    blocker = tmp_path / "file"
+    blocker.write_text("not a directory")
+    with pytest.raises(StoreError):
+        with Store(str(blocker / "state")).transaction():
+            pass
+
+
+# ---- where the store lives -------------------------------------------------------------------
+
+
+def test_state_dir_precedence():
+    assert state_dir(None, {}) == DEFAULT_STATE_DIR == "/var/lib/cni/cnm"
+    assert state_dir(None, {STATE_DIR_ENV: "/tmp/e"}) == "/tmp/e"
+    assert state_dir("/tmp/c", {STATE_DIR_ENV: "/tmp/e"}) == "/tmp/c"
+
+
+def _status(env, **extra):
+    stdin = json.dumps({"cniVersion": "1.1.0", "name": "net1", "type": "cnm-none", **extra}).encode()
+    return handle("cnm-none", dict(env, CNI_COMMAND="STATUS"), stdin)
+
+
+def test_plugin_uses_env_state_dir(tmp_path):
+    env_dir = tmp_path / "from-env"
+    r = _status({STATE_DIR_ENV: str(env_dir)})
+    assert r.exit_code == 0, r
+    assert (env_dir / DB_NAME).exists() and mode(env_dir) == 0o700 and mode(env_dir / DB_NAME) == 0o600
+
+
+def test_config_key_state_dir_wins_over_env(tmp_path):
+    env_dir, conf_dir = tmp_path / "from-env", tmp_path / "from-conf"
+    r = _status({STATE_DIR_ENV: str(env_dir)}, stateDir=str(conf_dir))
+    assert r.exit_code == 0, r
+    assert (conf_dir / DB_NAME).exists() and not env_dir.exists()
+
+
+def test_unusable_state_dir_is_code_50(tmp_path):
+    blocker = tmp_path / "file"
+    blocker.write_text("not a directory")
+    r = _status({}, stateDir=str(blocker / "state"))
+    assert r.exit_code != 0 and json.loads(r.stdout)["code"] == 50
+
+
+@pytest.mark.parametrize("bad", ["relative", "", 5, ["/tmp"]])
+def test_bad_state_dir_is_code_7(tmp_path, bad):
+    r = _status({STATE_DIR_ENV: str(tmp_path / "e")}, stateDir=bad)
+    assert r.exit_code != 0 and json.loads(r.stdout)["code"] == 7
