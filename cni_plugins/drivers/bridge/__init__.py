@@ -1,0 +1,10 @@
+"""The CNM bridge driver (Docker's --net=bridge): a Linux bridge per network, a veth
+pair per endpoint, IPAM (in-process cnm-ipam or any delegated IPAM), gateway, NAT.
+
+Modules: config (keys, defaults, validation), ipam (IPAM calls and what DEL needs
+of them), driver (create/join/leave/delete/check of an endpoint).
+"""
+
+from .driver import BridgeDriver
+
+__all__ = ["BridgeDriver"]

@@ -1,0 +1,328 @@
+"""The bridge driver: endpoint = veth pair, host end a port of the network's bridge.
+
+ADD: create_endpoint reserves addresses (IPAM) and records what DEL needs;
+join builds bridge, veth, addresses, routes, gateway and nftables entries and
+undoes its own steps if one fails. DEL: leave removes the veth (its host end is
+named from the endpoint id, so no netns is needed), delete_endpoint removes our
+nftables elements by value and releases the lease from the recorded IPAM call.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+from contextlib import ExitStack, contextmanager
+from typing import Iterator
+
+from ...cni.errors import CHECK_FAILED, CONFLICT, PLUGIN_FAILURE, CNIError
+from ...cni.request import Request
+from ...cni.result import DNS, Interface, IPConfig, Result, Route
+from ...cnm.model import Endpoint
+from ..base import BaseDriver, Context
+from . import config as bridge_config
+from . import ipam
+
+HOST_VETH_PREFIX = "cnm"
+
+
+def host_veth_name(endpoint_id: str) -> str:
+    """The host end of an endpoint's veth: derived from the endpoint id, 15 bytes."""
+    return HOST_VETH_PREFIX + endpoint_id[:12]
+
+
+@contextmanager
+def kernel_errors(what: str) -> Iterator[None]:
+    """Kernel/tool failures become CNI errors (code 100) that say what we were doing."""
+    from pyroute2.netlink.exceptions import NetlinkError
+
+    from ...linux.addr import AddrError
+    from ...linux.bridge import BridgeError
+    from ...linux.nft import NftError
+    from ...linux.veth import VethError
+
+    try:
+        yield
+    except CNIError:
+        raise
+    except (AddrError, BridgeError, NftError, VethError) as exc:
+        raise CNIError(PLUGIN_FAILURE, f"failed to {what}", str(exc)) from None
+    except NetlinkError as exc:
+        reason = exc.args[1] if len(exc.args) > 1 else str(exc)
+        raise CNIError(PLUGIN_FAILURE, f"failed to {what}", reason) from None
+    except OSError as exc:
+        raise CNIError(PLUGIN_FAILURE, f"failed to {what}", str(exc)) from None
+
+
+class BridgeDriver(BaseDriver):
+    name = "bridge"
+    uses_host_netns = False
+
+    def __init__(self):
+        self._cached: tuple[Request, bridge_config.BridgeConfig] | None = None
+
+    def _conf(self, request: Request) -> bridge_config.BridgeConfig:
+        if self._cached is None or self._cached[0] is not request:
+            self._cached = (request, bridge_config.load(request))
+        return self._cached[1]
+
+    # ---- config ---------------------------------------------------------------------------
+    def network_options(self, request: Request) -> dict:
+        conf = self._conf(request)
+        if request.command == "ADD":
+            bridge_config.requested_mac(request)  # refuse a bad MAC before anything changes
+        return {"bridge": conf.bridge}
+
+    # ---- ADD ------------------------------------------------------------------------------
+    def create_endpoint(self, ctx: Context, network, endpoint: Endpoint) -> None:
+        conf = self._conf(ctx.request)
+        endpoint.data.update(bridge=conf.bridge, host_veth=host_veth_name(endpoint.id))
+        if not conf.ipam_type:
+            return
+        endpoint.data["ipam"] = ipam.record(ctx.request, conf.ipam_type)
+        try:
+            result = ipam.add(ctx.request, conf.ipam_type)
+            ips, routes = ipam.addressing(result, conf.is_gateway, conf.isDefaultGateway)
+        except BaseException:
+            self._release_quietly(ctx, endpoint)  # R71: also after a failed or unusable IPAM ADD
+            raise
+        endpoint.data["ips"] = [ip.model_dump(exclude_none=True) for ip in ips]
+        endpoint.data["routes"] = [r.model_dump(exclude_none=True) for r in routes]
+        endpoint.data["ipam_dns"] = result.dns.model_dump()
+
+    def join(self, ctx: Context, network, endpoint: Endpoint, sandbox) -> Result:
+        from ...linux import links
+
+        request = ctx.request
+        conf = self._conf(request)
+        mac = bridge_config.requested_mac(request)
+        ips = [IPConfig(**d) for d in endpoint.data.get("ips", [])]
+        routes = [Route(**d) for d in endpoint.data.get("routes", [])]
+        host_name = endpoint.data["host_veth"]
+        undo = ExitStack()
+        try:
+            with links.rtnl() as ipr, links.rtnl(ctx.netns_fd) as cipr:
+                br = self._bridge(ipr, conf)
+                if links.link_index(cipr, request.ifname) is not None:
+                    raise CNIError(
+                        CONFLICT,
+                        f"container veth name provided ({request.ifname}) already exists",
+                        f"{request.ifname} exists in {request.netns}",
+                    )
+                host_index = self._veth(ipr, cipr, ctx, conf, host_name, mac, undo)
+                container = self._container_side(cipr, ctx, conf, ips, routes)
+                self._host_side(ipr, conf, host_index, br["index"])
+                if ips and conf.is_gateway:
+                    self._gateway(ipr, conf, br, ips)
+                elements = self._nft_elements(conf, ips, host_name, container["mac"])
+                if elements:
+                    from ...linux import nft
+
+                    with kernel_errors("program nftables"):
+                        nft.commit(add=elements, owner=endpoint.id)
+                    undo.callback(_remove_elements, elements, endpoint.id)
+                    endpoint.data["nft"] = [[e.family, e.set, e.key] for e in elements]
+                host_mac = ipr.get_links(host_index)[0].get_attr("IFLA_ADDRESS")
+                bridge_mac = ipr.get_links(br["index"])[0].get_attr("IFLA_ADDRESS")
+        except BaseException:
+            _unwind(undo)
+            raise
+        undo.pop_all()
+        endpoint.data["mac"] = container["mac"]
+        dns = DNS(**endpoint.data.get("ipam_dns", {}))
+        if conf.dns is not None and conf.dns.is_set():
+            dns = DNS(**conf.dns.model_dump(exclude_none=True))
+        return Result(
+            interfaces=[
+                Interface(name=conf.bridge, mac=bridge_mac),
+                Interface(name=host_name, mac=host_mac),
+                Interface(name=request.ifname, mac=container["mac"], sandbox=request.netns),
+            ],
+            ips=ips,
+            routes=routes,
+            dns=dns,
+        )
+
+    def _bridge(self, ipr, conf):
+        from ...linux import bridge
+
+        with kernel_errors(f"create bridge {conf.bridge!r}"):
+            return bridge.ensure_bridge(ipr, conf.bridge, conf.mtu, conf.promiscMode, conf.vlan_filtering)
+
+    def _veth(self, ipr, cipr, ctx, conf, host_name, mac, undo) -> int:
+        from ...linux import veth
+
+        with kernel_errors(f"create veth pair {host_name}/{ctx.request.ifname}"):
+            veth.delete(ipr, host_name)  # a leftover of an ADD whose record was lost: same endpoint, stale
+            index = veth.create_pair(ipr, host_name, ctx.request.ifname, ctx.netns_fd, conf.mtu, mac)
+        undo.callback(_delete_link, host_name)
+        return index
+
+    def _container_side(self, cipr, ctx, conf, ips, routes) -> dict:
+        """DAD off (unless enabledad) before any address, link up, addresses, routes."""
+        from ...linux import addr, links, sysctl
+
+        ifname = ctx.request.ifname
+        index = links.link_index(cipr, ifname)
+        with kernel_errors(f"configure {ifname} in {ctx.request.netns}"):
+            if ips:
+                if conf.enabledad:
+                    sysctl.try_write(f"net/ipv6/conf/{ifname}/enhanced_dad", "1", ctx.netns_fd)
+                    sysctl.try_write(f"net/ipv6/conf/{ifname}/accept_dad", "1", ctx.netns_fd)
+                else:
+                    sysctl.try_write(f"net/ipv6/conf/{ifname}/accept_dad", "0", ctx.netns_fd)
+                sysctl.try_write(f"net/ipv4/conf/{ifname}/arp_notify", "1", ctx.netns_fd)
+            if not conf.disableContainerInterface:
+                cipr.link("set", index=index, state="up")
+            for ip in ips:
+                addr.add_address(cipr, index, ip.address, nodad=not conf.enabledad)
+            for route in routes:
+                addr.add_route(cipr, index, route.dst, route_gateway(route, ips), priority=route.priority)
+            link = cipr.get_links(index)[0]
+        return {"index": index, "mac": link.get_attr("IFLA_ADDRESS")}
+
+    def _host_side(self, ipr, conf, host_index: int, bridge_index: int) -> None:
+        from ...linux import bridge
+
+        with kernel_errors(f"attach the host veth to bridge {conf.bridge!r}"):
+            bridge.add_port(ipr, host_index, bridge_index, hairpin=conf.hairpinMode, isolated=conf.portIsolation)
+            if conf.vlan_filtering:
+                bridge.set_port_vlans(
+                    ipr, host_index, access=conf.vlan, trunk=conf.trunk_vlans(), keep_default=conf.preserveDefaultVlan
+                )
+            ipr.link("set", index=host_index, state="up")
+
+    def _gateway(self, ipr, conf, br, ips: list[IPConfig]) -> None:
+        """Gateway addresses on the bridge (forceAddress replaces a different one) and forwarding on."""
+        from ...linux import addr, sysctl
+
+        families = set()
+        with kernel_errors(f"set the gateway address on bridge {conf.bridge!r}"):
+            for ip in ips:
+                if not ip.gateway:
+                    continue
+                net = ipaddress.ip_interface(ip.address).network
+                wanted = f"{ip.gateway}/{net.prefixlen}"
+                for existing in addr.addresses(ipr, br["index"], ip.family):
+                    if existing == wanted:
+                        break
+                    other = ipaddress.ip_interface(existing)
+                    gw = ipaddress.ip_interface(wanted)
+                    if ip.family == 4 or other.ip in gw.network or gw.ip in other.network:
+                        if not conf.forceAddress:
+                            raise CNIError(
+                                PLUGIN_FAILURE,
+                                "failed to set bridge addr",
+                                f"{conf.bridge!r} already has an IP address different from {wanted}",
+                            )
+                        addr.del_address(ipr, br["index"], existing)
+                addr.add_address(ipr, br["index"], wanted, nodad=True)
+                families.add(ip.family)
+            if 4 in families:
+                sysctl.ensure("net/ipv4/ip_forward", "1")
+            if 6 in families:
+                sysctl.ensure("net/ipv6/conf/all/forwarding", "1")
+
+    @staticmethod
+    def _nft_elements(conf, ips: list[IPConfig], host_name: str, mac: str) -> list:
+        from ...linux import nft
+
+        elements = []
+        if conf.ipMasq:
+            for ip in ips:
+                elements.extend(nft.masquerade(str(ipaddress.ip_interface(ip.address).ip), ip.address))
+        if conf.macspoofchk:
+            elements.extend(nft.mac_spoof_check(host_name, mac))
+        return elements
+
+    # ---- DEL ------------------------------------------------------------------------------
+    def leave(self, ctx: Context, network, endpoint: Endpoint, sandbox) -> None:
+        """Deleting the host end removes the pair, wherever the container end is."""
+        with kernel_errors("delete the host veth"):
+            _delete_link(endpoint.data.get("host_veth") or host_veth_name(endpoint.id))
+
+    def delete_endpoint(self, ctx: Context, network, endpoint: Endpoint) -> None:
+        recorded = recorded_elements(endpoint)
+        if recorded:
+            with kernel_errors("remove nftables entries"):
+                _remove_elements(recorded, endpoint.id)
+        rec = endpoint.data.get("ipam")
+        if rec:
+            ipam.release_recorded(rec, ctx.request)
+
+    def delete_unrecorded(self, ctx: Context, endpoint_id: str) -> None:
+        """DEL with no record (never added, repeated, or lost in a crash): converge anyway."""
+        from ...linux import nft
+
+        with kernel_errors("delete the host veth"):
+            _delete_link(host_veth_name(endpoint_id))
+        with kernel_errors("remove nftables entries"):
+            owned = nft.owned(endpoint_id)
+            if owned:
+                _remove_elements(owned, endpoint_id)
+        ipam_conf = ctx.request.config.get("ipam")
+        ipam_type = ipam_conf.get("type") if isinstance(ipam_conf, dict) else None
+        if isinstance(ipam_type, str) and ipam_type:
+            ipam.delegate("DEL", ctx.request, ipam_type)
+
+    def _release_quietly(self, ctx: Context, endpoint: Endpoint) -> None:
+        try:
+            ipam.release_recorded(endpoint.data["ipam"], ctx.request)
+        except Exception:
+            pass
+
+    # ---- CHECK / STATUS / GC --------------------------------------------------------------
+    def check(self, ctx: Context, network, endpoint: Endpoint, sandbox, prev: Result | None) -> None:
+        if prev is None:
+            raise CNIError(CHECK_FAILED, "Required prevResult missing")
+        conf = self._conf(ctx.request)
+        if conf.ipam_type:
+            ipam.delegate("CHECK", ctx.request, conf.ipam_type)
+        from .check import verify
+
+        verify(ctx, conf, endpoint, prev)
+
+    def status(self, request: Request) -> None:
+        conf = self._conf(request)
+        if conf.ipam_type:
+            ipam.delegate("STATUS", request, conf.ipam_type)
+
+    def gc(self, request: Request, valid) -> None:
+        """Forward GC to the IPAM (R47); our own endpoints were collected by the controller."""
+        conf = self._conf(request)
+        if conf.ipam_type:
+            ipam.delegate("GC", request, conf.ipam_type)
+
+
+def route_gateway(route: Route, ips: list[IPConfig]) -> str | None:
+    """As the reference plugins: a route without gw goes via the gateway of its family's IP."""
+    if route.gw:
+        return route.gw
+    for ip in ips:
+        if ip.family == route.family and ip.gateway:
+            return ip.gateway
+    return None
+
+
+def recorded_elements(endpoint: Endpoint) -> list:
+    from ...linux import nft
+
+    return [nft.Element(f, s, k) for f, s, k in endpoint.data.get("nft", [])]
+
+
+def _delete_link(name: str) -> None:
+    from ...linux import links, veth
+
+    with links.rtnl() as ipr:
+        veth.delete(ipr, name)
+
+
+def _remove_elements(elements, owner: str) -> None:
+    from ...linux import nft
+
+    nft.commit(remove=elements, owner=owner)
+
+
+def _unwind(stack: ExitStack) -> None:
+    try:
+        stack.close()
+    except Exception:
+        pass

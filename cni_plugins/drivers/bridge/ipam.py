@@ -1,0 +1,69 @@
+"""The bridge's IPAM calls, and the record that lets DEL release a lease later.
+
+ADD's stdin and the CNI_* variables it ran with are kept on the endpoint: DEL may
+come with another container's id (last member of a shared sandbox), with no netns,
+or with a changed config, and must still release exactly what ADD reserved.
+"""
+
+from __future__ import annotations
+
+import base64
+import ipaddress
+
+from ...cni.errors import IPAM_FAILURE, CNIError
+from ...cni.request import Request
+from ...cni.result import IPConfig, Result, Route
+from ...ipam import client
+
+# The variables a delegated IPAM keys its reservation on (host-local: container id + ifname).
+RECORDED_ENV = ("CNI_CONTAINERID", "CNI_IFNAME", "CNI_NETNS", "CNI_ARGS")
+
+
+def record(request: Request, ipam_type: str) -> dict:
+    return {
+        "type": ipam_type,
+        "stdin": base64.b64encode(request.stdin).decode(),
+        "env": {k: request.env.get(k, "") for k in RECORDED_ENV},
+    }
+
+
+def add(request: Request, ipam_type: str) -> Result:
+    return client.execute("ADD", ipam_type, request.stdin, request.env, request.cni_path, request.version)
+
+
+def release_recorded(rec: dict, request: Request) -> None:
+    """IPAM DEL with ADD's stdin and ids; the current process's env and CNI_PATH otherwise."""
+    env = dict(request.env)
+    env.update(rec.get("env") or {})
+    stdin = base64.b64decode(rec["stdin"])
+    client.execute("DEL", rec["type"], stdin, env, request.cni_path, request.version)
+
+
+def delegate(command: str, request: Request, ipam_type: str) -> None:
+    """CHECK / STATUS / GC / DEL with the request's own stdin (R68, R73)."""
+    client.execute(command, ipam_type, request.stdin, request.env, request.cni_path, request.version)
+
+
+def first_host(cidr: str) -> str:
+    """The reference bridge's computed gateway: the subnet's network address + 1."""
+    net = ipaddress.ip_interface(cidr).network
+    return str(net.network_address + 1)
+
+
+def addressing(result: Result, is_gateway: bool, default_gateway: bool) -> tuple[list[IPConfig], list[Route]]:
+    """The IPAM result as the bridge applies it: IPs on the container interface (index 2),
+    gateways computed when isGateway, a default route per family when isDefaultGateway."""
+    if not result.ips:
+        raise CNIError(IPAM_FAILURE, "IPAM plugin returned missing IP config")
+    ips: list[IPConfig] = []
+    routes = list(result.routes)
+    has_default = set()
+    for ip in result.ips:
+        gateway = ip.gateway or (first_host(ip.address) if is_gateway else None)
+        ips.append(IPConfig(address=ip.address, gateway=gateway, interface=2))
+        if default_gateway and ip.family not in has_default:
+            default = "0.0.0.0/0" if ip.family == 4 else "::/0"
+            if not any(r.dst == default and r.gw for r in routes):
+                routes.append(Route(dst=default, gw=gateway))
+            has_default.add(ip.family)
+    return ips, routes

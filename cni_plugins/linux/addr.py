@@ -1,0 +1,88 @@
+"""Addresses and routes on one link (pyroute2)."""
+
+from __future__ import annotations
+
+import errno
+import ipaddress
+import socket
+
+from pyroute2.netlink.exceptions import NetlinkError
+
+IFA_F_NODAD = 0x02
+RT_TABLE_MAIN = 254
+
+
+class AddrError(Exception):
+    pass
+
+
+def _reason(exc: NetlinkError) -> str:
+    return exc.args[1] if len(exc.args) > 1 else str(exc)
+
+
+def add_address(ipr, index: int, cidr: str, nodad: bool = False) -> None:
+    """Add `cidr` (an interface address like 10.0.0.5/24); EEXIST is fine."""
+    iface = ipaddress.ip_interface(cidr)
+    kwargs = {"index": index, "address": str(iface.ip), "prefixlen": iface.network.prefixlen}
+    if iface.version == 4:
+        kwargs["broadcast"] = str(iface.network.broadcast_address) if iface.network.prefixlen < 31 else None
+        if kwargs["broadcast"] is None:
+            del kwargs["broadcast"]
+    elif nodad:
+        kwargs["flags"] = IFA_F_NODAD
+    try:
+        ipr.addr("add", **kwargs)
+    except NetlinkError as exc:
+        if exc.code != errno.EEXIST:
+            raise AddrError(f"could not add address {cidr}: {_reason(exc)}") from None
+
+
+def del_address(ipr, index: int, cidr: str) -> None:
+    iface = ipaddress.ip_interface(cidr)
+    try:
+        ipr.addr("del", index=index, address=str(iface.ip), prefixlen=iface.network.prefixlen)
+    except NetlinkError as exc:
+        if exc.code not in (errno.EADDRNOTAVAIL, errno.ENOENT, errno.ENODEV):
+            raise AddrError(f"could not remove address {cidr}: {_reason(exc)}") from None
+
+
+def addresses(ipr, index: int, family: int | None = None) -> list[str]:
+    """Global-scope-or-not addresses of a link as CIDR strings (link-local IPv6 excluded)."""
+    out = []
+    kwargs = {"index": index}
+    if family is not None:
+        kwargs["family"] = socket.AF_INET if family == 4 else socket.AF_INET6
+    for msg in ipr.get_addr(**kwargs):
+        ip = msg.get_attr("IFA_ADDRESS")
+        if msg["family"] == socket.AF_INET6 and ipaddress.ip_address(ip).is_link_local:
+            continue
+        out.append(f"{ip}/{msg['prefixlen']}")
+    return out
+
+
+def add_route(ipr, index: int, dst: str, gateway: str | None = None, **extra) -> None:
+    """Add a main-table route through link `index`; an identical existing route is fine."""
+    net = ipaddress.ip_network(dst, strict=False)
+    kwargs = {"dst": str(net.network_address), "dst_len": net.prefixlen, "oif": index}
+    kwargs["family"] = socket.AF_INET if net.version == 4 else socket.AF_INET6
+    if gateway:
+        kwargs["gateway"] = gateway
+    kwargs.update({k: v for k, v in extra.items() if v is not None})
+    try:
+        ipr.route("add", **kwargs)
+    except NetlinkError as exc:
+        if exc.code != errno.EEXIST:
+            via = f" via {gateway}" if gateway else ""
+            raise AddrError(f"could not add route {dst}{via}: {_reason(exc)}") from None
+
+
+def routes(ipr, index: int) -> list[tuple[str, str | None]]:
+    """(dst CIDR, gateway) of the main-table routes through link `index`."""
+    out = []
+    for fam in (socket.AF_INET, socket.AF_INET6):
+        for msg in ipr.get_routes(family=fam, table=RT_TABLE_MAIN):
+            if msg.get_attr("RTA_OIF") != index:
+                continue
+            dst = msg.get_attr("RTA_DST") or ("0.0.0.0" if fam == socket.AF_INET else "::")
+            out.append((str(ipaddress.ip_network(f"{dst}/{msg['dst_len']}", strict=False)), msg.get_attr("RTA_GATEWAY")))
+    return out

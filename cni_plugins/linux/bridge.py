@@ -1,0 +1,115 @@
+"""Linux bridges and their ports (pyroute2)."""
+
+from __future__ import annotations
+
+import errno
+
+from pyroute2.netlink.exceptions import NetlinkError
+
+from . import sysctl
+
+IFF_PROMISC = 0x100
+BRIDGE_VLAN_FLAGS_ACCESS = ["pvid", "untagged"]
+
+
+class BridgeError(Exception):
+    """A bridge operation failed; str() says what and why."""
+
+
+def kind_of(link) -> str | None:
+    info = link.get_attr("IFLA_LINKINFO")
+    return info.get_attr("IFLA_INFO_KIND") if info is not None else None
+
+
+def _find(ipr, name: str):
+    found = ipr.link_lookup(ifname=name)
+    return ipr.get_links(found[0])[0] if found else None
+
+
+def ensure_bridge(ipr, name: str, mtu: int = 0, promisc: bool = False, vlan_filtering: bool = False):
+    """Create bridge `name` unless it exists (EEXIST from a racing ADD is fine); return its link.
+
+    The bridge MAC is pinned to its current value: otherwise the kernel gives the bridge
+    the lowest MAC of its ports, and it changes as containers come and go.
+    """
+    kwargs = {"ifname": name, "kind": "bridge"}
+    if mtu:
+        kwargs["mtu"] = mtu
+    try:
+        ipr.link("add", **kwargs)
+    except NetlinkError as exc:
+        if exc.code != errno.EEXIST:
+            raise BridgeError(f"could not add bridge {name!r}: {exc.args[1] if len(exc.args) > 1 else exc}") from None
+    link = _find(ipr, name)
+    if link is None:
+        raise BridgeError(f"bridge {name!r} vanished right after creation")
+    if kind_of(link) != "bridge":
+        raise BridgeError(f"{name!r} already exists but is not a bridge")
+    index = link["index"]
+    try:
+        if vlan_filtering:
+            ipr.link("set", index=index, kind="bridge", br_vlan_filtering=1)
+        if promisc and not link["flags"] & IFF_PROMISC:
+            ipr.link("set", index=index, flags=IFF_PROMISC, mask=IFF_PROMISC)
+        ipr.link("set", index=index, address=link.get_attr("IFLA_ADDRESS"))  # pin: addr_assign_type=set
+        # we own this bridge's routes: no router advertisements
+        sysctl.try_write(f"net/ipv6/conf/{name}/accept_ra", "0")
+        ipr.link("set", index=index, state="up")
+    except NetlinkError as exc:
+        raise BridgeError(f"could not configure bridge {name!r}: {_reason(exc)}") from None
+    return _find(ipr, name)
+
+
+def vlan_filtering(link) -> bool:
+    info = link.get_attr("IFLA_LINKINFO")
+    data = info.get_attr("IFLA_INFO_DATA") if info is not None else None
+    return bool(data.get_attr("IFLA_BR_VLAN_FILTERING")) if data is not None else False
+
+
+def is_promisc(link) -> bool:
+    return bool(link["flags"] & IFF_PROMISC)
+
+
+def add_port(ipr, port_index: int, bridge_index: int, hairpin: bool = False, isolated: bool = False) -> None:
+    """Enslave a link to the bridge with the port flags the config asks for."""
+    try:
+        ipr.link("set", index=port_index, master=bridge_index)
+        if hairpin or isolated:
+            flags = {}
+            if hairpin:
+                flags["mode"] = 1  # IFLA_BRPORT_MODE: hairpin
+            if isolated:
+                flags["isolated"] = 1
+            ipr.brport("set", index=port_index, **flags)
+    except NetlinkError as exc:
+        raise BridgeError(f"could not attach port {port_index} to bridge {bridge_index}: {_reason(exc)}") from None
+
+
+def set_port_vlans(ipr, port_index: int, access: int = 0, trunk: tuple[int, ...] = (), keep_default: bool = False) -> None:
+    """Access VLAN (pvid, untagged) and/or tagged trunk VLANs on a port of a vlan_filtering bridge."""
+    try:
+        if not keep_default:
+            try:
+                ipr.vlan_filter("del", index=port_index, vlan_info={"vid": 1})
+            except NetlinkError as exc:
+                if exc.code not in (errno.ENOENT, errno.EINVAL):
+                    raise
+        if access:
+            ipr.vlan_filter("add", index=port_index, vlan_info={"vid": access, "flags": BRIDGE_VLAN_FLAGS_ACCESS})
+        for vid in trunk:
+            ipr.vlan_filter("add", index=port_index, vlan_info={"vid": vid})
+    except NetlinkError as exc:
+        raise BridgeError(f"could not set VLANs on port {port_index}: {_reason(exc)}") from None
+
+
+def port_info(link) -> dict:
+    """The bridge-port attributes of a link (hairpin, isolated, ...), as pyroute2 names them."""
+    info = link.get_attr("IFLA_LINKINFO")
+    data = info.get_attr("IFLA_INFO_SLAVE_DATA") if info is not None else None
+    if data is None:
+        return {}
+    return {name[len("IFLA_BRPORT_"):].lower(): value for name, value in data["attrs"]}
+
+
+def _reason(exc: NetlinkError) -> str:
+    return exc.args[1] if len(exc.args) > 1 else str(exc)
