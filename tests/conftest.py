@@ -82,15 +82,22 @@ class PluginRun:
 
 def exec_plugin(plugin: str, command: str, config, env: dict, *, container_id: str = "", netns: str = "",
                 ifname: str = "", args: str = "", extra_env: dict | None = None, directory: str = BIN,
-                timeout: float = 120) -> PluginRun:
-    """Execute a plugin binary exactly as a runtime does: CNI_* env + config JSON on stdin."""
+                timeout: float = 120, host_netns: str = "") -> PluginRun:
+    """Execute a plugin binary exactly as a runtime does: CNI_* env + config JSON on stdin.
+
+    With `host_netns` the plugin runs in that netns (nsenter --net, mount ns unchanged),
+    which then plays the host: its bridges, nftables and sysctls are the test's own.
+    """
     full = dict(env)
     full.update(
         CNI_COMMAND=command, CNI_CONTAINERID=container_id, CNI_NETNS=netns, CNI_IFNAME=ifname, CNI_ARGS=args
     )
     full.update(extra_env or {})
     stdin = config if isinstance(config, (bytes, bytearray)) else json.dumps(config).encode()
-    proc = subprocess.run([os.path.join(directory, plugin)], input=stdin, env=full, capture_output=True, timeout=timeout)
+    argv = [os.path.join(directory, plugin)]
+    if host_netns:
+        argv = ["nsenter", f"--net={host_netns}", "--"] + argv
+    proc = subprocess.run(argv, input=stdin, env=full, capture_output=True, timeout=timeout)
     return PluginRun(proc)
 
 
