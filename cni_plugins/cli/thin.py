@@ -1,0 +1,323 @@
+"""The thin path every plugin exec takes first: hand the command to the resident helper.
+
+Stdlib only, and only cheap builtins (`_socket`, `struct`): this module runs
+before anything else on every exec. It opens CNI_NETNS itself, sends env,
+stdin, the netns descriptor (SCM_RIGHTS), a descriptor of its working
+directory and its process context (namespaces, root, capabilities, umask) to
+`cnmd` over a root-only unix socket, and relays the answer. When the helper is
+absent, refuses, or does not confirm in time, the command runs in-process
+(cli.plugin.handle) exactly as without a helper.
+
+Wire protocol (PROTOCOL 1), all integers big-endian:
+  client -> helper  b"CNMD" u32 protocol u32 nfields, then nfields x (u32 len, bytes):
+                    build id, plugin name, context ("k=v\\n" lines), env (NUL-separated
+                    "K=V", fs-encoded), stdin, flags ("netns" when the second fd is the netns);
+                    ancillary SCM_RIGHTS: [cwd fd, netns fd?]
+  helper -> client  b"OK" (will serve) | b"NO" u32 len reason (refused: serve in-process)
+  client -> helper  b"GO" (committed: only now does the helper run the command)
+  helper -> client  b"RS" u32 exit code u32 len stdout
+The GO step makes a timed-out client safe: a helper that did not get GO never
+runs the command, so falling back in-process can never run it twice.
+"""
+
+from __future__ import annotations
+
+import os
+import struct
+import sys
+
+import _socket
+
+PROTOCOL = 1
+MAGIC = b"CNMD"
+SOCKET_ENV = "CNM_HELPER_SOCKET"
+DEFAULT_SOCKET = "/run/cnm/cnmd.sock"
+DISABLED = ("", "off", "none")  # CNM_HELPER_SOCKET values that mean: always in-process
+MAX_STDIN = 16 * 1024 * 1024  # same bound as cni.request.MAX_STDIN (a unit test keeps them equal)
+CONNECT_TIMEOUT = 0.5  # a unix connect is immediate unless the helper's backlog is full
+READY_TIMEOUT = 3.0  # helper accepted but not confirming: overloaded or wedged, do it ourselves
+ANSWER_TIMEOUT = 330.0  # after GO: store busy timeout (120 s) + delegated IPAM (300 s) bound it
+BUILD_ID_FILE = "cnm-build-id"  # written into a PyInstaller bundle by packaging/build.sh
+NAMESPACES = ("mnt", "net", "user", "pid")
+O_PATH = getattr(os, "O_PATH", 0o10000000)
+
+
+class Committed(Exception):
+    """The helper got GO but gave no answer: the command may have run there."""
+
+
+# ---- identity of this install and of this process -------------------------------------------
+def package_dir() -> str:
+    return os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def build_id() -> str:
+    """What must match between client and helper: protocol, version, and the exact code.
+
+    A bundle carries an id made at build time; a checkout hashes its sources'
+    paths, sizes and mtimes, so an edited tree never talks to an older helper.
+    """
+    from .. import __version__
+
+    base = getattr(sys, "_MEIPASS", None)
+    if base is not None:
+        try:
+            with open(os.path.join(base, BUILD_ID_FILE), "rb") as f:
+                return f"{PROTOCOL}/{__version__}/{f.read().decode().strip()}"
+        except OSError:
+            return f"{PROTOCOL}/{__version__}/frozen-without-id"
+    import zlib
+
+    root = package_dir()
+    stamp = [root, sys.version]
+    stack = [root]
+    while stack:
+        directory = stack.pop()
+        try:
+            entries = sorted(os.scandir(directory), key=lambda e: e.name)
+        except OSError:
+            continue
+        for entry in entries:
+            if entry.name == "__pycache__":
+                continue
+            if entry.is_dir(follow_symlinks=False):
+                stack.append(entry.path)
+            elif entry.name.endswith(".py"):
+                st = entry.stat()
+                stamp.append(f"{entry.path}:{st.st_size}:{st.st_mtime_ns}")
+    return f"{PROTOCOL}/{__version__}/{zlib.crc32(chr(10).join(stamp).encode()):08x}-{len(stamp)}"
+
+
+def process_context() -> dict[str, str]:
+    """What makes an in-process run differ: namespaces, root, capabilities, umask.
+
+    The helper serves only a caller whose context equals its own (else the
+    caller runs in-process); umask is applied per request instead.
+    """
+    ctx = {}
+    for ns in NAMESPACES:
+        st = os.stat(f"/proc/self/ns/{ns}")
+        ctx[ns] = f"{st.st_dev}:{st.st_ino}"
+    st = os.stat("/")
+    ctx["root"] = f"{st.st_dev}:{st.st_ino}"
+    ctx["cap"] = capabilities()
+    mask = os.umask(0o022)
+    os.umask(mask)
+    ctx["umask"] = f"{mask:o}"
+    return ctx
+
+
+def capabilities() -> str:
+    try:
+        with open("/proc/self/status", "rb") as f:
+            for line in f:
+                if line.startswith(b"CapEff:"):
+                    return line.split()[1].decode()
+    except OSError:
+        pass
+    return "?"
+
+
+def open_netns(path: str) -> int | None:
+    """CNI_NETNS opened as the plugin would (linux.netns.open_netns); None if it cannot be."""
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+    except OSError:
+        return None
+    try:
+        st = os.fstat(fd)
+        if st.st_dev == os.stat("/proc/self/ns/net").st_dev and (st.st_mode & 0o170000) != 0o040000:
+            return fd
+    except OSError:
+        pass
+    os.close(fd)
+    return None
+
+
+# ---- framing -------------------------------------------------------------------------------
+def encode_env(env) -> bytes:
+    return b"\0".join(os.fsencode(k) + b"=" + os.fsencode(v) for k, v in env.items())
+
+
+def encode_request(name: str, env, stdin: bytes, context: dict[str, str], with_netns: bool) -> bytes:
+    fields = [
+        build_id().encode(),
+        name.encode(),
+        "".join(f"{k}={v}\n" for k, v in context.items()).encode(),
+        encode_env(env),
+        stdin,
+        b"netns" if with_netns else b"",
+    ]
+    parts = [MAGIC, struct.pack("!II", PROTOCOL, len(fields))]
+    for field in fields:
+        parts.append(struct.pack("!I", len(field)))
+        parts.append(field)
+    return b"".join(parts)
+
+
+def recv_exact(sock, n: int) -> bytes:
+    chunks = []
+    while n:
+        chunk = sock.recv(min(n, 1 << 20))
+        if not chunk:
+            raise EOFError("connection closed")
+        chunks.append(chunk)
+        n -= len(chunk)
+    return b"".join(chunks)
+
+
+def send_with_fds(sock, data: bytes, fds: list[int]) -> None:
+    anc = [(_socket.SOL_SOCKET, _socket.SCM_RIGHTS, struct.pack(f"{len(fds)}i", *fds))]
+    sent = sock.sendmsg([data], anc)
+    if sent < len(data):
+        sock.sendall(data[sent:])
+
+
+# ---- the client ----------------------------------------------------------------------------
+def socket_path(env) -> str | None:
+    path = env.get(SOCKET_ENV, DEFAULT_SOCKET)
+    return None if path in DISABLED else path
+
+
+def via_helper(name: str, env, stdin: bytes) -> tuple[bytes, int] | None:
+    """The helper's (stdout, exit code), or None: then the caller runs the command in-process.
+
+    Raises Committed when the helper took the command (GO) and then failed to answer.
+    """
+    path = socket_path(env)
+    if path is None or not os.path.exists(path):
+        return None
+    fds = []
+    netns = env.get("CNI_NETNS", "")
+    try:
+        if netns:
+            # The helper never resolves a caller's path: without an open namespace, in-process.
+            netns_fd = open_netns(netns)
+            if netns_fd is None:
+                return None
+            fds.append(netns_fd)
+        fds.insert(0, os.open(".", O_PATH | os.O_DIRECTORY | os.O_CLOEXEC))
+        request = encode_request(name, env, stdin, process_context(), bool(netns))
+        sock = _socket.socket(_socket.AF_UNIX, _socket.SOCK_STREAM | _socket.SOCK_CLOEXEC)
+    except OSError:
+        for fd in fds:
+            os.close(fd)
+        return None
+    try:
+        try:
+            sock.settimeout(CONNECT_TIMEOUT)
+            sock.connect(path)
+            sock.settimeout(READY_TIMEOUT)
+            send_with_fds(sock, request, fds)
+            for fd in fds:
+                os.close(fd)
+            fds = []
+            tag = recv_exact(sock, 2)
+            if tag != b"OK":
+                return None  # b"NO" + reason: refused (other install, other namespaces, ...)
+            sock.sendall(b"GO")
+        except (OSError, EOFError):
+            return None
+        try:
+            sock.settimeout(ANSWER_TIMEOUT)
+            head = recv_exact(sock, 10)
+            if head[:2] != b"RS":
+                raise Committed(f"unexpected answer {head[:2]!r}")
+            code, length = struct.unpack("!iI", head[2:])
+            return recv_exact(sock, length), code
+        except (OSError, EOFError) as exc:
+            raise Committed(f"{type(exc).__name__}: {exc}") from None
+    finally:
+        for fd in fds:
+            os.close(fd)
+        sock.close()
+
+
+def read_stdin() -> bytes:
+    try:
+        if sys.stdin is None or sys.stdin.isatty():
+            return b""
+        return sys.stdin.buffer.read(MAX_STDIN + 1)
+    except (OSError, ValueError):
+        return b""
+
+
+def committed_failure(command: str, stdin: bytes, reason: str) -> tuple[bytes, int]:
+    """The helper lost an ADD it had started: say so (code 11) instead of running it twice."""
+    import json
+
+    from ..cni import versions
+    from ..cni.errors import TRY_AGAIN_LATER, CNIError
+
+    version = versions.LATEST
+    try:
+        v = json.loads(stdin).get("cniVersion")
+        if v in versions.SUPPORTED:
+            version = v
+    except Exception:
+        pass
+    err = CNIError(TRY_AGAIN_LATER, "cnmd did not finish the command", f"{command}: {reason}; retry")
+    return err.to_json(version), 1
+
+
+def run(name: str, environ) -> int:
+    """One CNI plugin exec (CNI_COMMAND is set): helper first, else in-process."""
+    stdin = read_stdin()
+    try:
+        answer = via_helper(name, environ, stdin)
+    except Committed as exc:
+        # Only an ADD can be unsafe to repeat; every other command is idempotent.
+        command = environ.get("CNI_COMMAND", "")
+        answer = committed_failure(command, stdin, str(exc)) if command == "ADD" else None
+    if answer is None:
+        from .plugin import handle
+
+        response = handle(name, environ, stdin)
+        answer = (response.stdout, response.exit_code)
+    stdout, code = answer
+    if stdout:
+        sys.stdout.buffer.write(stdout)
+        sys.stdout.flush()
+    return code
+
+
+def restore_frozen_environment() -> None:
+    """Undo what the PyInstaller bootloader adds to the environment (before any thread runs).
+
+    Children (nft, a delegated IPAM) must not load our bundled libraries, and
+    the env a plugin forwards must be the runtime's own.
+    """
+    if not getattr(sys, "frozen", False):
+        return
+    env = os.environ
+    orig = env.pop("LD_LIBRARY_PATH_ORIG", None)
+    if orig is not None:
+        env["LD_LIBRARY_PATH"] = orig
+    else:
+        env.pop("LD_LIBRARY_PATH", None)
+    for key in [k for k in env if k.startswith("_PYI_")]:
+        del env[key]
+
+
+# Names of the multi-call executable that are not plugin types.
+ENTRY_POINTS = {
+    "cnmd": ("cni_plugins.cli.cnmd", "main"),
+    "cnmctl": ("cni_plugins.cli.cnmctl", "main"),
+}
+
+
+def main(argv: list[str] | None = None) -> int:
+    """The multi-call executable (bin/cnm and the bundle): plugin types, cnmd, cnmctl."""
+    restore_frozen_environment()
+    argv = sys.argv if argv is None else argv
+    name = os.path.basename(argv[0])
+    if name in ENTRY_POINTS:
+        import importlib
+
+        module, attr = ENTRY_POINTS[name]
+        return getattr(importlib.import_module(module), attr)() or 0
+    if not os.environ.get("CNI_COMMAND"):  # the about line, as plugin.main prints it
+        from .plugin import main as usage
+
+        return usage(argv)
+    return run(name, os.environ)
