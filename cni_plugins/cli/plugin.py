@@ -69,8 +69,7 @@ def main(argv: list[str] | None = None) -> int:
             f"CNI protocol versions supported: {', '.join(versions.SUPPORTED)}\n"
         )
         return 0
-    response = handle(name, os.environ, read_stdin())
-    if response.stdout:
-        sys.stdout.buffer.write(response.stdout)
-        sys.stdout.flush()
-    return response.exit_code
+    # The thin path: the resident helper (cnmd) when one serves us, else handle() in-process.
+    from .thin import run
+
+    return run(name, os.environ)
