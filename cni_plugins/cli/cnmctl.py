@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import hashlib
+import ipaddress
 import json
 import os
 import sys
@@ -93,8 +94,8 @@ def cmd_cnitool(opts) -> int:
     netns = opts.netns
     if opts.command in ("add", "check", "del") and not netns:
         raise UsageError(f"{opts.command} needs NETNS")
-    net = confmod.load_conflist(conf_dir(), opts.network)
     rt = env_runtime(os.path.abspath(netns) if netns else "")
+    net = confmod.load_conflist(conf_dir(), opts.network)
     run = runner()
     if opts.command == "add":
         print_result(run.add_network_list(net, rt))
@@ -120,6 +121,10 @@ def parse_publish(spec: str) -> dict[str, Any]:
     elif len(parts) == 3:
         host_ip, host, container = parts
         host_ip = host_ip.strip("[]")
+        try:
+            host_ip = str(ipaddress.ip_address(host_ip))
+        except ValueError:
+            raise UsageError(f"invalid --publish {spec!r}: {host_ip!r} is not an IP address") from None
     else:
         raise UsageError(f"invalid --publish {spec!r}: use [HOSTIP:]HOSTPORT:CONTAINERPORT[/PROTO]")
     if proto not in ("tcp", "udp", "sctp"):
@@ -141,7 +146,7 @@ def netns_path(name: str) -> str:
 
 
 def check_name(name: str) -> None:
-    if not ID_PATTERN.match(name) or len(name) > 200:
+    if not ID_PATTERN.fullmatch(name) or len(name) > 200:
         raise UsageError(f"invalid name {name!r}: must match {ID_PATTERN.pattern}")
 
 
@@ -167,14 +172,15 @@ def cmd_run(opts) -> int:
     path = netns_path(opts.name)
     if os.path.exists(path):
         raise RunnerError(f"{path} already exists: `cnmctl rm {opts.name}` first")
+    rt = env_runtime(path, container_id=opts.name)
+    publish = [parse_publish(p) for p in opts.publish]
     run = runner()
     if opts.network:
         net = confmod.load_conflist(conf_dir(), opts.network)
     else:
         net = confmod.conflist_from_bytes(json.dumps(JOIN_NETWORK).encode())
-    rt = env_runtime(path, container_id=opts.name)
-    if opts.publish:
-        rt.capability_args["portMappings"] = [parse_publish(p) for p in opts.publish]
+    if publish:
+        rt.capability_args["portMappings"] = publish
         if not any((p.get("capabilities") or {}).get("portMappings") for p in net.plugins):
             sys.stderr.write(f"cnmctl: warning: network {net.name!r} declares no portMappings capability\n")
     if opts.join:

@@ -105,11 +105,11 @@ def validate_attachment(rt: RuntimeConf, network: str) -> None:
     """What libcni checks before an ADD: container ID, network name, interface name."""
     if not rt.container_id:
         raise PluginError(CNIError(UNKNOWN_CONTAINER, "missing containerID"))
-    if not ID_PATTERN.match(rt.container_id):
+    if not ID_PATTERN.fullmatch(rt.container_id):
         raise PluginError(CNIError(INVALID_ENV, "invalid characters in containerID", rt.container_id))
     if not network:
         raise PluginError(CNIError(INVALID_CONFIG, "missing network name"))
-    if not ID_PATTERN.match(network):
+    if not ID_PATTERN.fullmatch(network):
         raise PluginError(CNIError(INVALID_CONFIG, "invalid characters found in network name", network))
     try:
         validate_ifname(rt.ifname)
