@@ -16,7 +16,9 @@ from typing import Iterator
 CLONE_NEWNET = 0x40000000
 MS_BIND = 4096
 MNT_DETACH = 2
-SELF = "/proc/self/ns/net"
+# The calling thread's netns, not the thread group leader's (/proc/self): identical in a
+# plugin process, and right in a helper thread that serves a caller from another netns.
+SELF = "/proc/thread-self/ns/net" if os.path.exists("/proc/thread-self/ns/net") else "/proc/self/ns/net"
 NETNS_RUN_DIR = "/run/netns"
 
 _libc = ctypes.CDLL(None, use_errno=True)
