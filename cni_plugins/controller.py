@@ -8,6 +8,7 @@ which is also the node-wide lock that orders concurrent commands.
 
 from __future__ import annotations
 
+import dataclasses
 import os
 from contextlib import ExitStack
 from typing import Iterable
@@ -15,11 +16,11 @@ from typing import Iterable
 from . import drivers
 from .cni.args import truthy
 from .cni.errors import CHECK_FAILED, CONFLICT, INVALID_CONFIG, INVALID_NETNS, NOT_AVAILABLE, CNIError
-from .cni.request import Request
+from .cni.request import Request, parse
 from .cni.result import Result
 from .cnm.model import HOST_SANDBOX, Endpoint, Network, Sandbox, endpoint_id
 from .cnm.store import Store, StoreError, state_dir
-from .drivers.base import Context, Driver
+from .drivers.base import RECORD_KEY, Context, Driver, record_add, recorded_result
 from .linux import netns
 
 RUN_DIR_ENV = "CNM_RUN_DIR"
@@ -118,30 +119,42 @@ class Controller:
     def add(self, request: Request) -> Result:
         driver = self.driver
         options = self._network_options(request)
+        joins = getattr(driver, "joins_sandbox", False)
+        target = driver.target_container(request) if joins else None
         store = open_store(request)
         with ExitStack() as stack:
             fd = self._open_required(request)
             stack.callback(os.close, fd)
-            self._guard_host_netns(request, fd, driver.uses_host_netns)
+            if not joins:  # a joiner's guard needs the store: see _sandbox_to_join
+                self._guard_host_netns(request, fd, driver.uses_host_netns)
             identity = netns.identity_of(fd)
             try:
                 tx = stack.enter_context(store.transaction())
             except StoreError as exc:
                 raise CNIError(NOT_AVAILABLE, "CNM store unavailable", str(exc)) from None
+            if joins:
+                sandbox, new_sandbox = self._sandbox_to_join(tx, request, fd, identity, target), False
             network = self._ensure_network(tx, request, driver, options)
             ep_id = endpoint_id(request.network, request.container_id, request.ifname)
-            if tx.get_endpoint(ep_id) is not None:
+            existing = tx.get_endpoint(ep_id)
+            if existing is not None and not existing.active:
+                revived = self._reactivate(tx, request, existing, identity)
+                if revived is not None:
+                    return revived
+            if existing is not None:
                 raise CNIError(
                     CONFLICT,
                     "endpoint already exists",
                     f"container {request.container_id} already has {request.ifname} on network "
                     f"{request.network}; DEL it first",
                 )
-            sandbox, new_sandbox = self._ensure_sandbox(tx, request, fd, identity, driver)
+            if not joins:
+                sandbox, new_sandbox = self._ensure_sandbox(tx, request, fd, identity, driver)
             endpoint = Endpoint(
                 ep_id, request.network, sandbox.id, request.container_id, request.ifname, driver.name
             )
-            ctx = Context(request, fd, request.env)
+            peers = () if new_sandbox else tuple(tx.list_endpoints(sandbox=sandbox.id))
+            ctx = Context(request, fd, request.env, peers)
             undo = ExitStack()
             try:
                 if new_sandbox and sandbox.pin:
@@ -154,6 +167,7 @@ class Controller:
                 # A result the requested version cannot carry (0.1/0.2 without an IP) must
                 # fail the ADD here, rolled back, not after the commit.
                 result.emit(request.version)
+                record_add(endpoint, request, result)  # replayed to joiners, used by a foreign DEL
                 tx.put_network(network)
                 tx.put_sandbox(sandbox)
                 tx.put_endpoint(endpoint)
@@ -162,6 +176,19 @@ class Controller:
                 raise
             undo.pop_all()
             return result
+
+    @staticmethod
+    def _reactivate(tx, request: Request, endpoint: Endpoint, identity) -> Result | None:
+        """ADD of an endpoint kept (inactive) for the other members of its sandbox, from the
+        same netns: the container is back in the stack that never went away."""
+        sandbox = tx.get_sandbox(endpoint.sandbox)
+        result = recorded_result(endpoint)
+        if sandbox is None or result is None or (sandbox.ns_dev, sandbox.ns_ino) != (identity.dev, identity.ino):
+            return None
+        result.emit(request.version)
+        endpoint.active = True
+        tx.put_endpoint(endpoint)
+        return result
 
     def _ensure_sandbox(self, tx, request: Request, fd: int, identity, driver: Driver) -> tuple[Sandbox, bool]:
         """The sandbox this netns is; a new one (pinned) on first use."""
@@ -186,6 +213,35 @@ class Controller:
         pin = os.path.join(pin_dir(request.env), sb_id)
         return Sandbox(sb_id, request.netns, identity.dev, identity.ino, pin), True
 
+    def _sandbox_to_join(self, tx, request: Request, fd: int, identity, target: str) -> Sandbox:
+        """The sandbox of container `target`, which CNI_NETNS must be (cnm-container ADD)."""
+        sandbox = tx.find_sandbox_of_container(target)
+        # The host guard, with its one exception: joining the host sandbox of cnm-host.
+        self._guard_host_netns(request, fd, allow_host=sandbox is not None and sandbox.is_host)
+        if sandbox is None:
+            raise CNIError(
+                INVALID_CONFIG,
+                f"container {target!r} has no sandbox",
+                f"no container {target!r} is attached to any network here (config key 'container' "
+                f"or CNI_ARGS CNM_CONTAINER); ADD it with cnm-bridge, cnm-none or cnm-host first",
+            )
+        if (sandbox.ns_dev, sandbox.ns_ino) != (identity.dev, identity.ino):
+            raise CNIError(
+                CONFLICT,
+                f"CNI_NETNS is not the network namespace of container {target!r}",
+                f"CNI_NETNS={request.netns} is netns {identity}, but sandbox {sandbox.id} of container "
+                f"{target} is {sandbox.netns} (pinned at {sandbox.pin or 'the host'}), netns "
+                f"{sandbox.ns_dev}:{sandbox.ns_ino}",
+            )
+        mine = tx.find_sandbox_of_container(request.container_id)
+        if mine is not None and mine.id != sandbox.id:
+            raise CNIError(
+                CONFLICT,
+                "container is already attached in another network namespace",
+                f"container {request.container_id} has sandbox {mine.id} in {mine.netns}; DEL it first",
+            )
+        return sandbox
+
     # ---- DEL -----------------------------------------------------------------------------
     def delete(self, request: Request) -> None:
         store = open_store(request)
@@ -200,35 +256,51 @@ class Controller:
                 self._delete_unrecorded(request, ep_id)
                 return
             sandbox = tx.get_sandbox(endpoint.sandbox)
-            fd = self._open_optional(sandbox.pin if sandbox else "", request.netns, fd=request.netns_fd)
+            fd = self._open_sandbox(sandbox, request)
             if fd is not None:
                 stack.callback(os.close, fd)
             if fd is not None and sandbox is not None and not sandbox.is_host:
                 if netns.identity_of(fd) == netns.own_identity():
                     self._guard_host_netns(request, fd, allow_host=False)
-            endpoint.active = False
-            tx.put_endpoint(endpoint)
-            members = self._active_members(tx, endpoint.sandbox)
-            others = members - {endpoint.container_id}
-            if others:
-                return  # the sandbox lives on; its endpoints stay until the last member leaves
-            ctx = Context(request, fd, request.env)
-            if endpoint.container_id not in members:
-                doomed = [e for e in tx.list_endpoints(sandbox=endpoint.sandbox) if not e.active]
-            else:
-                doomed = [endpoint]
-            errors = []
-            for ep in doomed:
-                try:
-                    self._teardown(tx, ctx, ep, sandbox)
-                except CNIError as err:
-                    errors.append(err)
-            if not members and sandbox is not None and not errors:
-                if sandbox.pin:
-                    netns.unpin(sandbox.pin)
-                tx.delete_sandbox(sandbox.id)
+            errors = self._leave(tx, request, endpoint, sandbox, fd)
             if errors:
                 raise errors[0]
+
+    def _leave(self, tx, request: Request, endpoint: Endpoint, sandbox: Sandbox | None, fd: int | None) -> list:
+        """The endpoint's container leaves; the sandbox's endpoints go with its last member.
+
+        While OTHER containers are still members of the sandbox, the endpoint stays,
+        inactive, with all it owns (its addresses and links are the shared stack). When
+        the last member leaves, every inactive endpoint is torn down through its own
+        recorded driver and config, and the sandbox and its pin go. Returns the errors.
+        """
+        endpoint.active = False
+        tx.put_endpoint(endpoint)
+        members = self._active_members(tx, endpoint.sandbox)
+        others = members - {endpoint.container_id}
+        if others:
+            if getattr(drivers.load(endpoint.driver), "membership_only", False):
+                return self._teardown_all(tx, request, [endpoint], sandbox, fd)  # owns nothing
+            return []  # the sandbox lives on; its endpoints stay until the last member leaves
+        if endpoint.container_id in members:  # the same container keeps other endpoints here
+            doomed = [endpoint]
+        else:
+            doomed = [e for e in tx.list_endpoints(sandbox=endpoint.sandbox) if not e.active]
+        errors = self._teardown_all(tx, request, doomed, sandbox, fd)
+        if not members and sandbox is not None and not errors:
+            if sandbox.pin:
+                netns.unpin(sandbox.pin)
+            tx.delete_sandbox(sandbox.id)
+        return errors
+
+    def _teardown_all(self, tx, request, doomed, sandbox, fd) -> list:
+        errors = []
+        for ep in doomed:
+            try:
+                self._teardown(tx, self._context_for(ep, request, sandbox, fd), ep, sandbox)
+            except CNIError as err:
+                errors.append(err)
+        return errors
 
     @staticmethod
     def _active_members(tx, sandbox_id: str) -> set[str]:
@@ -242,6 +314,53 @@ class Controller:
         driver.leave(ctx, network, endpoint, sandbox)
         driver.delete_endpoint(ctx, network, endpoint)
         tx.delete_endpoint(endpoint.id)
+
+    @staticmethod
+    def _context_for(endpoint: Endpoint, request: Request, sandbox: Sandbox | None, fd: int | None,
+                     peers: tuple = ()) -> Context:
+        """The Context to act on `endpoint` with while serving `request`.
+
+        The request's own endpoint gets the request. Any other endpoint (torn down or
+        checked by the last member's DEL/CHECK, or by GC) gets its ADD replayed: the
+        recorded config and CNI_ARGS, CNI_CONTAINERID/CNI_IFNAME of its own attachment
+        (a delegated IPAM releases by those) and the sandbox's pin as CNI_NETNS.
+        """
+        own = endpoint_id(request.network, request.container_id, request.ifname)
+        if request.command in ("ADD", "DEL", "CHECK") and endpoint.id == own:
+            return Context(request, fd, request.env, peers)
+        path = (sandbox.pin or sandbox.netns) if sandbox is not None else request.netns
+        env = dict(request.env)
+        env.update(CNI_COMMAND=request.command if request.command in ("DEL", "CHECK") else "DEL",
+                   CNI_CONTAINERID=endpoint.container_id, CNI_IFNAME=endpoint.ifname, CNI_NETNS=path or "")
+        recorded = endpoint.data.get(RECORD_KEY) or {}
+        replayed = None
+        if recorded.get("stdin"):
+            env["CNI_ARGS"] = recorded.get("args", "")
+            try:
+                replayed = parse(env, recorded["stdin"].encode())
+            except CNIError:
+                replayed = None
+        if replayed is None:  # recorded before ADDs were recorded: the current config, its ids
+            replayed = dataclasses.replace(
+                request, command=env["CNI_COMMAND"], container_id=endpoint.container_id,
+                ifname=endpoint.ifname, netns=env["CNI_NETNS"], env=env, netns_fd=None,
+            )
+        return Context(replayed, fd, replayed.env, peers)
+
+    def _open_sandbox(self, sandbox: Sandbox | None, request: Request) -> int | None:
+        """The sandbox's netns, open: via our pin first (the runtime's path may be gone or
+        reused); any candidate must BE the sandbox's netns. None when it is gone."""
+        if sandbox is None:
+            return self._open_optional(request.netns, fd=request.netns_fd)
+        candidates = [(None, request.netns_fd), (sandbox.pin, None), (request.netns, None), (sandbox.netns, None)]
+        for path, given in candidates:
+            fd = self._open_optional(path or "", fd=given) if (path or given is not None) else None
+            if fd is None:
+                continue
+            if netns.identity_of(fd) == netns.Identity(sandbox.ns_dev, sandbox.ns_ino):
+                return fd
+            os.close(fd)
+        return None
 
     def _delete_unrecorded(self, request: Request, ep_id: str) -> None:
         """No record (never added, already deleted, or lost in a crash): converge the kernel."""
@@ -267,10 +386,13 @@ class Controller:
         prev_raw = request.config.get("prevResult")
         prev = Result.parse(prev_raw, request.version) if prev_raw else None
         ep_id = endpoint_id(request.network, request.container_id, request.ifname)
+        joins = getattr(self.driver, "joins_sandbox", False)
+        target = self.driver.target_container(request) if joins else None
         with ExitStack() as stack:
             fd = self._open_required(request)
             stack.callback(os.close, fd)
-            self._guard_host_netns(request, fd, self.driver.uses_host_netns)
+            if not joins:
+                self._guard_host_netns(request, fd, self.driver.uses_host_netns)
             tx = stack.enter_context(store.transaction(write=False))
             endpoint = tx.get_endpoint(ep_id)
             if endpoint is None or not endpoint.active:
@@ -280,6 +402,8 @@ class Controller:
                     f"container {request.container_id} has no {request.ifname} on network {request.network}",
                 )
             sandbox = tx.get_sandbox(endpoint.sandbox)
+            if joins:
+                self._guard_host_netns(request, fd, allow_host=sandbox is not None and sandbox.is_host)
             identity = netns.identity_of(fd)
             if sandbox is None or (sandbox.ns_dev, sandbox.ns_ino) != (identity.dev, identity.ino):
                 raise CNIError(
@@ -287,8 +411,28 @@ class Controller:
                     "network namespace changed",
                     f"{request.netns} is not the namespace of sandbox {endpoint.sandbox}",
                 )
+            peers = tuple(e for e in tx.list_endpoints(sandbox=sandbox.id) if e.id != endpoint.id)
+            if joins:
+                self._check_membership(tx, request, endpoint, sandbox, target, peers, fd)
             network = tx.get_network(endpoint.network)
-            drivers.load(endpoint.driver).check(Context(request, fd, request.env), network, endpoint, sandbox, prev)
+            drivers.load(endpoint.driver).check(Context(request, fd, request.env, peers), network, endpoint, sandbox, prev)
+
+    def _check_membership(self, tx, request, endpoint, sandbox, target, peers, fd) -> None:
+        """cnm-container CHECK: still sharing the named container's stack, and that stack's
+        endpoints pass their own drivers' CHECK (with their recorded config and result)."""
+        theirs = tx.find_sandbox_of_container(target)
+        if theirs is not None and theirs.id != sandbox.id:
+            raise CNIError(
+                CHECK_FAILED,
+                f"container {target!r} is in another network namespace now",
+                f"{request.container_id} shares sandbox {sandbox.id}; {target} is a member of {theirs.id}",
+            )
+        for ep in peers:
+            peer_driver = drivers.load(ep.driver)
+            if getattr(peer_driver, "membership_only", False):
+                continue
+            ctx = self._context_for(ep, request, sandbox, fd)
+            peer_driver.check(ctx, tx.get_network(ep.network), ep, sandbox, recorded_result(ep))
 
     # ---- GC / STATUS ---------------------------------------------------------------------
     def gc(self, request: Request) -> None:
@@ -298,22 +442,21 @@ class Controller:
         store = open_store(request)
         errors = []
         with store.transaction() as tx:
-            for endpoint in tx.list_endpoints(network=request.network):
-                if (endpoint.container_id, endpoint.ifname) in valid:
+            for stale in tx.list_endpoints(network=request.network):
+                if (stale.container_id, stale.ifname) in valid:
                     continue
+                endpoint = tx.get_endpoint(stale.id)  # an earlier leave may have removed it
+                if endpoint is None:
+                    continue
+                if not endpoint.active and self._active_members(tx, endpoint.sandbox):
+                    continue  # held by the sandbox's remaining members (shared netns)
                 sandbox = tx.get_sandbox(endpoint.sandbox)
-                fd = self._open_optional(sandbox.pin if sandbox else "")
+                fd = self._open_sandbox(sandbox, request) if sandbox is not None else None
                 try:
-                    self._teardown(tx, Context(request, fd, request.env), endpoint, sandbox)
-                except CNIError as err:
-                    errors.append(err)
+                    errors.extend(self._leave(tx, request, endpoint, sandbox, fd))
                 finally:
                     if fd is not None:
                         os.close(fd)
-                if sandbox is not None and not tx.list_endpoints(sandbox=sandbox.id):
-                    if sandbox.pin:
-                        netns.unpin(sandbox.pin)
-                    tx.delete_sandbox(sandbox.id)
         gc_extra = getattr(self.driver, "gc", None)
         if gc_extra is not None:
             try:
