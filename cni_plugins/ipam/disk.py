@@ -1,0 +1,254 @@
+"""host-local's on-disk lease store, byte for byte (cni-spec.md §2.4).
+
+<dataDir>/<network>/<ip>                 "containerID\\r\\nifname" (no newline), 0600, O_EXCL
+<dataDir>/<network>/last_reserved_ip.<n> last IP reserved in range set n, 0600
+<dataDir>/<network>/lock                 flock(LOCK_EX) around every read-modify-write
+
+Go host-local and cnm-ipam take the same flock on the same file, so they can
+replace each other on a live node. Every file operation goes through a
+descriptor of the network directory (dir_fd), so a name can never escape it.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import ipaddress
+import os
+from contextlib import contextmanager
+from typing import Iterator
+
+from .ranges import IP
+
+DEFAULT_DATA_DIR = "/var/lib/cni/networks"
+LAST_RESERVED_PREFIX = "last_reserved_ip."
+LOCK_NAME = "lock"
+LINE_BREAK = "\r\n"
+DIR_MODE = 0o755  # host-local's mode, so Go can share the directory
+FILE_MODE = 0o600
+
+
+class PathError(ValueError):
+    """dataDir or the network name would put files outside dataDir."""
+
+
+def lease_dir_path(data_dir: str, network: str) -> str:
+    """<dataDir>/<network>, refusing anything that is not a plain child of an absolute dataDir."""
+    if not isinstance(data_dir, str) or not data_dir or "\0" in data_dir or not os.path.isabs(data_dir):
+        raise PathError(f"dataDir={data_dir!r} must be an absolute path")
+    if (
+        not network
+        or network in (".", "..")
+        or "/" in network
+        or "\0" in network
+        or network != os.path.basename(os.path.normpath(os.path.join("/", network)))
+    ):
+        raise PathError(f"network name {network!r} cannot be a directory name")
+    root = os.path.normpath(data_dir)
+    path = os.path.join(root, network)
+    if os.path.dirname(path) != root:
+        raise PathError(f"network name {network!r} leaves dataDir")
+    return path
+
+
+def ip_of_name(name: str) -> IP | None:
+    """The address a lease file is named after, None for lock/last_reserved/other files."""
+    if not name or name[0] not in "0123456789abcdefABCDEF:":
+        return None
+    try:
+        addr = ipaddress.ip_address(name)
+    except ValueError:
+        return None
+    return addr if str(addr) == name else None
+
+
+def owner_text(container_id: str, ifname: str) -> str:
+    return container_id.strip() + LINE_BREAK + ifname
+
+
+def parse_owner(content: str) -> tuple[str, str | None]:
+    """(containerID, ifname) of a lease; ifname None for a legacy file holding only the id."""
+    text = content.strip()
+    if LINE_BREAK in text:
+        cid, ifname = text.split(LINE_BREAK, 1)
+        return cid, ifname
+    return text, None
+
+
+class LeaseDir:
+    """The lease directory of one network. Use `with store.locked():` around changes."""
+
+    def __init__(self, data_dir: str, network: str, create: bool = True):
+        self.path = lease_dir_path(data_dir, network)
+        if create:
+            os.makedirs(self.path, mode=DIR_MODE, exist_ok=True)
+        self.fd = os.open(self.path, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+        self._lock_fd: int | None = None
+
+    @classmethod
+    def existing(cls, data_dir: str, network: str) -> "LeaseDir | None":
+        """The directory if it exists; None otherwise (DEL, CHECK, GC create nothing)."""
+        try:
+            return cls(data_dir, network, create=False)
+        except FileNotFoundError:
+            return None
+
+    def close(self) -> None:
+        if self._lock_fd is not None:
+            os.close(self._lock_fd)
+            self._lock_fd = None
+        os.close(self.fd)
+
+    def __enter__(self) -> "LeaseDir":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    # ---- the lock ----------------------------------------------------------------------
+    @contextmanager
+    def locked(self) -> Iterator["LeaseDir"]:
+        """Exclusive flock on <dir>/lock, the one go-filemutex takes."""
+        fd = os.open(LOCK_NAME, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC | os.O_NOFOLLOW, 0o644, dir_fd=self.fd)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX)
+            try:
+                yield self
+            finally:
+                fcntl.flock(fd, fcntl.LOCK_UN)
+        finally:
+            os.close(fd)
+
+    # ---- files -------------------------------------------------------------------------
+    def _write_new(self, name: str, data: bytes) -> bool:
+        """Create `name` exclusively with `data`; False when it exists already."""
+        try:
+            fd = os.open(name, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC | os.O_NOFOLLOW, FILE_MODE,
+                         dir_fd=self.fd)
+        except FileExistsError:
+            return False
+        try:
+            os.fchmod(fd, FILE_MODE)  # exact mode whatever the umask
+            _write_all(fd, data)
+        except OSError:
+            os.close(fd)
+            self._unlink(name)
+            raise
+        os.close(fd)
+        return True
+
+    def _replace(self, name: str, data: bytes) -> None:
+        fd = os.open(name, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC | os.O_NOFOLLOW, FILE_MODE,
+                     dir_fd=self.fd)
+        try:
+            os.fchmod(fd, FILE_MODE)
+            _write_all(fd, data)
+        finally:
+            os.close(fd)
+
+    def _read(self, name: str) -> bytes | None:
+        try:
+            fd = os.open(name, os.O_RDONLY | os.O_CLOEXEC | os.O_NOFOLLOW, dir_fd=self.fd)
+        except OSError:
+            return None
+        try:
+            chunks = []
+            while True:
+                chunk = os.read(fd, 65536)
+                if not chunk:
+                    break
+                chunks.append(chunk)
+            return b"".join(chunks)
+        except OSError:
+            return None
+        finally:
+            os.close(fd)
+
+    def _unlink(self, name: str) -> bool:
+        try:
+            os.unlink(name, dir_fd=self.fd)
+            return True
+        except FileNotFoundError:
+            return False
+
+    def read(self, name: str) -> bytes | None:
+        """A file of this directory (None when absent or unreadable)."""
+        return self._read(name)
+
+    def write_atomic(self, name: str, data: bytes) -> None:
+        """Replace `name` by a complete new file (temp file + rename)."""
+        tmp = f".{name}.tmp"
+        self._unlink(tmp)
+        self._write_new(tmp, data)
+        os.rename(tmp, name, src_dir_fd=self.fd, dst_dir_fd=self.fd)
+
+    def remove(self, name: str) -> bool:
+        return self._unlink(name)
+
+    def names(self) -> list[str]:
+        return os.listdir(self.fd)
+
+    # ---- leases ------------------------------------------------------------------------
+    def reserve(self, addr: IP, container_id: str, ifname: str, set_index: int) -> bool:
+        """host-local's Reserve: exclusive create of the lease, then last_reserved_ip.<n>."""
+        if not self._write_new(str(addr), owner_text(container_id, ifname).encode()):
+            return False
+        try:
+            self._replace(f"{LAST_RESERVED_PREFIX}{set_index}", str(addr).encode())
+        except OSError:
+            self._unlink(str(addr))
+            raise
+        return True
+
+    def release(self, addr: IP) -> bool:
+        return self._unlink(str(addr))
+
+    def last_reserved(self, set_index: int) -> IP | None:
+        data = self._read(f"{LAST_RESERVED_PREFIX}{set_index}")
+        if not data:
+            return None
+        try:
+            return ipaddress.ip_address(data.decode(errors="replace").strip())
+        except ValueError:
+            return None  # host-local also just loses round-robin once
+
+    def leases(self) -> dict[IP, tuple[str, str | None]]:
+        """Every lease: address -> (containerID, ifname or None for a legacy file)."""
+        out: dict[IP, tuple[str, str | None]] = {}
+        for name in self.names():
+            addr = ip_of_name(name)
+            if addr is None:
+                continue
+            data = self._read(name)
+            if data is None:
+                continue
+            out[addr] = parse_owner(data.decode(errors="replace"))
+        return out
+
+    def find(self, container_id: str, ifname: str) -> list[IP]:
+        """The attachment's leases; files of the legacy format count when they hold the id."""
+        cid = container_id.strip()
+        return sorted(
+            (addr for addr, (owner, owner_if) in self.leases().items() if owner == cid and owner_if in (ifname, None)),
+            key=_sort_key,
+        )
+
+    def release_owner(self, container_id: str, ifname: str) -> list[IP]:
+        """host-local's ReleaseByID: the (id, ifname) leases, else the legacy id-only ones."""
+        cid = container_id.strip()
+        leases = self.leases()
+        matched = [a for a, (owner, owner_if) in leases.items() if owner == cid and owner_if == ifname]
+        if not matched:
+            matched = [a for a, (owner, owner_if) in leases.items() if owner == cid and owner_if is None]
+        return sorted((a for a in matched if self.release(a)), key=_sort_key)
+
+
+def _write_all(fd: int, data: bytes) -> None:
+    view = memoryview(data)
+    while view:
+        written = os.write(fd, view)
+        view = view[written:]
+
+
+def _sort_key(addr: IP) -> tuple[int, int]:
+    return addr.version, int(addr)
+
