@@ -27,6 +27,35 @@ def unique(prefix: str, length: int = 15) -> str:
     return (prefix + tag)[:length]
 
 
+# Helper mode (issue 7): with CNM_TEST_HELPER=1 one resident helper (bin/cnmd) serves every
+# plugin exec of the session through the thin path, so the whole suite runs on both paths.
+HELPER_SOCKET_ENV = "CNM_HELPER_SOCKET"
+
+
+@pytest.fixture(scope="session", autouse=True)
+def cnm_helper(tmp_path_factory):
+    """The session's helper socket (CNM_TEST_HELPER=1), else None (plugins run in-process)."""
+    if os.environ.get("CNM_TEST_HELPER") != "1":
+        yield None
+        return
+    import time
+
+    directory = tmp_path_factory.mktemp("cnmd")
+    sock = str(directory / "cnmd.sock")
+    log = open(directory / "cnmd.log", "wb")
+    proc = subprocess.Popen([os.path.join(BIN, "cnmd"), "--socket", sock], stdout=log, stderr=log)
+    deadline = time.monotonic() + 30
+    while not os.path.exists(sock):
+        assert proc.poll() is None and time.monotonic() < deadline, (directory / "cnmd.log").read_text()
+        time.sleep(0.05)
+    os.environ[HELPER_SOCKET_ENV] = sock
+    yield sock
+    os.environ.pop(HELPER_SOCKET_ENV, None)
+    proc.terminate()
+    proc.wait(timeout=60)
+    log.close()
+
+
 @pytest.fixture
 def cnm_env(tmp_path):
     """Environment for a plugin exec: private state and run dirs, our bin and the Go plugins on CNI_PATH."""
@@ -38,6 +67,8 @@ def cnm_env(tmp_path):
         "CNM_STATE_DIR": str(state),
         "CNM_RUN_DIR": str(run),
     }
+    if HELPER_SOCKET_ENV in os.environ:
+        env[HELPER_SOCKET_ENV] = os.environ[HELPER_SOCKET_ENV]
     yield env
     # Pins of sandboxes a failed test left behind are ours: unmount them.
     pins = run / "netns"
@@ -93,6 +124,8 @@ def exec_plugin(plugin: str, command: str, config, env: dict, *, container_id: s
         CNI_COMMAND=command, CNI_CONTAINERID=container_id, CNI_NETNS=netns, CNI_IFNAME=ifname, CNI_ARGS=args
     )
     full.update(extra_env or {})
+    if HELPER_SOCKET_ENV in os.environ:
+        full.setdefault(HELPER_SOCKET_ENV, os.environ[HELPER_SOCKET_ENV])
     stdin = config if isinstance(config, (bytes, bytearray)) else json.dumps(config).encode()
     argv = [os.path.join(directory, plugin)]
     if host_netns:
