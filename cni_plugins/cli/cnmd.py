@@ -47,6 +47,7 @@ PRELOAD = (
     "cni_plugins.drivers.bridge",
     "cni_plugins.drivers.container",
     "cni_plugins.ipam.plugin",
+    "cni_plugins.ipam.disk",
     "cni_plugins.linux.links",
     "pyroute2",
     "pydantic",
@@ -108,9 +109,23 @@ def unshare_fs() -> None:
         raise OSError(err, f"unshare(CLONE_FS): {os.strerror(err)}")
 
 
+def adopt_netns(fd: int) -> None:
+    """Run this worker thread in the caller's netns: there the plugin would have run.
+
+    setns is per thread; the thread ends with the request, so nothing leaks to the next.
+    """
+    from ..linux import netns
+
+    if netns.identity_of(fd) != netns.own_identity():
+        try:
+            netns.setns(fd)
+        except OSError as exc:
+            raise Refused(f"cannot enter the caller's netns: {exc}") from None
+
+
 def read_request(conn: socket.socket) -> tuple[list[bytes], list[int]]:
     fds: list[int] = []
-    head, anc, _flags, _addr = conn.recvmsg(12, socket.CMSG_SPACE(2 * 4))
+    head, anc, _flags, _addr = conn.recvmsg(12, socket.CMSG_SPACE(3 * 4))
     for level, kind, data in anc:
         if level == socket.SOL_SOCKET and kind == socket.SCM_RIGHTS:
             usable = len(data) - len(data) % 4
@@ -176,11 +191,11 @@ class Helper:
         except ValueError:
             raise Refused("no umask") from None
         with_netns = flags == b"netns"
-        if len(fds) != (2 if with_netns else 1):
+        if len(fds) != (3 if with_netns else 2):
             raise Refused("descriptors missing")
-        cwd_fd = fds[0]
-        netns_fd = fds[1] if with_netns else None
-        return name.decode(), decode_env(env), stdin, netns_fd, cwd_fd, umask
+        cwd_fd, caller_net_fd = fds[0], fds[1]
+        netns_fd = fds[2] if with_netns else None
+        return name.decode(), decode_env(env), stdin, netns_fd, cwd_fd, caller_net_fd, umask
 
     def serve_connection(self, conn: socket.socket) -> None:
         fds: list[int] = []
@@ -191,9 +206,10 @@ class Helper:
                 fields, fds = read_request(conn)
                 if peer_uid(conn) != 0:
                     raise Refused("caller is not root")
-                name, env, stdin, netns_fd, cwd_fd, umask = self.check(fields, fds)
+                name, env, stdin, netns_fd, cwd_fd, caller_net_fd, umask = self.check(fields, fds)
                 os.fchdir(cwd_fd)
                 os.umask(umask)
+                adopt_netns(caller_net_fd)
             except Refused as exc:
                 log(f"refused a request: {exc}")
                 conn.sendall(b"NO" + struct.pack("!I", len(str(exc).encode())) + str(exc).encode())

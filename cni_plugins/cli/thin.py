@@ -11,8 +11,8 @@ absent, refuses, or does not confirm in time, the command runs in-process
 Wire protocol (PROTOCOL 1), all integers big-endian:
   client -> helper  b"CNMD" u32 protocol u32 nfields, then nfields x (u32 len, bytes):
                     build id, plugin name, context ("k=v\\n" lines), env (NUL-separated
-                    "K=V", fs-encoded), stdin, flags ("netns" when the second fd is the netns);
-                    ancillary SCM_RIGHTS: [cwd fd, netns fd?]
+                    "K=V", fs-encoded), stdin, flags ("netns" when a third fd is CNI_NETNS);
+                    ancillary SCM_RIGHTS: [cwd fd, own netns fd, CNI_NETNS fd?]
   helper -> client  b"OK" (will serve) | b"NO" u32 len reason (refused: serve in-process)
   client -> helper  b"GO" (committed: only now does the helper run the command)
   helper -> client  b"RS" u32 exit code u32 len stdout
@@ -38,7 +38,9 @@ CONNECT_TIMEOUT = 0.5  # a unix connect is immediate unless the helper's backlog
 READY_TIMEOUT = 3.0  # helper accepted but not confirming: overloaded or wedged, do it ourselves
 ANSWER_TIMEOUT = 330.0  # after GO: store busy timeout (120 s) + delegated IPAM (300 s) bound it
 BUILD_ID_FILE = "cnm-build-id"  # written into a PyInstaller bundle by packaging/build.sh
-NAMESPACES = ("mnt", "net", "user", "pid")
+# Must be the helper's own; the caller's netns is adopted per request (setns in the worker thread).
+NAMESPACES = ("mnt", "user", "pid")
+SELF_NET = "/proc/thread-self/ns/net" if os.path.exists("/proc/thread-self/ns/net") else "/proc/self/ns/net"
 O_PATH = getattr(os, "O_PATH", 0o10000000)
 
 
@@ -196,6 +198,7 @@ def via_helper(name: str, env, stdin: bytes) -> tuple[bytes, int] | None:
             if netns_fd is None:
                 return None
             fds.append(netns_fd)
+        fds.insert(0, os.open(SELF_NET, os.O_RDONLY | os.O_CLOEXEC))
         fds.insert(0, os.open(".", O_PATH | os.O_DIRECTORY | os.O_CLOEXEC))
         request = encode_request(name, env, stdin, process_context(), bool(netns))
         sock = _socket.socket(_socket.AF_UNIX, _socket.SOCK_STREAM | _socket.SOCK_CLOEXEC)

@@ -1,0 +1,347 @@
+"""The resident helper (cnmd) and the thin path: same CNI behaviour as in-process, and the
+fallbacks (absent, refused, silent, other mount namespace) run the command in-process.
+
+Which path served an exec is seen from outside: run under `python3 -X importtime`, an
+in-process command imports cni_plugins.controller, a command the helper served does not.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import stat
+import struct
+import subprocess
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+
+import pytest
+
+from cni_plugins.cli import cnmd, thin
+from conftest import BIN, GO_PLUGINS, unique
+
+PYTHON = "/usr/bin/python3"  # bin/cnm's shebang interpreter
+
+
+def start_helper(directory) -> tuple[subprocess.Popen, str]:
+    sock = os.path.join(str(directory), "cnmd.sock")
+    log = open(os.path.join(str(directory), "cnmd.log"), "wb")
+    proc = subprocess.Popen([os.path.join(BIN, "cnmd"), "--socket", sock], stdout=log, stderr=log)
+    deadline = time.monotonic() + 30
+    while True:
+        probe = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        try:
+            probe.connect(sock)
+            return proc, sock
+        except OSError:
+            assert proc.poll() is None and time.monotonic() < deadline, "cnmd did not start"
+            time.sleep(0.02)
+        finally:
+            probe.close()
+
+
+@pytest.fixture(scope="module")
+def helper(tmp_path_factory):
+    directory = tmp_path_factory.mktemp("helper")
+    proc, sock = start_helper(directory)
+    yield sock
+    proc.terminate()
+    assert proc.wait(timeout=60) == 0
+    assert not os.path.exists(sock)  # a clean stop removes its socket
+
+
+@pytest.fixture
+def env(tmp_path):
+    return {
+        "PATH": os.environ.get("PATH", "/usr/sbin:/usr/bin:/sbin:/bin"),
+        "CNI_PATH": f"{BIN}:{GO_PLUGINS}",
+        "CNM_STATE_DIR": str(tmp_path / "state"),
+        "CNM_RUN_DIR": str(tmp_path / "run"),
+    }
+
+
+def run(plugin, command, conf, env, *, socket_path="off", container_id="", netns="", ifname="",
+        prefix=(), cwd=None):
+    """Exec a plugin like a runtime; returns (rc, stdout, served_by_helper)."""
+    full = dict(env, CNI_COMMAND=command, CNI_CONTAINERID=container_id, CNI_NETNS=netns, CNI_IFNAME=ifname,
+                CNM_HELPER_SOCKET=socket_path)
+    stdin = conf if isinstance(conf, bytes) else json.dumps(conf).encode()
+    argv = [*prefix, PYTHON, "-IS", "-X", "importtime", os.path.join(BIN, plugin)]
+    proc = subprocess.run(argv, input=stdin, env=full, capture_output=True, timeout=120, cwd=cwd)
+    in_process = b"cni_plugins.cli.plugin" in proc.stderr or b"cni_plugins.controller" in proc.stderr
+    return proc.returncode, proc.stdout, not in_process
+
+
+def same_both_ways(plugin, command, conf, env, helper, **kw):
+    """The helper's answer, after checking the in-process answer is byte-identical."""
+    rc_h, out_h, served = run(plugin, command, conf, env, socket_path=helper, **kw)
+    assert served, out_h
+    rc_p, out_p, served_p = run(plugin, command, conf, env, socket_path="off", **kw)
+    assert not served_p
+    assert (rc_h, out_h) == (rc_p, out_p)
+    return rc_h, out_h
+
+
+def add_both_ways(plugin, conf, env, helper, **kw):
+    """ADD via the helper, DEL, ADD in-process: both ADD answers must be identical."""
+    rc_h, out_h, served = run(plugin, "ADD", conf, env, socket_path=helper, **kw)
+    assert served, out_h
+    assert run(plugin, "DEL", conf, env, socket_path=helper, **kw)[:2] == (0, b"")
+    rc_p, out_p, _ = run(plugin, "ADD", conf, env, socket_path="off", **kw)
+    assert (rc_h, out_h) == (rc_p, out_p)
+    return rc_h, out_h
+
+
+def test_socket_is_root_only(helper):
+    assert stat.S_IMODE(os.stat(helper).st_mode) == 0o600
+    assert stat.S_IMODE(os.stat(os.path.dirname(helper)).st_mode) == 0o700
+
+
+@pytest.mark.parametrize(
+    "command,stdin,extra",
+    [
+        ("VERSION", b'{"cniVersion":"0.4.0"}', {}),
+        ("VERSION", b"", {}),
+        ("ADD", b'{"cniVersion":', {"CNI_CONTAINERID": "c1", "CNI_IFNAME": "eth0"}),  # decode error
+        ("FROB", b"{}", {}),
+        ("ADD", b'{"cniVersion":"1.0.0","name":"n","type":"cnm-none"}', {}),  # env missing
+        ("GC", b'{"cniVersion":"1.1.0","name":"n","type":"cnm-none"}', {}),
+        ("STATUS", b'{"cniVersion":"1.1.0","name":"n","type":"cnm-none"}', {}),
+    ],
+)
+def test_protocol_answers_identical(helper, env, command, stdin, extra):
+    same_both_ways("cnm-none", command, stdin, dict(env, **extra), helper)
+
+
+def test_none_add_check_del_through_helper(helper, env, netns):
+    ns = netns()
+    conf = {"cniVersion": "1.0.0", "name": unique("hn"), "type": "cnm-none"}
+    kw = dict(container_id=unique("c"), netns=ns, ifname="eth0")
+    rc, out, served = run("cnm-none", "ADD", conf, env, socket_path=helper, **kw)
+    assert rc == 0 and served, out
+    assert json.loads(out)["interfaces"][0]["name"] == "lo"
+    lo = json.loads(subprocess.check_output(["ip", "-n", os.path.basename(ns), "-j", "link", "show", "lo"]))
+    assert "UP" in lo[0]["flags"]  # the kernel, not only our answer
+    rc, out, served = run("cnm-none", "CHECK", dict(conf, prevResult=json.loads(out)), env,
+                          socket_path=helper, **kw)
+    assert (rc, out, served) == (0, b"", True)
+    # A second ADD is the same conflict error on both paths.
+    same_both_ways("cnm-none", "ADD", conf, env, helper, **kw)
+    rc, out, served = run("cnm-none", "DEL", conf, env, socket_path=helper, **kw)
+    assert (rc, out, served) == (0, b"", True)
+    lo = json.loads(subprocess.check_output(["ip", "-n", os.path.basename(ns), "-j", "link", "show", "lo"]))
+    assert "UP" not in lo[0]["flags"]
+
+
+def test_missing_netns_is_served_in_process(helper, env):
+    """The helper never resolves a caller's path: an unopenable CNI_NETNS runs in-process."""
+    conf = {"cniVersion": "1.0.0", "name": unique("hn"), "type": "cnm-none"}
+    rc, out, served = run("cnm-none", "ADD", conf, env, socket_path=helper, container_id="c1",
+                          netns="/nonexistent/netns", ifname="eth0")
+    assert not served and rc != 0 and json.loads(out)["code"] == 8
+
+
+def test_caller_in_another_netns_is_served_there(helper, env, netns):
+    """A caller in a throwaway 'host' netns: the helper thread adopts that netns (cnm-host sees it)."""
+    host = netns("cnmh")
+    subprocess.run(["ip", "-n", os.path.basename(host), "link", "add", "hveth0", "type", "veth",
+                    "peer", "name", "hveth1"], check=True)
+    subprocess.run(["ip", "-n", os.path.basename(host), "addr", "add", "10.99.7.1/24", "dev", "hveth0"],
+                   check=True)
+    conf = {"cniVersion": "1.0.0", "name": unique("hh"), "type": "cnm-host"}
+    kw = dict(container_id=unique("c"), netns=host, ifname="eth0", prefix=("nsenter", f"--net={host}", "--"))
+    rc, out = add_both_ways("cnm-host", conf, env, helper, **kw)
+    assert rc == 0, out
+    assert sorted(i["name"] for i in json.loads(out)["interfaces"]) == ["hveth0", "hveth1"]
+    assert json.loads(out)["ips"][0]["address"] == "10.99.7.1/24"
+    # The guard compares with the caller's netns too: a foreign CNI_NETNS is refused alike.
+    other = netns()
+    same_both_ways("cnm-host", "ADD", conf, env, helper, **dict(kw, netns=other, container_id=unique("c")))
+    rc, out, served = run("cnm-host", "DEL", conf, env, socket_path=helper, **kw)
+    assert (rc, served) == (0, True), out
+
+
+def test_other_mount_namespace_is_served_in_process(helper, env, netns):
+    ns = netns()
+    conf = {"cniVersion": "1.0.0", "name": unique("hn"), "type": "cnm-none"}
+    kw = dict(container_id=unique("c"), netns=ns, ifname="eth0", prefix=("unshare", "--mount", "--"))
+    rc, out, served = run("cnm-none", "ADD", conf, env, socket_path=helper, **kw)
+    assert rc == 0 and not served, out
+    rc, out, served = run("cnm-none", "DEL", conf, env, socket_path=helper, **kw)
+    assert rc == 0 and not served, out
+
+
+def test_relative_paths_resolve_in_the_callers_cwd(helper, env, netns, tmp_path):
+    ns = netns()
+    work = tmp_path / "cwd"
+    work.mkdir()
+    conf = {"cniVersion": "1.0.0", "name": unique("hn"), "type": "cnm-none"}
+    rel = dict(env, CNM_STATE_DIR="relstate")
+    kw = dict(container_id=unique("c"), netns=ns, ifname="eth0", cwd=str(work))
+    rc, out, served = run("cnm-none", "ADD", conf, rel, socket_path=helper, **kw)
+    assert rc == 0 and served, out
+    assert (work / "relstate" / "cnm.db").exists()
+    assert not os.path.exists("/relstate")
+    assert run("cnm-none", "DEL", conf, rel, socket_path=helper, **kw)[:2] == (0, b"")
+
+
+def test_concurrent_requests(helper, env, netns):
+    """20 ADDs at once through one helper: all succeed, every netns has lo up, DEL cleans up."""
+    conf = {"cniVersion": "1.0.0", "name": unique("hn"), "type": "cnm-none"}
+    pods = [(unique("c"), netns()) for _ in range(20)]
+
+    def cmd(command, pod):
+        return run("cnm-none", command, conf, env, socket_path=helper, container_id=pod[0], netns=pod[1],
+                   ifname="eth0")
+
+    with ThreadPoolExecutor(20) as pool:
+        added = list(pool.map(lambda p: cmd("ADD", p), pods))
+    assert all(rc == 0 and served for rc, _, served in added), added
+    for _, ns in pods:
+        lo = json.loads(subprocess.check_output(["ip", "-n", os.path.basename(ns), "-j", "link", "show", "lo"]))
+        assert "UP" in lo[0]["flags"]
+    with ThreadPoolExecutor(20) as pool:
+        deleted = list(pool.map(lambda p: cmd("DEL", p), pods))
+    assert all(rc == 0 and served for rc, _, served in deleted), deleted
+    import sqlite3
+
+    db = sqlite3.connect(os.path.join(env["CNM_STATE_DIR"], "cnm.db"))
+    assert db.execute("SELECT COUNT(*) FROM endpoints").fetchone()[0] == 0
+    assert db.execute("SELECT COUNT(*) FROM sandboxes").fetchone()[0] == 0
+
+
+# ---- the helper's own checks, spoken to directly -------------------------------------------
+def talk(sock_path, request: bytes, fds: list[int]) -> bytes:
+    s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    s.settimeout(10)
+    s.connect(sock_path)
+    s.sendmsg([request], [(socket.SOL_SOCKET, socket.SCM_RIGHTS, struct.pack(f"{len(fds)}i", *fds))])
+    tag = thin.recv_exact(s, 2)
+    if tag == b"NO":
+        (n,) = struct.unpack("!I", thin.recv_exact(s, 4))
+        tag += thin.recv_exact(s, n)
+    s.close()
+    return tag
+
+
+def own_fds():
+    return [os.open(".", thin.O_PATH | os.O_DIRECTORY), os.open(thin.SELF_NET, os.O_RDONLY)]
+
+
+def test_helper_refuses_another_build(helper, monkeypatch):
+    fds = own_fds()
+    try:
+        ok = thin.encode_request("cnm-none", {"CNI_COMMAND": "VERSION"}, b"", thin.process_context(), False)
+        assert talk(helper, ok, fds) == b"OK"
+        monkeypatch.setattr(thin, "build_id", lambda: "1/0.0.1/older-install")
+        old = thin.encode_request("cnm-none", {"CNI_COMMAND": "VERSION"}, b"", thin.process_context(), False)
+        answer = talk(helper, old, fds)
+        assert answer.startswith(b"NO") and b"build" in answer
+    finally:
+        for fd in fds:
+            os.close(fd)
+
+
+def test_helper_refuses_other_context_and_garbage(helper):
+    fds = own_fds()
+    try:
+        ctx = dict(thin.process_context(), mnt="1:2")
+        req = thin.encode_request("cnm-none", {"CNI_COMMAND": "VERSION"}, b"", ctx, False)
+        assert talk(helper, req, fds).startswith(b"NO")
+        req = thin.encode_request("cnm-none", {"CNI_COMMAND": "VERSION"}, b"", thin.process_context(), True)
+        assert talk(helper, req, fds).startswith(b"NO")  # says netns, sends none
+        assert talk(helper, b"GET / HTTP/1.0\r\n\r\n", fds).startswith(b"NO")
+    finally:
+        for fd in fds:
+            os.close(fd)
+
+
+# ---- the client's fallbacks, against fake helpers ------------------------------------------
+class FakeHelper:
+    """Accepts, reads a request, then behaves as told: 'silent', 'refuse', 'ok-then-drop'."""
+
+    def __init__(self, directory, mode):
+        self.path = os.path.join(str(directory), "fake.sock")
+        self.mode = mode
+        self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        self.sock.bind(self.path)
+        self.sock.listen(8)
+        self.conns = []
+        self.thread = threading.Thread(target=self.loop, daemon=True)
+        self.thread.start()
+
+    def loop(self):
+        while True:
+            try:
+                conn, _ = self.sock.accept()
+            except OSError:
+                return
+            self.conns.append(conn)
+            try:
+                conn.settimeout(10)
+                fields, fds = cnmd.read_request(conn)
+                for fd in fds:
+                    os.close(fd)
+                if self.mode == "refuse":
+                    conn.sendall(b"NO" + struct.pack("!I", 4) + b"nope")
+                elif self.mode == "ok-then-drop":
+                    conn.sendall(b"OK")
+                    thin.recv_exact(conn, 2)
+                    conn.close()
+            except (OSError, EOFError):
+                pass
+
+    def close(self):
+        self.sock.close()
+        for c in self.conns:
+            c.close()
+
+
+@pytest.mark.parametrize("mode", ["refuse", "silent"])
+def test_refusing_or_silent_helper_falls_back(tmp_path, env, netns, mode):
+    fake = FakeHelper(tmp_path, mode)
+    try:
+        ns = netns()
+        conf = {"cniVersion": "1.0.0", "name": unique("hn"), "type": "cnm-none"}
+        kw = dict(container_id=unique("c"), netns=ns, ifname="eth0")
+        started = time.monotonic()
+        rc, out, served = run("cnm-none", "ADD", conf, env, socket_path=fake.path, **kw)
+        assert rc == 0 and not served, out
+        if mode == "silent":
+            assert time.monotonic() - started >= thin.READY_TIMEOUT
+        assert run("cnm-none", "DEL", conf, env, socket_path=fake.path, **kw)[0] == 0
+    finally:
+        fake.close()
+
+
+def test_helper_lost_after_commit(tmp_path, env, netns):
+    """After GO the helper owns the command: a lost ADD is error 11 (never run twice), DEL reruns."""
+    fake = FakeHelper(tmp_path, "ok-then-drop")
+    try:
+        ns = netns()
+        conf = {"cniVersion": "0.4.0", "name": unique("hn"), "type": "cnm-none"}
+        kw = dict(container_id=unique("c"), netns=ns, ifname="eth0")
+        rc, out, served = run("cnm-none", "ADD", conf, env, socket_path=fake.path, **kw)
+        assert rc == 1 and served
+        err = json.loads(out)
+        assert err["code"] == 11 and err["cniVersion"] == "0.4.0"
+        rc, out, served = run("cnm-none", "DEL", conf, env, socket_path=fake.path, **kw)
+        assert rc == 0 and not served, out
+    finally:
+        fake.close()
+
+
+def test_stale_socket_is_replaced_and_live_one_kept(tmp_path):
+    path = str(tmp_path / "cnmd.sock")
+    stale = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    stale.bind(path)
+    stale.close()  # a socket file nobody listens on
+    proc, sock = start_helper(tmp_path)
+    try:
+        second = subprocess.run([os.path.join(BIN, "cnmd"), "--socket", sock], capture_output=True, timeout=60)
+        assert second.returncode != 0 and b"already listens" in second.stderr
+    finally:
+        proc.terminate()
+        proc.wait(timeout=60)

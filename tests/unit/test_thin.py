@@ -1,0 +1,130 @@
+"""The thin path (cli/thin.py) and the helper's request parsing, without a helper process."""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import sys
+
+import pytest
+
+from cni_plugins.cli import cnmd, thin
+from cni_plugins.cni import request
+
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+
+def test_stdin_bound_matches_the_protocol_layer():
+    assert thin.MAX_STDIN == request.MAX_STDIN
+
+
+def test_thin_module_imports_only_cheap_stdlib():
+    """What every exec pays: no json/re/typing/dataclasses, no protocol layer, nothing heavy."""
+    proc = subprocess.run(
+        ["/usr/bin/python3", "-IS", "-X", "importtime", "-c",
+         f"import sys; sys.path.insert(0, {ROOT!r}); import cni_plugins.cli.thin"],
+        capture_output=True, check=True,
+    )
+    modules = {line.rsplit("|", 1)[1].strip() for line in proc.stderr.decode().splitlines() if "|" in line}
+    ours = {m for m in modules if m.startswith("cni_plugins")}
+    assert ours == {"cni_plugins", "cni_plugins.cli", "cni_plugins.cli.thin"}
+    assert not modules & {"json", "re", "typing", "dataclasses", "socket", "pyroute2", "pydantic"}
+
+
+def test_request_round_trip_with_descriptors():
+    env = {"CNI_COMMAND": "ADD", "ODD": os.fsdecode(b"\xff\xfe"), "EMPTY": "", "EQ": "a=b=c"}
+    stdin = b'{"cniVersion":"1.0.0"}' * 1000
+    ctx = thin.process_context()
+    data = thin.encode_request("cnm-none", env, stdin, ctx, True)
+    a, b = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
+    r, w = os.pipe()
+    fds = [r, r, w]
+    try:
+        thin.send_with_fds(a, data, fds)
+        fields, got = cnmd.read_request(b)
+        assert len(got) == 3
+        for fd in got:
+            os.close(fd)
+        build, name, context, env_blob, stdin_got, flags = fields
+        assert build.decode() == thin.build_id()
+        assert name == b"cnm-none" and stdin_got == stdin and flags == b"netns"
+        assert cnmd.decode_env(env_blob) == env
+        assert context.decode().splitlines()[0].startswith("mnt=")
+    finally:
+        for fd in (r, w):
+            os.close(fd)
+        a.close()
+        b.close()
+
+
+def test_helper_rejects_bad_frames():
+    for data in (b"XXXX" + b"\0" * 8, b"CNMD" + b"\0\0\0\x09" + b"\0\0\0\x01", b"CNMD\0\0\0\x01\0\0\1\0"):
+        a, b = socket.socketpair()
+        try:
+            a.sendall(data)
+            with pytest.raises(cnmd.Refused):
+                cnmd.read_request(b)
+        finally:
+            a.close()
+            b.close()
+
+
+def test_build_id_follows_the_sources(tmp_path, monkeypatch):
+    pkg = tmp_path / "pkg"
+    (pkg / "sub").mkdir(parents=True)
+    (pkg / "a.py").write_text("x = 1\n")
+    (pkg / "sub" / "b.py").write_text("y = 2\n")
+    monkeypatch.setattr(thin, "package_dir", lambda: str(pkg))
+    first = thin.build_id()
+    assert first == thin.build_id() and first.startswith(f"{thin.PROTOCOL}/")
+    (pkg / "sub" / "b.py").write_text("y = 22\n")
+    assert thin.build_id() != first
+
+
+def test_frozen_build_id_is_read_from_the_bundle(tmp_path, monkeypatch):
+    (tmp_path / thin.BUILD_ID_FILE).write_text("abc123\n")
+    monkeypatch.setattr(sys, "_MEIPASS", str(tmp_path), raising=False)
+    assert thin.build_id().endswith("/abc123")
+
+
+@pytest.mark.parametrize("value", ["", "off", "none"])
+def test_helper_can_be_disabled(value):
+    assert thin.socket_path({thin.SOCKET_ENV: value}) is None
+    assert thin.via_helper("cnm-none", {thin.SOCKET_ENV: value, "CNI_COMMAND": "VERSION"}, b"") is None
+
+
+def test_absent_socket_and_unopenable_netns_mean_in_process(tmp_path):
+    env = {thin.SOCKET_ENV: str(tmp_path / "nothing.sock"), "CNI_COMMAND": "VERSION"}
+    assert thin.via_helper("cnm-none", env, b"") is None
+    listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    listener.bind(str(tmp_path / "s.sock"))
+    listener.listen(1)
+    try:  # a netns we cannot open: decided before connecting
+        env = {thin.SOCKET_ENV: str(tmp_path / "s.sock"), "CNI_NETNS": str(tmp_path / "no-netns")}
+        assert thin.via_helper("cnm-none", env, b"") is None
+        assert thin.open_netns(str(tmp_path)) is None  # a directory is no netns
+    finally:
+        listener.close()
+
+
+def test_committed_failure_names_the_config_version():
+    out, code = thin.committed_failure("ADD", b'{"cniVersion":"0.3.1"}', "EOFError")
+    assert code == 1 and b'"code": 11' in out and b'"cniVersion": "0.3.1"' in out
+    out, _ = thin.committed_failure("ADD", b"garbage", "x")
+    assert b'"cniVersion": "1.1.0"' in out
+
+
+def test_frozen_environment_is_restored(monkeypatch):
+    monkeypatch.setattr(sys, "frozen", True, raising=False)
+    monkeypatch.setenv("LD_LIBRARY_PATH", "/opt/cni/bin/cnm-cni/_internal:/orig")
+    monkeypatch.setenv("LD_LIBRARY_PATH_ORIG", "/orig")
+    monkeypatch.setenv("_PYI_ARCHIVE_FILE", "/opt/cni/bin/cnm-cni/cnm")
+    monkeypatch.setenv("_PYI_PARENT_PROCESS_LEVEL", "1")
+    thin.restore_frozen_environment()
+    assert os.environ["LD_LIBRARY_PATH"] == "/orig"
+    assert "LD_LIBRARY_PATH_ORIG" not in os.environ
+    assert not [k for k in os.environ if k.startswith("_PYI_")]
+    monkeypatch.setenv("LD_LIBRARY_PATH", "/opt/cni/bin/cnm-cni/_internal")
+    thin.restore_frozen_environment()
+    assert "LD_LIBRARY_PATH" not in os.environ
