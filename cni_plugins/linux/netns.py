@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import ctypes
 import errno
+import fcntl
 import os
 import stat
 from contextlib import contextmanager
@@ -67,9 +68,18 @@ def open_netns(path: str) -> int:
     return fd
 
 
+NS_GET_NSTYPE = 0xB703  # ioctl on an nsfs file: which kind of namespace it is
+
+
 def is_netns_fd(fd: int) -> bool:
+    """An nsfs file of a *network* namespace (/proc/<pid>/ns/pid is nsfs too, but setns fails)."""
     st = os.fstat(fd)
-    return st.st_dev == nsfs_dev() and not stat.S_ISDIR(st.st_mode)
+    if st.st_dev != nsfs_dev() or stat.S_ISDIR(st.st_mode):
+        return False
+    try:
+        return fcntl.ioctl(fd, NS_GET_NSTYPE) == CLONE_NEWNET
+    except OSError:
+        return False
 
 
 def setns(fd: int) -> None:
