@@ -68,6 +68,8 @@ class Controller:
     @staticmethod
     def _open_required(request: Request) -> int:
         if request.netns_fd is not None:
+            if not netns.is_netns_fd(request.netns_fd):  # the helper's client checks only nsfs
+                raise CNIError(INVALID_NETNS, "invalid CNI_NETNS: not a network namespace", request.netns)
             return os.dup(request.netns_fd)
         try:
             return netns.open_netns(request.netns)
