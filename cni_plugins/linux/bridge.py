@@ -35,6 +35,8 @@ def ensure_bridge(ipr, name: str, mtu: int = 0, promisc: bool = False, vlan_filt
     kwargs = {"ifname": name, "kind": "bridge"}
     if mtu:
         kwargs["mtu"] = mtu
+    if vlan_filtering:  # in the same message: a kernel without VLAN filtering creates nothing
+        kwargs["br_vlan_filtering"] = 1
     try:
         ipr.link("add", **kwargs)
     except NetlinkError as exc:
@@ -47,7 +49,7 @@ def ensure_bridge(ipr, name: str, mtu: int = 0, promisc: bool = False, vlan_filt
         raise BridgeError(f"{name!r} already exists but is not a bridge")
     index = link["index"]
     try:
-        if vlan_filtering:
+        if vlan_filtering and not vlan_filtering_on(link):
             ipr.link("set", index=index, kind="bridge", br_vlan_filtering=1)
         if promisc and not link["flags"] & IFF_PROMISC:
             ipr.link("set", index=index, flags=IFF_PROMISC, mask=IFF_PROMISC)
@@ -60,7 +62,7 @@ def ensure_bridge(ipr, name: str, mtu: int = 0, promisc: bool = False, vlan_filt
     return _find(ipr, name)
 
 
-def vlan_filtering(link) -> bool:
+def vlan_filtering_on(link) -> bool:
     info = link.get_attr("IFLA_LINKINFO")
     data = info.get_attr("IFLA_INFO_DATA") if info is not None else None
     return bool(data.get_attr("IFLA_BR_VLAN_FILTERING")) if data is not None else False

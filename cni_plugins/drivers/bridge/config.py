@@ -72,7 +72,7 @@ class BridgeConfig(BaseModel):
             raise ValueError("hairpinMode, promiscMode: cannot set hairpin mode and promiscuous mode at the same time")
         if self.disableContainerInterface and self.ipam_type:
             raise ValueError("disableContainerInterface: cannot be used together with IPAM (the interface stays down)")
-        if self.vlan and self.trunk_vlans():
+        if self.vlanTrunk is not None and self.trunk_vlans() and self.vlan:
             raise ValueError("vlan, vlanTrunk: cannot set vlan and vlanTrunk at the same time")
         return self
 
