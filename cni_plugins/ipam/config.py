@@ -118,7 +118,7 @@ def _build_set(prefix: str, models: list[RangeModel], index: int) -> RangeSet:
     try:
         return validate_set(ranges)
     except RangeError as exc:
-        raise _invalid(prefix, f"range set {index}: {exc.message}") from None
+        raise _invalid(prefix + exc.key, f"range set {index}: {exc.message}") from None
 
 
 def _pools(models: list[PoolModel]) -> list[tuple[Net, int]]:

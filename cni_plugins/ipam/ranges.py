@@ -178,15 +178,18 @@ class RangeSet(tuple):
 
 
 def validate_set(ranges: Sequence[Range]) -> RangeSet:
-    """A set's ranges: non-empty, one family, no two overlapping. Raises RangeError."""
+    """A set's ranges: non-empty, one family, no two overlapping.
+
+    Raises RangeError whose key is relative to the set ("[1].subnet").
+    """
     if not ranges:
         raise RangeError("", "empty range set")
     family = ranges[0].subnet.version
-    for rng in ranges[1:]:
+    for j, rng in enumerate(ranges):
         if rng.subnet.version != family:
-            raise RangeError("subnet", "mixed address families")
+            raise RangeError(f"[{j}].subnet", "mixed address families")
     for i, a in enumerate(ranges):
-        for b in ranges[i + 1:]:
-            if a.overlaps(b):
-                raise RangeError("", f"subnets {a} and {b} overlap")
+        for j in range(i + 1, len(ranges)):
+            if a.overlaps(ranges[j]):
+                raise RangeError(f"[{j}]", f"subnets {a} and {ranges[j]} overlap")
     return RangeSet(ranges)
