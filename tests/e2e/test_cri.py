@@ -1,0 +1,339 @@
+"""The Kubernetes path end to end: pods through containerd 1.6's CRI plugin, as the kubelet asks.
+
+A private containerd (own root, state, socket, config, all under a temp dir) runs in a
+throwaway "node" network namespace with a CNI bin dir and conf dir installed as on a
+Kubernetes node: our plugins, `loopback` served by cnm-none, Go `bandwidth` chained after
+cnm-bridge. The test speaks the CRI gRPC API (runtime.v1) through the project's own client
+(tests/e2e/cri/) and asserts on the node's kernel and files.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import json
+import os
+import random
+import subprocess
+import sys
+import time
+from concurrent.futures import ThreadPoolExecutor
+
+import grpc
+import pytest
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+from conftest import ROOT, unique  # noqa: E402
+from cri.image import build_oci_archive  # noqa: E402
+from cri.node import Node, nsexec  # noqa: E402
+
+SANDBOX_IMAGE = "registry.test/cnm/pause:e2e"
+SHIPPED_CONFLIST = os.path.join(ROOT, "conf", "containerd", "10-cnm.conflist")
+# Port publishing (hostPort through the portMappings capability) is issue 5's; until it lands the
+# host-port assertion alone is an expected failure. Set to False when issue 5 is merged.
+HOST_PORT_PENDING = True
+IPAM_TYPE = "host-local"  # TODO(cnm-ipam): switch to "cnm-ipam" when it lands
+
+
+def k8s_conflist(name: str, bridge: str, subnet: str, data_dir: str, **range_extra) -> dict:
+    """The node's conflist: cnm-bridge (port publishing, DNS capabilities) + Go bandwidth."""
+    net = ipaddress.ip_network(subnet)
+    return {
+        "cniVersion": "1.0.0",
+        "name": name,
+        "plugins": [
+            {
+                "type": "cnm-bridge",
+                "bridge": bridge,
+                "isGateway": True,
+                "ipMasq": True,
+                "hairpinMode": True,
+                "ipam": {
+                    "type": IPAM_TYPE,
+                    "ranges": [[{"subnet": str(net), **range_extra}]],
+                    "routes": [{"dst": "0.0.0.0/0"}],
+                    "dataDir": data_dir,
+                },
+                "capabilities": {"portMappings": True, "dns": True},
+            },
+            {"type": "bandwidth", "capabilities": {"bandwidth": True}},
+        ],
+    }
+
+
+def random_subnet() -> str:
+    """A /24 of 10.0.0.0/8 for this run; it only exists inside the test's node namespace."""
+    return f"10.{random.randint(200, 250)}.{random.randint(0, 255)}.0/24"
+
+
+@pytest.fixture(scope="module")
+def image_archive(tmp_path_factory):
+    return build_oci_archive(str(tmp_path_factory.mktemp("image") / "pause.tar"), SANDBOX_IMAGE)
+
+
+@pytest.fixture(scope="module")
+def make_node(tmp_path_factory, image_archive):
+    """make_node(**range_extra) -> a started Node; all are torn down at the end of the module."""
+    nodes: list[Node] = []
+
+    def make(subnet: str | None = None, **range_extra) -> Node:
+        tag = unique("crin")
+        work = str(tmp_path_factory.mktemp(tag))
+        conflist = k8s_conflist(
+            f"cnm-k8s-{tag}", unique("cnmk"), subnet or random_subnet(), os.path.join(work, "ipam"), **range_extra
+        )
+        node = Node(work, tag, conflist, SANDBOX_IMAGE, image_archive)
+        nodes.append(node)
+        try:
+            node.start()
+        except Exception:
+            print(node.containerd.log_tail())
+            raise
+        return node
+
+    yield make
+    for node in nodes:
+        leftovers = node.stop()
+        assert not leftovers, f"libcni cache entries left behind: {leftovers}"
+
+
+@pytest.fixture(scope="module")
+def node(make_node):
+    return make_node()
+
+
+def gateway_of(node: Node) -> str:
+    subnet = ipaddress.ip_network(node.conflist["plugins"][0]["ipam"]["ranges"][0][0]["subnet"])
+    return str(subnet.network_address + 1)
+
+
+def subnet_of(node: Node):
+    return ipaddress.ip_network(node.conflist["plugins"][0]["ipam"]["ranges"][0][0]["subnet"])
+
+
+def cache_entry(node: Node, pod_id: str, ifname: str = "eth0") -> dict:
+    with open(os.path.join("/var/lib/cni/results", f"{node.network}-{pod_id}-{ifname}")) as f:
+        return json.load(f)
+
+
+def assert_pods_gone(node: Node, pods) -> None:
+    """Nothing of these (removed) pods is left: veth, lease, nftables entry, netns, store record, cache entry."""
+    links = node.links()
+    for pod in pods:
+        assert pod.host_veth, f"no host veth reported for {pod.name}: {pod.info.get('cniResult')}"
+        assert pod.host_veth not in links, f"host veth {pod.host_veth} of {pod.name} left behind"
+    leftover_links = set(links) - {"lo", node.bridge}
+    assert not leftover_links, f"links left in the node: {sorted(leftover_links)}"
+    leases = node.leases()
+    assert not {p.ip for p in pods} & set(leases), f"leases left: {leases}"
+    ruleset = node.nft_ruleset()
+    for pod in pods:
+        assert f'"{pod.ip}"' not in ruleset, f"nftables still mentions {pod.ip}: {ruleset}"
+        assert pod.host_veth not in ruleset, f"nftables still mentions {pod.host_veth}"
+        assert not os.path.exists(pod.netns), f"netns {pod.netns} of {pod.name} still exists"
+    live = {s.id for s in node.client.list_pod_sandbox()}
+    assert not live & {p.id for p in pods}, "removed pods still listed"
+    mounts = node.netns_mounts()
+    assert not [m for m in mounts if any(m == p.netns for p in pods)], f"netns mounts left: {mounts}"
+    sandboxes, endpoints = node.store_records()
+    ids = {p.id for p in pods}
+    assert not [e for e in endpoints if e.container_id in ids], f"store endpoints left: {endpoints}"
+    assert not [s for s in sandboxes if s.netns in {p.netns for p in pods}], f"store sandboxes left: {sandboxes}"
+    cached = [path for path in node.cache_files() if any(p.id in path for p in pods)]
+    assert not cached, f"libcni cache entries left: {cached}"
+
+
+# -- the runtime ---------------------------------------------------------------------------------
+
+
+def test_version_and_network_ready(node):
+    version = node.client.version()
+    assert version.runtime_name == "containerd"
+    assert version.runtime_version.startswith("1.6")
+    assert version.runtime_api_version == "v1"
+    conditions = node.client.wait_network_ready()
+    assert conditions["RuntimeReady"][0], conditions
+    assert conditions["NetworkReady"][0], f"{conditions}\n{node.containerd.log_tail()}"
+
+
+# -- two pods: IPs, reachability, host port, DNS, teardown ----------------------------------------
+
+
+def tcp_server(netns: str, port: int, token: str) -> subprocess.Popen:
+    """A one-file TCP server inside a pod's netns that answers every connection with `token` (exits after 60 s)."""
+    code = (
+        "import socket,sys,time\n"
+        "s=socket.socket(); s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)\n"
+        f"s.bind(('0.0.0.0', {port})); s.listen(8); s.settimeout(1)\n"
+        "print('ready', flush=True)\n"
+        "end=time.monotonic()+60\n"
+        "while time.monotonic()<end:\n"
+        "    try: c,_=s.accept()\n"
+        "    except socket.timeout: continue\n"
+        f"    c.sendall(b'{token}'); c.close()\n"
+    )
+    proc = subprocess.Popen(["nsenter", f"--net={netns}", sys.executable, "-c", code], stdout=subprocess.PIPE, text=True)
+    assert proc.stdout.readline().strip() == "ready"
+    return proc
+
+
+def tcp_fetch(netns: str, address: str, port: int) -> str:
+    code = (
+        "import socket,sys\n"
+        f"s=socket.create_connection(('{address}', {port}), timeout=3)\n"
+        "sys.stdout.write(s.recv(100).decode())\n"
+    )
+    proc = nsexec(netns, sys.executable, "-c", code, timeout=15)
+    return proc.stdout if proc.returncode == 0 else f"<failed: {proc.stderr.strip().splitlines()[-1:]}>"
+
+
+def test_two_pods_network_host_port_and_teardown(node):
+    host_port = random.randint(30000, 32000)
+    spec_a = node.spec(
+        "pod-a",
+        ports=[("tcp", 8080, host_port, "")],
+        dns_servers=["10.96.0.10"],
+        dns_searches=["default.svc.cluster.local", "svc.cluster.local"],
+        dns_options=["ndots:5"],
+    )
+    a = node.run_pod(spec_a)
+    b = node.run_pod(node.spec("pod-b"))
+    try:
+        subnet = subnet_of(node)
+        for pod in (a, b):
+            # PodSandboxStatus reports the IP our plugin gave eth0 (containerd reads ips[].interface)
+            assert ipaddress.ip_address(pod.ip) in subnet, (pod.name, pod.ip, pod.info.get("cniResult"))
+            addrs = json.loads(nsexec(pod.netns, "ip", "-j", "addr", "show", "dev", "eth0", check=True).stdout)
+            assert pod.ip in [a["local"] for a in addrs[0]["addr_info"]]
+            lo = json.loads(nsexec(pod.netns, "ip", "-j", "link", "show", "dev", "lo", check=True).stdout)[0]
+            assert "UP" in lo["flags"], "containerd's loopback network (cnm-none as `loopback`) left lo down"
+            assert pod.host_veth in node.links()
+            assert node.links()[pod.host_veth].get("master") == node.bridge
+        assert a.ip != b.ip
+        assert sorted(node.leases()) == sorted([a.ip, b.ip])
+
+        listed = {s.id: s for s in node.client.list_pod_sandbox({})}
+        assert listed[a.id].metadata.name == "pod-a" and listed[b.id].metadata.name == "pod-b"
+        assert all(listed[p.id].state == 0 for p in (a, b))  # SANDBOX_READY
+
+        # What containerd sent, as libcni cached it: Go-cased capability args, K8S_* args.
+        entry = cache_entry(node, a.id)
+        assert entry["capabilityArgs"]["portMappings"] == [
+            {"HostPort": host_port, "ContainerPort": 8080, "Protocol": "tcp", "HostIP": ""}
+        ] or entry["capabilityArgs"]["portMappings"][0]["HostPort"] == host_port, entry["capabilityArgs"]
+        args = dict(map(tuple, entry["cniArgs"]))
+        assert args["K8S_POD_NAME"] == "pod-a" and args["K8S_POD_NAMESPACE"] == node.k8s_namespace
+        assert "portMappings" not in cache_entry(node, b.id).get("capabilityArgs", {})
+        # DNS config: in the capability args sent to the plugins, and in the pod's resolv.conf.
+        assert entry["capabilityArgs"]["dns"]["Servers"] == ["10.96.0.10"], entry["capabilityArgs"]
+        resolv = [m["source"] for m in a.info["runtimeSpec"]["mounts"] if m["destination"] == "/etc/resolv.conf"]
+        with open(resolv[0]) as f:
+            text = f.read()
+        assert "nameserver 10.96.0.10" in text and "search default.svc.cluster.local" in text, text
+
+        # The pods reach each other over the bridge.
+        for src, dst in ((a, b), (b, a)):
+            ping = nsexec(src.netns, "ping", "-c", "1", "-W", "2", dst.ip)
+            assert ping.returncode == 0, f"{src.name} -> {dst.name}: {ping.stdout}{ping.stderr}"
+
+        # A server in pod A answers on its container port from pod B, and on the host port from the node.
+        server = tcp_server(a.netns, 8080, "hello-from-a")
+        try:
+            assert tcp_fetch(b.netns, a.ip, 8080) == "hello-from-a"
+            host_port_answer = tcp_fetch(node.netns_path, gateway_of(node), host_port)
+        finally:
+            server.kill()
+            server.wait()
+    finally:
+        for pod in (a, b):
+            node.remove_pod(pod.id)
+    assert_pods_gone(node, [a, b])
+    ruleset = node.nft_ruleset()
+    assert str(host_port) not in ruleset, f"host port {host_port} still in nftables"
+    if host_port_answer != "hello-from-a":
+        message = f"host port {host_port} on the node gave {host_port_answer!r}"
+        if HOST_PORT_PENDING:  # only this assertion waits for issue 5; everything above must hold
+            pytest.xfail(f"issue 5 (port publishing) has not landed: {message}")
+        pytest.fail(message)
+
+
+# -- the bandwidth capability --------------------------------------------------------------------
+
+
+def test_bandwidth_annotation_reaches_the_chained_bandwidth_plugin(node):
+    annotations = {"kubernetes.io/ingress-bandwidth": "10M", "kubernetes.io/egress-bandwidth": "20M"}
+    pod = node.run_pod(node.spec("pod-bw", annotations=annotations))
+    try:
+        entry = cache_entry(node, pod.id)
+        bandwidth = entry["capabilityArgs"]["bandwidth"]
+        assert bandwidth["IngressRate"] == 10_000_000 and bandwidth["EgressRate"] == 20_000_000, bandwidth
+        qdiscs = node.qdiscs(pod.host_veth)
+        tbf = [q for q in qdiscs if q["kind"] == "tbf"]
+        assert tbf, f"no tbf qdisc on {pod.host_veth}: {qdiscs}"
+        assert tbf[0]["options"]["rate"] == 10_000_000 // 8, tbf  # tc -j reports bytes/s
+        ifbs = [name for name, link in node.links().items() if link.get("linkinfo", {}).get("info_kind") == "ifb"]
+        assert ifbs, "egress shaping made no ifb device"
+        assert any(q["kind"] == "tbf" for q in node.qdiscs(ifbs[0]))
+    finally:
+        node.remove_pod(pod.id)
+    assert_pods_gone(node, [pod])
+
+
+# -- many pods at once ---------------------------------------------------------------------------
+
+
+def test_twenty_pods_in_parallel_get_unique_ips(node):
+    names = [f"pod-p{i:02d}" for i in range(20)]
+    with ThreadPoolExecutor(len(names)) as pool:
+        futures = [pool.submit(node.run_pod, node.spec(name)) for name in names]
+        results = [f.exception() or f.result() for f in futures]
+    pods = [r for r in results if not isinstance(r, BaseException)]
+    try:
+        errors = [r for r in results if isinstance(r, BaseException)]
+        assert not errors, f"{len(errors)} RunPodSandbox failed: {errors[:3]}\n{node.containerd.log_tail(30)}"
+        ips = [p.ip for p in pods]
+        assert len(set(ips)) == 20, sorted(ips)
+        assert all(ipaddress.ip_address(ip) in subnet_of(node) for ip in ips)
+        assert sorted(node.leases()) == sorted(ips)
+        assert len({p.host_veth for p in pods}) == 20
+    finally:
+        with ThreadPoolExecutor(10) as pool:
+            list(pool.map(lambda p: node.remove_pod(p.id), pods))
+    assert_pods_gone(node, pods)
+
+
+# -- an exhausted IPAM range ---------------------------------------------------------------------
+
+
+def test_exhausted_range_fails_run_pod_sandbox_cleanly(make_node):
+    subnet = random_subnet()
+    only = str(ipaddress.ip_network(subnet).network_address + 2)
+    node = make_node(subnet, rangeStart=only, rangeEnd=only)
+    first = node.run_pod(node.spec("pod-first"))
+    assert first.ip == only
+
+    def snapshot():
+        sandboxes, endpoints = node.store_records()
+        return {
+            "links": sorted(node.links()),
+            "leases": node.leases(),
+            "nft": node.nft_ruleset(),
+            "netns": sorted(node.netns_mounts()),
+            "store": (sorted(s.id for s in sandboxes), sorted(e.id for e in endpoints)),
+            "cache": node.cache_files(),
+            "pods": sorted(s.id for s in node.client.list_pod_sandbox()),
+        }
+
+    before = snapshot()
+    started = time.monotonic()
+    with pytest.raises(grpc.RpcError) as failure:
+        node.run_pod(node.spec("pod-second"))
+    assert time.monotonic() - started < 60
+    message = failure.value.details()
+    assert "failed to setup network" in message or "plugin" in message, message
+    after = snapshot()
+    assert after == before, {k: (before[k], after[k]) for k in before if before[k] != after[k]}
+
+    node.remove_pod(first.id)
+    assert_pods_gone(node, [first])
