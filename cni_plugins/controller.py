@@ -434,7 +434,12 @@ class Controller:
             if getattr(peer_driver, "membership_only", False):
                 continue
             ctx = self._context_for(ep, request, sandbox, fd)
-            peer_driver.check(ctx, tx.get_network(ep.network), ep, sandbox, recorded_result(ep))
+            recorded = recorded_result(ep)
+            if recorded is not None:  # its interfaces, named by the path the replay uses (the pin)
+                for iface in recorded.interfaces:
+                    if iface.sandbox:
+                        iface.sandbox = ctx.request.netns
+            peer_driver.check(ctx, tx.get_network(ep.network), ep, sandbox, recorded)
 
     # ---- GC / STATUS ---------------------------------------------------------------------
     def gc(self, request: Request) -> None:
