@@ -4,7 +4,8 @@
 # Debian's python3 (the interpreter bin/ runs under).
 set -euo pipefail
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
-APT_PACKAGES=(python3 python3-venv iproute2 nftables conntrack iputils-ping containernetworking-plugins kmod)
+# containerd, runc, busybox-static: the CRI end-to-end test (tests/e2e/test_cri.py) runs a private containerd.
+APT_PACKAGES=(python3 python3-venv iproute2 nftables conntrack iputils-ping containernetworking-plugins kmod containerd runc busybox-static)
 
 missing=()
 for p in "${APT_PACKAGES[@]}"; do
