@@ -42,6 +42,8 @@ BUILD_ID_FILE = "cnm-build-id"  # written into a PyInstaller bundle by packaging
 NAMESPACES = ("mnt", "user", "pid")
 SELF_NET = "/proc/thread-self/ns/net" if os.path.exists("/proc/thread-self/ns/net") else "/proc/self/ns/net"
 O_PATH = getattr(os, "O_PATH", 0o10000000)
+NS_GET_NSTYPE = 0xB703
+CLONE_NEWNET = 0x40000000
 
 
 class Committed(Exception):
@@ -121,7 +123,11 @@ def capabilities() -> str:
 
 
 def open_netns(path: str) -> int | None:
-    """CNI_NETNS opened as the plugin would (linux.netns.open_netns); None if it cannot be."""
+    """CNI_NETNS opened as the plugin would (linux.netns.open_netns); None if it cannot be.
+
+    Only a real network namespace goes to the helper; anything else (missing, a directory,
+    /proc/<pid>/ns/pid) is answered in-process, with the in-process error.
+    """
     try:
         fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
     except OSError:
@@ -129,7 +135,10 @@ def open_netns(path: str) -> int | None:
     try:
         st = os.fstat(fd)
         if st.st_dev == os.stat("/proc/self/ns/net").st_dev and (st.st_mode & 0o170000) != 0o040000:
-            return fd
+            import fcntl
+
+            if fcntl.ioctl(fd, NS_GET_NSTYPE) == CLONE_NEWNET:  # nsfs holds every kind of namespace
+                return fd
     except OSError:
         pass
     os.close(fd)

@@ -29,7 +29,7 @@ def test_thin_module_imports_only_cheap_stdlib():
     modules = {line.rsplit("|", 1)[1].strip() for line in proc.stderr.decode().splitlines() if "|" in line}
     ours = {m for m in modules if m.startswith("cni_plugins")}
     assert ours == {"cni_plugins", "cni_plugins.cli", "cni_plugins.cli.thin"}
-    assert not modules & {"json", "re", "typing", "dataclasses", "socket", "pyroute2", "pydantic"}
+    assert not modules & {"json", "re", "typing", "dataclasses", "socket", "pyroute2", "pydantic"}, modules
 
 
 def test_request_round_trip_with_descriptors():
@@ -104,6 +104,10 @@ def test_absent_socket_and_unopenable_netns_mean_in_process(tmp_path):
         env = {thin.SOCKET_ENV: str(tmp_path / "s.sock"), "CNI_NETNS": str(tmp_path / "no-netns")}
         assert thin.via_helper("cnm-none", env, b"") is None
         assert thin.open_netns(str(tmp_path)) is None  # a directory is no netns
+        assert thin.open_netns("/proc/self/ns/pid") is None  # nsfs, but not a network namespace
+        fd = thin.open_netns("/proc/self/ns/net")
+        assert fd is not None
+        os.close(fd)
     finally:
         listener.close()
 
