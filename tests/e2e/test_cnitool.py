@@ -1,0 +1,211 @@
+"""cnitool (libcni itself, built from Debian's packages) drives our plugins, and shares its
+result cache with cnmctl: an attachment added by one is checked and deleted by the other.
+
+Debian 12's cnitool is libcni 1.1.2, which speaks CNI up to 1.0.0 and has no gc/status:
+lists are run at 1.0.0 here (the shipped ones also offer 1.1.0 through `cniVersions`).
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import os
+import sys
+
+import pytest
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+from conftest import unique  # noqa: E402
+from runtimes import (  # noqa: E402
+    BIN, CLEAN, CONF, GO_PLUGINS, TOOLS_BIN, adapt, available, base_env, bridge_conflist, cache_files,
+    ensure_e2e_tools, nothing_left, plugin_types, remove_cache_files, sh, shipped_conflists, write_conflist,
+)
+
+from cni_plugins.cli.cnmctl import cnitool_container_id  # noqa: E402
+from cni_plugins.linux import netns as nsmod  # noqa: E402
+
+
+@pytest.fixture(scope="session")
+def cnitool() -> str:
+    ensure_e2e_tools()
+    path = os.path.join(TOOLS_BIN, "cnitool")
+    assert os.access(path, os.X_OK), f"{path} was not built"
+    return path
+
+
+class World:
+    """A host netns playing the machine, private state, a conf dir, and runners for both tools."""
+
+    def __init__(self, netns_factory, tmp_path, cnitool: str):
+        self.host = netns_factory("cnmh")
+        sh("ip", "link", "set", "lo", "up", ns=self.host)
+        self.netns = netns_factory
+        self.cnitool = cnitool
+        self.conf_dir = str(tmp_path / "net.d")
+        self.state = str(tmp_path / "state")
+        self.data = str(tmp_path / "ipam")
+        self.networks: list[str] = []
+        self.env = base_env(
+            NETCONFPATH=self.conf_dir,
+            CNI_PATH=f"{BIN}:{GO_PLUGINS}",
+            CNM_STATE_DIR=self.state,
+            CNM_RUN_DIR=str(tmp_path / "run"),
+        )
+
+    def network(self, conflist: dict) -> str:
+        write_conflist(self.conf_dir, conflist)
+        self.networks.append(conflist["name"])
+        return conflist["name"]
+
+    def tool(self, argv0: str, command: str, network: str, netns: str, check: bool = True, **env: str):
+        return sh(argv0, command, network, netns, ns=self.host, env={**self.env, **env}, check=check)
+
+    def cnitool_run(self, *args, **env):
+        return self.tool(self.cnitool, *args, **env)
+
+    def cnmctl_run(self, *args, **env):
+        return self.tool(os.path.join(BIN, "cnmctl"), *args, **env)
+
+    def cleanup(self):
+        for name in self.networks:
+            remove_cache_files(name)
+
+
+@pytest.fixture
+def world(netns, tmp_path, cnitool):
+    w = World(netns, tmp_path, cnitool)
+    yield w
+    w.cleanup()
+
+
+SHIPPED = [p for p in shipped_conflists()]
+
+
+@pytest.mark.parametrize("relpath", SHIPPED)
+def test_shipped_conflist_add_check_del(world, relpath):
+    """Every shipped list whose plugins exist: cnitool add, check, del; nothing left."""
+    with open(os.path.join(CONF, relpath)) as f:
+        shipped = json.load(f)
+    missing = sorted(t for t in plugin_types(shipped) if not available(t))
+    assert not missing, f"{relpath} needs plugins that do not exist: {missing}"
+    types = plugin_types(shipped)
+    name = unique("cnmtool", 30)
+    bridge = unique("cnt")
+    conflist = adapt(shipped, name, bridge, world.data, version="1.0.0")
+    world.network(conflist)
+    ifname = "lo" if types <= {"cnm-none", "loopback"} else "eth0"
+    extra: dict[str, str] = {"CNI_IFNAME": ifname}
+    if "cnm-host" in types:
+        target = world.host  # the host driver only accepts the namespace the plugin runs in
+    else:
+        target = world.netns("cnmc")
+    if "cnm-container" in types:
+        target = _sandbox_to_join(world, extra)
+    added = world.cnitool_run("add", name, target, **extra)
+    result = json.loads(added.stdout)
+    assert result["cniVersion"] == "1.0.0"
+    [cached] = cache_files(name)
+    assert json.load(open(cached))["kind"] == "cniCacheV1"
+    world.cnitool_run("check", name, target, **extra)
+    world.cnitool_run("del", name, target, **extra)
+    assert cache_files(name) == []
+    if "cnm-container" not in types:
+        assert nothing_left(world.host, bridge, world.state, world.data, name) == CLEAN
+
+
+def _sandbox_to_join(world: World, extra: dict) -> str:
+    """cnm-container joins another container's sandbox: make one (cnm-none) and a second path
+    to its netns, so cnitool derives a different container id for the joiner."""
+    owner_ns = world.netns("cnmc")
+    owner = world.network({"cniVersion": "1.0.0", "name": unique("cnmown", 30), "plugins": [{"type": "cnm-none"}]})
+    world.cnitool_run("add", owner, owner_ns, CNI_IFNAME="lo")
+    joiner_ns = world.netns("cnmj")  # a fresh name; replaced by a bind mount of the owner's netns
+    sh("ip", "netns", "del", os.path.basename(joiner_ns))
+    fd = nsmod.open_netns(owner_ns)
+    try:
+        nsmod.pin(fd, joiner_ns)
+    finally:
+        os.close(fd)
+    extra["CNI_ARGS"] = f"IgnoreUnknown=1;CNM_CONTAINER={cnitool_container_id(owner_ns)}"
+    return joiner_ns
+
+
+@pytest.fixture
+def bridge_net(world):
+    subnet = "10.61.7.0/24"
+    conflist = bridge_conflist(unique("cnmx", 30), unique("cnx"), subnet, world.data, version="1.0.0",
+                               capabilities={"portMappings": True})
+    world.network(conflist)
+    return conflist
+
+
+ARGS = {"CNI_ARGS": "IgnoreUnknown=1;K8S_POD_NAMESPACE=e2e;K8S_POD_NAME=web",
+        "CAP_ARGS": json.dumps({"portMappings": [{"hostPort": 18080, "containerPort": 80, "protocol": "tcp"}],
+                                "bandwidth": {"ingressRate": 1}})}
+
+
+@pytest.mark.parametrize("adder, remover", [("cnmctl", "cnitool"), ("cnitool", "cnmctl")])
+def test_cache_is_interchangeable(world, bridge_net, adder, remover):
+    """One tool adds, the other checks and deletes using the first one's cache."""
+    run = {"cnmctl": world.cnmctl_run, "cnitool": world.cnitool_run}
+    name, bridge = bridge_net["name"], bridge_net["plugins"][0]["bridge"]
+    target = world.netns("cnmc")
+    result = json.loads(run[adder]("add", name, target, **ARGS).stdout)
+    assert result["cniVersion"] == "1.0.0"
+    [eth0] = [i for i in result["interfaces"] if i.get("sandbox")]
+    assert eth0["name"] == "eth0" and eth0["sandbox"] == target
+    [cached] = cache_files(name)
+    assert os.path.basename(cached) == f"{name}-{cnitool_container_id(target)}-eth0"
+    doc = json.load(open(cached))
+    assert base64.b64decode(doc["config"]) == open(os.path.join(world.conf_dir, f"{name}.conflist"), "rb").read()
+    assert doc["cniArgs"] == [["IgnoreUnknown", "1"], ["K8S_POD_NAMESPACE", "e2e"], ["K8S_POD_NAME", "web"]]
+    assert doc["capabilityArgs"] == json.loads(ARGS["CAP_ARGS"])
+    assert doc["result"]["ips"] == result["ips"]
+    assert len(bridge_ports := _ports(world, bridge)) == 1, bridge_ports
+    run[remover]("check", name, target, **ARGS)
+    run[remover]("del", name, target, **ARGS)
+    assert nothing_left(world.host, bridge, world.state, world.data, name) == CLEAN
+    # DEL again (the runtime retries): still fine, still nothing.
+    run[adder]("del", name, target, **ARGS)
+    assert nothing_left(world.host, bridge, world.state, world.data, name) == CLEAN
+
+
+def _ports(world, bridge):
+    from runtimes import bridge_ports
+
+    return bridge_ports(world.host, bridge)
+
+
+def test_cnmctl_and_cnitool_write_the_same_cache_document(world, bridge_net):
+    """Same attachment, one tool after the other: the cache files agree field by field."""
+    name = bridge_net["name"]
+    target = world.netns("cnmc")
+    docs = {}
+    for tool in ("cnitool", "cnmctl"):
+        run = world.cnitool_run if tool == "cnitool" else world.cnmctl_run
+        run("add", name, target, **ARGS)
+        [cached] = cache_files(name)
+        docs[tool] = json.load(open(cached))
+        run("del", name, target, **ARGS)
+    go, ours = docs["cnitool"], docs["cnmctl"]
+    assert ours.pop("netns") == target  # newer libcni records the netns; 1.1.2 does not
+    assert list(ours) == list(go)
+    for key in ("kind", "containerId", "config", "ifName", "networkName", "cniArgs", "capabilityArgs"):
+        assert ours[key] == go[key], key
+    # Go prints an empty "dns":{} in 1.0.0 results, we leave it out; both are valid (R56).
+    assert set(ours["result"]) - {"dns"} == set(go["result"]) - {"dns"}
+    assert ours["result"]["cniVersion"] == go["result"]["cniVersion"] == "1.0.0"
+
+
+def test_check_fails_after_the_interface_is_gone(world, bridge_net):
+    """cnitool check reports our plugin's CHECK failure (error object on stdout, non-zero exit)."""
+    name = bridge_net["name"]
+    target = world.netns("cnmc")
+    world.cnmctl_run("add", name, target)
+    sh("ip", "link", "del", "eth0", ns=target)
+    proc = world.cnitool_run("check", name, target, check=False)
+    assert proc.returncode != 0 and proc.stderr.strip(), proc
+    world.cnitool_run("del", name, target)
+    assert nothing_left(world.host, bridge_net["plugins"][0]["bridge"], world.state, world.data, name) == CLEAN
