@@ -13,11 +13,7 @@ from bridge_support import Lab, sh, with_prev
 from conftest import ALL_VERSIONS
 
 
-def cnm_ipam_available() -> bool:
-    return os.path.exists(os.path.join(os.path.dirname(__file__), "..", "..", "cni_plugins", "ipam", "plugin.py"))
-
-
-IPAM_TYPES = ["host-local"] + (["cnm-ipam"] if cnm_ipam_available() else [])
+IPAM_TYPES = ["host-local", "cnm-ipam"]  # delegated Go binary, and ours in-process
 
 
 @pytest.fixture(params=IPAM_TYPES)
@@ -347,6 +343,40 @@ def test_parallel_adds_race_for_the_bridge(hl_lab):
     assert bridge_macs == {lab.link(lab.bridge)["address"]}  # stable as ports came
     for i, ns in enumerate(spaces):
         assert lab.run("DEL", conf, ns, cid=f"c{i}").rc == 0
+    lab.assert_nothing_left()
+
+
+@pytest.mark.parametrize("where", ["empty", "missing", "not-a-netns"])
+def test_del_without_a_usable_netns_releases_everything(lab, tmp_path, where):
+    ns = lab.container()
+    conf = lab.conf(ipMasq=True, macspoofchk=True)
+    out = lab.add(conf, ns)
+    path = {"empty": "", "missing": str(tmp_path / "gone"), "not-a-netns": str(tmp_path / "file")}[where]
+    if where == "not-a-netns":
+        open(path, "w").close()
+    assert lab.run("DEL", with_prev(conf, out), path).rc == 0
+    assert lab.run("DEL", conf, path).rc == 0
+    lab.assert_nothing_left()
+
+
+def test_gc_and_status_with_cnm_ipam(netns, cnm_env, tmp_path):
+    lab = Lab(netns, cnm_env, tmp_path, ipam_type="cnm-ipam")
+    one = {"subnet": "10.250.0.0/24", "rangeStart": "10.250.0.10", "rangeEnd": "10.250.0.11"}
+    conf = lab.conf("1.1.0", ipam=lab.ipam(one), ipMasq=True)
+    status = lambda: lab.run("STATUS", conf, cid="", ifname="")  # noqa: E731
+    assert status().rc == 0
+    ns1, ns2 = lab.container(), lab.container()
+    r1 = lab.add(conf, ns1, cid="c1")
+    lab.add(conf, ns2, cid="c2")
+    full = status()
+    assert full.rc == 1 and full.json["code"] == 50, full  # the IPAM's answer, delegated
+    gc = dict(conf, **{"cni.dev/valid-attachments": [{"containerID": "c1", "ifname": "eth0"}]})
+    assert lab.run("GC", gc, cid="", ifname="").rc == 0
+    assert lab.link("eth0", ns2) is None and lab.link("eth0", ns1) is not None
+    assert len(lab.veths()) == 1 and [e[1] for e in lab.endpoints()] == ["c1"]
+    assert {e[2] for e in lab.nft_elements() if e[1] == "masq4"} == {r1["ips"][0]["address"].split("/")[0]}
+    assert status().rc == 0
+    assert lab.run("DEL", conf, ns1, cid="c1").rc == 0
     lab.assert_nothing_left()
 
 
