@@ -151,37 +151,26 @@ def connect(ns_path, addr, port) -> str:
 
 
 @pytest.fixture
-def host_ns_path():
-    """The host netns as a runtime names it for --net=host: a path of a host process."""
-    return f"/proc/{os.getpid()}/ns/net"
+def fake_host(netns):
+    """A throwaway netns that plays the host: the plugins run in it (exec_plugin host_netns),
+    so "the host netns" is this one, with a link, an address and a default route of its own."""
+    path = netns("cnmh")
+    name = os.path.basename(path)
+    for cmd in (["link", "add", "uplink0", "type", "veth", "peer", "name", "uplink0p"],
+                ["link", "set", "uplink0p", "up"], ["link", "set", "uplink0", "up"],
+                ["link", "set", "lo", "up"], ["addr", "add", "10.252.0.2/24", "dev", "uplink0"],
+                ["route", "add", "default", "via", "10.252.0.1"]):
+        subprocess.run(["ip", "-n", name, *cmd], check=True)
+    return path
 
 
-def host_snapshot() -> dict:
-    """Each host link's flags, MAC, MTU and addresses, by ifindex."""
-    out = json.loads(subprocess.run(["ip", "-j", "addr"], capture_output=True, check=True).stdout)
-    return {
-        l["ifindex"]: (l["ifname"], sorted(l["flags"]), l.get("address"), l.get("mtu"),
-                       sorted((a["local"], a["prefixlen"]) for a in l.get("addr_info", [])))
-        for l in out
-    }
+def host_state(path) -> tuple:
+    """Everything of the (fake) host a joiner could change: links, addresses, routes."""
+    def ip(*args):
+        return json.loads(in_netns(path, "ip", "-j", *args).stdout)
 
-
-def assert_host_unchanged(before: dict) -> None:
-    """Links that existed before and still exist are unchanged (other engineers' tests may
-    add or remove their own links on this host meanwhile: those are not compared)."""
-    after = host_snapshot()
-    common = before.keys() & after.keys()
-    assert common and {i: before[i] for i in common} == {i: after[i] for i in common}
-
-
-def default_route_ips(result: dict) -> dict:
-    """`result` with only the addresses of the default route's interface (stable on this host)."""
-    routes = json.loads(subprocess.run(["ip", "-j", "route", "show", "default"], capture_output=True,
-                                       check=True).stdout)
-    devs = {r.get("dev") for r in routes}
-    names = [i["name"] for i in result.get("interfaces", [])]
-    keep = [ip for ip in result.get("ips", []) if names[ip["interface"]] in devs]
-    return dict(result, ips=keep)
+    strip = lambda d: {k: v for k, v in d.items() if k not in ("stats", "stats64")}  # noqa: E731
+    return ([strip(l) for l in ip("-d", "addr")], ip("route"), ip("-6", "route"))
 
 
 # ---- joining a none sandbox ----------------------------------------------------------------
@@ -361,42 +350,46 @@ def test_joiner_already_elsewhere_conflicts(run_plugin, netns, cnm_env):
 
 
 # ---- the host sandbox and the host-netns guard -----------------------------------------------
-def test_join_host_sandbox_changes_nothing(run_plugin, cnm_env, host_ns_path):
-    before = host_snapshot()
+def test_join_host_sandbox_changes_nothing(run_plugin, cnm_env, fake_host):
+    before = host_state(fake_host)
     a, b = unique("hostA"), unique("proxyB")
-    add_a = run_plugin("cnm-host", "ADD", host_conf(), container_id=a, netns=host_ns_path, ifname="eth0")
+    on_host = dict(netns=fake_host, host_netns=fake_host, ifname="eth0")
+    add_a = run_plugin("cnm-host", "ADD", host_conf(), container_id=a, **on_host)
     assert add_a.rc == 0, add_a
-    add_b = run_plugin("cnm-container", "ADD", join_conf(a), container_id=b, netns=host_ns_path, ifname="eth0")
-    assert add_b.rc == 0, add_b
-    assert add_b.json["interfaces"] == add_a.json["interfaces"] and add_b.json.get("ips") == add_a.json.get("ips")
+    assert sorted(i["name"] for i in add_a.json["interfaces"]) == ["uplink0", "uplink0p"]
+    add_b = run_plugin("cnm-container", "ADD", join_conf(a), container_id=b, **on_host)
+    assert add_b.rc == 0, add_b  # the host netns, and no code 8: it IS the named sandbox's netns
+    assert add_b.json == add_a.json
+    assert [ip["address"] for ip in add_b.json["ips"]] == ["10.252.0.2/24"]
     assert records(cnm_env)["sandboxes"] == [("host", "")]  # no pin for the host's own stack
-    prev = dict(join_conf(a), prevResult=default_route_ips(add_b.json))
-    chk = run_plugin("cnm-container", "CHECK", prev, container_id=b, netns=host_ns_path, ifname="eth0")
+    chk = run_plugin("cnm-container", "CHECK", dict(join_conf(a), prevResult=add_b.json), container_id=b, **on_host)
     assert chk.rc == 0, chk
-    assert run_plugin("cnm-host", "DEL", host_conf(), container_id=a, netns=host_ns_path, ifname="eth0").rc == 0
-    assert run_plugin("cnm-container", "DEL", join_conf(a), container_id=b, netns=host_ns_path, ifname="eth0").rc == 0
+    assert host_state(fake_host) == before
+    assert run_plugin("cnm-host", "DEL", host_conf(), container_id=a, **on_host).rc == 0
+    assert run_plugin("cnm-container", "DEL", join_conf(a), container_id=b, **on_host).rc == 0
     assert records(cnm_env) == {"sandboxes": [], "endpoints": []} and pins(cnm_env) == []
-    assert_host_unchanged(before)
+    assert host_state(fake_host) == before
 
 
-def test_host_netns_guard(run_plugin, netns, cnm_env, host_ns_path):
+def test_host_netns_guard(run_plugin, netns, cnm_env, fake_host):
     """Code 8 in the host netns, before any change, unless the named sandbox IS the host's."""
     ns = netns()
     a = unique("webA")
-    e = err(run_plugin("cnm-container", "ADD", join_conf(unique("ghost")), container_id=unique("b"),
-                       netns=host_ns_path, ifname="eth0"))
+    on_host = dict(netns=fake_host, host_netns=fake_host, ifname="eth0")
+    e = err(run_plugin("cnm-container", "ADD", join_conf(unique("ghost")), container_id=unique("b"), **on_host))
     assert e["code"] == 8  # an unknown container in the host netns: the guard, not "no sandbox"
-    assert run_plugin("cnm-none", "ADD", none_conf(), container_id=a, netns=ns, ifname="lo").rc == 0
+    assert run_plugin("cnm-none", "ADD", none_conf(), container_id=a, netns=ns, ifname="lo",
+                      host_netns=fake_host).rc == 0
     before = records(cnm_env)
-    e = err(run_plugin("cnm-container", "ADD", join_conf(a), container_id=unique("b"), netns=host_ns_path,
-                       ifname="eth0"))
+    e = err(run_plugin("cnm-container", "ADD", join_conf(a), container_id=unique("b"), **on_host))
     assert e["code"] == 8
     # With the override the guard steps aside, and the identity check still refuses.
-    e = err(run_plugin("cnm-container", "ADD", join_conf(a), container_id=unique("b"), netns=host_ns_path,
-                       ifname="eth0", extra_env={"CNI_NETNS_OVERRIDE": "1"}))
+    e = err(run_plugin("cnm-container", "ADD", join_conf(a), container_id=unique("b"), **on_host,
+                       extra_env={"CNI_NETNS_OVERRIDE": "1"}))
     assert e["code"] == 102
     assert records(cnm_env) == before
-    assert run_plugin("cnm-none", "DEL", none_conf(), container_id=a, netns=ns, ifname="lo").rc == 0
+    assert run_plugin("cnm-none", "DEL", none_conf(), container_id=a, netns=ns, ifname="lo",
+                      host_netns=fake_host).rc == 0
 
 
 # ---- CHECK --------------------------------------------------------------------------------------
