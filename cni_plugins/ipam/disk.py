@@ -81,7 +81,8 @@ class LeaseDir:
         self.path = lease_dir_path(data_dir, network)
         if create:
             os.makedirs(self.path, mode=DIR_MODE, exist_ok=True)
-        self.fd = os.open(self.path, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+        # O_NOFOLLOW: a symlink planted as <dataDir>/<network> must not redirect the leases.
+        self.fd = os.open(self.path, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC | os.O_NOFOLLOW)
         self._lock_fd: int | None = None
 
     @classmethod

@@ -8,6 +8,7 @@ directory (disk.py), so Go host-local and cnm-ipam can replace each other.
 from __future__ import annotations
 
 import ipaddress
+import os
 from contextlib import ExitStack
 from typing import Any
 
@@ -141,8 +142,8 @@ class IpamPlugin:
             return
         cfg = load(request, lenient=True)
         try:
-            if LeaseDir.existing(cfg.data_dir, cfg.network) is None:
-                return
+            if not os.path.isdir(os.path.join(cfg.data_dir, cfg.network)):
+                return  # nothing leased, and GC creates nothing
             with pools.data_dir_locked(cfg.data_dir), LeaseDir(cfg.data_dir, cfg.network) as store:
                 with store.locked():
                     allocator.collect_garbage(store, valid)
