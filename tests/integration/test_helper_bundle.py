@@ -1,0 +1,164 @@
+"""The shipped bundle: packaging/build.sh (PyInstaller, one build per run), install.sh into a
+temporary PREFIX, the installed plugins working without the checkout's Python (in-process and
+through the bundle's own cnmd), and uninstall.sh removing exactly what was installed.
+
+Slow (one PyInstaller build, ~1 min on 2 cores): marked `slow`.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import subprocess
+import time
+
+import pytest
+
+from conftest import ROOT, unique
+
+pytestmark = pytest.mark.slow
+CLEAN_PATH = "/usr/sbin:/usr/bin:/sbin:/bin"
+
+
+@pytest.fixture(scope="module")
+def bundle(tmp_path_factory):
+    out = tmp_path_factory.mktemp("dist")
+    proc = subprocess.run([os.path.join(ROOT, "packaging", "build.sh"), str(out)], capture_output=True,
+                          timeout=1200)
+    assert proc.returncode == 0, proc.stderr.decode()[-3000:]
+    (release,) = [p for p in out.iterdir() if p.is_dir()]
+    assert (out / f"{release.name}.tar.gz").is_file()
+    return release
+
+
+def tree(path) -> set[str]:
+    found = set()
+    for base, dirs, files in os.walk(path):
+        for name in dirs + files:
+            found.add(os.path.relpath(os.path.join(base, name), path))
+    return found
+
+
+def exec_installed(prefix, plugin, command, conf, **env):
+    """A runtime's exec: a clean environment, no Python on PATH needed, no checkout involved."""
+    full = {"PATH": CLEAN_PATH, "CNI_COMMAND": command, "CNI_PATH": str(prefix), **env}
+    proc = subprocess.run([os.path.join(prefix, plugin)], input=json.dumps(conf).encode(), env=full,
+                          capture_output=True, timeout=120, cwd="/")
+    return proc.returncode, proc.stdout, proc.stderr
+
+
+def test_bundle_layout(bundle):
+    exe = bundle / "cnm-cni" / "cnm"
+    assert exe.is_file() and os.access(exe, os.X_OK)
+    for link in ("cnm-bridge", "cnm-host", "cnm-none", "cnm-container", "cnm-ipam", "loopback", "cnmd", "cnmctl"):
+        assert os.readlink(bundle / "cnm-cni" / link) == "cnm"
+    assert (bundle / "cnm-cni" / "_internal" / "cnm-build-id").is_file()
+    for script in ("install.sh", "uninstall.sh"):
+        assert os.access(bundle / script, os.X_OK)
+    assert (bundle / "conf" / "systemd" / "cnmd.socket").is_file()
+
+
+def test_install_run_uninstall(bundle, tmp_path, netns):
+    root = tmp_path / "root"
+    prefix, netconf, sbin, units = root / "opt/cni/bin", root / "etc/cni/net.d", root / "sbin", root / "units"
+    prefix.mkdir(parents=True)
+    (prefix / "bridge").write_text("someone else's plugin\n")  # must survive install + uninstall
+    before = tree(root)
+    conflist = tmp_path / "10-cnm.conflist"
+    conflist.write_text(json.dumps({"cniVersion": "1.1.0", "name": "x", "plugins": [{"type": "cnm-none"}]}))
+    install = [str(bundle / "install.sh"), "--prefix", str(prefix), "--conflist", str(conflist),
+               "--netconf-dir", str(netconf), "--loopback", "--cnmctl-link", str(sbin),
+               "--systemd", "--systemd-dir", str(units), "--no-enable"]
+    proc = subprocess.run(install, capture_output=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr.decode()
+    for plugin in ("cnm-bridge", "cnm-host", "cnm-none", "cnm-container", "cnm-ipam", "loopback"):
+        assert os.path.realpath(prefix / plugin) == str(prefix / "cnm-cni" / "cnm")
+    assert (netconf / "10-cnm.conflist").read_text() == conflist.read_text()
+    assert os.path.realpath(sbin / "cnmctl") == str(prefix / "cnm-cni" / "cnm")
+    assert f"ExecStart={prefix}/cnm-cni/cnmd" in (units / "cnmd.service").read_text()
+    assert (prefix / "bridge").read_text() == "someone else's plugin\n"
+
+    # A second install refuses nothing: it replaces ours. A foreign file in the way is refused.
+    assert subprocess.run(install, capture_output=True, timeout=300).returncode == 0
+    foreign = tmp_path / "other"
+    foreign.mkdir()
+    (foreign / "cnm-none").write_text("not ours")
+    refused = subprocess.run([str(bundle / "install.sh"), "--prefix", str(foreign)], capture_output=True)
+    assert refused.returncode != 0 and b"not from this install" in refused.stderr
+    assert sorted(os.listdir(foreign)) == ["cnm-none"]
+
+    # The installed plugins work from a clean environment: VERSION, about, ADD/CHECK/DEL in-process.
+    rc, out, _ = exec_installed(prefix, "cnm-none", "VERSION", {"cniVersion": "0.4.0"}, CNM_HELPER_SOCKET="off")
+    assert rc == 0 and json.loads(out)["cniVersion"] == "0.4.0"
+    about = subprocess.run([str(prefix / "cnm-bridge")], env={"PATH": CLEAN_PATH}, capture_output=True)
+    assert about.returncode == 0 and b"cnm-bridge (cnm-cni" in about.stderr
+    assert subprocess.run([str(sbin / "cnmctl"), "--help"], capture_output=True, env={"PATH": CLEAN_PATH}).returncode == 0
+    ns = netns()
+    conf = {"cniVersion": "1.0.0", "name": unique("bn"), "type": "cnm-none"}
+    attach = dict(CNI_CONTAINERID=unique("c"), CNI_NETNS=ns, CNI_IFNAME="eth0", CNM_STATE_DIR=str(tmp_path / "st"),
+                  CNM_RUN_DIR=str(tmp_path / "run"))
+    rc, out, err = exec_installed(prefix, "cnm-none", "ADD", conf, CNM_HELPER_SOCKET="off", **attach)
+    assert rc == 0, (out, err)
+    assert json.loads(out)["interfaces"][0]["name"] == "lo"
+    assert exec_installed(prefix, "cnm-none", "DEL", conf, CNM_HELPER_SOCKET="off", **attach)[0] == 0
+
+    # The bundle's own helper serves the installed plugins.
+    sock = str(tmp_path / "cnmd" / "cnmd.sock")
+    log = tmp_path / "cnmd.log"
+    with open(log, "wb") as logf:
+        helper = subprocess.Popen([str(prefix / "cnm-cni" / "cnmd"), "--socket", sock], stdout=logf, stderr=logf,
+                                  env={"PATH": CLEAN_PATH})
+    try:
+        wait_listening(sock, helper)
+        for command in ("ADD", "CHECK", "DEL"):
+            c = dict(conf, prevResult=json.loads(out)) if command == "CHECK" else conf
+            rc, o, err = exec_installed(prefix, "cnm-none", command, c, CNM_HELPER_SOCKET=sock, **attach)
+            assert rc == 0, (command, o, err)
+    finally:
+        helper.terminate()
+        assert helper.wait(timeout=60) == 0
+    assert "stopped after 3 requests" in log.read_text()
+
+    proc = subprocess.run([str(prefix / "cnm-cni" / "uninstall.sh")], capture_output=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr.decode()
+    assert tree(root) == before  # exactly what was installed is gone, nothing else
+
+
+def wait_listening(path, proc, timeout=60):
+    deadline = time.monotonic() + timeout
+    while True:
+        probe = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        try:
+            probe.connect(path)
+            return
+        except OSError:
+            assert proc.poll() is None and time.monotonic() < deadline, "cnmd did not start"
+            time.sleep(0.05)
+        finally:
+            probe.close()
+
+
+def test_socket_activation(bundle, tmp_path, netns):
+    """cnmd takes the listening socket from systemd (LISTEN_FDS), as cnmd.socket hands it over."""
+    sock = str(tmp_path / "act.sock")
+    cnmd = str(bundle / "cnm-cni" / "cnmd")
+    activator = subprocess.Popen(["systemd-socket-activate", "-l", sock, cnmd], stdout=subprocess.DEVNULL,
+                                 stderr=subprocess.PIPE)
+    try:
+        deadline = time.monotonic() + 30
+        while not os.path.exists(sock):
+            assert time.monotonic() < deadline
+            time.sleep(0.05)
+        ns = netns()
+        conf = {"cniVersion": "1.0.0", "name": unique("bn"), "type": "cnm-none"}
+        attach = dict(CNI_CONTAINERID=unique("c"), CNI_NETNS=ns, CNI_IFNAME="eth0",
+                      CNM_STATE_DIR=str(tmp_path / "st"), CNM_RUN_DIR=str(tmp_path / "run"), CNM_HELPER_SOCKET=sock)
+        for command in ("ADD", "DEL"):
+            rc, out, err = exec_installed(bundle / "cnm-cni", "cnm-none", command, conf, **attach)
+            assert rc == 0, (out, err)
+    finally:
+        activator.terminate()
+        _, err = activator.communicate(timeout=60)
+    assert b"serving on the systemd socket" in err
+    assert b"stopped after 2 requests" in err
