@@ -70,6 +70,10 @@ class IpamPlugin:
         try:
             pool = pools.choose(store, cfg.data_dir, cfg.network, cfg.pools, _host_routes())
         except pools.NoPoolError as exc:
+            try:
+                os.rmdir(store.path)  # only while still empty: leave nothing behind for a failed ADD
+            except OSError:
+                pass
             raise CNIError(
                 IPAM_FAILURE,
                 "no free default address pool: every pool overlaps a route or another network",

@@ -87,7 +87,7 @@ def test_no_free_pool(tmp_path):
     assert rc == 1 and out["code"] == 50
     rc, out = run("ADD", conf(tmp_path, "n2", defaultAddressPools=one))
     assert rc == 1 and out["code"] == 101 and "no free default address pool" in out["msg"]
-    assert not os.path.exists(tmp_path / "ipam" / "n2" / pools.POOL_FILE)
+    assert not os.path.exists(tmp_path / "ipam" / "n2")
 
 
 def test_gc_gives_the_pool_back_when_no_lease_is_left(tmp_path):
