@@ -13,6 +13,7 @@ import ipaddress
 import json
 import os
 import random
+import select
 import subprocess
 import sys
 import time
@@ -33,33 +34,26 @@ SHIPPED_CONFLIST = os.path.join(ROOT, "conf", "containerd", "10-cnm.conflist")
 # Port publishing (hostPort through the portMappings capability) is issue 5's; until it lands the
 # host-port assertion alone is an expected failure. Set to False when issue 5 is merged.
 HOST_PORT_PENDING = True
-IPAM_TYPE = "host-local"  # TODO(cnm-ipam): switch to "cnm-ipam" when it lands
 
 
 def k8s_conflist(name: str, bridge: str, subnet: str, data_dir: str, **range_extra) -> dict:
-    """The node's conflist: cnm-bridge (port publishing, DNS capabilities) + Go bandwidth."""
-    net = ipaddress.ip_network(subnet)
-    return {
-        "cniVersion": "1.0.0",
-        "name": name,
-        "plugins": [
-            {
-                "type": "cnm-bridge",
-                "bridge": bridge,
-                "isGateway": True,
-                "ipMasq": True,
-                "hairpinMode": True,
-                "ipam": {
-                    "type": IPAM_TYPE,
-                    "ranges": [[{"subnet": str(net), **range_extra}]],
-                    "routes": [{"dst": "0.0.0.0/0"}],
-                    "dataDir": data_dir,
-                },
-                "capabilities": {"portMappings": True, "dns": True},
-            },
-            {"type": "bandwidth", "capabilities": {"bandwidth": True}},
-        ],
-    }
+    """conf/containerd/10-cnm.conflist as shipped, made private to this test (network name, bridge,
+    pod range, lease dir), with Go `bandwidth` chained after cnm-bridge for the bandwidth capability."""
+    with open(SHIPPED_CONFLIST) as f:
+        conflist = json.load(f)
+    bridge_conf = conflist["plugins"][0]
+    assert bridge_conf["type"] == "cnm-bridge" and bridge_conf["ipam"]["type"] == "cnm-ipam", conflist
+    assert bridge_conf["capabilities"].get("portMappings"), "the shipped list must declare portMappings"
+    conflist["name"] = name
+    bridge_conf["bridge"] = bridge
+    bridge_conf["ipam"]["ranges"] = [[{"subnet": subnet, **range_extra}]]
+    bridge_conf["ipam"]["dataDir"] = data_dir
+    if not any(p["type"] == "bandwidth" for p in conflist["plugins"]):
+        conflist["plugins"].append({"type": "bandwidth", "capabilities": {"bandwidth": True}})
+    return conflist
+
+
+_nodes: list[Node] = []  # live nodes, for the failure log
 
 
 def random_subnet() -> str:
@@ -74,7 +68,7 @@ def image_archive(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def make_node(tmp_path_factory, image_archive):
-    """make_node(**range_extra) -> a started Node; all are torn down at the end of the module."""
+    """make_node(subnet, **range_extra) -> a started Node; all are torn down at the end of the module."""
     nodes: list[Node] = []
 
     def make(subnet: str | None = None, **range_extra) -> Node:
@@ -85,6 +79,7 @@ def make_node(tmp_path_factory, image_archive):
         )
         node = Node(work, tag, conflist, SANDBOX_IMAGE, image_archive)
         nodes.append(node)
+        _nodes.append(node)
         try:
             node.start()
         except Exception:
@@ -94,6 +89,7 @@ def make_node(tmp_path_factory, image_archive):
 
     yield make
     for node in nodes:
+        _nodes.remove(node)
         leftovers = node.stop()
         assert not leftovers, f"libcni cache entries left behind: {leftovers}"
 
@@ -101,6 +97,16 @@ def make_node(tmp_path_factory, image_archive):
 @pytest.fixture(scope="module")
 def node(make_node):
     return make_node()
+
+
+@pytest.fixture(autouse=True)
+def containerd_log_on_failure(request):
+    """A failed test shows the tail of its nodes' containerd logs (CNI errors land there)."""
+    failed_before = request.session.testsfailed
+    yield
+    if request.session.testsfailed > failed_before:
+        for node in _nodes:
+            print(f"--- containerd log of node {node.netns_name} ---\n{node.containerd.log_tail(80)}")
 
 
 def gateway_of(node: Node) -> str:
@@ -174,7 +180,11 @@ def tcp_server(netns: str, port: int, token: str) -> subprocess.Popen:
         f"    c.sendall(b'{token}'); c.close()\n"
     )
     proc = subprocess.Popen(["nsenter", f"--net={netns}", sys.executable, "-c", code], stdout=subprocess.PIPE, text=True)
-    assert proc.stdout.readline().strip() == "ready"
+    ready, _, _ = select.select([proc.stdout], [], [], 15)
+    if not ready or proc.stdout.readline().strip() != "ready":
+        proc.kill()
+        proc.wait()
+        pytest.fail(f"the test server in {netns} did not start")
     return proc
 
 
@@ -224,6 +234,12 @@ def test_two_pods_network_host_port_and_teardown(node):
         ] or entry["capabilityArgs"]["portMappings"][0]["HostPort"] == host_port, entry["capabilityArgs"]
         args = dict(map(tuple, entry["cniArgs"]))
         assert args["K8S_POD_NAME"] == "pod-a" and args["K8S_POD_NAMESPACE"] == node.k8s_namespace
+        assert args["K8S_POD_INFRA_CONTAINER_ID"] == a.id and args["IgnoreUnknown"] == "1", args
+        # Our store holds both attachments of each pod: eth0 (cnm-bridge) and lo (cnm-none as `loopback`).
+        _, endpoints = node.store_records()
+        for pod in (a, b):
+            mine = {(e.network, e.ifname, e.driver) for e in endpoints if e.container_id == pod.id}
+            assert mine == {(node.network, "eth0", "bridge"), ("cni-loopback", "lo", "null")}, mine
         assert "portMappings" not in cache_entry(node, b.id).get("capabilityArgs", {})
         # DNS config: in the capability args sent to the plugins, and in the pod's resolv.conf.
         assert entry["capabilityArgs"]["dns"]["Servers"] == ["10.96.0.10"], entry["capabilityArgs"]
@@ -331,7 +347,7 @@ def test_exhausted_range_fails_run_pod_sandbox_cleanly(make_node):
         node.run_pod(node.spec("pod-second"))
     assert time.monotonic() - started < 60
     message = failure.value.details()
-    assert "failed to setup network" in message or "plugin" in message, message
+    assert "no IP addresses available" in message, message
     after = snapshot()
     assert after == before, {k: (before[k], after[k]) for k in before if before[k] != after[k]}
 

@@ -36,6 +36,7 @@ class PodSpec:
     dns_options: list[str] = field(default_factory=list)
     annotations: dict[str, str] = field(default_factory=dict)
     labels: dict[str, str] = field(default_factory=dict)
+    cgroup_parent: str = ""  # cgroupfs path under which containerd puts the pod's cgroups
 
     def config(self, log_dir: str):
         dns = None
@@ -53,6 +54,7 @@ class PodSpec:
             labels=self.labels,
             annotations=self.annotations,
             linux=pb.LinuxPodSandboxConfig(
+                cgroup_parent=self.cgroup_parent,
                 security_context=pb.LinuxSandboxSecurityContext(
                     namespace_options=pb.NamespaceOption(network=pb.POD, pid=pb.CONTAINER, ipc=pb.POD)
                 )

@@ -45,6 +45,20 @@ def nsexec(netns_path: str, *argv: str, timeout: float = 30, check: bool = False
                           timeout=timeout, check=check)
 
 
+def remove_cgroup(path: str) -> None:
+    """rmdir an (empty) cgroup and its empty children in every mounted hierarchy (v1 and v2)."""
+    roots = ["/sys/fs/cgroup"] + [os.path.join("/sys/fs/cgroup", d) for d in os.listdir("/sys/fs/cgroup")]
+    for root in roots:
+        top = os.path.join(root, path.strip("/"))
+        if not os.path.isdir(top) or not path.strip("/"):
+            continue
+        for dirpath, _, _ in sorted(os.walk(top), key=lambda w: len(w[0]), reverse=True):
+            try:
+                os.rmdir(dirpath)
+            except OSError:
+                pass
+
+
 @dataclass
 class Pod:
     id: str
@@ -76,6 +90,7 @@ class Node:
         self.client = None
         self.seen_ids: set[str] = set()
         self.k8s_namespace = "cnm-e2e-" + netns_name.lower()  # pods of this node, also in the libcni cache
+        self.cgroup_parent = "/" + self.k8s_namespace  # pod cgroups under one parent we remove at the end
         self._netns_made = False
 
     # -- lifecycle ---------------------------------------------------------------------------
@@ -107,12 +122,14 @@ class Node:
                 for name in os.listdir(pins):
                     subprocess.run(["umount", "-l", os.path.join(pins, name)], capture_output=True)
             shutil.rmtree(self.work, ignore_errors=True)
+            remove_cgroup(self.cgroup_parent)
         return leftovers
 
     # -- pods --------------------------------------------------------------------------------
 
     def spec(self, name: str, **kw) -> PodSpec:
-        return PodSpec(name=name, namespace=self.k8s_namespace, uid=f"{self.netns_name}-{name}", **kw)
+        return PodSpec(name=name, namespace=self.k8s_namespace, uid=f"{self.netns_name}-{name}",
+                       cgroup_parent=self.cgroup_parent, **kw)
 
     def run_pod(self, spec) -> Pod:
         sid = self.client.run_pod_sandbox(spec, self.log_dir)
