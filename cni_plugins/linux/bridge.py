@@ -104,6 +104,19 @@ def set_port_vlans(ipr, port_index: int, access: int = 0, trunk: tuple[int, ...]
         raise BridgeError(f"could not set VLANs on port {port_index}: {_reason(exc)}") from None
 
 
+def set_self_vlan(name: str, vid: int) -> None:
+    """Put the bridge's own interface (where the gateway address lives) into access VLAN `vid`,
+    so a gateway on a vlan_filtering bridge talks to the ports of that VLAN."""
+    import subprocess
+
+    proc = subprocess.run(
+        ["bridge", "vlan", "add", "dev", name, "vid", str(vid), "pvid", "untagged", "self"],
+        capture_output=True, text=True, timeout=30,
+    )
+    if proc.returncode != 0:
+        raise BridgeError(f"could not put bridge {name!r} into VLAN {vid}: {proc.stderr.strip()[:300]}")
+
+
 def port_info(link) -> dict:
     """The bridge-port attributes of a link (hairpin, isolated, ...), as pyroute2 names them."""
     info = link.get_attr("IFLA_LINKINFO")

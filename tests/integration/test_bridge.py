@@ -387,3 +387,19 @@ def test_status_delegates_to_ipam(hl_lab):
     assert run.rc == 1 and run.json["msg"] == "missing containerID", run
     l2 = lab.run("STATUS", lab.conf("1.1.0", ipam={}), cid="", ifname="")
     assert l2.rc == 0 and l2.stdout == b"", l2
+
+
+def test_macspoofchk_drops_frames_from_another_mac(hl_lab):
+    lab = hl_lab
+    ns1, ns2 = lab.container(), lab.container()
+    conf = lab.conf(macspoofchk=True)
+    lab.add(conf, ns1, cid="c1")
+    r2 = lab.add(conf, ns2, cid="c2")
+    peer = r2["ips"][0]["address"].split("/")[0]
+    assert lab.ping(ns1, peer)
+    sh("ip", "link", "set", "eth0", "address", "02:00:00:00:be:ef", ns=ns1)  # spoof
+    sh("ip", "neigh", "flush", "all", ns=ns2)
+    assert not lab.ping(ns1, peer)
+    for cid, ns in (("c1", ns1), ("c2", ns2)):
+        assert lab.run("DEL", conf, ns, cid=cid).rc == 0
+    lab.assert_nothing_left()

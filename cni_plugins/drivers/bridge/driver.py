@@ -191,11 +191,16 @@ class BridgeDriver(BaseDriver):
             ipr.link("set", index=host_index, state="up")
 
     def _gateway(self, ipr, conf, br, ips: list[IPConfig]) -> None:
-        """Gateway addresses on the bridge (forceAddress replaces a different one) and forwarding on."""
-        from ...linux import addr, sysctl
+        """Gateway addresses on the bridge (forceAddress replaces a different one) and forwarding on.
+
+        With `vlan` the bridge itself joins that VLAN untagged (the reference plugin adds a
+        `<bridge>.<vlan>` veth for this instead; the result then lists no 4th interface)."""
+        from ...linux import addr, bridge, sysctl
 
         families = set()
         with kernel_errors(f"set the gateway address on bridge {conf.bridge!r}"):
+            if conf.vlan:
+                bridge.set_self_vlan(conf.bridge, conf.vlan)
             for ip in ips:
                 if not ip.gateway:
                     continue
