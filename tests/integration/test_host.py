@@ -233,3 +233,24 @@ def test_the_real_host_read_only(cnm_env):
     assert [a for a in before["addrs"] if a[0] in both] == [a for a in after["addrs"] if a[0] in both]
     assert [r for r in before["routes"] if r[1] == 0] == [r for r in after["routes"] if r[1] == 0]
     assert store_rows(cnm_env, "sandboxes") == []
+
+
+def test_conf_host_conflist_through_cnmctl(fake_host, cnm_env, tmp_path):
+    """conf/host.conflist run as cnitool does (cnmctl add/check/del) from inside the fake host."""
+    before = snapshot(fake_host)
+    env = dict(cnm_env, NETCONFPATH=os.path.join(os.path.dirname(BIN), "conf"), CNI_PATH=BIN,
+               CNI_CACHE_DIR=str(tmp_path / "cache"), CNI_IFNAME="eth0")
+
+    def cnmctl(*args):
+        return subprocess.run(["ip", "netns", "exec", os.path.basename(fake_host), os.path.join(BIN, "cnmctl"), *args],
+                              env=env, capture_output=True, timeout=60)
+
+    add = cnmctl("add", "host", "/proc/self/ns/net")
+    assert add.returncode == 0, add
+    result = json.loads(add.stdout)
+    assert result["cniVersion"] == "1.1.0"
+    assert result_view(result, "/proc/self/ns/net") == expected_view(before)
+    assert cnmctl("check", "host", "/proc/self/ns/net").returncode == 0
+    assert cnmctl("del", "host", "/proc/self/ns/net").returncode == 0
+    assert snapshot(fake_host) == before
+    assert store_rows(cnm_env, "sandboxes") == []

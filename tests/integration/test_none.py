@@ -331,3 +331,23 @@ def test_override_lets_the_plugin_use_its_own_netns(override, netns, cnm_env):
     delete = exec_in(own, "cnm-none", "DEL", config, cnm_env, **attach, extra_env={"CNI_NETNS_OVERRIDE": override})
     assert delete.returncode == 0, delete
     assert lo_state(own)[0] is False
+
+
+def test_conf_none_conflist_through_cnmctl(netns, cnm_env, tmp_path):
+    """conf/none.conflist run as cnitool does (cnmctl add/check/del), with ifname lo."""
+    ns = netns("cnmnone")
+    env = dict(cnm_env, NETCONFPATH=os.path.join(os.path.dirname(BIN), "conf"), CNI_PATH=BIN,
+               CNI_CACHE_DIR=str(tmp_path / "cache"), CNI_IFNAME="lo")
+
+    def cnmctl(*args):
+        return subprocess.run([os.path.join(BIN, "cnmctl"), *args], env=env, capture_output=True, timeout=60)
+
+    add = cnmctl("add", "none", ns)
+    assert add.returncode == 0, add
+    result = json.loads(add.stdout)
+    assert result["cniVersion"] == "1.1.0" and result["interfaces"][0]["name"] == "lo"
+    assert lo_state(ns)[0] is True
+    assert cnmctl("check", "none", ns).returncode == 0
+    assert cnmctl("del", "none", ns).returncode == 0
+    assert lo_state(ns)[0] is False
+    assert store_rows(cnm_env, "sandboxes") == []
