@@ -85,7 +85,9 @@ class Node:
         self.image_archive = image_archive
         self.containerd = Containerd(
             os.path.join(work, "containerd"), self.bin_dir, self.conf_dir, sandbox_image, netns_name,
-            env={"CNM_STATE_DIR": self.state_dir, "CNM_RUN_DIR": self.run_dir},
+            # plugins inherit containerd's environment: a private CNM store and run dir; always
+            # in-process (a resident helper of the machine's netns could not serve this node anyway)
+            env={"CNM_STATE_DIR": self.state_dir, "CNM_RUN_DIR": self.run_dir, "CNM_HELPER_SOCKET": "off"},
         )
         self.client = None
         self.seen_ids: set[str] = set()
