@@ -153,24 +153,34 @@ def connect(ns_path, addr, port) -> str:
 @pytest.fixture
 def fake_host(netns):
     """A throwaway netns that plays the host: the plugins run in it (exec_plugin host_netns),
-    so "the host netns" is this one, with a link, an address and a default route of its own."""
+    so "the host netns" is this one, with links, an address and a default route of its own."""
     path = netns("cnmh")
     name = os.path.basename(path)
+    in_netns(path, "sysctl", "-q", "-w", "net.ipv6.conf.default.accept_dad=0")  # no tentative addresses
     for cmd in (["link", "add", "uplink0", "type", "veth", "peer", "name", "uplink0p"],
                 ["link", "set", "uplink0p", "up"], ["link", "set", "uplink0", "up"],
                 ["link", "set", "lo", "up"], ["addr", "add", "10.252.0.2/24", "dev", "uplink0"],
                 ["route", "add", "default", "via", "10.252.0.1"]):
         subprocess.run(["ip", "-n", name, *cmd], check=True)
+    for _ in range(200):  # settle: carrier up and the link-local addresses in place
+        state = host_state(path)
+        if all("LOWER_UP" in link[1] for link in state[0]) and sum(len(link[4]) for link in state[0]) >= 5:
+            break
+        time.sleep(0.02)
     return path
 
 
 def host_state(path) -> tuple:
-    """Everything of the (fake) host a joiner could change: links, addresses, routes."""
+    """What a joiner could change on the (fake) host: links, addresses, routes."""
     def ip(*args):
         return json.loads(in_netns(path, "ip", "-j", *args).stdout)
 
-    strip = lambda d: {k: v for k, v in d.items() if k not in ("stats", "stats64")}  # noqa: E731
-    return ([strip(l) for l in ip("-d", "addr")], ip("route"), ip("-6", "route"))
+    links = sorted(
+        (l["ifname"], sorted(l["flags"]), l.get("mtu"), l.get("address"),
+         sorted((a["local"], a["prefixlen"]) for a in l.get("addr_info", [])))
+        for l in ip("addr")
+    )
+    return (links, ip("route"), ip("-6", "route"))
 
 
 # ---- joining a none sandbox ----------------------------------------------------------------
