@@ -403,3 +403,15 @@ def test_macspoofchk_drops_frames_from_another_mac(hl_lab):
     for cid, ns in (("c1", ns1), ("c2", ns2)):
         assert lab.run("DEL", conf, ns, cid=cid).rc == 0
     lab.assert_nothing_left()
+
+
+def test_enabledad_dual_stack_default_gateway_does_not_wait(hl_lab):
+    """With DAD on, addresses start tentative; ADD neither waits nor fails on the IPv6 default route."""
+    lab = hl_lab
+    ns = lab.container()
+    conf = lab.conf(ipam=lab.ipam("10.250.0.0/24", "fd00:250::/64"), isDefaultGateway=True, enabledad=True)
+    out = lab.add(conf, ns)
+    assert {"dst": "::/0", "gw": "fd00:250::1"} in out["routes"]
+    assert [r for r in lab.routes(ns, "-6") if r["dst"] == "default"][0]["gateway"] == "fd00:250::1"
+    assert lab.run("CHECK", with_prev(conf, out), ns).rc == 0
+    assert lab.run("DEL", conf, ns).rc == 0
