@@ -99,13 +99,18 @@ def exec_plugin(
     base_env: Mapping[str, str] | None = None,
     stderr: IO[str] | None = None,
     timeout: float | None = None,
+    wrapper: Sequence[str] = (),
 ) -> bytes:
-    """Run the plugin; its stdout on success, PluginError otherwise."""
+    """Run the plugin; its stdout on success, PluginError otherwise.
+
+    `wrapper` prefixes the command line (e.g. nsenter --net=... --) to run the plugin
+    in another network namespace, as a runtime living there would.
+    """
     env = invocation.env(os.environ if base_env is None else base_env)
     for attempt in range(TEXT_BUSY_RETRIES + 1):
         try:
             proc = subprocess.run(
-                [plugin_path], input=stdin, env=env, capture_output=True, timeout=timeout, check=False
+                [*wrapper, plugin_path], input=stdin, env=env, capture_output=True, timeout=timeout, check=False
             )
             break
         except OSError as exc:

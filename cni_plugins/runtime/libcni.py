@@ -128,18 +128,21 @@ class CNIRunner:
         env: Mapping[str, str] | None = None,
         stderr: IO[str] | None = None,
         timeout: float | None = None,
+        wrapper: Sequence[str] = (),
     ):
         self.path = [p for p in path if p]
         self.cache_dir = cache_dir or cache.DEFAULT_CACHE_DIR
         self.env = env  # None: our own environment, as libcni passes os.Environ()
         self.stderr = stderr
         self.timeout = timeout
+        self.wrapper = tuple(wrapper)  # argv prefix for every exec (nsenter --net=... --)
 
     # ---- one exec ----------------------------------------------------------------------
     def _exec(self, plugin: Mapping[str, Any], stdin: bytes, invocation: Invocation) -> bytes:
         plugin_path = find_plugin(plugin["type"], self.path)
         return exec_plugin(
-            plugin_path, stdin, invocation, base_env=self.env, stderr=self.stderr, timeout=self.timeout
+            plugin_path, stdin, invocation, base_env=self.env, stderr=self.stderr, timeout=self.timeout,
+            wrapper=self.wrapper,
         )
 
     def _invocation(self, command: str, rt: RuntimeConf | None) -> Invocation:
@@ -292,7 +295,10 @@ class CNIRunner:
         stdin = json.dumps({"cniVersion": IMPLEMENTED}).encode()
         invocation = Invocation("VERSION", "dummy", "dummy", "dummy", (), ("dummy",))
         try:
-            stdout = exec_plugin(plugin_path, stdin, invocation, base_env=self.env, stderr=self.stderr, timeout=self.timeout)
+            stdout = exec_plugin(
+                plugin_path, stdin, invocation, base_env=self.env, stderr=self.stderr, timeout=self.timeout,
+                wrapper=self.wrapper,
+            )
         except PluginError as err:
             if err.error.msg == "unknown CNI_COMMAND: VERSION":
                 return ["0.1.0"]
