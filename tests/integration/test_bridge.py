@@ -3,7 +3,6 @@ delegated Go host-local (and in-process cnm-ipam where available), assertions on
 
 from __future__ import annotations
 
-import ipaddress
 import os
 import threading
 

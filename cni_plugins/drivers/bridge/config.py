@@ -7,7 +7,7 @@ only after the entry path has answered VERSION and early errors.
 from __future__ import annotations
 
 import re
-from typing import Any, Optional
+from typing import Optional
 
 from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictInt, StrictStr, ValidationError, model_validator
 
@@ -142,7 +142,3 @@ def requested_mac(request: Request) -> str:
     if mac and int(mac.replace("-", ":").split(":")[0], 16) & 1:
         raise CNIError(INVALID_CONFIG, "invalid mac", f"{mac!r} is a multicast address")
     return mac.replace("-", ":").lower()
-
-
-def as_dict(value: Any) -> dict:
-    return value if isinstance(value, dict) else {}
