@@ -1,0 +1,162 @@
+"""cnmctl against real namespaces: `run`/`rm` as docker-run for networks (bridge, --join,
+--publish), and the cnitool-style gc/status. cnmctl runs in a throwaway host netns."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+from conftest import unique  # noqa: E402
+from runtimes import BIN, base_env, bridge_conflist, bridge_ports, leases, mounts_under, sh, store_records  # noqa: E402
+
+from cni_plugins.linux import netns as nsmod  # noqa: E402
+
+
+class Ctl:
+    def __init__(self, netns_factory, tmp_path, version: str = "1.1.0"):
+        self.host = netns_factory("cnmh")
+        sh("ip", "link", "set", "lo", "up", ns=self.host)
+        self.conf_dir = str(tmp_path / "net.d")
+        self.cache_dir = str(tmp_path / "cache")
+        self.state = str(tmp_path / "state")
+        self.run_dir = str(tmp_path / "run")
+        self.data = str(tmp_path / "ipam")
+        os.makedirs(self.conf_dir)
+        self.bridge = unique("cnq")
+        self.network = unique("cnmctl", 30)
+        self.subnet_prefix = "10.62.3."
+        conflist = bridge_conflist(self.network, self.bridge, self.subnet_prefix + "0/24", self.data, version,
+                                   capabilities={"portMappings": True})
+        with open(os.path.join(self.conf_dir, "10-net.conflist"), "w") as f:
+            json.dump(conflist, f)
+        self.names: list[str] = []
+        self.env = base_env(NETCONFPATH=self.conf_dir, CNI_PATH=BIN, CNI_CACHE_DIR=self.cache_dir,
+                            CNM_STATE_DIR=self.state, CNM_RUN_DIR=self.run_dir)
+
+    def __call__(self, *args: str, check: bool = True, **env: str) -> subprocess.CompletedProcess:
+        return sh(os.path.join(BIN, "cnmctl"), *args, ns=self.host, env={**self.env, **env}, check=check)
+
+    def name(self, prefix: str) -> str:
+        n = unique(prefix, 30)
+        self.names.append(n)
+        return n
+
+    def leftovers(self) -> dict:
+        results = os.path.join(self.cache_dir, "results")
+        return {
+            "bridge ports": bridge_ports(self.host, self.bridge),
+            "store": store_records(self.state),
+            "leases": leases(self.data, self.network),
+            "cache": sorted(os.listdir(results)) if os.path.isdir(results) else [],
+            "pins": mounts_under(self.run_dir),
+            "netns": [n for n in self.names if os.path.exists(f"/run/netns/{n}")],
+        }
+
+    def cleanup(self) -> None:
+        for n in self.names:
+            if os.path.exists(f"/run/netns/{n}"):
+                nsmod.remove_named(n)
+        for pin in mounts_under(self.run_dir):
+            subprocess.run(["umount", "-l", pin], capture_output=True)
+
+
+CLEAN = {"bridge ports": [], "store": {"sandboxes": [], "endpoints": []}, "leases": [], "cache": [], "pins": [],
+         "netns": []}
+
+
+@pytest.fixture
+def ctl(netns, tmp_path):
+    c = Ctl(netns, tmp_path)
+    yield c
+    c.cleanup()
+
+
+def eth0_ip(result: dict) -> str:
+    index = next(i for i, itf in enumerate(result["interfaces"]) if itf["name"] == "eth0" and itf.get("sandbox"))
+    return next(ip["address"].split("/")[0] for ip in result["ips"] if ip.get("interface") == index)
+
+
+def test_run_two_containers_talk_and_rm_leaves_nothing(ctl):
+    a, b = ctl.name("cnma"), ctl.name("cnmb")
+    res_a = json.loads(ctl("run", a, "--network", ctl.network).stdout)
+    res_b = json.loads(ctl("run", b, "--network", ctl.network).stdout)
+    ip_a, ip_b = eth0_ip(res_a), eth0_ip(res_b)
+    assert ip_a.startswith(ctl.subnet_prefix) and ip_b.startswith(ctl.subnet_prefix) and ip_a != ip_b
+    sh("ping", "-c", "1", "-W", "3", ip_b, ns=f"/run/netns/{a}")
+    sh("ping", "-c", "1", "-W", "3", ip_a, ns=f"/run/netns/{b}")
+    # docker run brings lo up too
+    sh("ping", "-c", "1", "-W", "3", "127.0.0.1", ns=f"/run/netns/{a}")
+    assert sorted(os.listdir(os.path.join(ctl.cache_dir, "results"))) == sorted(
+        f"{ctl.network}-{n}-eth0" for n in (a, b)
+    )
+    ctl("rm", a)
+    ctl("rm", b)
+    assert ctl.leftovers() == CLEAN
+
+
+def test_join_shares_the_stack_and_outlives_the_owner(ctl):
+    web, proxy, other = ctl.name("cnmw"), ctl.name("cnmp"), ctl.name("cnmo")
+    res_web = json.loads(ctl("run", web, "--network", ctl.network).stdout)
+    json.loads(ctl("run", other, "--network", ctl.network).stdout)
+    res_proxy = json.loads(ctl("run", proxy, "--join", web).stdout)
+    assert nsmod.identity_of(f"/run/netns/{proxy}") == nsmod.identity_of(f"/run/netns/{web}")
+    assert eth0_ip(res_proxy) == eth0_ip(res_web)
+    cached = os.listdir(os.path.join(ctl.cache_dir, "results"))
+    assert f"container-{proxy}-eth0" in cached
+    ctl("rm", web)
+    # The sandbox lives on for its remaining member: proxy still reaches the other container.
+    other_ip = eth0_ip(json.loads(open(os.path.join(ctl.cache_dir, "results",
+                                                     f"{ctl.network}-{other}-eth0")).read())["result"])
+    sh("ping", "-c", "1", "-W", "3", other_ip, ns=f"/run/netns/{proxy}")
+    ctl("rm", proxy)
+    ctl("rm", other)
+    assert ctl.leftovers() == CLEAN
+
+
+def test_publish_reaches_the_plugin_as_port_mappings(ctl):
+    name = ctl.name("cnmw")
+    ctl("run", name, "--network", ctl.network, "--publish", "18080:80", "--publish", "127.0.0.1:15353:53/udp")
+    [entry] = os.listdir(os.path.join(ctl.cache_dir, "results"))
+    doc = json.load(open(os.path.join(ctl.cache_dir, "results", entry)))
+    assert doc["capabilityArgs"]["portMappings"] == [
+        {"hostPort": 18080, "containerPort": 80, "protocol": "tcp"},
+        {"hostPort": 15353, "containerPort": 53, "protocol": "udp", "hostIP": "127.0.0.1"},
+    ]
+    ctl("rm", name)
+    assert ctl.leftovers() == CLEAN
+
+
+def test_failures_leave_nothing(ctl):
+    name = ctl.name("cnmf")
+    proc = ctl("run", name, "--network", "no-such-network", check=False)
+    assert proc.returncode == 1 and "no net configuration" in proc.stderr
+    proc = ctl("run", name, "--network", ctl.network, check=False, CNI_PATH="/nonexistent")
+    assert proc.returncode == 1 and 'failed to find plugin "cnm-bridge"' in proc.stderr
+    assert ctl.leftovers() == CLEAN
+    proc = ctl("run", name, "--join", ctl.name("cnmx"), check=False)
+    assert proc.returncode == 1 and "is not running" in proc.stderr
+    proc = ctl("rm", name, check=False)
+    assert proc.returncode == 1 and "no container" in proc.stderr
+    ctl("run", name, "--network", ctl.network)
+    proc = ctl("run", name, "--network", ctl.network, check=False)
+    assert proc.returncode == 1 and "already exists" in proc.stderr
+    ctl("rm", name)
+    assert ctl.leftovers() == CLEAN
+
+
+def test_gc_and_status_like_cnitool(ctl, netns):
+    ctl("status", ctl.network)
+    targets = [netns("cnmc"), netns("cnmc")]
+    for target in targets:
+        ctl("add", ctl.network, target)
+    ctl("check", ctl.network, targets[0])
+    assert len(bridge_ports(ctl.host, ctl.bridge)) == 2
+    ctl("gc", ctl.network)  # no valid list: every cached attachment of the network is stale
+    assert ctl.leftovers() == CLEAN
