@@ -76,6 +76,10 @@ disabled_plugins = [
 
     [plugins."io.containerd.grpc.v1.cri".containerd.runtimes.runc]
       runtime_type = "io.containerd.runc.v2"
+
+      [plugins."io.containerd.grpc.v1.cri".containerd.runtimes.runc.options]
+        # runc's state under our work dir too, not /run/containerd/runc
+        Root = {s(os.path.join(work, "runc"))}
 """
 
 
