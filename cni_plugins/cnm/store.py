@@ -12,7 +12,7 @@ import sqlite3
 from contextlib import contextmanager
 from typing import Iterator
 
-from .model import Endpoint, Network, Sandbox
+from .model import HOST_SANDBOX, Endpoint, Network, Sandbox
 
 SCHEMA_VERSION = 1
 DEFAULT_STATE_DIR = "/var/lib/cni/cnm"
@@ -40,6 +40,17 @@ class StoreError(Exception):
     pass
 
 
+BOOT_ID_PATH = "/proc/sys/kernel/random/boot_id"
+
+
+def boot_id() -> str:
+    try:
+        with open(BOOT_ID_PATH) as f:
+            return f.read().strip()
+    except OSError:
+        return "unknown"
+
+
 def state_dir(config_dir: str | None = None, env: dict | None = None) -> str:
     """Config key `stateDir` wins over $CNM_STATE_DIR, which wins over the default."""
     env = os.environ if env is None else env
@@ -59,9 +70,32 @@ class Store:
             conn.execute("PRAGMA journal_mode=WAL")
             conn.execute("PRAGMA synchronous=NORMAL")
             self._migrate(conn)
+            self._forget_previous_boot(conn)
         finally:
             os.umask(old)
         return conn
+
+    @staticmethod
+    def _forget_previous_boot(conn: sqlite3.Connection) -> None:
+        """After a reboot no recorded netns exists any more (the pins under /run are gone),
+        but nsfs inode numbers are reused: a new netns could match an old sandbox's
+        (dev, ino). Void the identities of sandboxes recorded in an earlier boot, so
+        they match nothing and their DEL skips in-netns work. (The host sandbox is
+        looked up by id, not identity.)"""
+        boot = boot_id()
+        row = conn.execute("SELECT value FROM meta WHERE key='boot_id'").fetchone()
+        if row is not None and row[0] == boot:
+            return
+        conn.execute("BEGIN IMMEDIATE")
+        try:
+            row = conn.execute("SELECT value FROM meta WHERE key='boot_id'").fetchone()
+            if row is None or row[0] != boot:
+                conn.execute("UPDATE sandboxes SET ns_dev=0, ns_ino=0 WHERE id != ?", (HOST_SANDBOX,))
+                conn.execute("INSERT OR REPLACE INTO meta(key, value) VALUES('boot_id', ?)", (boot,))
+            conn.execute("COMMIT")
+        except BaseException:
+            conn.execute("ROLLBACK")
+            raise
 
     @staticmethod
     def _migrate(conn: sqlite3.Connection) -> None:
