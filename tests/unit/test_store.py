@@ -183,3 +183,23 @@ def test_unusable_state_dir_is_code_50(tmp_path):
 def test_bad_state_dir_is_code_7(tmp_path, bad):
     r = _status({STATE_DIR_ENV: str(tmp_path / "e")}, stateDir=bad)
     assert r.exit_code != 0 and json.loads(r.stdout)["code"] == 7
+
+
+def test_sandboxes_of_a_previous_boot_match_no_netns(store):
+    """nsfs inode numbers are reused after a reboot: old sandboxes must not match a new netns."""
+    with store.transaction() as tx:
+        fill(tx)
+        tx.put_sandbox(Sandbox("host", "/proc/self/ns/net", 4, 4026531840 + 152))
+    with store.transaction(write=False) as tx:  # same boot: identities kept
+        assert tx.find_sandbox_by_netns(4, 4026531840).id == "sb1"
+    conn = sqlite3.connect(store.path)
+    conn.execute("UPDATE meta SET value='an-earlier-boot' WHERE key='boot_id'")
+    conn.commit()
+    conn.close()
+    with store.transaction(write=False) as tx:
+        assert tx.find_sandbox_by_netns(4, 4026531840) is None
+        sb = tx.get_sandbox("sb1")
+        assert (sb.ns_dev, sb.ns_ino) == (0, 0) and sb.pin == "/run/cnm/netns/sb1"  # the record itself stays
+        host = tx.get_sandbox("host")
+        assert (host.ns_dev, host.ns_ino) == (4, 4026531840 + 152)
+        assert len(tx.list_endpoints(sandbox="sb1")) == 1
