@@ -30,8 +30,13 @@ CASES = {
 }
 
 
+# In-process, as without a resident helper (cnmd): that is the path whose imports count.
+NO_HELPER = {"CNM_HELPER_SOCKET": "off"}
+
+
 def import_times(env: dict, stdin: bytes) -> tuple[subprocess.CompletedProcess, set[str]]:
     """Run bin/cnm-none as its shebang does, with -X importtime; the set of imported modules."""
+    env = dict(env, **NO_HELPER)
     proc = subprocess.run([PYTHON, "-IS", "-X", "importtime", os.path.join(BIN, "cnm-none")], input=stdin,
                           env=env, capture_output=True, timeout=60)
     modules = set()
@@ -69,7 +74,8 @@ sys.stderr.write("\\nPROBE " + json.dumps({{"exit": code, "heavy": heavy}}) + "\
 def test_no_heavy_module_in_sys_modules(case):
     env, stdin, code = CASES[case]
     script = PROBE.format(plugin=os.path.join(BIN, "cnm-none"))
-    proc = subprocess.run([PYTHON, "-IS", "-c", script], input=stdin, env=env, capture_output=True, timeout=60)
+    proc = subprocess.run([PYTHON, "-IS", "-c", script], input=stdin, env=dict(env, **NO_HELPER),
+                          capture_output=True, timeout=60)
     probe = json.loads(proc.stderr.decode().rsplit("PROBE ", 1)[1])
     assert probe["heavy"] == []
     assert (probe["exit"] == 0) == (code == 0)
@@ -79,7 +85,7 @@ def test_the_probe_would_see_a_heavy_import():
     """Control: a command that reaches the controller does import them (then fails on stateDir)."""
     stdin = json.dumps(dict(CONF, cniVersion="1.1.0", stateDir="relative")).encode()
     script = PROBE.format(plugin=os.path.join(BIN, "cnm-none"))
-    proc = subprocess.run([PYTHON, "-IS", "-c", script], input=stdin, env={"CNI_COMMAND": "STATUS"},
+    proc = subprocess.run([PYTHON, "-IS", "-c", script], input=stdin, env={"CNI_COMMAND": "STATUS", **NO_HELPER},
                           capture_output=True, timeout=60)
     probe = json.loads(proc.stderr.decode().rsplit("PROBE ", 1)[1])
     assert "pydantic" in probe["heavy"]
