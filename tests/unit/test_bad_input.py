@@ -147,3 +147,25 @@ def test_stdin_closed_early_is_still_an_error_object(target):
     proc = subprocess.run([os.path.join(BIN, "cnm-none")], stdin=subprocess.DEVNULL, env=base, capture_output=True)
     assert_error(proc.stdout, proc.returncode, 6)
     assert_nothing_changed(tmp_path, base["CNI_NETNS"])
+
+
+@pytest.mark.parametrize("path", ["/proc/self/ns/pid", "/proc/self/ns/mnt", "/dev/null"])
+def test_a_handed_over_fd_that_is_no_network_namespace_is_code_8(path, target):
+    """What the resident helper gets from its thin client: an open CNI_NETNS (SCM_RIGHTS)."""
+    base, tmp_path = target
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        response = handle("cnm-none", base, conf(), netns_fd=fd)
+    finally:
+        os.close(fd)
+    assert_error(response.stdout, response.exit_code, 8)
+    assert_nothing_changed(tmp_path, base["CNI_NETNS"])
+
+
+@pytest.mark.parametrize("path", ["/proc/self/ns/pid", "/proc/self/ns/user"])
+def test_a_namespace_that_is_no_network_namespace_is_code_8(path, target):
+    base, tmp_path = target
+    for plugin in ("cnm-none", "cnm-host"):
+        response = handle(plugin, dict(base, CNI_NETNS=path), conf())
+        assert_error(response.stdout, response.exit_code, 8)
+    assert_nothing_changed(tmp_path, base["CNI_NETNS"])
