@@ -65,7 +65,8 @@ def _spoof_rule() -> list[dict]:
     ]
 
 
-# family -> sets {name: set attributes}, base chains {name: (hook attributes, [rules])}
+# family -> sets and maps {name: attributes ("map": value type for a map)},
+#           base chains {name: (hook attributes, [rules])}
 LAYOUT: dict[str, dict[str, dict]] = {
     "inet": {
         "sets": {
@@ -102,7 +103,8 @@ def declare(family: str) -> list[dict]:
     base = {"family": family, "table": TABLE}
     cmds: list[dict] = [{"add": {"table": {"family": family, "name": TABLE}}}]
     for name, attrs in spec["sets"].items():
-        cmds.append({"add": {"set": {**base, "name": name, **attrs}}})
+        kind = "map" if "map" in attrs else "set"  # a map's attributes carry its value type as "map"
+        cmds.append({"add": {kind: {**base, "name": name, **attrs}}})
     for name, (hook, rules) in spec["chains"].items():
         cmds.append({"add": {"chain": {**base, "name": name, **hook}}})
         cmds.append({"flush": {"chain": {**base, "name": name}}})
@@ -114,11 +116,14 @@ def declare(family: str) -> list[dict]:
 # ---- elements ------------------------------------------------------------------------------
 @dataclass(frozen=True)
 class Element:
-    """One element of one of our sets; `key` is its nft JSON value."""
+    """One element of one of our sets or maps; `key` is its nft JSON value, `data` the
+    value it maps to (maps only, e.g. a DNAT target for a published port). Identity and
+    removal use the key alone."""
 
     family: str
     set: str
     key: Any
+    data: Any = None
 
     def ident(self) -> str:
         return f"{self.family}/{self.set}/{json.dumps(self.key, sort_keys=True)}"
@@ -151,7 +156,13 @@ def mac_spoof_check(port: str, mac: str) -> list[Element]:
 
 
 def _element_cmd(op: str, element: Element, owner: str) -> dict:
-    value = {"elem": {"val": element.key, "comment": owner}} if op == "add" else element.key
+    value: Any = element.key
+    if op == "add":
+        value = {"elem": {"val": element.key, "comment": owner}}
+        if element.data is not None:
+            value = [value, element.data]
+    elif element.data is not None:
+        value = [element.key, element.data]
     return {op: {"element": {"family": element.family, "table": TABLE, "name": element.set, "elem": [value]}}}
 
 
@@ -201,14 +212,18 @@ def _elements(family: str) -> list[tuple[Element, str]]:
         raise
     out = []
     for item in data:
-        s = item.get("set")
+        s = item.get("set") or item.get("map")
         if not s:
             continue
         for entry in s.get("elem") or []:
+            value = None
+            if "map" in item and isinstance(entry, list) and len(entry) == 2:
+                entry, value = entry  # a map element: [key, value]
             if isinstance(entry, dict) and "elem" in entry:
-                out.append((Element(family, s["name"], entry["elem"]["val"]), entry["elem"].get("comment", "")))
+                key, comment = entry["elem"]["val"], entry["elem"].get("comment", "")
             else:
-                out.append((Element(family, s["name"], entry), ""))
+                key, comment = entry, ""
+            out.append((Element(family, s["name"], key, value), comment))
     return out
 
 

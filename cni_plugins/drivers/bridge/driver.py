@@ -119,7 +119,7 @@ class BridgeDriver(BaseDriver):
                     with kernel_errors("program nftables"):
                         nft.commit(add=elements, owner=endpoint.id)
                     undo.callback(_remove_elements, elements, endpoint.id)
-                    endpoint.data["nft"] = [[e.family, e.set, e.key] for e in elements]
+                    endpoint.data["nft"] = [[e.family, e.set, e.key, e.data] for e in elements]
                 host_mac = ipr.get_links(host_index)[0].get_attr("IFLA_ADDRESS")
                 bridge_mac = ipr.get_links(br["index"])[0].get_attr("IFLA_ADDRESS")
         except BaseException:
@@ -310,7 +310,7 @@ def route_gateway(route: Route, ips: list[IPConfig]) -> str | None:
 def recorded_elements(endpoint: Endpoint) -> list:
     from ...linux import nft
 
-    return [nft.Element(f, s, k) for f, s, k in endpoint.data.get("nft", [])]
+    return [nft.Element(*entry) for entry in endpoint.data.get("nft", [])]
 
 
 def _delete_link(name: str) -> None:
