@@ -91,7 +91,7 @@ def normalize_result(stdout: bytes, config_version: str) -> dict[str, Any]:
         raise RunnerError(f"decoding plugin result: {exc}") from None
     if not isinstance(doc, dict):
         raise RunnerError("decoding plugin result: not a JSON object")
-    version = doc.get("cniVersion") or config_version
+    version = doc.get("cniVersion") or config_version or "0.1.0"
     try:
         return convert_result(doc, version)
     except RunnerError:
