@@ -106,7 +106,8 @@ class Lab:
         return out
 
     def sysctl(self, key: str, ns: str = "") -> str:
-        return sh("sysctl", "-n", key, ns=ns or self.host).stdout.strip()
+        """A sysctl as seen from netns `ns` (dotted key; /proc/sys/net follows the reader's netns)."""
+        return sh("cat", "/proc/sys/" + key.replace(".", "/"), ns=ns or self.host).stdout.strip()
 
     def ping(self, ns: str, address: str, count: int = 1) -> bool:
         flag = "-6" if ":" in address else "-4"
