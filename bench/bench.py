@@ -1,0 +1,469 @@
+#!/usr/bin/env python3
+"""cnm-cni against Debian's Go reference plugins (/usr/lib/cni), in one run, same client.
+
+    sudo .venv/bin/python bench/bench.py [--quick] [--full-rss] [--bundle DIR] [--out FILE]
+
+The client is a tiny libcni-style loop (bench/client.py): it execs each plugin of a conflist
+with env + stdin as a runtime does (ADD in order with prevResult, CHECK in order, DEL in
+reverse with the cached result), times it, and reads each exec's peak RSS from wait4().
+Everything runs inside a throwaway "host" netns (the bench process setns()es into it, so
+bridges, NAT and portmap rules never touch the real host); the helper (cnmd) runs in the
+real host netns and adopts the caller's netns per request, as in production.
+
+What it prints (markdown, also written to bench/results/latest.md with the machine):
+  - VERSION exec floor: Go bridge, cnm-bridge through the thin path (helper) and in-process,
+    from the checkout (python3 -IS) and from a PyInstaller bundle (--bundle, or dist/);
+  - ADD/CHECK/DEL of cnm-bridge+cnm-ipam vs Go bridge+host-local, with and without helper;
+  - the Go five-plugin chain (bridge+host-local, firewall, tuning, portmap) vs cnm-bridge
+    with ipMasq; 20 pods in parallel with both;
+  - peak RSS of one exec; the helper's RSS over many ADD/DEL pairs (--full-rss: 10,000);
+  - cnm ADD/DEL with 1,000 endpoints on the host vs 10 (--quick: 100 vs 10).
+Medians, p95 and ratios of medians; the issue-7 target next to each ratio.
+"""
+
+from __future__ import annotations
+
+import argparse
+import glob
+import itertools
+import json
+import os
+import platform
+import shutil
+import signal
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from concurrent.futures import ThreadPoolExecutor
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+ROOT = os.path.dirname(HERE)
+sys.path.insert(0, ROOT)
+sys.path.insert(0, HERE)
+
+from client import Chain, exec_plugin  # noqa: E402
+
+from cni_plugins.linux import netns as nsmod  # noqa: E402
+
+GO_DIR = "/usr/lib/cni"
+BIN = os.path.join(ROOT, "bin")
+VERSION = "1.0.0"
+
+
+# ---- statistics ----------------------------------------------------------------------------
+def median(xs):
+    return statistics.median(xs) if xs else float("nan")
+
+
+def p95(xs):
+    if not xs:
+        return float("nan")
+    s = sorted(xs)
+    return s[min(len(s) - 1, int(round(0.95 * (len(s) - 1))))]
+
+
+class Report:
+    def __init__(self):
+        self.sections: list[tuple[str, list[list[str]]]] = []
+
+    def section(self, title, header):
+        self.sections.append((title, [header]))
+
+    def row(self, *cells):
+        self.sections[-1][1].append([str(c) for c in cells])
+        print("  " + " | ".join(str(c) for c in cells), flush=True)
+
+    def markdown(self) -> str:
+        out = []
+        for title, rows in self.sections:
+            out.append(f"### {title}\n")
+            out.append("| " + " | ".join(rows[0]) + " |")
+            out.append("|" + "---|" * len(rows[0]))
+            for r in rows[1:]:
+                out.append("| " + " | ".join(r) + " |")
+            out.append("")
+        return "\n".join(out)
+
+
+def ms(x):
+    return f"{x * 1000:.1f}"
+
+
+def ratio(a, b):
+    return f"{a / b:.2f}×" if b else "n/a"
+
+
+def verdict(value, limit):
+    return "✅" if value <= limit else "❌"
+
+
+# ---- environment ---------------------------------------------------------------------------
+class Lab:
+    """Throwaway host netns (entered by this process), pod netns, helpers, state dirs."""
+
+    def __init__(self, bundle: str | None):
+        self.tmp = tempfile.mkdtemp(prefix="cnm-bench-")
+        self.tag = f"cb{os.getpid() % 100000}"
+        self.netns: list[str] = []
+        self._ns_ids = itertools.count()
+        self._cids = itertools.count(1)
+        self.helpers: dict[str, subprocess.Popen] = {}
+        self.bundle = bundle
+        self.home_fd = os.open(nsmod.SELF, os.O_RDONLY)
+        self.host = self.new_netns("h")
+        fd = nsmod.open_netns(self.host)
+        nsmod.setns(fd)  # from here on every exec (and thread) of ours runs in the bench host
+        os.close(fd)
+        subprocess.run(["ip", "link", "set", "lo", "up"], check=True)
+
+    def new_netns(self, kind="p") -> str:
+        name = f"{self.tag}{kind}{next(self._ns_ids)}"
+        subprocess.run(["ip", "netns", "add", name], check=True)
+        self.netns.append(name)
+        return f"/run/netns/{name}"
+
+    def del_netns(self, path):
+        subprocess.run(["ip", "netns", "del", os.path.basename(path)], capture_output=True)
+        if os.path.basename(path) in self.netns:
+            self.netns.remove(os.path.basename(path))
+
+    def cid(self) -> str:
+        return f"{self.tag}c{next(self._cids)}"
+
+    def start_helper(self, key: str, executable: str) -> str:
+        sock = os.path.join(self.tmp, f"{key}.sock")
+        log = open(os.path.join(self.tmp, f"{key}.log"), "wb")
+        # The helper lives in the real host netns, like a systemd service would.
+        proc = subprocess.Popen([executable, "--socket", sock], stdout=log, stderr=log,
+                                preexec_fn=lambda: nsmod.setns(self.home_fd))
+        deadline = time.monotonic() + 60
+        while True:
+            s = socket.socket(socket.AF_UNIX)
+            try:
+                s.connect(sock)
+                break
+            except OSError:
+                if proc.poll() is not None or time.monotonic() > deadline:
+                    raise SystemExit(f"helper {executable} did not start: see {log.name}")
+                time.sleep(0.05)
+            finally:
+                s.close()
+        self.helpers[key] = proc
+        time.sleep(1.0)  # let its preload thread finish (the first request would wait for imports)
+        return sock
+
+    def env(self, plugin_dir: str, socket_path: str = "off") -> dict:
+        return {
+            "PATH": "/usr/sbin:/usr/bin:/sbin:/bin",
+            "CNI_PATH": f"{plugin_dir}:{GO_DIR}",
+            "CNM_STATE_DIR": os.path.join(self.tmp, "state"),
+            "CNM_RUN_DIR": os.path.join(self.tmp, "run"),
+            "CNM_HELPER_SOCKET": socket_path,
+        }
+
+    def close(self):
+        for proc in self.helpers.values():
+            proc.send_signal(signal.SIGTERM)
+        for proc in self.helpers.values():
+            try:
+                proc.wait(timeout=60)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+        nsmod.setns(self.home_fd)
+        pins = os.path.join(self.tmp, "run", "netns")
+        for pin in glob.glob(os.path.join(pins, "*")):
+            subprocess.run(["umount", "-l", pin], capture_output=True)
+        for name in list(reversed(self.netns)):
+            subprocess.run(["ip", "netns", "del", name], capture_output=True)
+        shutil.rmtree(self.tmp, ignore_errors=True)
+
+
+# ---- configurations ------------------------------------------------------------------------
+def ipam(kind: str, subnet: str, data_dir: str) -> dict:
+    return {"type": kind, "ranges": [[{"subnet": subnet}]], "routes": [{"dst": "0.0.0.0/0"}], "dataDir": data_dir}
+
+
+def go_bridge(lab, name, bridge, subnet, masq=False) -> dict:
+    return {"cniVersion": VERSION, "name": name, "plugins": [
+        {"type": "bridge", "bridge": bridge, "isGateway": True, "ipMasq": masq,
+         "ipam": ipam("host-local", subnet, os.path.join(lab.tmp, "ipam-go"))}]}
+
+
+def cnm_bridge(lab, name, bridge, subnet, masq=False) -> dict:
+    return {"cniVersion": VERSION, "name": name, "plugins": [
+        {"type": "cnm-bridge", "bridge": bridge, "isGateway": True, "ipMasq": masq,
+         "ipam": ipam("cnm-ipam", subnet, os.path.join(lab.tmp, "ipam-cnm"))}]}
+
+
+def go_chain(lab, name, bridge, subnet) -> dict:
+    conf = go_bridge(lab, name, bridge, subnet, masq=True)
+    conf["plugins"] += [
+        {"type": "firewall", "backend": "iptables"},
+        {"type": "tuning", "sysctl": {"net.core.somaxconn": "512"}},
+        {"type": "portmap", "capabilities": {"portMappings": True}, "snat": True},
+    ]
+    return conf
+
+
+# ---- measurements --------------------------------------------------------------------------
+def lifecycle(lab, chain: Chain, iterations: int, warmup: int = 2, check: bool = True) -> dict[str, list[float]]:
+    """ADD, CHECK, DEL of one pod per iteration (fresh netns each, made and removed untimed)."""
+    times = {"ADD": [], "CHECK": [], "DEL": [], "rss": []}
+    for i in range(warmup + iterations):
+        ns = lab.new_netns()
+        cid = lab.cid()
+        t_add, result, rss = chain.add(cid, ns)
+        t_check = chain.check(cid, ns, result) if check else float("nan")
+        t_del = chain.delete(cid, ns, result)
+        lab.del_netns(ns)
+        if i >= warmup:
+            times["ADD"].append(t_add)
+            times["CHECK"].append(t_check)
+            times["DEL"].append(t_del)
+            times["rss"].append(rss)
+    return times
+
+
+def parallel(lab, chain: Chain, pods: int, rounds: int) -> tuple[list[float], list[float]]:
+    adds, dels = [], []
+    for _ in range(rounds):
+        spaces = [(lab.cid(), lab.new_netns()) for _ in range(pods)]
+        with ThreadPoolExecutor(pods) as pool:
+            t0 = time.perf_counter()
+            results = list(pool.map(lambda p: chain.add(p[0], p[1])[1], spaces))
+            adds.append(time.perf_counter() - t0)
+            t0 = time.perf_counter()
+            list(pool.map(lambda pr: chain.delete(pr[0][0], pr[0][1], pr[1]), zip(spaces, results)))
+            dels.append(time.perf_counter() - t0)
+        for _, ns in spaces:
+            lab.del_netns(ns)
+    return adds, dels
+
+
+def helper_rss_kb(proc: subprocess.Popen) -> int:
+    with open(f"/proc/{proc.pid}/status") as f:
+        for line in f:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1])
+    return 0
+
+
+def version_floor(lab, path, socket_path, runs) -> list[float]:
+    env = dict(lab.env(os.path.dirname(path), socket_path), CNI_COMMAND="VERSION")
+    out = []
+    for i in range(runs + 3):
+        r = exec_plugin(path, env, b'{"cniVersion":"1.0.0"}')
+        assert r.rc == 0, r
+        if i >= 3:
+            out.append(r.elapsed)
+    return out
+
+
+def find_bundle(arg: str | None) -> str | None:
+    if arg:
+        return os.path.abspath(arg)
+    found = sorted(glob.glob(os.path.join(ROOT, "dist", "cnm-cni-*", "cnm-cni")))
+    return found[-1] if found else None
+
+
+def machine() -> str:
+    cpu = "?"
+    with open("/proc/cpuinfo") as f:
+        for line in f:
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    git = subprocess.run(["git", "-C", ROOT, "describe", "--always", "--dirty"], capture_output=True, text=True)
+    go = subprocess.run(["dpkg-query", "-W", "-f", "${Version}", "containernetworking-plugins"],
+                        capture_output=True, text=True)
+    return (f"- date: {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}; cnm-cni {git.stdout.strip()}\n"
+            f"- machine: {os.cpu_count()} CPUs ({cpu}), kernel {platform.release()}, "
+            f"load average at start {os.getloadavg()[0]:.2f}\n"
+            f"- python {platform.python_version()} (/usr/bin/python3 for bin/, bundled for the PyInstaller build); "
+            f"Go plugins: Debian containernetworking-plugins {go.stdout.strip() or '?'}\n")
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--quick", action="store_true", help="CI mode: fewer iterations (< 2 minutes)")
+    ap.add_argument("--full-rss", action="store_true", help="helper RSS over 10,000 ADD/DEL pairs")
+    ap.add_argument("--iterations", type=int, help="pods per lifecycle row (default 30, quick 8)")
+    ap.add_argument("--bundle", help="a built bundle dir (…/cnm-cni); default: the newest under dist/")
+    ap.add_argument("--no-bundle", action="store_true", help="skip the PyInstaller rows")
+    ap.add_argument("--out", default=os.path.join(HERE, "results", "latest.md"))
+    args = ap.parse_args()
+    if os.geteuid() != 0:
+        raise SystemExit("bench.py: run as root (it makes network namespaces)")
+    n = args.iterations or (8 if args.quick else 30)
+    pairs = 10000 if args.full_rss else (100 if args.quick else 500)
+    scale = 100 if args.quick else 1000
+    rounds = 1 if args.quick else 3
+    bundle = None if args.no_bundle else find_bundle(args.bundle)
+
+    started = time.monotonic()
+    header = machine()
+    lab = Lab(bundle)
+    report = Report()
+    try:
+        sock = lab.start_helper("checkout", os.path.join(BIN, "cnmd"))
+        bsock = lab.start_helper("bundle", os.path.join(bundle, "cnmd")) if bundle else None
+
+        # 1. VERSION exec floor
+        print("VERSION exec floor", flush=True)
+        report.section("VERSION (exec floor)", ["executable", "path", "median ms", "p95 ms", "× Go", "target"])
+        runs = 20 if args.quick else 50
+        go = version_floor(lab, os.path.join(GO_DIR, "bridge"), "off", runs)
+        report.row("Go bridge", "exec", ms(median(go)), ms(p95(go)), "1.00×", "")
+        rows = [("cnm-bridge (checkout, python3 -IS)", BIN, sock)]
+        if bundle:
+            rows.append(("cnm-bridge (PyInstaller bundle)", bundle, bsock))
+        for label, d, s in rows:
+            t = version_floor(lab, os.path.join(d, "cnm-bridge"), s, runs)
+            target = f"≤ 25 ms {verdict(median(t), 0.025)}" if d == bundle else ""
+            report.row(label, "thin → cnmd", ms(median(t)), ms(p95(t)), ratio(median(t), median(go)), target)
+            t = version_floor(lab, os.path.join(d, "cnm-bridge"), "off", runs)
+            report.row(label, "in-process", ms(median(t)), ms(p95(t)), ratio(median(t), median(go)),
+                       f"≤ 60 ms {verdict(median(t), 0.060)}")
+
+        # 2. bridge + IPAM lifecycle
+        print("bridge + IPAM ADD/CHECK/DEL", flush=True)
+        report.section(f"bridge + IPAM, one pod at a time ({n} pods, medians)",
+                       ["plugins", "path", "ADD ms (p95)", "CHECK ms (p95)", "DEL ms (p95)", "ADD × Go", "DEL × Go",
+                        "target"])
+        go_conf = go_bridge(lab, "gobr", f"{lab.tag}g0", "10.231.0.0/20")
+        go_t = lifecycle(lab, Chain(GO_DIR, go_conf, lab.env(GO_DIR)), n)
+
+        def cells(t):
+            measured = lambda xs: not any(x != x for x in xs)  # noqa: E731 (NaN: not measured)
+            return [f"{ms(median(t[k]))} ({ms(p95(t[k]))})" if measured(t[k]) else "n/a"
+                    for k in ("ADD", "CHECK", "DEL")]
+
+        report.row("Go bridge + host-local", "exec", *cells(go_t), "1.00×", "1.00×", "")
+        cnm_conf = cnm_bridge(lab, "cnmbr", f"{lab.tag}c0", "10.232.0.0/20")
+        variants = [("checkout", BIN, sock)] + ([("bundle", bundle, bsock)] if bundle else [])
+        for label, d, s in variants:
+            for mode, sp in (("thin → cnmd", s), ("in-process", "off")):
+                t = lifecycle(lab, Chain(d, cnm_conf, lab.env(d, sp)), n)
+                add_r = median(t["ADD"]) / median(go_t["ADD"])
+                target = (f"ADD ≤ 1.5× Go {verdict(add_r, 1.5)}" if sp != "off"
+                          else f"ADD ≤ 300 ms {verdict(median(t['ADD']), 0.300)}")
+                report.row(f"cnm-bridge + cnm-ipam ({label})", mode, *cells(t), ratio(median(t["ADD"]), median(go_t["ADD"])),
+                           ratio(median(t["DEL"]), median(go_t["DEL"])), target)
+
+        # 3. five-plugin chain vs cnm-bridge with ipMasq
+        print("Go five-plugin chain vs cnm-bridge ipMasq", flush=True)
+        best_dir, best_sock = (bundle, bsock) if bundle else (BIN, sock)
+        report.section(f"Go five-plugin chain vs cnm-bridge with ipMasq ({n} pods, helper, medians)",
+                       ["plugins", "ADD ms (p95)", "CHECK ms (p95)", "DEL ms (p95)", "ADD × chain", "DEL × chain",
+                        "target"])
+        chain_conf = go_chain(lab, "gochain", f"{lab.tag}g1", "10.233.0.0/20")
+        chain = Chain(GO_DIR, chain_conf, lab.env(GO_DIR), ports=True)
+        # Go portmap 1.1.1's CHECK fails on its own rules (anchors.md §5.12: fixed upstream in 1.9).
+        ch_t = lifecycle(lab, chain, n, check=False)
+        report.row("Go bridge+host-local+firewall+tuning+portmap (CHECK: n/a, portmap 1.1.1 bug)", *cells(ch_t),
+                   "1.00×", "1.00×", "")
+        masq_conf = cnm_bridge(lab, "cnmmasq", f"{lab.tag}c1", "10.234.0.0/20", masq=True)
+        masq = Chain(best_dir, masq_conf, lab.env(best_dir, best_sock))
+        mq_t = lifecycle(lab, masq, n)
+        a_r = median(mq_t["ADD"]) / median(ch_t["ADD"])
+        d_r = median(mq_t["DEL"]) / median(ch_t["DEL"])
+        report.row("cnm-bridge ipMasq + cnm-ipam", *cells(mq_t), f"{a_r:.2f}×", f"{d_r:.2f}×",
+                   f"ADD ≤ 0.5× {verdict(a_r, 0.5)}, DEL ≤ 0.25× {verdict(d_r, 0.25)}")
+
+        # 4. 20 pods in parallel
+        print("20 pods in parallel", flush=True)
+        report.section(f"20 pods in parallel (total wall time, median of {rounds})",
+                       ["plugins", "ADD s", "DEL s", "ADD × chain", "DEL × chain", "target"])
+        ca, cd = parallel(lab, chain, 20, rounds)
+        report.row("Go five-plugin chain", f"{median(ca):.2f}", f"{median(cd):.2f}", "1.00×", "1.00×", "")
+        ma, md = parallel(lab, masq, 20, rounds)
+        a_r, d_r = median(ma) / median(ca), median(md) / median(cd)
+        report.row("cnm-bridge ipMasq (helper)", f"{median(ma):.2f}", f"{median(md):.2f}", f"{a_r:.2f}×", f"{d_r:.2f}×",
+                   f"≤ 0.5× {verdict(max(a_r, d_r), 0.5)}")
+
+        # 5. memory
+        print("memory", flush=True)
+        report.section("Memory", ["what", "value", "target"])
+        probe = os.path.join(lab.tmp, "rss")
+        go_rss = lifecycle(lab, Chain(GO_DIR, go_conf, lab.env(GO_DIR), rss_probe=probe), 5, warmup=0)
+        report.row("peak RSS of one exec (GNU time): Go bridge ADD (with its host-local child)",
+                   f"{max(go_rss['rss']) / 1024:.1f} MB", "")
+        for label, d, s in variants:
+            for mode, sp in (("thin → cnmd", s), ("in-process", "off")):
+                t = lifecycle(lab, Chain(d, cnm_conf, lab.env(d, sp), rss_probe=probe), 5, warmup=0)
+                report.row(f"peak RSS of one exec (GNU time): cnm-bridge ADD ({label}, {mode})",
+                           f"{max(t['rss']) / 1024:.1f} MB", f"≤ 60 MB {verdict(max(t['rss']) / 1024, 60)}")
+        key = "bundle" if bundle else "checkout"
+        helper = lab.helpers[key]
+        ns = lab.new_netns()
+        rss = []
+        for i in range(pairs):
+            cid = lab.cid()
+            _, result, _ = masq.add(cid, ns)
+            masq.delete(cid, ns, result)
+            if i in (0, pairs // 10, pairs // 2, pairs - 1):
+                rss.append((i + 1, helper_rss_kb(helper)))
+        lab.del_netns(ns)
+        growth = (rss[-1][1] - rss[1][1]) / 1024
+        report.row(f"helper RSS over {pairs} ADD/DEL pairs ({key} cnmd)",
+                   ", ".join(f"{k}: {v / 1024:.1f} MB" for k, v in rss),
+                   f"flat after warm-up: {growth:+.1f} MB {verdict(abs(growth), 5)}")
+
+        # 6. scale: endpoints already on the host
+        print(f"scale: {scale} endpoints", flush=True)
+        report.section(f"cnm-bridge ADD/DEL with many endpoints on the host (helper, {n} pods, medians)",
+                       ["endpoints present", "ADD ms (p95)", "DEL ms (p95)", "× with 10", "target"])
+        scale_conf = cnm_bridge(lab, "cnmscale", f"{lab.tag}c2", "10.240.0.0/16")
+        sc = Chain(best_dir, scale_conf, lab.env(best_dir, best_sock))
+        present = []
+
+        def fill(count):
+            def one(_):
+                ns_ = lab.new_netns("s")
+                cid_ = lab.cid()
+                return cid_, ns_, sc.add(cid_, ns_)[1]
+
+            with ThreadPoolExecutor(4) as pool:
+                present.extend(pool.map(one, range(count - len(present))))
+
+        base = None
+        for count in (10, scale):
+            fill(count)
+            t = lifecycle(lab, sc, n, warmup=1)
+            if base is None:
+                base = t
+                report.row(count, f"{ms(median(t['ADD']))} ({ms(p95(t['ADD']))})",
+                           f"{ms(median(t['DEL']))} ({ms(p95(t['DEL']))})", "1.00×", "")
+            else:
+                a_r = median(t["ADD"]) / median(base["ADD"])
+                d_r = median(t["DEL"]) / median(base["DEL"])
+                report.row(count, f"{ms(median(t['ADD']))} ({ms(p95(t['ADD']))})",
+                           f"{ms(median(t['DEL']))} ({ms(p95(t['DEL']))})", f"ADD {a_r:.2f}×, DEL {d_r:.2f}×",
+                           f"≤ 1.2× {verdict(max(a_r, d_r), 1.2)}")
+        with ThreadPoolExecutor(4) as pool:
+            list(pool.map(lambda p: sc.delete(p[0], p[1], p[2]), present))
+        for _, ns_, _ in present:
+            lab.del_netns(ns_)
+    finally:
+        lab.close()
+
+    elapsed = time.monotonic() - started
+    mode = "--quick" if args.quick else ("--full-rss" if args.full_rss else "default")
+    text = (f"## cnm-cni benchmark ({mode}, {elapsed:.0f} s)\n\n{header}\n"
+            f"Client: bench/client.py (libcni-style loop, one exec per plugin, env + stdin; "
+            f"wait4 rusage for RSS), all in a throwaway host netns. "
+            f"Reproduce: `sudo .venv/bin/python bench/bench.py{' --quick' if args.quick else ''}` "
+            f"(after `packaging/build.sh` for the bundle rows).\n\n" + report.markdown())
+    os.makedirs(os.path.dirname(args.out), exist_ok=True)
+    with open(args.out, "w") as f:
+        f.write(text)
+    print("\n" + text)
+    print(f"written to {args.out}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
