@@ -20,7 +20,8 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from conftest import unique  # noqa: E402
 from runtimes import (  # noqa: E402
     BIN, CLEAN, CONF, GO_PLUGINS, TOOLS_BIN, adapt, available, base_env, bridge_conflist, cache_files,
-    ensure_e2e_tools, nothing_left, plugin_types, remove_cache_files, sh, shipped_conflists, write_conflist,
+    ensure_e2e_tools, nothing_left, plugin_types, remove_cache_files, sh, shipped_conflists, store_records,
+    unmount_under, write_conflist,
 )
 
 from cni_plugins.cli.cnmctl import cnitool_container_id  # noqa: E402
@@ -47,11 +48,12 @@ class World:
         self.state = str(tmp_path / "state")
         self.data = str(tmp_path / "ipam")
         self.networks: list[str] = []
+        self.run_dir = str(tmp_path / "run")
         self.env = base_env(
             NETCONFPATH=self.conf_dir,
             CNI_PATH=f"{BIN}:{GO_PLUGINS}",
             CNM_STATE_DIR=self.state,
-            CNM_RUN_DIR=str(tmp_path / "run"),
+            CNM_RUN_DIR=self.run_dir,
         )
 
     def network(self, conflist: dict) -> str:
@@ -71,6 +73,7 @@ class World:
     def cleanup(self):
         for name in self.networks:
             remove_cache_files(name)
+        unmount_under(self.run_dir)  # sandbox pins a failed test left behind
 
 
 @pytest.fixture
@@ -80,7 +83,7 @@ def world(netns, tmp_path, cnitool):
     w.cleanup()
 
 
-SHIPPED = [p for p in shipped_conflists()]
+SHIPPED = shipped_conflists()
 
 
 @pytest.mark.parametrize("relpath", SHIPPED)
@@ -90,19 +93,40 @@ def test_shipped_conflist_add_check_del(world, relpath):
         shipped = json.load(f)
     missing = sorted(t for t in plugin_types(shipped) if not available(t))
     assert not missing, f"{relpath} needs plugins that do not exist: {missing}"
-    types = plugin_types(shipped)
-    name = unique("cnmtool", 30)
     bridge = unique("cnt")
-    conflist = adapt(shipped, name, bridge, world.data, version="1.0.0")
-    world.network(conflist)
+    exercise(world, adapt(shipped, unique("cnmtool", 30), bridge, world.data, version="1.0.0"), bridge)
+
+
+PLUGIN_LISTS = {
+    "cnm-none": [{"type": "cnm-none"}],
+    "cnm-host": [{"type": "cnm-host"}],
+    "cnm-container": [{"type": "cnm-container"}],
+    "cnm-bridge": None,  # bridge_conflist()
+}
+
+
+@pytest.mark.parametrize("ptype", sorted(PLUGIN_LISTS))
+def test_every_plugin_type_add_check_del(world, ptype):
+    """Each of our plugin types, whatever conf/ ships: cnitool add, check, del; nothing left."""
+    name, bridge = unique("cnmtype", 30), unique("cnt")
+    if PLUGIN_LISTS[ptype] is None:
+        conflist = bridge_conflist(name, bridge, "10.61.9.0/24", world.data)
+    else:
+        conflist = {"cniVersion": "1.0.0", "name": name, "plugins": PLUGIN_LISTS[ptype]}
+    exercise(world, conflist, bridge)
+
+
+def exercise(world: World, conflist: dict, bridge: str) -> None:
+    name = world.network(conflist)
+    types = plugin_types(conflist)
     ifname = "lo" if types <= {"cnm-none", "loopback"} else "eth0"
     extra: dict[str, str] = {"CNI_IFNAME": ifname}
     if "cnm-host" in types:
         target = world.host  # the host driver only accepts the namespace the plugin runs in
+    elif "cnm-container" in types:
+        target = _sandbox_to_join(world, extra)
     else:
         target = world.netns("cnmc")
-    if "cnm-container" in types:
-        target = _sandbox_to_join(world, extra)
     added = world.cnitool_run("add", name, target, **extra)
     result = json.loads(added.stdout)
     assert result["cniVersion"] == "1.0.0"
@@ -111,8 +135,13 @@ def test_shipped_conflist_add_check_del(world, relpath):
     world.cnitool_run("check", name, target, **extra)
     world.cnitool_run("del", name, target, **extra)
     assert cache_files(name) == []
-    if "cnm-container" not in types:
-        assert nothing_left(world.host, bridge, world.state, world.data, name) == CLEAN
+    if "cnm-container" in types:
+        # The owner is still attached; its DEL, the last member's, takes the sandbox down.
+        owner, owner_ns = world.owner
+        assert len(store_records(world.state)["sandboxes"]) == 1
+        world.cnitool_run("del", owner, owner_ns, CNI_IFNAME="lo")
+        name = owner
+    assert nothing_left(world.host, bridge, world.state, world.data, name) == CLEAN
 
 
 def _sandbox_to_join(world: World, extra: dict) -> str:
@@ -121,6 +150,7 @@ def _sandbox_to_join(world: World, extra: dict) -> str:
     owner_ns = world.netns("cnmc")
     owner = world.network({"cniVersion": "1.0.0", "name": unique("cnmown", 30), "plugins": [{"type": "cnm-none"}]})
     world.cnitool_run("add", owner, owner_ns, CNI_IFNAME="lo")
+    world.owner = (owner, owner_ns)
     joiner_ns = world.netns("cnmj")  # a fresh name; replaced by a bind mount of the owner's netns
     sh("ip", "netns", "del", os.path.basename(joiner_ns))
     fd = nsmod.open_netns(owner_ns)
