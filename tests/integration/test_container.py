@@ -112,8 +112,12 @@ class Servers:
         self.procs: list[subprocess.Popen] = []
 
     def start(self, ns_path, addr, port, tag, lifetime=60):
+        return self.spawn(ns_path, SERVER, addr, port, lifetime, tag)
+
+    def spawn(self, ns_path, code, *args):
+        """python3 -c `code` in the netns; it prints 'ready' once it listens."""
         proc = subprocess.Popen(
-            ["nsenter", f"--net={ns_path}", "python3", "-c", SERVER, addr, str(port), str(lifetime), tag],
+            ["nsenter", f"--net={ns_path}", "python3", "-c", code, *map(str, args)],
             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
         )
         self.procs.append(proc)

@@ -6,6 +6,7 @@ plugins run, so the bridge, its nftables and the leases are the test's own.
 
 from __future__ import annotations
 
+import json
 import os
 import sqlite3
 import subprocess
@@ -13,7 +14,7 @@ import subprocess
 import pytest
 
 from bridge_support import Lab, sh, with_prev
-from conftest import unique
+from conftest import ROOT, unique
 from test_container import Servers, connect, join_conf, none_conf, pin_path, pins, records
 
 SUBNET, GATEWAY = "10.251.0.0/24", "10.251.0.1"
@@ -175,3 +176,62 @@ def test_joining_with_another_netns_changes_nothing(hl_lab, cnm_env):
     assert lab.links(ns_x).keys() == {"lo"}
     assert lab.run("DEL", conf, ns_a, cid=a).rc == 0
     lab.assert_nothing_left()
+
+
+PROXY = """
+import socket, sys
+s = socket.socket(); s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+s.bind((sys.argv[1], int(sys.argv[2]))); s.listen(4); s.settimeout(float(sys.argv[4]))
+print('ready', flush=True)
+try:
+    while True:
+        c, _ = s.accept()
+        up = socket.create_connection(('127.0.0.1', int(sys.argv[3])), timeout=5)
+        c.sendall(b'proxied ' + up.recv(100)); up.close(); c.close()
+except socket.timeout:
+    pass
+"""
+
+
+def example(name: str) -> dict:
+    """The first plugin of conf/<name>.conflist as a runtime passes it (name, cniVersion injected)."""
+    with open(os.path.join(ROOT, "conf", f"{name}.conflist")) as f:
+        conflist = json.load(f)
+    return dict(conflist["plugins"][0], name=conflist["name"], cniVersion=conflist["cniVersion"])
+
+
+def test_conf_examples_web_service_behind_a_proxy(hl_lab, procs, cnm_env):
+    """conf/bridge.conflist for the web service, conf/container.conflist for its proxy
+    (templated: CNI_ARGS CNM_CONTAINER names the actual container). A client in another
+    sandbox reaches the proxy on the web's IP; the proxy reaches the web on 127.0.0.1."""
+    lab = hl_lab
+    web_conf = example("bridge")
+    web_conf["bridge"] = lab.bridge  # the test's own bridge and lease dir; the rest as shipped
+    web_conf["ipam"] = dict(web_conf["ipam"], dataDir=lab.data_dir)
+    proxy_conf = example("container")
+    assert proxy_conf["type"] == "cnm-container" and proxy_conf["container"] == "web"
+    ns_web, ns_client = lab.container(), lab.container()
+    web, proxy, client = unique("web"), unique("proxy"), unique("client")
+    lo = none_conf(version="1.1.0")
+    for cid, ns in ((web, ns_web), (client, ns_client)):
+        assert lab.run("ADD", lo, ns, cid=cid, ifname="lo", plugin="cnm-none").rc == 0
+    web_ip = lab.add(web_conf, ns_web, cid=web)["ips"][0]["address"].split("/")[0]
+    lab.add(web_conf, ns_client, cid=client)
+    lab.network = web_conf["name"]
+    assert len(lab.leases()) == 2
+    joined = lab.run("ADD", proxy_conf, ns_web, cid=proxy, args=f"IgnoreUnknown=1;CNM_CONTAINER={web}")
+    assert joined.rc == 0, joined
+    assert web_ip + "/24" in [ip["address"] for ip in joined.json["ips"]]
+
+    procs.start(ns_web, "127.0.0.1", 8080, "web")  # the web service: localhost only
+    procs.spawn(ns_web, PROXY, web_ip, 8000, 8080, 60)  # the proxy, on the shared IP
+    assert connect(ns_client, web_ip, 8000) == "proxied hello from web"
+
+    for cid, ns, conf, plugin, ifname in ((web, ns_web, web_conf, "cnm-bridge", "eth0"),
+                                          (web, ns_web, lo, "cnm-none", "lo"),
+                                          (proxy, ns_web, proxy_conf, "cnm-container", "eth0"),
+                                          (client, ns_client, web_conf, "cnm-bridge", "eth0"),
+                                          (client, ns_client, lo, "cnm-none", "lo")):
+        assert lab.run("DEL", conf, ns, cid=cid, ifname=ifname, plugin=plugin).rc == 0
+    lab.assert_nothing_left()
+    assert pins(cnm_env) == [] and records(cnm_env) == {"sandboxes": [], "endpoints": []}
