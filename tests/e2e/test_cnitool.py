@@ -19,7 +19,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from conftest import unique  # noqa: E402
 from runtimes import (  # noqa: E402
-    BIN, CLEAN, CONF, GO_PLUGINS, TOOLS_BIN, adapt, available, base_env, bridge_conflist, cache_files,
+    BIN, CLEAN, CONF, GO_PLUGINS, TOOLS_BIN, adapt, available, base_env, bridge_conflist, bridge_ports, cache_files,
     ensure_e2e_tools, nothing_left, plugin_types, remove_cache_files, sh, shipped_conflists, store_records,
     unmount_under, write_conflist,
 )
@@ -193,19 +193,13 @@ def test_cache_is_interchangeable(world, bridge_net, adder, remover):
     assert doc["cniArgs"] == [["IgnoreUnknown", "1"], ["K8S_POD_NAMESPACE", "e2e"], ["K8S_POD_NAME", "web"]]
     assert doc["capabilityArgs"] == json.loads(ARGS["CAP_ARGS"])
     assert doc["result"]["ips"] == result["ips"]
-    assert len(bridge_ports := _ports(world, bridge)) == 1, bridge_ports
+    assert len(bridge_ports(world.host, bridge)) == 1
     run[remover]("check", name, target, **ARGS)
     run[remover]("del", name, target, **ARGS)
     assert nothing_left(world.host, bridge, world.state, world.data, name) == CLEAN
     # DEL again (the runtime retries): still fine, still nothing.
     run[adder]("del", name, target, **ARGS)
     assert nothing_left(world.host, bridge, world.state, world.data, name) == CLEAN
-
-
-def _ports(world, bridge):
-    from runtimes import bridge_ports
-
-    return bridge_ports(world.host, bridge)
 
 
 def test_cnmctl_and_cnitool_write_the_same_cache_document(world, bridge_net):

@@ -18,7 +18,6 @@ import random
 import resource
 import shutil
 import signal
-import subprocess
 import sys
 import time
 
