@@ -143,6 +143,15 @@ class Controller:
                 revived = self._reactivate(tx, request, existing, identity)
                 if revived is not None:
                     return revived
+            if existing is not None and not existing.active:
+                holders = sorted(self._active_members(tx, existing.sandbox))
+                raise CNIError(
+                    CONFLICT,
+                    "endpoint is kept for the other members of its sandbox",
+                    f"container {request.container_id}'s {request.ifname} on network {request.network} lives on "
+                    f"in sandbox {existing.sandbox} (members {', '.join(holders)}) until they leave; ADD from "
+                    f"that netns takes it back",
+                )
             if existing is not None:
                 raise CNIError(
                     CONFLICT,
