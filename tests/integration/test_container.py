@@ -279,6 +279,8 @@ def test_owner_rejoins_its_kept_stack(run_plugin, netns, cnm_env):
     first = run_plugin("cnm-none", "ADD", none_conf(), container_id=a, netns=ns, ifname="lo")
     assert run_plugin("cnm-container", "ADD", join_conf(a), container_id=b, netns=ns, ifname="eth0").rc == 0
     assert run_plugin("cnm-none", "DEL", none_conf(), container_id=a, netns=ns, ifname="lo").rc == 0
+    elsewhere = err(run_plugin("cnm-none", "ADD", none_conf(), container_id=a, netns=netns(), ifname="lo"))
+    assert elsewhere["code"] == 102 and b in elsewhere["details"]  # held for B: not silently replaced
     back = run_plugin("cnm-none", "ADD", none_conf(), container_id=a, netns=ns, ifname="lo")
     assert back.rc == 0 and back.json == first.json
     assert run_plugin("cnm-container", "DEL", join_conf(a), container_id=b, netns=ns, ifname="eth0").rc == 0
