@@ -2,6 +2,9 @@
 
 ADD  = ensure Network -> ensure Sandbox -> create Endpoint -> Join -> result.
 DEL  = Leave -> delete Endpoint -> drop the Sandbox when no member is left.
+Shared netns (cnm-container): a joiner's ADD adds a member to the sandbox of the
+container it names; a sandbox's endpoints stay (inactive) until its last member
+leaves, then go through their own drivers with their own recorded ADD (_leave).
 CHECK, GC, STATUS as in DESIGN.md §2. Each command is one store transaction,
 which is also the node-wide lock that orders concurrent commands.
 """
@@ -11,7 +14,6 @@ from __future__ import annotations
 import dataclasses
 import os
 from contextlib import ExitStack
-from typing import Iterable
 
 from . import drivers
 from .cni.args import truthy
@@ -512,7 +514,3 @@ def _unwind(stack: ExitStack) -> None:
         stack.close()
     except Exception:
         pass
-
-
-def members_of(endpoints: Iterable[Endpoint]) -> set[str]:
-    return {e.container_id for e in endpoints if e.active}
