@@ -10,6 +10,7 @@ import json
 import os
 import sqlite3
 import subprocess
+import threading
 
 import pytest
 
@@ -233,5 +234,25 @@ def test_conf_examples_web_service_behind_a_proxy(hl_lab, procs, cnm_env):
                                           (client, ns_client, web_conf, "cnm-bridge", "eth0"),
                                           (client, ns_client, lo, "cnm-none", "lo")):
         assert lab.run("DEL", conf, ns, cid=cid, ifname=ifname, plugin=plugin).rc == 0
+    lab.assert_nothing_left()
+    assert pins(cnm_env) == [] and records(cnm_env) == {"sandboxes": [], "endpoints": []}
+
+
+def test_owner_and_joiner_leave_at_once(hl_lab, cnm_env):
+    """Concurrent DELs of both members: whichever the store orders last tears it all down."""
+    lab = hl_lab
+    conf = bridge_conf(lab)
+    ns = lab.container()
+    a, b = unique("web"), unique("proxy")
+    lab.add(conf, ns, cid=a)
+    assert join(lab, "ADD", a, ns, b).rc == 0
+    runs = {}
+    threads = [threading.Thread(target=lambda: runs.__setitem__("a", lab.run("DEL", conf, ns, cid=a))),
+               threading.Thread(target=lambda: runs.__setitem__("b", join(lab, "DEL", a, ns, b)))]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert runs["a"].rc == 0 and runs["b"].rc == 0, runs
     lab.assert_nothing_left()
     assert pins(cnm_env) == [] and records(cnm_env) == {"sandboxes": [], "endpoints": []}
