@@ -17,6 +17,7 @@ import os
 import shlex
 import subprocess
 import sys
+import time
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(os.path.dirname(HERE))
@@ -123,6 +124,27 @@ def write_conflist(directory: str, conflist: dict, filename: str | None = None) 
     with open(path, "w") as f:
         json.dump(conflist, f, indent=2)
     return path
+
+
+def http_get_from(ns: str, ip: str, port: int, timeout: float = 3) -> str:
+    """GET / from inside netns `ns` ("" on any failure). busybox nc, as Debian has no nc by default;
+    bounded by a timeout, since a reserved but unserved port (podman holds its -p ports) never answers."""
+    argv = ["nsenter", f"--net={ns}", "--", "busybox", "nc", "-w", "2", ip, str(port)]
+    try:
+        proc = subprocess.run(argv, input=b"GET / HTTP/1.0\r\n\r\n", capture_output=True, timeout=timeout)
+    except subprocess.TimeoutExpired:
+        return ""
+    return proc.stdout.decode(errors="replace")
+
+
+def wait_for_http(ns: str, ip: str, port: int, expect: str, seconds: float = 8) -> str:
+    """Poll GET / until the body contains `expect` or time runs out; the last answer."""
+    deadline = time.monotonic() + seconds
+    while True:
+        body = http_get_from(ns, ip, port)
+        if expect in body or time.monotonic() > deadline:
+            return body
+        time.sleep(0.25)
 
 
 # ---- what is left behind ----------------------------------------------------------------------
