@@ -193,8 +193,9 @@ def cmd_run(opts) -> int:
             os.close(fd)
     else:
         nsmod.create_named(opts.name)
-        _loopback_up(path)
     try:
+        if not opts.join:
+            _loopback_up(path)
         result = run.add_network_list(net, rt)
     except BaseException:
         # As a runtime does after a failed ADD: DEL (idempotent), then drop the namespace.
