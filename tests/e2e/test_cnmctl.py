@@ -14,7 +14,9 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from conftest import unique  # noqa: E402
-from runtimes import BIN, base_env, bridge_conflist, bridge_ports, leases, mounts_under, sh, store_records  # noqa: E402
+from runtimes import (  # noqa: E402
+    BIN, base_env, bridge_conflist, bridge_ports, leases, mounts_under, sh, store_records, wait_for_http,
+)
 
 from cni_plugins.linux import netns as nsmod  # noqa: E402
 
@@ -159,4 +161,28 @@ def test_gc_and_status_like_cnitool(ctl, netns):
     ctl("check", ctl.network, targets[0])
     assert len(bridge_ports(ctl.host, ctl.bridge)) == 2
     ctl("gc", ctl.network)  # no valid list: every cached attachment of the network is stale
+    assert ctl.leftovers() == CLEAN
+
+
+# Port publishing (portMappings in cnm-bridge) is issue 5's. Set to False when it lands.
+PUBLISH_PENDING = True
+
+
+@pytest.mark.xfail(PUBLISH_PENDING, reason="port publishing (portMappings) comes with issue 5", strict=False)
+def test_published_port_answers_from_the_host(ctl, tmp_path):
+    name = ctl.name("cnmw")
+    www = tmp_path / "www"
+    www.mkdir()
+    (www / "index.html").write_text("hello from cnm-cni\n")
+    res = json.loads(ctl("run", name, "--network", ctl.network, "--publish", "18081:80").stdout)
+    server = subprocess.Popen(["ip", "netns", "exec", name, "busybox", "httpd", "-f", "-p", "80", "-h", str(www)])
+    try:
+        gateway = ctl.subnet_prefix + "1"
+        assert "hello from cnm-cni" in wait_for_http(ctl.host, gateway, 18081, "hello from cnm-cni")
+        # and the container itself still answers on its own address
+        assert "hello from cnm-cni" in wait_for_http(ctl.host, eth0_ip(res), 80, "hello from cnm-cni")
+    finally:
+        server.kill()
+        server.wait()
+    ctl("rm", name)
     assert ctl.leftovers() == CLEAN
