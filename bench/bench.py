@@ -133,6 +133,17 @@ class Lab:
     def cid(self) -> str:
         return f"{self.tag}c{next(self._cids)}"
 
+    def snapshot_checkout(self) -> str:
+        """A frozen copy of bin/ + cni_plugins/ (with the checkout's .venv): in a tree being
+        edited, the helper's build id changes under it and it (rightly) refuses every client."""
+        copy = os.path.join(self.tmp, "checkout")
+        os.makedirs(copy)
+        shutil.copytree(os.path.join(ROOT, "cni_plugins"), os.path.join(copy, "cni_plugins"),
+                        ignore=shutil.ignore_patterns("__pycache__"))
+        shutil.copytree(os.path.join(ROOT, "bin"), os.path.join(copy, "bin"), symlinks=True)
+        os.symlink(os.path.join(ROOT, ".venv"), os.path.join(copy, ".venv"))
+        return os.path.join(copy, "bin")
+
     def start_helper(self, key: str, executable: str) -> str:
         sock = os.path.join(self.tmp, f"{key}.sock")
         log = open(os.path.join(self.tmp, f"{key}.log"), "wb")
@@ -308,6 +319,8 @@ def main() -> int:
     lab = Lab(bundle)
     report = Report()
     try:
+        global BIN
+        BIN = lab.snapshot_checkout()
         sock = lab.start_helper("checkout", os.path.join(BIN, "cnmd"))
         bsock = lab.start_helper("bundle", os.path.join(bundle, "cnmd")) if bundle else None
 
