@@ -466,8 +466,8 @@ def main() -> int:
     elapsed = time.monotonic() - started
     mode = "--quick" if args.quick else ("--full-rss" if args.full_rss else "default")
     text = (f"## cnm-cni benchmark ({mode}, {elapsed:.0f} s)\n\n{header}\n"
-            f"Client: bench/client.py (libcni-style loop, one exec per plugin, env + stdin; "
-            f"wait4 rusage for RSS), all in a throwaway host netns. "
+            f"Client: bench/client.py (libcni-style loop, one exec per plugin, env + stdin; peak RSS via GNU time; "
+            f"wall time spawn to wait4), all in a throwaway host netns. "
             f"Reproduce: `sudo .venv/bin/python bench/bench.py{' --quick' if args.quick else ''}` "
             f"(after `packaging/build.sh` for the bundle rows).\n\n" + report.markdown())
     os.makedirs(os.path.dirname(args.out), exist_ok=True)
