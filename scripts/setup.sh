@@ -5,7 +5,9 @@
 set -euo pipefail
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
 # containerd, runc, busybox-static: the CRI end-to-end test (tests/e2e/test_cri.py) runs a private containerd.
-APT_PACKAGES=(python3 python3-venv iproute2 nftables conntrack iputils-ping containernetworking-plugins kmod containerd runc busybox-static)
+# libpython3.11: PyInstaller bundles it (packaging/build.sh); systemd-socket-activate (systemd): the
+# bundle test's socket activation; time (GNU time): bench/ measures a plugin exec's peak RSS with it.
+APT_PACKAGES=(python3 python3-venv iproute2 nftables conntrack iputils-ping containernetworking-plugins kmod containerd runc busybox-static libpython3.11 systemd time)
 
 missing=()
 for p in "${APT_PACKAGES[@]}"; do
@@ -20,5 +22,5 @@ fi
 if [ ! -x "$ROOT/.venv/bin/python" ]; then
   /usr/bin/python3 -m venv "$ROOT/.venv"
 fi
-"$ROOT/.venv/bin/pip" install -q --disable-pip-version-check -e "$ROOT[test]"
+"$ROOT/.venv/bin/pip" install -q --disable-pip-version-check -e "$ROOT[test,build]"
 modprobe br_netfilter 2>/dev/null || true
