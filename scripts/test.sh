@@ -5,4 +5,5 @@ set -euo pipefail
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
 cd "$ROOT"
 "$ROOT/scripts/setup.sh"
+"$ROOT/scripts/e2e-setup.sh"   # containerd, podman, cnitool for tests/e2e
 exec "$ROOT/.venv/bin/python" -m pytest -q -p no:cacheprovider "${@:-tests}"
