@@ -47,8 +47,9 @@ def loader(name: str):
 
 
 def handle(name: str, env: Mapping[str, str], stdin: bytes, netns_fd: int | None = None) -> Response:
-    """The whole CNI behaviour of plugin `name` for one invocation (no global state)."""
-    return dispatch(loader(name), env, stdin, netns_fd)
+    """The whole CNI behaviour of plugin `name` for one invocation (no global state), logged
+    (cni.log) here so the in-process and the resident-helper paths log alike."""
+    return dispatch(loader(name), env, stdin, netns_fd, plugin_name=name)
 
 
 def read_stdin() -> bytes:

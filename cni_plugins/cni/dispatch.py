@@ -11,7 +11,7 @@ import json
 from dataclasses import dataclass
 from typing import Any, Callable, Mapping, Protocol
 
-from . import versions
+from . import log, versions
 from .errors import INTERNAL, CNIError
 from .request import Request, parse, version_hint
 
@@ -42,10 +42,21 @@ def version_info(asked: object) -> bytes:
     return json.dumps({"cniVersion": version, "supportedVersions": list(versions.SUPPORTED)}).encode() + b"\n"
 
 
-def dispatch(load_plugin: Callable[[], Plugin], env: Mapping[str, str], stdin: bytes, netns_fd: int | None = None) -> Response:
+def dispatch(load_plugin: Callable[[], Plugin], env: Mapping[str, str], stdin: bytes, netns_fd: int | None = None,
+             plugin_name: str = "") -> Response:
+    """Serve one command and log it (cni.log: one line per command, VERSION excepted)."""
+    event = log.Event(plugin_name, env, stdin)
+    response = _serve(load_plugin, env, stdin, netns_fd, event)
+    if event.request is None or event.request.command != "VERSION":
+        event.write(response.stdout)
+    return response
+
+
+def _serve(load_plugin, env, stdin: bytes, netns_fd: int | None, event: log.Event) -> Response:
     error_version = None  # the request's version once parsed; before that, a hint from stdin
     try:
         request = parse(env, stdin, netns_fd)
+        event.request = request
         error_version = request.version
         if request.command == "VERSION":
             return Response(version_info(request.config.get("cniVersion")), 0)
@@ -70,7 +81,11 @@ def dispatch(load_plugin: Callable[[], Plugin], env: Mapping[str, str], stdin: b
             plugin.status(request)
         return Response(b"", 0)
     except CNIError as err:
+        event.error = err
         return Response(err.to_json(error_version or version_hint(stdin)), 1)
     except Exception as exc:  # a bug must still answer with an error object, never a traceback
+        import traceback
+
         err = CNIError(INTERNAL, "internal error", f"{type(exc).__name__}: {' '.join(str(exc).split())[:500]}")
+        event.error, event.traceback = err, traceback.format_exc()  # the traceback: the log only
         return Response(err.to_json(error_version or version_hint(stdin)), 1)
