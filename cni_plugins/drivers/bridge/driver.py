@@ -22,6 +22,14 @@ from . import config as bridge_config
 from . import ipam
 
 HOST_VETH_PREFIX = "cnm"
+FAULT_ENV = "CNM_FAULT"  # tests only: see cni_plugins/faults.py
+
+
+def _fault(env, command: str, step: str) -> None:
+    if FAULT_ENV in env:  # one dict lookup when unset
+        from ...faults import crash_point
+
+        crash_point(env, command, step)
 
 
 def host_veth_name(endpoint_id: str) -> str:
@@ -87,6 +95,7 @@ class BridgeDriver(BaseDriver):
         endpoint.data["ips"] = [ip.model_dump(exclude_none=True) for ip in ips]
         endpoint.data["routes"] = [r.model_dump(exclude_none=True) for r in routes]
         endpoint.data["ipam_dns"] = result.dns.model_dump()
+        _fault(ctx.env, "add", "ipam")
 
     def join(self, ctx: Context, network, endpoint: Endpoint, sandbox) -> Result:
         from ...linux import links
@@ -108,7 +117,9 @@ class BridgeDriver(BaseDriver):
                         f"{request.ifname} exists in {request.netns}",
                     )
                 host_index = self._veth(ipr, cipr, ctx, conf, host_name, mac, undo)
+                _fault(ctx.env, "add", "veth")
                 container = self._container_side(cipr, ctx, conf, ips, routes)
+                _fault(ctx.env, "add", "addresses")
                 self._host_side(ipr, conf, host_index, br["index"])
                 if ips and conf.is_gateway:
                     self._gateway(ipr, conf, br, ips)
@@ -120,6 +131,7 @@ class BridgeDriver(BaseDriver):
                         nft.commit(add=elements, owner=endpoint.id)
                     undo.callback(_remove_elements, elements, endpoint.id)
                     endpoint.data["nft"] = [[e.family, e.set, e.key, e.data] for e in elements]
+                _fault(ctx.env, "add", "nft")
                 host_mac = ipr.get_links(host_index)[0].get_attr("IFLA_ADDRESS")
                 bridge_mac = ipr.get_links(br["index"])[0].get_attr("IFLA_ADDRESS")
         except BaseException:
@@ -243,15 +255,18 @@ class BridgeDriver(BaseDriver):
         """Deleting the host end removes the pair, wherever the container end is."""
         with kernel_errors("delete the host veth"):
             _delete_link(endpoint.data.get("host_veth") or host_veth_name(endpoint.id))
+        _fault(ctx.env, "del", "veth")
 
     def delete_endpoint(self, ctx: Context, network, endpoint: Endpoint) -> None:
         recorded = recorded_elements(endpoint)
         if recorded:
             with kernel_errors("remove nftables entries"):
                 _remove_elements(recorded, endpoint.id)
+        _fault(ctx.env, "del", "nft")
         rec = endpoint.data.get("ipam")
         if rec:
             ipam.release_recorded(rec, ctx.request)
+        _fault(ctx.env, "del", "ipam")
 
     def delete_unrecorded(self, ctx: Context, endpoint_id: str) -> None:
         """DEL with no record (never added, repeated, or lost in a crash): converge anyway."""
