@@ -1,0 +1,262 @@
+"""`cnmctl doctor`: is this node able to run our plugins, and is its state clean?
+
+Each check yields Findings: ok, warning (works, but something an operator should know)
+or error (something is broken; doctor exits 1). Every non-ok finding says how to fix it.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import stat
+import subprocess
+from dataclasses import asdict, dataclass
+from typing import Iterator
+
+from ..cni import log as cnilog
+from ..cnm.store import DB_NAME
+from ..runtime import conf as confmod
+from ..runtime.errors import RunnerError
+from ..runtime.libcni import CNIRunner
+from . import inspect as views
+
+DEFAULT_CNI_PATH = "/opt/cni/bin"  # libcni's default when CNI_PATH is unset
+
+
+@dataclass
+class Finding:
+    check: str
+    severity: str  # ok | warning | error
+    message: str
+    fix: str = ""
+
+    def as_dict(self) -> dict:
+        return asdict(self)
+
+
+def ok(check: str, message: str) -> Finding:
+    return Finding(check, "ok", message)
+
+
+# ---- kernel and tools -------------------------------------------------------------------------
+def check_nft() -> Iterator[Finding]:
+    path = shutil.which("nft")
+    if path is None:
+        yield Finding("nft", "error", "nft is not installed (cnm-bridge programs NAT, ports and isolation with it)",
+                      "apt-get install nftables (or your distribution's nftables package)")
+        return
+    proc = subprocess.run([path, "--version"], capture_output=True, text=True, timeout=30)
+    if proc.returncode != 0:
+        yield Finding("nft", "error", f"{path} --version failed: {proc.stderr.strip()}",
+                      "reinstall nftables; check that the nf_tables kernel module loads (modprobe nf_tables)")
+        return
+    yield ok("nft", f"{path}: {proc.stdout.strip()}")
+
+
+def _read(path: str) -> str | None:
+    try:
+        with open(path) as f:
+            return f.read().strip()
+    except OSError:
+        return None
+
+
+def check_forwarding(bridge_endpoints: int) -> Iterator[Finding]:
+    for key, label in (("net/ipv4/ip_forward", "IPv4"), ("net/ipv6/conf/all/forwarding", "IPv6")):
+        value = _read("/proc/sys/" + key)
+        dotted = key.replace("/", ".")
+        if value is None:
+            continue
+        if value == "1":
+            yield ok("forwarding", f"{label} forwarding is on ({dotted}=1)")
+            continue
+        # cnm-bridge turns it on at an ADD with isGateway; off with live endpoints means
+        # someone turned it off since, and containers cannot reach beyond their bridge.
+        severity = "error" if bridge_endpoints and label == "IPv4" else "warning"
+        yield Finding("forwarding", severity,
+                      f"{label} forwarding is off ({dotted}={value}): containers cannot reach beyond their bridge"
+                      + (f" ({bridge_endpoints} bridge endpoint(s) are attached)" if bridge_endpoints else ""),
+                      f"sysctl -w {dotted}=1 and persist it in /etc/sysctl.d/ (cnm-bridge with isGateway sets it "
+                      f"at ADD; something turned it off since)")
+
+
+def check_br_netfilter() -> Iterator[Finding]:
+    if not os.path.isdir("/proc/sys/net/bridge"):
+        yield Finding("br_netfilter", "warning",
+                      "br_netfilter is not loaded: bridged traffic between containers bypasses iptables/nftables "
+                      "ip hooks (kube-proxy Services between pods on one bridge need it)",
+                      "modprobe br_netfilter; echo br_netfilter > /etc/modules-load.d/br_netfilter.conf")
+        return
+    value = _read("/proc/sys/net/bridge/bridge-nf-call-iptables")
+    if value is not None and value != "1":
+        yield Finding("br_netfilter", "warning",
+                      f"br_netfilter is loaded but net.bridge.bridge-nf-call-iptables={value}",
+                      "sysctl -w net.bridge.bridge-nf-call-iptables=1 (and ip6tables) if kube-proxy serves pods "
+                      "on this bridge; persist it in /etc/sysctl.d/")
+        return
+    yield ok("br_netfilter", "br_netfilter is loaded")
+
+
+# ---- state directory and log ------------------------------------------------------------------
+def check_state_dir(directory: str) -> Iterator[Finding]:
+    try:
+        st = os.stat(directory)
+    except FileNotFoundError:
+        yield ok("state", f"state directory {directory} does not exist yet (the first ADD creates it 0700)")
+        return
+    except OSError as exc:
+        yield Finding("state", "error", f"cannot stat state directory {directory}: {exc.strerror}",
+                      f"check the path and its parents; CNM_STATE_DIR or the config key stateDir name it")
+        return
+    problems = []
+    if not stat.S_ISDIR(st.st_mode):
+        yield Finding("state", "error", f"{directory} is not a directory", f"move it away; the first ADD recreates it")
+        return
+    if st.st_uid != 0:
+        problems.append(Finding("state", "error", f"state directory {directory} is owned by uid {st.st_uid}, not root",
+                                f"chown root:root {directory}"))
+    if st.st_mode & 0o077:
+        problems.append(Finding("state", "error",
+                                f"state directory {directory} is mode {stat.S_IMODE(st.st_mode):04o}: others can "
+                                f"read or change the node's network state", f"chmod 0700 {directory}"))
+    for name in (DB_NAME, DB_NAME + "-wal", DB_NAME + "-shm"):
+        path = os.path.join(directory, name)
+        try:
+            fst = os.stat(path)
+        except OSError:
+            continue
+        if fst.st_mode & 0o077:
+            problems.append(Finding("state", "error", f"{path} is mode {stat.S_IMODE(fst.st_mode):04o}",
+                                    f"chmod 0600 {path}"))
+    try:
+        views.snapshot(directory)
+    except RunnerError as err:
+        problems.append(Finding("state", "error", f"the store cannot be read: {err}",
+                                f"restore {os.path.join(directory, DB_NAME)} from a backup, or move it away "
+                                f"(then DEL/GC cannot release what it recorded)"))
+    yield from problems or [ok("state", f"state directory {directory} is root-only and the store reads")]
+
+
+def check_log(env=None) -> Iterator[Finding]:
+    env = os.environ if env is None else env
+    path, _ = cnilog.settings(env, None)
+    directory = os.path.dirname(path) or "."
+    target = path if os.path.exists(path) else directory
+    if not os.access(target, os.W_OK):
+        yield Finding("log", "warning", f"plugin log {path} is not writable: commands work, but nothing is logged",
+                      f"make {target} writable for root, or set CNM_LOG_FILE / the config key logFile")
+        return
+    yield ok("log", f"plugins log to {path}")
+
+
+# ---- network configurations -------------------------------------------------------------------
+def check_configs(conf_dir: str, env=None) -> Iterator[Finding]:
+    env = os.environ if env is None else env
+    try:
+        files = confmod.conf_files(conf_dir, confmod.LIST_EXTENSIONS + confmod.LEGACY_EXTENSIONS)
+    except RunnerError as err:
+        yield Finding("config", "error", str(err), f"make {conf_dir} readable (NETCONFPATH names another directory)")
+        return
+    if not files:
+        yield Finding("config", "warning", f"no network configuration in {conf_dir}",
+                      f"install one (see docs/operators.md), or point NETCONFPATH at the right directory")
+        return
+    paths = [p for p in env.get("CNI_PATH", "").split(os.pathsep) if p] or [DEFAULT_CNI_PATH]
+    runner = CNIRunner(paths)
+    names: dict[str, str] = {}
+    answers: dict[str, list[str] | str] = {}  # plugin type -> its versions, or why VERSION failed
+    for path in files:
+        try:
+            net = confmod.load_any(path)
+            if not net.name:
+                raise RunnerError("no network name")
+            if not net.plugins:
+                raise RunnerError("no plugins")
+        except (RunnerError, ValueError, KeyError, TypeError) as err:
+            yield Finding("config", "error", f"{path} does not parse: {err}",
+                          f"fix the JSON in {path} (cniVersion, name, plugins[].type) or remove the file")
+            continue
+        if net.name in names:
+            yield Finding("config", "warning", f"{path} repeats network name {net.name!r} of {names[net.name]}; "
+                                               f"runtimes use the first file", f"rename or remove one of them")
+            continue
+        names[net.name] = path
+        version = net.cni_version or "0.1.0"
+        bad = False
+        for plugin_type in net.types:
+            if plugin_type not in answers:
+                try:
+                    answers[plugin_type] = runner.get_version_info(plugin_type)
+                except RunnerError as err:
+                    answers[plugin_type] = str(err)
+            answer = answers[plugin_type]
+            if isinstance(answer, str):
+                bad = True
+                yield Finding("config", "error", f"{path}: plugin {plugin_type!r} does not answer VERSION: {answer}",
+                              f"install {plugin_type} in one of {os.pathsep.join(paths)} (CNI_PATH), or fix its "
+                              f"type in {path}")
+            elif version not in answer:
+                bad = True
+                yield Finding("config", "error",
+                              f"{path}: plugin {plugin_type!r} does not support cniVersion {version} "
+                              f"(it supports {', '.join(answer)})",
+                              f"set cniVersion in {path} to one it supports, or upgrade {plugin_type}")
+        if not bad:
+            yield ok("config", f"{path}: network {net.name!r} ({', '.join(net.types)}) cniVersion {version}")
+
+
+# ---- stale state ------------------------------------------------------------------------------
+def check_stale(state_dir: str) -> Iterator[Finding]:
+    try:
+        items = stale_state(state_dir)
+    except RunnerError as err:
+        yield Finding("stale", "warning", f"stale state not checked: {err}", "see the state finding")
+        return
+    for item in items:
+        yield Finding("stale", "error", f"stale {item.kind} {item.name}: {item.why}",
+                      "`cnmctl gc` removes it (node-wide reconcile); or DEL the attachment through the runtime")
+    if not items:
+        yield ok("stale", "no stale sandboxes, endpoints, pins, veths or nftables elements")
+
+
+def stale_state(state_dir: str):
+    """What `cnmctl gc` would remove: issue 8's dry run once it exists, else our own scan."""
+    from . import stale
+
+    return stale.scan(state_dir)
+
+
+# ---- all --------------------------------------------------------------------------------------
+def run_checks(state_dir: str, conf_dir: str) -> list[Finding]:
+    findings: list[Finding] = []
+    findings += check_nft()
+    try:
+        snap = views.snapshot(state_dir)
+        bridge_eps = sum(1 for e in snap.endpoints if e.driver == "bridge" and e.active)
+    except RunnerError:
+        bridge_eps = 0
+    findings += check_forwarding(bridge_eps)
+    findings += check_br_netfilter()
+    findings += check_state_dir(state_dir)
+    findings += check_log()
+    findings += check_configs(conf_dir)
+    findings += check_stale(state_dir)
+    return findings
+
+
+MARK = {"ok": "ok", "warning": "WARN", "error": "FAIL"}
+
+
+def report(findings: list[Finding], verbose: bool = False) -> str:
+    lines = []
+    for f in findings:
+        if f.severity == "ok" and not verbose:
+            continue
+        lines.append(f"[{MARK[f.severity]:<4}] {f.check}: {f.message}")
+        if f.fix:
+            lines.append(f"       fix: {f.fix}")
+    errors = sum(f.severity == "error" for f in findings)
+    warnings = sum(f.severity == "warning" for f in findings)
+    passed = sum(f.severity == "ok" for f in findings)
+    lines.append(f"{errors} error(s), {warnings} warning(s), {passed} check(s) passed")
+    return "\n".join(lines) + "\n"
