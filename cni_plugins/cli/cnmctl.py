@@ -3,6 +3,7 @@
   cnmctl add|check|del|gc|status NETWORK [NETNS]   exactly cnitool's behaviour
   cnmctl run NAME --network NET [--publish H:C[/proto]] [--join OTHER]
   cnmctl rm NAME
+  cnmctl network ls|inspect, sandbox ls|inspect, endpoint ls, doctor   operator views (cli/ops.py)
 
 Environment (as cnitool): NETCONFPATH (default /etc/cni/net.d), CNI_PATH, CNI_ARGS
 (K=V;...), CAP_ARGS (JSON object of capability args), CNI_IFNAME (default eth0).
@@ -303,6 +304,9 @@ def build_parser() -> Parser:
                        description="DEL every cached attachment of container NAME, then remove its namespace.")
     p.add_argument("name", metavar="NAME")
     p.set_defaults(func=cmd_rm)
+    from . import ops  # operator views: network/sandbox/endpoint ls|inspect, doctor
+
+    ops.add_parsers(sub, Parser)
     return parser
 
 
