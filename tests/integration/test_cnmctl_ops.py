@@ -1,0 +1,197 @@
+"""cnmctl's operator views and doctor over real state: plugins run in a throwaway host netns
+(bridge_support.Lab), then `cnmctl network|sandbox|endpoint|doctor` runs in that same netns
+and its tables/JSON are compared with the kernel."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+
+import pytest
+
+from bridge_support import Lab, sh
+from conftest import BIN, unique
+
+CNMCTL = os.path.join(BIN, "cnmctl")
+PORTS = [{"hostPort": 18080, "containerPort": 80, "protocol": "tcp"}]
+
+
+@pytest.fixture
+def lab(netns, cnm_env, tmp_path):
+    lab = Lab(netns, cnm_env, tmp_path)
+    lab.confdir = tmp_path / "net.d"
+    lab.confdir.mkdir()
+    lab.log = tmp_path / "cnm.log"
+    return lab
+
+
+def cnmctl(lab, *args: str, **env: str) -> subprocess.CompletedProcess:
+    full = dict(lab.env, NETCONFPATH=str(lab.confdir), CNM_LOG_FILE=str(lab.log), **env)
+    return subprocess.run(["nsenter", f"--net={lab.host}", "--", CNMCTL, *args], env=full, capture_output=True,
+                          text=True, timeout=120)
+
+
+def write_conflist(lab, name: str, doc) -> str:
+    path = lab.confdir / name
+    path.write_text(doc if isinstance(doc, str) else json.dumps(doc))
+    return str(path)
+
+
+def bridge_list(lab) -> dict:
+    conf = lab.conf(version="1.0.0", isGateway=True)
+    plugin = {k: v for k, v in conf.items() if k not in ("cniVersion", "name")}
+    plugin["capabilities"] = {"portMappings": True}
+    return {"cniVersion": "1.0.0", "name": lab.network, "plugins": [plugin]}
+
+
+def kernel_view(lab, ns: str) -> tuple[str, list[str]]:
+    link = json.loads(sh("ip", "-j", "link", "show", "eth0", ns=ns).stdout)[0]
+    return link["address"], lab.addrs("eth0", ns)
+
+
+@pytest.fixture
+def two_pods(lab):
+    """c1 (with a published port) and c2 on one bridge network, added by cnm-bridge."""
+    ns1, ns2 = lab.container(), lab.container()
+    conf1 = dict(lab.conf(isGateway=True), runtimeConfig={"portMappings": PORTS})
+    lab.add(conf1, ns1, cid="c1")
+    lab.add(lab.conf(isGateway=True), ns2, cid="c2")
+    yield lab, {"c1": ns1, "c2": ns2}
+    for cid, conf in (("c1", conf1), ("c2", lab.conf(isGateway=True))):
+        lab.run("DEL", conf, {"c1": ns1, "c2": ns2}[cid], cid=cid)
+
+
+def test_network_ls_and_inspect_match_the_kernel(two_pods):
+    lab, pods = two_pods
+    write_conflist(lab, "10-lab.conflist", bridge_list(lab))
+    table = cnmctl(lab, "network", "ls")
+    assert table.returncode == 0, table
+    header, *rows = table.stdout.splitlines()
+    assert header.split() == ["NAME", "DRIVER", "OPTIONS", "SUBNETS", "ENDPOINTS", "CONFIG"]
+    row = next(r.split() for r in rows if r.startswith(lab.network + " "))
+    assert row[1:5] == ["bridge", f"bridge={lab.bridge}", "10.250.0.0/24", "2"]
+    assert header.index("DRIVER") == table.stdout.splitlines()[1].index(rows[0].split()[1])  # aligned columns
+
+    as_json = json.loads(cnmctl(lab, "network", "ls", "--format", "json").stdout)
+    assert lab.network in [n["Name"] for n in as_json]
+
+    proc = cnmctl(lab, "network", "inspect", lab.network)
+    assert proc.returncode == 0, proc
+    [net] = json.loads(proc.stdout)
+    assert net["Driver"] == "bridge" and net["Options"] == {"bridge": lab.bridge}
+    assert net["IPAM"]["Config"] == [{"Subnet": "10.250.0.0/24", "Gateway": "10.250.0.1"}]
+    assert net["ConfigFile"].endswith("10-lab.conflist") and net["Plugins"] == ["cnm-bridge"]
+    by_cid = {e["ContainerID"]: e for e in net["Endpoints"]}
+    assert set(by_cid) == {"c1", "c2"}
+    for cid, ns in pods.items():
+        mac, addrs = kernel_view(lab, ns)
+        ep = by_cid[cid]
+        assert ep["IfName"] == "eth0" and ep["MacAddress"] == mac and ep["IPs"] == addrs
+        assert ep["Gateways"] == ["10.250.0.1"] and ep["Active"] is True
+        assert ep["HostVeth"] in lab.links()  # the host end is on the host
+    assert by_cid["c1"]["Ports"] == PORTS and by_cid["c2"]["Ports"] == []
+
+
+def test_inspect_exit_codes(lab):
+    missing = cnmctl(lab, "network", "inspect", "no-such-net")
+    assert missing.returncode == 1 and "no-such-net" in missing.stderr and json.loads(missing.stdout) == []
+    assert cnmctl(lab, "sandbox", "inspect", "no-such-box").returncode == 1
+    assert cnmctl(lab, "network", "inspect").returncode == 2  # NAME is required
+    assert cnmctl(lab, "network").returncode == 2
+    assert cnmctl(lab, "endpoint", "ls", "--format", "yaml").returncode == 2
+    for command in (["network", "ls"], ["network", "inspect"], ["sandbox", "ls"], ["sandbox", "inspect"],
+                    ["endpoint", "ls"], ["doctor"], ["network"], ["sandbox"], ["endpoint"]):
+        helped = cnmctl(lab, *command, "--help")
+        assert helped.returncode == 0 and "usage: cnmctl" in helped.stdout, command
+    # An empty node (no store yet) lists nothing and creates nothing.
+    assert cnmctl(lab, "endpoint", "ls").stdout.split() == "ENDPOINT NETWORK CONTAINER IFNAME DRIVER STATE IPS MAC " \
+                                                          "HOST VETH SANDBOX".split()
+    assert not os.path.exists(lab.env["CNM_STATE_DIR"])
+
+
+def test_sandbox_and_endpoint_views(two_pods):
+    lab, pods = two_pods
+    boxes = json.loads(cnmctl(lab, "sandbox", "ls", "--format", "json").stdout)
+    assert sorted(b["Members"] for b in boxes) == [["c1"], ["c2"]]
+    assert {b["State"] for b in boxes} == {"ready"}
+    table = cnmctl(lab, "sandbox", "ls").stdout.splitlines()
+    assert table[0].split()[:4] == ["SANDBOX", "STATE", "MEMBERS", "ENDPOINTS"]
+    assert len(table) == 3 and all(" ready " in r for r in table[1:])
+
+    [box] = json.loads(cnmctl(lab, "sandbox", "inspect", "c2").stdout)  # by member container id
+    assert box["Netns"] == pods["c2"] and box["Pin"].startswith(lab.env["CNM_RUN_DIR"])
+    assert [e["ContainerID"] for e in box["Endpoints"]] == ["c2"]
+
+    eps = cnmctl(lab, "endpoint", "ls", "--container", "c1")
+    assert eps.returncode == 0
+    header, row = eps.stdout.splitlines()
+    mac, addrs = kernel_view(lab, pods["c1"])
+    assert row.split()[1:8] == [lab.network, "c1", "eth0", "bridge", "active", addrs[0], mac]
+    assert len(json.loads(cnmctl(lab, "endpoint", "ls", "-f", "json", "--network", lab.network).stdout)) == 2
+    assert json.loads(cnmctl(lab, "endpoint", "ls", "-f", "json", "--network", "other").stdout) == []
+
+
+def findings(proc) -> list[dict]:
+    return json.loads(proc.stdout)
+
+
+def errors_of(proc, check: str) -> list[dict]:
+    return [f for f in findings(proc) if f["check"] == check and f["severity"] == "error"]
+
+
+def test_doctor_healthy_node_then_config_problems(two_pods):
+    lab, _ = two_pods
+    write_conflist(lab, "10-lab.conflist", bridge_list(lab))
+    healthy = cnmctl(lab, "doctor", "--format", "json")
+    assert healthy.returncode == 0, healthy.stdout
+    assert not [f for f in findings(healthy) if f["severity"] == "error"]
+    assert any(f["check"] == "config" and f["severity"] == "ok" and lab.network in f["message"]
+               for f in findings(healthy))
+
+    bad_json = write_conflist(lab, "20-broken.conflist", '{"cniVersion": "1.0.0", "name": ')
+    missing = write_conflist(lab, "30-missing.conflist", {"cniVersion": "1.0.0", "name": unique("miss", 20),
+                                                          "plugins": [{"type": "cnm-no-such-plugin"}]})
+    old = write_conflist(lab, "40-old.conflist", {"cniVersion": "9.9.9", "name": unique("old", 20),
+                                                  "plugins": [{"type": "cnm-none"}]})
+    sick = cnmctl(lab, "doctor", "--format", "json")
+    assert sick.returncode == 1
+    by_file = {path: [f for f in errors_of(sick, "config") if f["message"].startswith(path)]
+               for path in (bad_json, missing, old)}
+    assert "does not parse" in by_file[bad_json][0]["message"] and by_file[bad_json][0]["fix"]
+    assert "cnm-no-such-plugin" in by_file[missing][0]["message"] and "CNI_PATH" in by_file[missing][0]["fix"]
+    assert "9.9.9" in by_file[old][0]["message"] and "cniVersion" in by_file[old][0]["fix"]
+    text = cnmctl(lab, "doctor")
+    assert text.returncode == 1 and "[FAIL] config:" in text.stdout and "fix:" in text.stdout
+
+
+def test_doctor_state_dir_permissions(two_pods):
+    lab, _ = two_pods
+    state = lab.env["CNM_STATE_DIR"]
+    os.chmod(state, 0o755)
+    try:
+        proc = cnmctl(lab, "doctor", "-f", "json")
+        [finding] = errors_of(proc, "state")
+        assert proc.returncode == 1 and f"chmod 0700 {state}" == finding["fix"]
+    finally:
+        os.chmod(state, 0o700)
+    assert not errors_of(cnmctl(lab, "doctor", "-f", "json"), "state")
+
+
+def test_doctor_reports_stale_state(two_pods):
+    lab, pods = two_pods
+    assert not errors_of(cnmctl(lab, "doctor", "-f", "json"), "stale")
+    # c1's namespace vanishes behind our back (its pin unmounted, the runtime's netns deleted)...
+    [box] = json.loads(cnmctl(lab, "sandbox", "inspect", "c1").stdout)
+    subprocess.run(["umount", box["Pin"]], check=True)
+    subprocess.run(["ip", "netns", "del", os.path.basename(pods["c1"])], check=True)
+    # ... and a veth named like ours, owned by no endpoint, appears on the host.
+    orphan = "cnm" + os.urandom(6).hex()
+    sh("ip", "link", "add", orphan, "type", "veth", "peer", "name", unique("cnmp"), ns=lab.host)
+    proc = cnmctl(lab, "doctor", "-f", "json")
+    assert proc.returncode == 1
+    stale = {f["message"].split(":")[0] for f in errors_of(proc, "stale")}
+    assert stale == {f"stale sandbox {box['Id']}", f"stale veth {orphan}"}, proc.stdout
+    assert all("cnmctl gc" in f["fix"] for f in errors_of(proc, "stale"))
+    assert [b["State"] for b in json.loads(cnmctl(lab, "sandbox", "inspect", "c1").stdout)] == ["gone"]
+    sh("ip", "link", "del", orphan, ns=lab.host)
