@@ -68,9 +68,11 @@ def format_line(level: str, fields: Mapping[str, Any], now: float | None = None)
 
 
 def append(path: str, line: bytes) -> bool:
-    """One O_APPEND write; False (never an exception) when the file cannot be written."""
+    """One O_APPEND write; False (never an exception) when the file cannot be written.
+    O_NONBLOCK: a FIFO without a reader fails at once instead of hanging the command."""
+    flags = os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC | os.O_NOCTTY | os.O_NONBLOCK
     try:
-        fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC | os.O_NOCTTY, 0o640)
+        fd = os.open(path, flags, 0o640)
     except (OSError, ValueError):
         return False
     try:

@@ -97,11 +97,13 @@ def test_network_keys_win_and_level_filters(logged, tmp_path):
     assert json.loads(fields(lines(path)[-1])["config"]) == STATUS
 
 
-@pytest.mark.parametrize("where", ["missing-dir", "a-directory", "proc-file"])
+@pytest.mark.parametrize("where", ["missing-dir", "a-directory", "proc-file", "fifo-without-reader"])
 def test_unwritable_log_never_breaks_a_command(cnm_env, tmp_path, where):
     # (root ignores mode bits, so "unwritable" is a missing directory, a directory, or a /proc file)
     target = {"missing-dir": str(tmp_path / "no" / "such" / "cnm.log"), "a-directory": str(tmp_path),
-              "proc-file": "/proc/version"}[where]
+              "proc-file": "/proc/version", "fifo-without-reader": str(tmp_path / "fifo")}[where]
+    if where == "fifo-without-reader":
+        os.mkfifo(target)  # a blocking open would hang the command forever
     env = dict(cnm_env, CNM_LOG_FILE=target)
     ok = exec_plugin("cnm-none", "STATUS", STATUS, env)
     assert ok.rc == 0 and ok.stdout == b"" and ok.stderr == b""
