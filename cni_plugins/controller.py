@@ -13,11 +13,13 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import sys
 from contextlib import ExitStack
 
 from . import drivers
 from .cni.args import truthy
-from .cni.errors import CHECK_FAILED, CONFLICT, INVALID_CONFIG, INVALID_NETNS, NOT_AVAILABLE, CNIError
+from .cni.errors import (CHECK_FAILED, CONFLICT, INVALID_CONFIG, INVALID_NETNS, LIMITED_CONNECTIVITY,
+                         NOT_AVAILABLE, PLUGIN_FAILURE, CNIError)
 from .cni.request import Request, parse
 from .cni.result import Result
 from .cnm.model import HOST_SANDBOX, Endpoint, Network, Sandbox, endpoint_id
@@ -27,6 +29,14 @@ from .linux import netns
 
 RUN_DIR_ENV = "CNM_RUN_DIR"
 DEFAULT_RUN_DIR = "/run/cnm"
+FAULT_ENV = "CNM_FAULT"  # tests only: see cni_plugins/faults.py
+
+
+def _fault(env, command: str, step: str) -> None:
+    if FAULT_ENV in env:  # one dict lookup when unset
+        from .faults import crash_point
+
+        crash_point(env, command, step)
 
 # CNI plugin type -> CNM driver name.
 PLUGIN_DRIVERS = {
@@ -121,6 +131,11 @@ class Controller:
 
     # ---- ADD -----------------------------------------------------------------------------
     def add(self, request: Request) -> Result:
+        result = self._add(request)
+        _fault(request.env, "add", "after-commit")
+        return result
+
+    def _add(self, request: Request) -> Result:
         driver = self.driver
         options = self._network_options(request)
         joins = getattr(driver, "joins_sandbox", False)
@@ -136,6 +151,9 @@ class Controller:
                 tx = stack.enter_context(store.transaction())
             except StoreError as exc:
                 raise CNIError(NOT_AVAILABLE, "CNM store unavailable", str(exc)) from None
+            from . import reconcile
+
+            reconcile.release_vanished_sandboxes(self, tx, request)  # after a reboot: reuse their addresses
             if joins:
                 sandbox, new_sandbox = self._sandbox_to_join(tx, request, fd, identity, target), False
             network = self._ensure_network(tx, request, driver, options)
@@ -188,6 +206,7 @@ class Controller:
                 _unwind(undo)
                 raise
             undo.pop_all()
+            _fault(request.env, "add", "before-commit")
             return result
 
     @staticmethod
@@ -257,6 +276,10 @@ class Controller:
 
     # ---- DEL -----------------------------------------------------------------------------
     def delete(self, request: Request) -> None:
+        self._delete(request)
+        _fault(request.env, "del", "after-commit")
+
+    def _delete(self, request: Request) -> None:
         store = open_store(request)
         ep_id = endpoint_id(request.network, request.container_id, request.ifname)
         with ExitStack() as stack:
@@ -266,6 +289,7 @@ class Controller:
                 raise CNIError(NOT_AVAILABLE, "CNM store unavailable", str(exc)) from None
             endpoint = tx.get_endpoint(ep_id)
             if endpoint is None:
+                self._unpin_unrecorded(tx, request)
                 self._delete_unrecorded(request, ep_id)
                 return
             sandbox = tx.get_sandbox(endpoint.sandbox)
@@ -278,6 +302,7 @@ class Controller:
             errors = self._leave(tx, request, endpoint, sandbox, fd)
             if errors:
                 raise errors[0]
+            _fault(request.env, "del", "before-commit")
 
     def _leave(self, tx, request: Request, endpoint: Endpoint, sandbox: Sandbox | None, fd: int | None) -> list:
         """The endpoint's container leaves; the sandbox's endpoints go with its last member.
@@ -375,6 +400,14 @@ class Controller:
             os.close(fd)
         return None
 
+    @staticmethod
+    def _unpin_unrecorded(tx, request: Request) -> None:
+        """A pin named for this container with no sandbox record: an ADD died between
+        pinning and its commit."""
+        pin = os.path.join(pin_dir(request.env), request.container_id)
+        if os.path.exists(pin) and tx.get_sandbox(request.container_id) is None:
+            netns.unpin(pin)
+
     def _delete_unrecorded(self, request: Request, ep_id: str) -> None:
         """No record (never added, already deleted, or lost in a crash): converge the kernel."""
         cleanup = getattr(self.driver, "delete_unrecorded", None)
@@ -455,11 +488,22 @@ class Controller:
     # ---- GC / STATUS ---------------------------------------------------------------------
     def gc(self, request: Request) -> None:
         valid = _valid_attachments(request.config)
-        if valid is None:
-            return  # no list given (cnitool gc): no information, remove nothing
+        if valid is None:  # no list given (cnitool gc): no information, remove nothing
+            sys.stderr.write(f"cnm: GC of {request.network}: no cni.dev/valid-attachments (nor "
+                             f"cni.dev/attachments) in the config, so nothing is removed\n")
+            return
+        from . import reconcile
+
         store = open_store(request)
         errors = []
-        with store.transaction() as tx:
+        with ExitStack() as stack:
+            try:
+                tx = stack.enter_context(store.transaction())
+            except StoreError as exc:
+                raise CNIError(NOT_AVAILABLE, "CNM store unavailable", str(exc)) from None
+            swept = reconcile.Report()
+            for sandbox in reconcile.vanished_sandboxes(tx):  # netns gone: nothing there is valid
+                reconcile.release_sandbox(self, tx, sandbox, request, request.env, swept)
             for stale in tx.list_endpoints(network=request.network):
                 if (stale.container_id, stale.ifname) in valid:
                     continue
@@ -475,6 +519,10 @@ class Controller:
                 finally:
                     if fd is not None:
                         os.close(fd)
+            # Kernel objects and pins no record owns (an ADD that died before its commit).
+            reconcile.sweep_orphans(tx, request.env, swept, pins=pin_dir(request.env))
+            errors.extend(CNIError(PLUGIN_FAILURE, f"GC could not remove {a.kind} {a.name}", a.error)
+                          for a in swept.errors)
         gc_extra = getattr(self.driver, "gc", None)
         if gc_extra is not None:
             try:
@@ -485,13 +533,19 @@ class Controller:
             raise CNIError(errors[0].code, errors[0].msg, "; ".join(f"{e.msg}: {e.details}" for e in errors))
 
     def status(self, request: Request) -> None:
+        """50: an ADD cannot succeed now (store not writable, driver or IPAM says so);
+        51: existing endpoints of this network may have lost connectivity."""
         self._network_options(request)
         try:
-            with open_store(request).transaction(write=False):
-                pass
+            with open_store(request).transaction() as tx:  # an ADD needs to write
+                endpoints = tx.list_endpoints(network=request.network)
         except StoreError as exc:
             raise CNIError(NOT_AVAILABLE, "CNM store unavailable", str(exc)) from None
         self.driver.status(request)
+        degraded = getattr(self.driver, "degraded", None)
+        problem = degraded(request, endpoints) if degraded is not None and endpoints else None
+        if problem:
+            raise CNIError(LIMITED_CONNECTIVITY, "existing endpoints may have limited connectivity", problem)
 
 
 def _valid_attachments(config) -> set[tuple[str, str]] | None:

@@ -1,0 +1,296 @@
+"""Node-wide reconciliation: make the kernel and the lease files agree with the CNM store.
+
+The store is the record (DESIGN.md §3). What can disagree with it after a crash, a
+missed DEL or a reboot, and what this module does about it:
+
+  vanished sandbox   its netns is gone (pin missing or not that netns any more, or
+                     recorded in an earlier boot): its endpoints are torn down through
+                     their own drivers (veth, nft, lease), then the sandbox goes
+  empty sandbox      a sandbox record with no endpoint: its pin is unmounted, it goes
+  orphan pin         a file in the pin directory with no sandbox: unmounted, removed
+  orphan veth        a host link named cnm + 12 hex that no endpoint owns: deleted
+  orphan nft element an element of our tables whose owner (comment) is no endpoint
+  orphan lease       a cnm-ipam lease, in a lease directory some endpoint's recorded IPAM
+                     config names, whose (containerID, ifname) has no endpoint there
+
+Everything runs inside one store write transaction: that is the node-wide lock every
+ADD/DEL holds from start to commit, so nothing in flight can look like an orphan.
+Assumption: one CNM store per host network namespace (the default stateDir, or the
+same CNM_STATE_DIR for every network). Veths and nft elements are node-wide kernel
+objects; a store cannot tell another store's from an orphan, so networks that set
+their own `stateDir` on one node must not rely on orphan sweeping.
+Used by the controller (ADD: vanished sandboxes; GC: vanished sandboxes and orphans)
+and by `cnmctl gc` (all of it). Errors are collected, never stop the sweep.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import os
+import re
+from dataclasses import asdict, dataclass, field
+
+from .cni.errors import CNIError
+from .cni.request import Request, parse
+from .cnm.model import HOST_SANDBOX, Sandbox
+from .cnm.store import Store, StoreError
+
+OUR_VETH = re.compile(r"^cnm[0-9a-f]{12}$")  # drivers/bridge host_veth_name()
+OUR_OWNER = re.compile(r"^[0-9a-f]{24}$")  # cnm.model.endpoint_id()
+
+
+@dataclass
+class Action:
+    kind: str  # endpoint, sandbox, pin, veth, nft, lease
+    name: str
+    detail: str = ""
+    error: str = ""
+
+
+@dataclass
+class Report:
+    actions: list[Action] = field(default_factory=list)
+
+    def add(self, kind: str, name: str, detail: str = "", error: str = "") -> None:
+        self.actions.append(Action(kind, name, detail, error))
+
+    @property
+    def errors(self) -> list[Action]:
+        return [a for a in self.actions if a.error]
+
+    def as_json(self) -> dict:
+        return {"removed": [asdict(a) for a in self.actions if not a.error],
+                "errors": [asdict(a) for a in self.errors]}
+
+
+# ---- vanished sandboxes --------------------------------------------------------------------
+def sandbox_alive(sb_id: str, pin: str, ns_dev: int, ns_ino: int) -> bool:
+    """Its netns still exists: our pin is a mount of exactly that namespace."""
+    if sb_id == HOST_SANDBOX:
+        return True
+    if (ns_dev, ns_ino) == (0, 0) or not pin:  # voided: recorded in an earlier boot
+        return False
+    try:
+        st = os.stat(pin)
+    except OSError:
+        return False
+    return (st.st_dev, st.st_ino) == (ns_dev, ns_ino)
+
+
+def vanished_sandboxes(tx) -> list[Sandbox]:
+    rows = tx.conn.execute("SELECT id, pin, ns_dev, ns_ino FROM sandboxes").fetchall()
+    dead = [r[0] for r in rows if not sandbox_alive(*r)]
+    return [sb for sb in (tx.get_sandbox(i) for i in dead) if sb is not None]
+
+
+def _gc_request(request: Request | None, network: str, env) -> Request:
+    """A request to tear endpoints down with (each endpoint then replays its own ADD)."""
+    if request is not None:
+        return request
+    env = dict(env, CNI_COMMAND="GC", CNI_CONTAINERID="", CNI_NETNS="", CNI_IFNAME="", CNI_ARGS="")
+    stdin = json.dumps({"cniVersion": "1.1.0", "name": network or "cnm-reconcile", "type": "cnm-none"})
+    return parse(env, stdin.encode())
+
+
+def release_sandbox(controller, tx, sandbox: Sandbox, request: Request | None, env, report: Report) -> None:
+    """Tear down every endpoint of a sandbox whose netns is gone, then the sandbox."""
+    from .linux import netns
+
+    failed = False
+    for ep in tx.list_endpoints(sandbox=sandbox.id):
+        try:
+            errors = controller._teardown_all(tx, _gc_request(request, ep.network, env), [ep], sandbox, None)
+        except Exception as exc:  # one broken record must not stop the sweep
+            errors = [exc]
+        for err in errors:
+            failed = True
+            report.add("endpoint", ep.id, f"{ep.container_id}/{ep.ifname} on {ep.network}", _describe(err))
+        if not errors:
+            report.add("endpoint", ep.id, f"{ep.container_id}/{ep.ifname} on {ep.network}: netns gone")
+    if failed:
+        return
+    try:
+        if sandbox.pin:
+            netns.unpin(sandbox.pin)
+        tx.delete_sandbox(sandbox.id)
+        report.add("sandbox", sandbox.id, f"netns {sandbox.netns} gone")
+    except OSError as exc:
+        report.add("sandbox", sandbox.id, sandbox.pin, str(exc))
+
+
+def release_vanished_sandboxes(controller, tx, request: Request) -> Report:
+    """ADD's first step: after a reboot (or pins removed) the dead sandboxes' addresses
+    return to the pool. Never fails the ADD; what cannot be released waits for GC."""
+    report = Report()
+    try:
+        for sandbox in vanished_sandboxes(tx):
+            release_sandbox(controller, tx, sandbox, request, request.env, report)
+    except Exception:
+        pass
+    return report
+
+
+# ---- orphans -------------------------------------------------------------------------------
+def sweep_orphans(tx, env, report: Report, pins: str | None = None) -> None:
+    """Pins, veths and nft elements of ours that no record owns (host netns of this process)."""
+    endpoint_ids = {row[0] for row in tx.conn.execute("SELECT id FROM endpoints")}
+    _sweep_empty_sandboxes(tx, report)
+    if pins:
+        _sweep_pins(tx, pins, report)
+    _sweep_veths({i[:12] for i in endpoint_ids}, report)
+    _sweep_nft(endpoint_ids, report)
+
+
+def _sweep_empty_sandboxes(tx, report: Report) -> None:
+    from .linux import netns
+
+    used = {row[0] for row in tx.conn.execute("SELECT DISTINCT sandbox FROM endpoints")}
+    for sb in tx.list_sandboxes():
+        if sb.id in used:
+            continue
+        try:
+            if sb.pin:
+                netns.unpin(sb.pin)
+            tx.delete_sandbox(sb.id)
+            report.add("sandbox", sb.id, "no endpoint left")
+        except OSError as exc:
+            report.add("sandbox", sb.id, sb.pin, str(exc))
+
+
+def _sweep_pins(tx, pins: str, report: Report) -> None:
+    from .linux import netns
+
+    try:
+        names = os.listdir(pins)
+    except FileNotFoundError:
+        return
+    except OSError as exc:
+        report.add("pin", pins, "", str(exc))
+        return
+    known = {sb.pin for sb in tx.list_sandboxes() if sb.pin}
+    for name in names:
+        path = os.path.join(pins, name)
+        if path in known:
+            continue
+        try:
+            netns.unpin(path)
+            report.add("pin", path, "no sandbox")
+        except OSError as exc:
+            report.add("pin", path, "", str(exc))
+
+
+def _sweep_veths(owned_prefixes: set[str], report: Report) -> None:
+    from .linux import links, veth
+
+    try:
+        with links.rtnl() as ipr:
+            for link in ipr.get_links():
+                name = link.get_attr("IFLA_IFNAME") or ""
+                if not OUR_VETH.fullmatch(name) or name[3:] in owned_prefixes:
+                    continue
+                info = link.get_attr("IFLA_LINKINFO")
+                kind = info.get_attr("IFLA_INFO_KIND") if info is not None else None
+                if kind != "veth":
+                    continue
+                try:
+                    veth.delete(ipr, name)
+                    report.add("veth", name, "no endpoint")
+                except Exception as exc:
+                    report.add("veth", name, "", _describe(exc))
+    except Exception as exc:
+        report.add("veth", "*", "listing links", _describe(exc))
+
+
+def _sweep_nft(endpoint_ids: set[str], report: Report) -> None:
+    from .linux import nft
+
+    for family in nft.LAYOUT:
+        try:
+            # nft._elements: every element of our table of `family` with its owner comment
+            found = nft._elements(family)
+        except nft.NftError as exc:
+            if "cannot run nft" not in str(exc):  # no nft installed: nothing of ours can exist
+                report.add("nft", family, "listing", str(exc))
+            continue
+        stale: dict[str, list] = {}
+        for element, owner in found:
+            if OUR_OWNER.fullmatch(owner or "") and owner not in endpoint_ids:
+                stale.setdefault(owner, []).append(element)
+        for owner, elements in sorted(stale.items()):
+            try:
+                nft.commit(remove=elements, owner=owner)
+                for e in elements:
+                    report.add("nft", str(e), f"owner {owner}: no endpoint")
+            except nft.NftError as exc:
+                report.add("nft", owner, "", str(exc))
+
+
+# ---- leases --------------------------------------------------------------------------------
+def lease_dirs(tx) -> dict[tuple[str, str], set[tuple[str, str]]]:
+    """(dataDir, network) of every cnm-ipam lease directory an endpoint's recorded IPAM
+    call names -> the (containerID, ifname) attachments recorded there."""
+    from .ipam.disk import DEFAULT_DATA_DIR
+
+    dirs: dict[tuple[str, str], set[tuple[str, str]]] = {}
+    for ep in tx.list_endpoints():
+        rec = ep.data.get("ipam") or {}
+        if rec.get("type") != "cnm-ipam":
+            continue
+        try:
+            conf = json.loads(base64.b64decode(rec["stdin"]))
+            ipam = conf.get("ipam") or {}
+            key = (ipam.get("dataDir") or DEFAULT_DATA_DIR, conf["name"])
+        except (ValueError, KeyError, TypeError, AttributeError):
+            continue
+        env = rec.get("env") or {}
+        dirs.setdefault(key, set()).add((env.get("CNI_CONTAINERID", ep.container_id), env.get("CNI_IFNAME", ep.ifname)))
+    return dirs
+
+
+def sweep_leases(tx, report: Report, extra: dict | None = None) -> None:
+    from .ipam import allocator
+    from .ipam.disk import LeaseDir, PathError
+
+    dirs = lease_dirs(tx)
+    for key, valid in (extra or {}).items():
+        dirs.setdefault(key, set()).update(valid)
+    for (data_dir, network), valid in sorted(dirs.items()):
+        try:
+            store = LeaseDir.existing(data_dir, network)
+            if store is None:
+                continue
+            with store, store.locked():
+                for addr in allocator.collect_garbage(store, valid):
+                    report.add("lease", f"{network}/{addr}", f"in {data_dir}: no endpoint")
+        except (OSError, PathError) as exc:
+            report.add("lease", f"{data_dir}/{network}", "", str(exc))
+
+
+# ---- node-wide -----------------------------------------------------------------------------
+def reconcile_node(state_dir: str, run_dir: str, env=None) -> Report:
+    """`cnmctl gc` without a network: everything above, one transaction."""
+    from .controller import Controller
+
+    env = dict(os.environ if env is None else env)
+    env.setdefault("CNM_RUN_DIR", run_dir)
+    report = Report()
+    controller = Controller("null")
+    try:
+        with Store(state_dir).transaction() as tx:
+            # Leases are judged against the endpoints as they were, before vanished ones go:
+            # a vanished endpoint's lease is released by its own teardown (or reported).
+            dirs = {key: set() for key in lease_dirs(tx)}
+            for sandbox in vanished_sandboxes(tx):
+                release_sandbox(controller, tx, sandbox, None, env, report)
+            sweep_orphans(tx, env, report, pins=os.path.join(run_dir, "netns"))
+            sweep_leases(tx, report, dirs)
+    except StoreError as exc:
+        report.add("store", state_dir, "", str(exc))
+    return report
+
+
+def _describe(err) -> str:
+    if isinstance(err, CNIError):
+        return f"{err.msg}: {err.details}" if err.details else err.msg
+    return f"{type(err).__name__}: {err}"
