@@ -301,9 +301,18 @@ class BridgeDriver(BaseDriver):
         verify(ctx, conf, endpoint, prev)
 
     def status(self, request: Request) -> None:
+        from .health import require_nft
+
         conf = self._conf(request)
+        require_nft(conf)
         if conf.ipam_type:
             ipam.delegate("STATUS", request, conf.ipam_type)
+
+    def degraded(self, request: Request, endpoints) -> str | None:
+        """STATUS 51: what existing endpoints of this network have lost (None: nothing)."""
+        from .health import missing_rules
+
+        return missing_rules(list(endpoints), recorded_elements)
 
     def gc(self, request: Request, valid) -> None:
         """Forward GC to the IPAM (R47); our own endpoints were collected by the controller."""

@@ -1,0 +1,42 @@
+"""cnm-bridge STATUS: can an ADD succeed now (50), are existing endpoints intact (51)."""
+
+from __future__ import annotations
+
+import shutil
+
+from ...cni.errors import NOT_AVAILABLE, CNIError
+from ...cnm.model import Endpoint
+
+
+def needs_nft(conf) -> bool:
+    return bool(conf.ipMasq or conf.macspoofchk)
+
+
+def require_nft(conf) -> None:
+    """Code 50 when this config's ADD would program nftables and no nft can be run."""
+    from ...linux import nft
+
+    if needs_nft(conf) and shutil.which(nft.NFT) is None:
+        raise CNIError(NOT_AVAILABLE, "nft not found",
+                       "ipMasq/macspoofchk need nftables: install nft (the nftables package) on PATH")
+
+
+def missing_rules(endpoints: list[Endpoint], recorded_elements) -> str | None:
+    """A description of the recorded nftables entries that are no longer in the kernel
+    (e.g. our table was flushed or deleted), or None when all are there."""
+    from ...linux import nft
+
+    wanted = {}
+    for ep in endpoints:
+        for element in recorded_elements(ep):
+            wanted.setdefault(element.ident(), (element, ep))
+    if not wanted:
+        return None
+    try:
+        gone = nft.missing(e for e, _ in wanted.values())
+    except nft.NftError as exc:
+        return f"cannot read nftables: {exc}"
+    if not gone:
+        return None
+    owners = sorted({wanted[e.ident()][1].container_id for e in gone})
+    return f"{len(gone)} nftables entries of ours are missing ({gone[0]} ...); containers affected: {', '.join(owners)}"
