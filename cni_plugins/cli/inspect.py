@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 from typing import Any, Iterator
 
 from ..cnm.model import Endpoint, Network, Sandbox
-from ..cnm.store import DB_NAME, Transaction
+from ..cnm.store import DB_NAME, Transaction, boot_id
 from ..drivers.base import RECORD_KEY
 from ..linux import netns as nsmod
 from ..runtime import conf as confmod
@@ -37,6 +37,9 @@ class Snapshot:
     networks: list[Network] = field(default_factory=list)
     sandboxes: list[Sandbox] = field(default_factory=list)
     endpoints: list[Endpoint] = field(default_factory=list)
+    # The store was last opened in an earlier boot: no recorded netns exists any more
+    # (the plugins void those identities at their next command; a read-only view cannot).
+    earlier_boot: bool = False
 
     def network(self, name: str) -> Network | None:
         return next((n for n in self.networks if n.name == name), None)
@@ -72,7 +75,9 @@ def snapshot(state_dir: str) -> Snapshot:
         with read_only(state_dir) as tx:
             if tx is None:
                 return Snapshot()
-            return Snapshot(tx.list_networks(), tx.list_sandboxes(), tx.list_endpoints())
+            row = tx.conn.execute("SELECT value FROM meta WHERE key='boot_id'").fetchone()
+            earlier = row is not None and row[0] != boot_id()
+            return Snapshot(tx.list_networks(), tx.list_sandboxes(), tx.list_endpoints(), earlier)
     except sqlite3.Error as exc:  # e.g. not a database, or a schema this cnmctl does not know
         raise RunnerError(f"cannot read store in {state_dir}: {exc}") from None
 
@@ -219,30 +224,30 @@ def network_names(snap: Snapshot, configured: dict) -> list[str]:
 
 
 # ---- sandboxes ------------------------------------------------------------------------------
-def sandbox_state(sb: Sandbox) -> str:
-    """"host", "ready" (its pin or recorded path still is that netns) or "gone"."""
+def sandbox_state(sb: Sandbox, earlier_boot: bool = False) -> str:
+    """"host", "ready" or "gone". Alive = our pin still is that netns (the runtime's own
+    path may be gone or reused); a sandbox without a pin is judged by its recorded path.
+    The same rule as the node-wide reconcile (`cnmctl gc`)."""
     if sb.is_host:
         return "host"
-    for path in (sb.pin, sb.netns):
-        if not path:
-            continue
-        try:
-            fd = nsmod.open_netns(path)
-        except OSError:
-            continue
-        try:
-            if nsmod.identity_of(fd) == nsmod.Identity(sb.ns_dev, sb.ns_ino):
-                return "ready"
-        finally:
-            os.close(fd)
-    return "gone"
+    if earlier_boot or (sb.ns_dev, sb.ns_ino) == (0, 0):  # voided: recorded in an earlier boot
+        return "gone"
+    path = sb.pin or sb.netns
+    try:
+        fd = nsmod.open_netns(path)
+    except OSError:
+        return "gone"
+    try:
+        return "ready" if nsmod.identity_of(fd) == nsmod.Identity(sb.ns_dev, sb.ns_ino) else "gone"
+    finally:
+        os.close(fd)
 
 
 def sandbox_view(sb: Sandbox, snap: Snapshot) -> dict[str, Any]:
     endpoints = snap.endpoints_of(sandbox=sb.id)
     return {
         "Id": sb.id,
-        "State": sandbox_state(sb),
+        "State": sandbox_state(sb, snap.earlier_boot),
         "Netns": sb.netns,
         "Pin": sb.pin,
         "NetnsIdentity": f"{sb.ns_dev}:{sb.ns_ino}",

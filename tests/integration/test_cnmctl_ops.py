@@ -195,3 +195,22 @@ def test_doctor_reports_stale_state(two_pods):
     assert all("cnmctl gc" in f["fix"] for f in errors_of(proc, "stale"))
     assert [b["State"] for b in json.loads(cnmctl(lab, "sandbox", "inspect", "c1").stdout)] == ["gone"]
     sh("ip", "link", "del", orphan, ns=lab.host)
+
+
+def test_doctor_reports_a_lease_without_endpoint(netns, cnm_env, tmp_path):
+    lab = Lab(netns, cnm_env, tmp_path, ipam_type="cnm-ipam")
+    lab.confdir, lab.log = tmp_path / "net.d", tmp_path / "cnm.log"
+    lab.confdir.mkdir()
+    ns = lab.container()
+    lab.add(lab.conf(), ns, cid="c1")
+    try:
+        assert not errors_of(cnmctl(lab, "doctor", "-f", "json"), "stale")
+        ghost = os.path.join(lab.data_dir, lab.network, "10.250.0.99")
+        with open(ghost, "w") as f:  # a lease a crashed ADD left: its container has no endpoint
+            f.write("ghost\r\neth0")
+        [finding] = errors_of(cnmctl(lab, "doctor", "-f", "json"), "stale")
+        assert finding["message"].startswith(f"stale lease {lab.network}/10.250.0.99") and "ghost/eth0" in finding["message"]
+        os.unlink(ghost)
+    finally:
+        assert lab.run("DEL", lab.conf(), ns, cid="c1").rc == 0
+    lab.assert_nothing_left()
