@@ -214,3 +214,25 @@ def test_doctor_reports_a_lease_without_endpoint(netns, cnm_env, tmp_path):
     finally:
         assert lab.run("DEL", lab.conf(), ns, cid="c1").rc == 0
     lab.assert_nothing_left()
+
+
+def test_shared_sandbox_shows_both_members(lab):
+    """A proxy joins the web pod's stack (cnm-container): one sandbox, two members; the
+    joiner's endpoint reports the shared IP; after the owner's DEL its endpoint is kept."""
+    ns = lab.container()
+    lab.add(lab.conf(), ns, cid="web")
+    joiner = {"cniVersion": "1.0.0", "name": unique("shared", 20), "type": "cnm-container", "container": "web"}
+    assert lab.run("ADD", joiner, ns, cid="proxy", plugin="cnm-container").rc == 0
+    try:
+        [box] = json.loads(cnmctl(lab, "sandbox", "inspect", "proxy").stdout)
+        assert box["Members"] == ["proxy", "web"] and box["State"] == "ready"
+        eps = {e["ContainerID"]: e for e in box["Endpoints"]}
+        assert eps["proxy"]["Driver"] == "container" and eps["web"]["Driver"] == "bridge"
+        assert eps["proxy"]["IPs"] == eps["web"]["IPs"] == lab.addrs("eth0", ns)  # one stack, one address
+        assert lab.run("DEL", lab.conf(), ns, cid="web").rc == 0
+        table = cnmctl(lab, "endpoint", "ls", "--container", "web").stdout.splitlines()
+        assert table[1].split()[5] == "kept"  # held for the proxy, which still shares the stack
+    finally:
+        lab.run("DEL", lab.conf(), ns, cid="web")
+        assert lab.run("DEL", joiner, ns, cid="proxy", plugin="cnm-container").rc == 0
+    assert json.loads(cnmctl(lab, "endpoint", "ls", "-f", "json").stdout) == []
