@@ -1,6 +1,7 @@
 """cnmctl: run networks against network namespaces, as cnitool and `docker run` do.
 
   cnmctl add|check|del|gc|status NETWORK [NETNS]   exactly cnitool's behaviour
+  cnmctl gc [--format table|json]                  node-wide reconcile of store and kernel (cli/nodegc.py)
   cnmctl run NAME --network NET [--publish H:C[/proto]] [--join OTHER]
   cnmctl rm NAME
   cnmctl network ls|inspect, sandbox ls|inspect, endpoint ls, doctor   operator views (cli/ops.py)
@@ -92,6 +93,10 @@ def print_result(result: dict) -> None:
 
 # ---- cnitool commands ----------------------------------------------------------------------
 def cmd_cnitool(opts) -> int:
+    if opts.command == "gc" and not opts.network:  # node-wide reconcile (issue 8)
+        from . import nodegc
+
+        return nodegc.run(opts)
     netns = opts.netns
     if opts.command in ("add", "check", "del") and not netns:
         raise UsageError(f"{opts.command} needs NETNS")
@@ -271,12 +276,17 @@ def build_parser() -> Parser:
         "add": "ADD the network to NETNS and print the result",
         "check": "CHECK the network in NETNS against the cached result",
         "del": "DEL the network from NETNS",
-        "gc": "GC the network: DEL every cached attachment, then GC each plugin",
+        "gc": "GC the network: DEL every cached attachment, then GC each plugin; without NETWORK: "
+              "reconcile the whole node's CNM store with the kernel (cli/nodegc.py)",
         "status": "ask every plugin of the network whether it can ADD (STATUS)",
     }
     for name, text in helps.items():
         p = sub.add_parser(name, help=text, description=text + " (cnitool's behaviour).")
-        p.add_argument("network", metavar="NETWORK", help="network name (looked up in NETCONFPATH)")
+        p.add_argument("network", metavar="NETWORK", nargs="?" if name == "gc" else None,
+                       help="network name (looked up in NETCONFPATH)")
+        if name == "gc":
+            p.add_argument("--format", choices=("table", "json"), default="table",
+                           help="output of the node-wide reconcile (no NETWORK)")
         p.add_argument(
             "netns",
             metavar="NETNS",
