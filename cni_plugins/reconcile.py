@@ -119,6 +119,20 @@ def release_sandbox(controller, tx, sandbox: Sandbox, request: Request | None, e
         report.add("sandbox", sandbox.id, sandbox.pin, str(exc))
 
 
+def release_homeless_endpoints(controller, tx, env, report: Report) -> None:
+    """Endpoints whose sandbox record is missing: nothing can reach them any more."""
+    sandboxes = {row[0] for row in tx.conn.execute("SELECT id FROM sandboxes")}
+    for ep in tx.list_endpoints():
+        if ep.sandbox in sandboxes:
+            continue
+        try:
+            errors = controller._teardown_all(tx, _gc_request(None, ep.network, env), [ep], None, None)
+        except Exception as exc:
+            errors = [exc]
+        why = f"{ep.container_id}/{ep.ifname} on {ep.network}: no sandbox record"
+        report.add("endpoint", ep.id, why, "; ".join(_describe(e) for e in errors))
+
+
 def release_vanished_sandboxes(controller, tx, request: Request) -> Report:
     """ADD's first step: after a reboot (or pins removed) the dead sandboxes' addresses
     return to the pool. Never fails the ADD; what cannot be released waits for GC."""
@@ -283,6 +297,7 @@ def reconcile_node(state_dir: str, run_dir: str, env=None) -> Report:
             dirs = {key: set() for key in lease_dirs(tx)}
             for sandbox in vanished_sandboxes(tx):
                 release_sandbox(controller, tx, sandbox, None, env, report)
+            release_homeless_endpoints(controller, tx, env, report)
             sweep_orphans(tx, env, report, pins=os.path.join(run_dir, "netns"))
             sweep_leases(tx, report, dirs)
     except StoreError as exc:
