@@ -1,30 +1,58 @@
 #!/bin/bash
 # The main job, end to end on this machine (as root): real network namespaces
-# networked by the plugins in bin/, exactly as a container runtime calls them.
+# networked by the plugins in bin/, called exactly as a runtime calls them
+# (through cnmctl, a libcni-compatible runner). Leaves nothing behind.
 set -euo pipefail
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
 "$ROOT/scripts/setup.sh"
-export CNI_PATH="$ROOT/bin"
-TAG=demo$$
-NS_NONE=cnm-$TAG-none
+export CNI_PATH="$ROOT/bin" NETCONFPATH="$ROOT/conf"
+CNMCTL="$ROOT/bin/cnmctl"
+T=demo$$
+BRIDGE_EXISTED=$(ip link show cnm0 >/dev/null 2>&1 && echo yes || echo no)
+SERVER_PID=
+
+step() { printf '\n\033[1m== %s\033[0m\n' "$*"; }
 cleanup() {
-  call cnm-none DEL "$TAG-none" "/run/netns/$NS_NONE" lo "$(conf none cnm-none)" >/dev/null 2>&1 || true
-  call cnm-host DEL "$TAG-host" /proc/self/ns/net eth0 "$(conf host cnm-host)" >/dev/null 2>&1 || true
-  ip netns del "$NS_NONE" 2>/dev/null || true
-}
-conf() { printf '{"cniVersion":"1.1.0","name":"%s","type":"%s"}' "$1" "$2"; }
-call() {  # plugin command container netns ifname config
-  echo "$6" | CNI_COMMAND=$2 CNI_CONTAINERID=$3 CNI_NETNS=$4 CNI_IFNAME=$5 "$ROOT/bin/$1"
+  [ -n "$SERVER_PID" ] && kill "$SERVER_PID" 2>/dev/null || true
+  for name in "$T-proxy" "$T-web" "$T-client" "$T-none"; do
+    "$CNMCTL" rm "$name" >/dev/null 2>&1 || true
+  done
+  "$CNMCTL" del host /proc/self/ns/net >/dev/null 2>&1 || true
+  if [ "$BRIDGE_EXISTED" = no ]; then ip link del cnm0 2>/dev/null || true; fi
 }
 trap cleanup EXIT
 
-echo "== none: a sandbox with loopback only (docker run --net=none)"
-ip netns add "$NS_NONE"
-call cnm-none ADD "$TAG-none" "/run/netns/$NS_NONE" lo "$(conf none cnm-none)"
-echo "-- inside the sandbox:"; ip netns exec "$NS_NONE" ip -br addr
-call cnm-none CHECK "$TAG-none" "/run/netns/$NS_NONE" lo "$(conf none cnm-none)" && echo "-- CHECK ok"
-call cnm-none DEL "$TAG-none" "/run/netns/$NS_NONE" lo "$(conf none cnm-none)" && echo "-- DEL ok"
+step "none (docker run --net=none): a sandbox with loopback only"
+"$CNMCTL" run -n none "$T-none"
+ip netns exec "$T-none" ip -br addr
 
-echo; echo "== host: the host's own stack (docker run --net=host)"
-call cnm-host ADD "$TAG-host" /proc/self/ns/net eth0 "$(conf host cnm-host)"
-call cnm-host DEL "$TAG-host" /proc/self/ns/net eth0 "$(conf host cnm-host)" && echo "-- DEL ok (host untouched)"
+step "host (docker run --net=host): the host's own stack, nothing changed"
+"$CNMCTL" add host /proc/self/ns/net | head -c 400; echo " ..."
+"$CNMCTL" del host /proc/self/ns/net && echo "DEL ok"
+
+step "bridge (docker run): two sandboxes on network cnm-demo (conf/bridge.conflist)"
+"$CNMCTL" run -n cnm-demo "$T-web"
+"$CNMCTL" run -n cnm-demo "$T-client"
+WEB_IP=$(ip netns exec "$T-web" ip -4 -o addr show eth0 | awk '{print $4}' | cut -d/ -f1)
+echo "web has $WEB_IP"
+ip netns exec "$T-client" ping -c 2 -W 2 "$WEB_IP"
+ip netns exec "$T-client" ping -c 1 -W 2 10.88.0.1 >/dev/null && echo "client reaches the gateway 10.88.0.1"
+
+step "container (docker run --net=container:web): a proxy sharing web's stack"
+ip netns exec "$T-web" python3 -c '
+import socket; s = socket.socket(); s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+s.bind(("127.0.0.1", 8080)); s.listen(); s.settimeout(30)
+c, _ = s.accept(); c.sendall(b"hello from web on 127.0.0.1:8080\n"); c.close()' &
+SERVER_PID=$!
+sleep 0.5
+"$CNMCTL" run --join "$T-web" "$T-proxy" | head -c 300; echo " ..."
+ip netns exec "$T-proxy" python3 -c '
+import socket; s = socket.create_connection(("127.0.0.1", 8080), timeout=5); print("proxy got:", s.recv(100).decode().strip())'
+
+step "CNM state (cnmctl network ls / endpoint ls)"
+"$CNMCTL" network ls || true
+"$CNMCTL" endpoint ls || true
+
+step "teardown"
+"$CNMCTL" rm "$T-proxy"; "$CNMCTL" rm "$T-web"; "$CNMCTL" rm "$T-client"; "$CNMCTL" rm "$T-none"
+echo "all sandboxes removed"
