@@ -53,7 +53,7 @@ def execute(
         return None
     binary = find_plugin(ipam_type, cni_path)
     try:
-        proc = subprocess.run(binary and [binary], input=stdin, env=child_env, stdout=subprocess.PIPE, timeout=300)
+        proc = subprocess.run([binary], input=stdin, env=child_env, stdout=subprocess.PIPE, timeout=300)
     except (OSError, subprocess.SubprocessError) as exc:
         raise CNIError(PLUGIN_FAILURE, f"failed to run IPAM plugin {ipam_type}", str(exc)) from None
     out = proc.stdout.strip()
