@@ -1,0 +1,242 @@
+"""GC (CNI 1.1) for every plugin type, orphan sweeping, the node-wide `cnmctl gc`, and
+convergence after a (simulated) reboot. Real executables in a throwaway host netns."""
+
+from __future__ import annotations
+
+import json
+import os
+import sqlite3
+import subprocess
+
+import pytest
+
+from bridge_support import Lab, sh
+from conftest import BIN, exec_plugin, unique
+
+
+def pins(lab: Lab) -> list[str]:
+    d = os.path.join(lab.env["CNM_RUN_DIR"], "netns")
+    return sorted(os.listdir(d)) if os.path.isdir(d) else []
+
+
+def gc(lab: Lab, conf: dict, valid=None, key="cni.dev/valid-attachments", plugin=""):
+    conf = dict(conf, cniVersion="1.1.0")
+    if valid is not None:
+        conf[key] = [{"containerID": c, "ifname": i} for c, i in valid]
+    return lab.run("GC", conf, plugin=plugin or conf["type"])
+
+
+def cnmctl_gc(lab: Lab, fmt: str = "json"):
+    env = dict(lab.env)
+    proc = subprocess.run(["nsenter", f"--net={lab.host}", "--", os.path.join(BIN, "cnmctl"), "gc", "--format", fmt],
+                          env=env, capture_output=True, text=True, timeout=120)
+    return proc
+
+
+@pytest.fixture
+def lab(netns, cnm_env, tmp_path):
+    return Lab(netns, cnm_env, tmp_path, ipam_type="cnm-ipam")
+
+
+def bridge_conf(lab: Lab, **keys) -> dict:
+    return lab.conf(version="1.1.0", ipMasq=True, macspoofchk=True, isGateway=True, **keys)
+
+
+@pytest.mark.parametrize("key", ["cni.dev/valid-attachments", "cni.dev/attachments"])
+def test_bridge_gc_removes_only_invalid_attachments(lab, key):
+    conf = bridge_conf(lab)
+    c1, c2 = lab.container(), lab.container()
+    lab.add(conf, c1, cid="c1")
+    lab.add(conf, c2, cid="c2")
+    before = lab.nft_elements()
+    r = gc(lab, conf, [("c1", "eth0")], key=key)
+    assert r.rc == 0, r
+    assert [e[1:] for e in lab.endpoints()] == [("c1", "eth0")]
+    assert len(lab.veths()) == 1 and len(lab.leases()) == 1
+    assert 0 < len(lab.nft_elements()) < len(before)
+    assert len(pins(lab)) == 1
+    assert lab.link("eth0", ns=c1) is not None and lab.link("eth0", ns=c2) is None
+    assert gc(lab, conf, []).rc == 0
+    lab.assert_nothing_left()
+    assert pins(lab) == []
+
+
+def test_gc_without_list_removes_nothing_and_says_why(lab):
+    conf = bridge_conf(lab)
+    lab.add(conf, lab.container(), cid="c1")
+    r = gc(lab, conf)
+    assert r.rc == 0 and r.stdout == b"", r
+    assert b"valid-attachments" in r.stderr
+    assert len(lab.endpoints()) == 1 and len(lab.veths()) == 1 and len(lab.leases()) == 1
+
+
+def recording_ipam(lab: Lab, tmp_path) -> str:
+    """An external IPAM on CNI_PATH (exec'd, never in-process) that logs each command and
+    is cnm-ipam underneath; returns its log file."""
+    directory = tmp_path / "extbin"
+    directory.mkdir()
+    log = tmp_path / "ipam.log"
+    script = directory / "rec-ipam"
+    script.write_text(f'#!/bin/sh\necho "$CNI_COMMAND" >> {log}\nexec {BIN}/cnm-ipam\n')
+    script.chmod(0o755)
+    lab.env["CNI_PATH"] = f"{directory}:{lab.env['CNI_PATH']}"
+    lab.ipam_type = "rec-ipam"
+    return str(log)
+
+
+def test_bridge_gc_forwards_to_delegated_ipam(netns, cnm_env, tmp_path):
+    """GC reaches an exec'd IPAM, which releases a lease that has no endpoint (one an IPAM
+    ADD made on its own)."""
+    lab = Lab(netns, cnm_env, tmp_path)
+    log = recording_ipam(lab, tmp_path)
+    conf = bridge_conf(lab)
+    lab.add(conf, lab.container(), cid="c1")
+    ghost = exec_plugin("cnm-ipam", "ADD", dict(conf, type="cnm-ipam"), lab.env,
+                        container_id="ghost", netns="/x", ifname="eth0")
+    assert ghost.rc == 0, ghost
+    assert len(lab.leases()) == 2
+    assert gc(lab, conf, [("c1", "eth0")]).rc == 0
+    assert len(lab.leases()) == 1
+    assert open(log).read().split() == ["ADD", "GC"]
+
+
+@pytest.mark.parametrize("plugin", ["cnm-none", "cnm-container"])
+def test_gc_other_plugin_types(lab, plugin):
+    none = {"cniVersion": "1.1.0", "name": lab.network, "type": "cnm-none"}
+    c1, c2 = lab.container(), lab.container()
+    lab.add(none, c1, cid="c1")
+    lab.add(none, c2, cid="c2")
+    if plugin == "cnm-container":
+        joined = {"cniVersion": "1.1.0", "name": lab.network + "j", "type": "cnm-container", "container": "c2"}
+        lab.add(joined, c2, cid="j2")
+        assert gc(lab, joined, []).rc == 0  # the joiner's membership goes
+        assert {e[1] for e in lab.endpoints()} == {"c1", "c2"}
+    assert gc(lab, none, [("c1", "eth0")]).rc == 0
+    assert [e[1:] for e in lab.endpoints()] == [("c1", "eth0")]
+    assert len(pins(lab)) == 1
+    assert gc(lab, none, []).rc == 0
+    assert lab.endpoints() == [] and pins(lab) == []
+
+
+def test_gc_host_plugin(lab):
+    conf = {"cniVersion": "1.1.0", "name": lab.network, "type": "cnm-host"}
+    lab.add(conf, lab.host, cid="h1")
+    assert gc(lab, conf, [("h1", "eth0")]).rc == 0
+    assert len(lab.endpoints()) == 1
+    assert gc(lab, conf, []).rc == 0
+    assert lab.endpoints() == []
+
+
+def make_orphans(lab: Lab) -> dict:
+    """A veth, an nft element and a pin of ours that no record owns."""
+    veth = "cnm" + os.urandom(6).hex()
+    sh("ip", "link", "add", veth, "type", "veth", "peer", "name", unique("cnp"), ns=lab.host)
+    owner = os.urandom(12).hex()
+    doc = {"nftables": [
+        {"add": {"table": {"family": "inet", "name": "cnm"}}},
+        {"add": {"set": {"family": "inet", "table": "cnm", "name": "masq4", "type": "ipv4_addr"}}},
+        {"add": {"element": {"family": "inet", "table": "cnm", "name": "masq4",
+                             "elem": [{"elem": {"val": "10.250.0.99", "comment": owner}}]}}},
+    ]}
+    subprocess.run(["nsenter", f"--net={lab.host}", "--", "nft", "-j", "-f", "-"], input=json.dumps(doc).encode(),
+                   check=True, capture_output=True)
+    pin_dir = os.path.join(lab.env["CNM_RUN_DIR"], "netns")
+    os.makedirs(pin_dir, exist_ok=True)
+    pin = os.path.join(pin_dir, "orphan-pin")
+    open(pin, "w").close()
+    return {"veth": veth, "owner": owner, "pin": pin}
+
+
+def test_gc_sweeps_orphans(lab):
+    conf = bridge_conf(lab)
+    c1 = lab.container()
+    lab.add(conf, c1, cid="c1")
+    kept = set(lab.veths())
+    orphans = make_orphans(lab)
+    assert orphans["veth"] in lab.veths()
+    assert gc(lab, conf, [("c1", "eth0")]).rc == 0
+    assert set(lab.veths()) == kept
+    assert not [e for e in lab.nft_elements() if e[3] == orphans["owner"]]
+    assert not os.path.exists(orphans["pin"])
+    assert len(lab.endpoints()) == 1 and len(lab.leases()) == 1
+
+
+def unpin_all(lab: Lab) -> None:
+    for name in pins(lab):
+        path = os.path.join(lab.env["CNM_RUN_DIR"], "netns", name)
+        subprocess.run(["umount", path], capture_output=True)
+        os.unlink(path)
+
+
+def test_cnmctl_gc_reconciles_node(lab):
+    conf = bridge_conf(lab)
+    c1, c2 = lab.container(), lab.container()
+    lab.add(conf, c1, cid="c1")
+    lab.add(conf, c2, cid="c2")
+    # c2's netns and pin vanish behind our back (the veth goes with the netns)
+    c2_pin = [p for p in pins(lab) if p.startswith("c2")][0]
+    path = os.path.join(lab.env["CNM_RUN_DIR"], "netns", c2_pin)
+    subprocess.run(["umount", path], check=True)
+    os.unlink(path)
+    subprocess.run(["ip", "netns", "del", os.path.basename(c2)], check=True)
+    orphans = make_orphans(lab)
+    ghost_lease = os.path.join(lab.data_dir, lab.network, "10.250.0.200")
+    with open(ghost_lease, "w") as f:
+        f.write("ghost\r\neth0")
+    proc = cnmctl_gc(lab)
+    assert proc.returncode == 0, proc
+    report = json.loads(proc.stdout)
+    kinds = {a["kind"] for a in report["removed"]}
+    assert {"endpoint", "sandbox", "veth", "nft", "pin", "lease"} <= kinds, report
+    assert report["errors"] == []
+    assert [e[1] for e in lab.endpoints()] == ["c1"]
+    assert len(lab.leases()) == 1 and len(lab.veths()) == 1
+    assert not os.path.exists(ghost_lease)
+    assert pins(lab) == [p for p in pins(lab) if p.startswith("c1")]
+    assert lab.link("eth0", ns=c1) is not None
+    # a second run finds nothing; the table says so
+    proc = cnmctl_gc(lab, "table")
+    assert proc.returncode == 0 and proc.stdout == "nothing stale\n", proc
+
+
+def simulate_reboot(lab: Lab, containers: list[str], same_boot: bool) -> None:
+    """Every namespace and kernel object of ours goes; the store and lease files stay."""
+    unpin_all(lab)
+    for c in containers:
+        subprocess.run(["ip", "netns", "del", os.path.basename(c)], check=True)
+    for link in lab.veths():
+        sh("ip", "link", "del", link, ns=lab.host, check=False)
+    for family in ("inet", "bridge"):
+        sh("nft", "delete", "table", family, "cnm", ns=lab.host, check=False)
+    if not same_boot:
+        with sqlite3.connect(os.path.join(lab.env["CNM_STATE_DIR"], "cnm.db")) as db:
+            db.execute("UPDATE meta SET value='an-earlier-boot' WHERE key='boot_id'")
+
+
+@pytest.mark.parametrize("same_boot", [False, True], ids=["new-boot", "same-boot-pins-gone"])
+@pytest.mark.parametrize("how", ["add", "gc"])
+def test_reboot_converges(lab, same_boot, how):
+    """A two-address range, full before the reboot: the first ADD (or a GC) after it
+    releases the vanished endpoints, so the range has room again."""
+    conf = bridge_conf(lab, ipam=lab.ipam({"subnet": "10.250.0.0/24", "rangeStart": "10.250.0.10",
+                                            "rangeEnd": "10.250.0.11"}))
+    old = [lab.container(), lab.container()]
+    got = {lab.add(conf, c, cid=f"old{i}")["ips"][0]["address"] for i, c in enumerate(old)}
+    assert len(got) == 2
+    full = lab.run("ADD", conf, lab.container(), cid="extra")
+    assert full.rc != 0  # exhausted
+    simulate_reboot(lab, old, same_boot)
+    if how == "gc":
+        assert gc(lab, conf, [("new", "eth0")]).rc == 0
+        assert lab.endpoints() == [] and lab.leases() == [] and pins(lab) == []
+    new = lab.container()
+    result = lab.add(conf, new, cid="new")
+    assert result["ips"][0]["address"] in got
+    assert [e[1] for e in lab.endpoints()] == ["new"]
+    assert len(lab.leases()) == 1
+    assert lab.run("DEL", conf, new, cid="new").rc == 0
+    # the runtime's own DELs for the old containers come late: they succeed, change nothing
+    for i, c in enumerate(old):
+        assert lab.run("DEL", conf, c, cid=f"old{i}").rc == 0
+    lab.assert_nothing_left()
+    assert pins(lab) == []
