@@ -61,23 +61,27 @@ def _read(path: str) -> str | None:
         return None
 
 
-def check_forwarding(bridge_endpoints: int) -> Iterator[Finding]:
+def check_forwarding(endpoints_by_family: dict[str, int]) -> Iterator[Finding]:
+    """Forwarding per family. cnm-bridge with isGateway turns it on at ADD, so off is only
+    wrong while bridge endpoints of that family exist: someone turned it off since, and
+    those containers cannot reach beyond their bridge."""
     for key, label in (("net/ipv4/ip_forward", "IPv4"), ("net/ipv6/conf/all/forwarding", "IPv6")):
         value = _read("/proc/sys/" + key)
         dotted = key.replace("/", ".")
         if value is None:
             continue
+        attached = endpoints_by_family.get(label, 0)
         if value == "1":
             yield ok("forwarding", f"{label} forwarding is on ({dotted}=1)")
-            continue
-        # cnm-bridge turns it on at an ADD with isGateway; off with live endpoints means
-        # someone turned it off since, and containers cannot reach beyond their bridge.
-        severity = "error" if bridge_endpoints and label == "IPv4" else "warning"
-        yield Finding("forwarding", severity,
-                      f"{label} forwarding is off ({dotted}={value}): containers cannot reach beyond their bridge"
-                      + (f" ({bridge_endpoints} bridge endpoint(s) are attached)" if bridge_endpoints else ""),
-                      f"sysctl -w {dotted}=1 and persist it in /etc/sysctl.d/ (cnm-bridge with isGateway sets it "
-                      f"at ADD; something turned it off since)")
+        elif not attached:
+            yield ok("forwarding", f"{label} forwarding is off ({dotted}={value}); no {label} bridge endpoint "
+                                   f"needs it (an ADD with isGateway turns it on)")
+        else:
+            yield Finding("forwarding", "error",
+                          f"{label} forwarding is off ({dotted}={value}) while {attached} {label} bridge "
+                          f"endpoint(s) are attached: they cannot reach beyond their bridge",
+                          f"sysctl -w {dotted}=1 and persist it in /etc/sysctl.d/ (cnm-bridge sets it at ADD; "
+                          f"something turned it off since)")
 
 
 def check_br_netfilter() -> Iterator[Finding]:
@@ -230,18 +234,27 @@ def stale_state(state_dir: str):
 def run_checks(state_dir: str, conf_dir: str) -> list[Finding]:
     findings: list[Finding] = []
     findings += check_nft()
-    try:
-        snap = views.snapshot(state_dir)
-        bridge_eps = sum(1 for e in snap.endpoints if e.driver == "bridge" and e.active)
-    except RunnerError:
-        bridge_eps = 0
-    findings += check_forwarding(bridge_eps)
+    findings += check_forwarding(bridge_endpoints_by_family(state_dir))
     findings += check_br_netfilter()
     findings += check_state_dir(state_dir)
     findings += check_log()
     findings += check_configs(conf_dir)
     findings += check_stale(state_dir)
     return findings
+
+
+def bridge_endpoints_by_family(state_dir: str) -> dict[str, int]:
+    counts = {"IPv4": 0, "IPv6": 0}
+    try:
+        snap = views.snapshot(state_dir)
+    except RunnerError:
+        return counts
+    for ep in snap.endpoints:
+        if ep.driver != "bridge":
+            continue
+        for address in views.endpoint_view(ep)["IPs"]:
+            counts["IPv6" if ":" in address else "IPv4"] += 1
+    return counts
 
 
 MARK = {"ok": "ok", "warning": "WARN", "error": "FAIL"}

@@ -236,3 +236,15 @@ def test_shared_sandbox_shows_both_members(lab):
         lab.run("DEL", lab.conf(), ns, cid="web")
         assert lab.run("DEL", joiner, ns, cid="proxy", plugin="cnm-container").rc == 0
     assert json.loads(cnmctl(lab, "endpoint", "ls", "-f", "json").stdout) == []
+
+
+def test_doctor_forwarding_off_under_live_endpoints(two_pods):
+    lab, _ = two_pods
+    assert lab.sysctl("net.ipv4.ip_forward") == "1"  # the gateway ADD turned it on
+    sh("sh", "-c", "echo 0 > /proc/sys/net/ipv4/ip_forward", ns=lab.host)  # the test's own host netns
+    proc = cnmctl(lab, "doctor", "-f", "json")
+    [finding] = errors_of(proc, "forwarding")
+    assert proc.returncode == 1 and "2 IPv4 bridge endpoint(s)" in finding["message"]
+    assert finding["fix"].startswith("sysctl -w net.ipv4.ip_forward=1")
+    assert not [f for f in findings(proc) if f["check"] == "forwarding" and "IPv6" in f["message"]
+                and f["severity"] != "ok"]  # no IPv6 endpoint: IPv6 forwarding is no concern
