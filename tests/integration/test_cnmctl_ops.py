@@ -194,7 +194,14 @@ def test_doctor_reports_stale_state(two_pods):
     assert stale == {f"stale sandbox {box['Id']}", f"stale veth {orphan}"}, proc.stdout
     assert all("cnmctl gc" in f["fix"] for f in errors_of(proc, "stale"))
     assert [b["State"] for b in json.loads(cnmctl(lab, "sandbox", "inspect", "c1").stdout)] == ["gone"]
-    sh("ip", "link", "del", orphan, ns=lab.host)
+    # What doctor reported is what the node-wide `cnmctl gc` removes; then doctor is clean.
+    gc = cnmctl(lab, "gc", "--format", "json")
+    assert gc.returncode == 0, gc
+    removed = {(a["kind"], a["name"]) for a in json.loads(gc.stdout)["removed"]}
+    assert {("sandbox", box["Id"]), ("veth", orphan)} <= removed
+    after = cnmctl(lab, "doctor", "-f", "json")
+    assert not errors_of(after, "stale") and after.returncode == 0, after.stdout
+    assert [e["ContainerID"] for e in json.loads(cnmctl(lab, "endpoint", "ls", "-f", "json").stdout)] == ["c2"]
 
 
 def test_doctor_reports_a_lease_without_endpoint(netns, cnm_env, tmp_path):
@@ -210,7 +217,9 @@ def test_doctor_reports_a_lease_without_endpoint(netns, cnm_env, tmp_path):
             f.write("ghost\r\neth0")
         [finding] = errors_of(cnmctl(lab, "doctor", "-f", "json"), "stale")
         assert finding["message"].startswith(f"stale lease {lab.network}/10.250.0.99") and "ghost/eth0" in finding["message"]
-        os.unlink(ghost)
+        gc = json.loads(cnmctl(lab, "gc", "--format", "json").stdout)
+        assert [(a["kind"], a["name"]) for a in gc["removed"]] == [("lease", f"{lab.network}/10.250.0.99")]
+        assert not os.path.exists(ghost) and not errors_of(cnmctl(lab, "doctor", "-f", "json"), "stale")
     finally:
         assert lab.run("DEL", lab.conf(), ns, cid="c1").rc == 0
     lab.assert_nothing_left()
