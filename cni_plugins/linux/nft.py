@@ -2,12 +2,24 @@
 
 Layout (DESIGN.md §3: kernel objects we own carry our identity):
 
-    table inet cnm      NAT and filtering for addresses (ipMasq now; published ports
-                        and isolation later). Rules are static; what varies per
-                        endpoint lives in sets/maps, so an ADD or DEL changes a few
-                        elements and its cost does not grow with the number of
-                        endpoints.
-    table bridge cnm    L2 checks on bridge ports (MAC spoof check).
+    table inet cnm      NAT and filtering for addresses: ipMasq (masqN), published
+                        ports (DNAT through the maps portsN_addr/portsN_port keyed
+                        l4proto . host address . host port), masquerade of
+                        hairpin and 127.0.0.0/8-sourced published traffic
+                        (hairpinN), isolation between networks (isoN). Rules are
+                        static; what varies per endpoint lives in sets/maps, so an
+                        ADD or DEL changes a few elements and its cost does not
+                        grow with the number of endpoints.
+    table bridge cnm    L2 checks on bridge ports: MAC spoof check, icc=false
+                        (no forwarding between two ports of set noicc).
+
+Published ports: nft 1.0.6 cannot declare through JSON a map whose value is a
+concatenation (address . port), so the DNAT target is looked up in two maps with
+the same key: `dnat ip to KEY map @ports4_addr : KEY map @ports4_port`. The maps
+have the interval flag so a key's host address can be a prefix: 0.0.0.0/0 (or
+::/0) binds every local address, a plain address binds that one only. DNAT
+applies to local destinations only (`fib daddr type local`), in prerouting (from
+outside and from containers) and output (from the host itself).
 
 Every element carries its owner's key (the endpoint id) as its comment, so the
 entries of an endpoint can be found and removed with nothing but that key.
@@ -65,6 +77,84 @@ def _spoof_rule() -> list[dict]:
     ]
 
 
+_L4 = ["tcp", "udp", "sctp"]
+
+
+def _match(left, right, op: str = "==") -> dict:
+    return {"match": {"op": op, "left": left, "right": right}}
+
+
+def _meta(key: str) -> dict:
+    return {"meta": {"key": key}}
+
+
+def _nfproto(proto: str) -> dict:
+    return _match(_meta("nfproto"), "ipv4" if proto == "ip" else "ipv6")
+
+
+def _dnat_rule(proto: str) -> list[dict]:
+    """Local destination + published (l4proto, address, port) -> the endpoint's address and port."""
+    n = "4" if proto == "ip" else "6"
+    key = {"concat": [_meta("l4proto"), _payload(proto, "daddr"), _payload("th", "dport")]}
+    return [
+        _nfproto(proto),
+        _match({"fib": {"result": "type", "flags": ["daddr"]}}, "local"),
+        _match(_meta("l4proto"), {"set": _L4}),
+        {"dnat": {"family": proto, "addr": {"map": {"key": key, "data": f"@ports{n}_addr"}},
+                  "port": {"map": {"key": key, "data": f"@ports{n}_port"}}}},
+    ]
+
+
+def _hairpin_rule(proto: str) -> list[dict]:
+    """A published connection from inside the endpoint's subnet (its own container or a
+    neighbour on the bridge) is masqueraded, so the reply comes back through the host."""
+    n = "4" if proto == "ip" else "6"
+    return [
+        _nfproto(proto),
+        _match({"ct": {"key": "status"}}, "dnat", "in"),
+        _match({"concat": [_payload(proto, "saddr"), _payload(proto, "daddr")]}, f"@hairpin{n}"),
+        {"masquerade": None},
+    ]
+
+
+def _localhost_rule() -> list[dict]:
+    """127.0.0.1:port from the host (route_localnet on the bridge lets it leave lo): the
+    container cannot answer 127.0.0.1, so the source becomes the bridge address."""
+    return [
+        _nfproto("ip"),
+        _match({"ct": {"key": "status"}}, "dnat", "in"),
+        _match(_payload("ip", "saddr"), {"prefix": {"addr": "127.0.0.0", "len": 8}}),
+        {"masquerade": None},
+    ]
+
+
+def _isolation_rules(proto: str) -> list[list[dict]]:
+    """Endpoints of an isolated network (isoN) exchange nothing with any other bridge
+    network; within their own subnet (published-port hairpin) and with the outside they do."""
+    n = "4" if proto == "ip" else "6"
+    saddr, daddr = _payload(proto, "saddr"), _payload(proto, "daddr")
+    return [
+        [_nfproto(proto), _match({"concat": [saddr, daddr]}, f"@iso{n}_local"), {"accept": None}],
+        [_nfproto(proto), _match({"concat": [daddr, saddr]}, f"@iso{n}_local"), {"accept": None}],
+        [_nfproto(proto), _match(saddr, f"@iso{n}"), _match(_meta("oifkind"), "bridge"), {"drop": None}],
+        [_nfproto(proto), _match(daddr, f"@iso{n}"), _match(_meta("iifkind"), "bridge"), {"drop": None}],
+    ]
+
+
+def _no_icc_rule() -> list[dict]:
+    """icc=false: a frame from one such port to another is not forwarded by the bridge
+    (the gateway is the bridge itself: local delivery, not forwarding)."""
+    return [
+        _match(_meta("iifname"), "@noicc"),
+        _match(_meta("oifname"), "@noicc"),
+        {"drop": None},
+    ]
+
+
+def _ports_map(addr_type: str, value: str) -> dict:
+    return {"type": ["inet_proto", addr_type, "inet_service"], "map": value, "flags": ["interval"]}
+
+
 # family -> sets and maps {name: attributes ("map": value type for a map)},
 #           base chains {name: (hook attributes, [rules])}
 LAYOUT: dict[str, dict[str, dict]] = {
@@ -74,11 +164,34 @@ LAYOUT: dict[str, dict[str, dict]] = {
             "masq4_local": {"type": ["ipv4_addr", "ipv4_addr"], "flags": ["interval"]},
             "masq6": {"type": "ipv6_addr"},
             "masq6_local": {"type": ["ipv6_addr", "ipv6_addr"], "flags": ["interval"]},
+            "ports4_addr": _ports_map("ipv4_addr", "ipv4_addr"),
+            "ports4_port": _ports_map("ipv4_addr", "inet_service"),
+            "ports6_addr": _ports_map("ipv6_addr", "ipv6_addr"),
+            "ports6_port": _ports_map("ipv6_addr", "inet_service"),
+            "hairpin4": {"type": ["ipv4_addr", "ipv4_addr"], "flags": ["interval"]},
+            "hairpin6": {"type": ["ipv6_addr", "ipv6_addr"], "flags": ["interval"]},
+            "iso4": {"type": "ipv4_addr"},
+            "iso4_local": {"type": ["ipv4_addr", "ipv4_addr"], "flags": ["interval"]},
+            "iso6": {"type": "ipv6_addr"},
+            "iso6_local": {"type": ["ipv6_addr", "ipv6_addr"], "flags": ["interval"]},
         },
         "chains": {
+            "prerouting": (
+                {"type": "nat", "hook": "prerouting", "prio": -100, "policy": "accept"},
+                [_dnat_rule("ip"), _dnat_rule("ip6")],
+            ),
+            "output": (
+                {"type": "nat", "hook": "output", "prio": -100, "policy": "accept"},
+                [_dnat_rule("ip"), _dnat_rule("ip6")],
+            ),
             "postrouting": (
                 {"type": "nat", "hook": "postrouting", "prio": 100, "policy": "accept"},
-                [_masquerade_rule("ip", "224.0.0.0/4"), _masquerade_rule("ip6", "ff00::/8")],
+                [_masquerade_rule("ip", "224.0.0.0/4"), _masquerade_rule("ip6", "ff00::/8"),
+                 _hairpin_rule("ip"), _hairpin_rule("ip6"), _localhost_rule()],
+            ),
+            "forward": (
+                {"type": "filter", "hook": "forward", "prio": 0, "policy": "accept"},
+                _isolation_rules("ip") + _isolation_rules("ip6"),
             ),
         },
     },
@@ -86,11 +199,16 @@ LAYOUT: dict[str, dict[str, dict]] = {
         "sets": {
             "spoofchk_ports": {"type": "ifname"},
             "spoofchk_allowed": {"type": ["ifname", "ether_addr"]},
+            "noicc": {"type": "ifname"},
         },
         "chains": {
             "prerouting": (
                 {"type": "filter", "hook": "prerouting", "prio": -300, "policy": "accept"},
                 [_spoof_rule()],
+            ),
+            "forward": (
+                {"type": "filter", "hook": "forward", "prio": 0, "policy": "accept"},
+                [_no_icc_rule()],
             ),
         },
     },
@@ -124,6 +242,7 @@ class Element:
     set: str
     key: Any
     data: Any = None
+    note: str = ""  # appended to the owner in the comment (e.g. the container id of a published port)
 
     def ident(self) -> str:
         return f"{self.family}/{self.set}/{json.dumps(self.key, sort_keys=True)}"
@@ -147,6 +266,52 @@ def masquerade(address: str, subnet: str) -> list[Element]:
     ]
 
 
+def _any_address(version: int) -> dict:
+    return {"prefix": {"addr": "0.0.0.0" if version == 4 else "::", "len": 0}}
+
+
+def port_key(proto: str, host_ip: str | None, host_port: int, version: int) -> dict:
+    """The key of a published port: l4proto . host address (every local address when
+    None) . host port, as nft lists it back."""
+    host = str(ipaddress.ip_address(host_ip)) if host_ip else _any_address(version)
+    return {"concat": [proto, host, host_port]}
+
+
+def published_port(proto: str, host_ip: str | None, host_port: int, address: str, port: int,
+                   note: str = "") -> list[Element]:
+    """DNAT (proto, host_ip or any local address, host_port) to address:port."""
+    ip = ipaddress.ip_address(address)
+    key = port_key(proto, host_ip, host_port, ip.version)
+    n = str(ip.version)
+    return [Element("inet", f"ports{n}_addr", key, str(ip), note), Element("inet", f"ports{n}_port", key, port, note)]
+
+
+def hairpin(address: str, subnet: str) -> list[Element]:
+    """Masquerade published connections from `subnet` to `address` (so replies return via the host)."""
+    ip = ipaddress.ip_address(address)
+    return [Element("inet", f"hairpin{ip.version}", {"concat": [str(ip), _prefix(subnet)]})]
+
+
+def isolate(address: str, subnet: str) -> list[Element]:
+    """`address` talks to its own subnet and the outside, not to other bridge networks."""
+    ip = ipaddress.ip_address(address)
+    n = str(ip.version)
+    return [
+        Element("inet", f"iso{n}", str(ip)),
+        Element("inet", f"iso{n}_local", {"concat": [str(ip), _prefix(subnet)]}),
+    ]
+
+
+def no_icc(port: str) -> list[Element]:
+    """The bridge does not forward frames between two ports both marked no-icc."""
+    return [Element("bridge", "noicc", port)]
+
+
+def published(version: int) -> list[tuple[Element, str]]:
+    """Every published port of one family with its comment (for the conflict check)."""
+    return [(e, c) for e, c in _elements("inet", [f"ports{version}_addr"])]
+
+
 def mac_spoof_check(port: str, mac: str) -> list[Element]:
     """Frames entering the bridge from `port` must come from `mac`."""
     return [
@@ -158,7 +323,8 @@ def mac_spoof_check(port: str, mac: str) -> list[Element]:
 def _element_cmd(op: str, element: Element, owner: str) -> dict:
     value: Any = element.key
     if op == "add":
-        value = {"elem": {"val": element.key, "comment": owner}}
+        comment = f"{owner} {element.note}" if element.note else owner
+        value = {"elem": {"val": element.key, "comment": comment}}
         if element.data is not None:
             value = [value, element.data]
     elif element.data is not None:
@@ -189,9 +355,14 @@ def owned(owner: str) -> list[Element]:
     found = []
     for family in LAYOUT:
         for element, comment in _elements(family):
-            if comment == owner:
+            if owner_of(comment) == owner:
                 found.append(element)
     return found
+
+
+def owner_of(comment: str) -> str:
+    """The owner key of an element's comment ("<owner>" or "<owner> <note>")."""
+    return comment.split(" ", 1)[0]
 
 
 def missing(elements: Iterable[Element]) -> list[Element]:
@@ -203,9 +374,13 @@ def missing(elements: Iterable[Element]) -> list[Element]:
     return [e for e in wanted if e.ident() not in present]
 
 
-def _elements(family: str) -> list[tuple[Element, str]]:
+def _elements(family: str, maps: list[str] | None = None) -> list[tuple[Element, str]]:
+    """(element, comment) of our table of `family`, or of the named maps only."""
     try:
-        data = list_json(["list", "table", family, TABLE])
+        if maps:
+            data = [item for name in maps for item in list_json(["list", "map", family, TABLE, name])]
+        else:
+            data = list_json(["list", "table", family, TABLE])
     except NftError as exc:
         if "No such file or directory" in str(exc):
             return []

@@ -22,7 +22,7 @@ def fail(msg: str, details: str = "") -> None:
 def verify(ctx, conf, endpoint: Endpoint, prev: Result) -> None:
     from ...linux import addr, bridge, links, veth
 
-    from .driver import host_veth_name, kernel_errors, recorded_elements, route_gateway
+    from .driver import expected_elements, host_veth_name, kernel_errors, recorded_elements, route_gateway
 
     request = ctx.request
     data = endpoint.data
@@ -80,7 +80,12 @@ def verify(ctx, conf, endpoint: Endpoint, prev: Result) -> None:
                 if want not in have_routes:
                     fail(f"route {want[0]} via {want[1] or 'link'} missing on {request.ifname}")
 
+    # what ADD recorded, and what this config + runtimeConfig (published ports) asks for
     elements = recorded_elements(endpoint)
+    seen = {e.ident() for e in elements}
+    for e in expected_elements(conf, request, data, host_name, data.get("mac") or want_mac):
+        if e.ident() not in seen:
+            elements.append(e)
     if elements:
         from ...linux import nft
 

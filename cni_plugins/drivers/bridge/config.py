@@ -6,6 +6,7 @@ only after the entry path has answered VERSION and early errors.
 
 from __future__ import annotations
 
+import ipaddress
 import re
 from typing import Optional
 
@@ -60,6 +61,12 @@ class BridgeConfig(BaseModel):
     enabledad: StrictBool = False
     portIsolation: StrictBool = False
     disableContainerInterface: StrictBool = False
+    # Docker's bridge options (issue 5): default host address of published ports
+    # (host_binding_ipv4), inter-container communication on the bridge (enable_icc),
+    # and isolation from the other cnm networks.
+    hostBindingIP: StrictStr = ""
+    icc: StrictBool = True
+    isolateNetworks: StrictBool = False
     ipam: Optional[IpamRef] = None
     dns: Optional[DnsConf] = None
 
@@ -72,6 +79,11 @@ class BridgeConfig(BaseModel):
             raise ValueError("hairpinMode, promiscMode: cannot set hairpin mode and promiscuous mode at the same time")
         if self.disableContainerInterface and self.ipam_type:
             raise ValueError("disableContainerInterface: cannot be used together with IPAM (the interface stays down)")
+        if self.hostBindingIP:
+            try:
+                ipaddress.ip_address(self.hostBindingIP)
+            except ValueError:
+                raise ValueError(f"hostBindingIP: {self.hostBindingIP!r} is not an IP address") from None
         if self.vlanTrunk is not None and self.trunk_vlans() and self.vlan:
             raise ValueError("vlan, vlanTrunk: cannot set vlan and vlanTrunk at the same time")
         return self

@@ -19,7 +19,7 @@ from ...cni.result import DNS, Interface, IPConfig, Result, Route
 from ...cnm.model import Endpoint
 from ..base import BaseDriver, Context
 from . import config as bridge_config
-from . import ipam
+from . import ipam, ports
 
 HOST_VETH_PREFIX = "cnm"
 FAULT_ENV = "CNM_FAULT"  # tests only: see cni_plugins/faults.py
@@ -44,6 +44,7 @@ def kernel_errors(what: str) -> Iterator[None]:
 
     from ...linux.addr import AddrError
     from ...linux.bridge import BridgeError
+    from ...linux.conntrack import ConntrackError
     from ...linux.nft import NftError
     from ...linux.veth import VethError
 
@@ -51,7 +52,7 @@ def kernel_errors(what: str) -> Iterator[None]:
         yield
     except CNIError:
         raise
-    except (AddrError, BridgeError, NftError, VethError) as exc:
+    except (AddrError, BridgeError, ConntrackError, NftError, VethError) as exc:
         raise CNIError(PLUGIN_FAILURE, f"failed to {what}", str(exc)) from None
     except NetlinkError as exc:
         reason = exc.args[1] if len(exc.args) > 1 else str(exc)
@@ -66,6 +67,7 @@ class BridgeDriver(BaseDriver):
 
     def __init__(self):
         self._cached: tuple[Request, bridge_config.BridgeConfig] | None = None
+        self._stale_owners: set[str] = set()
 
     def _conf(self, request: Request) -> bridge_config.BridgeConfig:
         if self._cached is None or self._cached[0] is not request:
@@ -77,6 +79,7 @@ class BridgeDriver(BaseDriver):
         conf = self._conf(request)
         if request.command == "ADD":
             bridge_config.requested_mac(request)  # refuse a bad MAC before anything changes
+            ports.requested(request, conf.hostBindingIP)  # and bad portMappings
         return {"bridge": conf.bridge}
 
     # ---- ADD ------------------------------------------------------------------------------
@@ -95,7 +98,22 @@ class BridgeDriver(BaseDriver):
         endpoint.data["ips"] = [ip.model_dump(exclude_none=True) for ip in ips]
         endpoint.data["routes"] = [r.model_dump(exclude_none=True) for r in routes]
         endpoint.data["ipam_dns"] = result.dns.model_dump()
+        try:
+            self._ports_free(ctx, conf, endpoint)
+        except BaseException:
+            self._release_quietly(ctx, endpoint)
+            raise
         _fault(ctx.env, "add", "ipam")
+
+    def _ports_free(self, ctx: Context, conf, endpoint: Endpoint) -> None:
+        """Refuse host ports another endpoint publishes, before any kernel change."""
+        mappings = ports.requested(ctx.request, conf.hostBindingIP)
+        if not mappings:
+            return
+        with kernel_errors("read the published ports"):
+            stale = ports.ensure_free(mappings, addresses(endpoint.data.get("ips", [])), endpoint.id)
+        if stale:  # our own leftovers (a record lost in a crash): the ADD replaces them
+            self._stale_owners.add(endpoint.id)
 
     def join(self, ctx: Context, network, endpoint: Endpoint, sandbox) -> Result:
         from ...linux import links
@@ -120,17 +138,25 @@ class BridgeDriver(BaseDriver):
                 _fault(ctx.env, "add", "veth")
                 container = self._container_side(cipr, ctx, conf, ips, routes)
                 _fault(ctx.env, "add", "addresses")
-                self._host_side(ipr, conf, host_index, br["index"])
+                # A published port reached from its own container: with br_netfilter on, the
+                # DNAT happens at the bridge and the frame goes back out the port it came from.
+                publishes = bool(ips) and bool(ports.requested(request, conf.hostBindingIP))
+                hairpin = conf.hairpinMode or (publishes and not conf.promiscMode)
+                self._host_side(ipr, conf, host_index, br["index"], hairpin)
                 if ips and conf.is_gateway:
                     self._gateway(ipr, conf, br, ips)
-                elements = self._nft_elements(conf, ips, host_name, container["mac"])
+                elements = expected_elements(conf, request, endpoint.data, host_name, container["mac"])
                 if elements:
                     from ...linux import nft
 
+                    if any(e.set.startswith("ports4") for e in elements):
+                        self._route_localnet(conf)
                     with kernel_errors("program nftables"):
-                        nft.commit(add=elements, owner=endpoint.id)
+                        stale = nft.owned(endpoint.id) if endpoint.id in self._stale_owners else []
+                        nft.commit(add=elements, remove=stale, owner=endpoint.id)
                     undo.callback(_remove_elements, elements, endpoint.id)
-                    endpoint.data["nft"] = [[e.family, e.set, e.key, e.data] for e in elements]
+                    endpoint.data["nft"] = [[e.family, e.set, e.key, e.data, e.note] for e in elements]
+                    _flush_udp(elements)
                 _fault(ctx.env, "add", "nft")
                 host_mac = ipr.get_links(host_index)[0].get_attr("IFLA_ADDRESS")
                 bridge_mac = ipr.get_links(br["index"])[0].get_attr("IFLA_ADDRESS")
@@ -191,11 +217,11 @@ class BridgeDriver(BaseDriver):
             link = cipr.get_links(index)[0]
         return {"index": index, "mac": link.get_attr("IFLA_ADDRESS")}
 
-    def _host_side(self, ipr, conf, host_index: int, bridge_index: int) -> None:
+    def _host_side(self, ipr, conf, host_index: int, bridge_index: int, hairpin: bool) -> None:
         from ...linux import bridge
 
         with kernel_errors(f"attach the host veth to bridge {conf.bridge!r}"):
-            bridge.add_port(ipr, host_index, bridge_index, hairpin=conf.hairpinMode, isolated=conf.portIsolation)
+            bridge.add_port(ipr, host_index, bridge_index, hairpin=hairpin, isolated=conf.portIsolation)
             if conf.vlan_filtering:
                 bridge.set_port_vlans(
                     ipr, host_index, access=conf.vlan, trunk=conf.trunk_vlans(), keep_default=conf.preserveDefaultVlan
@@ -238,17 +264,13 @@ class BridgeDriver(BaseDriver):
             if 6 in families:
                 sysctl.ensure("net/ipv6/conf/all/forwarding", "1")
 
-    @staticmethod
-    def _nft_elements(conf, ips: list[IPConfig], host_name: str, mac: str) -> list:
-        from ...linux import nft
+    def _route_localnet(self, conf) -> None:
+        """127.0.0.1:hostPort from the host: DNAT in output re-routes the packet to the
+        bridge, which the kernel allows for a 127/8 source only with route_localnet."""
+        from ...linux import sysctl
 
-        elements = []
-        if conf.ipMasq:
-            for ip in ips:
-                elements.extend(nft.masquerade(str(ipaddress.ip_interface(ip.address).ip), ip.address))
-        if conf.macspoofchk:
-            elements.extend(nft.mac_spoof_check(host_name, mac))
-        return elements
+        with kernel_errors(f"enable route_localnet on {conf.bridge!r}"):
+            sysctl.ensure(f"net/ipv4/conf/{conf.bridge}/route_localnet", "1")
 
     # ---- DEL ------------------------------------------------------------------------------
     def leave(self, ctx: Context, network, endpoint: Endpoint, sandbox) -> None:
@@ -262,6 +284,7 @@ class BridgeDriver(BaseDriver):
         if recorded:
             with kernel_errors("remove nftables entries"):
                 _remove_elements(recorded, endpoint.id)
+                _flush_udp(recorded)
         _fault(ctx.env, "del", "nft")
         rec = endpoint.data.get("ipam")
         if rec:
@@ -278,6 +301,7 @@ class BridgeDriver(BaseDriver):
             owned = nft.owned(endpoint_id)
             if owned:
                 _remove_elements(owned, endpoint_id)
+                _flush_udp(owned)
         ipam_conf = ctx.request.config.get("ipam")
         ipam_type = ipam_conf.get("type") if isinstance(ipam_conf, dict) else None
         if isinstance(ipam_type, str) and ipam_type:
@@ -329,6 +353,54 @@ def route_gateway(route: Route, ips: list[IPConfig]) -> str | None:
         if ip.family == route.family and ip.gateway:
             return ip.gateway
     return None
+
+
+def addresses(ips: list) -> list[tuple[str, str]]:
+    """(address, subnet) of the endpoint's recorded IPs."""
+    out = []
+    for ip in ips:
+        cidr = ip["address"] if isinstance(ip, dict) else ip.address
+        out.append((str(ipaddress.ip_interface(cidr).ip), cidr))
+    return out
+
+
+def expected_elements(conf, request: Request, data: dict, host_name: str, mac: str) -> list:
+    """The nft elements an endpoint needs: masquerade, MAC check, published ports and
+    their hairpin masquerade, isolation. Computed from the config + request + record, so
+    CHECK can compare them with the kernel too."""
+    from ...linux import nft
+
+    addrs = addresses(data.get("ips", []))
+    elements = []
+    if conf.ipMasq:
+        for ip, subnet in addrs:
+            elements.extend(nft.masquerade(ip, subnet))
+    if conf.macspoofchk and mac:
+        elements.extend(nft.mac_spoof_check(host_name, mac))
+    mappings = ports.requested(request, conf.hostBindingIP)
+    if mappings:
+        elements.extend(ports.elements(mappings, addrs, note=request.container_id[:96]))
+    if conf.isolateNetworks:
+        for ip, subnet in addrs:
+            elements.extend(nft.isolate(ip, subnet))
+    if not conf.icc:
+        elements.extend(nft.no_icc(host_name))
+    return elements
+
+
+def _flush_udp(elements) -> None:
+    """UDP conntrack entries of the published ports in `elements` (ADD: flows that began
+    before the port was published; DEL: flows still steered to the gone container)."""
+    from ...linux import conntrack
+
+    done = set()
+    for e in elements:
+        if e.set in ("ports4_addr", "ports6_addr") and e.key["concat"][0] == "udp":
+            wanted = (e.key["concat"][2], 4 if e.set == "ports4_addr" else 6)
+            if wanted not in done:
+                done.add(wanted)
+                with kernel_errors("flush UDP conntrack entries"):
+                    conntrack.flush_udp_port(*wanted)
 
 
 def recorded_elements(endpoint: Endpoint) -> list:

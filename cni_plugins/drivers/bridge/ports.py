@@ -1,0 +1,146 @@
+"""Published ports of a bridge endpoint (runtimeConfig.portMappings, Docker's -p).
+
+A mapping becomes two map elements per container address family (the DNAT
+address and port under the key l4proto . host address . host port, see
+linux/nft.py), plus one hairpin element per container address. The nft maps are
+the truth about which host ports are taken: a new mapping is compared with the
+published ports of its family before anything changes (the controller's store
+transaction serialises ADDs, so nothing slips in between), and refused naming
+the owner, whose endpoint id and container id are the elements' comment.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+from dataclasses import dataclass
+from typing import Iterable
+
+from ...cni.errors import CONFLICT, INVALID_CONFIG, CNIError
+from ...cni.request import Request
+
+PROTOCOLS = ("tcp", "udp", "sctp")
+KEY = "runtimeConfig.portMappings"
+
+
+@dataclass(frozen=True)
+class Mapping:
+    proto: str
+    host_port: int
+    container_port: int
+    host_ip: str | None  # None: every local address
+    family: int | None  # 4 or 6; None: both (no hostIP)
+
+    def applies(self, version: int) -> bool:
+        return self.family in (None, version)
+
+    def overlaps(self, proto: str, host, port: int) -> bool:
+        """Same protocol and port, and either side binds every address or both the same one."""
+        if proto != self.proto or port != self.host_port:
+            return False
+        return self.host_ip is None or not isinstance(host, str) or ipaddress.ip_address(host) == ipaddress.ip_address(self.host_ip)
+
+    def __str__(self) -> str:
+        host = self.host_ip or {4: "0.0.0.0", 6: "[::]", None: "*"}[self.family]
+        if self.host_ip and ":" in self.host_ip:
+            host = f"[{self.host_ip}]"
+        return f"{self.proto} {host}:{self.host_port}"
+
+
+def _bad(detail: str) -> CNIError:
+    return CNIError(INVALID_CONFIG, f"invalid {KEY}", detail)
+
+
+def _port(item: dict, name: str, index: int) -> int:
+    value = item.get(name.lower())
+    if isinstance(value, bool) or not isinstance(value, int) or not 0 < value <= 65535:
+        raise _bad(f"entry {index}: {name} must be a port number 1-65535, got {value!r}")
+    return value
+
+
+def requested(request: Request, default_host_ip: str = "") -> list[Mapping]:
+    """The mappings of this request (keys matched case-insensitively); code 7 on bad input."""
+    raw = request.runtime_config("portMappings")
+    if raw is None:
+        return []
+    if not isinstance(raw, list):
+        raise _bad("must be a list of {hostPort, containerPort, protocol, hostIP}")
+    mappings: list[Mapping] = []
+    for index, item in enumerate(raw):
+        if not isinstance(item, dict):
+            raise _bad(f"entry {index} is not an object")
+        host_port = _port(item, "hostPort", index)
+        container_port = _port(item, "containerPort", index)
+        proto = item.get("protocol") or "tcp"
+        if not isinstance(proto, str) or proto.lower() not in PROTOCOLS:
+            raise _bad(f"entry {index}: protocol must be one of tcp, udp, sctp, got {proto!r}")
+        host_ip = item.get("hostip") or default_host_ip or ""
+        if not isinstance(host_ip, str):
+            raise _bad(f"entry {index}: hostIP must be a string")
+        mapping = _mapping(proto.lower(), host_port, container_port, host_ip, index)
+        if mapping not in mappings:
+            mappings.append(mapping)
+    return mappings
+
+
+def _mapping(proto: str, host_port: int, container_port: int, host_ip: str, index: int) -> Mapping:
+    if not host_ip:
+        return Mapping(proto, host_port, container_port, None, None)
+    try:
+        ip = ipaddress.ip_address(host_ip)
+    except ValueError:
+        raise _bad(f"entry {index}: hostIP {host_ip!r} is not an IP address") from None
+    if ip.is_unspecified:  # 0.0.0.0 / :: : every address of that family
+        return Mapping(proto, host_port, container_port, None, ip.version)
+    return Mapping(proto, host_port, container_port, str(ip), ip.version)
+
+
+def elements(mappings: Iterable[Mapping], addresses: list[tuple[str, str]], note: str) -> list:
+    """nft elements for `mappings` to the container `addresses` [(ip, subnet)]."""
+    from ...linux import nft
+
+    out = []
+    mappings = list(mappings)
+    for ip, subnet in addresses:
+        version = ipaddress.ip_address(ip).version
+        applying = [m for m in mappings if m.applies(version)]
+        for m in applying:
+            out.extend(nft.published_port(m.proto, m.host_ip, m.host_port, ip, m.container_port, note))
+        if applying:
+            out.extend(nft.hairpin(ip, subnet))
+    return out
+
+
+def families(mappings: Iterable[Mapping], addresses: list[tuple[str, str]]) -> set[int]:
+    versions = {ipaddress.ip_address(ip).version for ip, _ in addresses}
+    return {v for v in versions if any(m.applies(v) for m in mappings)}
+
+
+def ensure_free(mappings: list[Mapping], addresses: list[tuple[str, str]], owner: str) -> list:
+    """Refuse (code 102, naming the owner) a mapping whose host port another endpoint
+    publishes; return this endpoint's own stale elements (a lost record) to replace."""
+    from ...linux import nft
+
+    stale = []
+    for version in sorted(families(mappings, addresses)):
+        taken = nft.published(version)
+        for m in mappings:
+            if not m.applies(version):
+                continue
+            for element, comment in taken:
+                proto, host, port = element.key["concat"]
+                if not m.overlaps(proto, host, port):
+                    continue
+                holder = nft.owner_of(comment)
+                if holder == owner:
+                    stale.append(element)
+                    continue
+                container = comment.split(" ", 1)[1] if " " in comment else "unknown"
+                theirs = Mapping(proto, port, 0, host if isinstance(host, str) else None, version)
+                raise CNIError(
+                    CONFLICT,
+                    f"port already allocated: {m} (requested by this container) is published by container "
+                    f"{container}",
+                    f"{theirs} -> {element.data} belongs to endpoint {holder} (container {container})",
+                )
+    return stale
+
