@@ -58,7 +58,7 @@ def cnm_helper(tmp_path_factory):
 
 @pytest.fixture
 def cnm_env(tmp_path):
-    """Environment for a plugin exec: private state and run dirs, our bin and the Go plugins on CNI_PATH."""
+    """Environment for a plugin exec: private state, run dirs and log, our bin and the Go plugins on CNI_PATH."""
     state = tmp_path / "state"
     run = tmp_path / "run"
     env = {
@@ -66,6 +66,7 @@ def cnm_env(tmp_path):
         "CNI_PATH": f"{BIN}:{GO_PLUGINS}",
         "CNM_STATE_DIR": str(state),
         "CNM_RUN_DIR": str(run),
+        "CNM_LOG_FILE": str(tmp_path / "cnm-cni.log"),  # the plugin log (cni/log.py), not /var/log's
     }
     if HELPER_SOCKET_ENV in os.environ:
         env[HELPER_SOCKET_ENV] = os.environ[HELPER_SOCKET_ENV]
