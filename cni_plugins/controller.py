@@ -17,6 +17,7 @@ import sys
 from contextlib import ExitStack
 
 from . import drivers
+from .cni import log
 from .cni.args import truthy
 from .cni.errors import (CHECK_FAILED, CONFLICT, INVALID_CONFIG, INVALID_NETNS, LIMITED_CONNECTIVITY,
                          NOT_AVAILABLE, PLUGIN_FAILURE, CNIError)
@@ -489,8 +490,10 @@ class Controller:
     def gc(self, request: Request) -> None:
         valid = _valid_attachments(request.config)
         if valid is None:  # no list given (cnitool gc): no information, remove nothing
-            sys.stderr.write(f"cnm: GC of {request.network}: no cni.dev/valid-attachments (nor "
-                             f"cni.dev/attachments) in the config, so nothing is removed\n")
+            why = (f"GC of {request.network}: no cni.dev/valid-attachments (nor cni.dev/attachments) "
+                   f"in the config, so nothing is removed")
+            sys.stderr.write(f"cnm: {why}\n")
+            log.message(request.env, request.config, "info", why, command="GC")  # the operator's log too
             return
         from . import reconcile
 
