@@ -129,3 +129,11 @@ def test_internal_error_traceback_goes_to_the_log_only(tmp_path):
     assert f["plugin"] == "cnm-buggy" and f["code"] == "199"
     assert f["traceback"].startswith("Traceback (most recent call last):")
     assert "ZeroDivisionError: a bug deep inside" in f["traceback"]
+
+
+def test_gc_without_valid_attachments_logs_why_nothing_was_removed(logged):
+    env, path = logged
+    conf = dict(STATUS, type="cnm-none")
+    assert exec_plugin("cnm-none", "GC", conf, env).rc == 0
+    notes = [fields(l) for l in lines(path) if "nothing is removed" in l]
+    assert len(notes) == 1 and notes[0]["network"] == "lognet" and notes[0]["command"] == "GC"
