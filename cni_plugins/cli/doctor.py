@@ -21,6 +21,7 @@ from ..runtime.libcni import CNIRunner
 from . import inspect as views
 
 DEFAULT_CNI_PATH = "/opt/cni/bin"  # libcni's default when CNI_PATH is unset
+VERSION_TIMEOUT_S = 30
 
 
 @dataclass
@@ -45,9 +46,13 @@ def check_nft() -> Iterator[Finding]:
         yield Finding("nft", "error", "nft is not installed (cnm-bridge programs NAT, ports and isolation with it)",
                       "apt-get install nftables (or your distribution's nftables package)")
         return
-    proc = subprocess.run([path, "--version"], capture_output=True, text=True, timeout=30)
-    if proc.returncode != 0:
-        yield Finding("nft", "error", f"{path} --version failed: {proc.stderr.strip()}",
+    try:
+        proc = subprocess.run([path, "--version"], capture_output=True, text=True, timeout=30)
+        failure = proc.stderr.strip() if proc.returncode != 0 else ""
+    except (OSError, subprocess.SubprocessError) as exc:
+        failure = str(exc)
+    if failure:
+        yield Finding("nft", "error", f"{path} --version failed: {failure}",
                       "reinstall nftables; check that the nf_tables kernel module loads (modprobe nf_tables)")
         return
     yield ok("nft", f"{path}: {proc.stdout.strip()}")
@@ -166,7 +171,7 @@ def check_configs(conf_dir: str, env=None) -> Iterator[Finding]:
                       f"install one (see docs/operators.md), or point NETCONFPATH at the right directory")
         return
     paths = [p for p in env.get("CNI_PATH", "").split(os.pathsep) if p] or [DEFAULT_CNI_PATH]
-    runner = CNIRunner(paths)
+    runner = CNIRunner(paths, timeout=VERSION_TIMEOUT_S)  # a hanging plugin is a finding, not a hung doctor
     names: dict[str, str] = {}
     answers: dict[str, list[str] | str] = {}  # plugin type -> its versions, or why VERSION failed
     for path in files:
@@ -215,6 +220,10 @@ def check_stale(state_dir: str) -> Iterator[Finding]:
         items = stale_state(state_dir)
     except RunnerError as err:
         yield Finding("stale", "warning", f"stale state not checked: {err}", "see the state finding")
+        return
+    except Exception as exc:  # netlink, nft or a lease directory failing: a finding, not a traceback
+        yield Finding("stale", "warning", f"stale state not checked: {type(exc).__name__}: {exc}",
+                      "run cnmctl doctor as root in the host network namespace")
         return
     for item in items:
         yield Finding("stale", "error", f"stale {item.kind} {item.name}: {item.why}",

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 
 import pytest
@@ -14,6 +15,7 @@ from bridge_support import Lab, sh
 from conftest import BIN, unique
 
 CNMCTL = os.path.join(BIN, "cnmctl")
+NSENTER = shutil.which("nsenter")  # resolved here: a test may hand cnmctl a PATH without it
 PORTS = [{"hostPort": 18080, "containerPort": 80, "protocol": "tcp"}]
 
 
@@ -28,7 +30,7 @@ def lab(netns, cnm_env, tmp_path):
 
 def cnmctl(lab, *args: str, **env: str) -> subprocess.CompletedProcess:
     full = dict(lab.env, NETCONFPATH=str(lab.confdir), CNM_LOG_FILE=str(lab.log), **env)
-    return subprocess.run(["nsenter", f"--net={lab.host}", "--", CNMCTL, *args], env=full, capture_output=True,
+    return subprocess.run([NSENTER, f"--net={lab.host}", "--", CNMCTL, *args], env=full, capture_output=True,
                           text=True, timeout=120)
 
 
@@ -257,3 +259,12 @@ def test_doctor_forwarding_off_under_live_endpoints(two_pods):
     assert finding["fix"].startswith("sysctl -w net.ipv4.ip_forward=1")
     assert not [f for f in findings(proc) if f["check"] == "forwarding" and "IPv6" in f["message"]
                 and f["severity"] != "ok"]  # no IPv6 endpoint: IPv6 forwarding is no concern
+
+
+def test_doctor_without_nft(lab, tmp_path):
+    empty = tmp_path / "bin"
+    empty.mkdir()
+    proc = cnmctl(lab, "doctor", "-f", "json", PATH=str(empty))  # nft not on PATH
+    [finding] = errors_of(proc, "nft")
+    assert proc.returncode == 1 and "not installed" in finding["message"] and "nftables" in finding["fix"]
+    assert [f["severity"] for f in findings(cnmctl(lab, "doctor", "-f", "json")) if f["check"] == "nft"] == ["ok"]
