@@ -29,7 +29,8 @@ def lab(netns, cnm_env, tmp_path):
 
 
 def cnmctl(lab, *args: str, **env: str) -> subprocess.CompletedProcess:
-    full = dict(lab.env, NETCONFPATH=str(lab.confdir), CNM_LOG_FILE=str(lab.log), **env)
+    full = dict(lab.env, NETCONFPATH=str(lab.confdir), CNM_LOG_FILE=str(lab.log))
+    full.update(env)
     return subprocess.run([NSENTER, f"--net={lab.host}", "--", CNMCTL, *args], env=full, capture_output=True,
                           text=True, timeout=120)
 
@@ -268,3 +269,9 @@ def test_doctor_without_nft(lab, tmp_path):
     [finding] = errors_of(proc, "nft")
     assert proc.returncode == 1 and "not installed" in finding["message"] and "nftables" in finding["fix"]
     assert [f["severity"] for f in findings(cnmctl(lab, "doctor", "-f", "json")) if f["check"] == "nft"] == ["ok"]
+
+
+def test_doctor_warns_about_an_unwritable_log(lab, tmp_path):
+    proc = cnmctl(lab, "doctor", "-f", "json", CNM_LOG_FILE=str(tmp_path / "missing" / "cnm.log"))
+    [finding] = [f for f in findings(proc) if f["check"] == "log"]
+    assert finding["severity"] == "warning" and "CNM_LOG_FILE" in finding["fix"]
