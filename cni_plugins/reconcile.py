@@ -228,8 +228,9 @@ def _sweep_nft(endpoint_ids: set[str], report: Report) -> None:
                 report.add("nft", family, "listing", str(exc))
             continue
         stale: dict[str, list] = {}
-        for element, owner in found:
-            if OUR_OWNER.fullmatch(owner or "") and owner not in endpoint_ids:
+        for element, comment in found:
+            owner = nft.owner_of(comment or "")  # "<endpoint id>" or "<endpoint id> <note>" (published ports)
+            if OUR_OWNER.fullmatch(owner) and owner not in endpoint_ids:
                 stale.setdefault(owner, []).append(element)
         for owner, elements in sorted(stale.items()):
             try:
