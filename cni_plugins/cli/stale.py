@@ -22,7 +22,7 @@ from ..controller import pin_dir
 from . import inspect as views
 
 HOST_VETH = re.compile(r"^cnm[0-9a-f]{12}$")  # drivers/bridge host_veth_name(): "cnm" + endpoint id[:12]
-OWNER = re.compile(r"^[0-9a-f]{24}$")  # cnm.model.endpoint_id(): nft elements' comment
+OWNER = re.compile(r"^[0-9a-f]{24}$")  # cnm.model.endpoint_id(): the owner in nft elements' comments
 
 
 @dataclass(frozen=True)
@@ -97,8 +97,9 @@ def _nft(endpoint_ids: set[str]) -> list[Stale]:
             elements = nft._elements(family)  # (Element, owner comment) of table <family> cnm
         except (nft.NftError, OSError):
             continue
-        for _, owner in elements:
-            if OWNER.match(owner or "") and owner not in endpoint_ids:
+        for _, comment in elements:
+            owner = nft.owner_of(comment or "")  # "<endpoint id>" or "<endpoint id> <note>"
+            if OWNER.match(owner) and owner not in endpoint_ids:
                 owners[owner] = owners.get(owner, 0) + 1
     return [Stale("nft", owner, f"{count} nftables element(s) owned by an endpoint that does not exist")
             for owner, count in sorted(owners.items())]

@@ -12,7 +12,8 @@ import subprocess
 import pytest
 
 from bridge_support import Lab, sh
-from conftest import BIN, unique
+from cni_plugins.cnm.model import endpoint_id
+from conftest import BIN, exec_plugin, unique
 
 CNMCTL = os.path.join(BIN, "cnmctl")
 NSENTER = shutil.which("nsenter")  # resolved here: a test may hand cnmctl a PATH without it
@@ -275,3 +276,28 @@ def test_doctor_warns_about_an_unwritable_log(lab, tmp_path):
     proc = cnmctl(lab, "doctor", "-f", "json", CNM_LOG_FILE=str(tmp_path / "missing" / "cnm.log"))
     [finding] = [f for f in findings(proc) if f["check"] == "log"]
     assert finding["severity"] == "warning" and "CNM_LOG_FILE" in finding["fix"]
+
+
+def test_doctor_and_gc_after_an_add_killed_before_its_commit(two_pods):
+    """An ADD with a published port dies (like SIGKILL) after the kernel work, before the
+    store commit: its veth, nftables elements (masquerade, ports) and pin have no record.
+    doctor names them; the node-wide gc removes exactly them; doctor is clean again."""
+    lab, _ = two_pods
+    ns = lab.container()
+    conf = dict(lab.conf(isGateway=True, ipMasq=True),
+                runtimeConfig={"portMappings": [{"hostPort": 18081, "containerPort": 80, "protocol": "tcp"}]})
+    killed = exec_plugin(
+        "cnm-bridge", "ADD", conf, lab.env, container_id="c3", netns=ns, ifname="eth0", host_netns=lab.host,
+        extra_env={"CNM_FAULT": "add:before-commit", "CNM_HELPER_SOCKET": "off"})  # the fault kills this process
+    assert killed.rc == 137, killed
+    ep_id = endpoint_id(lab.network, "c3", "eth0")
+    proc = cnmctl(lab, "doctor", "-f", "json")
+    stale = {f["message"].split(":")[0] for f in errors_of(proc, "stale")}
+    assert {f"stale veth cnm{ep_id[:12]}", f"stale nft {ep_id}"} <= stale, proc.stdout
+    assert any(s.startswith("stale pin ") for s in stale)
+    gc = cnmctl(lab, "gc", "--format", "json")
+    assert gc.returncode == 0, gc
+    after = cnmctl(lab, "doctor", "-f", "json")
+    assert not errors_of(after, "stale"), after.stdout
+    assert not [e for e in lab.nft_elements() if ep_id in e[3]]  # the kernel agrees
+    assert lab.run("DEL", conf, ns, cid="c3").rc == 0  # what the runtime sends next: a no-op now
