@@ -9,6 +9,7 @@ export CNI_PATH="$ROOT/bin" NETCONFPATH="$ROOT/conf"
 CNMCTL="$ROOT/bin/cnmctl"
 T=demo$$
 BRIDGE_EXISTED=$(ip link show cnm0 >/dev/null 2>&1 && echo yes || echo no)
+TABLES_EXISTED=$(nft list table inet cnm >/dev/null 2>&1 && echo yes || echo no)
 SERVER_PID=
 
 step() { printf '\n\033[1m== %s\033[0m\n' "$*"; }
@@ -18,7 +19,12 @@ cleanup() {
     "$CNMCTL" rm "$name" >/dev/null 2>&1 || true
   done
   "$CNMCTL" del host /proc/self/ns/net >/dev/null 2>&1 || true
+  # The demo made the bridge and our nftables tables: leave the machine as it was.
   if [ "$BRIDGE_EXISTED" = no ]; then ip link del cnm0 2>/dev/null || true; fi
+  if [ "$TABLES_EXISTED" = no ]; then
+    nft delete table inet cnm 2>/dev/null || true
+    nft delete table bridge cnm 2>/dev/null || true
+  fi
 }
 trap cleanup EXIT
 
