@@ -3,8 +3,7 @@
 Layout (DESIGN.md §3: kernel objects we own carry our identity):
 
     table inet cnm      NAT and filtering for addresses: ipMasq (masqN), published
-                        ports (DNAT through the maps portsN_addr/portsN_port keyed
-                        l4proto . host address . host port), masquerade of
+                        ports (DNAT through the portsN_* maps), masquerade of
                         hairpin and 127.0.0.0/8-sourced published traffic
                         (hairpinN), isolation between networks (isoN). Rules are
                         static; what varies per endpoint lives in sets/maps, so an
@@ -15,11 +14,12 @@ Layout (DESIGN.md §3: kernel objects we own carry our identity):
 
 Published ports: nft 1.0.6 cannot declare through JSON a map whose value is a
 concatenation (address . port), so the DNAT target is looked up in two maps with
-the same key: `dnat ip to KEY map @ports4_addr : KEY map @ports4_port`. The maps
-have the interval flag so a key's host address can be a prefix: 0.0.0.0/0 (or
-::/0) binds every local address, a plain address binds that one only. DNAT
-applies to local destinations only (`fib daddr type local`), in prerouting (from
-outside and from containers) and output (from the host itself).
+the same key: `dnat ip to KEY map @ports4_addr : KEY map @ports4_port`. A port
+bound to one host address is keyed l4proto . address . port (portsN_addr/_port),
+a port bound to every local address l4proto . port (portsN_any_addr/_any_port);
+plain hash maps, so the kernel's exclusive create can tell whether a key is taken
+(can_create). DNAT applies to local destinations only (`fib daddr type local`),
+in prerouting (from outside and from containers) and output (from the host).
 
 Every element carries its owner's key (the endpoint id) as its comment, so the
 entries of an endpoint can be found and removed with nothing but that key.
@@ -92,17 +92,22 @@ def _nfproto(proto: str) -> dict:
     return _match(_meta("nfproto"), "ipv4" if proto == "ip" else "ipv6")
 
 
-def _dnat_rule(proto: str) -> list[dict]:
-    """Local destination + published (l4proto, address, port) -> the endpoint's address and port."""
+def _dnat_rules(proto: str) -> list[list[dict]]:
+    """Local destination + published (l4proto, address, port) -> the endpoint's address and
+    port; a binding to one host address first, then bindings to every address."""
     n = "4" if proto == "ip" else "6"
-    key = {"concat": [_meta("l4proto"), _payload(proto, "daddr"), _payload("th", "dport")]}
-    return [
-        _nfproto(proto),
-        _match({"fib": {"result": "type", "flags": ["daddr"]}}, "local"),
-        _match(_meta("l4proto"), {"set": _L4}),
-        {"dnat": {"family": proto, "addr": {"map": {"key": key, "data": f"@ports{n}_addr"}},
-                  "port": {"map": {"key": key, "data": f"@ports{n}_port"}}}},
-    ]
+    specific = {"concat": [_meta("l4proto"), _payload(proto, "daddr"), _payload("th", "dport")]}
+    anywhere = {"concat": [_meta("l4proto"), _payload("th", "dport")]}
+    rules = []
+    for key, maps in ((specific, f"ports{n}"), (anywhere, f"ports{n}_any")):
+        rules.append([
+            _nfproto(proto),
+            _match({"fib": {"result": "type", "flags": ["daddr"]}}, "local"),
+            _match(_meta("l4proto"), {"set": _L4}),
+            {"dnat": {"family": proto, "addr": {"map": {"key": key, "data": f"@{maps}_addr"}},
+                      "port": {"map": {"key": key, "data": f"@{maps}_port"}}}},
+        ])
+    return rules
 
 
 def _hairpin_rule(proto: str) -> list[dict]:
@@ -151,8 +156,18 @@ def _no_icc_rule() -> list[dict]:
     ]
 
 
-def _ports_map(addr_type: str, value: str) -> dict:
-    return {"type": ["inet_proto", addr_type, "inet_service"], "map": value, "flags": ["interval"]}
+def _ports_maps(n: str, addr_type: str) -> dict:
+    """Published ports of one family: to one host address (key l4proto . address . port)
+    and to every address (key l4proto . port); each as two maps with the same keys, one to
+    the container address, one to the container port (see the module docstring)."""
+    specific = ["inet_proto", addr_type, "inet_service"]
+    anywhere = ["inet_proto", "inet_service"]
+    return {
+        f"ports{n}_addr": {"type": specific, "map": addr_type},
+        f"ports{n}_port": {"type": specific, "map": "inet_service"},
+        f"ports{n}_any_addr": {"type": anywhere, "map": addr_type},
+        f"ports{n}_any_port": {"type": anywhere, "map": "inet_service"},
+    }
 
 
 # family -> sets and maps {name: attributes ("map": value type for a map)},
@@ -164,10 +179,8 @@ LAYOUT: dict[str, dict[str, dict]] = {
             "masq4_local": {"type": ["ipv4_addr", "ipv4_addr"], "flags": ["interval"]},
             "masq6": {"type": "ipv6_addr"},
             "masq6_local": {"type": ["ipv6_addr", "ipv6_addr"], "flags": ["interval"]},
-            "ports4_addr": _ports_map("ipv4_addr", "ipv4_addr"),
-            "ports4_port": _ports_map("ipv4_addr", "inet_service"),
-            "ports6_addr": _ports_map("ipv6_addr", "ipv6_addr"),
-            "ports6_port": _ports_map("ipv6_addr", "inet_service"),
+            **_ports_maps("4", "ipv4_addr"),
+            **_ports_maps("6", "ipv6_addr"),
             "hairpin4": {"type": ["ipv4_addr", "ipv4_addr"], "flags": ["interval"]},
             "hairpin6": {"type": ["ipv6_addr", "ipv6_addr"], "flags": ["interval"]},
             "iso4": {"type": "ipv4_addr"},
@@ -178,11 +191,11 @@ LAYOUT: dict[str, dict[str, dict]] = {
         "chains": {
             "prerouting": (
                 {"type": "nat", "hook": "prerouting", "prio": -100, "policy": "accept"},
-                [_dnat_rule("ip"), _dnat_rule("ip6")],
+                _dnat_rules("ip") + _dnat_rules("ip6"),
             ),
             "output": (
                 {"type": "nat", "hook": "output", "prio": -100, "policy": "accept"},
-                [_dnat_rule("ip"), _dnat_rule("ip6")],
+                _dnat_rules("ip") + _dnat_rules("ip6"),
             ),
             "postrouting": (
                 {"type": "nat", "hook": "postrouting", "prio": 100, "policy": "accept"},
@@ -266,24 +279,29 @@ def masquerade(address: str, subnet: str) -> list[Element]:
     ]
 
 
-def _any_address(version: int) -> dict:
-    return {"prefix": {"addr": "0.0.0.0" if version == 4 else "::", "len": 0}}
-
-
-def port_key(proto: str, host_ip: str | None, host_port: int, version: int) -> dict:
-    """The key of a published port: l4proto . host address (every local address when
-    None) . host port, as nft lists it back."""
-    host = str(ipaddress.ip_address(host_ip)) if host_ip else _any_address(version)
-    return {"concat": [proto, host, host_port]}
+def port_elements(proto: str, host_ip: str | None, host_port: int, version: int, address, port,
+                  note: str = "") -> list[Element]:
+    """The two map elements of a published port: bound to `host_ip`, or to every local
+    address of the family when None."""
+    n = str(version)
+    if host_ip:
+        maps, key = f"ports{n}", {"concat": [proto, str(ipaddress.ip_address(host_ip)), host_port]}
+    else:
+        maps, key = f"ports{n}_any", {"concat": [proto, host_port]}
+    return [Element("inet", f"{maps}_addr", key, address, note), Element("inet", f"{maps}_port", key, port, note)]
 
 
 def published_port(proto: str, host_ip: str | None, host_port: int, address: str, port: int,
                    note: str = "") -> list[Element]:
     """DNAT (proto, host_ip or any local address, host_port) to address:port."""
     ip = ipaddress.ip_address(address)
-    key = port_key(proto, host_ip, host_port, ip.version)
-    n = str(ip.version)
-    return [Element("inet", f"ports{n}_addr", key, str(ip), note), Element("inet", f"ports{n}_port", key, port, note)]
+    return port_elements(proto, host_ip, host_port, ip.version, str(ip), port, note)
+
+
+def binding_of(element: Element) -> tuple[str, str | None, int]:
+    """(l4proto, host address or None for every address, host port) of a published-port element."""
+    parts = element.key["concat"]
+    return (parts[0], None, parts[1]) if len(parts) == 2 else (parts[0], parts[1], parts[2])
 
 
 def hairpin(address: str, subnet: str) -> list[Element]:
@@ -307,9 +325,30 @@ def no_icc(port: str) -> list[Element]:
     return [Element("bridge", "noicc", port)]
 
 
-def published(version: int) -> list[tuple[Element, str]]:
-    """Every published port of one family with its comment (for the conflict check)."""
-    return [(e, c) for e, c in _elements("inet", [f"ports{version}_addr"])]
+def published(version: int, anywhere: bool = True) -> list[tuple[Element, str]]:
+    """Published ports of one family with their comments: those bound to one host address,
+    and (anywhere) those bound to every address. Reads whole maps: for the (usually tiny)
+    map of address-bound ports, and for naming the owner once a conflict is known."""
+    maps = [f"ports{version}_addr"] + ([f"ports{version}_any_addr"] if anywhere else [])
+    return _elements("inet", maps)
+
+
+def can_create(elements: Iterable[Element]) -> bool:
+    """Would creating `elements` succeed, i.e. are none of their keys taken? A dry run
+    (`nft -c`) of one transaction: constant cost, whatever the size of the maps; the
+    kernel's exclusive create answers, nothing is changed."""
+    elements = list(elements)
+    cmds: list[dict] = []
+    for family in sorted({e.family for e in elements}):
+        cmds.extend(declare(family))
+    cmds.extend({"create": _element_cmd("add", e, "probe")["add"]} for e in elements)
+    proc = _nft(["-c", "-j", "-f", "-"], json.dumps({"nftables": cmds}).encode())
+    if proc.returncode == 0:
+        return True
+    message = _message(proc)
+    if "File exists" in message:
+        return False
+    raise NftError(message)
 
 
 def mac_spoof_check(port: str, mac: str) -> list[Element]:

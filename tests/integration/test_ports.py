@@ -70,9 +70,9 @@ def test_publish_everywhere_dual_stack(lab, servers):
 
     # the kernel state: map entries keyed l4proto . host address . port, owned by the endpoint
     maps = nft_map_elements(lab)
-    keys = {(m, str(k["concat"][0]), k["concat"][2]) for m, k, _, _ in maps}
-    assert ("ports4_addr", "tcp", 8080) in keys and ("ports6_port", "udp", 5353) in keys
-    assert ("ports4_addr", "sctp", 9132) in keys
+    keys = {(m, str(k["concat"][0]), k["concat"][-1]) for m, k, _, _ in maps}
+    assert ("ports4_any_addr", "tcp", 8080) in keys and ("ports6_any_port", "udp", 5353) in keys
+    assert ("ports4_any_addr", "sctp", 9132) in keys
     assert {c.split()[1] for *_, c in maps} == {"c1"}  # the comment names the container
     assert lab.run("CHECK", with_prev(conf, out), ns1, cid="c1").rc == 0
 
@@ -191,9 +191,9 @@ def test_check_finds_a_missing_published_port(lab):
                       dual=False)
     run = lab.run("CHECK", with_prev(more, out), ns)
     assert run.rc != 0 and run.json["code"] == 103 and "8090" in run.json["details"], run
-    sh("nft", "delete", "element", "inet", "cnm", "ports4_addr", "{ tcp . 0.0.0.0/0 . 8080 }", ns=lab.host)
+    sh("nft", "delete", "element", "inet", "cnm", "ports4_any_addr", "{ tcp . 8080 }", ns=lab.host)
     run = lab.run("CHECK", with_prev(conf, out), ns)
-    assert run.rc != 0 and run.json["code"] == 103 and "ports4_addr" in run.json["details"], run
+    assert run.rc != 0 and run.json["code"] == 103 and "ports4_any_addr" in run.json["details"], run
     assert lab.run("DEL", conf, ns).rc == 0
     assert_all_gone(lab)
 
@@ -204,10 +204,12 @@ def test_check_finds_a_missing_published_port(lab):
     ({"hostPort": 80, "containerPort": 80, "protocol": "icmp"}, "protocol"),
     ({"hostPort": 80, "containerPort": 80, "hostIP": "nowhere"}, "hostIP"),
     ("80:80", "entry 0"),
+    ([{"hostPort": 80, "containerPort": 80}, {"hostPort": 80, "containerPort": 81, "hostIP": "192.0.2.1"}],
+     "mapped twice"),
 ])
 def test_bad_port_mappings_are_code_7(lab, mapping, named):
     ns = lab.container()
-    run = lab.run("ADD", ports_conf(lab, [mapping], dual=False), ns)
+    run = lab.run("ADD", ports_conf(lab, mapping if isinstance(mapping, list) else [mapping], dual=False), ns)
     assert run.rc != 0 and run.json["code"] == 7 and named in run.json["details"], run
     assert b"Traceback" not in run.stderr
     assert_all_gone(lab)

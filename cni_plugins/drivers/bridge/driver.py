@@ -391,13 +391,14 @@ def expected_elements(conf, request: Request, data: dict, host_name: str, mac: s
 def _flush_udp(elements) -> None:
     """UDP conntrack entries of the published ports in `elements` (ADD: flows that began
     before the port was published; DEL: flows still steered to the gone container)."""
-    from ...linux import conntrack
+    from ...linux import conntrack, nft
 
     done = set()
     for e in elements:
-        if e.set in ("ports4_addr", "ports6_addr") and e.key["concat"][0] == "udp":
-            wanted = (e.key["concat"][2], 4 if e.set == "ports4_addr" else 6)
-            if wanted not in done:
+        if e.set in ("ports4_addr", "ports6_addr", "ports4_any_addr", "ports6_any_addr"):
+            proto, _, port = nft.binding_of(e)
+            wanted = (port, 4 if e.set.startswith("ports4") else 6)
+            if proto == "udp" and wanted not in done:
                 done.add(wanted)
                 with kernel_errors("flush UDP conntrack entries"):
                     conntrack.flush_udp_port(*wanted)

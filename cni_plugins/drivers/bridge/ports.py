@@ -37,7 +37,9 @@ class Mapping:
         """Same protocol and port, and either side binds every address or both the same one."""
         if proto != self.proto or port != self.host_port:
             return False
-        return self.host_ip is None or not isinstance(host, str) or ipaddress.ip_address(host) == ipaddress.ip_address(self.host_ip)
+        if self.host_ip is None or host is None:
+            return True
+        return ipaddress.ip_address(host) == ipaddress.ip_address(self.host_ip)
 
     def __str__(self) -> str:
         host = self.host_ip or {4: "0.0.0.0", 6: "[::]", None: "*"}[self.family]
@@ -77,8 +79,13 @@ def requested(request: Request, default_host_ip: str = "") -> list[Mapping]:
         if not isinstance(host_ip, str):
             raise _bad(f"entry {index}: hostIP must be a string")
         mapping = _mapping(proto.lower(), host_port, container_port, host_ip, index)
-        if mapping not in mappings:
-            mappings.append(mapping)
+        if mapping in mappings:
+            continue
+        for other in mappings:
+            if other.family in (None, mapping.family) or mapping.family is None:
+                if other.overlaps(mapping.proto, mapping.host_ip, mapping.host_port):
+                    raise _bad(f"entry {index}: {mapping} is mapped twice")
+        mappings.append(mapping)
     return mappings
 
 
@@ -117,30 +124,61 @@ def families(mappings: Iterable[Mapping], addresses: list[tuple[str, str]]) -> s
 
 def ensure_free(mappings: list[Mapping], addresses: list[tuple[str, str]], owner: str) -> list:
     """Refuse (code 102, naming the owner) a mapping whose host port another endpoint
-    publishes; return this endpoint's own stale elements (a lost record) to replace."""
+    publishes; return this endpoint's own stale elements (a lost record) to replace.
+
+    Constant cost in the common case: one dry-run transaction asks the kernel whether the
+    new keys (and, for an address-bound port, the every-address key of the same port) are
+    free; only a port bound to every address is also compared with the address-bound
+    ports, a map that is read whole but is usually tiny. The owner is looked up only once a
+    conflict is known."""
+    from ...linux import nft
+
+    versions = sorted(families(mappings, addresses))
+    probes = []
+    for version in versions:
+        for m in mappings:
+            if m.applies(version):
+                probes.extend(nft.port_elements(m.proto, m.host_ip, m.host_port, version, _zero(version), 1)[:1])
+                if m.host_ip:
+                    probes.extend(nft.port_elements(m.proto, None, m.host_port, version, _zero(version), 1)[:1])
+    free = nft.can_create(probes)
+    stale = []
+    for version in versions:
+        if not free:
+            stale.extend(_compare(mappings, version, nft.published(version), owner))
+        elif any(m.host_ip is None for m in mappings if m.applies(version)):
+            stale.extend(_compare(mappings, version, nft.published(version, anywhere=False), owner))
+    if not free and not stale:  # the kernel saw a taken key that is gone by now: say so, change nothing
+        raise CNIError(CONFLICT, "port already allocated", "nftables refused a published port; retry")
+    return stale
+
+
+def _zero(version: int) -> str:
+    return "0.0.0.0" if version == 4 else "::"
+
+
+def _compare(mappings: list[Mapping], version: int, taken, owner: str) -> list:
+    """Raise on the first published port of another endpoint that a mapping overlaps;
+    return the overlapping ones of `owner` itself."""
     from ...linux import nft
 
     stale = []
-    for version in sorted(families(mappings, addresses)):
-        taken = nft.published(version)
-        for m in mappings:
-            if not m.applies(version):
+    for m in mappings:
+        if not m.applies(version):
+            continue
+        for element, comment in taken:
+            proto, host, port = nft.binding_of(element)
+            if not m.overlaps(proto, host, port):
                 continue
-            for element, comment in taken:
-                proto, host, port = element.key["concat"]
-                if not m.overlaps(proto, host, port):
-                    continue
-                holder = nft.owner_of(comment)
-                if holder == owner:
-                    stale.append(element)
-                    continue
-                container = comment.split(" ", 1)[1] if " " in comment else "unknown"
-                theirs = Mapping(proto, port, 0, host if isinstance(host, str) else None, version)
-                raise CNIError(
-                    CONFLICT,
-                    f"port already allocated: {m} (requested by this container) is published by container "
-                    f"{container}",
-                    f"{theirs} -> {element.data} belongs to endpoint {holder} (container {container})",
-                )
+            holder = nft.owner_of(comment)
+            if holder == owner:
+                stale.append(element)
+                continue
+            container = comment.split(" ", 1)[1] if " " in comment else "unknown"
+            theirs = Mapping(proto, port, 0, host, version)
+            raise CNIError(
+                CONFLICT,
+                f"port already allocated: {m} (requested by this container) is published by container {container}",
+                f"{theirs} -> {element.data} belongs to endpoint {holder} (container {container})",
+            )
     return stale
-
