@@ -165,7 +165,7 @@ def test_gc_and_status_like_cnitool(ctl, netns):
 
 
 # Port publishing (portMappings in cnm-bridge) is issue 5's. Set to False when it lands.
-PUBLISH_PENDING = True
+PUBLISH_PENDING = False
 
 
 @pytest.mark.xfail(PUBLISH_PENDING, reason="port publishing (portMappings) comes with issue 5", strict=False)

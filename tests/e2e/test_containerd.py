@@ -42,7 +42,7 @@ IMAGE = "docker.io/library/cnm-busybox:e2e"
 SHIPPED = os.path.join(CONF, "containerd", "10-cnm.conflist")
 # Port publishing (portMappings) is issue 5's. ctr has no -p: a published port reaches the
 # plugin as a literal runtimeConfig in the conflist. Set to False when issue 5 lands.
-PUBLISH_PENDING = True
+PUBLISH_PENDING = False
 
 
 class Containerd:

@@ -33,7 +33,7 @@ SANDBOX_IMAGE = "registry.test/cnm/pause:e2e"
 SHIPPED_CONFLIST = os.path.join(ROOT, "conf", "containerd", "10-cnm.conflist")
 # Port publishing (hostPort through the portMappings capability) is issue 5's; until it lands the
 # host-port assertion alone is an expected failure. Set to False when issue 5 is merged.
-HOST_PORT_PENDING = True
+HOST_PORT_PENDING = False
 
 
 def k8s_conflist(name: str, bridge: str, subnet: str, data_dir: str, **range_extra) -> dict:

@@ -36,7 +36,7 @@ from runtimes import (  # noqa: E402
 IMAGE = "localhost/cnm-busybox:e2e"
 SHIPPED = os.path.join(CONF, "podman", "cnm.conflist")
 # Port publishing (-p, the portMappings capability) is issue 5's. Set to False when it lands.
-PUBLISH_PENDING = True
+PUBLISH_PENDING = False
 
 
 def toml_list(items: list[str]) -> str:
