@@ -152,7 +152,10 @@ class BridgeDriver(BaseDriver):
                     if any(e.set.startswith("ports4") for e in elements):
                         self._route_localnet(conf)
                     with kernel_errors("program nftables"):
-                        stale = nft.owned(endpoint.id) if endpoint.id in self._stale_owners else []
+                        stale = []
+                        if endpoint.id in self._stale_owners:  # (the helper keeps this driver between requests)
+                            self._stale_owners.discard(endpoint.id)
+                            stale = nft.owned(endpoint.id)
                         nft.commit(add=elements, remove=stale, owner=endpoint.id)
                     undo.callback(_remove_elements, elements, endpoint.id)
                     endpoint.data["nft"] = [[e.family, e.set, e.key, e.data, e.note] for e in elements]
