@@ -51,11 +51,11 @@ def fill(first: int, count: int) -> None:
             elements = (nft.published_port("tcp", None, 20000 + i, address, 80, note=f"bench{i}")
                         + nft.published_port("udp", None, 20000 + i, address, 53, note=f"bench{i}")
                         + nft.hairpin(address, "10.91.0.0/16") + nft.masquerade(address, "10.91.0.0/16"))
-            cmds.extend(nft._element_cmd("add", e, owner) for e in elements)
+            cmds.extend(nft.add_commands(elements, owner))
         nft.run(cmds)
 
 
-def conf(state_dir: str, n: int) -> bytes:
+def conf(n: int) -> bytes:
     return json.dumps({
         "cniVersion": "1.0.0", "name": "benchports", "type": "cnm-bridge", "bridge": "cnmbench0",
         "isDefaultGateway": True, "ipMasq": True, "capabilities": {"portMappings": True},
@@ -81,7 +81,7 @@ def measure(runs: int, env: dict, tag: str) -> tuple[list[float], list[float]]:
         name = f"cnmbp{uuid.uuid4().hex[:10]}"
         sh("ip", "netns", "add", name)
         try:
-            stdin = conf(env["CNM_STATE_DIR"], n)
+            stdin = conf(n)
             adds.append(run("ADD", stdin, env, f"{tag}{n}", f"/run/netns/{name}"))
             dels.append(run("DEL", stdin, env, f"{tag}{n}", ""))  # no netns, no prevResult
         finally:

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import subprocess
 import sys
-import time
 
 from bridge_support import sh
 
@@ -116,15 +115,6 @@ def outside_host(lab) -> str:
     sh("ip", "route", "add", "default", "via", UPLINK_V4, ns=outside)
     sh("ip", "-6", "route", "add", "default", "via", UPLINK_V6, ns=outside)
     return outside
-
-
-def wait_for(predicate, timeout: float = 5.0, step: float = 0.1) -> bool:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():
-            return True
-        time.sleep(step)
-    return predicate()
 
 
 def nft_map_elements(lab, family: str = "inet") -> list[tuple[str, object, object, str]]:

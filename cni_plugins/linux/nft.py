@@ -371,6 +371,12 @@ def _element_cmd(op: str, element: Element, owner: str) -> dict:
     return {op: {"element": {"family": element.family, "table": TABLE, "name": element.set, "elem": [value]}}}
 
 
+def add_commands(elements: Iterable[Element], owner: str) -> list[dict]:
+    """The JSON commands that add `elements` for `owner` (for callers that batch several
+    owners in one transaction, e.g. the bench filling a host with endpoints)."""
+    return [_element_cmd("add", e, owner) for e in elements]
+
+
 def commit(add: Iterable[Element] = (), remove: Iterable[Element] = (), owner: str = "") -> None:
     """One transaction: declare the layout of the families touched, add `add`, remove `remove`."""
     add, remove = list(add), list(remove)

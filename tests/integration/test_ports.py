@@ -8,8 +8,7 @@ from __future__ import annotations
 import pytest
 
 from bridge_support import Lab, sh, with_prev
-from ports_support import (OUTSIDE_V4, UPLINK_V4, UPLINK_V6, Servers, ask, reach, nft_map_elements, outside_host,
-                           wait_for)
+from ports_support import OUTSIDE_V4, UPLINK_V4, UPLINK_V6, Servers, ask, nft_map_elements, outside_host, reach
 
 
 @pytest.fixture
