@@ -4,8 +4,9 @@
 
     sudo .venv/bin/python bench/ports_scale.py [--runs 15] [--present 10 1000] [--out FILE]
 
-Everything runs in a throwaway "host" netns (this process setns()es into it, so the plugin
-execs and nft run there). The present endpoints are made cheaply: their nft elements
+Everything runs in two throwaway "host" netns, one with 10 and one with 1,000 (this process
+setns()es into them, so the plugin execs and nft run there), measured alternately so load
+from anything else on the machine hits both alike. The present endpoints are made cheaply: their nft elements
 (published tcp+udp ports, hairpin and masquerade entries) are inserted exactly as an ADD
 would, by the same cni_plugins.linux.nft code, in batches. The measured ADDs and DELs are
 real plugin execs (bin/cnm-bridge, in-process cnm-ipam, one real container netns each):
@@ -75,18 +76,14 @@ def run(command: str, stdin: bytes, env: dict, cid: str, netns: str) -> float:
     return elapsed
 
 
-def measure(runs: int, env: dict, tag: str) -> tuple[list[float], list[float]]:
-    adds, dels = [], []
-    for n in range(runs):
-        name = f"cnmbp{uuid.uuid4().hex[:10]}"
-        sh("ip", "netns", "add", name)
-        try:
-            stdin = conf(n)
-            adds.append(run("ADD", stdin, env, f"{tag}{n}", f"/run/netns/{name}"))
-            dels.append(run("DEL", stdin, env, f"{tag}{n}", ""))  # no netns, no prevResult
-        finally:
-            sh("ip", "netns", "del", name)
-    return adds, dels
+def measure_once(env: dict, cid: str, n: int) -> tuple[float, float]:
+    name = f"cnmbp{uuid.uuid4().hex[:10]}"
+    sh("ip", "netns", "add", name)
+    try:
+        stdin = conf(n)
+        return run("ADD", stdin, env, cid, f"/run/netns/{name}"), run("DEL", stdin, env, cid, "")  # DEL: no netns
+    finally:
+        sh("ip", "netns", "del", name)
 
 
 def main() -> int:
@@ -96,25 +93,35 @@ def main() -> int:
     parser.add_argument("--out", help="also write the markdown table here")
     args = parser.parse_args()
 
-    host = f"cnmbh{uuid.uuid4().hex[:10]}"
-    sh("ip", "netns", "add", host)
+    few, many = args.present
+    # Two bench hosts, one per state, measured alternately: load from anything else on the
+    # machine hits both states alike.
+    hosts = {k: f"cnmbh{uuid.uuid4().hex[:10]}" for k in (few, many)}
     home = os.open("/proc/self/ns/net", os.O_RDONLY)
     tmp = tempfile.TemporaryDirectory(prefix="cnm-ports-bench-")
-    env = {"PATH": os.environ.get("PATH", "/usr/sbin:/usr/bin:/sbin:/bin"),
-           "CNI_PATH": os.path.join(ROOT, "bin"),
-           "CNM_STATE_DIR": os.path.join(tmp.name, "state"), "CNM_RUN_DIR": os.path.join(tmp.name, "run")}
     rows = []
     try:
-        fd = nsmod.open_netns(f"/run/netns/{host}")
-        nsmod.setns(fd)  # from here on nft and the plugin execs run in the bench host
-        sh("ip", "link", "set", "lo", "up")
-        few, many = args.present
-        measure(2, env, "warm")  # warm caches (bridge, page cache, pyc)
-        fill(0, few)
-        results = {few: measure(args.runs, env, "few")}
-        fill(few, many - few)
-        results[many] = measure(args.runs, env, "many")
-        count = len(nft.published(4))  # both maps of IPv4 published ports
+        fds, envs = {}, {}
+        for k, host in hosts.items():
+            sh("ip", "netns", "add", host)
+            fds[k] = nsmod.open_netns(f"/run/netns/{host}")
+            envs[k] = {"PATH": os.environ.get("PATH", "/usr/sbin:/usr/bin:/sbin:/bin"),
+                       "CNI_PATH": os.path.join(ROOT, "bin"),
+                       "CNM_STATE_DIR": os.path.join(tmp.name, str(k), "state"),
+                       "CNM_RUN_DIR": os.path.join(tmp.name, str(k), "run")}
+            nsmod.setns(fds[k])  # nft and the plugin execs run in this bench host
+            sh("ip", "link", "set", "lo", "up")
+            measure_once(envs[k], "warm", 0)  # warm caches (bridge, page cache, pyc)
+            fill(0, k)
+        results = {few: ([], []), many: ([], [])}
+        for n in range(args.runs):
+            for k in (few, many):
+                nsmod.setns(fds[k])
+                add, delete = measure_once(envs[k], f"c{n}", n + 1)
+                results[k][0].append(add)
+                results[k][1].append(delete)
+        nsmod.setns(fds[many])
+        count = len(nft.published(4))
         assert count >= 2 * many, count
         med = {k: (statistics.median(a), statistics.median(d)) for k, (a, d) in results.items()}
         rows.append("| published endpoints present | ADD median (ms) | DEL median (ms) |")
@@ -124,10 +131,11 @@ def main() -> int:
         ratio_add, ratio_del = med[many][0] / med[few][0], med[many][1] / med[few][1]
         rows.append("")
         rows.append(f"ratio {many}/{few}: ADD {ratio_add:.2f}x, DEL {ratio_del:.2f}x (target <= 1.2x); "
-                    f"{args.runs} runs each, {count} IPv4 published-port entries at the end")
+                    f"{args.runs} runs each, alternating; {count} IPv4 published-port entries in the big host")
     finally:
         nsmod.setns(home)
-        sh("ip", "netns", "del", host)
+        for host in hosts.values():
+            subprocess.run(["ip", "netns", "del", host], capture_output=True)
         tmp.cleanup()
     text = "\n".join(rows)
     print(text)
