@@ -314,6 +314,8 @@ def main() -> int:
     rounds = 1 if args.quick else 3
     bundle = None if args.no_bundle else find_bundle(args.bundle)
 
+    # SIGTERM (timeout, kill) must still run lab.close(): helpers, netns, pins are ours to remove.
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     started = time.monotonic()
     header = machine()
     lab = Lab(bundle)
