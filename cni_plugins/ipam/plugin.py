@@ -47,7 +47,12 @@ class IpamPlugin:
                 store = stack.enter_context(LeaseDir(cfg.data_dir, cfg.network))
                 sets = cfg.range_sets or [self._default_pool_set(cfg, store)]
                 with store.locked():
-                    made = allocator.allocate(store, sets, request.container_id, request.ifname, cfg.requested)
+                    try:
+                        made = allocator.allocate(store, sets, request.container_id, request.ifname, cfg.requested)
+                    except BaseException:
+                        if not cfg.range_sets:  # a failed ADD keeps no pool choice (none if no lease is left)
+                            pools.release_if_unused(store)
+                        raise
         except OSError as exc:
             raise _io_error("cnm-ipam: cannot use the lease directory", exc) from None
         return Result(
