@@ -55,7 +55,7 @@ def pin_dir(env) -> str:
 
 def open_store(request: Request) -> Store:
     directory = request.config.get("stateDir")
-    if directory is not None and (not isinstance(directory, str) or not os.path.isabs(directory)):
+    if directory is not None and (not isinstance(directory, str) or not os.path.isabs(directory) or "\0" in directory):
         raise CNIError(INVALID_CONFIG, "invalid stateDir", f"stateDir={directory!r} must be an absolute path")
     return Store(state_dir(directory, request.env))
 
