@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import os
 import sqlite3
+import time
 from contextlib import contextmanager
 from typing import Iterator
 
@@ -57,6 +58,20 @@ def state_dir(config_dir: str | None = None, env: dict | None = None) -> str:
     return config_dir or env.get(STATE_DIR_ENV) or DEFAULT_STATE_DIR
 
 
+def _enable_wal(conn: sqlite3.Connection) -> None:
+    """PRAGMA journal_mode=WAL, waiting out other processes that switch a new store at the
+    same moment: SQLite answers "database is locked" there without its busy handler."""
+    deadline = time.monotonic() + BUSY_TIMEOUT_S
+    while True:
+        try:
+            conn.execute("PRAGMA journal_mode=WAL")
+            return
+        except sqlite3.OperationalError as exc:
+            if "locked" not in str(exc) or time.monotonic() > deadline:
+                raise
+            time.sleep(0.01)
+
+
 class Store:
     def __init__(self, directory: str):
         self.directory = directory
@@ -67,7 +82,7 @@ class Store:
         old = os.umask(0o077)  # the db, -wal and -shm files are created 0600
         try:
             conn = sqlite3.connect(self.path, timeout=BUSY_TIMEOUT_S, isolation_level=None)
-            conn.execute("PRAGMA journal_mode=WAL")
+            _enable_wal(conn)
             conn.execute("PRAGMA synchronous=NORMAL")
             self._migrate(conn)
             self._forget_previous_boot(conn)
