@@ -3,9 +3,10 @@
 The store is the record (DESIGN.md §3). What can disagree with it after a crash, a
 missed DEL or a reboot, and what this module does about it:
 
-  vanished sandbox   its netns is gone (pin missing or not that netns any more, or
-                     recorded in an earlier boot): its endpoints are torn down through
-                     their own drivers (veth, nft, lease), then the sandbox goes
+  vanished sandbox   its netns is gone (neither our pin nor the runtime's path is that
+                     netns any more, or it was recorded in an earlier boot): its endpoints
+                     are torn down through their own drivers (veth, nft, lease), then the
+                     sandbox goes
   empty sandbox      a sandbox record with no endpoint: its pin is unmounted, it goes
   orphan pin         a file in the pin directory with no sandbox: unmounted, removed
   orphan veth        a host link named cnm + 12 hex that no endpoint owns: deleted
@@ -65,21 +66,27 @@ class Report:
 
 
 # ---- vanished sandboxes --------------------------------------------------------------------
-def sandbox_alive(sb_id: str, pin: str, ns_dev: int, ns_ino: int) -> bool:
-    """Its netns still exists: our pin is a mount of exactly that namespace."""
+def sandbox_alive(sb_id: str, pin: str, ns_dev: int, ns_ino: int, path: str = "") -> bool:
+    """Its netns still exists: our pin -- or else the runtime's path (a pin made in another
+    mount namespace is invisible here) -- is a mount of exactly that namespace."""
     if sb_id == HOST_SANDBOX:
         return True
-    if (ns_dev, ns_ino) == (0, 0) or not pin:  # voided: recorded in an earlier boot
+    if (ns_dev, ns_ino) == (0, 0):  # voided: recorded in an earlier boot
         return False
-    try:
-        st = os.stat(pin)
-    except OSError:
-        return False
-    return (st.st_dev, st.st_ino) == (ns_dev, ns_ino)
+    for candidate in (pin, path):
+        if not candidate:
+            continue
+        try:
+            st = os.stat(candidate)
+        except OSError:
+            continue
+        if (st.st_dev, st.st_ino) == (ns_dev, ns_ino):
+            return True
+    return False
 
 
 def vanished_sandboxes(tx) -> list[Sandbox]:
-    rows = tx.conn.execute("SELECT id, pin, ns_dev, ns_ino FROM sandboxes").fetchall()
+    rows = tx.conn.execute("SELECT id, pin, ns_dev, ns_ino, netns FROM sandboxes").fetchall()
     dead = [r[0] for r in rows if not sandbox_alive(*r)]
     return [sb for sb in (tx.get_sandbox(i) for i in dead) if sb is not None]
 

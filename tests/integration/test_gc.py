@@ -243,3 +243,18 @@ def test_reboot_converges(lab, same_boot, how):
         assert lab.run("DEL", conf, c, cid=f"old{i}").rc == 0
     lab.assert_nothing_left()
     assert pins(lab) == []
+
+
+def test_pin_gone_but_netns_alive_is_kept(lab):
+    """A pin made in another mount namespace is invisible here: the runtime's own path still
+    names the live netns, so neither an ADD nor cnmctl gc takes that endpoint away."""
+    conf = bridge_conf(lab)
+    c1 = lab.container()
+    lab.add(conf, c1, cid="c1")
+    unpin_all(lab)
+    lab.add(conf, lab.container(), cid="c2")
+    proc = cnmctl_gc(lab)
+    assert proc.returncode == 0, proc
+    assert not [a for a in json.loads(proc.stdout)["removed"] if a["kind"] == "endpoint"]
+    assert sorted(e[1] for e in lab.endpoints()) == ["c1", "c2"]
+    assert len(lab.addrs("eth0", c1)) == 1 and len(lab.veths()) == 2
