@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import json
 import os
+import resource
 import sqlite3
 import subprocess
 import uuid
@@ -37,6 +38,7 @@ from cni_plugins.linux import netns as nsmod
 from test_bad_input_properties import check_answer, envs, json_values, mostly
 
 EXAMPLES = int(os.environ.get("CNM_HOSTILE_EXAMPLES", "2000"))
+MEMORY_CAP = 4 << 30  # address space of this test process while the property runs
 PLUGINS = ["cnm-bridge", "cnm-ipam", "cnm-container", "cnm-none", "cnm-host"]
 
 # Strings that try to leave a directory, reach a device, or break a name.
@@ -241,7 +243,14 @@ def test_hostile_input(plugin, tmp_path_factory, test_host):
         pins = f"{base}/run/netns"
         assert not os.path.isdir(pins) or os.listdir(pins) == []
 
-    prop()
+    # A blow-up (an input that makes us allocate without bound) must fail this example with a
+    # MemoryError -- an internal error naming the input -- not get the OOM killer to end the run.
+    soft, hard = resource.getrlimit(resource.RLIMIT_AS)
+    resource.setrlimit(resource.RLIMIT_AS, (MEMORY_CAP, hard))
+    try:
+        prop()
+    finally:
+        resource.setrlimit(resource.RLIMIT_AS, (soft, hard))
     assert_host_untouched(host_name)
     for root, dirs, files in os.walk(base):  # state dirs are private
         for d in dirs:
