@@ -99,3 +99,39 @@ def test_none_killed(netns, cnm_env, tmp_path, fault, how):
     assert run(lab, "ADD", conf, c).rc == 0
     assert run(lab, "DEL", conf, c).rc == 0
     assert lab.endpoints() == [] and pins(lab) == []
+
+
+def our_elements(lab: Lab) -> list:
+    """Every element (sets and maps) of our tables in the lab's host netns."""
+    import json
+
+    from bridge_support import sh
+
+    found = []
+    for family in ("inet", "ip", "ip6", "bridge"):
+        proc = sh("nft", "-j", "list", "table", family, "cnm", ns=lab.host, check=False)
+        if proc.returncode != 0:
+            continue
+        for item in json.loads(proc.stdout)["nftables"]:
+            body = item.get("set") or item.get("map")
+            if body:
+                found.extend((family, body["name"], e) for e in body.get("elem") or [])
+    return found
+
+
+@pytest.mark.parametrize("how", ["del", "gc"])
+@pytest.mark.parametrize("step", range(1, len(STEPS["add"]) + 1))
+def test_bridge_with_published_port_add_killed_at_step(netns, cnm_env, tmp_path, step, how):
+    lab, conf = bridge_lab(netns, cnm_env, tmp_path)
+    conf = dict(conf, capabilities={"portMappings": True},
+                runtimeConfig={"portMappings": [{"hostPort": 18080 + step, "containerPort": 80, "protocol": "tcp"}]})
+    c = lab.container()
+    assert run(lab, "ADD", conf, c, fault=f"add:{step}").rc == EXIT_CODE
+    converge(lab, conf, c, how)
+    assert_clean(lab)
+    assert our_elements(lab) == []
+    assert run(lab, "ADD", conf, c).rc == 0
+    assert our_elements(lab)
+    assert run(lab, "DEL", conf, c).rc == 0
+    assert_clean(lab)
+    assert our_elements(lab) == []
