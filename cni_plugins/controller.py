@@ -21,6 +21,7 @@ from .cni import log
 from .cni.args import truthy
 from .cni.errors import (CHECK_FAILED, CONFLICT, INVALID_CONFIG, INVALID_NETNS, LIMITED_CONNECTIVITY,
                          NOT_AVAILABLE, PLUGIN_FAILURE, CNIError)
+from .cni.paths import state_path_problem
 from .cni.request import Request, parse
 from .cni.result import Result
 from .cnm.model import HOST_SANDBOX, Endpoint, Network, Sandbox, endpoint_id
@@ -55,8 +56,9 @@ def pin_dir(env) -> str:
 
 def open_store(request: Request) -> Store:
     directory = request.config.get("stateDir")
-    if directory is not None and (not isinstance(directory, str) or not os.path.isabs(directory) or "\0" in directory):
-        raise CNIError(INVALID_CONFIG, "invalid stateDir", f"stateDir={directory!r} must be an absolute path")
+    problem = None if directory is None else state_path_problem(directory)
+    if problem:
+        raise CNIError(INVALID_CONFIG, "invalid stateDir", f"stateDir={problem}")
     return Store(state_dir(directory, request.env))
 
 

@@ -17,6 +17,7 @@ import os
 from contextlib import contextmanager
 from typing import Iterator
 
+from ..cni.paths import state_path_problem
 from .ranges import IP
 
 DEFAULT_DATA_DIR = "/var/lib/cni/networks"
@@ -33,8 +34,9 @@ class PathError(ValueError):
 
 def lease_dir_path(data_dir: str, network: str) -> str:
     """<dataDir>/<network>, refusing anything that is not a plain child of an absolute dataDir."""
-    if not isinstance(data_dir, str) or not data_dir or "\0" in data_dir or not os.path.isabs(data_dir):
-        raise PathError(f"dataDir={data_dir!r} must be an absolute path")
+    problem = state_path_problem(data_dir)
+    if problem:
+        raise PathError(f"dataDir={problem}")
     if (
         not network
         or network in (".", "..")

@@ -217,6 +217,8 @@ def check_success(plugin: str, env: dict, stdout: bytes) -> None:
 @pytest.mark.parametrize("plugin", PLUGINS)
 def test_hostile_input(plugin, tmp_path_factory, test_host):
     base = str(tmp_path_factory.mktemp("hostile"))
+    # The plugin's working directory: a config naming /proc/self/cwd must not write here.
+    cwd = str(tmp_path_factory.mktemp("cwd"))
     host_name, host_fd = test_host
     outside = sorted(os.listdir(os.path.dirname(base)))
 
@@ -230,8 +232,14 @@ def test_hostile_input(plugin, tmp_path_factory, test_host):
         if "CNI_PATH" in env:
             env["CNI_PATH"] = "/nonexistent-cnm/bin"  # never a real external IPAM with a hostile dataDir
         before_files, before_rows = files_under(base), store_rows(base)
-        with nsmod.entered(host_fd):
-            response = handle(plugin, env, stdin)
+        home = os.getcwd()
+        os.chdir(cwd)
+        try:
+            with nsmod.entered(host_fd):
+                response = handle(plugin, env, stdin)
+        finally:
+            os.chdir(home)
+        assert os.listdir(cwd) == []
         if response.exit_code == 0 and env["CNI_COMMAND"] not in ("VERSION",):
             check_success(plugin, env, response.stdout)
         else:
