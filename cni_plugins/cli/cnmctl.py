@@ -314,10 +314,20 @@ def build_parser() -> Parser:
                        description="DEL every cached attachment of container NAME, then remove its namespace.")
     p.add_argument("name", metavar="NAME")
     p.set_defaults(func=cmd_rm)
+    p = sub.add_parser("daemon", help="run cnmd, the warm resident helper, in the foreground",
+                       description="Serve plugin execs over a root-only unix socket until SIGTERM (see cnmd --help).")
+    p.add_argument("--socket", help="listening socket (default $CNM_HELPER_SOCKET or /run/cnm/cnmd.sock)")
+    p.set_defaults(func=cmd_daemon)
     from . import ops  # operator views: network/sandbox/endpoint ls|inspect, doctor
 
     ops.add_parsers(sub, Parser)
     return parser
+
+
+def cmd_daemon(opts) -> int:
+    from . import cnmd
+
+    return cnmd.main(["--socket", opts.socket] if opts.socket else [])
 
 
 def main(argv: Sequence[str] | None = None) -> int:

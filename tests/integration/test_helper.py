@@ -25,10 +25,10 @@ from conftest import BIN, GO_PLUGINS, unique
 PYTHON = "/usr/bin/python3"  # bin/cnm's shebang interpreter
 
 
-def start_helper(directory) -> tuple[subprocess.Popen, str]:
+def start_helper(directory, command=("cnmd",)) -> tuple[subprocess.Popen, str]:
     sock = os.path.join(str(directory), "cnmd.sock")
     log = open(os.path.join(str(directory), "cnmd.log"), "wb")
-    proc = subprocess.Popen([os.path.join(BIN, "cnmd"), "--socket", sock], stdout=log, stderr=log)
+    proc = subprocess.Popen([os.path.join(BIN, command[0]), *command[1:], "--socket", sock], stdout=log, stderr=log)
     deadline = time.monotonic() + 30
     while True:
         probe = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
@@ -345,3 +345,20 @@ def test_stale_socket_is_replaced_and_live_one_kept(tmp_path):
     finally:
         proc.terminate()
         proc.wait(timeout=60)
+
+
+def test_cnmctl_daemon_serves_plugin_execs(tmp_path, env, netns):
+    """`cnmctl daemon` is the same helper as cnmd: a plugin exec is served by it."""
+    proc, sock = start_helper(tmp_path, ("cnmctl", "daemon"))
+    try:
+        path = netns()
+        conf = {"cniVersion": "1.1.0", "name": "none", "type": "cnm-none"}
+        rc, out, served = run("cnm-none", "ADD", conf, env, socket_path=sock, container_id="d1", netns=path,
+                              ifname="lo")
+        assert rc == 0 and served, out
+        assert json.loads(out)["interfaces"][0]["name"] == "lo"
+        rc, out, _ = run("cnm-none", "DEL", conf, env, socket_path=sock, container_id="d1", netns=path, ifname="lo")
+        assert rc == 0, out
+    finally:
+        proc.terminate()
+        assert proc.wait(timeout=60) == 0
