@@ -29,6 +29,22 @@ def parse(text: str) -> DNS:
     return DNS(nameservers=nameservers, domain=domain, search=search, options=options)
 
 
+MAX_BYTES = 64 * 1024  # a resolv.conf is a few lines; never read /dev/zero into memory
+
+
 def load(path: str) -> DNS:
-    with open(path, encoding="utf-8", errors="replace") as f:
-        return parse(f.read())
+    """Parse a regular file of at most MAX_BYTES; OSError(EINVAL) for anything else."""
+    import errno
+    import os
+    import stat
+
+    fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
+    try:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            raise OSError(errno.EINVAL, "not a regular file", path)
+        data = os.read(fd, MAX_BYTES + 1)
+    finally:
+        os.close(fd)
+    if len(data) > MAX_BYTES:
+        raise OSError(errno.EFBIG, f"larger than {MAX_BYTES} bytes", path)
+    return parse(data.decode("utf-8", errors="replace"))
