@@ -35,3 +35,19 @@ def test_a_config_naming_the_working_directory_writes_nothing_there(key, tmp_pat
     assert response.exit_code != 0
     assert json.loads(response.stdout)["code"] in (7, 8)
     assert [p.name for p in tmp_path.iterdir()] == []
+
+
+@pytest.mark.parametrize("resolv", ["/dev/zero", "/nonexistent-resolv.conf"])
+def test_resolvconf_must_be_a_small_regular_file(resolv, tmp_path):
+    import json
+
+    conf = {"cniVersion": "1.0.0", "name": "net1", "type": "cnm-ipam",
+            "ipam": {"type": "cnm-ipam", "dataDir": str(tmp_path / "data"),
+                     "ranges": [[{"subnet": "10.98.0.0/24"}]], "resolvConf": resolv}}
+    env = {"CNI_COMMAND": "ADD", "CNI_CONTAINERID": "c1", "CNI_NETNS": "dummy", "CNI_IFNAME": "eth0",
+           "CNM_HELPER_SOCKET": "off", "CNM_LOG_FILE": str(tmp_path / "log")}
+    response = handle("cnm-ipam", env, json.dumps(conf).encode())
+    assert response.exit_code == 1
+    assert json.loads(response.stdout)["code"] == 7
+    leases = [p.name for p in (tmp_path / "data" / "net1").iterdir()] if (tmp_path / "data" / "net1").exists() else []
+    assert not [name for name in leases if name[0].isdigit()]
