@@ -7,15 +7,8 @@ set -euo pipefail
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
 APT_PACKAGES=(containerd runc podman golang-go golang-github-appc-cni-dev busybox-static util-linux iproute2 nftables wget)
 
-missing=()
-for p in "${APT_PACKAGES[@]}"; do
-  dpkg -s "$p" >/dev/null 2>&1 || missing+=("$p")
-done
-if [ ${#missing[@]} -gt 0 ]; then
-  export DEBIAN_FRONTEND=noninteractive
-  apt-get update -qq
-  apt-get install -y -qq "${missing[@]}" >/dev/null
-fi
+. "$ROOT/scripts/apt-install.sh"
+apt_install "${APT_PACKAGES[@]}"
 
 # cnitool: shared/ sits beside the clone (../shared), read-only in CI.
 TOOLS=${CNM_TOOLS_DIR:-$ROOT/.tools/bin}

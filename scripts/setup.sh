@@ -9,15 +9,8 @@ ROOT=$(cd "$(dirname "$0")/.." && pwd)
 # bundle test's socket activation; time (GNU time): bench/ measures a plugin exec's peak RSS with it.
 APT_PACKAGES=(python3 python3-venv iproute2 nftables conntrack iputils-ping containernetworking-plugins kmod containerd runc busybox-static libpython3.11 systemd time)
 
-missing=()
-for p in "${APT_PACKAGES[@]}"; do
-  dpkg -s "$p" >/dev/null 2>&1 || missing+=("$p")
-done
-if [ ${#missing[@]} -gt 0 ]; then
-  export DEBIAN_FRONTEND=noninteractive
-  apt-get update -qq
-  apt-get install -y -qq "${missing[@]}" >/dev/null
-fi
+. "$ROOT/scripts/apt-install.sh"
+apt_install "${APT_PACKAGES[@]}"
 
 if [ ! -x "$ROOT/.venv/bin/python" ]; then
   /usr/bin/python3 -m venv "$ROOT/.venv"
