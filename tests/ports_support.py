@@ -10,6 +10,8 @@ from __future__ import annotations
 import subprocess
 import sys
 
+import pytest
+
 from bridge_support import sh
 
 UPLINK_V4, OUTSIDE_V4 = "192.0.2.1", "192.0.2.2"
@@ -81,6 +83,14 @@ class Servers:
         for proc in self.procs:
             proc.kill()
             proc.wait(timeout=10)
+
+
+@pytest.fixture
+def servers():
+    """Echo servers for one test, stopped afterwards (import this fixture into a test module)."""
+    s = Servers()
+    yield s
+    s.close()
 
 
 def ask(ns: str, proto: str, host: str, port: int, sport: int = 0, tries: int = 1) -> str:

@@ -8,19 +8,12 @@ import pytest
 
 from bridge_support import Lab, sh, with_prev
 from conftest import unique
-from ports_support import OUTSIDE_V4, UPLINK_V4, Servers, ask, nft_map_elements, outside_host, reach
+from ports_support import OUTSIDE_V4, UPLINK_V4, servers, ask, nft_map_elements, outside_host, reach  # servers: a fixture
 
 
 @pytest.fixture
 def lab(netns, cnm_env, tmp_path):
     return Lab(netns, cnm_env, tmp_path, ipam_type="cnm-ipam")
-
-
-@pytest.fixture
-def servers():
-    s = Servers()
-    yield s
-    s.close()
 
 
 def addresses(result) -> list[str]:
