@@ -79,9 +79,6 @@ class DNS(_Model):
     search: list[str] = []
     options: list[str] = []
 
-    def is_empty(self) -> bool:
-        return not (self.nameservers or self.domain or self.search or self.options)
-
     def emit(self) -> dict:
         out: dict[str, Any] = {}
         if self.nameservers:

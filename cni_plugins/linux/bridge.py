@@ -117,14 +117,5 @@ def set_self_vlan(name: str, vid: int) -> None:
         raise BridgeError(f"could not put bridge {name!r} into VLAN {vid}: {proc.stderr.strip()[:300]}")
 
 
-def port_info(link) -> dict:
-    """The bridge-port attributes of a link (hairpin, isolated, ...), as pyroute2 names them."""
-    info = link.get_attr("IFLA_LINKINFO")
-    data = info.get_attr("IFLA_INFO_SLAVE_DATA") if info is not None else None
-    if data is None:
-        return {}
-    return {name[len("IFLA_BRPORT_"):].lower(): value for name, value in data["attrs"]}
-
-
 def _reason(exc: NetlinkError) -> str:
     return exc.args[1] if len(exc.args) > 1 else str(exc)
