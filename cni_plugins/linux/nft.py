@@ -17,31 +17,35 @@ concatenation (address . port), so the DNAT target is looked up in two maps with
 the same key: `dnat ip to KEY map @ports4_addr : KEY map @ports4_port`. A port
 bound to one host address is keyed l4proto . address . port (portsN_addr/_port),
 a port bound to every local address l4proto . port (portsN_any_addr/_any_port);
-plain hash maps, so the kernel's exclusive create can tell whether a key is taken
-(can_create). DNAT applies to local destinations only (`fib daddr type local`),
-in prerouting (from outside and from containers) and output (from the host).
+plain hash maps, so a keyed lookup tells whether a key is taken (can_create). DNAT
+applies to local destinations only (`fib daddr type local`), in prerouting (from outside
+and from containers) and output (from the host).
 
 Every element carries its owner's key (the endpoint id) as its comment, so the
 entries of an endpoint can be found and removed with nothing but that key.
 
-Each `commit()` is ONE nft transaction: it (re)declares the layout — `add` of a
-table/set/chain is idempotent and base chains are flushed and refilled with the
-same static rules — then adds and removes elements. Removal is "add, then delete"
-inside the same transaction, which succeeds whether or not the element existed
-(nft 1.0.6 has no `destroy`), so DEL stays idempotent.
+Each `commit()` is ONE nft transaction that adds and removes elements, checking the
+layout's marker (an empty set named layout_<digest>) in the same transaction; only when that fails does it
+(re)declare the layout — `add` of a table/set/chain is idempotent and base chains are
+flushed and refilled with the same static rules — with the same elements. Removal is
+"add, then delete" inside the same transaction, which succeeds whether or not the element
+existed (nft 1.0.6 has no `destroy`), so DEL stays idempotent.
 """
 
 from __future__ import annotations
 
 import ipaddress
+import functools
 import json
-import subprocess
+import os
+import zlib
 from dataclasses import dataclass
 from typing import Any, Iterable
 
 NFT = "nft"
 TABLE = "cnm"
 TIMEOUT_S = 60
+BACKEND_ENV = "CNM_NFT"
 
 
 class NftError(Exception):
@@ -170,6 +174,9 @@ def _ports_maps(n: str, addr_type: str) -> dict:
     }
 
 
+# Prefix of the set whose name carries the fingerprint of the layout programmed (commit()).
+LAYOUT_SET = "layout_"
+
 # family -> sets and maps {name: attributes ("map": value type for a map)},
 #           base chains {name: (hook attributes, [rules])}
 LAYOUT: dict[str, dict[str, dict]] = {
@@ -228,8 +235,10 @@ LAYOUT: dict[str, dict[str, dict]] = {
 }
 
 
-def declare(family: str) -> list[dict]:
-    """Commands that create our table of `family` or bring it back to the layout (idempotent)."""
+def declare(family: str, stale_markers: Iterable[str] = ()) -> list[dict]:
+    """Commands that create our table of `family` or bring it back to the layout (idempotent),
+    ending with the marker set named after the layout's fingerprint (and without the
+    `stale_markers` of earlier layouts)."""
     spec = LAYOUT[family]
     base = {"family": family, "table": TABLE}
     cmds: list[dict] = [{"add": {"table": {"family": family, "name": TABLE}}}]
@@ -241,7 +250,35 @@ def declare(family: str) -> list[dict]:
         cmds.append({"flush": {"chain": {**base, "name": name}}})
         for expr in rules:
             cmds.append({"add": {"rule": {**base, "chain": name, "expr": expr}}})
+    for name in stale_markers:
+        cmds.append({"delete": {"set": {**base, "name": name}}})
+    cmds.append({"add": {"set": {**base, "name": marker(family), "type": "mark"}}})
     return cmds
+
+
+@functools.lru_cache(maxsize=None)
+def marker(family: str) -> str:
+    """The name of the empty set that says "this table has exactly this layout": a digest of
+    what declare() programs for `family`."""
+    spec = json.dumps(LAYOUT[family], sort_keys=True).encode()
+    return f"{LAYOUT_SET}{zlib.crc32(spec):08x}"
+
+
+def _layout_current(family: str) -> dict:
+    """A command that fails with ENOENT unless our table of `family` has this layout, and
+    otherwise changes nothing: flushing the (always empty) marker set. (Removing an element
+    would cost the kernel an RCU grace period, ~15 ms; adding one would leave it behind.)"""
+    return {"flush": {"set": {"family": family, "table": TABLE, "name": marker(family)}}}
+
+
+def _stale_markers(family: str) -> list[str]:
+    """Marker sets of other layouts in our table of `family` (an upgrade leaves one)."""
+    try:
+        data = list_json(["list", "sets", family])
+    except NftError:
+        return []
+    names = [item["set"]["name"] for item in data if "set" in item and item["set"].get("table") == TABLE]
+    return [n for n in names if n.startswith(LAYOUT_SET) and n != marker(family)]
 
 
 # ---- elements ------------------------------------------------------------------------------
@@ -334,21 +371,26 @@ def published(version: int, anywhere: bool = True) -> list[tuple[Element, str]]:
 
 
 def can_create(elements: Iterable[Element]) -> bool:
-    """Would creating `elements` succeed, i.e. are none of their keys taken? A dry run
-    (`nft -c`) of one transaction: constant cost, whatever the size of the maps; the
-    kernel's exclusive create answers, nothing is changed."""
-    elements = list(elements)
-    cmds: list[dict] = []
-    for family in sorted({e.family for e in elements}):
-        cmds.extend(declare(family))
-    cmds.extend({"create": _element_cmd("add", e, "probe")["add"]} for e in elements)
-    proc = _nft(["-c", "-j", "-f", "-"], json.dumps({"nftables": cmds}).encode())
-    if proc.returncode == 0:
-        return True
-    message = _message(proc)
-    if "File exists" in message:
-        return False
-    raise NftError(message)
+    """Would creating `elements` succeed, i.e. are none of their keys taken? One keyed
+    lookup (`get element`) per element: constant cost, whatever the size of the maps
+    (a dry-run transaction would answer too, but the kernel's abort of it waits for an
+    RCU grace period, ~10 ms). No table or map yet: nothing is taken."""
+    for element in elements:
+        command = f"get element {element.family} {TABLE} {element.set} {{ {_key_text(element.key)} }}"
+        proc = _nft(["-j", *command.split()], None)
+        if proc.returncode == 0:
+            return False
+        message = _message(proc)
+        if "No such file or directory" not in message and "does not exist" not in message:
+            raise NftError(message)
+    return True
+
+
+def _key_text(key) -> str:
+    """An element key in nft syntax (concatenations as `a . b`)."""
+    if isinstance(key, dict) and "concat" in key:
+        return " . ".join(str(part) for part in key["concat"])
+    return str(key)
 
 
 def mac_spoof_check(port: str, mac: str) -> list[Element]:
@@ -378,20 +420,31 @@ def add_commands(elements: Iterable[Element], owner: str) -> list[dict]:
 
 
 def commit(add: Iterable[Element] = (), remove: Iterable[Element] = (), owner: str = "") -> None:
-    """One transaction: declare the layout of the families touched, add `add`, remove `remove`."""
+    """One transaction: add `add`, remove `remove`, in tables whose layout is current.
+
+    Re-declaring the layout (flushing and refilling the base chains) costs the kernel
+    ~15 ms, a hundred times adding elements, so the first attempt only checks the
+    layout's marker (see _layout_current) in the same transaction; when the table is
+    missing or its layout is another (first use, an upgrade, a table deleted by hand), the
+    transaction is rolled back whole and repeated with the full declaration."""
     add, remove = list(add), list(remove)
     if not add and not remove:
         return
     families = sorted({e.family for e in add + remove})
-    cmds: list[dict] = []
-    for family in families:
-        cmds.extend(declare(family))
+    changes: list[dict] = []
     for element in remove:  # add-then-delete: succeeds whether or not it was there
-        cmds.append(_element_cmd("add", element, owner))
-        cmds.append(_element_cmd("delete", element, owner))
+        changes.append(_element_cmd("add", element, owner))
+        changes.append(_element_cmd("delete", element, owner))
     for element in add:
-        cmds.append(_element_cmd("add", element, owner))
-    run(cmds)
+        changes.append(_element_cmd("add", element, owner))
+    check = [_layout_current(family) for family in families]
+    try:
+        run(check + changes)
+        return
+    except NftError as exc:
+        if "No such file or directory" not in str(exc):
+            raise
+    run([cmd for family in families for cmd in declare(family, _stale_markers(family))] + changes)
 
 
 def owned(owner: str) -> list[Element]:
@@ -447,7 +500,7 @@ def _elements(family: str, maps: list[str] | None = None) -> list[tuple[Element,
     return out
 
 
-# ---- the nft binary ------------------------------------------------------------------------
+# ---- running nft: libnftables in process, else the nft binary ----------------------------
 def run(commands: list[dict]) -> None:
     doc = json.dumps({"nftables": commands}).encode()
     proc = _nft(["-j", "-f", "-"], doc)
@@ -465,13 +518,35 @@ def list_json(args: list[str]) -> list[dict]:
         raise NftError(f"nft printed invalid JSON: {exc}") from None
 
 
-def _nft(args: list[str], stdin: bytes | None) -> subprocess.CompletedProcess:
+def backend() -> str:
+    """"libnftables" (in process) or "exec" (the nft binary): CNM_NFT=exec forces the
+    binary, e.g. to compare both; the library is used whenever the node has it."""
+    if os.environ.get(BACKEND_ENV) == "exec":
+        return "exec"
+    from . import libnft
+
+    return "libnftables" if libnft.library() is not None else "exec"
+
+
+def _nft(args: list[str], stdin: bytes | None):
+    """`nft ARGS` with `stdin` (only `-j`, `-c`, `-f -` and a command's words are used)."""
+    if backend() == "libnftables":
+        from . import libnft
+
+        words = [a for a in args if a not in ("-j", "-c", "-f", "-")]
+        command = stdin if stdin is not None else " ".join(words).encode()
+        try:
+            return libnft.run(command, dry_run="-c" in args)
+        except OSError as exc:
+            raise NftError(f"cannot run libnftables: {exc}") from None
+    import subprocess
+
     try:
         return subprocess.run([NFT, *args], input=stdin, capture_output=True, timeout=TIMEOUT_S)
     except (OSError, subprocess.SubprocessError) as exc:
         raise NftError(f"cannot run nft: {exc}") from None
 
 
-def _message(proc: subprocess.CompletedProcess) -> str:
+def _message(proc) -> str:
     text = (proc.stderr or proc.stdout or b"").decode(errors="replace").strip()
     return " ".join(text.split())[:500] or f"nft exited with {proc.returncode}"

@@ -1,0 +1,154 @@
+"""linux.nft on the kernel: libnftables in process and the nft binary give the same tables;
+the layout is declared once and checked by its marker afterwards, and a table from another
+layout (an upgrade, chains flushed by hand, a table deleted) is brought back on the next
+commit. Each case runs in a throwaway netns (a thread that setns()es into it)."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import threading
+
+import pytest
+
+from cni_plugins.linux import libnft, nft
+from cni_plugins.linux import netns as nsmod
+
+BACKENDS = ("libnftables", "exec")
+
+
+def in_netns(path: str, fn, *args):
+    """fn(*args) in a thread whose network namespace is `path` (libnftables opens its
+    netlink socket in the calling thread's netns, the nft binary inherits it)."""
+    box: dict = {}
+
+    def target():
+        fd = nsmod.open_netns(path)
+        try:
+            nsmod.setns(fd)
+            box["value"] = fn(*args)
+        except BaseException as exc:  # re-raised in the test's thread
+            box["error"] = exc
+        finally:
+            os.close(fd)
+
+    thread = threading.Thread(target=target)
+    thread.start()
+    thread.join()
+    if "error" in box:
+        raise box["error"]
+    return box.get("value")
+
+
+def nft_json(ns: str, *args: str) -> list[dict]:
+    proc = subprocess.run(["ip", "netns", "exec", os.path.basename(ns), "nft", "-j", *args],
+                          capture_output=True, text=True, check=True)
+    return json.loads(proc.stdout)["nftables"]
+
+
+def table_view(ns: str) -> list:
+    """Our inet and bridge tables without kernel handles (comparable across namespaces)."""
+    out = []
+    for family in ("inet", "bridge"):
+        for item in nft_json(ns, "list", "table", family, "cnm"):
+            if "metainfo" in item:
+                continue
+            for body in item.values():
+                body.pop("handle", None)
+            out.append(item)
+    return out
+
+
+def rules(ns: str, family: str = "inet") -> int:
+    return sum(1 for item in nft_json(ns, "list", "table", family, "cnm") if "rule" in item)
+
+
+def markers(ns: str, family: str = "inet") -> list[str]:
+    return sorted(item["set"]["name"] for item in nft_json(ns, "list", "table", family, "cnm")
+                  if "set" in item and item["set"]["name"].startswith(nft.LAYOUT_SET))
+
+
+@pytest.fixture
+def use_backend(monkeypatch):
+    def choose(name: str):
+        if name == "exec":
+            monkeypatch.setenv(nft.BACKEND_ENV, "exec")
+        else:
+            monkeypatch.delenv(nft.BACKEND_ENV, raising=False)
+        assert nft.backend() == name
+    return choose
+
+
+def sample() -> tuple[list, list]:
+    ports = nft.published_port("tcp", None, 8080, "10.61.0.2", 80, "c1")
+    others = [nft.Element("inet", "masq4", "10.61.0.2"), *nft.hairpin("10.61.0.2", "10.61.0.0/24"),
+              *nft.no_icc("cnmtveth0"), *nft.mac_spoof_check("cnmtveth0", "02:42:0a:3d:00:02")]
+    return ports, others
+
+
+def test_the_library_is_on_this_node():
+    assert libnft.library() is not None  # CI installs nftables (libnftables1): the fast path is tested
+
+
+def test_both_backends_program_the_same_tables(netns, use_backend):
+    views = {}
+    for backend in BACKENDS:
+        use_backend(backend)
+        ns = netns("cnmtnft")
+        ports, others = sample()
+        in_netns(ns, lambda: nft.commit(add=ports + others, owner="ep1"))
+        in_netns(ns, lambda: nft.commit(remove=others[:1], owner="ep1"))
+        views[backend] = table_view(ns)
+        assert in_netns(ns, nft.can_create, ports[:1]) is False
+        assert in_netns(ns, nft.can_create, nft.published_port("udp", None, 8080, "10.61.0.3", 80)[:1])
+        assert [(e.set, e.key, e.data, c) for e, c in in_netns(ns, nft.published, 4)] == [
+            ("ports4_any_addr", {"concat": ["tcp", 8080]}, "10.61.0.2", "ep1 c1")]
+        assert in_netns(ns, nft.missing, ports + others) == others[:1]
+    assert views["libnftables"] == views["exec"]
+    assert views["exec"]  # not two empty listings
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_no_table_means_every_port_is_free(netns, use_backend, backend):
+    use_backend(backend)
+    ns = netns("cnmtnft")
+    assert in_netns(ns, nft.can_create, nft.published_port("tcp", "10.61.0.1", 81, "10.61.0.2", 80)) is True
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_layout_restored_after_upgrade_flush_or_delete(netns, use_backend, backend):
+    use_backend(backend)
+    ns = netns("cnmtnft")
+    ports, others = sample()
+    in_netns(ns, lambda: nft.commit(add=ports, owner="ep1"))
+    full = rules(ns)
+    assert full > 0 and markers(ns) == [nft.marker("inet")]
+
+    # An older release's table: its own marker, and chains without our rules.
+    subprocess.run(["ip", "netns", "exec", os.path.basename(ns), "sh", "-c",
+                    f"nft delete set inet cnm {nft.marker('inet')}; nft add set inet cnm layout_0ld0ld00 "
+                    "'{ type mark; }'; nft flush chain inet cnm postrouting"], check=True)
+    assert rules(ns) < full
+    in_netns(ns, lambda: nft.commit(add=others[:1], owner="ep2"))
+    assert rules(ns) == full and markers(ns) == [nft.marker("inet")]
+    assert in_netns(ns, nft.can_create, ports[:1]) is False  # the elements were kept
+
+    # The table deleted by hand: the next commit declares it again, with its elements.
+    subprocess.run(["ip", "netns", "exec", os.path.basename(ns), "nft", "delete", "table", "inet", "cnm"], check=True)
+    in_netns(ns, lambda: nft.commit(add=ports, owner="ep1"))
+    assert rules(ns) == full and in_netns(ns, nft.can_create, ports[:1]) is False
+
+
+def test_marker_check_changes_nothing(netns, use_backend):
+    """The steady-state commit (marker check + elements) leaves no element of its own."""
+    use_backend("libnftables")
+    ns = netns("cnmtnft")
+    ports, _ = sample()
+    for _ in range(3):
+        in_netns(ns, lambda: nft.commit(add=ports, owner="ep1"))
+        in_netns(ns, lambda: nft.commit(remove=ports, owner="ep1"))
+    for family in ("inet",):
+        for item in nft_json(ns, "list", "table", family, "cnm"):
+            body = item.get("set") or item.get("map") or {}
+            assert not body.get("elem"), body
