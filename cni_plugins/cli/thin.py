@@ -46,6 +46,9 @@ NS_GET_NSTYPE = 0xB703
 CLONE_NEWNET = 0x40000000
 
 
+served_by_helper = False  # set by run(): this process only relayed the helper's answer
+
+
 class Committed(Exception):
     """The helper got GO but gave no answer: the command may have run there."""
 
@@ -276,6 +279,7 @@ def committed_failure(command: str, stdin: bytes, reason: str) -> tuple[bytes, i
 
 def run(name: str, environ) -> int:
     """One CNI plugin exec (CNI_COMMAND is set): helper first, else in-process."""
+    global served_by_helper
     stdin = read_stdin()
     try:
         answer = via_helper(name, environ, stdin)
@@ -288,6 +292,8 @@ def run(name: str, environ) -> int:
 
         response = handle(name, environ, stdin)
         answer = (response.stdout, response.exit_code)
+    else:
+        served_by_helper = True
     stdout, code = answer
     if stdout:
         sys.stdout.buffer.write(stdout)
@@ -334,4 +340,10 @@ def main(argv: list[str] | None = None) -> int:
         from .plugin import main as usage
 
         return usage(argv)
-    return run(name, os.environ)
+    code = run(name, os.environ)
+    if served_by_helper:
+        # Nothing of ours is left to flush or close but stdout (done): skip the interpreter's
+        # teardown, ~1 ms of an exec that is otherwise ~7 ms.
+        sys.stderr.flush()
+        os._exit(code)
+    return code
