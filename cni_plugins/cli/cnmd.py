@@ -305,6 +305,9 @@ def serve(socket_path: str | None = None, ready=None) -> int:
             raise SystemExit(f"cnmd: {thin.SOCKET_ENV}={path!r} disables the helper; give a socket path")
         sock = bind_socket(path)
     os.chdir("/")  # hold no mount busy; each request runs in its caller's cwd
+    from ..cnm import store
+
+    store.keep_connections()  # many commands per process: no open + WAL checkpoint per command
     helper = Helper(sock)
     if threading.current_thread() is threading.main_thread():
         signal.signal(signal.SIGTERM, helper.stop)

@@ -203,3 +203,76 @@ def test_sandboxes_of_a_previous_boot_match_no_netns(store):
         host = tx.get_sandbox("host")
         assert (host.ns_dev, host.ns_ino) == (4, 4026531840 + 152)
         assert len(tx.list_endpoints(sandbox="sb1")) == 1
+
+
+# ---- connections kept by the resident helper (store.keep_connections) ------------------------
+@pytest.fixture
+def kept():
+    from cni_plugins.cnm import store as store_module
+
+    store_module.keep_connections(True)
+    yield store_module._idle
+    store_module.keep_connections(False)
+    with store_module._idle._lock:
+        idle, store_module._idle._idle[:] = list(store_module._idle._idle), []
+    for _, _, conn in idle:
+        conn.close()
+
+
+def test_kept_connection_is_reused_and_sees_other_writers(store, kept):
+    with store.transaction() as tx:
+        tx.put_network(Network("kept", "bridge", {}))
+    with store.transaction() as tx:
+        first = tx.conn
+    with Store(store.directory).transaction() as tx:
+        assert tx.conn is first  # reused, not reopened
+    other = sqlite3.connect(store.path)  # another process's write is seen by the kept connection
+    other.execute("DELETE FROM networks WHERE name='kept'")
+    other.commit()
+    other.close()
+    with store.transaction() as tx:
+        assert tx.get_network("kept") is None
+
+
+def test_kept_connection_is_dropped_when_the_state_dir_is_made_again(store, kept, tmp_path):
+    import shutil
+
+    with store.transaction() as tx:
+        tx.put_network(Network("old", "bridge", {}))
+    shutil.rmtree(store.directory)
+    with store.transaction() as tx:  # a new, empty store: not the deleted file's
+        assert tx.get_network("old") is None
+        tx.put_network(Network("new", "bridge", {}))
+    assert sqlite3.connect(store.path).execute("SELECT name FROM networks").fetchall() == [("new",)]
+
+
+def test_kept_connections_serve_concurrent_commands_apart(store, kept):
+    inside = threading.Barrier(2, timeout=30)
+    conns = []
+
+    def reader():
+        with store.transaction(write=False) as tx:
+            conns.append(tx.conn)
+            inside.wait()  # both transactions open at once: two connections
+
+    threads = [threading.Thread(target=reader) for _ in range(2)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert len(conns) == 2 and conns[0] is not conns[1]
+    assert len(kept._idle) == 2
+
+
+def test_a_failed_transaction_does_not_keep_its_connection(store, kept):
+    with pytest.raises(RuntimeError):
+        with store.transaction() as tx:
+            raise RuntimeError("boom")
+    assert len(kept._idle) == 1  # rolled back cleanly: kept
+    with pytest.raises(StoreError):
+        os.chmod(store.path, 0)
+        os.unlink(store.path)
+        os.mkdir(store.path)  # the db path is now a directory: the kept connection is not used
+        with store.transaction():
+            pass
+    os.rmdir(store.path)
