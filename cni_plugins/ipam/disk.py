@@ -140,11 +140,15 @@ class LeaseDir:
         return True
 
     def _replace(self, name: str, data: bytes) -> None:
-        fd = os.open(name, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC | os.O_NOFOLLOW, FILE_MODE,
-                     dir_fd=self.fd)
+        """Overwrite `name` in place (under the lock), then cut it to the new length. Not
+        O_TRUNC: ext4 flushes a file truncated to zero when it is closed (auto_da_alloc),
+        a synchronous write of ~2 ms per ADD on a busy disk, for a hint (last_reserved_ip)
+        whose loss only costs round-robin once."""
+        fd = os.open(name, os.O_WRONLY | os.O_CREAT | os.O_CLOEXEC | os.O_NOFOLLOW, FILE_MODE, dir_fd=self.fd)
         try:
             os.fchmod(fd, FILE_MODE)
             _write_all(fd, data)
+            os.ftruncate(fd, len(data))
         finally:
             os.close(fd)
 
