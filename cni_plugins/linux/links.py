@@ -39,10 +39,12 @@ def link_index(ipr: IPRoute, name: str) -> int | None:
 
 
 def get_link(ipr: IPRoute, name: str):
-    idx = link_index(ipr, name)
-    if idx is None:
+    """The link named `name` (one RTM_GETLINK by name), None when there is none."""
+    try:
+        found = ipr.link("get", ifname=name)
+    except NetlinkError:
         return None
-    return ipr.get_links(idx)[0]
+    return found[0] if found else None
 
 
 def is_up(link) -> bool:

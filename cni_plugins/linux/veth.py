@@ -39,12 +39,11 @@ def peer_index(link) -> int | None:
 
 
 def delete(ipr, name: str) -> bool:
-    """Delete link `name` (both ends of a veth go); False when it was already gone."""
-    found = ipr.link_lookup(ifname=name)
-    if not found:
-        return False
+    """Delete link `name` (both ends of a veth go); False when it was already gone.
+
+    One RTM_DELLINK by name: no lookup first, a missing link answers ENODEV."""
     try:
-        ipr.link("del", index=found[0])
+        ipr.link("del", ifname=name)
     except NetlinkError as exc:
         if exc.code in (errno.ENODEV, errno.ENOENT):
             return False
