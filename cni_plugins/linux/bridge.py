@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import errno
+import fcntl
+import os
 
 from pyroute2.netlink.exceptions import NetlinkError
 
-from . import sysctl
+from . import links, sysctl
 
 IFF_PROMISC = 0x100
 BRIDGE_VLAN_FLAGS_ACCESS = ["pvid", "untagged"]
@@ -21,45 +23,88 @@ def kind_of(link) -> str | None:
     return info.get_attr("IFLA_INFO_KIND") if info is not None else None
 
 
-def _find(ipr, name: str):
-    found = ipr.link_lookup(ifname=name)
-    return ipr.get_links(found[0])[0] if found else None
-
-
 def ensure_bridge(ipr, name: str, mtu: int = 0, promisc: bool = False, vlan_filtering: bool = False):
     """Create bridge `name` unless it exists (EEXIST from a racing ADD is fine); return its link.
 
     The bridge MAC is pinned to its current value: otherwise the kernel gives the bridge
     the lowest MAC of its ports, and it changes as containers come and go.
+
+    In the steady state (the bridge exists, up, configured, and pinned by this process
+    before) this is one RTM_GETLINK: every setting is compared with that message and
+    set only when it differs.
     """
-    kwargs = {"ifname": name, "kind": "bridge"}
-    if mtu:
-        kwargs["mtu"] = mtu
-    if vlan_filtering:  # in the same message: a kernel without VLAN filtering creates nothing
-        kwargs["br_vlan_filtering"] = 1
-    try:
-        ipr.link("add", **kwargs)
-    except NetlinkError as exc:
-        if exc.code != errno.EEXIST:
-            raise BridgeError(f"could not add bridge {name!r}: {exc.args[1] if len(exc.args) > 1 else exc}") from None
-    link = _find(ipr, name)
+    link = links.get_link(ipr, name)
     if link is None:
-        raise BridgeError(f"bridge {name!r} vanished right after creation")
+        kwargs = {"ifname": name, "kind": "bridge"}
+        if mtu:
+            kwargs["mtu"] = mtu
+        if vlan_filtering:  # in the same message: a kernel without VLAN filtering creates nothing
+            kwargs["br_vlan_filtering"] = 1
+        try:
+            ipr.link("add", **kwargs)
+        except NetlinkError as exc:
+            if exc.code != errno.EEXIST:
+                raise BridgeError(f"could not add bridge {name!r}: {_reason(exc)}") from None
+        link = links.get_link(ipr, name)
+        if link is None:
+            raise BridgeError(f"bridge {name!r} vanished right after creation")
     if kind_of(link) != "bridge":
         raise BridgeError(f"{name!r} already exists but is not a bridge")
     index = link["index"]
+    mac = link.get_attr("IFLA_ADDRESS")
+    changed = False
     try:
         if vlan_filtering and not vlan_filtering_on(link):
             ipr.link("set", index=index, kind="bridge", br_vlan_filtering=1)
+            changed = True
         if promisc and not link["flags"] & IFF_PROMISC:
             ipr.link("set", index=index, flags=IFF_PROMISC, mask=IFF_PROMISC)
-        ipr.link("set", index=index, address=link.get_attr("IFLA_ADDRESS"))  # pin: addr_assign_type=set
+            changed = True
+        pin = _pin_key(ipr, index, mac)
+        if pin is None or pin not in _pinned:
+            ipr.link("set", index=index, address=mac)  # pin: addr_assign_type=set
+            if pin is not None:
+                if len(_pinned) >= _PINNED_MAX:
+                    _pinned.clear()
+                _pinned.add(pin)
         # we own this bridge's routes: no router advertisements
         sysctl.try_write(f"net/ipv6/conf/{name}/accept_ra", "0")
-        ipr.link("set", index=index, state="up")
+        if not link["flags"] & links.IFF_UP:
+            ipr.link("set", index=index, state="up")
+            changed = True
     except NetlinkError as exc:
         raise BridgeError(f"could not configure bridge {name!r}: {_reason(exc)}") from None
-    return _find(ipr, name)
+    if changed:
+        link = links.get_link(ipr, name)
+        if link is None:
+            raise BridgeError(f"bridge {name!r} vanished while being configured")
+    return link
+
+
+# Bridges whose MAC this process has pinned: (netns inode, ifindex, MAC). Pinning again is
+# not a no-op: setting a link's address, even to the same value, raises NETDEV_CHANGEADDR,
+# which flushes the bridge's ARP and NDP neighbour tables. A pinned bridge stays pinned
+# (nothing sets addr_assign_type back), and another bridge at the same ifindex of a netns
+# with the same inode (made after ours was deleted) has another MAC unless one was given
+# when it was made, which pins it too; so a key seen here is a bridge that needs no pin.
+# rtnetlink shows no addr_assign_type, hence this memory (the resident helper keeps it
+# between requests; one process per request pins every time, as before).
+_pinned: set[tuple[int, int, str]] = set()
+_PINNED_MAX = 4096  # past this (many short-lived netns), forget: the next ADDs pin again
+SIOCGSKNS = 0x894C  # the netns of a socket, as an fd
+
+
+def _pin_key(ipr, index: int, mac: str | None) -> tuple[int, int, str] | None:
+    if not mac:
+        return None
+    try:
+        fd = fcntl.ioctl(ipr.fileno(), SIOCGSKNS)
+    except (OSError, AttributeError):
+        return None
+    try:
+        return (os.fstat(fd).st_ino, index, mac)
+    finally:
+        os.close(fd)
 
 
 def vlan_filtering_on(link) -> bool:
