@@ -117,17 +117,18 @@ def is_promisc(link) -> bool:
     return bool(link["flags"] & IFF_PROMISC)
 
 
-def add_port(ipr, port_index: int, bridge_index: int, hairpin: bool = False, isolated: bool = False) -> None:
-    """Enslave a link to the bridge with the port flags the config asks for."""
+def set_port_flags(ipr, port_index: int, bridge_index: int, hairpin: bool = False, isolated: bool = False) -> None:
+    """The port flags the config asks for, on a port of the bridge (one made with IFLA_MASTER);
+    no request when none is asked for."""
+    if not (hairpin or isolated):
+        return
+    flags = {}
+    if hairpin:
+        flags["mode"] = 1  # IFLA_BRPORT_MODE: hairpin
+    if isolated:
+        flags["isolated"] = 1
     try:
-        ipr.link("set", index=port_index, master=bridge_index)
-        if hairpin or isolated:
-            flags = {}
-            if hairpin:
-                flags["mode"] = 1  # IFLA_BRPORT_MODE: hairpin
-            if isolated:
-                flags["isolated"] = 1
-            ipr.brport("set", index=port_index, **flags)
+        ipr.brport("set", index=port_index, **flags)
     except NetlinkError as exc:
         raise BridgeError(f"could not attach port {port_index} to bridge {bridge_index}: {_reason(exc)}") from None
 

@@ -11,8 +11,24 @@ class VethError(Exception):
     pass
 
 
-def create_pair(ipr, host_name: str, peer_name: str, peer_netns_fd: int, mtu: int = 0, peer_mac: str = "") -> int:
-    """Create `host_name` in ipr's netns and its peer `peer_name` in `peer_netns_fd`; return the host index."""
+class VethExists(VethError):
+    """A link with the host or the peer name already exists (EEXIST)."""
+
+
+def create_pair(
+    ipr,
+    host_name: str,
+    peer_name: str,
+    peer_netns_fd: int,
+    mtu: int = 0,
+    peer_mac: str = "",
+    master: int = 0,
+    up: bool = False,
+) -> None:
+    """Create `host_name` in ipr's netns and its peer `peer_name` in `peer_netns_fd` (down),
+    in one RTM_NEWLINK. With `master` the host end is a port of that bridge from the start,
+    with `up` it is up: the kernel applies both before the request returns, and a failure
+    to enslave fails the request and leaves no link behind."""
     peer: dict = {"ifname": peer_name, "net_ns_fd": peer_netns_fd}
     kwargs: dict = {"ifname": host_name, "kind": "veth", "peer": peer}
     if mtu:
@@ -20,17 +36,17 @@ def create_pair(ipr, host_name: str, peer_name: str, peer_netns_fd: int, mtu: in
         peer["mtu"] = mtu
     if peer_mac:
         peer["address"] = peer_mac
+    if master:
+        kwargs["master"] = master
+    if up:
+        kwargs["state"] = "up"
     try:
         ipr.link("add", **kwargs)
     except NetlinkError as exc:
         reason = exc.args[1] if len(exc.args) > 1 else str(exc)
         if exc.code == errno.EEXIST:
-            raise VethError(f"could not create veth {host_name}/{peer_name}: a link with one of these names exists") from None
+            raise VethExists(f"could not create veth {host_name}/{peer_name}: a link with one of these names exists") from None
         raise VethError(f"could not create veth {host_name}/{peer_name}: {reason}") from None
-    found = ipr.link_lookup(ifname=host_name)
-    if not found:
-        raise VethError(f"veth {host_name} vanished right after creation")
-    return found[0]
 
 
 def peer_index(link) -> int | None:

@@ -128,21 +128,18 @@ class BridgeDriver(BaseDriver):
         try:
             with links.rtnl() as ipr, links.rtnl(ctx.netns_fd) as cipr:
                 br = self._bridge(ipr, conf)
-                if links.link_index(cipr, request.ifname) is not None:
-                    raise CNIError(
-                        CONFLICT,
-                        f"container veth name provided ({request.ifname}) already exists",
-                        f"{request.ifname} exists in {request.netns}",
-                    )
-                host_index = self._veth(ipr, cipr, ctx, conf, host_name, mac, undo)
-                _fault(ctx.env, "add", "veth")
-                container = self._container_side(cipr, ctx, conf, ips, routes)
-                _fault(ctx.env, "add", "addresses")
                 # A published port reached from its own container: with br_netfilter on, the
                 # DNAT happens at the bridge and the frame goes back out the port it came from.
                 publishes = bool(ips) and bool(ports.requested(request, conf.hostBindingIP))
                 hairpin = conf.hairpinMode or (publishes and not conf.promiscMode)
-                self._host_side(ipr, conf, host_index, br["index"], hairpin)
+                # With port flags or VLANs to set, the host end comes up only after them.
+                port_setup = hairpin or conf.portIsolation or conf.vlan_filtering
+                host = self._veth(ipr, cipr, ctx, conf, host_name, mac, br["index"], not port_setup, undo)
+                _fault(ctx.env, "add", "veth")
+                container = self._container_side(cipr, ctx, conf, ips, routes)
+                _fault(ctx.env, "add", "addresses")
+                if port_setup:
+                    self._host_side(ipr, conf, host["index"], br["index"], hairpin)
                 if ips and conf.is_gateway:
                     self._gateway(ipr, conf, br, ips)
                 elements = expected_elements(conf, request, endpoint.data, host_name, container["mac"])
@@ -161,8 +158,8 @@ class BridgeDriver(BaseDriver):
                     endpoint.data["nft"] = [[e.family, e.set, e.key, e.data, e.note] for e in elements]
                     _flush_udp(elements)
                 _fault(ctx.env, "add", "nft")
-                host_mac = ipr.get_links(host_index)[0].get_attr("IFLA_ADDRESS")
-                bridge_mac = ipr.get_links(br["index"])[0].get_attr("IFLA_ADDRESS")
+                host_mac = host.get_attr("IFLA_ADDRESS")  # a veth's MAC stays; the bridge's is pinned
+                bridge_mac = br.get_attr("IFLA_ADDRESS")
         except BaseException:
             _unwind(undo)
             raise
@@ -188,22 +185,43 @@ class BridgeDriver(BaseDriver):
         with kernel_errors(f"create bridge {conf.bridge!r}"):
             return bridge.ensure_bridge(ipr, conf.bridge, conf.mtu, conf.promiscMode, conf.vlan_filtering)
 
-    def _veth(self, ipr, cipr, ctx, conf, host_name, mac, undo) -> int:
-        from ...linux import veth
+    def _veth(self, ipr, cipr, ctx, conf, host_name, mac, bridge_index: int, up: bool, undo):
+        """The pair, its host end a port of the bridge from the start (and up, when `up`);
+        return the host end's link. Which name is taken is looked up only when the kernel
+        refuses: the container's ifname (a CONFLICT, whatever else is wrong), else a host end
+        left by an ADD whose record was lost (same endpoint, stale: replaced)."""
+        from ...linux import links, veth
 
-        with kernel_errors(f"create veth pair {host_name}/{ctx.request.ifname}"):
-            veth.delete(ipr, host_name)  # a leftover of an ADD whose record was lost: same endpoint, stale
-            index = veth.create_pair(ipr, host_name, ctx.request.ifname, ctx.netns_fd, conf.mtu, mac)
-        undo.callback(_delete_link, host_name)
-        return index
+        request = ctx.request
+        with kernel_errors(f"create veth pair {host_name}/{request.ifname}"):
+            try:
+                veth.create_pair(ipr, host_name, request.ifname, ctx.netns_fd, conf.mtu, mac, bridge_index, up)
+            except veth.VethError as exc:
+                if links.link_index(cipr, request.ifname) is not None:
+                    raise CNIError(
+                        CONFLICT,
+                        f"container veth name provided ({request.ifname}) already exists",
+                        f"{request.ifname} exists in {request.netns}",
+                    ) from None
+                if not isinstance(exc, veth.VethExists) or not veth.delete(ipr, host_name):
+                    raise
+                veth.create_pair(ipr, host_name, request.ifname, ctx.netns_fd, conf.mtu, mac, bridge_index, up)
+            undo.callback(_delete_link, host_name)
+            host = links.get_link(ipr, host_name)
+            if host is None:
+                raise veth.VethError(f"veth {host_name} vanished right after creation")
+        return host
 
     def _container_side(self, cipr, ctx, conf, ips, routes) -> dict:
         """DAD off (unless enabledad) before any address, link up, addresses, routes."""
         from ...linux import addr, links, sysctl
 
         ifname = ctx.request.ifname
-        index = links.link_index(cipr, ifname)
         with kernel_errors(f"configure {ifname} in {ctx.request.netns}"):
+            link = links.get_link(cipr, ifname)
+            if link is None:
+                raise OSError(f"{ifname} vanished right after creation")
+            index = link["index"]
             if ips:
                 if conf.enabledad:
                     sysctl.try_write(f"net/ipv6/conf/{ifname}/enhanced_dad", "1", ctx.netns_fd)
@@ -217,14 +235,14 @@ class BridgeDriver(BaseDriver):
                 addr.add_address(cipr, index, ip.address, nodad=not conf.enabledad)
             for route in routes:
                 addr.add_route(cipr, index, route.dst, route_gateway(route, ips), priority=route.priority)
-            link = cipr.get_links(index)[0]
         return {"index": index, "mac": link.get_attr("IFLA_ADDRESS")}
 
     def _host_side(self, ipr, conf, host_index: int, bridge_index: int, hairpin: bool) -> None:
+        """Port flags and VLANs of the host end (a port already, still down), then up."""
         from ...linux import bridge
 
         with kernel_errors(f"attach the host veth to bridge {conf.bridge!r}"):
-            bridge.add_port(ipr, host_index, bridge_index, hairpin=hairpin, isolated=conf.portIsolation)
+            bridge.set_port_flags(ipr, host_index, bridge_index, hairpin=hairpin, isolated=conf.portIsolation)
             if conf.vlan_filtering:
                 bridge.set_port_vlans(
                     ipr, host_index, access=conf.vlan, trunk=conf.trunk_vlans(), keep_default=conf.preserveDefaultVlan
