@@ -234,6 +234,11 @@ def _sweep_nft(endpoint_ids: set[str], report: Report) -> None:
             if "cannot run nft" not in str(exc):  # no nft installed: nothing of ours can exist
                 report.add("nft", family, "listing", str(exc))
             continue
+        try:
+            if nft.repair(family):
+                report.add("nft", f"table {family} {nft.TABLE}", "rules restored")
+        except nft.NftError as exc:
+            report.add("nft", family, "restoring rules", str(exc))
         stale: dict[str, list] = {}
         for element, comment in found:
             owner = nft.owner_of(comment or "")  # "<endpoint id>" or "<endpoint id> <note>" (published ports)

@@ -472,6 +472,40 @@ def missing(elements: Iterable[Element]) -> list[Element]:
     return [e for e in wanted if e.ident() not in present]
 
 
+def drifted_chains(families: Iterable[str]) -> list[str]:
+    """Our base chains whose rules are not the layout's (flushed or edited by hand; commit()
+    trusts the marker set and does not look), as "family chain" (for CHECK)."""
+    out = []
+    for family in sorted(set(families)):
+        try:
+            data = list_json(["list", "table", family, TABLE])
+        except NftError as exc:
+            if "No such file or directory" in str(exc):
+                out.extend(f"{family} {name}" for name in LAYOUT[family]["chains"])
+                continue
+            raise
+        counts: dict[str, int] = {}
+        for item in data:
+            if "rule" in item:
+                counts[item["rule"]["chain"]] = counts.get(item["rule"]["chain"], 0) + 1
+        for name, (_, rules) in LAYOUT[family]["chains"].items():
+            if counts.get(name, 0) != len(rules):
+                out.append(f"{family} {name}")
+    return out
+
+
+def repair(family: str) -> bool:
+    """Declare the layout again where our table of `family` exists but its chains drifted
+    (for `cnmctl gc`); True when it did. A missing table is left missing."""
+    tables = list_json(["list", "tables", family])
+    if not any(item.get("table", {}).get("name") == TABLE for item in tables):
+        return False
+    if not drifted_chains([family]):
+        return False
+    run(declare(family, _stale_markers(family)))
+    return True
+
+
 def _elements(family: str, maps: list[str] | None = None) -> list[tuple[Element, str]]:
     """(element, comment) of our table of `family`, or of the named maps only."""
     try:

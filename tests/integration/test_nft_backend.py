@@ -152,3 +152,25 @@ def test_marker_check_changes_nothing(netns, use_backend):
         for item in nft_json(ns, "list", "table", family, "cnm"):
             body = item.get("set") or item.get("map") or {}
             assert not body.get("elem"), body
+
+
+def test_flushed_chain_is_reported_and_repaired_not_created(netns, use_backend):
+    """commit() trusts the marker, so a chain flushed by hand is found by CHECK
+    (drifted_chains) and restored by `cnmctl gc` (repair); repair never creates a table."""
+    use_backend("libnftables")
+    ns = netns("cnmtnft")
+    assert in_netns(ns, nft.repair, "inet") is False
+    assert subprocess.run(["ip", "netns", "exec", os.path.basename(ns), "nft", "list", "table", "inet", "cnm"],
+                          capture_output=True).returncode != 0  # still no table
+    ports, _ = sample()
+    in_netns(ns, lambda: nft.commit(add=ports, owner="ep1"))
+    full = rules(ns)
+    assert in_netns(ns, nft.drifted_chains, ["inet"]) == []
+    subprocess.run(["ip", "netns", "exec", os.path.basename(ns), "nft", "flush", "chain", "inet", "cnm", "prerouting"],
+                   check=True)
+    in_netns(ns, lambda: nft.commit(add=ports, owner="ep1"))  # the fast path does not notice
+    assert in_netns(ns, nft.drifted_chains, ["inet"]) == ["inet prerouting"]
+    assert in_netns(ns, nft.repair, "inet") is True
+    assert rules(ns) == full and in_netns(ns, nft.drifted_chains, ["inet"]) == []
+    assert in_netns(ns, nft.can_create, ports[:1]) is False  # elements kept
+    assert in_netns(ns, nft.repair, "inet") is False  # nothing to do

@@ -91,5 +91,9 @@ def verify(ctx, conf, endpoint: Endpoint, prev: Result) -> None:
 
         with kernel_errors("read nftables"):
             gone = nft.missing(elements)
+            drifted = nft.drifted_chains(e.family for e in elements)
         if gone:
             fail("nftables entry missing", str(gone[0]))
+        if drifted:
+            fail("nftables rules changed", f"chain {drifted[0]} of table cnm does not hold our rules; "
+                 "`cnmctl gc` restores them")
