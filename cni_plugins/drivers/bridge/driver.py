@@ -257,6 +257,7 @@ class BridgeDriver(BaseDriver):
         from ...linux import addr, bridge, sysctl
 
         families = set()
+        present: dict[int, list[str]] | None = None  # the bridge's addresses by family, dumped once
         with kernel_errors(f"set the gateway address on bridge {conf.bridge!r}"):
             if conf.vlan:
                 bridge.set_self_vlan(conf.bridge, conf.vlan)
@@ -265,7 +266,12 @@ class BridgeDriver(BaseDriver):
                     continue
                 net = ipaddress.ip_interface(ip.address).network
                 wanted = f"{ip.gateway}/{net.prefixlen}"
-                for existing in addr.addresses(ipr, br["index"], ip.family):
+                if present is None:
+                    present = {4: [], 6: []}
+                    for cidr in addr.addresses(ipr, br["index"]):
+                        present[ipaddress.ip_interface(cidr).version].append(cidr)
+                existing_of_family = present[ip.family]
+                for existing in list(existing_of_family):
                     if existing == wanted:
                         break
                     other = ipaddress.ip_interface(existing)
@@ -278,7 +284,10 @@ class BridgeDriver(BaseDriver):
                                 f"{conf.bridge!r} already has an IP address different from {wanted}",
                             )
                         addr.del_address(ipr, br["index"], existing)
-                addr.add_address(ipr, br["index"], wanted, nodad=True)
+                        existing_of_family.remove(existing)
+                else:  # not there yet (adding one that is there would only answer EEXIST)
+                    addr.add_address(ipr, br["index"], wanted, nodad=True)
+                    existing_of_family.append(wanted)
                 families.add(ip.family)
             if 4 in families:
                 sysctl.ensure("net/ipv4/ip_forward", "1")
