@@ -9,6 +9,8 @@ import threading
 import pytest
 
 from bridge_support import Lab, sh, with_prev
+from cni_plugins.cni.errors import CONFLICT
+from cni_plugins.cnm.model import endpoint_id
 from conftest import ALL_VERSIONS
 
 
@@ -308,6 +310,72 @@ def test_rollback_late_failure_bridge_has_other_address(lab):
     lab.assert_nothing_left()
     out = lab.add(lab.conf(ipMasq=True, isGateway=True, forceAddress=True), ns)
     assert lab.addrs(lab.bridge, lab.host) == ["10.250.0.1/24"] and out["ips"][0]["gateway"] == "10.250.0.1"
+
+
+def test_add_replaces_a_stale_host_veth(lab):
+    """A host veth of this very endpoint left by an ADD whose record was lost (its peer
+    elsewhere): the ADD replaces it."""
+    host_name = "cnm" + endpoint_id(lab.network, "c1", "eth0")[:12]
+    sh("ip", "link", "add", lab.bridge, "type", "bridge", ns=lab.host)
+    sh("ip", "link", "add", host_name, "type", "veth", "peer", "name", "stale0", ns=lab.host)
+    ns = lab.container()
+    out = lab.add(lab.conf(isGateway=True), ns)
+    assert out["interfaces"][1]["name"] == host_name
+    port = lab.link(host_name)
+    assert port["master"] == lab.bridge and "UP" in port["flags"] and "stale0" not in lab.links()
+    assert lab.link("eth0", ns)["address"] == out["interfaces"][2]["mac"]
+    assert lab.ping(ns, "10.250.0.1")
+    assert lab.run("DEL", lab.conf(isGateway=True), ns).rc == 0
+    lab.assert_nothing_left()
+
+
+def test_conflict_leaves_a_stale_host_veth_alone(lab):
+    """The container's ifname taken is a CONFLICT whatever else is there; nothing is changed."""
+    host_name = "cnm" + endpoint_id(lab.network, "c1", "eth0")[:12]
+    sh("ip", "link", "add", host_name, "type", "veth", "peer", "name", "stale0", ns=lab.host)
+    ns = lab.container()
+    sh("ip", "link", "add", "eth0", "type", "veth", "peer", "name", "notours0", ns=ns)
+    run = lab.run("ADD", lab.conf(ipMasq=True, isGateway=True), ns)
+    assert run.rc == 1 and run.json["code"] == CONFLICT and "already exists" in run.json["msg"], run
+    assert lab.link(host_name)["link"] == "stale0" and lab.link("eth0", ns)["link"] == "notours0"
+    sh("ip", "link", "del", host_name, ns=lab.host)
+    lab.assert_nothing_left()
+
+
+def test_gateways_of_two_ipv4_ranges(hl_lab):
+    """As the reference plugin: a bridge holds one IPv4 gateway, so the second range's is
+    refused (forceAddress: it replaces the first's, added moments before)."""
+    lab = hl_lab
+    ns = lab.container()
+    conf = lab.conf(isGateway=True, ipam=lab.ipam("10.250.0.0/24", "10.250.1.0/24"))
+    run = lab.run("ADD", conf, ns)
+    assert run.rc == 1 and "different from 10.250.1.1/24" in run.json["details"], run
+    lab.assert_nothing_left()
+    conf["forceAddress"] = True
+    out = lab.add(conf, ns)
+    assert [ip["gateway"] for ip in out["ips"]] == ["10.250.0.1", "10.250.1.1"]
+    assert lab.addrs(lab.bridge, lab.host) == ["10.250.1.1/24"]
+    assert lab.run("DEL", conf, ns).rc == 0
+    lab.assert_nothing_left()
+
+
+def test_ipv6_gateways_replace_only_overlapping_addresses(hl_lab):
+    """IPv6: a bridge address in another subnet stays, one overlapping the gateway's
+    subnet is refused (forceAddress: replaced); the IPv4 gateway beside them is added."""
+    lab = hl_lab
+    sh("ip", "link", "add", lab.bridge, "type", "bridge", ns=lab.host)
+    sh("ip", "addr", "add", "fd99::1/64", "dev", lab.bridge, "nodad", ns=lab.host)
+    sh("ip", "addr", "add", "fd42::99/48", "dev", lab.bridge, "nodad", ns=lab.host)
+    ns = lab.container()
+    conf = lab.conf(isGateway=True, ipam=lab.ipam("10.250.0.0/24", "fd42::/64"))
+    run = lab.run("ADD", conf, ns)
+    assert run.rc == 1 and "different from fd42::1/64" in run.json["details"], run
+    assert lab.addrs(lab.bridge, lab.host) == ["10.250.0.1/24", "fd42::99/48", "fd99::1/64"]
+    conf["forceAddress"] = True
+    lab.add(conf, ns)
+    assert sorted(lab.addrs(lab.bridge, lab.host)) == ["10.250.0.1/24", "fd42::1/64", "fd99::1/64"]
+    assert lab.run("DEL", conf, ns).rc == 0
+    lab.assert_nothing_left()
 
 
 # ---- DEL without a record, concurrency -----------------------------------------------------
