@@ -352,8 +352,12 @@ class Controller:
         """Leave + delete through the endpoint's own driver (whatever plugin serves this DEL)."""
         driver = drivers.load(endpoint.driver)
         network = tx.get_network(endpoint.network)
-        driver.leave(ctx, network, endpoint, sandbox)
-        driver.delete_endpoint(ctx, network, endpoint)
+        if getattr(driver, "leave_overlaps_delete", False):
+            _overlapped(lambda: driver.leave(ctx, network, endpoint, sandbox),
+                        lambda: driver.delete_endpoint(ctx, network, endpoint))
+        else:
+            driver.leave(ctx, network, endpoint, sandbox)
+            driver.delete_endpoint(ctx, network, endpoint)
         tx.delete_endpoint(endpoint.id)
 
     @staticmethod
@@ -573,3 +577,32 @@ def _unwind(stack: ExitStack) -> None:
         stack.close()
     except Exception:
         pass
+
+
+def _overlapped(leave, delete) -> None:
+    """leave() in a second thread while delete() runs here, for a driver whose two halves
+    touch different kernel objects: deleting a veth and removing nftables elements each
+    wait for an RCU grace period (~15-30 ms), and waiting for both at once halves a DEL.
+    The store's write lock is held throughout, so no other command sees the halfway state.
+    The thread shares this one's namespaces (a new thread starts in its creator's netns).
+    leave()'s error wins (it is the first step); both always run to the end."""
+    import threading
+
+    from .linux import links  # noqa: F401 -- pyroute2's first import is not safe to race (import cycle)
+
+    failure: list[BaseException] = []
+
+    def run_leave():
+        try:
+            leave()
+        except BaseException as exc:  # handed to the calling thread
+            failure.append(exc)
+
+    thread = threading.Thread(target=run_leave, name="cnm-leave")
+    thread.start()
+    try:
+        delete()
+    finally:
+        thread.join()
+        if failure:
+            raise failure[0]

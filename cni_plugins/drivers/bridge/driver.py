@@ -64,6 +64,9 @@ def kernel_errors(what: str) -> Iterator[None]:
 class BridgeDriver(BaseDriver):
     name = "bridge"
     uses_host_netns = False
+    # leave() deletes the veth, delete_endpoint() removes nftables elements and the lease:
+    # independent, and each waits for the kernel (controller._overlapped).
+    leave_overlaps_delete = True
 
     def __init__(self):
         self._cached: tuple[Request, bridge_config.BridgeConfig] | None = None
