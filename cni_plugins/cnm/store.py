@@ -122,6 +122,21 @@ class _IdleConnections:
 
 _idle = _IdleConnections()
 
+# One writer at a time per store inside this process, queued on a lock: SQLite's own busy
+# handler makes a waiting writer sleep 1, 2, 5, ... up to 100 ms between tries, so twenty
+# concurrent commands in the helper would spend most of their time asleep. Other processes
+# still meet SQLite's lock (BEGIN IMMEDIATE) as before.
+_writers_lock = threading.Lock()
+_writers: dict[str, threading.RLock] = {}
+
+
+def _writer_lock(path: str) -> threading.RLock:
+    with _writers_lock:
+        lock = _writers.get(path)
+        if lock is None:
+            lock = _writers[path] = threading.RLock()
+        return lock
+
 
 def keep_connections(enabled: bool = True) -> None:
     """Keep connections open between commands (for the resident helper)."""
@@ -194,6 +209,21 @@ class Store:
     @contextmanager
     def transaction(self, write: bool = True) -> Iterator["Transaction"]:
         """One transaction; a write transaction holds the store's write lock throughout."""
+        if not write:
+            with self._transaction(False) as tx:
+                yield tx
+            return
+        lock = _writer_lock(self.path)
+        if not lock.acquire(timeout=BUSY_TIMEOUT_S):
+            raise StoreError(f"store {self.path} is busy: no write lock in {BUSY_TIMEOUT_S:.0f} s")
+        try:
+            with self._transaction(True) as tx:
+                yield tx
+        finally:
+            lock.release()
+
+    @contextmanager
+    def _transaction(self, write: bool) -> Iterator["Transaction"]:
         conn = _idle.take(self.path)
         if conn is None:
             try:
