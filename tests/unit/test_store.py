@@ -278,9 +278,9 @@ def test_a_failed_transaction_does_not_keep_its_connection(store, kept):
     os.rmdir(store.path)
 
 
-def test_writers_in_one_process_queue_on_a_lock_not_on_sqlite_sleeps(store):
-    """Twenty threads writing at once: each waits on the in-process lock and starts as soon
-    as the previous one commits (SQLite's busy handler would sleep up to 100 ms per try)."""
+def test_writers_in_one_process_run_one_at_a_time(store):
+    """Twenty threads writing at once (the helper's concurrent commands): they queue on the
+    in-process writer lock, one write transaction at a time, and every write lands."""
     import time
 
     with store.transaction() as tx:
@@ -295,14 +295,11 @@ def test_writers_in_one_process_queue_on_a_lock_not_on_sqlite_sleeps(store):
             order.append(("out", i))
 
     threads = [threading.Thread(target=writer, args=(i,)) for i in range(20)]
-    start = time.monotonic()
     for t in threads:
         t.start()
     for t in threads:
         t.join()
-    elapsed = time.monotonic() - start
     # strictly one writer at a time
     assert all(order[k][0] == "in" and order[k + 1] == ("out", order[k][1]) for k in range(0, len(order), 2))
     with store.transaction(write=False) as tx:
         assert {n.name for n in tx.list_networks()} >= {f"n{i}" for i in range(20)}
-    assert elapsed < 5.0  # queued, not slept: ~20 x 2 ms (generous bound for a loaded machine)
