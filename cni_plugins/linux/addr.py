@@ -20,8 +20,9 @@ def _reason(exc: NetlinkError) -> str:
     return exc.args[1] if len(exc.args) > 1 else str(exc)
 
 
-def add_address(ipr, index: int, cidr: str, nodad: bool = False) -> None:
-    """Add `cidr` (an interface address like 10.0.0.5/24); EEXIST is fine."""
+def add_address(ipr, index: int, cidr: str, nodad: bool = False) -> bool:
+    """Add `cidr` (an interface address like 10.0.0.5/24); EEXIST is fine. True when it was
+    added, False when the link had it already."""
     iface = ipaddress.ip_interface(cidr)
     kwargs = {"index": index, "address": str(iface.ip), "prefixlen": iface.network.prefixlen}
     if iface.version == 4:
@@ -32,9 +33,11 @@ def add_address(ipr, index: int, cidr: str, nodad: bool = False) -> None:
         kwargs["flags"] = IFA_F_NODAD
     try:
         ipr.addr("add", **kwargs)
+        return True
     except NetlinkError as exc:
         if exc.code != errno.EEXIST:
             raise AddrError(f"could not add address {cidr}: {_reason(exc)}") from None
+        return False
 
 
 def del_address(ipr, index: int, cidr: str) -> None:
