@@ -80,7 +80,8 @@ class _IdleConnections:
     SQLite checkpoint the WAL with an fsync: ~0.5 ms on an idle disk, tens of ms on a busy
     one, twice per command. A kept connection is used by one command at a time and only
     while its file is the one at the store's path (a state directory removed and made
-    again gets new connections). Off by default: a plugin process runs one command."""
+    again gets new connections) and writable (a descriptor opened before a read-only remount
+    would still write). Off by default: a plugin process runs one command."""
 
     MAX_IDLE = 8
 
@@ -94,7 +95,11 @@ class _IdleConnections:
             return None
         try:
             st = os.stat(path)
+            read_only = bool(os.statvfs(path).f_flag & os.ST_RDONLY)
         except OSError:
+            return None
+        if read_only:  # remounted read-only since: a kept descriptor would still write (and
+            self.drop(path)  # SQLite would lend it to a new connection of this process too)
             return None
         with self._lock:
             for i, (p, ident, conn) in enumerate(self._idle):
@@ -102,6 +107,13 @@ class _IdleConnections:
                     del self._idle[i]
                     return conn
         return None
+
+    def drop(self, path: str) -> None:
+        with self._lock:
+            dropped = [c for p, _, c in self._idle if p == path]
+            self._idle = [entry for entry in self._idle if entry[0] != path]
+        for conn in dropped:
+            conn.close()
 
     def give(self, path: str, conn: sqlite3.Connection) -> None:
         """Keep `conn` (out of any transaction) for the next command on `path`, or close it."""
@@ -213,6 +225,12 @@ class Store:
             with self._transaction(False) as tx:
                 yield tx
             return
+        try:
+            read_only = bool(os.statvfs(self.directory).f_flag & os.ST_RDONLY)
+        except OSError:
+            read_only = False  # not made yet: _connect makes it or says why not
+        if read_only:  # said plainly, and before a kept connection (opened earlier) could write
+            raise StoreError(f"cannot write store {self.path}: read-only file system")
         lock = _writer_lock(self.path)
         if not lock.acquire(timeout=BUSY_TIMEOUT_S):
             raise StoreError(f"store {self.path} is busy: no write lock in {BUSY_TIMEOUT_S:.0f} s")
