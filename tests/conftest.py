@@ -10,6 +10,7 @@ import itertools
 import json
 import os
 import subprocess
+import threading
 import uuid
 
 import pytest
@@ -25,6 +26,31 @@ def unique(prefix: str, length: int = 15) -> str:
     """A kernel-object name no other test (or run) uses; at most `length` bytes."""
     tag = f"{os.getpid() % 10000:04d}{next(_counter):03d}{uuid.uuid4().hex}"
     return (prefix + tag)[:length]
+
+
+def in_netns(path: str, fn, *args):
+    """fn(*args) in a thread whose network namespace is `path` (pyroute2 and libnftables
+    open their netlink sockets in the calling thread's netns; the test's own stays put)."""
+    from cni_plugins.linux import netns as nsmod
+
+    box: dict = {}
+
+    def target():
+        fd = nsmod.open_netns(path)
+        try:
+            nsmod.setns(fd)
+            box["value"] = fn(*args)
+        except BaseException as exc:  # re-raised in the test's thread
+            box["error"] = exc
+        finally:
+            os.close(fd)
+
+    thread = threading.Thread(target=target)
+    thread.start()
+    thread.join()
+    if "error" in box:
+        raise box["error"]
+    return box.get("value")
 
 
 # Helper mode (issue 7): with CNM_TEST_HELPER=1 one resident helper (bin/cnmd) serves every

@@ -80,8 +80,8 @@ class _IdleConnections:
     SQLite checkpoint the WAL with an fsync: ~0.5 ms on an idle disk, tens of ms on a busy
     one, twice per command. A kept connection is used by one command at a time and only
     while its file is the one at the store's path (a state directory removed and made
-    again gets new connections) and writable (a descriptor opened before a read-only remount
-    would still write). Off by default: a plugin process runs one command."""
+    again gets new connections); a write on a read-only mount is refused before one is
+    taken (Store.transaction). Off by default: a plugin process runs one command."""
 
     MAX_IDLE = 8
 
@@ -95,11 +95,7 @@ class _IdleConnections:
             return None
         try:
             st = os.stat(path)
-            read_only = bool(os.statvfs(path).f_flag & os.ST_RDONLY)
         except OSError:
-            return None
-        if read_only:  # remounted read-only since: a kept descriptor would still write (and
-            self.drop(path)  # SQLite would lend it to a new connection of this process too)
             return None
         with self._lock:
             for i, (p, ident, conn) in enumerate(self._idle):
@@ -107,13 +103,6 @@ class _IdleConnections:
                     del self._idle[i]
                     return conn
         return None
-
-    def drop(self, path: str) -> None:
-        with self._lock:
-            dropped = [c for p, _, c in self._idle if p == path]
-            self._idle = [entry for entry in self._idle if entry[0] != path]
-        for conn in dropped:
-            conn.close()
 
     def give(self, path: str, conn: sqlite3.Connection) -> None:
         """Keep `conn` (out of any transaction) for the next command on `path`, or close it."""

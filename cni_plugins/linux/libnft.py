@@ -50,7 +50,6 @@ def library():
                 lib.nft_ctx_new.argtypes = [ctypes.c_uint32]
                 lib.nft_ctx_free.argtypes = [ctypes.c_void_p]
                 lib.nft_ctx_output_set_flags.argtypes = [ctypes.c_void_p, ctypes.c_uint]
-                lib.nft_ctx_set_dry_run.argtypes = [ctypes.c_void_p, ctypes.c_bool]
                 lib.nft_ctx_buffer_output.argtypes = [ctypes.c_void_p]
                 lib.nft_ctx_buffer_error.argtypes = [ctypes.c_void_p]
                 lib.nft_ctx_get_output_buffer.restype = ctypes.c_char_p
@@ -66,8 +65,8 @@ def library():
     return _lib
 
 
-def run(command: bytes, dry_run: bool = False) -> Outcome:
-    """Run one nft command (JSON or nft syntax) as `nft -j [-c] -f -` would, JSON output."""
+def run(command: bytes) -> Outcome:
+    """Run one nft command (JSON or nft syntax) as `nft -j -f -` would, JSON output."""
     lib = library()
     if lib is None:
         raise OSError(f"{SONAME} is not available")
@@ -77,7 +76,6 @@ def run(command: bytes, dry_run: bool = False) -> Outcome:
             raise OSError("nft_ctx_new failed")
         try:
             lib.nft_ctx_output_set_flags(ctx, OUTPUT_JSON)
-            lib.nft_ctx_set_dry_run(ctx, dry_run)
             lib.nft_ctx_buffer_output(ctx)
             lib.nft_ctx_buffer_error(ctx)
             rc = lib.nft_run_cmd_from_buffer(ctx, command)

@@ -555,22 +555,25 @@ def list_json(args: list[str]) -> list[dict]:
 def backend() -> str:
     """"libnftables" (in process) or "exec" (the nft binary): CNM_NFT=exec forces the
     binary, e.g. to compare both; the library is used whenever the node has it."""
+    return "libnftables" if _library() is not None else "exec"
+
+
+def _library():
     if os.environ.get(BACKEND_ENV) == "exec":
-        return "exec"
+        return None
     from . import libnft
 
-    return "libnftables" if libnft.library() is not None else "exec"
+    return libnft if libnft.library() is not None else None
 
 
 def _nft(args: list[str], stdin: bytes | None):
-    """`nft ARGS` with `stdin` (only `-j`, `-c`, `-f -` and a command's words are used)."""
-    if backend() == "libnftables":
-        from . import libnft
-
-        words = [a for a in args if a not in ("-j", "-c", "-f", "-")]
+    """`nft ARGS` with `stdin` (only `-j`, `-f -` and a command's words are used)."""
+    lib = _library()
+    if lib is not None:
+        words = [a for a in args if a not in ("-j", "-f", "-")]
         command = stdin if stdin is not None else " ".join(words).encode()
         try:
-            return libnft.run(command, dry_run="-c" in args)
+            return lib.run(command)
         except OSError as exc:
             raise NftError(f"cannot run libnftables: {exc}") from None
     import subprocess

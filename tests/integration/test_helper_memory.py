@@ -17,7 +17,7 @@ from concurrent.futures import ThreadPoolExecutor
 import pytest
 
 from conftest import BIN, GO_PLUGINS, unique
-from test_helper import run, start_helper
+from test_helper import env, run, start_helper  # noqa: F401 (env: the same fixture)
 
 # glibc's HEAP_MAX_SIZE: a thread arena's heap is an anonymous mapping of this size, aligned
 # to it (its unused part mapped PROT_NONE).
@@ -57,16 +57,6 @@ def quiet(pid: int) -> tuple[int, int]:
         assert time.monotonic() < deadline, "the helper's threads did not end"
         time.sleep(0.05)
     return status(pid, "Threads"), len(os.listdir(f"/proc/{pid}/fd"))
-
-
-@pytest.fixture
-def env(tmp_path):
-    return {
-        "PATH": os.environ.get("PATH", "/usr/sbin:/usr/bin:/sbin:/bin"),
-        "CNI_PATH": f"{BIN}:{GO_PLUGINS}",
-        "CNM_STATE_DIR": str(tmp_path / "state"),
-        "CNM_RUN_DIR": str(tmp_path / "run"),
-    }
 
 
 def test_helper_threads_fds_and_malloc_arenas_stay_bounded(tmp_path, env, netns):

@@ -8,37 +8,13 @@ from __future__ import annotations
 import json
 import os
 import subprocess
-import threading
 
 import pytest
 
 from cni_plugins.linux import libnft, nft
-from cni_plugins.linux import netns as nsmod
+from conftest import in_netns
 
 BACKENDS = ("libnftables", "exec")
-
-
-def in_netns(path: str, fn, *args):
-    """fn(*args) in a thread whose network namespace is `path` (libnftables opens its
-    netlink socket in the calling thread's netns, the nft binary inherits it)."""
-    box: dict = {}
-
-    def target():
-        fd = nsmod.open_netns(path)
-        try:
-            nsmod.setns(fd)
-            box["value"] = fn(*args)
-        except BaseException as exc:  # re-raised in the test's thread
-            box["error"] = exc
-        finally:
-            os.close(fd)
-
-    thread = threading.Thread(target=target)
-    thread.start()
-    thread.join()
-    if "error" in box:
-        raise box["error"]
-    return box.get("value")
 
 
 def nft_json(ns: str, *args: str) -> list[dict]:
