@@ -68,7 +68,7 @@ def ensure_bridge(ipr, name: str, mtu: int = 0, promisc: bool = False, vlan_filt
                     _pinned.clear()
                 _pinned.add(pin)
         # we own this bridge's routes: no router advertisements
-        sysctl.try_write(f"net/ipv6/conf/{name}/accept_ra", "0")
+        sysctl.try_ensure(f"net/ipv6/conf/{name}/accept_ra", "0")
         if not link["flags"] & links.IFF_UP:
             ipr.link("set", index=index, state="up")
             changed = True

@@ -227,11 +227,10 @@ class BridgeDriver(BaseDriver):
             index = link["index"]
             if ips:
                 if conf.enabledad:
-                    sysctl.try_write(f"net/ipv6/conf/{ifname}/enhanced_dad", "1", ctx.netns_fd)
-                    sysctl.try_write(f"net/ipv6/conf/{ifname}/accept_dad", "1", ctx.netns_fd)
+                    dad = [(f"ipv6/conf/{ifname}/enhanced_dad", "1"), (f"ipv6/conf/{ifname}/accept_dad", "1")]
                 else:
-                    sysctl.try_write(f"net/ipv6/conf/{ifname}/accept_dad", "0", ctx.netns_fd)
-                sysctl.try_write(f"net/ipv4/conf/{ifname}/arp_notify", "1", ctx.netns_fd)
+                    dad = [(f"ipv6/conf/{ifname}/accept_dad", "0")]
+                sysctl.try_write_all(dad + [(f"ipv4/conf/{ifname}/arp_notify", "1")], ctx.netns_fd)
             if not conf.disableContainerInterface:
                 cipr.link("set", index=index, state="up")
             for ip in ips:

@@ -1,0 +1,106 @@
+"""linux.sysctl on the kernel: host knobs read through descriptors kept per netns (right
+netns, current value, a kept descriptor whose netns died is replaced), container knobs set
+with one lookup of /proc/sys/net. Every case runs in throwaway netns."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import time
+
+import pytest
+
+from cni_plugins.linux import netns as nsmod
+from cni_plugins.linux import sysctl
+from conftest import in_netns, unique
+
+
+@pytest.fixture
+def spaces():
+    made: list[str] = []
+
+    def make() -> str:
+        name = unique("cnmsy")
+        subprocess.run(["ip", "netns", "add", name], check=True)
+        made.append(name)
+        return f"/run/netns/{name}"
+
+    yield make
+    for name in made:
+        subprocess.run(["ip", "netns", "del", name], capture_output=True)
+
+
+def proc(ns: str, key: str, value: str | None = None) -> str:
+    path = "/proc/sys/" + key
+    if value is None:
+        return subprocess.run(["ip", "netns", "exec", os.path.basename(ns), "cat", path],
+                              capture_output=True, text=True, check=True).stdout.strip()
+    subprocess.run(["ip", "netns", "exec", os.path.basename(ns), "sh", "-c", f"echo {value} > {path}"], check=True)
+    return value
+
+
+def test_kept_read_follows_the_value_and_the_netns(spaces):
+    a, b = spaces(), spaces()
+    proc(a, "net/ipv4/ip_forward", "1")
+    proc(b, "net/ipv4/ip_forward", "0")
+    assert in_netns(a, sysctl.read, "net/ipv4/ip_forward") == "1"
+    assert in_netns(b, sysctl.read, "net/ipv4/ip_forward") == "0"
+    proc(a, "net/ipv4/ip_forward", "0")  # changed behind our back: the kept descriptor sees it
+    assert in_netns(a, sysctl.read, "net/ipv4/ip_forward") == "0"
+    in_netns(b, sysctl.ensure, "net/ipv4/ip_forward", "1")
+    assert proc(b, "net/ipv4/ip_forward") == "1"
+    assert in_netns(a, sysctl.read, "net/ipv4/ip_forward") == "0"
+
+
+def test_a_kept_descriptor_of_a_dead_netns_is_replaced(spaces):
+    """Netns inode numbers are reused: a descriptor kept for a dead netns answers ENOENT and
+    is opened afresh in the netns the thread is in (here: planted under the live one's key)."""
+    dead, live = spaces(), spaces()
+    proc(dead, "net/ipv4/ip_forward", "1")
+    proc(live, "net/ipv4/ip_forward", "0")
+
+    def stale_fd() -> int:
+        return os.open("/proc/sys/net/ipv4/ip_forward", os.O_RDONLY | os.O_CLOEXEC)
+
+    fd = in_netns(dead, stale_fd)
+    subprocess.run(["ip", "netns", "del", os.path.basename(dead)], check=True)
+
+    def plant_and_read() -> str:
+        dev, ino = sysctl._own_netns()
+        slot = (dev, ino, "/proc/sys/net/ipv4/ip_forward")
+        with sysctl._kept_lock:
+            old = sysctl._kept.pop(slot, None)
+            if old is not None:
+                os.close(old)
+            sysctl._kept[slot] = fd
+        value = sysctl.read("net/ipv4/ip_forward")  # raised ENOENT if the stale one stayed
+        with sysctl._kept_lock:
+            assert os.pread(sysctl._kept[slot], 10, 0).strip() == b"0"
+        return value
+
+    for _ in range(100):  # the dead netns is dismantled asynchronously
+        try:
+            os.pread(fd, 10, 0)
+        except FileNotFoundError:
+            break
+        time.sleep(0.1)
+    else:
+        pytest.fail("the dead netns's sysctl stayed readable")
+    assert in_netns(live, plant_and_read) == "0"
+
+
+def test_write_all_sets_container_knobs_with_one_lookup(spaces):
+    ns = spaces()
+    subprocess.run(["ip", "-n", os.path.basename(ns), "link", "add", "eth0", "type", "veth", "peer", "name", "eth1"], check=True)
+    before = os.stat("/proc/thread-self/ns/net")
+    fd = nsmod.open_netns(ns)
+    try:
+        failed = sysctl.try_write_all([("ipv6/conf/eth0/accept_dad", "0"), ("ipv4/conf/eth0/arp_notify", "1"),
+                                       ("ipv4/conf/nosuchlink/arp_notify", "1")], fd)
+    finally:
+        os.close(fd)
+    assert failed == ["ipv4/conf/nosuchlink/arp_notify"]
+    assert proc(ns, "net/ipv6/conf/eth0/accept_dad") == "0"
+    assert proc(ns, "net/ipv4/conf/eth0/arp_notify") == "1"
+    after = os.stat("/proc/thread-self/ns/net")
+    assert (after.st_dev, after.st_ino) == (before.st_dev, before.st_ino)  # back in our own netns
