@@ -9,7 +9,7 @@ from dataclasses import dataclass
 from typing import Iterable, Sequence
 
 from ..cni.errors import IPAM_FAILURE, CNIError
-from .disk import LeaseDir
+from .disk import LeaseDir, Leases
 from .ranges import IP, Range, RangeSet
 
 
@@ -39,7 +39,7 @@ def allocate(store: LeaseDir, sets: Sequence[RangeSet], container_id: str, ifnam
     A requested IP goes to the first set whose ranges contain it; a request no
     set can serve fails the whole ADD, as host-local does.
     """
-    leases = store.leases()
+    leases = store.lease_view()
     remaining = list(requested)
     made: list[Allocation] = []
     try:
@@ -57,21 +57,23 @@ def allocate(store: LeaseDir, sets: Sequence[RangeSet], container_id: str, ifnam
     return made
 
 
-def _allocate_one(store: LeaseDir, leases: dict, rangeset: RangeSet, index: int, container_id: str, ifname: str,
+def _allocate_one(store: LeaseDir, leases: Leases, rangeset: RangeSet, index: int, container_id: str, ifname: str,
                   want: IP | None) -> Allocation:
     cid = container_id.strip()
-    for addr, (owner, owner_if) in sorted(leases.items(), key=lambda kv: int(kv[0])):
-        if owner == cid and owner_if in (ifname, None) and rangeset.contains(addr):
-            raise _fail(index, f"{addr} has been allocated to {cid}, duplicate allocation is not allowed")
+    held = [addr for addr in (leases.addr(name) for name, owner_if in leases.held_by(cid).items()
+                              if owner_if in (ifname, None)) if rangeset.contains(addr)]
+    if held:
+        addr = min(held, key=int)  # the lowest address: one stable message
+        raise _fail(index, f"{addr} has been allocated to {cid}, duplicate allocation is not allowed")
     if want is not None:
         rng = rangeset.range_for(want)
         if want == rng.gateway:
             raise _fail(index, f"requested ip {want} is subnet's gateway")
-        if want in leases or not store.reserve(want, cid, ifname, index):
+        if str(want) in leases or not store.reserve(want, cid, ifname, index):
             raise _fail(index, f"requested IP address {want} is not available in range set {rangeset}")
         return Allocation(want, rng, index)
     for addr, rng in rangeset.iterate(store.last_reserved(index)):
-        if addr in leases:
+        if str(addr) in leases:
             continue  # known taken: skip the syscall
         if store.reserve(addr, cid, ifname, index):
             return Allocation(addr, rng, index)
@@ -81,7 +83,9 @@ def _allocate_one(store: LeaseDir, leases: dict, rangeset: RangeSet, index: int,
 def free_count(store: LeaseDir, rangeset: RangeSet) -> int:
     """Addresses of the set an ADD could still get."""
     used = 0
-    for addr in store.leases():
+    leases = store.lease_view()
+    for name in leases.owners:
+        addr = leases.addr(name)
         rng = rangeset.range_for(addr)
         if rng is not None and addr != rng.gateway:
             used += 1
@@ -92,8 +96,11 @@ def collect_garbage(store: LeaseDir, valid: set[tuple[str, str]]) -> list[IP]:
     """Release every lease whose attachment is not in `valid` (legacy files: by container id)."""
     valid_ids = {cid for cid, _ in valid}
     released = []
-    for addr, (owner, owner_if) in store.leases().items():
+    leases = store.lease_view()
+    for name, (owner, owner_if) in list(leases.owners.items()):
         keep = (owner in valid_ids) if owner_if is None else ((owner, owner_if) in valid)
-        if not keep and store.release(addr):
-            released.append(addr)
+        if not keep:
+            addr = leases.addr(name)
+            if store.release(addr):
+                released.append(addr)
     return released

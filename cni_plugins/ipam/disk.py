@@ -7,6 +7,11 @@
 Go host-local and cnm-ipam take the same flock on the same file, so they can
 replace each other on a live node. Every file operation goes through a
 descriptor of the network directory (dir_fd), so a name can never escape it.
+
+Who holds which address (`Leases`) is read under the flock: a one-shot process
+lists the directory and reads every lease file, once per locked section. A
+long-lived process (the helper, after `keep_index()`) keeps it per directory,
+exact by an inotify watch (index.py), and re-reads only the files that changed.
 """
 
 from __future__ import annotations
@@ -52,9 +57,30 @@ def lease_dir_path(data_dir: str, network: str) -> str:
     return path
 
 
+def is_lease_name(name: str) -> bool:
+    """ip_of_name(name) is not None, without parsing: a canonical dotted quad by string checks,
+    anything with a colon (IPv6, rare) by ip_of_name."""
+    if not name or name[0] not in _FIRST_CHARS:
+        return False
+    if ":" in name:
+        return ip_of_name(name) is not None
+    parts = name.split(".")
+    if len(parts) != 4:
+        return False
+    for part in parts:
+        if not (0 < len(part) <= 3 and part.isascii() and part.isdigit()):
+            return False
+        if part[0] == "0" and len(part) > 1 or int(part) > 255:
+            return False
+    return True
+
+
+_FIRST_CHARS = "0123456789abcdefABCDEF:"
+
+
 def ip_of_name(name: str) -> IP | None:
     """The address a lease file is named after, None for lock/last_reserved/other files."""
-    if not name or name[0] not in "0123456789abcdefABCDEF:":
+    if not name or name[0] not in _FIRST_CHARS:
         return None
     try:
         addr = ipaddress.ip_address(name)
@@ -76,6 +102,81 @@ def parse_owner(content: str) -> tuple[str, str | None]:
     return text, None
 
 
+class Leases:
+    """Who holds which address in one directory: lease file name -> (containerID, ifname or
+    None for a legacy file), also grouped by container id. Names are canonical addresses
+    (is_lease_name); files that cannot be read (a symlink, a directory) are not leases."""
+
+    __slots__ = ("owners", "by_id", "_addrs")
+
+    def __init__(self) -> None:
+        self.owners: dict[str, tuple[str, str | None]] = {}
+        self.by_id: dict[str, dict[str, str | None]] = {}
+        self._addrs: dict[str, IP] = {}
+
+    def __contains__(self, name: str) -> bool:
+        return name in self.owners
+
+    def __len__(self) -> int:
+        return len(self.owners)
+
+    def put(self, name: str, owner: tuple[str, str | None]) -> None:
+        self.discard(name)
+        self.owners[name] = owner
+        self.by_id.setdefault(owner[0], {})[name] = owner[1]
+
+    def discard(self, name: str) -> None:
+        owner = self.owners.pop(name, None)
+        if owner is not None:
+            held = self.by_id[owner[0]]
+            del held[name]
+            if not held:
+                del self.by_id[owner[0]]
+
+    def held_by(self, container_id: str) -> dict[str, str | None]:
+        """The leases of a (stripped) container id: name -> ifname (None: legacy file)."""
+        return self.by_id.get(container_id, {})
+
+    def addr(self, name: str) -> IP:
+        """The address of a lease name (parsed once)."""
+        addr = self._addrs.get(name)
+        if addr is None:
+            addr = self._addrs[name] = ip_of_name(name)
+            if len(self._addrs) > 2 * len(self.owners) + 64:  # names long gone
+                self._addrs = {n: a for n, a in self._addrs.items() if n in self.owners}
+        return addr
+
+    def update_from(self, store: "LeaseDir", name: str) -> None:
+        """Re-read one name of the directory."""
+        data = store._read(name) if is_lease_name(name) else None
+        if data is None:
+            self.discard(name)
+        else:
+            self.put(name, parse_owner(data.decode(errors="replace")))
+
+
+def scan(store: "LeaseDir") -> Leases:
+    """Every lease of the directory: list it, read each file named like an address."""
+    leases = Leases()
+    for name in store.names():
+        if is_lease_name(name):
+            data = store._read(name)
+            if data is not None:
+                leases.put(name, parse_owner(data.decode(errors="replace")))
+    return leases
+
+
+_index_enabled = False
+
+
+def keep_index(enabled: bool = True) -> None:
+    """Keep each lease directory's Leases between commands, exact by inotify (the helper)."""
+    global _index_enabled
+    if enabled:
+        from . import index  # noqa: F401  (ctypes and the inotify binding, here and not on import)
+    _index_enabled = enabled
+
+
 class LeaseDir:
     """The lease directory of one network. Use `with store.locked():` around changes."""
 
@@ -86,6 +187,9 @@ class LeaseDir:
         # O_NOFOLLOW: a symlink planted as <dataDir>/<network> must not redirect the leases.
         self.fd = os.open(self.path, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC | os.O_NOFOLLOW)
         self._lock_fd: int | None = None
+        self._locked = False
+        self._view: Leases | None = None  # valid while locked
+        self._index = None  # index.DirIndex held while locked
 
     @classmethod
     def existing(cls, data_dir: str, network: str) -> "LeaseDir | None":
@@ -114,12 +218,35 @@ class LeaseDir:
         fd = os.open(LOCK_NAME, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC | os.O_NOFOLLOW, 0o644, dir_fd=self.fd)
         try:
             fcntl.flock(fd, fcntl.LOCK_EX)
+            self._locked = True
             try:
                 yield self
             finally:
+                self._locked = False
+                self._view = None
+                if self._index is not None:
+                    self._index.release()
+                    self._index = None
                 fcntl.flock(fd, fcntl.LOCK_UN)
         finally:
             os.close(fd)
+
+    def lease_view(self) -> Leases:
+        """Who holds what now. Under the lock: read once (or synced from the helper's index) and
+        kept current by reserve/release until the lock is released; without it: a fresh scan."""
+        if self._view is not None:
+            return self._view
+        if not self._locked:
+            return scan(self)
+        view = None
+        if _index_enabled:
+            from . import index
+
+            self._index = index.acquire(self)
+            if self._index is not None:
+                view = self._index.leases
+        self._view = view if view is not None else scan(self)
+        return self._view
 
     # ---- files -------------------------------------------------------------------------
     def _write_new(self, name: str, data: bytes) -> bool:
@@ -197,17 +324,25 @@ class LeaseDir:
     # ---- leases ------------------------------------------------------------------------
     def reserve(self, addr: IP, container_id: str, ifname: str, set_index: int) -> bool:
         """host-local's Reserve: exclusive create of the lease, then last_reserved_ip.<n>."""
-        if not self._write_new(str(addr), owner_text(container_id, ifname).encode()):
+        name = str(addr)
+        text = owner_text(container_id, ifname)
+        if not self._write_new(name, text.encode()):
             return False
         try:
-            self._replace(f"{LAST_RESERVED_PREFIX}{set_index}", str(addr).encode())
+            self._replace(f"{LAST_RESERVED_PREFIX}{set_index}", name.encode())
         except OSError:
-            self._unlink(str(addr))
+            self._unlink(name)
             raise
+        if self._view is not None:
+            self._view.put(name, parse_owner(text))  # what reading the file back gives
         return True
 
     def release(self, addr: IP) -> bool:
-        return self._unlink(str(addr))
+        name = str(addr)
+        removed = self._unlink(name)
+        if self._view is not None:
+            self._view.discard(name)  # gone either way
+        return removed
 
     def last_reserved(self, set_index: int) -> IP | None:
         data = self._read(f"{LAST_RESERVED_PREFIX}{set_index}")
@@ -220,32 +355,23 @@ class LeaseDir:
 
     def leases(self) -> dict[IP, tuple[str, str | None]]:
         """Every lease: address -> (containerID, ifname or None for a legacy file)."""
-        out: dict[IP, tuple[str, str | None]] = {}
-        for name in self.names():
-            addr = ip_of_name(name)
-            if addr is None:
-                continue
-            data = self._read(name)
-            if data is None:
-                continue
-            out[addr] = parse_owner(data.decode(errors="replace"))
-        return out
+        view = self.lease_view()
+        return {view.addr(name): owner for name, owner in view.owners.items()}
 
     def find(self, container_id: str, ifname: str) -> list[IP]:
         """The attachment's leases; files of the legacy format count when they hold the id."""
-        cid = container_id.strip()
-        return sorted(
-            (addr for addr, (owner, owner_if) in self.leases().items() if owner == cid and owner_if in (ifname, None)),
-            key=_sort_key,
-        )
+        view = self.lease_view()
+        held = view.held_by(container_id.strip())
+        return sorted((view.addr(name) for name, owner_if in held.items() if owner_if in (ifname, None)),
+                      key=_sort_key)
 
     def release_owner(self, container_id: str, ifname: str) -> list[IP]:
         """host-local's ReleaseByID: the (id, ifname) leases, else the legacy id-only ones."""
-        cid = container_id.strip()
-        leases = self.leases()
-        matched = [a for a, (owner, owner_if) in leases.items() if owner == cid and owner_if == ifname]
+        view = self.lease_view()
+        held = view.held_by(container_id.strip())
+        matched = [view.addr(name) for name, owner_if in held.items() if owner_if == ifname]
         if not matched:
-            matched = [a for a, (owner, owner_if) in leases.items() if owner == cid and owner_if is None]
+            matched = [view.addr(name) for name, owner_if in held.items() if owner_if is None]
         return sorted((a for a in matched if self.release(a)), key=_sort_key)
 
 

@@ -20,7 +20,7 @@ import os
 from contextlib import contextmanager
 from typing import Iterable, Iterator, Sequence
 
-from .disk import DIR_MODE, LeaseDir, PathError, ip_of_name
+from .disk import DIR_MODE, LeaseDir, PathError, ip_of_name, is_lease_name
 from .ranges import Net, RangeSet, make_range
 
 POOL_FILE = "cnm-pool.json"
@@ -143,6 +143,6 @@ def peek(data_dir: str, network: str, pools: Sequence[tuple[Net, int]], routes: 
 
 def release_if_unused(store: LeaseDir) -> bool:
     """Give the pool back when no lease is left (GC); the caller holds both locks."""
-    if any(ip_of_name(name) is not None for name in store.names()):
+    if any(is_lease_name(name) for name in store.names()):
         return False
     return store.remove(POOL_FILE)
