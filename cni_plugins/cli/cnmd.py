@@ -1,11 +1,14 @@
 """cnmd: the warm resident helper behind the thin path (cli/thin.py).
 
 It keeps the heavy modules (pyroute2, pydantic, the drivers) imported and runs
-each request as `cli.plugin.handle(name, env, stdin, netns_fd=fd)` in a thread
-of its own, so requests run concurrently with the locking of separate
-processes: store transactions and flocks are per call, setns is per thread
-(linux.netns.entered restores it), and each worker thread unshares its
-filesystem context (cwd, umask) and takes the caller's.
+each request as `cli.plugin.handle(name, env, stdin, netns_fd=fd)` in a worker
+thread of a small pool, so requests run concurrently with the locking of
+separate processes: store transactions and flocks are per call, setns is per
+thread. A worker serves one request at a time, as a fresh thread would: it has
+its own filesystem context (unshared once; the caller's cwd and umask are
+taken per request), adopts the caller's netns per request and is put back in
+the helper's own netns after every request, checked; a worker that cannot be
+put back ends instead of serving again (see Helper._work).
 
 It serves only callers whose context equals its own (mount, network, user and
 pid namespaces, root directory, effective capabilities), with the same build
@@ -23,6 +26,7 @@ import argparse
 import ctypes
 import importlib
 import os
+import queue
 import signal
 import socket
 import struct
@@ -36,7 +40,9 @@ CLONE_FS = 0x00000200
 MAX_FIELD = thin.MAX_STDIN + 1
 MAX_FIELDS = 16
 REQUEST_TIMEOUT = 10.0  # a client sends its whole request at once; a stalled peer is dropped
-MAX_WORKERS = 256  # beyond this, callers wait, time out on OK and run in-process
+MAX_WORKERS = 256  # requests in flight; beyond this, callers wait, time out on OK and run in-process
+KEEP_IDLE = 4  # idle workers kept warm for the next requests; more than this end when idle for
+IDLE_TIMEOUT = 30.0  # seconds
 LISTEN_FDS_START = 3
 # Imported at start so the first request is as warm as the next (missing ones are skipped).
 PRELOAD = (
@@ -58,8 +64,8 @@ M_ARENA_MAX = -8  # glibc mallopt(3)
 
 
 # ---- native memory -------------------------------------------------------------------------
-# Each request runs in a new thread, and glibc gives a thread that starts while another still
-# holds an arena (the previous worker exiting, concurrent requests) an arena of its own, up to
+# Requests run in worker threads that come and go with the load, and glibc gives a thread that
+# starts while another still holds an arena (concurrent requests) an arena of its own, up to
 # 8 per core. A request frees what its native code (libnftables, sqlite, netlink buffers) took,
 # but every arena keeps its freed pages resident: the helper's RSS rose in steps, an arena's
 # working set (2-5 MB) at a time, over thousands of requests (+6 MB over 10,000 ADD/DEL pairs),
@@ -138,7 +144,8 @@ def unshare_fs() -> None:
 def adopt_netns(fd: int) -> None:
     """Run this worker thread in the caller's netns: there the plugin would have run.
 
-    setns is per thread; the thread ends with the request, so nothing leaks to the next.
+    setns is per thread; the worker goes back to the helper's netns after the request
+    (Helper.reset_thread), so nothing leaks to the next.
     """
     from ..linux import netns
 
@@ -149,29 +156,64 @@ def adopt_netns(fd: int) -> None:
             raise Refused(f"cannot enter the caller's netns: {exc}") from None
 
 
+class _Reader:
+    """The request's bytes, from as few recv calls as the peer allows: a client sends its whole
+    request in one sendmsg, so one recvmsg usually holds all of it (descriptors included)."""
+
+    CHUNK = 64 * 1024
+
+    def __init__(self, conn: socket.socket):
+        self.conn = conn
+        self.buf = b""
+        self.pos = 0
+        self.fds: list[int] = []
+
+    def first(self) -> None:
+        data, anc, _flags, _addr = self.conn.recvmsg(self.CHUNK, socket.CMSG_SPACE(3 * 4))
+        for level, kind, payload in anc:
+            if level == socket.SOL_SOCKET and kind == socket.SCM_RIGHTS:
+                usable = len(payload) - len(payload) % 4
+                self.fds.extend(struct.unpack(f"{usable // 4}i", payload[:usable]))
+        if not data:
+            raise EOFError("connection closed")
+        self.buf = data
+
+    def take(self, n: int) -> bytes:
+        have = len(self.buf) - self.pos
+        if have >= n:
+            out = self.buf[self.pos:self.pos + n]
+            self.pos += n
+            return out
+        out = self.buf[self.pos:] + thin.recv_exact(self.conn, n - have)  # only this request's bytes
+        self.buf, self.pos = b"", 0
+        return out
+
+
 def read_request(conn: socket.socket) -> tuple[list[bytes], list[int]]:
-    fds: list[int] = []
-    head, anc, _flags, _addr = conn.recvmsg(12, socket.CMSG_SPACE(3 * 4))
-    for level, kind, data in anc:
-        if level == socket.SOL_SOCKET and kind == socket.SCM_RIGHTS:
-            usable = len(data) - len(data) % 4
-            fds.extend(struct.unpack(f"{usable // 4}i", data[:usable]))
-    if len(head) < 12:
-        head += thin.recv_exact(conn, 12 - len(head))
-    magic, proto, nfields = head[:4], *struct.unpack("!II", head[4:12])
-    if magic != thin.MAGIC:
-        raise Refused("not a cnmd request")
-    if proto != thin.PROTOCOL:
-        raise Refused(f"protocol {proto}, helper speaks {thin.PROTOCOL}")
-    if nfields > MAX_FIELDS:
-        raise Refused("too many fields")
-    fields = []
-    for _ in range(nfields):
-        (length,) = struct.unpack("!I", thin.recv_exact(conn, 4))
-        if length > MAX_FIELD:
-            raise Refused("field too large")
-        fields.append(thin.recv_exact(conn, length))
-    return fields, fds
+    reader = _Reader(conn)
+    try:
+        reader.first()
+        head = reader.take(12)
+        magic, proto, nfields = head[:4], *struct.unpack("!II", head[4:12])
+        if magic != thin.MAGIC:
+            raise Refused("not a cnmd request")
+        if proto != thin.PROTOCOL:
+            raise Refused(f"protocol {proto}, helper speaks {thin.PROTOCOL}")
+        if nfields > MAX_FIELDS:
+            raise Refused("too many fields")
+        fields = []
+        for _ in range(nfields):
+            (length,) = struct.unpack("!I", reader.take(4))
+            if length > MAX_FIELD:
+                raise Refused("field too large")
+            fields.append(reader.take(length))
+        if reader.pos != len(reader.buf):
+            raise Refused("bytes after the request")
+    except BaseException:
+        for fd in reader.fds:
+            os.close(fd)
+        raise
+    return fields, reader.fds
 
 
 def decode_env(blob: bytes) -> dict[str, str]:
@@ -188,21 +230,51 @@ def peer_uid(conn: socket.socket) -> int:
     return struct.unpack("3i", creds)[1]
 
 
+class _Worker:
+    """A pool thread's mailbox: the connection it is handed next (None: end)."""
+
+    __slots__ = ("inbox", "thread")
+
+    def __init__(self):
+        self.inbox: queue.SimpleQueue = queue.SimpleQueue()
+        self.thread: threading.Thread | None = None
+
+
+class Unfit(Exception):
+    """This worker thread cannot be made like a fresh one again: it must not serve again."""
+
+
 class Helper:
     def __init__(self, sock: socket.socket, build_id: str | None = None):
+        from ..linux import netns
+
         self.sock = sock
         self.build_id = build_id or thin.build_id()
         own = thin.process_context()
-        own.pop("umask")
+        self.umask = int(own.pop("umask"), 8)
         self.context = own
+        # Where a worker goes back to after each request: the helper's own netns (taken by the
+        # thread that makes the Helper, before any request) and the root directory.
+        self.home_fd = os.open(netns.SELF, os.O_RDONLY | os.O_CLOEXEC)
+        self.home = netns.identity_of(self.home_fd)
+        self.root_fd = os.open("/", thin.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
         self.slots = threading.BoundedSemaphore(MAX_WORKERS)
         self.workers: set[threading.Thread] = set()
+        self.idle: list[_Worker] = []  # a stack: the warmest worker serves next, the coldest end
+        self.busy = 0
         self.lock = threading.Lock()
         self.stopping = threading.Event()
         self.served = 0
 
+    def close(self) -> None:
+        for fd in (self.home_fd, self.root_fd):
+            try:
+                os.close(fd)
+            except OSError:
+                pass
+
     # Everything that makes an in-process run differ must be equal, or we refuse.
-    def check(self, fields: list[bytes], fds: list[int]) -> tuple[str, dict, bytes, int | None, int, int]:
+    def check(self, fields: list[bytes], fds: list[int]) -> tuple[str, dict, bytes, int | None, int, int, int]:
         if len(fields) < 6:
             raise Refused("short request")
         build, name, context, env, stdin, flags = fields[:6]
@@ -223,12 +295,13 @@ class Helper:
         netns_fd = fds[2] if with_netns else None
         return name.decode(), decode_env(env), stdin, netns_fd, cwd_fd, caller_net_fd, umask
 
-    def serve_connection(self, conn: socket.socket) -> None:
+    def serve_connection(self, conn: socket.socket) -> bytes | None:
+        """One request, in this worker thread (its filesystem context already its own): the
+        answer to send once the thread is reset (see _work), or None."""
         fds: list[int] = []
         try:
             conn.settimeout(REQUEST_TIMEOUT)
             try:
-                unshare_fs()
                 fields, fds = read_request(conn)
                 if peer_uid(conn) != 0:
                     raise Refused("caller is not root")
@@ -238,37 +311,122 @@ class Helper:
                 adopt_netns(caller_net_fd)
             except Refused as exc:
                 log(f"refused a request: {exc}")
-                conn.sendall(b"NO" + struct.pack("!I", len(str(exc).encode())) + str(exc).encode())
-                return
+                return b"NO" + struct.pack("!I", len(str(exc).encode())) + str(exc).encode()
             conn.sendall(b"OK")
             if thin.recv_exact(conn, 2) != b"GO":
-                return  # the caller gave up (timed out) and runs the command itself
+                return None  # the caller gave up (timed out) and runs the command itself
             from .plugin import handle
 
             response = handle(name, env, stdin, netns_fd=netns_fd)
-            conn.sendall(b"RS" + struct.pack("!iI", response.exit_code, len(response.stdout)) + response.stdout)
             with self.lock:
                 self.served += 1
+            return b"RS" + struct.pack("!iI", response.exit_code, len(response.stdout)) + response.stdout
         except (OSError, EOFError, ValueError) as exc:
             log(f"connection dropped: {type(exc).__name__}: {exc}")
+            return None
         finally:
             for fd in fds:
                 try:
                     os.close(fd)
                 except OSError:
                     pass
-            conn.close()
 
-    def _worker(self, conn: socket.socket) -> None:
+    def reset_thread(self) -> None:
+        """Make this worker thread as a fresh one would start the next request: in the helper's
+        own netns (verified), at the root directory (no caller's mount held busy), with the
+        helper's umask. Unfit if it cannot be."""
+        from ..linux import netns
+
         try:
-            self.serve_connection(conn)
-        finally:
-            with self.lock:
-                self.workers.discard(threading.current_thread())
-                idle = not self.workers
-            self.slots.release()
-            if idle:  # the answer is sent: trimming costs the caller nothing
+            if netns.own_identity() != self.home:
+                netns.setns(self.home_fd)
+            if netns.own_identity() != self.home:
+                raise Unfit("still in another netns after setns")
+            os.fchdir(self.root_fd)
+            os.umask(self.umask)
+        except OSError as exc:
+            raise Unfit(f"{type(exc).__name__}: {exc}") from None
+
+    def _work(self, worker: _Worker) -> None:
+        """A pool thread: serve the connections it is handed until it idles out, the helper
+        stops, or it cannot be reset."""
+        fit = True
+        try:
+            unshare_fs()  # its own cwd and umask, for as long as it lives
+        except OSError as exc:
+            log(f"worker cannot start: {exc}")
+            fit = False
+        conn = worker.inbox.get()
+        while conn is not None:
+            answer = None
+            try:
+                if fit:
+                    answer = self.serve_connection(conn)
+                    self.reset_thread()
+            except Unfit as exc:
+                log(f"worker ends: {exc}")
+                fit = False
+            except BaseException as exc:  # a bug in the helper: this thread is not trusted again
+                log(f"worker ends: {type(exc).__name__}: {exc}")
+                fit = False
+                answer = None
+            finally:
+                # Back in the pool before the caller has its answer: its next request finds
+                # this worker idle, not a reason to start another one.
+                with self.lock:
+                    self.busy -= 1
+                    quiet = self.busy == 0
+                    idle = fit and not self.stopping.is_set()
+                    if idle:
+                        self.idle.append(worker)
+                self.slots.release()
+                try:
+                    if answer is not None:
+                        conn.sendall(answer)
+                except OSError as exc:
+                    log(f"connection dropped: {type(exc).__name__}: {exc}")
+                finally:
+                    conn.close()  # without an answer: the caller runs the command itself or says so
+            if quiet:  # the answer is sent: trimming costs the caller nothing
                 release_free_memory()
+            conn = self._next(worker) if idle else None
+        with self.lock:
+            self.workers.discard(threading.current_thread())
+
+    def _next(self, worker: _Worker) -> socket.socket | None:
+        """The worker's next connection; None once it has been idle for IDLE_TIMEOUT while
+        more than KEEP_IDLE others idle, or the helper stops."""
+        while True:
+            try:
+                return worker.inbox.get(timeout=IDLE_TIMEOUT)
+            except queue.Empty:
+                with self.lock:
+                    if worker in self.idle and len(self.idle) > KEEP_IDLE:
+                        self.idle.remove(worker)
+                        return None
+                # else a connection was just handed over (get returns it), or we are kept
+
+    def dispatch(self, conn: socket.socket) -> None:
+        """Hand an accepted connection to an idle worker, or to a new one."""
+        self.slots.acquire()  # at most MAX_WORKERS requests in flight; the rest wait in the backlog
+        with self.lock:
+            self.busy += 1
+            if self.idle:
+                self.idle.pop().inbox.put(conn)  # under the lock: see _next
+                return
+            worker = _Worker()
+            worker.inbox.put(conn)
+            worker.thread = threading.Thread(target=self._work, args=(worker,), name="cnmd-worker")
+            self.workers.add(worker.thread)
+        try:
+            worker.thread.start()
+        except RuntimeError as exc:  # no thread to be had: the caller sees EOF and runs it itself
+            log(f"cannot start a worker: {exc}")
+            with self.lock:
+                self.busy -= 1
+                self.workers.discard(worker.thread)
+            self.slots.release()
+            conn.close()
 
     def serve_forever(self) -> None:
         self.sock.settimeout(0.5)  # wake up to notice stop()
@@ -284,22 +442,22 @@ class Helper:
                 time.sleep(0.1)
                 continue
             conn.setblocking(True)
-            self.slots.acquire()
-            worker = threading.Thread(target=self._worker, args=(conn,), name="cnmd-request")
-            with self.lock:
-                self.workers.add(worker)
-            worker.start()
+            self.dispatch(conn)
         self.drain()
 
     def drain(self, timeout: float = thin.ANSWER_TIMEOUT) -> None:
-        """Finish the requests in flight: a caller that got OK is owed an answer."""
+        """Finish the requests in flight (a caller that got OK is owed an answer) and end the
+        idle workers."""
         deadline = time.monotonic() + timeout
         while True:
             with self.lock:
+                for worker in self.idle:
+                    worker.inbox.put(None)
+                self.idle.clear()
                 pending = list(self.workers)
             if not pending or time.monotonic() > deadline:
                 return
-            pending[0].join(max(0.0, deadline - time.monotonic()))
+            pending[0].join(max(0.0, min(0.5, deadline - time.monotonic())))
 
     def stop(self, *_args) -> None:
         self.stopping.set()
@@ -339,7 +497,6 @@ def serve(socket_path: str | None = None, ready=None) -> int:
     from ..ipam import disk
 
     store.keep_connections()  # many commands per process: no open + WAL checkpoint per command
-    disk.keep_index()  # each lease directory's leases kept, exact by inotify: no scan per command
     helper = Helper(sock)
     if threading.current_thread() is threading.main_thread():
         signal.signal(signal.SIGTERM, helper.stop)
@@ -351,6 +508,7 @@ def serve(socket_path: str | None = None, ready=None) -> int:
     try:
         helper.serve_forever()
     finally:
+        helper.close()
         if path is not None:
             try:
                 os.unlink(path)

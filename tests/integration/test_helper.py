@@ -25,10 +25,11 @@ from conftest import BIN, GO_PLUGINS, unique
 PYTHON = "/usr/bin/python3"  # bin/cnm's shebang interpreter
 
 
-def start_helper(directory, command=("cnmd",)) -> tuple[subprocess.Popen, str]:
+def start_helper(directory, command=("cnmd",), prefix=()) -> tuple[subprocess.Popen, str]:
     sock = os.path.join(str(directory), "cnmd.sock")
     log = open(os.path.join(str(directory), "cnmd.log"), "wb")
-    proc = subprocess.Popen([os.path.join(BIN, command[0]), *command[1:], "--socket", sock], stdout=log, stderr=log)
+    proc = subprocess.Popen([*prefix, os.path.join(BIN, command[0]), *command[1:], "--socket", sock], stdout=log,
+                            stderr=log)
     deadline = time.monotonic() + 30
     while True:
         probe = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
@@ -210,6 +211,181 @@ def test_concurrent_requests(helper, env, netns):
     db = sqlite3.connect(os.path.join(env["CNM_STATE_DIR"], "cnm.db"))
     assert db.execute("SELECT COUNT(*) FROM endpoints").fetchone()[0] == 0
     assert db.execute("SELECT COUNT(*) FROM sandboxes").fetchone()[0] == 0
+
+
+def task_status(pid: int, key: str) -> str:
+    with open(f"/proc/{pid}/status") as f:
+        return next(line.split()[1] for line in f if line.startswith(key + ":"))
+
+
+def test_one_worker_serves_callers_of_different_netns_in_turn(tmp_path, env, netns):
+    """One persistent worker serves request after request, each in its own caller's netns and
+    cwd: also the helper's own netns right after a foreign one, and after a request that failed
+    inside the caller's netns. cnm-host reports the interfaces of the netns it ran in, so a
+    request run in a wrong netns shows as a wrong answer."""
+    spaces = {}
+    for key, net in (("h", "10.99.20"), ("a", "10.99.21"), ("b", "10.99.22")):
+        path = netns("cnmw")
+        name = os.path.basename(path)
+        subprocess.run(["ip", "-n", name, "link", "add", f"w{key}0", "type", "veth", "peer", "name", f"w{key}1"],
+                       check=True)
+        subprocess.run(["ip", "-n", name, "addr", "add", f"{net}.1/24", "dev", f"w{key}0"], check=True)
+        work = tmp_path / f"cwd-{key}"
+        work.mkdir()
+        spaces[key] = (path, work, f"{net}.1/24")
+    # The helper lives in netns h (same mount namespace as the callers).
+    proc, sock = start_helper(tmp_path, prefix=("nsenter", f"--net={spaces['h'][0]}", "--"))
+    rel = dict(env, CNM_STATE_DIR="relstate")
+    conf = {"cniVersion": "1.0.0", "name": unique("hw"), "type": "cnm-host"}
+    added = []
+    try:
+        def host_add(key):
+            path, work, address = spaces[key]
+            cid = unique("c")
+            kw = dict(container_id=cid, netns=path, ifname="eth0", cwd=str(work),
+                      prefix=("nsenter", f"--net={path}", "--"))
+            rc, out, served = run("cnm-host", "ADD", conf, rel, socket_path=sock, **kw)
+            assert rc == 0 and served, out
+            added.append(kw)
+            result = json.loads(out)
+            assert sorted(i["name"] for i in result["interfaces"]) == [f"w{key}0", f"w{key}1"], (key, result)
+            assert [ip["address"] for ip in result["ips"]] == [address], (key, result)
+            assert (work / "relstate" / "cnm.db").exists()
+
+        def failing_bridge_add(key):
+            """Fails inside the caller's netns: the bridge name is taken by a veth there."""
+            path, work, _ = spaces[key]
+            bad = {"cniVersion": "1.0.0", "name": unique("hw"), "type": "cnm-bridge", "bridge": f"w{key}0"}
+            rc, out, served = run("cnm-bridge", "ADD", bad, dict(rel, CNM_STATE_DIR="badstate"),
+                                  socket_path=sock, container_id=unique("c"), netns=netns(), ifname="eth0",
+                                  cwd=str(work), prefix=("nsenter", f"--net={path}", "--"))
+            assert rc != 0 and served, out
+
+        host_add("a")
+        host_add("h")  # the helper's own netns, right after a foreign one
+        failing_bridge_add("b")
+        host_add("h")
+        host_add("b")
+        failing_bridge_add("a")
+        host_add("b")
+        host_add("a")
+        # Requests in turn do not each take a thread: one worker (two if the first request came
+        # while start_helper's probe connection was still being read) serves them all; the
+        # preload thread ends once warm.
+        deadline = time.monotonic() + 10
+        while int(task_status(proc.pid, "Threads")) > 3:
+            assert time.monotonic() < deadline, task_status(proc.pid, "Threads")
+            time.sleep(0.05)
+        # Between requests every thread is back home: the helper's netns, the root directory.
+        home = os.stat(spaces["h"][0]).st_ino
+        for task in os.listdir(f"/proc/{proc.pid}/task"):
+            assert os.stat(f"/proc/{proc.pid}/task/{task}/ns/net").st_ino == home, (
+                task, {k: os.stat(v[0]).st_ino for k, v in spaces.items()}, (tmp_path / "cnmd.log").read_text())
+            assert os.readlink(f"/proc/{proc.pid}/task/{task}/cwd") == "/"
+        for kw in added:
+            rc, out, served = run("cnm-host", "DEL", conf, rel, socket_path=sock, **kw)
+            assert (rc, served) == (0, True), out
+    finally:
+        proc.terminate()
+        assert proc.wait(timeout=60) == 0
+
+
+def test_worker_pool_in_process(tmp_path, netns, monkeypatch):
+    """The pool, driven through a real socket with a stand-in for handle(): requests run
+    concurrently (a barrier all of them must reach together), each in its caller's netns and
+    cwd; a request that leaves its thread in another netns and cwd and then raises does not
+    leak into the next one; a worker that cannot be put back home ends instead of serving
+    again; idle workers beyond KEEP_IDLE end."""
+    from cni_plugins.cli import plugin
+    from cni_plugins.cni.dispatch import Response
+    from cni_plugins.linux import netns as nsmod
+    from conftest import in_netns
+
+    monkeypatch.setattr(cnmd, "KEEP_IDLE", 1)
+    monkeypatch.setattr(cnmd, "IDLE_TIMEOUT", 0.3)
+    barrier = threading.Barrier(4, timeout=20)
+    elsewhere = netns()
+    seen = []
+
+    def fake_handle(name, env, stdin, netns_fd=None):
+        seen.append((env["TAG"], threading.get_native_id(), str(nsmod.own_identity()), os.getcwd()))
+        if env.get("WAIT"):
+            barrier.wait()
+        if env.get("LEAK"):  # leave the thread elsewhere, then fail
+            fd = nsmod.open_netns(elsewhere)
+            try:
+                nsmod.setns(fd)
+            finally:
+                os.close(fd)
+            os.chdir("/tmp")
+            raise OSError("a request that failed half-way")
+        return Response(stdout=env["TAG"].encode(), exit_code=0)
+
+    monkeypatch.setattr(plugin, "handle", fake_handle)
+    sock = cnmd.bind_socket(str(tmp_path / "pool.sock"))
+    helper = cnmd.Helper(sock)
+    server = threading.Thread(target=helper.serve_forever)
+    server.start()
+    spaces = [netns() for _ in range(4)]
+    dirs = []
+    for i in range(4):
+        (tmp_path / f"d{i}").mkdir()
+        dirs.append(str(tmp_path / f"d{i}"))
+
+    def call(tag, ns, cwd, **extra):
+        def client():
+            cnmd.unshare_fs()  # this caller thread's own cwd
+            os.chdir(cwd)
+            env = {"CNI_COMMAND": "ADD", "CNI_NETNS": ns, "CNM_HELPER_SOCKET": str(tmp_path / "pool.sock"),
+                   "TAG": tag, **extra}
+            try:
+                return thin.via_helper("cnm-none", env, b"{}")
+            except thin.Committed:
+                return "committed"
+        return in_netns(ns, client)
+
+    def record(tag):
+        return next(s for s in seen if s[0] == tag)
+
+    try:
+        with ThreadPoolExecutor(4) as pool:
+            answers = list(pool.map(lambda i: call(f"c{i}", spaces[i], dirs[i], WAIT="1"), range(4)))
+        assert answers == [(f"c{i}".encode(), 0) for i in range(4)]
+        assert len({record(f"c{i}")[1] for i in range(4)}) == 4  # four workers at once
+        for i in range(4):
+            assert record(f"c{i}")[2:] == (str(nsmod.identity_of(spaces[i])), dirs[i])
+        # Idle workers beyond KEEP_IDLE end; those kept are at home between requests.
+        deadline = time.monotonic() + 10
+        while len(helper.workers) != 1:
+            assert time.monotonic() < deadline, len(helper.workers)
+            time.sleep(0.05)
+        (kept,) = [t.native_id for t in helper.workers]
+        assert os.stat(f"/proc/self/task/{kept}/ns/net").st_ino == helper.home.ino
+        assert os.readlink(f"/proc/self/task/{kept}/cwd") == "/"
+        # A request that fails after leaving its thread elsewhere (the caller gets EOF: committed).
+        assert call("leak", spaces[0], dirs[0], LEAK="1") == "committed"
+        assert record("leak")[1] == kept
+        assert call("after", spaces[1], dirs[1]) == (b"after", 0)
+        assert record("after")[1:] == (kept, str(nsmod.identity_of(spaces[1])), dirs[1])
+        # A worker that cannot go home ends; the next request gets a new worker, in the right place.
+        real_setns = nsmod.setns
+        monkeypatch.setattr(nsmod, "setns", lambda fd: (_ for _ in ()).throw(OSError(1, "no"))
+                            if fd == helper.home_fd else real_setns(fd))
+        assert call("stuck", spaces[2], dirs[2]) == (b"stuck", 0)
+        deadline = time.monotonic() + 10
+        while any(t.native_id == kept for t in helper.workers):
+            assert time.monotonic() < deadline
+            time.sleep(0.05)
+        monkeypatch.setattr(nsmod, "setns", real_setns)
+        assert call("fresh", spaces[3], dirs[3]) == (b"fresh", 0)
+        assert record("fresh")[1] != kept
+        assert record("fresh")[2:] == (str(nsmod.identity_of(spaces[3])), dirs[3])
+    finally:
+        helper.stop()
+        server.join(30)
+        helper.close()
+        sock.close()
+    assert not server.is_alive() and not helper.workers
 
 
 # ---- the helper's own checks, spoken to directly -------------------------------------------
