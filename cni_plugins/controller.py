@@ -134,7 +134,16 @@ class Controller:
 
     # ---- ADD -----------------------------------------------------------------------------
     def add(self, request: Request) -> Result:
-        result = self._add(request)
+        try:
+            result = self._add(request)
+        except CNIError as exc:
+            from . import reconcile
+
+            # The ADD checked only some sandboxes (reconcile.VanishedCheck): if a check of
+            # all of them releases one (its addresses, ports), the ADD is worth a second run.
+            if not reconcile.release_all_vanished(self, request, exc):
+                raise
+            result = self._add(request)
         _fault(request.env, "add", "after-commit")
         return result
 
@@ -156,7 +165,7 @@ class Controller:
                 raise CNIError(NOT_AVAILABLE, "CNM store unavailable", str(exc)) from None
             from . import reconcile
 
-            reconcile.release_vanished_sandboxes(self, tx, request)  # after a reboot: reuse their addresses
+            reconcile.release_vanished_sandboxes(self, tx, request, identity)  # after a reboot: reuse their addresses
             if joins:
                 sandbox, new_sandbox = self._sandbox_to_join(tx, request, fd, identity, target), False
             network = self._ensure_network(tx, request, driver, options)

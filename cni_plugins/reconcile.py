@@ -22,6 +22,9 @@ objects; a store cannot tell another store's from an orphan, so networks that se
 their own `stateDir` on one node must not rely on orphan sweeping.
 Used by the controller (ADD: vanished sandboxes; GC: vanished sandboxes and orphans)
 and by `cnmctl gc` (all of it). Errors are collected, never stop the sweep.
+
+ADD's check is bounded (VanishedCheck): GC and `cnmctl gc` stat every sandbox, an ADD
+only what can have vanished unseen, so its cost does not grow with the pods on the node.
 """
 
 from __future__ import annotations
@@ -30,9 +33,11 @@ import base64
 import json
 import os
 import re
+import threading
 from dataclasses import asdict, dataclass, field
 
-from .cni.errors import CNIError
+from .cni.errors import (DECODE_FAILURE, INCOMPATIBLE_VERSION, INVALID_ENV, INVALID_NETNS, UNSUPPORTED_FIELD,
+                         CNIError)
 from .cni.request import Request, parse
 from .cnm.model import HOST_SANDBOX, Sandbox
 from .cnm.store import Store, StoreError
@@ -85,10 +90,27 @@ def sandbox_alive(sb_id: str, pin: str, ns_dev: int, ns_ino: int, path: str = ""
     return False
 
 
-def vanished_sandboxes(tx) -> list[Sandbox]:
-    rows = tx.conn.execute("SELECT id, pin, ns_dev, ns_ino, netns FROM sandboxes").fetchall()
+_ROW = "SELECT id, pin, ns_dev, ns_ino, netns FROM sandboxes"
+
+
+def vanished_sandboxes(tx, rows=None) -> list[Sandbox]:
+    """Every sandbox whose netns is gone (all of them checked: GC, `cnmctl gc`)."""
+    if rows is None:
+        rows = tx.conn.execute(_ROW).fetchall()
     dead = [r[0] for r in rows if not sandbox_alive(*r)]
     return [sb for sb in (tx.get_sandbox(i) for i in dead) if sb is not None]
+
+
+def _pinned(path: str, ns_dev: int, ns_ino: int) -> bool:
+    """`path` (our pin, or the runtime's path), visible here, is exactly that netns. A pin
+    that is keeps the netns alive."""
+    if not path:
+        return False
+    try:
+        st = os.stat(path)
+    except OSError:
+        return False
+    return (st.st_dev, st.st_ino) == (ns_dev, ns_ino)
 
 
 def _gc_request(request: Request | None, network: str, env) -> Request:
@@ -140,16 +162,180 @@ def release_homeless_endpoints(controller, tx, env, report: Report) -> None:
         report.add("endpoint", ep.id, why, "; ".join(_describe(e) for e in errors))
 
 
-def release_vanished_sandboxes(controller, tx, request: Request) -> Report:
-    """ADD's first step: after a reboot (or pins removed) the dead sandboxes' addresses
-    return to the pool. Never fails the ADD; what cannot be released waits for GC."""
-    report = Report()
+class VanishedCheck:
+    """What a process knows about one store's sandboxes between its ADDs (the resident
+    helper, cnmd, serves many; a plugin process runs one ADD, and its first check is full).
+
+    A sandbox whose pin (visible in this mount namespace) is a mount of its netns cannot
+    vanish while the pin stays: the mount keeps the netns alive. So after one full check
+    an ADD looks only at what can go unseen:
+      - sandboxes recorded in an earlier boot (voided, ns 0:0; an indexed lookup),
+      - the sandboxes this ADD's own lookups can meet: the one of its netns identity (a
+        dead netns's inode number is reused by new ones), those of its container and of
+        the container it joins,
+      - `watch`: sandboxes that live only through the runtime's path (no pin, or the pin
+        is not visible here), which can vanish at any time: every ADD,
+      - ROUND sandboxes more, in id order from a cursor, so a pin unmounted behind our
+        back (by an admin) is noticed within (sandboxes / ROUND) ADDs; a node of up to
+        ROUND sandboxes is checked whole on every ADD, as before.
+    A full check again when this process has none for the store yet, when the store file
+    or the pin directory is another one (recreated: reboot, wiped /run), or the store's
+    boot id changed; and when an ADD fails, if a full check then releases anything, the
+    ADD runs once more (Controller.add), so a node full of vanished pods still gets its
+    pod. GC and `cnmctl gc` always check everything."""
+
+    ROUND = 8
+    MAX_STORES = 64  # a helper serving many state directories (tests) keeps the latest ones
+
+    def __init__(self, ident: tuple):
+        self.ident = ident
+        self.watch: set[str] = set()
+        self.cursor = ""
+
+    # per process: (store path, pin dir) -> VanishedCheck; used under the store's write lock
+    _known: dict[tuple[str, str], "VanishedCheck"] = {}
+    _lock = threading.Lock()
+
+    @classmethod
+    def of(cls, key: tuple[str, str], ident: tuple) -> "VanishedCheck | None":
+        """The remembered state, when it still applies (else None: check everything)."""
+        with cls._lock:
+            known = cls._known.get(key)
+            return known if known is not None and known.ident == ident else None
+
+    @classmethod
+    def remember(cls, key: tuple[str, str], state: "VanishedCheck") -> None:
+        with cls._lock:
+            cls._known.pop(key, None)
+            cls._known[key] = state
+            while len(cls._known) > cls.MAX_STORES:
+                cls._known.pop(next(iter(cls._known)))
+
+    @classmethod
+    def forget(cls, key: tuple[str, str]) -> None:
+        with cls._lock:
+            cls._known.pop(key, None)
+
+
+def _identity(tx, store_path: str, pins: str) -> tuple | None:
+    """What must stay the same for a remembered check to apply; None: cannot tell."""
     try:
-        for sandbox in vanished_sandboxes(tx):
+        db, run = os.stat(store_path), os.stat(pins)
+    except OSError:
+        return None  # no pin directory yet (or no store file): the full check is cheap then
+    row = tx.conn.execute("SELECT value FROM meta WHERE key='boot_id'").fetchone()
+    return (db.st_dev, db.st_ino, run.st_dev, run.st_ino, row[0] if row else None)
+
+
+def _check_key(request: Request) -> tuple[str, str]:
+    """(store file, pin directory) of this request: the ADD opened that store already."""
+    from .cnm.store import DB_NAME, state_dir
+    from .controller import pin_dir
+
+    return os.path.join(state_dir(request.config.get("stateDir"), request.env), DB_NAME), pin_dir(request.env)
+
+
+def _full_check(tx) -> tuple[list[Sandbox], set[str]]:
+    """Every sandbox: the dead ones, and the live ones that live only through their path."""
+    dead, watch = [], set()
+    for row in tx.conn.execute(_ROW).fetchall():
+        if not sandbox_alive(*row):
+            dead.append(row[0])
+        elif row[0] != HOST_SANDBOX and not _pinned(row[1], row[2], row[3]):
+            watch.add(row[0])
+    return [sb for sb in (tx.get_sandbox(i) for i in dead) if sb is not None], watch
+
+
+def _bounded_check(tx, state: VanishedCheck, request: Request, identity, target: str | None) -> list[Sandbox]:
+    """The sandboxes VanishedCheck lists, each checked once; updates `state`."""
+    rows: dict[str, tuple] = {}
+    q = tx.conn.execute
+    for r in q(_ROW + " WHERE ns_dev=0 AND ns_ino=0"):
+        rows[r[0]] = r
+    if identity is not None:
+        for r in q(_ROW + " WHERE ns_dev=? AND ns_ino=?", (identity.dev, identity.ino)):
+            rows[r[0]] = r
+    for cid in {request.container_id, target} - {None, ""}:
+        for r in q(_ROW + " WHERE id IN (SELECT sandbox FROM endpoints WHERE container_id=?)", (cid,)):
+            rows[r[0]] = r
+    if state.watch:
+        watched = sorted(state.watch)
+        for i in range(0, len(watched), 500):  # SQLite's limit on bound parameters
+            part = watched[i:i + 500]
+            for r in q(_ROW + f" WHERE id IN ({','.join('?' * len(part))})", part):
+                rows[r[0]] = r
+        state.watch &= rows.keys()  # gone from the store: forget
+    size, batch = VanishedCheck.ROUND, []
+    if size > 0:
+        batch = q(_ROW + " WHERE id > ? ORDER BY id LIMIT ?", (state.cursor, size)).fetchall()
+        if len(batch) < size and state.cursor:  # wrap around
+            batch += q(_ROW + " WHERE id <= ? ORDER BY id LIMIT ?", (state.cursor, size - len(batch))).fetchall()
+    state.cursor = batch[-1][0] if size > 0 and len(batch) == size else ""
+    for r in batch:
+        rows[r[0]] = r
+    dead = []
+    for sb_id, (_, pin, ns_dev, ns_ino, path) in rows.items():
+        if sb_id == HOST_SANDBOX:
+            continue
+        if (ns_dev, ns_ino) != (0, 0) and _pinned(pin, ns_dev, ns_ino):
+            state.watch.discard(sb_id)
+        elif (ns_dev, ns_ino) != (0, 0) and _pinned(path, ns_dev, ns_ino):
+            state.watch.add(sb_id)  # alive through the runtime's path only
+        else:
+            state.watch.add(sb_id)  # looked at again until its release is committed
+            dead.append(sb_id)
+    return [sb for sb in (tx.get_sandbox(i) for i in dead) if sb is not None]
+
+
+def release_vanished_sandboxes(controller, tx, request: Request, identity=None) -> Report:
+    """ADD's first step: after a reboot (or pins removed) the dead sandboxes' addresses
+    return to the pool; bounded, see VanishedCheck. `identity`: the netns of this ADD.
+    Never fails the ADD; what cannot be released waits for GC (or the next full check)."""
+    report = Report()
+    key = None
+    try:
+        key = _check_key(request)
+        ident = _identity(tx, *key)
+        state = VanishedCheck.of(key, ident) if ident is not None else None
+        if state is None:
+            doomed, watch = _full_check(tx)
+            state = VanishedCheck(ident)
+            # the dead too: looked at again until their release is committed (a failing
+            # ADD rolls it back)
+            state.watch = watch | {sb.id for sb in doomed}
+        else:
+            driver = getattr(controller, "driver", None)
+            target = driver.target_container(request) if getattr(driver, "joins_sandbox", False) else None
+            doomed = _bounded_check(tx, state, request, identity, target)
+        if ident is not None:
+            VanishedCheck.remember(key, state)
+        for sandbox in doomed:
             release_sandbox(controller, tx, sandbox, request, request.env, report)
     except Exception:
-        pass
+        if key is not None:
+            VanishedCheck.forget(key)  # the next ADD checks everything
     return report
+
+
+# Failures no store state can cause: no second run for those.
+_NOT_STATE = (INCOMPATIBLE_VERSION, UNSUPPORTED_FIELD, INVALID_ENV, DECODE_FAILURE, INVALID_NETNS)
+
+
+def release_all_vanished(controller, request: Request, error: CNIError) -> bool:
+    """After a failed ADD: check every sandbox of the store (in a transaction of its own);
+    True when one was released, so the ADD is worth running again (Controller.add)."""
+    from .controller import open_store
+
+    if error.code in _NOT_STATE:
+        return False
+    report = Report()
+    try:
+        with open_store(request).transaction() as tx:
+            for sandbox in vanished_sandboxes(tx):
+                release_sandbox(controller, tx, sandbox, request, request.env, report)
+    except Exception:
+        return False
+    return any(a.kind == "sandbox" and not a.error for a in report.actions)
 
 
 # ---- orphans -------------------------------------------------------------------------------

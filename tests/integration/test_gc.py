@@ -11,7 +11,7 @@ import subprocess
 import pytest
 
 from bridge_support import Lab, sh
-from conftest import BIN, exec_plugin, unique
+from conftest import BIN, exec_plugin, in_netns, unique
 
 
 def pins(lab: Lab) -> list[str]:
@@ -258,3 +258,172 @@ def test_pin_gone_but_netns_alive_is_kept(lab):
     assert not [a for a in json.loads(proc.stdout)["removed"] if a["kind"] == "endpoint"]
     assert sorted(e[1] for e in lab.endpoints()) == ["c1", "c2"]
     assert len(lab.addrs("eth0", c1)) == 1 and len(lab.veths()) == 2
+
+
+# ---- ADD's bounded vanished check (reconcile.VanishedCheck) ---------------------------------
+def none_pods(lab: Lab, count: int, prefix: str = "a") -> list[tuple[str, str]]:
+    """`count` cnm-none pods: sandboxes (pinned) with no address, more than one round."""
+    conf = {"cniVersion": "1.1.0", "name": lab.network + "n", "type": "cnm-none"}
+    pods = []
+    for i in range(count):
+        ns = lab.container()
+        lab.add(conf, ns, cid=f"{prefix}{i:02d}", ifname="lo")
+        pods.append((f"{prefix}{i:02d}", ns))
+    return pods
+
+
+def del_none_pods(lab: Lab, pods) -> None:
+    conf = {"cniVersion": "1.1.0", "name": lab.network + "n", "type": "cnm-none"}
+    for cid, ns in pods:
+        assert lab.run("DEL", conf, ns, cid=cid, ifname="lo").rc == 0
+
+
+def pin_of(lab: Lab, cid: str) -> str:
+    return os.path.join(lab.env["CNM_RUN_DIR"], "netns", cid)
+
+
+@pytest.mark.parametrize("remove", [False, True], ids=["unmounted", "unmounted-and-removed"])
+def test_pins_gone_behind_our_back_range_full(lab, remove):
+    """More sandboxes than one ADD looks at; the full range's pods lose their pins (an admin's
+    umount, or /run's pins gone) and their netns: the next ADD still gets a released address
+    (in a helper, whose earlier ADDs judged those sandboxes pinned)."""
+    conf = bridge_conf(lab, ipam=lab.ipam({"subnet": "10.250.0.0/24", "rangeStart": "10.250.0.10",
+                                            "rangeEnd": "10.250.0.11"}))
+    old = [lab.container(), lab.container()]
+    got = {lab.add(conf, c, cid=f"zold{i}")["ips"][0]["address"] for i, c in enumerate(old)}
+    fillers = none_pods(lab, 12)
+    assert lab.run("ADD", conf, lab.container(), cid="extra").rc != 0  # exhausted
+    for i, c in enumerate(old):
+        subprocess.run(["umount", pin_of(lab, f"zold{i}")], check=True)
+        if remove:
+            os.unlink(pin_of(lab, f"zold{i}"))
+        subprocess.run(["ip", "netns", "del", os.path.basename(c)], check=True)
+    new = lab.container()
+    assert lab.add(conf, new, cid="new")["ips"][0]["address"] in got
+    assert sorted(e[1] for e in lab.endpoints() if e[2] == "eth0") == ["new"]
+    assert len(lab.leases()) == 1 and len(lab.veths()) == 1
+    assert lab.run("DEL", conf, new, cid="new").rc == 0
+    del_none_pods(lab, fillers)
+    lab.assert_nothing_left()
+    assert pins(lab) == []
+
+
+def test_sandbox_living_on_runtime_path_is_released_when_its_netns_goes(lab):
+    """c1's pin is gone (it lives on through the runtime's path, kept by the ADD after that);
+    once the runtime deletes that netns, the next ADD releases c1's endpoint and lease."""
+    conf = bridge_conf(lab)
+    c1 = lab.container()
+    lab.add(conf, c1, cid="c1")
+    unpin_all(lab)
+    c2 = lab.container()
+    lab.add(conf, c2, cid="c2")
+    assert sorted(e[1] for e in lab.endpoints()) == ["c1", "c2"]  # alive: kept
+    subprocess.run(["ip", "netns", "del", os.path.basename(c1)], check=True)
+    none = {"cniVersion": "1.1.0", "name": lab.network + "n", "type": "cnm-none"}
+    c3 = lab.container()
+    lab.add(none, c3, cid="c3", ifname="lo")  # no address wanted: no retry, the check itself
+    assert sorted(e[1] for e in lab.endpoints()) == ["c2", "c3"]
+    assert len(lab.leases()) == 1 and len(lab.veths()) == 1
+    assert lab.run("DEL", conf, c2, cid="c2").rc == 0
+    assert lab.run("DEL", none, c3, cid="c3", ifname="lo").rc == 0
+    lab.assert_nothing_left()
+    assert pins(lab) == []
+
+
+class InProcess:
+    """The plugins run through cli.plugin.handle() in this process, as the helper runs them,
+    so VanishedCheck's remembered state is this test's (and can be looked at)."""
+
+    def __init__(self, lab: Lab):
+        self.lab = lab
+
+    def run(self, command: str, conf: dict, ns: str, cid: str, ifname: str = "eth0"):
+        from cni_plugins.cli.plugin import handle
+        from cni_plugins.linux import netns as nsmod
+
+        env = dict(self.lab.env, CNI_COMMAND=command, CNI_CONTAINERID=cid, CNI_NETNS=ns, CNI_IFNAME=ifname,
+                   CNI_ARGS="")
+        env.pop("CNM_HELPER_SOCKET", None)
+        fd = nsmod.open_netns(ns) if ns and os.path.exists(ns) else None
+        try:
+            return in_netns(self.lab.host, handle, conf["type"], env, json.dumps(conf).encode(), fd)
+        finally:
+            if fd is not None:
+                os.close(fd)
+
+    def add(self, conf: dict, ns: str, cid: str, ifname: str = "eth0") -> dict:
+        r = self.run("ADD", conf, ns, cid, ifname)
+        assert r.exit_code == 0, r
+        return json.loads(r.stdout)
+
+
+@pytest.fixture
+def bounded(monkeypatch):
+    """No round of extra sandboxes per ADD: only what VanishedCheck must always look at, and
+    the full check after a failed ADD (counted)."""
+    from cni_plugins import reconcile
+
+    monkeypatch.setattr(reconcile.VanishedCheck, "ROUND", 0)
+    calls = []
+    real = reconcile.release_all_vanished
+
+    def counted(*a, **kw):
+        calls.append(real(*a, **kw))
+        return calls[-1]
+
+    monkeypatch.setattr(reconcile, "release_all_vanished", counted)
+    return calls
+
+
+def test_in_process_full_range_after_pins_unmounted_retries_once(lab, bounded):
+    """Warm state says both pods are pinned; their pins are unmounted and netns deleted: the
+    ADD fails on the full range, the full check releases them, the second run succeeds."""
+    p = InProcess(lab)
+    conf = bridge_conf(lab, ipam=lab.ipam({"subnet": "10.250.0.0/24", "rangeStart": "10.250.0.10",
+                                            "rangeEnd": "10.250.0.11"}))
+    old = [lab.container(), lab.container()]
+    got = {p.add(conf, c, f"old{i}")["ips"][0]["address"] for i, c in enumerate(old)}
+    assert p.run("ADD", conf, lab.container(), "extra").exit_code != 0
+    assert bounded == [False]  # failed, nothing to release: no second run
+    new = lab.container()  # made first: not a reuse of a dead netns's inode (its own check)
+    for i, c in enumerate(old):
+        subprocess.run(["umount", pin_of(lab, f"old{i}")], check=True)
+        subprocess.run(["ip", "netns", "del", os.path.basename(c)], check=True)
+    assert p.add(conf, new, "new")["ips"][0]["address"] in got
+    assert bounded == [False, True]
+    assert [e[1] for e in lab.endpoints()] == ["new"] and len(lab.leases()) == 1
+    assert p.run("DEL", conf, new, "new").exit_code == 0
+    lab.assert_nothing_left()
+    assert pins(lab) == []
+
+
+def test_in_process_watch_and_own_container(lab, bounded):
+    """Without any round: a sandbox living on the runtime's path (learnt by a full check once
+    the pin directory was wiped) is released by the next ADD once its netns goes; and an ADD
+    for a container whose earlier sandbox vanished releases that one first (no failed run)."""
+    p = InProcess(lab)
+    none = {"cniVersion": "1.1.0", "name": lab.network + "n", "type": "cnm-none"}
+    conf = bridge_conf(lab)
+    c1, f1 = lab.container(), lab.container()
+    p.add(conf, c1, "c1")
+    p.add(none, f1, "f1", "lo")
+    unpin_all(lab)
+    os.rmdir(os.path.join(lab.env["CNM_RUN_DIR"], "netns"))  # /run wiped: another pin directory
+    f2 = lab.container()
+    p.add(none, f2, "f2", "lo")  # full check: c1 and f1 live on their runtime's paths
+    f3 = lab.container()
+    p.add(none, f3, "f3", "lo")  # warm from here on
+    subprocess.run(["ip", "netns", "del", os.path.basename(c1)], check=True)
+    f4 = lab.container()
+    p.add(none, f4, "f4", "lo")
+    assert sorted(e[1] for e in lab.endpoints()) == ["f1", "f2", "f3", "f4"]
+    assert lab.leases() == [] and lab.veths() == []
+    # f3's pin unmounted, its netns deleted; the runtime ADDs f3 again in a new netns
+    subprocess.run(["umount", pin_of(lab, "f3")], check=True)
+    subprocess.run(["ip", "netns", "del", os.path.basename(f3)], check=True)
+    f3b = lab.container()
+    p.add(none, f3b, "f3", "lo")
+    assert bounded == []  # no ADD failed
+    for cid, ns in (("f1", f1), ("f2", f2), ("f3", f3b), ("f4", f4)):
+        assert p.run("DEL", none, ns, cid, "lo").exit_code == 0
+    assert lab.endpoints() == [] and pins(lab) == []
