@@ -285,11 +285,12 @@ class LeaseDir:
         except OSError:
             return None
         try:
-            chunks = []
-            while True:
+            chunk = os.read(fd, 65536)
+            if len(chunk) < 65536:  # a short read of a regular file is its end: no second read
+                return chunk
+            chunks = [chunk]
+            while chunk:
                 chunk = os.read(fd, 65536)
-                if not chunk:
-                    break
                 chunks.append(chunk)
             return b"".join(chunks)
         except OSError:
