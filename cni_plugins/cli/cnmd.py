@@ -40,7 +40,7 @@ CLONE_FS = 0x00000200
 MAX_FIELD = thin.MAX_STDIN + 1
 MAX_FIELDS = 16
 REQUEST_TIMEOUT = 10.0  # a client sends its whole request at once; a stalled peer is dropped
-MAX_WORKERS = 256  # requests in flight; beyond this, callers wait, time out on OK and run in-process
+MAX_WORKERS = 256  # requests in flight; beyond this, callers wait, time out, claim and run in-process
 KEEP_IDLE = 4  # idle workers kept warm for the next requests; more than this end when idle for
 IDLE_TIMEOUT = 30.0  # seconds
 LISTEN_FDS_START = 3
@@ -274,7 +274,7 @@ class Helper:
                 pass
 
     # Everything that makes an in-process run differ must be equal, or we refuse.
-    def check(self, fields: list[bytes], fds: list[int]) -> tuple[str, dict, bytes, int | None, int, int, int]:
+    def check(self, fields: list[bytes], fds: list[int]) -> tuple[str, dict, bytes, int | None, int, int, int, int]:
         if len(fields) < 6:
             raise Refused("short request")
         build, name, context, env, stdin, flags = fields[:6]
@@ -289,11 +289,13 @@ class Helper:
         except ValueError:
             raise Refused("no umask") from None
         with_netns = flags == b"netns"
-        if len(fds) != (3 if with_netns else 2):
+        if len(fds) != (4 if with_netns else 3):
             raise Refused("descriptors missing")
-        cwd_fd, caller_net_fd = fds[0], fds[1]
-        netns_fd = fds[2] if with_netns else None
-        return name.decode(), decode_env(env), stdin, netns_fd, cwd_fd, caller_net_fd, umask
+        cwd_fd, caller_net_fd, claim_fd = fds[0], fds[1], fds[2]
+        if os.get_blocking(claim_fd):  # a blocking claim could hang this worker
+            raise Refused("claim descriptor is blocking")
+        netns_fd = fds[3] if with_netns else None
+        return name.decode(), decode_env(env), stdin, netns_fd, cwd_fd, caller_net_fd, claim_fd, umask
 
     def serve_connection(self, conn: socket.socket) -> bytes | None:
         """One request, in this worker thread (its filesystem context already its own): the
@@ -305,16 +307,15 @@ class Helper:
                 fields, fds = read_request(conn)
                 if peer_uid(conn) != 0:
                     raise Refused("caller is not root")
-                name, env, stdin, netns_fd, cwd_fd, caller_net_fd, umask = self.check(fields, fds)
+                name, env, stdin, netns_fd, cwd_fd, caller_net_fd, claim_fd, umask = self.check(fields, fds)
                 os.fchdir(cwd_fd)
                 os.umask(umask)
                 adopt_netns(caller_net_fd)
             except Refused as exc:
                 log(f"refused a request: {exc}")
                 return b"NO" + struct.pack("!I", len(str(exc).encode())) + str(exc).encode()
-            conn.sendall(b"OK")
-            if thin.recv_exact(conn, 2) != b"GO":
-                return None  # the caller gave up (timed out) and runs the command itself
+            if not thin.take_claim(claim_fd):
+                return None  # the caller gave up waiting, took the command back and runs it itself
             from .plugin import handle
 
             response = handle(name, env, stdin, netns_fd=netns_fd)
@@ -446,8 +447,8 @@ class Helper:
         self.drain()
 
     def drain(self, timeout: float = thin.ANSWER_TIMEOUT) -> None:
-        """Finish the requests in flight (a caller that got OK is owed an answer) and end the
-        idle workers."""
+        """Finish the requests in flight (a command the helper claimed is owed an answer) and end
+        the idle workers."""
         deadline = time.monotonic() + timeout
         while True:
             with self.lock:

@@ -5,19 +5,22 @@ before anything else on every exec. It opens CNI_NETNS itself, sends env,
 stdin, the netns descriptor (SCM_RIGHTS), a descriptor of its working
 directory and its process context (namespaces, root, capabilities, umask) to
 `cnmd` over a root-only unix socket, and relays the answer. When the helper is
-absent, refuses, or does not confirm in time, the command runs in-process
+absent, refuses, or has not claimed the command in time, the command runs in-process
 (cli.plugin.handle) exactly as without a helper.
 
-Wire protocol (PROTOCOL 1), all integers big-endian:
+Wire protocol (PROTOCOL 2), all integers big-endian:
   client -> helper  b"CNMD" u32 protocol u32 nfields, then nfields x (u32 len, bytes):
                     build id, plugin name, context ("k=v\\n" lines), env (NUL-separated
-                    "K=V", fs-encoded), stdin, flags ("netns" when a third fd is CNI_NETNS);
-                    ancillary SCM_RIGHTS: [cwd fd, own netns fd, CNI_NETNS fd?]
-  helper -> client  b"OK" (will serve) | b"NO" u32 len reason (refused: serve in-process)
-  client -> helper  b"GO" (committed: only now does the helper run the command)
-  helper -> client  b"RS" u32 exit code u32 len stdout
-The GO step makes a timed-out client safe: a helper that did not get GO never
-runs the command, so falling back in-process can never run it twice.
+                    "K=V", fs-encoded), stdin, flags ("netns" when a fourth fd is CNI_NETNS);
+                    ancillary SCM_RIGHTS: [cwd fd, own netns fd, claim fd, CNI_NETNS fd?]
+  helper -> client  b"NO" u32 len reason (refused: serve in-process)
+                  | b"RS" u32 exit code u32 len stdout
+The claim fd is a non-blocking eventfd holding 1: whoever reads it first owns the command.
+The helper reads it just before it runs the command. A client with no answer after
+READY_TIMEOUT (or whose connection failed) reads it too: if it gets it, the helper never
+will, and the command runs in-process; if not, the helper has the command and the client
+waits for its answer (or reports it lost). So a fallback can never run a command twice,
+without a round trip per request to agree on that (protocol 1's OK/GO).
 """
 
 from __future__ import annotations
@@ -28,15 +31,15 @@ import sys
 
 import _socket
 
-PROTOCOL = 1
+PROTOCOL = 2
 MAGIC = b"CNMD"
 SOCKET_ENV = "CNM_HELPER_SOCKET"
 DEFAULT_SOCKET = "/run/cnm/cnmd.sock"
 DISABLED = ("", "off", "none")  # CNM_HELPER_SOCKET values that mean: always in-process
 MAX_STDIN = 16 * 1024 * 1024  # same bound as cni.request.MAX_STDIN (a unit test keeps them equal)
 CONNECT_TIMEOUT = 0.5  # a unix connect is immediate unless the helper's backlog is full
-READY_TIMEOUT = 3.0  # helper accepted but not confirming: overloaded or wedged, do it ourselves
-ANSWER_TIMEOUT = 330.0  # after GO: store busy timeout (120 s) + delegated IPAM (300 s) bound it
+READY_TIMEOUT = 3.0  # no answer yet: claim the command back (helper overloaded or wedged) or keep waiting
+ANSWER_TIMEOUT = 330.0  # once the helper has claimed it: store busy timeout (120 s) + delegated IPAM (300 s)
 BUILD_ID_FILE = "cnm-build-id"  # written into a PyInstaller bundle by packaging/build.sh
 # Must be the helper's own; the caller's netns is adopted per request (setns in the worker thread).
 NAMESPACES = ("mnt", "user", "pid")
@@ -50,7 +53,7 @@ served_by_helper = False  # set by run(): this process only relayed the helper's
 
 
 class Committed(Exception):
-    """The helper got GO but gave no answer: the command may have run there."""
+    """The helper claimed the command but gave no answer: it may have run there."""
 
 
 # ---- identity of this install and of this process -------------------------------------------
@@ -195,15 +198,30 @@ def socket_path(env) -> str | None:
     return None if path in DISABLED else path
 
 
+def new_claim() -> int:
+    """The claim token of one request: an eventfd holding 1 (see the module doc)."""
+    return os.eventfd(1, os.EFD_NONBLOCK | os.EFD_CLOEXEC)
+
+
+def take_claim(fd: int) -> bool:
+    """Take the command: True if nobody took it before (then the helper never runs it)."""
+    try:
+        os.eventfd_read(fd)
+        return True
+    except BlockingIOError:
+        return False
+
+
 def via_helper(name: str, env, stdin: bytes) -> tuple[bytes, int] | None:
     """The helper's (stdout, exit code), or None: then the caller runs the command in-process.
 
-    Raises Committed when the helper took the command (GO) and then failed to answer.
+    Raises Committed when the helper claimed the command and then failed to answer.
     """
     path = socket_path(env)
     if path is None or not os.path.exists(path):
         return None
     fds = []
+    claim = -1
     netns = env.get("CNI_NETNS", "")
     try:
         if netns:
@@ -212,6 +230,8 @@ def via_helper(name: str, env, stdin: bytes) -> tuple[bytes, int] | None:
             if netns_fd is None:
                 return None
             fds.append(netns_fd)
+        claim = new_claim()
+        fds.insert(0, claim)
         fds.insert(0, os.open(SELF_NET, os.O_RDONLY | os.O_CLOEXEC))
         fds.insert(0, os.open(".", O_PATH | os.O_DIRECTORY | os.O_CLOEXEC))
         request = encode_request(name, env, stdin, process_context(), bool(netns))
@@ -227,20 +247,24 @@ def via_helper(name: str, env, stdin: bytes) -> tuple[bytes, int] | None:
             sock.settimeout(READY_TIMEOUT)
             send_with_fds(sock, request, fds)
             for fd in fds:
-                os.close(fd)
-            fds = []
+                if fd != claim:
+                    os.close(fd)
+            fds = [claim]
             tag = recv_exact(sock, 2)
-            if tag != b"OK":
-                return None  # b"NO" + reason: refused (other install, other namespaces, ...)
-            sock.sendall(b"GO")
-        except (OSError, EOFError):
-            return None
+        except (OSError, EOFError):  # not sent, refused without a word, silent for READY_TIMEOUT
+            if take_claim(claim):
+                return None  # ours: the helper will never run it
+            tag = None  # the helper has it: wait for its answer
         try:
+            if tag is None:
+                sock.settimeout(ANSWER_TIMEOUT)
+                tag = recv_exact(sock, 2)
+            elif tag == b"NO" and take_claim(claim):
+                return None  # refused (other install, other namespaces, ...): run it ourselves
+            if tag != b"RS":
+                raise Committed(f"unexpected answer {tag!r}")
             sock.settimeout(ANSWER_TIMEOUT)
-            head = recv_exact(sock, 10)
-            if head[:2] != b"RS":
-                raise Committed(f"unexpected answer {head[:2]!r}")
-            code, length = struct.unpack("!iI", head[2:])
+            code, length = struct.unpack("!iI", recv_exact(sock, 8))
             return recv_exact(sock, length), code
         except (OSError, EOFError) as exc:
             raise Committed(f"{type(exc).__name__}: {exc}") from None

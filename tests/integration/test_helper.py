@@ -402,15 +402,19 @@ def talk(sock_path, request: bytes, fds: list[int]) -> bytes:
     return tag
 
 
-def own_fds():
-    return [os.open(".", thin.O_PATH | os.O_DIRECTORY), os.open(thin.SELF_NET, os.O_RDONLY)]
+def own_fds(claim=True):
+    """cwd, own netns and a claim token (already taken if not `claim`)."""
+    token = thin.new_claim()
+    if not claim:
+        assert thin.take_claim(token)
+    return [os.open(".", thin.O_PATH | os.O_DIRECTORY), os.open(thin.SELF_NET, os.O_RDONLY), token]
 
 
 def test_helper_refuses_another_build(helper, monkeypatch):
     fds = own_fds()
     try:
         ok = thin.encode_request("cnm-none", {"CNI_COMMAND": "VERSION"}, b"", thin.process_context(), False)
-        assert talk(helper, ok, fds) == b"OK"
+        assert talk(helper, ok, fds) == b"RS"
         monkeypatch.setattr(thin, "build_id", lambda: "1/0.0.1/older-install")
         old = thin.encode_request("cnm-none", {"CNI_COMMAND": "VERSION"}, b"", thin.process_context(), False)
         answer = talk(helper, old, fds)
@@ -434,9 +438,41 @@ def test_helper_refuses_other_context_and_garbage(helper):
             os.close(fd)
 
 
+def test_helper_never_runs_a_command_its_caller_took_back(helper, env, netns):
+    """A caller that timed out takes the claim back and runs the command itself: the helper,
+    reaching the request only then, must not run it too (no answer, nothing in the store)."""
+    ns = netns()
+    full = dict(env, CNI_COMMAND="ADD", CNI_CONTAINERID=unique("c"), CNI_NETNS=ns, CNI_IFNAME="eth0")
+    conf = json.dumps({"cniVersion": "1.0.0", "name": unique("hn"), "type": "cnm-none"}).encode()
+    req = thin.encode_request("cnm-none", full, conf, thin.process_context(), True)
+    for claimed in (False, True):
+        fds = own_fds(claim=not claimed) + [os.open(ns, os.O_RDONLY)]
+        try:
+            s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+            s.settimeout(10)
+            s.connect(helper)
+            s.sendmsg([req], [(socket.SOL_SOCKET, socket.SCM_RIGHTS, struct.pack(f"{len(fds)}i", *fds))])
+            answer = s.recv(1 << 16)
+            s.close()
+        finally:
+            for fd in fds:
+                os.close(fd)
+        if claimed:
+            assert answer == b""  # closed without running it
+            db = os.path.join(env["CNM_STATE_DIR"], "cnm.db")
+            import sqlite3
+
+            assert not os.path.exists(db) or sqlite3.connect(db).execute(
+                "SELECT COUNT(*) FROM sandboxes WHERE id != 'host'").fetchone()[0] == 0
+        else:  # the same request, unclaimed, is run: proof the request itself was fine
+            assert answer.startswith(b"RS\0\0\0\0"), answer
+            assert run("cnm-none", "DEL", conf, env, socket_path=helper, container_id=full["CNI_CONTAINERID"],
+                       netns=ns, ifname="eth0")[0] == 0
+
+
 # ---- the client's fallbacks, against fake helpers ------------------------------------------
 class FakeHelper:
-    """Accepts, reads a request, then behaves as told: 'silent', 'refuse', 'ok-then-drop'."""
+    """Accepts, reads a request, then behaves as told: 'silent', 'refuse', 'claim-then-drop'."""
 
     def __init__(self, directory, mode):
         self.path = os.path.join(str(directory), "fake.sock")
@@ -458,14 +494,13 @@ class FakeHelper:
             try:
                 conn.settimeout(10)
                 fields, fds = cnmd.read_request(conn)
-                for fd in fds:
-                    os.close(fd)
                 if self.mode == "refuse":
                     conn.sendall(b"NO" + struct.pack("!I", 4) + b"nope")
-                elif self.mode == "ok-then-drop":
-                    conn.sendall(b"OK")
-                    thin.recv_exact(conn, 2)
+                elif self.mode == "claim-then-drop":
+                    assert thin.take_claim(fds[2])
                     conn.close()
+                for fd in fds:
+                    os.close(fd)
             except (OSError, EOFError):
                 pass
 
@@ -493,8 +528,9 @@ def test_refusing_or_silent_helper_falls_back(tmp_path, env, netns, mode):
 
 
 def test_helper_lost_after_commit(tmp_path, env, netns):
-    """After GO the helper owns the command: a lost ADD is error 11 (never run twice), DEL reruns."""
-    fake = FakeHelper(tmp_path, "ok-then-drop")
+    """Once the helper claimed it, it owns the command: a lost ADD is error 11 (never run twice),
+    DEL reruns."""
+    fake = FakeHelper(tmp_path, "claim-then-drop")
     try:
         ns = netns()
         conf = {"cniVersion": "0.4.0", "name": unique("hn"), "type": "cnm-none"}
