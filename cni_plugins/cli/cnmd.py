@@ -498,6 +498,7 @@ def serve(socket_path: str | None = None, ready=None) -> int:
     from ..ipam import disk
 
     store.keep_connections()  # many commands per process: no open + WAL checkpoint per command
+    disk.keep_index()  # each lease directory's leases kept, exact by inotify: no scan per command
     helper = Helper(sock)
     if threading.current_thread() is threading.main_thread():
         signal.signal(signal.SIGTERM, helper.stop)
