@@ -3,13 +3,15 @@
 /proc/sys/net/* resolves to the netns of the thread that opens the file, so
 entering the netns around open() is enough; no mount namespace games.
 
-What a lookup costs: every netns that has touched /proc/sys/net leaves a dentry
-named "net" under /proc/sys, all in one hash chain, and the kernel compares each
-on every lookup of that name (~0.1-1 ms per open() with 1,000 pods on the node).
-So a container's knobs are set with one lookup of /proc/sys/net (`write_all`),
-and the host's are read through a descriptor kept open per netns (`read`,
-`ensure`): a resident helper pays the lookup once. A kept descriptor never pins
-its netns; once that netns is gone it fails with ENOENT and is opened again.
+What a lookup costs: /proc/sys/net is one dentry, but its children (ipv4, ipv6,
+core...) resolve per netns, so every netns that has looked one up leaves a dentry
+of that name there, all in one hash chain, and the kernel compares each on every
+lookup (measured: ~0.1-1 ms per open() with 1,000 pod netns on the node). So a
+container's knobs are set with one open of /proc/sys/net (`try_write_all`), and the
+host's are read and written through descriptors kept open per netns (`read`,
+`ensure`, `try_write_under`): a resident helper pays the lookups once. A kept
+descriptor never pins its netns; once that netns is gone its reads fail with
+ENOENT and it is opened again.
 """
 
 from __future__ import annotations
@@ -18,6 +20,8 @@ import errno
 import os
 import threading
 from collections import OrderedDict
+from contextlib import contextmanager
+from typing import Iterator
 
 from . import netns
 
@@ -25,6 +29,7 @@ ROOT = "/proc/sys"
 NET = "/proc/sys/net"
 _KEPT_MAX = 32  # (netns, key) descriptors; a few host netns x a few knobs
 _kept: OrderedDict[tuple[int, int, str], int] = OrderedDict()
+_kept_dirs: OrderedDict[tuple[int, int, str], tuple[int, int]] = OrderedDict()
 _kept_lock = threading.Lock()
 
 
@@ -109,27 +114,84 @@ def try_ensure(key: str, value: str) -> bool:
 
 
 def try_write_all(settings: list[tuple[str, str]], netns_fd: int) -> list[str]:
-    """Best effort, in another netns, with one lookup of /proc/sys/net: `settings` are
-    (key under net/, value). Returns the keys that could not be set."""
-    failed = []
+    """Best effort, in another netns, with one open of /proc/sys/net: `settings` are (key under
+    net/, value). Returns the keys that could not be set."""
     with netns.entered(netns_fd):
         try:
             net = os.open(NET, os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
         except OSError:
             return [key for key, _ in settings]
         try:
-            for key, value in settings:
-                try:
-                    fd = os.open(key, os.O_WRONLY | os.O_CLOEXEC, dir_fd=net)
-                except OSError:
-                    failed.append(key)
-                    continue
-                try:
-                    os.write(fd, value.encode())
-                except OSError:
-                    failed.append(key)
-                finally:
-                    os.close(fd)
+            return _write_all(net, settings)
         finally:
             os.close(net)
+
+
+def try_write_under(directory: str, settings: list[tuple[str, str]]) -> list[str]:
+    """Best effort, in this thread's netns, through `directory` (under net/, e.g. ipv6/conf)
+    kept open per netns: `settings` are (key under it, value). Returns the keys not set."""
+    try:
+        with _kept_dir(directory) as fd:
+            return _write_all(fd, settings)
+    except OSError:
+        return [key for key, _ in settings]
+
+
+_PROBE = "/proc/sys/net/ipv4/ip_forward"  # exists in every netns
+
+
+@contextmanager
+def _kept_dir(directory: str) -> Iterator[int]:
+    """net/`directory` of this thread's netns, kept open (O_PATH) with a probe file of the same
+    netns beside it: once that netns is gone, reads of the probe fail with ENOENT, while a name
+    looked up in the directory could just be missing."""
+    dev, ino = _own_netns()
+    slot = (dev, ino, directory)
+    with _kept_lock:
+        pair = _kept_dirs.pop(slot, None)  # taken: no other thread closes it meanwhile
+    if pair is not None:
+        try:
+            os.pread(pair[1], 16, 0)
+        except OSError:
+            _close_pair(pair)
+            pair = None
+    if pair is None:
+        fd = os.open(os.path.join(NET, directory), os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
+        try:
+            probe = os.open(_PROBE, os.O_RDONLY | os.O_CLOEXEC)
+        except OSError:
+            os.close(fd)
+            raise
+        pair = (fd, probe)
+    try:
+        yield pair[0]
+    finally:
+        with _kept_lock:
+            spare = _kept_dirs.pop(slot, None)  # another thread's, kept meanwhile
+            _kept_dirs[slot] = pair
+            while len(_kept_dirs) > _KEPT_MAX:
+                _close_pair(_kept_dirs.popitem(last=False)[1])
+        if spare is not None:
+            _close_pair(spare)
+
+
+def _close_pair(pair: tuple[int, int]) -> None:
+    for fd in pair:
+        os.close(fd)
+
+
+def _write_all(net: int, settings: list[tuple[str, str]]) -> list[str]:
+    failed = []
+    for key, value in settings:
+        try:
+            fd = os.open(key, os.O_WRONLY | os.O_CLOEXEC, dir_fd=net)
+        except OSError:
+            failed.append(key)
+            continue
+        try:
+            os.write(fd, value.encode())
+        except OSError:
+            failed.append(key)
+        finally:
+            os.close(fd)
     return failed

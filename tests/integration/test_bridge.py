@@ -3,6 +3,7 @@ delegated Go host-local (and in-process cnm-ipam where available), assertions on
 
 from __future__ import annotations
 
+import json
 import os
 import threading
 
@@ -83,6 +84,12 @@ def test_two_sandboxes_talk_dual_stack(lab):
     assert lab.sysctl("net.ipv6.conf.eth0.accept_dad", ns1) == "0"
     assert lab.sysctl("net.ipv4.ip_forward") == "1"
     assert lab.sysctl("net.ipv6.conf.all.forwarding") == "1"
+    veths = lab.veths()
+    assert len(veths) == 2
+    for veth in veths:  # bridge ports are layer 2: IPv6 reaches the pods without any of their own
+        assert lab.sysctl(f"net.ipv6.conf.{veth}.disable_ipv6") == "1"
+        out = json.loads(sh("ip", "-6", "-j", "addr", "show", "dev", veth, ns=lab.host).stdout or "[]")
+        assert not out or not out[0].get("addr_info"), out
     assert len(lab.leases()) == 4
     for cid, ns in (("c1", ns1), ("c2", ns2)):
         assert lab.run("DEL", conf, ns, cid=cid).rc == 0

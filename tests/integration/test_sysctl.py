@@ -104,3 +104,51 @@ def test_write_all_sets_container_knobs_with_one_lookup(spaces):
     assert proc(ns, "net/ipv4/conf/eth0/arp_notify") == "1"
     after = os.stat("/proc/thread-self/ns/net")
     assert (after.st_dev, after.st_ino) == (before.st_dev, before.st_ino)  # back in our own netns
+
+
+def test_write_under_a_kept_directory_per_netns(spaces):
+    """Host knobs: written through net/ipv6/conf kept per netns; a kept directory of a dead
+    netns (its inode number reused) is noticed by its probe and replaced."""
+    a, b = spaces(), spaces()
+    for ns in (a, b):
+        subprocess.run(["ip", "-n", os.path.basename(ns), "link", "add", "vport0", "type", "veth", "peer", "name",
+                        "vport1"], check=True)
+    assert in_netns(a, sysctl.try_write_under, "ipv6/conf", [("vport0/disable_ipv6", "1")]) == []
+    assert proc(a, "net/ipv6/conf/vport0/disable_ipv6") == "1"
+    assert proc(b, "net/ipv6/conf/vport0/disable_ipv6") == "0"  # b untouched
+    assert in_netns(b, sysctl.try_write_under, "ipv6/conf", [("vport0/disable_ipv6", "1"), ("nope/x", "1")]) \
+        == ["nope/x"]
+    assert proc(b, "net/ipv6/conf/vport0/disable_ipv6") == "1"
+
+    dead, live = spaces(), spaces()
+    for ns in (dead, live):
+        subprocess.run(["ip", "-n", os.path.basename(ns), "link", "add", "vport0", "type", "veth", "peer", "name",
+                        "vport1"], check=True)
+
+    def open_pair() -> tuple[int, int]:
+        conf = os.open("/proc/sys/net/ipv6/conf", os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
+        return conf, os.open("/proc/sys/net/ipv4/ip_forward", os.O_RDONLY | os.O_CLOEXEC)
+
+    pair = in_netns(dead, open_pair)
+    subprocess.run(["ip", "netns", "del", os.path.basename(dead)], check=True)
+    for _ in range(100):
+        try:
+            os.pread(pair[1], 10, 0)
+        except FileNotFoundError:
+            break
+        time.sleep(0.1)
+    else:
+        pytest.fail("the dead netns's sysctl stayed readable")
+
+    def plant_and_write() -> list[str]:
+        dev, ino = sysctl._own_netns()
+        slot = (dev, ino, "ipv6/conf")
+        with sysctl._kept_lock:
+            old = sysctl._kept_dirs.pop(slot, None)
+            sysctl._kept_dirs[slot] = pair
+        if old is not None:
+            sysctl._close_pair(old)
+        return sysctl.try_write_under("ipv6/conf", [("vport0/disable_ipv6", "1")])
+
+    assert in_netns(live, plant_and_write) == []
+    assert proc(live, "net/ipv6/conf/vport0/disable_ipv6") == "1"
