@@ -59,6 +59,19 @@ HELPER_SOCKET_ENV = "CNM_HELPER_SOCKET"
 
 
 @pytest.fixture(scope="session", autouse=True)
+def unmount_leftover_pins(tmp_path_factory):
+    """A test that fails before its DEL leaves its sandbox pins (bind mounts of netns) under its
+    tmp dir, where they would hold those netns for good: at the end of the session, whatever
+    is still mounted below the session's base temp dir is detached."""
+    base = str(tmp_path_factory.getbasetemp()) + "/"
+    yield
+    with open("/proc/self/mountinfo") as f:
+        points = [line.split()[4] for line in f]
+    for point in sorted((p for p in points if p.startswith(base)), reverse=True):
+        subprocess.run(["umount", "-l", point], capture_output=True)
+
+
+@pytest.fixture(scope="session", autouse=True)
 def cnm_helper(tmp_path_factory):
     """The session's helper socket (CNM_TEST_HELPER=1), else None (plugins run in-process)."""
     if os.environ.get("CNM_TEST_HELPER") != "1":
