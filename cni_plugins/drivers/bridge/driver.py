@@ -40,13 +40,12 @@ def host_veth_name(endpoint_id: str) -> str:
 @contextmanager
 def kernel_errors(what: str) -> Iterator[None]:
     """Kernel/tool failures become CNI errors (code 100) that say what we were doing."""
-    from pyroute2.netlink.exceptions import NetlinkError
-
-    from ...linux.addr import AddrError
+    from ...linux.addr import AddrError  # first: cni_plugins.linux prepares the pyroute2 import
     from ...linux.bridge import BridgeError
     from ...linux.conntrack import ConntrackError
     from ...linux.nft import NftError
     from ...linux.veth import VethError
+    from pyroute2.netlink.exceptions import NetlinkError
 
     try:
         yield
