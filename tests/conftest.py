@@ -28,6 +28,26 @@ def unique(prefix: str, length: int = 15) -> str:
     return (prefix + tag)[:length]
 
 
+def wait_listening(path: str, proc, timeout: float = 30, log=None) -> None:
+    """Until a helper (`proc`) accepts connections on unix socket `path`; fails if it exits
+    or takes longer than `timeout` seconds (with its log, when given)."""
+    import socket
+    import time
+
+    deadline = time.monotonic() + timeout
+    while True:
+        probe = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        try:
+            probe.connect(path)
+            return
+        except OSError:
+            assert proc.poll() is None and time.monotonic() < deadline, \
+                (open(log).read() if log else "cnmd did not start")
+            time.sleep(0.02)
+        finally:
+            probe.close()
+
+
 def in_netns(path: str, fn, *args):
     """fn(*args) in a thread whose network namespace is `path` (pyroute2 and libnftables
     open their netlink sockets in the calling thread's netns; the test's own stays put)."""
@@ -77,16 +97,11 @@ def cnm_helper(tmp_path_factory):
     if os.environ.get("CNM_TEST_HELPER") != "1":
         yield None
         return
-    import time
-
     directory = tmp_path_factory.mktemp("cnmd")
     sock = str(directory / "cnmd.sock")
     log = open(directory / "cnmd.log", "wb")
     proc = subprocess.Popen([os.path.join(BIN, "cnmd"), "--socket", sock], stdout=log, stderr=log)
-    deadline = time.monotonic() + 30
-    while not os.path.exists(sock):
-        assert proc.poll() is None and time.monotonic() < deadline, (directory / "cnmd.log").read_text()
-        time.sleep(0.05)
+    wait_listening(sock, proc, log=directory / "cnmd.log")
     os.environ[HELPER_SOCKET_ENV] = sock
     yield sock
     os.environ.pop(HELPER_SOCKET_ENV, None)

@@ -20,7 +20,7 @@ from concurrent.futures import ThreadPoolExecutor
 import pytest
 
 from cni_plugins.cli import cnmd, thin
-from conftest import BIN, GO_PLUGINS, unique
+from conftest import BIN, GO_PLUGINS, unique, wait_listening
 
 PYTHON = "/usr/bin/python3"  # bin/cnm's shebang interpreter
 
@@ -30,17 +30,8 @@ def start_helper(directory, command=("cnmd",), prefix=()) -> tuple[subprocess.Po
     log = open(os.path.join(str(directory), "cnmd.log"), "wb")
     proc = subprocess.Popen([*prefix, os.path.join(BIN, command[0]), *command[1:], "--socket", sock], stdout=log,
                             stderr=log)
-    deadline = time.monotonic() + 30
-    while True:
-        probe = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-        try:
-            probe.connect(sock)
-            return proc, sock
-        except OSError:
-            assert proc.poll() is None and time.monotonic() < deadline, "cnmd did not start"
-            time.sleep(0.02)
-        finally:
-            probe.close()
+    wait_listening(sock, proc, log=os.path.join(str(directory), "cnmd.log"))
+    return proc, sock
 
 
 @pytest.fixture(scope="module")

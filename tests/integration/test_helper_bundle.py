@@ -9,13 +9,12 @@ from __future__ import annotations
 
 import json
 import os
-import socket
 import subprocess
 import time
 
 import pytest
 
-from conftest import ROOT, unique
+from conftest import ROOT, unique, wait_listening
 
 pytestmark = pytest.mark.slow
 CLEAN_PATH = "/usr/sbin:/usr/bin:/sbin:/bin"
@@ -110,7 +109,7 @@ def test_install_run_uninstall(bundle, tmp_path, netns):
         helper = subprocess.Popen([str(prefix / "cnm-cni" / "cnmd"), "--socket", sock], stdout=logf, stderr=logf,
                                   env={"PATH": CLEAN_PATH})
     try:
-        wait_listening(sock, helper)
+        wait_listening(sock, helper, timeout=60, log=log)
         for command in ("ADD", "CHECK", "DEL"):
             c = dict(conf, prevResult=json.loads(out)) if command == "CHECK" else conf
             rc, o, err = exec_installed(prefix, "cnm-none", command, c, CNM_HELPER_SOCKET=sock, **attach)
@@ -123,20 +122,6 @@ def test_install_run_uninstall(bundle, tmp_path, netns):
     proc = subprocess.run([str(prefix / "cnm-cni" / "uninstall.sh")], capture_output=True, timeout=120)
     assert proc.returncode == 0, proc.stderr.decode()
     assert tree(root) == before  # exactly what was installed is gone, nothing else
-
-
-def wait_listening(path, proc, timeout=60):
-    deadline = time.monotonic() + timeout
-    while True:
-        probe = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-        try:
-            probe.connect(path)
-            return
-        except OSError:
-            assert proc.poll() is None and time.monotonic() < deadline, "cnmd did not start"
-            time.sleep(0.05)
-        finally:
-            probe.close()
 
 
 def test_socket_activation(bundle, tmp_path, netns):

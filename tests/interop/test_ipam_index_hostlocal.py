@@ -12,13 +12,11 @@ import fcntl
 import json
 import os
 import shutil
-import socket
 import subprocess
-import time
 
 import pytest
 
-from conftest import BIN, GO_PLUGINS, unique
+from conftest import BIN, GO_PLUGINS, unique, wait_listening
 
 PYTHON = "/usr/bin/python3"  # bin/cnm's shebang interpreter
 VERSION = "1.0.0"  # the newest version Debian's Go plugins speak
@@ -30,17 +28,7 @@ def cnmd(tmp_path_factory):
     sock = str(directory / "cnmd.sock")
     log = open(directory / "cnmd.log", "wb")
     proc = subprocess.Popen([os.path.join(BIN, "cnmd"), "--socket", sock], stdout=log, stderr=log)
-    deadline = time.monotonic() + 30
-    while True:
-        probe = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-        try:
-            probe.connect(sock)
-            break
-        except OSError:
-            assert proc.poll() is None and time.monotonic() < deadline, (directory / "cnmd.log").read_text()
-            time.sleep(0.02)
-        finally:
-            probe.close()
+    wait_listening(sock, proc, log=directory / "cnmd.log")
     yield proc, sock
     proc.terminate()
     assert proc.wait(timeout=60) == 0
