@@ -16,7 +16,6 @@ ENOENT and it is opened again.
 
 from __future__ import annotations
 
-import errno
 import os
 import threading
 from collections import OrderedDict
@@ -27,9 +26,8 @@ from . import netns
 
 ROOT = "/proc/sys"
 NET = "/proc/sys/net"
-_KEPT_MAX = 32  # (netns, key) descriptors; a few host netns x a few knobs
-_kept: OrderedDict[tuple[int, int, str], int] = OrderedDict()
-_kept_dirs: OrderedDict[tuple[int, int, str], tuple[int, int]] = OrderedDict()
+_KEPT_MAX = 32  # (netns, directory) descriptor pairs; a few host netns x a few directories
+_kept_dirs: OrderedDict[tuple[netns.Identity, str], tuple[int, int]] = OrderedDict()
 _kept_lock = threading.Lock()
 
 
@@ -37,42 +35,15 @@ def _path(key: str) -> str:
     return os.path.join(ROOT, key.replace(".", "/") if "/" not in key else key.lstrip("/"))
 
 
-def _own_netns() -> tuple[int, int]:
-    st = os.stat("/proc/thread-self/ns/net")
-    return st.st_dev, st.st_ino
-
-
-def _read_kept(key: str) -> str:
-    """`key` in this thread's netns, through a descriptor kept for that (netns, key)."""
-    dev, ino = _own_netns()
-    slot = (dev, ino, _path(key))
-    for _attempt in range(2):
-        with _kept_lock:
-            fd = _kept.get(slot)
-            if fd is not None:
-                _kept.move_to_end(slot)
-        if fd is None:
-            fd = os.open(slot[2], os.O_RDONLY | os.O_CLOEXEC)
-            with _kept_lock:
-                _kept[slot] = fd
-                while len(_kept) > _KEPT_MAX:
-                    os.close(_kept.popitem(last=False)[1])
-        try:
-            return os.pread(fd, 4096, 0).decode().strip()
-        except OSError as exc:
-            if exc.errno != errno.ENOENT:
-                raise
-            # That netns is gone and another got its inode number: open afresh.
-            with _kept_lock:
-                if _kept.get(slot) == fd:
-                    del _kept[slot]
-                    os.close(fd)
-    raise FileNotFoundError(errno.ENOENT, os.strerror(errno.ENOENT), slot[2])
-
-
 def read(key: str, netns_fd: int | None = None) -> str:
     if netns_fd is None:
-        return _read_kept(key)
+        top, name = os.path.relpath(_path(key), NET).split("/", 1)
+        with _kept_dir(top) as directory:  # net/ipv4, net/ipv6...: they live as long as their netns
+            fd = os.open(name, os.O_RDONLY | os.O_CLOEXEC, dir_fd=directory)
+            try:
+                return os.read(fd, 4096).decode().strip()
+            finally:
+                os.close(fd)
     with netns.entered(netns_fd):
         with open(_path(key)) as f:
             return f.read().strip()
@@ -93,15 +64,6 @@ def ensure(key: str, value: str, netns_fd: int | None = None) -> None:
     """Write only when different (avoids needless writes to global knobs like ip_forward)."""
     if read(key, netns_fd) != value:
         write(key, value, netns_fd)
-
-
-def try_write(key: str, value: str, netns_fd: int | None = None) -> bool:
-    """Best effort (a knob may not exist, e.g. IPv6 disabled); True when written."""
-    try:
-        write(key, value, netns_fd)
-        return True
-    except OSError:
-        return False
 
 
 def try_ensure(key: str, value: str) -> bool:
@@ -145,8 +107,7 @@ def _kept_dir(directory: str) -> Iterator[int]:
     """net/`directory` of this thread's netns, kept open (O_PATH) with a probe file of the same
     netns beside it: once that netns is gone, reads of the probe fail with ENOENT, while a name
     looked up in the directory could just be missing."""
-    dev, ino = _own_netns()
-    slot = (dev, ino, directory)
+    slot = (netns.own_identity(), directory)
     with _kept_lock:
         pair = _kept_dirs.pop(slot, None)  # taken: no other thread closes it meanwhile
     if pair is not None:

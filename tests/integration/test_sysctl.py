@@ -59,23 +59,24 @@ def test_a_kept_descriptor_of_a_dead_netns_is_replaced(spaces):
     proc(dead, "net/ipv4/ip_forward", "1")
     proc(live, "net/ipv4/ip_forward", "0")
 
-    def stale_fd() -> int:
-        return os.open("/proc/sys/net/ipv4/ip_forward", os.O_RDONLY | os.O_CLOEXEC)
+    def stale_pair() -> tuple[int, int]:
+        return (os.open("/proc/sys/net/ipv4", os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC),
+                os.open("/proc/sys/net/ipv4/ip_forward", os.O_RDONLY | os.O_CLOEXEC))
 
-    fd = in_netns(dead, stale_fd)
+    pair = in_netns(dead, stale_pair)
+    fd = pair[1]
     subprocess.run(["ip", "netns", "del", os.path.basename(dead)], check=True)
 
     def plant_and_read() -> str:
-        dev, ino = sysctl._own_netns()
-        slot = (dev, ino, "/proc/sys/net/ipv4/ip_forward")
+        slot = (nsmod.own_identity(), "ipv4")
         with sysctl._kept_lock:
-            old = sysctl._kept.pop(slot, None)
-            if old is not None:
-                os.close(old)
-            sysctl._kept[slot] = fd
+            old = sysctl._kept_dirs.pop(slot, None)
+            sysctl._kept_dirs[slot] = pair
+        if old is not None:
+            sysctl._close_pair(old)
         value = sysctl.read("net/ipv4/ip_forward")  # raised ENOENT if the stale one stayed
         with sysctl._kept_lock:
-            assert os.pread(sysctl._kept[slot], 10, 0).strip() == b"0"
+            assert os.pread(sysctl._kept_dirs[slot][1], 10, 0).strip() == b"0"
         return value
 
     for _ in range(100):  # the dead netns is dismantled asynchronously
@@ -141,8 +142,7 @@ def test_write_under_a_kept_directory_per_netns(spaces):
         pytest.fail("the dead netns's sysctl stayed readable")
 
     def plant_and_write() -> list[str]:
-        dev, ino = sysctl._own_netns()
-        slot = (dev, ino, "ipv6/conf")
+        slot = (nsmod.own_identity(), "ipv6/conf")
         with sysctl._kept_lock:
             old = sysctl._kept_dirs.pop(slot, None)
             sysctl._kept_dirs[slot] = pair

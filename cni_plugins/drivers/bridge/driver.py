@@ -135,7 +135,7 @@ class BridgeDriver(BaseDriver):
                 publishes = bool(ips) and bool(ports.requested(request, conf.hostBindingIP))
                 hairpin = conf.hairpinMode or (publishes and not conf.promiscMode)
                 # The host end comes up only after its IPv6 is off and its port flags and VLANs are set.
-                host = self._veth(ipr, cipr, ctx, conf, host_name, mac, br["index"], False, undo)
+                host = self._veth(ipr, cipr, ctx, conf, host_name, mac, br["index"], undo)
                 _fault(ctx.env, "add", "veth")
                 container = self._container_side(cipr, ctx, conf, ips, routes)
                 _fault(ctx.env, "add", "addresses")
@@ -187,8 +187,8 @@ class BridgeDriver(BaseDriver):
         with kernel_errors(f"create bridge {conf.bridge!r}"):
             return bridge.ensure_bridge(ipr, conf.bridge, conf.mtu, conf.promiscMode, conf.vlan_filtering)
 
-    def _veth(self, ipr, cipr, ctx, conf, host_name, mac, bridge_index: int, up: bool, undo):
-        """The pair, its host end a port of the bridge from the start (and up, when `up`);
+    def _veth(self, ipr, cipr, ctx, conf, host_name, mac, bridge_index: int, undo):
+        """The pair, its host end a port of the bridge from the start (down: _host_side brings it up);
         return the host end's link. Which name is taken is looked up only when the kernel
         refuses: the container's ifname (a CONFLICT, whatever else is wrong), else a host end
         left by an ADD whose record was lost (same endpoint, stale: replaced)."""
@@ -197,7 +197,7 @@ class BridgeDriver(BaseDriver):
         request = ctx.request
         with kernel_errors(f"create veth pair {host_name}/{request.ifname}"):
             try:
-                veth.create_pair(ipr, host_name, request.ifname, ctx.netns_fd, conf.mtu, mac, bridge_index, up)
+                veth.create_pair(ipr, host_name, request.ifname, ctx.netns_fd, conf.mtu, mac, bridge_index)
             except veth.VethError as exc:
                 if links.link_index(cipr, request.ifname) is not None:
                     raise CNIError(
@@ -207,7 +207,7 @@ class BridgeDriver(BaseDriver):
                     ) from None
                 if not isinstance(exc, veth.VethExists) or not veth.delete(ipr, host_name):
                     raise
-                veth.create_pair(ipr, host_name, request.ifname, ctx.netns_fd, conf.mtu, mac, bridge_index, up)
+                veth.create_pair(ipr, host_name, request.ifname, ctx.netns_fd, conf.mtu, mac, bridge_index)
             undo.callback(_delete_link, host_name)
             host = links.get_link(ipr, host_name)
             if host is None:
