@@ -78,16 +78,7 @@ def sandbox_alive(sb_id: str, pin: str, ns_dev: int, ns_ino: int, path: str = ""
         return True
     if (ns_dev, ns_ino) == (0, 0):  # voided: recorded in an earlier boot
         return False
-    for candidate in (pin, path):
-        if not candidate:
-            continue
-        try:
-            st = os.stat(candidate)
-        except OSError:
-            continue
-        if (st.st_dev, st.st_ino) == (ns_dev, ns_ino):
-            return True
-    return False
+    return _pinned(pin, ns_dev, ns_ino) or _pinned(path, ns_dev, ns_ino)
 
 
 _ROW = "SELECT id, pin, ns_dev, ns_ino, netns FROM sandboxes"
