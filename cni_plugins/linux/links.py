@@ -6,10 +6,9 @@ import socket
 from contextlib import contextmanager
 from typing import Iterator
 
-from pyroute2.iproute.linux import IPRoute
 from pyroute2.netlink.exceptions import NetlinkError
 
-from . import netns
+from .rtnl import Rtnl
 
 IFF_UP = 0x1
 RT_SCOPE_UNIVERSE = 0
@@ -17,20 +16,18 @@ RT_SCOPE_HOST = 254
 
 
 @contextmanager
-def rtnl(netns_fd: int | None = None) -> Iterator[IPRoute]:
-    """An rtnetlink socket bound to `netns_fd` (or to our own netns)."""
-    if netns_fd is None:
-        ipr = IPRoute()
-    else:
-        with netns.entered(netns_fd):
-            ipr = IPRoute()
+def rtnl(netns_fd: int | None = None) -> Iterator[Rtnl]:
+    """An rtnetlink socket bound to `netns_fd` (or to this thread's netns), with IPRoute's
+    call style: the requests of an ADD/CHECK/DEL on its own socket, the rest through a
+    pyroute2 IPRoute opened when first needed (linux/rtnl.py)."""
+    ipr = Rtnl(netns_fd)
     try:
         yield ipr
     finally:
         ipr.close()
 
 
-def link_index(ipr: IPRoute, name: str) -> int | None:
+def link_index(ipr, name: str) -> int | None:
     try:
         found = ipr.link_lookup(ifname=name)
     except NetlinkError:
@@ -38,7 +35,7 @@ def link_index(ipr: IPRoute, name: str) -> int | None:
     return found[0] if found else None
 
 
-def get_link(ipr: IPRoute, name: str):
+def get_link(ipr, name: str):
     """The link named `name` (one RTM_GETLINK by name), None when there is none."""
     try:
         found = ipr.link("get", ifname=name)
@@ -51,14 +48,14 @@ def is_up(link) -> bool:
     return bool(link["flags"] & IFF_UP)
 
 
-def set_up(ipr: IPRoute, name: str, up: bool = True) -> None:
+def set_up(ipr, name: str, up: bool = True) -> None:
     idx = link_index(ipr, name)
     if idx is None:
         raise LookupError(f"link {name} not found")
     ipr.link("set", index=idx, state="up" if up else "down")
 
 
-def addresses(ipr: IPRoute, index: int | None = None) -> list[tuple[int, str, int, int]]:
+def addresses(ipr, index: int | None = None) -> list[tuple[int, str, int, int]]:
     """(ifindex, address, prefixlen, scope) of every address, optionally of one link."""
     kwargs = {"index": index} if index is not None else {}
     out = []
@@ -71,7 +68,7 @@ def family_name(family: int) -> int:
     return 4 if family == socket.AF_INET else 6
 
 
-def default_routes(ipr: IPRoute) -> list[tuple[int, str, int]]:
+def default_routes(ipr) -> list[tuple[int, str, int]]:
     """(family 4|6, gateway, oif) of the main table's default routes."""
     out = []
     for fam in (socket.AF_INET, socket.AF_INET6):

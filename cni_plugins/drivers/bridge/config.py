@@ -7,6 +7,7 @@ only after the entry path has answered VERSION and early errors.
 from __future__ import annotations
 
 import ipaddress
+import os
 import re
 from typing import Optional
 
@@ -137,6 +138,13 @@ def load(request: Request) -> BridgeConfig:
 def _key_of(msg: str) -> str:
     msg = msg.removeprefix("Value error, ")
     return msg.split(":", 1)[0] if ":" in msg else ""
+
+
+def random_mac() -> str:
+    """A random unicast, locally administered MAC (what the kernel gives a new veth end)."""
+    octets = bytearray(os.urandom(6))
+    octets[0] = (octets[0] & 0xFE) | 0x02
+    return ":".join(f"{o:02x}" for o in octets)
 
 
 def requested_mac(request: Request) -> str:

@@ -122,7 +122,9 @@ class BridgeDriver(BaseDriver):
 
         request = ctx.request
         conf = self._conf(request)
-        mac = bridge_config.requested_mac(request)
+        # Chosen here unless requested (random, locally administered, as the kernel would),
+        # so the container end need not be looked up after its creation.
+        mac = bridge_config.requested_mac(request) or bridge_config.random_mac()
         ips = [IPConfig(**d) for d in endpoint.data.get("ips", [])]
         routes = [Route(**d) for d in endpoint.data.get("routes", [])]
         host_name = endpoint.data["host_veth"]
@@ -137,7 +139,7 @@ class BridgeDriver(BaseDriver):
                 # The host end comes up only after its IPv6 is off and its port flags and VLANs are set.
                 host = self._veth(ipr, cipr, ctx, conf, host_name, mac, br["index"], undo)
                 _fault(ctx.env, "add", "veth")
-                container = self._container_side(cipr, ctx, conf, ips, routes)
+                container = self._container_side(cipr, ctx, conf, ips, routes, host.get_attr("IFLA_LINK"), mac)
                 _fault(ctx.env, "add", "addresses")
                 if ips and conf.is_gateway:
                     self._gateway(ipr, conf, br, ips)
@@ -197,7 +199,7 @@ class BridgeDriver(BaseDriver):
         request = ctx.request
         with kernel_errors(f"create veth pair {host_name}/{request.ifname}"):
             try:
-                veth.create_pair(ipr, host_name, request.ifname, ctx.netns_fd, conf.mtu, mac, bridge_index)
+                host = veth.create_pair(ipr, host_name, request.ifname, ctx.netns_fd, conf.mtu, mac, bridge_index)
             except veth.VethError as exc:
                 if links.link_index(cipr, request.ifname) is not None:
                     raise CNIError(
@@ -207,23 +209,28 @@ class BridgeDriver(BaseDriver):
                     ) from None
                 if not isinstance(exc, veth.VethExists) or not veth.delete(ipr, host_name):
                     raise
-                veth.create_pair(ipr, host_name, request.ifname, ctx.netns_fd, conf.mtu, mac, bridge_index)
+                host = veth.create_pair(ipr, host_name, request.ifname, ctx.netns_fd, conf.mtu, mac, bridge_index)
             undo.callback(_delete_link, host_name)
-            host = links.get_link(ipr, host_name)
+            if host is None:  # not echoed by the kernel
+                host = links.get_link(ipr, host_name)
             if host is None:
                 raise veth.VethError(f"veth {host_name} vanished right after creation")
         return host
 
-    def _container_side(self, cipr, ctx, conf, ips, routes) -> dict:
-        """DAD off (unless enabledad) before any address, link up, addresses, routes."""
+    def _container_side(self, cipr, ctx, conf, ips, routes, index: int | None, mac: str) -> dict:
+        """DAD off (unless enabledad) before any address, link up, addresses, routes.
+
+        `index` is the container end's ifindex as the host end's link names it (IFLA_LINK),
+        `mac` the one it was created with; without an index it is looked up by name."""
         from ...linux import addr, links, sysctl
 
         ifname = ctx.request.ifname
         with kernel_errors(f"configure {ifname} in {ctx.request.netns}"):
-            link = links.get_link(cipr, ifname)
-            if link is None:
-                raise OSError(f"{ifname} vanished right after creation")
-            index = link["index"]
+            if not index:
+                link = links.get_link(cipr, ifname)
+                if link is None:
+                    raise OSError(f"{ifname} vanished right after creation")
+                index, mac = link["index"], link.get_attr("IFLA_ADDRESS")
             if ips:
                 if conf.enabledad:
                     dad = [(f"ipv6/conf/{ifname}/enhanced_dad", "1"), (f"ipv6/conf/{ifname}/accept_dad", "1")]
@@ -236,7 +243,7 @@ class BridgeDriver(BaseDriver):
                 addr.add_address(cipr, index, ip.address, nodad=not conf.enabledad)
             for route in routes:
                 addr.add_route(cipr, index, route.dst, route_gateway(route, ips), priority=route.priority)
-        return {"index": index, "mac": link.get_attr("IFLA_ADDRESS")}
+        return {"index": index, "mac": mac}
 
     def _host_side(self, ipr, conf, host_name: str, host_index: int, bridge_index: int, hairpin: bool) -> None:
         """The host end (a port already, still down): no IPv6, port flags and VLANs, then up.
