@@ -241,14 +241,13 @@ def _bounded_check(tx, state: VanishedCheck, request: Request, identity, target:
     """The sandboxes VanishedCheck lists, each checked once; updates `state`."""
     rows: dict[str, tuple] = {}
     q = tx.conn.execute
-    for r in q(_ROW + " WHERE ns_dev=0 AND ns_ino=0"):
+    # voided, this ADD's netns, its container's and its join target's: one query
+    own = (identity.dev, identity.ino) if identity is not None else (-1, -1)
+    containers = sorted({request.container_id, target} - {None, ""}) or [""]
+    marks = ",".join("?" * len(containers))
+    for r in q(_ROW + " WHERE (ns_dev=0 AND ns_ino=0) OR (ns_dev=? AND ns_ino=?)"
+               f" OR id IN (SELECT sandbox FROM endpoints WHERE container_id IN ({marks}))", (*own, *containers)):
         rows[r[0]] = r
-    if identity is not None:
-        for r in q(_ROW + " WHERE ns_dev=? AND ns_ino=?", (identity.dev, identity.ino)):
-            rows[r[0]] = r
-    for cid in {request.container_id, target} - {None, ""}:
-        for r in q(_ROW + " WHERE id IN (SELECT sandbox FROM endpoints WHERE container_id=?)", (cid,)):
-            rows[r[0]] = r
     if state.watch:
         watched = sorted(state.watch)
         for i in range(0, len(watched), 500):  # SQLite's limit on bound parameters

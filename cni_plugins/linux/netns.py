@@ -121,9 +121,13 @@ def unmount(target: str) -> None:
 
 def pin(source_fd: int, target: str) -> None:
     """Bind-mount an open netns onto `target` so it outlives every process in it."""
-    os.makedirs(os.path.dirname(target), mode=0o700, exist_ok=True)
-    if not os.path.exists(target):
-        os.close(os.open(target, os.O_RDONLY | os.O_CREAT | os.O_EXCL, 0o600))
+    try:  # the mount point; its directory is made only the first time (one syscall per pin)
+        os.close(os.open(target, os.O_RDONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600))
+    except FileExistsError:
+        pass
+    except FileNotFoundError:
+        os.makedirs(os.path.dirname(target), mode=0o700, exist_ok=True)
+        os.close(os.open(target, os.O_RDONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600))
     bind_mount(f"/proc/self/fd/{source_fd}", target)
 
 

@@ -61,8 +61,16 @@ def write(key: str, value: str, netns_fd: int | None = None) -> None:
 
 
 def ensure(key: str, value: str, netns_fd: int | None = None) -> None:
-    """Write only when different (avoids needless writes to global knobs like ip_forward)."""
-    if read(key, netns_fd) != value:
+    """Write only when different (avoids needless writes to global knobs like ip_forward).
+
+    In this thread's netns the key is read through a descriptor kept open for it (an ADD
+    checks ip_forward and the bridge's accept_ra every time: one pread each)."""
+    if netns_fd is None:
+        with _kept_file(key) as fd:
+            current = os.pread(fd, 4096, 0).decode().strip()
+    else:
+        current = read(key, netns_fd)
+    if current != value:
         write(key, value, netns_fd)
 
 
@@ -100,6 +108,41 @@ def try_write_under(directory: str, settings: list[tuple[str, str]]) -> list[str
 
 
 _PROBE = "/proc/sys/net/ipv4/ip_forward"  # exists in every netns
+_kept_files: OrderedDict[tuple[netns.Identity, str], int] = OrderedDict()
+
+
+@contextmanager
+def _kept_file(key: str) -> Iterator[int]:
+    """`key` of this thread's netns, open for reading and kept: its reads fail (ENOENT) once the
+    netns, or the device the key belongs to, is gone, and it is then opened again. So a read is
+    one pread, and a bridge deleted and made again under the same name is read afresh."""
+    slot = (netns.own_identity(), key)
+    with _kept_lock:
+        fd = _kept_files.pop(slot, None)  # taken: no other thread closes it meanwhile
+    if fd is not None:
+        try:
+            os.pread(fd, 1, 0)
+        except OSError:
+            os.close(fd)
+            fd = None
+    if fd is None:
+        net = os.path.relpath(_path(key), NET)
+        if net.startswith(".."):
+            fd = os.open(_path(key), os.O_RDONLY | os.O_CLOEXEC)
+        else:
+            top, name = net.split("/", 1)
+            with _kept_dir(top) as directory:  # no lookup of net/<top> (see the module doc)
+                fd = os.open(name, os.O_RDONLY | os.O_CLOEXEC, dir_fd=directory)
+    try:
+        yield fd
+    finally:
+        with _kept_lock:
+            spare = _kept_files.pop(slot, None)  # another thread's, kept meanwhile
+            _kept_files[slot] = fd
+            while len(_kept_files) > _KEPT_MAX:
+                os.close(_kept_files.popitem(last=False)[1])
+        if spare is not None:
+            os.close(spare)
 
 
 @contextmanager

@@ -152,3 +152,24 @@ def test_write_under_a_kept_directory_per_netns(spaces):
 
     assert in_netns(live, plant_and_write) == []
     assert proc(live, "net/ipv6/conf/vport0/disable_ipv6") == "1"
+
+
+def test_ensure_reads_through_a_kept_descriptor_per_key(spaces):
+    """ensure() keeps the key open: it still sees changes made behind its back, and a key of a
+    device deleted and made again under the same name is opened afresh (the old descriptor
+    answers ENOENT), so the new device gets the value."""
+    ns = spaces()
+    name = os.path.basename(ns)
+    subprocess.run(["ip", "-n", name, "link", "add", "cnmbr0", "type", "bridge"], check=True)
+    key = "net/ipv6/conf/cnmbr0/accept_ra"
+    in_netns(ns, sysctl.ensure, key, "0")
+    assert proc(ns, key) == "0"
+    in_netns(ns, sysctl.ensure, "net/ipv4/ip_forward", "1")
+    proc(ns, "net/ipv4/ip_forward", "0")  # behind our back
+    in_netns(ns, sysctl.ensure, "net/ipv4/ip_forward", "1")
+    assert proc(ns, "net/ipv4/ip_forward") == "1"
+    subprocess.run(["ip", "-n", name, "link", "del", "cnmbr0"], check=True)
+    subprocess.run(["ip", "-n", name, "link", "add", "cnmbr0", "type", "bridge"], check=True)
+    assert proc(ns, key) != "0"  # a new bridge: the kernel's default
+    in_netns(ns, sysctl.ensure, key, "0")
+    assert proc(ns, key) == "0"  # (a kept descriptor of the old bridge would have raised)
