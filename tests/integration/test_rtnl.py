@@ -1,0 +1,124 @@
+"""linux.rtnl on the kernel: the requests it serves itself do what IPRoute's did (checked with
+`ip`), a new veth comes back echoed (its index, MAC and peer's index: no lookup after it),
+errors are pyroute2's NetlinkError with the kernel's code, and everything else goes to an
+IPRoute in the socket's own netns, whichever netns the calling thread is in by then.
+Each case runs in throwaway netns."""
+
+from __future__ import annotations
+
+import errno
+import json
+import os
+import subprocess
+
+import pytest
+
+from cni_plugins.linux import netns as nsmod
+from cni_plugins.linux.rtnl import Rtnl
+from conftest import in_netns
+from pyroute2.netlink.exceptions import NetlinkError
+
+
+def ip_json(ns: str, *args: str):
+    out = subprocess.run(["ip", "-n", os.path.basename(ns), "-j", *args], capture_output=True, text=True, check=True)
+    return json.loads(out.stdout or "[]")
+
+
+def ip(ns: str, *args: str) -> None:
+    subprocess.run(["ip", "-n", os.path.basename(ns), *args], capture_output=True, text=True, check=True)
+
+
+def test_veth_is_echoed_and_configured(netns):
+    host, container = netns("cnmrh"), netns("cnmrc")
+    ip(host, "link", "add", "cnmrbr", "type", "bridge")
+    bridge = ip_json(host, "link", "show", "dev", "cnmrbr")[0]["ifindex"]
+
+    def go():
+        fd = nsmod.open_netns(container)
+        try:
+            with Rtnl() as r:
+                echoed = r.link("add", ifname="cnmrv0", kind="veth", mtu=1400, master=bridge,
+                                peer={"ifname": "eth0", "net_ns_fd": fd, "mtu": 1400, "address": "02:42:0a:00:00:07"})
+                return [(m["index"], m.get_attr("IFLA_IFNAME"), m.get_attr("IFLA_ADDRESS"), m.get_attr("IFLA_LINK"))
+                        for m in echoed]
+        finally:
+            os.close(fd)
+
+    [(index, name, mac, peer_index)] = in_netns(host, go)
+    end = ip_json(host, "-d", "link", "show", "dev", "cnmrv0")[0]
+    assert (index, name, mac) == (end["ifindex"], "cnmrv0", end["address"])
+    assert end["master"] == "cnmrbr" and end["mtu"] == 1400 and "UP" not in end["flags"]
+    peer = ip_json(container, "link", "show", "dev", "eth0")[0]
+    assert peer_index == peer["ifindex"] and peer["address"] == "02:42:0a:00:00:07" and peer["mtu"] == 1400
+
+
+def test_container_side_requests(netns):
+    ns = netns("cnmrc")
+    ip(ns, "link", "add", "eth0", "type", "veth", "peer", "name", "eth1")
+    index = ip_json(ns, "link", "show", "dev", "eth0")[0]["ifindex"]
+    peer = ip_json(ns, "link", "show", "dev", "eth1")[0]["ifindex"]
+
+    def go():
+        with Rtnl() as r:
+            [link] = r.link("get", ifname="eth0")
+            assert link["index"] == index
+            r.link("set", index=index, state="up")
+            r.link("set", index=peer, state="up")  # a carrier for the routes
+            r.addr("add", index=index, address="10.251.3.5", prefixlen=24, broadcast="10.251.3.255")
+            r.addr("add", index=index, address="fd00:251::5", prefixlen=64, flags=0x02)  # IFA_F_NODAD
+            r.route("add", dst="0.0.0.0", dst_len=0, oif=index, family=2, gateway="10.251.3.1")
+            r.route("add", dst="10.252.0.0", dst_len=16, oif=index, family=2, priority=7)
+            with pytest.raises(NetlinkError) as exists:
+                r.addr("add", index=index, address="10.251.3.5", prefixlen=24)
+            with pytest.raises(NetlinkError) as missing:
+                r.link("get", ifname="nosuchlink")
+            return exists.value.code, missing.value.code
+
+    assert in_netns(ns, go) == (errno.EEXIST, errno.ENODEV)
+    assert "UP" in ip_json(ns, "link", "show", "dev", "eth0")[0]["flags"]
+    addrs = {(a["local"], a["prefixlen"]): a for a in ip_json(ns, "addr", "show", "dev", "eth0")[0]["addr_info"]}
+    assert addrs[("10.251.3.5", 24)]["broadcast"] == "10.251.3.255"
+    assert addrs[("fd00:251::5", 64)].get("nodad") is True
+    routes = {r["dst"]: r for r in ip_json(ns, "route", "show", "dev", "eth0")}
+    assert routes["default"]["gateway"] == "10.251.3.1" and routes["default"]["protocol"] == "static"
+    assert routes["10.252.0.0/16"]["metric"] == 7
+
+
+def test_delete_by_name(netns):
+    ns = netns("cnmrc")
+    ip(ns, "link", "add", "cnmrv0", "type", "veth", "peer", "name", "cnmrv1")
+
+    def go():
+        with Rtnl() as r:
+            r.link("del", ifname="cnmrv0")
+            with pytest.raises(NetlinkError) as gone:
+                r.link("del", ifname="cnmrv0")
+            return gone.value.code
+
+    assert in_netns(ns, go) == errno.ENODEV
+    assert [link["ifname"] for link in ip_json(ns, "link", "show")] == ["lo"]  # both ends gone
+
+
+def test_other_requests_go_to_iproute_in_the_sockets_netns(netns):
+    """The IPRoute is opened on first use, in the netns the socket was made in, even when the
+    calling thread has moved elsewhere meanwhile (as a helper worker does)."""
+    mine, elsewhere = netns("cnmrc"), netns("cnmro")
+    ip(mine, "link", "add", "cnmrd0", "type", "veth", "peer", "name", "cnmrd1")
+    ip(mine, "addr", "add", "10.251.9.1/24", "dev", "cnmrd0")
+    ip(elsewhere, "link", "add", "cnmrd0", "type", "veth", "peer", "name", "cnmrd1")
+    ip(elsewhere, "addr", "add", "10.251.8.1/24", "dev", "cnmrd0")
+
+    def go():
+        fd = nsmod.open_netns(mine)
+        try:
+            r = Rtnl(fd)  # made in `mine`; this thread stays in `elsewhere`
+        finally:
+            os.close(fd)
+        try:
+            seen = sorted(m.get_attr("IFA_ADDRESS") for m in r.get_addr(family=2))
+            return seen, r.fileno() >= 0
+        finally:
+            r.close()
+
+    seen, _ = in_netns(elsewhere, go)
+    assert seen == ["10.251.9.1"]
