@@ -5,6 +5,7 @@ from __future__ import annotations
 import errno
 import fcntl
 import os
+import struct
 
 from pyroute2.netlink.exceptions import NetlinkError
 
@@ -29,10 +30,16 @@ def ensure_bridge(ipr, name: str, mtu: int = 0, promisc: bool = False, vlan_filt
     The bridge MAC is pinned to its current value: otherwise the kernel gives the bridge
     the lowest MAC of its ports, and it changes as containers come and go.
 
-    In the steady state (the bridge exists, up, configured, and pinned by this process
-    before) this is one RTM_GETLINK: every setting is compared with that message and
-    set only when it differs.
+    The first time a process meets the bridge this is one RTM_GETLINK: every setting is
+    compared with that message and set only when it differs. After that (the resident
+    helper, every ADD), while `name` is still the device it verified (same ifindex and MAC),
+    up, promiscuous if asked and pinned, three ioctls replace the netlink request (`_seen`).
     """
+    if not vlan_filtering:  # (which only RTM_GETLINK shows)
+        known = _seen_again(ipr, name, promisc)
+        if known is not None:
+            sysctl.try_ensure(f"net/ipv6/conf/{name}/accept_ra", "0")
+            return known
     link = links.get_link(ipr, name)
     if link is None:
         kwargs = {"ifname": name, "kind": "bridge"}
@@ -78,6 +85,60 @@ def ensure_bridge(ipr, name: str, mtu: int = 0, promisc: bool = False, vlan_filt
         link = links.get_link(ipr, name)
         if link is None:
             raise BridgeError(f"bridge {name!r} vanished while being configured")
+    if pin is not None:
+        _remember(pin[0], name, index, link.get_attr("IFLA_ADDRESS"))
+    return link
+
+
+# ---- the steady state without netlink ------------------------------------------------------
+# Bridges this process verified with RTM_GETLINK: (netns inode, name) -> (ifindex, MAC). A
+# device keeps its ifindex for life and a new one gets a new ifindex (and a random MAC), so
+# while `name` still has both, it is the bridge that was verified; its flags are read live.
+_seen: dict[tuple[int, str], tuple[int, str]] = {}
+SIOCGIFFLAGS = 0x8913
+SIOCGIFHWADDR = 0x8927
+SIOCGIFINDEX = 0x8933
+
+
+def _remember(netns_ino: int, name: str, index: int, mac: str | None) -> None:
+    if mac:
+        if len(_seen) >= _PINNED_MAX:
+            _seen.clear()
+        _seen[(netns_ino, name)] = (index, mac)
+
+
+def _seen_again(ipr, name: str, promisc: bool):
+    """The bridge as a link message (index, flags, MAC) when this process verified it before and
+    nothing needs setting; None otherwise (then the caller asks the kernel)."""
+    try:
+        ns_fd = fcntl.ioctl(ipr.fileno(), SIOCGSKNS)
+    except (OSError, AttributeError):
+        return None
+    try:
+        ino = os.fstat(ns_fd).st_ino
+    finally:
+        os.close(ns_fd)
+    known = _seen.get((ino, name))
+    if known is None:
+        return None
+    request = struct.pack("16s24x", name.encode())
+    try:
+        index = struct.unpack_from("i", fcntl.ioctl(ipr.fileno(), SIOCGIFINDEX, request), 16)[0]
+        flags = struct.unpack_from("H", fcntl.ioctl(ipr.fileno(), SIOCGIFFLAGS, request), 16)[0]
+        hw = fcntl.ioctl(ipr.fileno(), SIOCGIFHWADDR, request)[18:24]
+    except OSError:
+        return None
+    mac = ":".join(f"{b:02x}" for b in hw)
+    if (index, mac) != known or not flags & links.IFF_UP or (promisc and not flags & IFF_PROMISC):
+        return None
+    if (ino, index, mac) not in _pinned:
+        return None
+    from pyroute2.netlink.rtnl.ifinfmsg import ifinfmsg
+
+    link = ifinfmsg()
+    link["index"] = index
+    link["flags"] = flags
+    link["attrs"] = [("IFLA_IFNAME", name), ("IFLA_ADDRESS", mac)]
     return link
 
 

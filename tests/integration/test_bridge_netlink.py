@@ -64,6 +64,7 @@ def host(netns):
 def fresh_pins(monkeypatch):
     """A process that has pinned no bridge yet (as each plugin exec without the helper)."""
     monkeypatch.setattr(bridge, "_pinned", set())
+    monkeypatch.setattr(bridge, "_seen", {})
 
 
 def ensure(ns: str, name: str, **kw):
@@ -109,16 +110,34 @@ def test_new_bridge_with_vlan_filtering(host, fresh_pins):
         assert link(host, name) is None
 
 
-def test_steady_state_is_one_getlink_and_keeps_the_neighbour_table(host, fresh_pins):
+def test_steady_state_asks_no_netlink_and_keeps_the_neighbour_table(host, fresh_pins):
     """Setting a link's MAC, even to the same value, flushes its ARP/NDP tables: a bridge
-    this process pinned already is only looked at."""
+    this process pinned already is only looked at, with ioctls (index, flags, MAC)."""
     name = unique("cnb")
     index, mac, _ = ensure(host, name)
     ip(host, "ip", "addr", "add", "10.251.0.1/24", "dev", name)
     ip(host, "ip", "neigh", "add", "10.251.0.5", "lladdr", "02:00:00:00:00:05", "dev", name, "nud", "permanent")
     again = ensure(host, name)
-    assert again == (index, mac, [("link", "get")])
+    assert again == (index, mac, [])
     assert "10.251.0.5" in neighbours(host, name)
+    # vlan_filtering shows only in RTM_GETLINK: asked for, the bridge is looked at again
+    if vlan_filtering_works(host):
+        assert ensure(host, name, vlan_filtering=True)[2][0] == ("link", "get")
+
+
+def test_a_seen_bridge_replaced_is_looked_at_again(host, fresh_pins):
+    """Another MAC set behind our back, or another device under the name: no longer the
+    bridge this process verified, so RTM_GETLINK again (and a non-bridge is refused)."""
+    name = unique("cnb")
+    ensure(host, name)
+    ip(host, "ip", "link", "set", name, "address", "02:00:00:00:00:09")
+    index, mac, calls = ensure(host, name)
+    assert mac == "02:00:00:00:00:09" and calls[0] == ("link", "get")
+    assert ensure(host, name)[2] == []
+    ip(host, "ip", "link", "del", name)
+    ip(host, "ip", "link", "add", name, "type", "veth", "peer", "name", unique("cnp"))
+    with pytest.raises(bridge.BridgeError, match="not a bridge"):
+        ensure(host, name)
 
 
 def test_another_process_pins_again(host, fresh_pins):
