@@ -1,7 +1,9 @@
 """The thin path every plugin exec takes first: hand the command to the resident helper.
 
-Stdlib only, and only cheap builtins (`_socket`, `struct`): this module runs
-before anything else on every exec. It opens CNI_NETNS itself, sends env,
+Stdlib only, and only modules built into the interpreter (`posix`, `_socket`,
+`struct`, `fcntl`): this module runs before anything else on every exec. Not
+even `os`: with `-S` nothing has imported it yet, and importing it (its
+_collections_abc, posixpath, stat) was ~1 ms of a ~7 ms exec. It opens CNI_NETNS itself, sends env,
 stdin, the netns descriptor (SCM_RIGHTS), a descriptor of its working
 directory and its process context (namespaces, root, capabilities, umask) to
 `cnmd` over a root-only unix socket, and relays the answer. When the helper is
@@ -25,7 +27,7 @@ without a round trip per request to agree on that (protocol 1's OK/GO).
 
 from __future__ import annotations
 
-import os
+import posix
 import struct
 import sys
 
@@ -43,13 +45,44 @@ ANSWER_TIMEOUT = 330.0  # once the helper has claimed it: store busy timeout (12
 BUILD_ID_FILE = "cnm-build-id"  # written into a PyInstaller bundle by packaging/build.sh
 # Must be the helper's own; the caller's netns is adopted per request (setns in the worker thread).
 NAMESPACES = ("mnt", "user", "pid")
-SELF_NET = "/proc/thread-self/ns/net" if os.path.exists("/proc/thread-self/ns/net") else "/proc/self/ns/net"
-O_PATH = getattr(os, "O_PATH", 0o10000000)
+FS_ENCODING = sys.getfilesystemencoding()
+O_PATH = getattr(posix, "O_PATH", 0o10000000)
 NS_GET_NSTYPE = 0xB703
 CLONE_NEWNET = 0x40000000
 
 
 served_by_helper = False  # set by run(): this process only relayed the helper's answer
+
+
+# ---- what os and os.path would give (see the module doc) ------------------------------------
+def _exists(path: str) -> bool:
+    try:
+        posix.stat(path)
+        return True
+    except OSError:
+        return False
+
+
+def _dirname(path: str) -> str:
+    head = path.rpartition("/")[0]
+    return head.rstrip("/") or ("/" if path.startswith("/") else "")
+
+
+def _fsencode(text: str) -> bytes:
+    return text.encode(FS_ENCODING, "surrogateescape")  # as os.fsencode
+
+
+def environ() -> dict[str, str]:
+    """This process's environment as os.environ shows it (a copy). Once os is imported its
+    environ is the authority (changed in-process, e.g. by restore_frozen_environment)."""
+    os = sys.modules.get("os")
+    if os is not None:
+        return dict(os.environ)
+    return {k.decode(FS_ENCODING, "surrogateescape"): v.decode(FS_ENCODING, "surrogateescape")
+            for k, v in posix.environ.items()}
+
+
+SELF_NET = "/proc/thread-self/ns/net" if _exists("/proc/thread-self/ns/net") else "/proc/self/ns/net"
 
 
 class Committed(Exception):
@@ -58,7 +91,8 @@ class Committed(Exception):
 
 # ---- identity of this install and of this process -------------------------------------------
 def package_dir() -> str:
-    return os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    here = __file__ if __file__.startswith("/") else f"{posix.getcwd()}/{__file__}"
+    return _dirname(_dirname(here))
 
 
 def build_id() -> str:
@@ -72,7 +106,7 @@ def build_id() -> str:
     base = getattr(sys, "_MEIPASS", None)
     if base is not None:
         try:
-            with open(os.path.join(base, BUILD_ID_FILE), "rb") as f:
+            with open(f"{base}/{BUILD_ID_FILE}", "rb") as f:
                 return f"{PROTOCOL}/{__version__}/{f.read().decode().strip()}"
         except OSError:
             return f"{PROTOCOL}/{__version__}/frozen-without-id"
@@ -84,7 +118,7 @@ def build_id() -> str:
     while stack:
         directory = stack.pop()
         try:
-            entries = sorted(os.scandir(directory), key=lambda e: e.name)
+            entries = sorted(posix.scandir(directory), key=lambda e: e.name)
         except OSError:
             continue
         for entry in entries:
@@ -106,13 +140,13 @@ def process_context() -> dict[str, str]:
     """
     ctx = {}
     for ns in NAMESPACES:
-        st = os.stat(f"/proc/self/ns/{ns}")
+        st = posix.stat(f"/proc/self/ns/{ns}")
         ctx[ns] = f"{st.st_dev}:{st.st_ino}"
-    st = os.stat("/")
+    st = posix.stat("/")
     ctx["root"] = f"{st.st_dev}:{st.st_ino}"
     ctx["cap"] = capabilities()
-    mask = os.umask(0o022)
-    os.umask(mask)
+    mask = posix.umask(0o022)
+    posix.umask(mask)
     ctx["umask"] = f"{mask:o}"
     return ctx
 
@@ -135,25 +169,25 @@ def open_netns(path: str) -> int | None:
     /proc/<pid>/ns/pid) is answered in-process, with the in-process error.
     """
     try:
-        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+        fd = posix.open(path, posix.O_RDONLY | posix.O_CLOEXEC)
     except OSError:
         return None
     try:
-        st = os.fstat(fd)
-        if st.st_dev == os.stat("/proc/self/ns/net").st_dev and (st.st_mode & 0o170000) != 0o040000:
+        st = posix.fstat(fd)
+        if st.st_dev == posix.stat("/proc/self/ns/net").st_dev and (st.st_mode & 0o170000) != 0o040000:
             import fcntl
 
             if fcntl.ioctl(fd, NS_GET_NSTYPE) == CLONE_NEWNET:  # nsfs holds every kind of namespace
                 return fd
     except OSError:
         pass
-    os.close(fd)
+    posix.close(fd)
     return None
 
 
 # ---- framing -------------------------------------------------------------------------------
 def encode_env(env) -> bytes:
-    return b"\0".join(os.fsencode(k) + b"=" + os.fsencode(v) for k, v in env.items())
+    return b"\0".join(_fsencode(k) + b"=" + _fsencode(v) for k, v in env.items())
 
 
 def encode_request(name: str, env, stdin: bytes, context: dict[str, str], with_netns: bool) -> bytes:
@@ -200,13 +234,13 @@ def socket_path(env) -> str | None:
 
 def new_claim() -> int:
     """The claim token of one request: an eventfd holding 1 (see the module doc)."""
-    return os.eventfd(1, os.EFD_NONBLOCK | os.EFD_CLOEXEC)
+    return posix.eventfd(1, posix.EFD_NONBLOCK | posix.EFD_CLOEXEC)
 
 
 def take_claim(fd: int) -> bool:
     """Take the command: True if nobody took it before (then the helper never runs it)."""
     try:
-        os.eventfd_read(fd)
+        posix.eventfd_read(fd)
         return True
     except BlockingIOError:
         return False
@@ -218,7 +252,7 @@ def via_helper(name: str, env, stdin: bytes) -> tuple[bytes, int] | None:
     Raises Committed when the helper claimed the command and then failed to answer.
     """
     path = socket_path(env)
-    if path is None or not os.path.exists(path):
+    if path is None or not _exists(path):
         return None
     fds = []
     claim = -1
@@ -232,13 +266,13 @@ def via_helper(name: str, env, stdin: bytes) -> tuple[bytes, int] | None:
             fds.append(netns_fd)
         claim = new_claim()
         fds.insert(0, claim)
-        fds.insert(0, os.open(SELF_NET, os.O_RDONLY | os.O_CLOEXEC))
-        fds.insert(0, os.open(".", O_PATH | os.O_DIRECTORY | os.O_CLOEXEC))
+        fds.insert(0, posix.open(SELF_NET, posix.O_RDONLY | posix.O_CLOEXEC))
+        fds.insert(0, posix.open(".", O_PATH | posix.O_DIRECTORY | posix.O_CLOEXEC))
         request = encode_request(name, env, stdin, process_context(), bool(netns))
         sock = _socket.socket(_socket.AF_UNIX, _socket.SOCK_STREAM | _socket.SOCK_CLOEXEC)
     except OSError:
         for fd in fds:
-            os.close(fd)
+            posix.close(fd)
         return None
     try:
         try:
@@ -248,7 +282,7 @@ def via_helper(name: str, env, stdin: bytes) -> tuple[bytes, int] | None:
             send_with_fds(sock, request, fds)
             for fd in fds:
                 if fd != claim:
-                    os.close(fd)
+                    posix.close(fd)
             fds = [claim]
             tag = recv_exact(sock, 2)
         except (OSError, EOFError):  # not sent, refused without a word, silent for READY_TIMEOUT
@@ -270,7 +304,7 @@ def via_helper(name: str, env, stdin: bytes) -> tuple[bytes, int] | None:
             raise Committed(f"{type(exc).__name__}: {exc}") from None
     finally:
         for fd in fds:
-            os.close(fd)
+            posix.close(fd)
         sock.close()
 
 
@@ -333,6 +367,8 @@ def restore_frozen_environment() -> None:
     """
     if not getattr(sys, "frozen", False):
         return
+    import os  # (the bundle's own bootstrap has imported it already)
+
     env = os.environ
     orig = env.pop("LD_LIBRARY_PATH_ORIG", None)
     if orig is not None:
@@ -354,20 +390,21 @@ def main(argv: list[str] | None = None) -> int:
     """The multi-call executable (bin/cnm and the bundle): plugin types, cnmd, cnmctl."""
     restore_frozen_environment()
     argv = sys.argv if argv is None else argv
-    name = os.path.basename(argv[0])
+    name = argv[0].rpartition("/")[2]
     if name in ENTRY_POINTS:
         import importlib
 
         module, attr = ENTRY_POINTS[name]
         return getattr(importlib.import_module(module), attr)() or 0
-    if not os.environ.get("CNI_COMMAND"):  # the about line, as plugin.main prints it
+    env = environ()
+    if not env.get("CNI_COMMAND"):  # the about line, as plugin.main prints it
         from .plugin import main as usage
 
         return usage(argv)
-    code = run(name, os.environ)
+    code = run(name, env)
     if served_by_helper:
         # Nothing of ours is left to flush or close but stdout (done): skip the interpreter's
         # teardown, ~1 ms of an exec that is otherwise ~7 ms.
         sys.stderr.flush()
-        os._exit(code)
+        posix._exit(code)
     return code

@@ -30,6 +30,37 @@ def test_thin_module_imports_only_cheap_stdlib():
     ours = {m for m in modules if m.startswith("cni_plugins")}
     assert ours == {"cni_plugins", "cni_plugins.cli", "cni_plugins.cli.thin"}
     assert not modules & {"json", "re", "typing", "dataclasses", "socket", "pyroute2", "pydantic"}, modules
+    assert "os" not in modules  # ~1 ms of every exec (with -S nothing else imports it)
+
+
+def test_the_executable_imports_no_os_on_the_thin_path(tmp_path):
+    """bin/cnm served by a helper (here a stand-in that answers every request) imports
+    neither os nor what it would pull in."""
+    import struct
+    import threading
+
+    path = str(tmp_path / "h.sock")
+    server = socket.socket(socket.AF_UNIX)
+    server.bind(path)
+    server.listen(1)
+
+    def answer():
+        conn, _ = server.accept()
+        with conn:
+            conn.recv(65536)
+            out = b'{"cniVersion": "1.0.0"}\n'
+            conn.sendall(b"RS" + struct.pack("!iI", 0, len(out)) + out)
+
+    t = threading.Thread(target=answer, daemon=True)
+    t.start()
+    env = {"CNI_COMMAND": "VERSION", "PATH": "/usr/bin:/bin", thin.SOCKET_ENV: path}
+    proc = subprocess.run(["/usr/bin/python3", "-IS", "-X", "importtime", os.path.join(ROOT, "bin", "cnm-none")],
+                          env=env, input=b"{}", capture_output=True, timeout=60)
+    server.close()
+    assert proc.returncode == 0 and proc.stdout == b'{"cniVersion": "1.0.0"}\n', proc.stderr
+    modules = {line.rsplit("|", 1)[1].strip() for line in proc.stderr.decode().splitlines() if "|" in line}
+    assert "cni_plugins.cli.thin" in modules
+    assert not modules & {"os", "posixpath", "_collections_abc", "stat"}, sorted(modules)
 
 
 def test_request_round_trip_with_descriptors():
