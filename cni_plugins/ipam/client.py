@@ -34,9 +34,12 @@ def execute(
     cni_path: Sequence[str],
     version: str,
     netns_fd: int | None = None,
+    parent=None,
 ) -> Result | None:
     """Run IPAM `command`; ADD returns its Result (any version, parsed), others None.
 
+    `parent`: the main plugin's own Request, when it has this very stdin and env: an
+    in-process IPAM running the same command uses it instead of parsing them again.
     Raises CNIError: a delegate's own error object is passed through unchanged (R67).
     """
     child_env = dict(env)
@@ -45,7 +48,8 @@ def execute(
         from ..cni.request import parse
         from .plugin import IpamPlugin
 
-        request = parse(child_env, stdin)
+        same = parent is not None and parent.command == command and parent.stdin is stdin and parent.env == child_env
+        request = parent if same else parse(child_env, stdin)
         plugin = IpamPlugin()
         if command == "ADD":
             return plugin.add(request)

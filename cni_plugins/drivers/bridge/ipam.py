@@ -28,7 +28,8 @@ def record(request: Request, ipam_type: str) -> dict:
 
 
 def add(request: Request, ipam_type: str) -> Result:
-    return client.execute("ADD", ipam_type, request.stdin, request.env, request.cni_path, request.version)
+    return client.execute("ADD", ipam_type, request.stdin, request.env, request.cni_path, request.version,
+                          parent=request)
 
 
 def release_recorded(rec: dict, request: Request) -> None:
