@@ -14,6 +14,7 @@ on dataDir itself, which host-local never takes.
 from __future__ import annotations
 
 import fcntl
+import functools
 import ipaddress
 import json
 import os
@@ -41,8 +42,14 @@ class NoPoolError(Exception):
     """Every candidate pool overlaps a route or another network."""
 
 
+@functools.lru_cache(maxsize=1)
+def _default_pools() -> tuple[tuple[Net, int], ...]:
+    return tuple((ipaddress.ip_network(base), size) for base, size in DEFAULT_POOLS)
+
+
 def default_pools() -> list[tuple[Net, int]]:
-    return [(ipaddress.ip_network(base), size) for base, size in DEFAULT_POOLS]
+    """Docker's default pools (parsed once: every IPAM config load asks for them)."""
+    return list(_default_pools())
 
 
 def candidates(pools: Sequence[tuple[Net, int]]) -> Iterator[Net]:
