@@ -97,6 +97,8 @@ def release_free_memory() -> None:
 # collection, automatic collections run rarely, and the helper collects the young generations
 # itself once it is idle, after the answer has gone out.
 GC_THRESHOLDS = (20000, 20, 20)  # a safety net under sustained load; idle collections do the work
+IDLE_COLLECT_AT = 5000  # young objects before an idle collection (~2-3 requests' worth): back-to-back
+# execs start while the helper works after an answer, and on 2 CPUs that work delays them
 
 
 def tune_gc() -> None:
@@ -106,9 +108,13 @@ def tune_gc() -> None:
     gc.set_threshold(*GC_THRESHOLDS)
 
 
-def collect_when_idle() -> None:
-    """The garbage of the requests just answered (young generations only: cheap, bounded)."""
+def collect_when_idle() -> bool:
+    """The garbage of the requests just answered, once there is enough of it (young generations
+    only: cheap, bounded). True when it collected."""
+    if gc.get_count()[0] < IDLE_COLLECT_AT:
+        return False
     gc.collect(1)
+    return True
 
 
 def log(msg: str) -> None:
@@ -411,8 +417,7 @@ class Helper:
                     log(f"connection dropped: {type(exc).__name__}: {exc}")
                 finally:
                     conn.close()  # without an answer: the caller runs the command itself or says so
-            if quiet:  # the answer is sent: collecting and trimming cost the caller nothing
-                collect_when_idle()
+            if quiet and collect_when_idle():  # the answer is sent: this costs the caller nothing
                 release_free_memory()
             conn = self._next(worker) if idle else None
         with self.lock:

@@ -23,8 +23,12 @@ for i in range(5000):  # cyclic garbage, as requests leave it
     a = {}; a["self"] = a; junk.append(a)
 del junk, a
 automatic = list(runs)
-cnmd.collect_when_idle()
-print(json.dumps({"frozen": frozen, "thresholds": thresholds, "automatic": automatic, "idle": runs[len(automatic):]}))
+collected = cnmd.collect_when_idle()
+idle = runs[len(automatic):]
+gc.collect()
+few = cnmd.collect_when_idle()  # nothing new to collect: no collection
+print(json.dumps({"frozen": frozen, "thresholds": thresholds, "automatic": automatic, "idle": idle,
+                  "collected": collected, "few": few}))
 """
 
 
@@ -35,4 +39,5 @@ def test_preload_freezes_and_idle_collects():
     assert got["frozen"] > 10000  # pydantic, pyroute2 and our modules: never scanned again
     assert tuple(got["thresholds"]) == (20000, 20, 20)
     assert got["automatic"] == []  # 5,000 new containers set off no collection
-    assert got["idle"] == [1]  # the idle collection of the young generations found them
+    assert got["idle"] == [1] and got["collected"]  # the idle collection of the young generations
+    assert got["few"] is False  # below IDLE_COLLECT_AT young objects the helper does not collect
