@@ -211,8 +211,7 @@ class Controller:
                 # fail the ADD here, rolled back, not after the commit.
                 result.emit(request.version)
                 record_add(endpoint, request, result)  # replayed to joiners, used by a foreign DEL
-                tx.put_network(network)
-                tx.put_sandbox(sandbox)
+                tx.put_sandbox(sandbox)  # (the network: written by _ensure_network when new; no driver changes it)
                 tx.put_endpoint(endpoint)
             except BaseException:
                 _unwind(undo)
