@@ -1,6 +1,6 @@
 """linux.rtnl builds, for the request shapes it serves itself, the very bytes pyroute2's
 IPRoute would send (pyroute2's IPBatch compiles IPRoute calls without sending them), and
-hands every other shape to IPRoute. The kernel side is in tests/integration/test_rtnl.py."""
+hands every other shape to IPRoute. The kernel side is in tests/integration/test_rtnl_kernel.py."""
 
 from __future__ import annotations
 
