@@ -110,15 +110,10 @@ def _remember(netns_ino: int, name: str, index: int, mac: str | None) -> None:
 def _seen_again(ipr, name: str, promisc: bool):
     """The bridge as a link message (index, flags, MAC) when this process verified it before and
     nothing needs setting; None otherwise (then the caller asks the kernel)."""
-    try:
-        ns_fd = fcntl.ioctl(ipr.fileno(), SIOCGSKNS)
-    except (OSError, AttributeError):
+    if not _seen:  # (a one-shot plugin process: nothing verified yet)
         return None
-    try:
-        ino = os.fstat(ns_fd).st_ino
-    finally:
-        os.close(ns_fd)
-    known = _seen.get((ino, name))
+    ino = _netns_ino(ipr)
+    known = _seen.get((ino, name)) if ino is not None else None
     if known is None:
         return None
     request = struct.pack("16s24x", name.encode())
@@ -156,14 +151,18 @@ SIOCGSKNS = 0x894C  # the netns of a socket, as an fd
 
 
 def _pin_key(ipr, index: int, mac: str | None) -> tuple[int, int, str] | None:
-    if not mac:
-        return None
+    ino = _netns_ino(ipr) if mac else None
+    return (ino, index, mac) if ino is not None else None
+
+
+def _netns_ino(ipr) -> int | None:
+    """The inode of the netns ipr's socket lives in; None when it cannot be told."""
     try:
         fd = fcntl.ioctl(ipr.fileno(), SIOCGSKNS)
     except (OSError, AttributeError):
         return None
     try:
-        return (os.fstat(fd).st_ino, index, mac)
+        return os.fstat(fd).st_ino
     finally:
         os.close(fd)
 

@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import socket
-from contextlib import contextmanager
-from typing import Iterator
 
 from pyroute2.netlink.exceptions import NetlinkError
 
@@ -15,16 +13,11 @@ RT_SCOPE_UNIVERSE = 0
 RT_SCOPE_HOST = 254
 
 
-@contextmanager
-def rtnl(netns_fd: int | None = None) -> Iterator[Rtnl]:
+def rtnl(netns_fd: int | None = None) -> Rtnl:
     """An rtnetlink socket bound to `netns_fd` (or to this thread's netns), with IPRoute's
     call style: the requests of an ADD/CHECK/DEL on its own socket, the rest through a
-    pyroute2 IPRoute opened when first needed (linux/rtnl.py)."""
-    ipr = Rtnl(netns_fd)
-    try:
-        yield ipr
-    finally:
-        ipr.close()
+    pyroute2 IPRoute opened when first needed (linux/rtnl.py). Use it in a `with` block."""
+    return Rtnl(netns_fd)
 
 
 def link_index(ipr, name: str) -> int | None:

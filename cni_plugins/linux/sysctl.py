@@ -36,14 +36,11 @@ def _path(key: str) -> str:
 
 
 def read(key: str, netns_fd: int | None = None) -> str:
+    """In this thread's netns through a descriptor kept open for `key` (one pread; an ADD
+    checks ip_forward and the bridge's accept_ra every time), else inside `netns_fd`."""
     if netns_fd is None:
-        top, name = os.path.relpath(_path(key), NET).split("/", 1)
-        with _kept_dir(top) as directory:  # net/ipv4, net/ipv6...: they live as long as their netns
-            fd = os.open(name, os.O_RDONLY | os.O_CLOEXEC, dir_fd=directory)
-            try:
-                return os.read(fd, 4096).decode().strip()
-            finally:
-                os.close(fd)
+        with _kept_file(key) as fd:
+            return os.pread(fd, 4096, 0).decode().strip()
     with netns.entered(netns_fd):
         with open(_path(key)) as f:
             return f.read().strip()
@@ -61,16 +58,8 @@ def write(key: str, value: str, netns_fd: int | None = None) -> None:
 
 
 def ensure(key: str, value: str, netns_fd: int | None = None) -> None:
-    """Write only when different (avoids needless writes to global knobs like ip_forward).
-
-    In this thread's netns the key is read through a descriptor kept open for it (an ADD
-    checks ip_forward and the bridge's accept_ra every time: one pread each)."""
-    if netns_fd is None:
-        with _kept_file(key) as fd:
-            current = os.pread(fd, 4096, 0).decode().strip()
-    else:
-        current = read(key, netns_fd)
-    if current != value:
+    """Write only when different (avoids needless writes to global knobs like ip_forward)."""
+    if read(key, netns_fd) != value:
         write(key, value, netns_fd)
 
 
@@ -108,41 +97,51 @@ def try_write_under(directory: str, settings: list[tuple[str, str]]) -> list[str
 
 
 _PROBE = "/proc/sys/net/ipv4/ip_forward"  # exists in every netns
-_kept_files: OrderedDict[tuple[netns.Identity, str], int] = OrderedDict()
+_kept_files: OrderedDict[tuple[netns.Identity, str], tuple[int]] = OrderedDict()
+
+
+@contextmanager
+def _kept(cache: OrderedDict, slot: tuple, open_new) -> Iterator[tuple[int, ...]]:
+    """Descriptors of this thread's netns kept in `cache` under `slot`, the last one a probe:
+    once what they belong to (the netns, a device) is gone, reads of the probe fail with ENOENT
+    and `open_new()` opens them again."""
+    with _kept_lock:
+        fds = cache.pop(slot, None)  # taken: no other thread closes them meanwhile
+    if fds is not None:
+        try:
+            os.pread(fds[-1], 16, 0)
+        except OSError:
+            _close_all(fds)
+            fds = None
+    if fds is None:
+        fds = open_new()
+    try:
+        yield fds
+    finally:
+        with _kept_lock:
+            spare = cache.pop(slot, None)  # another thread's, kept meanwhile
+            cache[slot] = fds
+            while len(cache) > _KEPT_MAX:
+                _close_all(cache.popitem(last=False)[1])
+        if spare is not None:
+            _close_all(spare)
 
 
 @contextmanager
 def _kept_file(key: str) -> Iterator[int]:
-    """`key` of this thread's netns, open for reading and kept: its reads fail (ENOENT) once the
-    netns, or the device the key belongs to, is gone, and it is then opened again. So a read is
-    one pread, and a bridge deleted and made again under the same name is read afresh."""
-    slot = (netns.own_identity(), key)
-    with _kept_lock:
-        fd = _kept_files.pop(slot, None)  # taken: no other thread closes it meanwhile
-    if fd is not None:
-        try:
-            os.pread(fd, 1, 0)
-        except OSError:
-            os.close(fd)
-            fd = None
-    if fd is None:
+    """`key` of this thread's netns, open for reading and kept (its own probe): a bridge deleted
+    and made again under the same name is read afresh."""
+
+    def open_new() -> tuple[int]:
         net = os.path.relpath(_path(key), NET)
         if net.startswith(".."):
-            fd = os.open(_path(key), os.O_RDONLY | os.O_CLOEXEC)
-        else:
-            top, name = net.split("/", 1)
-            with _kept_dir(top) as directory:  # no lookup of net/<top> (see the module doc)
-                fd = os.open(name, os.O_RDONLY | os.O_CLOEXEC, dir_fd=directory)
-    try:
+            return (os.open(_path(key), os.O_RDONLY | os.O_CLOEXEC),)
+        top, name = net.split("/", 1)
+        with _kept_dir(top) as directory:  # no lookup of net/<top> (see the module doc)
+            return (os.open(name, os.O_RDONLY | os.O_CLOEXEC, dir_fd=directory),)
+
+    with _kept(_kept_files, (netns.own_identity(), key), open_new) as (fd,):
         yield fd
-    finally:
-        with _kept_lock:
-            spare = _kept_files.pop(slot, None)  # another thread's, kept meanwhile
-            _kept_files[slot] = fd
-            while len(_kept_files) > _KEPT_MAX:
-                os.close(_kept_files.popitem(last=False)[1])
-        if spare is not None:
-            os.close(spare)
 
 
 @contextmanager
@@ -150,37 +149,21 @@ def _kept_dir(directory: str) -> Iterator[int]:
     """net/`directory` of this thread's netns, kept open (O_PATH) with a probe file of the same
     netns beside it: once that netns is gone, reads of the probe fail with ENOENT, while a name
     looked up in the directory could just be missing."""
-    slot = (netns.own_identity(), directory)
-    with _kept_lock:
-        pair = _kept_dirs.pop(slot, None)  # taken: no other thread closes it meanwhile
-    if pair is not None:
-        try:
-            os.pread(pair[1], 16, 0)
-        except OSError:
-            _close_pair(pair)
-            pair = None
-    if pair is None:
+
+    def open_new() -> tuple[int, int]:
         fd = os.open(os.path.join(NET, directory), os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
         try:
-            probe = os.open(_PROBE, os.O_RDONLY | os.O_CLOEXEC)
+            return fd, os.open(_PROBE, os.O_RDONLY | os.O_CLOEXEC)
         except OSError:
             os.close(fd)
             raise
-        pair = (fd, probe)
-    try:
-        yield pair[0]
-    finally:
-        with _kept_lock:
-            spare = _kept_dirs.pop(slot, None)  # another thread's, kept meanwhile
-            _kept_dirs[slot] = pair
-            while len(_kept_dirs) > _KEPT_MAX:
-                _close_pair(_kept_dirs.popitem(last=False)[1])
-        if spare is not None:
-            _close_pair(spare)
+
+    with _kept(_kept_dirs, (netns.own_identity(), directory), open_new) as (fd, _probe):
+        yield fd
 
 
-def _close_pair(pair: tuple[int, int]) -> None:
-    for fd in pair:
+def _close_all(fds: tuple[int, ...]) -> None:
+    for fd in fds:
         os.close(fd)
 
 

@@ -39,6 +39,26 @@ def proc(ns: str, key: str, value: str | None = None) -> str:
     return value
 
 
+def plant(slot, pair) -> None:
+    """Put `pair` where sysctl keeps net/<dir> of this thread's netns, as if it had kept it."""
+    with sysctl._kept_lock:
+        old = sysctl._kept_dirs.pop(slot, None)
+        sysctl._kept_dirs[slot] = pair
+    if old is not None:
+        sysctl._close_all(old)
+
+
+def wait_until_dead(fd: int) -> None:
+    """A dead netns is dismantled asynchronously: wait until its sysctl `fd` answers ENOENT."""
+    for _ in range(100):
+        try:
+            os.pread(fd, 10, 0)
+        except FileNotFoundError:
+            return
+        time.sleep(0.1)
+    pytest.fail("the dead netns's sysctl stayed readable")
+
+
 def test_kept_read_follows_the_value_and_the_netns(spaces):
     a, b = spaces(), spaces()
     proc(a, "net/ipv4/ip_forward", "1")
@@ -64,29 +84,17 @@ def test_a_kept_descriptor_of_a_dead_netns_is_replaced(spaces):
                 os.open("/proc/sys/net/ipv4/ip_forward", os.O_RDONLY | os.O_CLOEXEC))
 
     pair = in_netns(dead, stale_pair)
-    fd = pair[1]
     subprocess.run(["ip", "netns", "del", os.path.basename(dead)], check=True)
 
     def plant_and_read() -> str:
         slot = (nsmod.own_identity(), "ipv4")
-        with sysctl._kept_lock:
-            old = sysctl._kept_dirs.pop(slot, None)
-            sysctl._kept_dirs[slot] = pair
-        if old is not None:
-            sysctl._close_pair(old)
+        plant(slot, pair)
         value = sysctl.read("net/ipv4/ip_forward")  # raised ENOENT if the stale one stayed
         with sysctl._kept_lock:
             assert os.pread(sysctl._kept_dirs[slot][1], 10, 0).strip() == b"0"
         return value
 
-    for _ in range(100):  # the dead netns is dismantled asynchronously
-        try:
-            os.pread(fd, 10, 0)
-        except FileNotFoundError:
-            break
-        time.sleep(0.1)
-    else:
-        pytest.fail("the dead netns's sysctl stayed readable")
+    wait_until_dead(pair[1])
     assert in_netns(live, plant_and_read) == "0"
 
 
@@ -132,22 +140,10 @@ def test_write_under_a_kept_directory_per_netns(spaces):
 
     pair = in_netns(dead, open_pair)
     subprocess.run(["ip", "netns", "del", os.path.basename(dead)], check=True)
-    for _ in range(100):
-        try:
-            os.pread(pair[1], 10, 0)
-        except FileNotFoundError:
-            break
-        time.sleep(0.1)
-    else:
-        pytest.fail("the dead netns's sysctl stayed readable")
+    wait_until_dead(pair[1])
 
     def plant_and_write() -> list[str]:
-        slot = (nsmod.own_identity(), "ipv6/conf")
-        with sysctl._kept_lock:
-            old = sysctl._kept_dirs.pop(slot, None)
-            sysctl._kept_dirs[slot] = pair
-        if old is not None:
-            sysctl._close_pair(old)
+        plant((nsmod.own_identity(), "ipv6/conf"), pair)
         return sysctl.try_write_under("ipv6/conf", [("vport0/disable_ipv6", "1")])
 
     assert in_netns(live, plant_and_write) == []
