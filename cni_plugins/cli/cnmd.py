@@ -38,6 +38,8 @@ import time
 from . import thin
 
 CLONE_FS = 0x00000200
+NS_GET_NSTYPE = 0xB703
+CLONE_NEWNET = 0x40000000
 MAX_FIELD = thin.MAX_STDIN + 1
 MAX_FIELDS = 16
 REQUEST_TIMEOUT = 10.0  # a client sends its whole request at once; a stalled peer is dropped
@@ -254,6 +256,16 @@ def decode_env(blob: bytes) -> dict[str, str]:
     return env
 
 
+def is_network_namespace(fd: int) -> bool:
+    """The thin path sends any namespace file (nsfs holds every kind): only a netns is served."""
+    import fcntl
+
+    try:
+        return fcntl.ioctl(fd, NS_GET_NSTYPE) == CLONE_NEWNET
+    except OSError:
+        return False
+
+
 def peer_uid(conn: socket.socket) -> int:
     creds = conn.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, struct.calcsize("3i"))
     return struct.unpack("3i", creds)[1]
@@ -324,6 +336,8 @@ class Helper:
         if os.get_blocking(claim_fd):  # a blocking claim could hang this worker
             raise Refused("claim descriptor is blocking")
         netns_fd = fds[3] if with_netns else None
+        if netns_fd is not None and not is_network_namespace(netns_fd):
+            raise Refused("CNI_NETNS is not a network namespace")  # the caller reports it in-process
         return name.decode(), decode_env(env), stdin, netns_fd, cwd_fd, caller_net_fd, claim_fd, umask
 
     def serve_connection(self, conn: socket.socket) -> bytes | None:

@@ -82,6 +82,7 @@ def test_two_sandboxes_talk_dual_stack(lab):
     for gw in ("10.250.0.1", "fd00:250::1"):
         assert lab.ping(ns1, gw)
     assert lab.sysctl("net.ipv6.conf.eth0.accept_dad", ns1) == "0"
+    assert lab.sysctl("net.ipv4.conf.eth0.arp_notify", ns1) == "1"  # set over netlink with link up
     assert lab.sysctl("net.ipv4.ip_forward") == "1"
     assert lab.sysctl("net.ipv6.conf.all.forwarding") == "1"
     veths = lab.veths()
@@ -137,7 +138,9 @@ def test_promisc_mode_and_enabledad(hl_lab):
     conf = lab.conf(promiscMode=True, enabledad=True)
     out = lab.add(conf, ns)
     assert "PROMISC" in lab.link(lab.bridge)["flags"]
-    assert lab.sysctl("net.ipv6.conf.eth0.accept_dad", ns) == "1"
+    # IPv4 only: the IPv6 DAD knobs are the netns defaults, untouched (as the reference plugin)
+    assert lab.sysctl("net.ipv6.conf.eth0.accept_dad", ns) == lab.sysctl("net.ipv6.conf.default.accept_dad", ns)
+    assert lab.sysctl("net.ipv4.conf.eth0.arp_notify", ns) == "1"
     port = lab.link(out["interfaces"][1]["name"])["linkinfo"]["info_slave_data"]
     assert port["hairpin"] is False and port["isolated"] is False
     assert lab.run("CHECK", with_prev(conf, out), ns).rc == 0
@@ -485,6 +488,8 @@ def test_enabledad_dual_stack_default_gateway_does_not_wait(hl_lab):
     ns = lab.container()
     conf = lab.conf(ipam=lab.ipam("10.250.0.0/24", "fd00:250::/64"), isDefaultGateway=True, enabledad=True)
     out = lab.add(conf, ns)
+    assert lab.sysctl("net.ipv6.conf.eth0.accept_dad", ns) == "1"
+    assert lab.sysctl("net.ipv6.conf.eth0.enhanced_dad", ns) == "1"
     assert {"dst": "::/0", "gw": "fd00:250::1"} in out["routes"]
     assert [r for r in lab.routes(ns, "-6") if r["dst"] == "default"][0]["gateway"] == "fd00:250::1"
     assert lab.run("CHECK", with_prev(conf, out), ns).rc == 0

@@ -401,6 +401,17 @@ def own_fds(claim=True):
     return [os.open(".", thin.O_PATH | os.O_DIRECTORY), os.open(thin.SELF_NET, os.O_RDONLY), token]
 
 
+def test_namespace_of_another_kind_is_served_in_process(helper, env):
+    """A namespace file that is no netns (/proc/self/ns/pid) is sent, refused by the helper
+    (the thin path does not check its type) and answered in-process, byte for byte."""
+    conf = {"cniVersion": "1.0.0", "name": unique("hn"), "type": "cnm-none"}
+    kw = dict(container_id="c1", netns="/proc/self/ns/pid", ifname="eth0")
+    rc_h, out_h, served = run("cnm-none", "ADD", conf, env, socket_path=helper, **kw)
+    rc_p, out_p, _ = run("cnm-none", "ADD", conf, env, socket_path="off", **kw)
+    assert not served and rc_h != 0 and json.loads(out_h)["code"]
+    assert (rc_h, out_h) == (rc_p, out_p)
+
+
 def test_helper_refuses_another_build(helper, monkeypatch):
     fds = own_fds()
     try:

@@ -84,6 +84,33 @@ def test_container_side_requests(netns):
     assert routes["10.252.0.0/16"]["metric"] == 7
 
 
+def test_set_link_up_with_ipv4_devconf(netns):
+    """One RTM_NEWLINK brings the link up and sets net.ipv4.conf.<link>.arp_notify; without
+    `up` the flags are left alone; the other end of the pair is untouched."""
+    ns = netns("cnmrc")
+    ip(ns, "link", "add", "eth0", "type", "veth", "peer", "name", "eth1")
+    index = ip_json(ns, "link", "show", "dev", "eth0")[0]["ifindex"]
+    peer = ip_json(ns, "link", "show", "dev", "eth1")[0]["ifindex"]
+
+    def go():
+        with Rtnl() as r:
+            r.set_link(index, up=True, ipv4_conf={"arp_notify": 1})
+            r.set_link(peer, ipv4_conf={"arp_notify": 0})
+            r.link("set", index=peer, address="02:42:0a:00:00:09")  # as a bridge's MAC is pinned
+            with pytest.raises(NetlinkError) as missing:
+                r.set_link(99999, up=True)
+            return missing.value.code
+
+    def knob(link):
+        return in_netns(ns, lambda: open(f"/proc/sys/net/ipv4/conf/{link}/arp_notify").read().strip())
+
+    assert in_netns(ns, go) == errno.ENODEV
+    assert (knob("eth0"), knob("eth1")) == ("1", "0")
+    assert "UP" in ip_json(ns, "link", "show", "dev", "eth0")[0]["flags"]
+    peer_link = ip_json(ns, "link", "show", "dev", "eth1")[0]
+    assert "UP" not in peer_link["flags"] and peer_link["address"] == "02:42:0a:00:00:09"
+
+
 def test_delete_by_name(netns):
     ns = netns("cnmrc")
     ip(ns, "link", "add", "cnmrv0", "type", "veth", "peer", "name", "cnmrv1")

@@ -21,6 +21,7 @@ SHAPES = [
     ("link", "del", {"index": 9}, RTM_DELLINK),
     ("link", "set", {"index": 3, "state": "up"}, RTM_NEWLINK),
     ("link", "set", {"index": 3, "state": "down"}, RTM_NEWLINK),
+    ("link", "set", {"index": 3, "address": "02:42:0a:00:00:01"}, RTM_NEWLINK),
     ("link", "add", {"ifname": "cnmh", "kind": "veth", "peer": {"ifname": "eth0", "net_ns_fd": 5}}, RTM_NEWLINK),
     ("link", "add", {"ifname": "cnmh", "kind": "veth", "mtu": 1400, "master": 7, "state": "up",
                      "peer": {"ifname": "eth1", "net_ns_fd": 5, "mtu": 1400, "address": "02:42:0a:00:00:05"}},
@@ -118,3 +119,25 @@ def test_other_shapes_go_to_iproute(method, command, kw):
         del type(mine).ipr
     assert mine.sent == []
     assert calls == [(method, (command,), kw)]
+
+
+def test_set_link_devconf_layout():
+    """What the kernel's inet_set_link_af takes: IFLA_AF_SPEC > AF_INET > IFLA_INET_CONF > one
+    u32 attribute per knob, typed by its IPV4_DEVCONF_* index (arp_notify: 22)."""
+    mine = Captured()
+    mine.set_link(7, up=True, ipv4_conf={"arp_notify": 1})
+    [(data, msg_type, _flags)] = mine.sent
+    assert msg_type == RTM_NEWLINK
+    family, index, flags, change = struct.unpack_from("=BxxxiII", data, 16)
+    assert (family, index, flags, change) == (0, 7, 1, 1)
+    nlas = data[32:]
+    assert struct.unpack_from("=HH", nlas, 0) == (len(nlas), 26)  # IFLA_AF_SPEC
+    assert struct.unpack_from("=HH", nlas, 4) == (len(nlas) - 4, 2)  # AF_INET
+    assert struct.unpack_from("=HH", nlas, 8) == (len(nlas) - 8, 1)  # IFLA_INET_CONF
+    assert struct.unpack_from("=HHI", nlas, 12) == (8, 22, 1)  # arp_notify = 1
+    assert len(nlas) == 20
+
+    mine = Captured()
+    mine.set_link(7)  # nothing asked: flags untouched, no attributes
+    [(data, _, _)] = mine.sent
+    assert struct.unpack_from("=BxxxiII", data, 16) == (0, 7, 0, 0) and len(data) == 32

@@ -218,7 +218,7 @@ class BridgeDriver(BaseDriver):
         return host
 
     def _container_side(self, cipr, ctx, conf, ips, routes, index: int | None, mac: str) -> dict:
-        """DAD off (unless enabledad) before any address, link up, addresses, routes.
+        """DAD off (unless enabledad) before any IPv6 address, link up with arp_notify, addresses, routes.
 
         `index` is the container end's ifindex as the host end's link names it (IFLA_LINK),
         `mac` the one it was created with; without an index it is looked up by name."""
@@ -231,14 +231,15 @@ class BridgeDriver(BaseDriver):
                 if link is None:
                     raise OSError(f"{ifname} vanished right after creation")
                 index, mac = link["index"], link.get_attr("IFLA_ADDRESS")
-            if ips:
+            if any(ip.family == 6 for ip in ips):  # IPv6 devconf has no netlink setter
                 if conf.enabledad:
                     dad = [(f"ipv6/conf/{ifname}/enhanced_dad", "1"), (f"ipv6/conf/{ifname}/accept_dad", "1")]
                 else:
                     dad = [(f"ipv6/conf/{ifname}/accept_dad", "0")]
-                sysctl.try_write_all(dad + [(f"ipv4/conf/{ifname}/arp_notify", "1")], ctx.netns_fd)
-            if not conf.disableContainerInterface:
-                cipr.link("set", index=index, state="up")
+                sysctl.try_write_all(dad, ctx.netns_fd)
+            # Gratuitous ARP when the link comes up or changes its MAC, as the reference plugin sets.
+            cipr.set_link(index, up=None if conf.disableContainerInterface else True,
+                          ipv4_conf={"arp_notify": 1} if any(ip.family == 4 for ip in ips) else None)
             for ip in ips:
                 addr.add_address(cipr, index, ip.address, nodad=not conf.enabledad)
             for route in routes:
