@@ -281,6 +281,56 @@ class _Worker:
         self.thread: threading.Thread | None = None
 
 
+class SourceWatch:
+    """A checkout's package as this helper loaded it (the checkout's build id names only the
+    tree): `changed()` says why it is no longer that code once any .py file, directory or the
+    tree itself changed since the helper started, and from then on for good. Set up before the
+    drivers are imported (preload runs after the Helper exists); __pycache__ is not watched.
+    A tree that cannot be watched (not a local filesystem, no inotify) is never served."""
+
+    def __init__(self, root: str):
+        from ..linux import inotify
+
+        self._inotify = inotify
+        self._lock = threading.Lock()
+        self._why: str | None = None
+        self._watch = None
+        self.root = root
+        try:
+            fd = os.open(root, os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
+            try:
+                if inotify.filesystem_type(fd) not in inotify.LOCAL_FILESYSTEMS:
+                    self._why = f"cannot watch {root} for changes (not a local filesystem)"
+                    return
+                self._watch = inotify.DirWatch(fd)
+            finally:
+                os.close(fd)
+            for directory, subdirs, _files in os.walk(root):
+                subdirs[:] = [d for d in subdirs if d != "__pycache__"]
+                for sub in subdirs:
+                    fd = os.open(os.path.join(directory, sub), os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
+                    try:
+                        self._watch.add(fd)
+                    finally:
+                        os.close(fd)
+        except OSError as exc:
+            self._why = f"cannot watch {root} for changes: {exc}"
+
+    def close(self) -> None:
+        if self._watch is not None:
+            self._watch.close()
+
+    def changed(self) -> str | None:
+        with self._lock:
+            if self._why is None and self._watch is not None:
+                for _wd, mask, name in self._watch.read():
+                    if mask & self._inotify.LOST:
+                        self._why = f"{self.root} was moved, removed or lost track of since the helper started"
+                    elif name.endswith(".py") or (mask & self._inotify.IN_ISDIR and name != "__pycache__"):
+                        self._why = f"{name} changed under {self.root} since the helper started"
+            return self._why
+
+
 class Unfit(Exception):
     """This worker thread cannot be made like a fresh one again: it must not serve again."""
 
@@ -291,6 +341,8 @@ class Helper:
 
         self.sock = sock
         self.build_id = build_id or thin.build_id()
+        # A checkout's helper serves its tree only while the tree is the code it runs.
+        self.sources = None if getattr(sys, "frozen", False) or build_id else SourceWatch(thin.package_dir())
         own = thin.process_context()
         self.umask = int(own.pop("umask"), 8)
         self.context = own
@@ -308,6 +360,8 @@ class Helper:
         self.served = 0
 
     def close(self) -> None:
+        if self.sources is not None:
+            self.sources.close()
         for fd in (self.home_fd, self.root_fd):
             try:
                 os.close(fd)
@@ -321,6 +375,9 @@ class Helper:
         build, name, context, env, stdin, flags = fields[:6]
         if build.decode(errors="replace") != self.build_id:
             raise Refused(f"build {build.decode(errors='replace')} != helper build {self.build_id}")
+        changed = self.sources.changed() if self.sources is not None else None
+        if changed:
+            raise Refused(changed)
         ctx = dict(line.split("=", 1) for line in context.decode().splitlines() if "=" in line)
         for key, value in self.context.items():
             if ctx.get(key) != value:

@@ -67,7 +67,7 @@ def filesystem_type(fd: int) -> int:
 
 
 class DirWatch:
-    """A non-blocking inotify instance watching one directory (by descriptor)."""
+    """A non-blocking inotify instance watching one directory (by descriptor), or more (`add`)."""
 
     def __init__(self, dir_fd: int, mask: int = CHILD_CHANGES):
         self.fd = _check(_libc.inotify_init1(IN_NONBLOCK | IN_CLOEXEC))
@@ -78,6 +78,11 @@ class DirWatch:
         except BaseException:
             os.close(self.fd)
             raise
+
+    def add(self, dir_fd: int, mask: int = CHILD_CHANGES) -> int:
+        """Watch one more directory on the same queue; its events carry the returned wd."""
+        path = f"/proc/self/fd/{dir_fd}".encode()
+        return _check(_libc.inotify_add_watch(self.fd, path, mask | IN_ONLYDIR))
 
     def read(self) -> list[tuple[int, int, str]]:
         """Every queued event as (wd, mask, name); [] when none is queued."""

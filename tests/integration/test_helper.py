@@ -426,6 +426,48 @@ def test_helper_refuses_another_build(helper, monkeypatch):
             os.close(fd)
 
 
+def test_checkout_helper_refuses_once_its_sources_change(tmp_path, monkeypatch):
+    """A checkout's build id names its tree; the helper serving the tree refuses every request
+    once a source in it changed (an edited .py, a new one, a new package), for good."""
+    import shutil
+
+    from conftest import ROOT
+
+    tree = tmp_path / "checkout"
+    shutil.copytree(os.path.join(ROOT, "cni_plugins"), tree / "cni_plugins", ignore=shutil.ignore_patterns("__pycache__"))
+    shutil.copytree(BIN, tree / "bin", symlinks=True)
+    os.symlink(os.path.join(ROOT, ".venv"), tree / ".venv")
+    sock = str(tmp_path / "cnmd.sock")
+    log = open(tmp_path / "cnmd.log", "wb")
+    proc = subprocess.Popen([str(tree / "bin" / "cnmd"), "--socket", sock], stdout=log, stderr=log)
+
+    def ask() -> bytes:
+        fds = own_fds()  # a claim token is good for one request
+        try:
+            return talk(sock, request, fds)
+        finally:
+            for fd in fds:
+                os.close(fd)
+
+    try:
+        wait_listening(sock, proc, log=str(tmp_path / "cnmd.log"))
+        monkeypatch.setattr(thin, "package_dir", lambda: str(tree / "cni_plugins"))
+        request = thin.encode_request("cnm-none", {"CNI_COMMAND": "VERSION"}, b"", thin.process_context(), False)
+        assert ask() == b"RS"
+        os.makedirs(tree / "cni_plugins" / "cni" / "__pycache__", exist_ok=True)
+        (tree / "cni_plugins" / "cni" / "__pycache__" / "x.cpython-311.pyc").write_bytes(b"")  # not a source
+        (tree / "cni_plugins" / "notes.txt").write_text("not a source either\n")
+        assert ask() == b"RS"
+        with open(tree / "cni_plugins" / "cni" / "log.py", "a") as f:
+            f.write("# edited\n")
+        answer = ask()
+        assert answer.startswith(b"NO") and b"log.py changed" in answer, answer
+        assert ask().startswith(b"NO")  # for good
+    finally:
+        proc.terminate()
+        proc.wait(timeout=60)
+
+
 def test_helper_refuses_other_context_and_garbage(helper):
     fds = own_fds()
     try:

@@ -9,6 +9,7 @@ import sys
 
 import pytest
 
+from cni_plugins import __version__
 from cni_plugins.cli import cnmd, thin
 from cni_plugins.cni import request
 
@@ -104,15 +105,16 @@ def test_helper_rejects_bad_frames():
             b.close()
 
 
-def test_build_id_follows_the_sources(tmp_path, monkeypatch):
+def test_checkout_build_id_names_the_tree(tmp_path, monkeypatch):
+    """One stat per exec: the tree's device, inode and path (the helper watches its contents)."""
     pkg = tmp_path / "pkg"
-    (pkg / "sub").mkdir(parents=True)
-    (pkg / "a.py").write_text("x = 1\n")
-    (pkg / "sub" / "b.py").write_text("y = 2\n")
+    pkg.mkdir()
     monkeypatch.setattr(thin, "package_dir", lambda: str(pkg))
     first = thin.build_id()
-    assert first == thin.build_id() and first.startswith(f"{thin.PROTOCOL}/")
-    (pkg / "sub" / "b.py").write_text("y = 22\n")
+    st = os.stat(pkg)
+    assert first == thin.build_id() == f"{thin.PROTOCOL}/{__version__}/checkout:{st.st_dev}:{st.st_ino}:{pkg}"
+    pkg.rename(tmp_path / "old")
+    pkg.mkdir()  # another tree at the same path
     assert thin.build_id() != first
 
 
