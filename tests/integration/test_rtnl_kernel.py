@@ -52,11 +52,15 @@ def test_veth_is_echoed_and_configured(netns):
     assert peer_index == peer["ifindex"] and peer["address"] == "02:42:0a:00:00:07" and peer["mtu"] == 1400
 
 
-def test_container_side_requests(netns):
+def veth_pair(netns) -> tuple[str, int, int]:
+    """A throwaway netns holding the pair eth0/eth1: (netns, eth0's index, eth1's index)."""
     ns = netns("cnmrc")
     ip(ns, "link", "add", "eth0", "type", "veth", "peer", "name", "eth1")
-    index = ip_json(ns, "link", "show", "dev", "eth0")[0]["ifindex"]
-    peer = ip_json(ns, "link", "show", "dev", "eth1")[0]["ifindex"]
+    return ns, ip_json(ns, "link", "show", "dev", "eth0")[0]["ifindex"], ip_json(ns, "link", "show", "dev", "eth1")[0]["ifindex"]
+
+
+def test_container_side_requests(netns):
+    ns, index, peer = veth_pair(netns)
 
     def go():
         with Rtnl() as r:
@@ -87,10 +91,7 @@ def test_container_side_requests(netns):
 def test_set_link_up_with_ipv4_devconf(netns):
     """One RTM_NEWLINK brings the link up and sets net.ipv4.conf.<link>.arp_notify; without
     `up` the flags are left alone; the other end of the pair is untouched."""
-    ns = netns("cnmrc")
-    ip(ns, "link", "add", "eth0", "type", "veth", "peer", "name", "eth1")
-    index = ip_json(ns, "link", "show", "dev", "eth0")[0]["ifindex"]
-    peer = ip_json(ns, "link", "show", "dev", "eth1")[0]["ifindex"]
+    ns, index, peer = veth_pair(netns)
 
     def go():
         with Rtnl() as r:
