@@ -205,7 +205,7 @@ class Lab:
             except subprocess.TimeoutExpired:
                 proc.kill()
         nsmod.setns(self.home_fd)
-        pins = os.path.join(self.tmp, "run", "netns")
+        pins = os.path.join(self.run_dir, "netns")
         for pin in glob.glob(os.path.join(pins, "*")):
             subprocess.run(["umount", "-l", pin], capture_output=True)
         subprocess.run(["umount", "-l", self.run_dir], capture_output=True)

@@ -38,8 +38,6 @@ import time
 from . import thin
 
 CLONE_FS = 0x00000200
-NS_GET_NSTYPE = 0xB703
-CLONE_NEWNET = 0x40000000
 MAX_FIELD = thin.MAX_STDIN + 1
 MAX_FIELDS = 16
 REQUEST_TIMEOUT = 10.0  # a client sends its whole request at once; a stalled peer is dropped
@@ -256,16 +254,6 @@ def decode_env(blob: bytes) -> dict[str, str]:
     return env
 
 
-def is_network_namespace(fd: int) -> bool:
-    """The thin path sends any namespace file (nsfs holds every kind): only a netns is served."""
-    import fcntl
-
-    try:
-        return fcntl.ioctl(fd, NS_GET_NSTYPE) == CLONE_NEWNET
-    except OSError:
-        return False
-
-
 def peer_uid(conn: socket.socket) -> int:
     creds = conn.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, struct.calcsize("3i"))
     return struct.unpack("3i", creds)[1]
@@ -296,23 +284,24 @@ class SourceWatch:
         self._why: str | None = None
         self._watch = None
         self.root = root
-        try:
-            fd = os.open(root, os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
-            try:
-                if inotify.filesystem_type(fd) not in inotify.LOCAL_FILESYSTEMS:
-                    self._why = f"cannot watch {root} for changes (not a local filesystem)"
-                    return
-                self._watch = inotify.DirWatch(fd)
-            finally:
-                os.close(fd)
-            for directory, subdirs, _files in os.walk(root):
+
+        def fail(exc: OSError):
+            raise exc
+
+        try:  # every directory of the tree on one queue, the first one checked for a local filesystem
+            for directory, subdirs, _files in os.walk(root, onerror=fail):
                 subdirs[:] = [d for d in subdirs if d != "__pycache__"]
-                for sub in subdirs:
-                    fd = os.open(os.path.join(directory, sub), os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
-                    try:
+                fd = os.open(directory, os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
+                try:
+                    if self._watch is not None:
                         self._watch.add(fd)
-                    finally:
-                        os.close(fd)
+                    elif inotify.filesystem_type(fd) in inotify.LOCAL_FILESYSTEMS:
+                        self._watch = inotify.DirWatch(fd)
+                    else:
+                        self._why = f"cannot watch {root} for changes (not a local filesystem)"
+                        return
+                finally:
+                    os.close(fd)
         except OSError as exc:
             self._why = f"cannot watch {root} for changes: {exc}"
 
@@ -370,6 +359,8 @@ class Helper:
 
     # Everything that makes an in-process run differ must be equal, or we refuse.
     def check(self, fields: list[bytes], fds: list[int]) -> tuple[str, dict, bytes, int | None, int, int, int, int]:
+        from ..linux import netns
+
         if len(fields) < 6:
             raise Refused("short request")
         build, name, context, env, stdin, flags = fields[:6]
@@ -393,7 +384,8 @@ class Helper:
         if os.get_blocking(claim_fd):  # a blocking claim could hang this worker
             raise Refused("claim descriptor is blocking")
         netns_fd = fds[3] if with_netns else None
-        if netns_fd is not None and not is_network_namespace(netns_fd):
+        # The thin path sends any namespace file (nsfs holds every kind): only a netns is served.
+        if netns_fd is not None and not netns.is_netns_fd(netns_fd):
             raise Refused("CNI_NETNS is not a network namespace")  # the caller reports it in-process
         return name.decode(), decode_env(env), stdin, netns_fd, cwd_fd, caller_net_fd, claim_fd, umask
 

@@ -25,8 +25,7 @@ import fcntl
 import os
 import socket
 
-from pyroute2.netlink import nla, nlmsg
-from pyroute2.netlink import NLM_F_ACK, NLM_F_CREATE, NLM_F_ECHO, NLM_F_EXCL, NLM_F_REQUEST, NLMSG_DONE, NLMSG_ERROR
+from pyroute2.netlink import NLM_F_ACK, NLM_F_CREATE, NLM_F_ECHO, NLM_F_EXCL, NLM_F_REQUEST, NLMSG_DONE, NLMSG_ERROR, nla, nlmsg
 from pyroute2.netlink.rtnl import RTM_DELLINK, RTM_GETLINK, RTM_NEWADDR, RTM_NEWLINK, RTM_NEWROUTE
 from pyroute2.netlink.rtnl.ifaddrmsg import ifaddrmsg
 from pyroute2.netlink.rtnl.ifinfmsg import ifinfmsg
@@ -105,10 +104,7 @@ class Rtnl:
         if command in ("get", "del") and len(kw) == 1 and ("ifname" in kw or "index" in kw):
             return self.request(_ifinfmsg(kw), RTM_GETLINK if command == "get" else RTM_DELLINK)
         if command == "set" and keys == {"index", "state"} and kw["state"] in ("up", "down"):
-            msg = _ifinfmsg({"index": kw["index"]})
-            msg["flags"] = IFF_UP if kw["state"] == "up" else 0
-            msg["change"] = IFF_UP
-            return self.request(msg, RTM_NEWLINK)
+            return self.set_link(kw["index"], up=kw["state"] == "up")
         if command == "set" and keys == {"index", "address"}:  # a bridge's MAC pinned (linux/bridge.py)
             msg = _ifinfmsg({"index": kw["index"]})
             msg["attrs"].append(("IFLA_ADDRESS", kw["address"]))
@@ -124,7 +120,7 @@ class Rtnl:
             return self.request(_veth(kw), RTM_NEWLINK, CREATE | NLM_F_ECHO)
         return self.ipr.link(command, **kw)
 
-    def set_link(self, index: int, *, up: bool | None = None, ipv4_conf: dict[str, int] | None = None) -> None:
+    def set_link(self, index: int, *, up: bool | None = None, ipv4_conf: dict[str, int] | None = None) -> list:
         """One RTM_NEWLINK: the link up or down (None: unchanged) and IPv4 devconf knobs
         (`IPV4_DEVCONF` names), which the kernel applies as net.ipv4.conf.<link>.<knob>."""
         msg = _devconf_link()
@@ -132,12 +128,11 @@ class Rtnl:
         if up is not None:
             msg["flags"] = IFF_UP if up else 0
             msg["change"] = IFF_UP
-        attrs = []
+        msg["attrs"] = []
         if ipv4_conf:
-            conf = [(name, value) for name, value in ipv4_conf.items()]
-            attrs.append(("IFLA_AF_SPEC", {"attrs": [("AF_INET", {"attrs": [("IFLA_INET_CONF", {"attrs": conf})]})]}))
-        msg["attrs"] = attrs
-        self.request(msg, RTM_NEWLINK)
+            conf = {"attrs": [("IFLA_INET_CONF", {"attrs": list(ipv4_conf.items())})]}
+            msg["attrs"].append(("IFLA_AF_SPEC", {"attrs": [("AF_INET", conf)]}))
+        return self.request(msg, RTM_NEWLINK)
 
     def addr(self, command: str, **kw):
         keys = kw.keys()

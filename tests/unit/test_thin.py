@@ -12,6 +12,7 @@ import pytest
 from cni_plugins import __version__
 from cni_plugins.cli import cnmd, thin
 from cni_plugins.cni import request
+from cni_plugins.linux import netns
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
@@ -141,7 +142,7 @@ def test_absent_socket_and_unopenable_netns_mean_in_process(tmp_path):
         assert thin.via_helper("cnm-none", env, b"") is None
         assert thin.open_netns(str(tmp_path)) is None  # a directory is no netns
         pid = thin.open_netns("/proc/self/ns/pid")  # nsfs: sent, and the helper refuses it
-        assert pid is not None and not cnmd.is_network_namespace(pid)
+        assert pid is not None and not netns.is_netns_fd(pid)
         os.close(pid)
         fd = thin.open_netns("/proc/self/ns/net")
         assert fd is not None
