@@ -345,24 +345,39 @@ def run(name: str, environ) -> int:
     return code
 
 
+def set_env(key: str, value: str | None) -> None:
+    """Set (or, with None, remove) a variable of this process's environment as os.environ
+    would, without importing os: os.environ wraps posix.environ once it is imported."""
+    os = sys.modules.get("os")
+    if os is not None:
+        if value is None:
+            os.environ.pop(key, None)
+        else:
+            os.environ[key] = value
+        return
+    name = _fsencode(key)
+    if value is None:
+        if posix.environ.pop(name, None) is not None:
+            posix.unsetenv(name)
+    else:
+        posix.environ[name] = _fsencode(value)
+        posix.putenv(name, posix.environ[name])
+
+
 def restore_frozen_environment() -> None:
     """Undo what the PyInstaller bootloader adds to the environment (before any thread runs).
 
     Children (nft, a delegated IPAM) must not load our bundled libraries, and
-    the env a plugin forwards must be the runtime's own.
+    the env a plugin forwards must be the runtime's own. The bundle's bootstrap
+    (packaging/bootstrap/) has not imported os, and this does not either.
     """
     if not getattr(sys, "frozen", False):
         return
-    import os  # (the bundle's own bootstrap has imported it already)
-
-    env = os.environ
-    orig = env.pop("LD_LIBRARY_PATH_ORIG", None)
-    if orig is not None:
-        env["LD_LIBRARY_PATH"] = orig
-    else:
-        env.pop("LD_LIBRARY_PATH", None)
-    for key in [k for k in env if k.startswith("_PYI_")]:
-        del env[key]
+    env = environ()
+    set_env("LD_LIBRARY_PATH", env.get("LD_LIBRARY_PATH_ORIG"))
+    for key in env:
+        if key == "LD_LIBRARY_PATH_ORIG" or key.startswith("_PYI_"):
+            set_env(key, None)
 
 
 # Names of the multi-call executable that are not plugin types.

@@ -171,3 +171,30 @@ def test_frozen_environment_is_restored(monkeypatch):
     monkeypatch.setenv("LD_LIBRARY_PATH", "/opt/cni/bin/cnm-cni/_internal")
     thin.restore_frozen_environment()
     assert "LD_LIBRARY_PATH" not in os.environ
+
+
+def test_frozen_environment_is_restored_without_os():
+    """In the bundle nothing has imported os when the thin path starts (packaging/bootstrap/):
+    the environment is restored through posix, for children (C environ) and for a later os."""
+    script = (
+        f"import sys, posix; sys.path.insert(0, {ROOT!r}); sys.frozen = True\n"
+        "from cni_plugins.cli import thin\n"
+        "thin.restore_frozen_environment()\n"
+        "print('os' in sys.modules, thin.environ().get('LD_LIBRARY_PATH'), flush=True)\n"
+        "posix.system('env')\n"
+        "import os\n"
+        "print('later os', os.environ.get('LD_LIBRARY_PATH'), sorted(k for k in os.environ if k.startswith('_PYI')))\n"
+    )
+    env = {"PATH": "/usr/bin:/bin", "LD_LIBRARY_PATH": "/b/_internal:/orig", "LD_LIBRARY_PATH_ORIG": "/orig",
+           "_PYI_ARCHIVE_FILE": "/b/cnm", "_PYI_PARENT_PROCESS_LEVEL": "1", "KEEP": "x"}
+    proc = subprocess.run(["/usr/bin/python3", "-IS", "-c", script], env=env, capture_output=True, check=True)
+    lines = proc.stdout.decode().splitlines()
+    assert lines[0] == "False /orig"
+    child = dict(line.split("=", 1) for line in lines[1:-1])
+    assert child["LD_LIBRARY_PATH"] == "/orig" and child["KEEP"] == "x"
+    assert "LD_LIBRARY_PATH_ORIG" not in child and not [k for k in child if k.startswith("_PYI_")]
+    assert lines[-1] == "later os /orig []"
+    env.pop("LD_LIBRARY_PATH_ORIG")
+    proc = subprocess.run(["/usr/bin/python3", "-IS", "-c", script], env=env, capture_output=True, check=True)
+    lines = proc.stdout.decode().splitlines()
+    assert lines[0] == "False None" and not [line for line in lines if line.startswith("LD_LIBRARY_PATH")]

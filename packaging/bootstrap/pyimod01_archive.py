@@ -1,0 +1,1 @@
+"""Stands in for PyInstaller's PYZ reader (packaging/bootstrap/README.md): the bundle's PYZ is empty."""
