@@ -147,3 +147,51 @@ def test_socket_activation(bundle, tmp_path, netns):
         _, err = activator.communicate(timeout=60)
     assert b"serving on the systemd socket" in err
     assert b"stopped after 2 requests" in err
+
+
+RECORDING_IPAM = """#!/bin/sh
+# A delegated IPAM plugin that records the environment the bundle's plugin gave it.
+env > "$(dirname "$0")/env.$CNI_COMMAND.$$"
+cat > /dev/null
+[ "$CNI_COMMAND" = ADD ] && echo '{"cniVersion": "1.0.0", "ips": [{"address": "10.251.7.2/24", "gateway": "10.251.7.1"}]}'
+exit 0
+"""
+
+
+def test_delegated_ipam_sees_the_runtime_environment(bundle, tmp_path, netns):
+    """The bootloader's LD_LIBRARY_PATH (its _internal/) and _PYI_* variables never reach a
+    delegated plugin; the runtime's own LD_LIBRARY_PATH does. In-process and through the bundle's
+    helper: the bundle's bootstrap imports no os, so the thin path restores them through posix."""
+    ipam_dir = tmp_path / "ipam-bin"
+    ipam_dir.mkdir()
+    (ipam_dir / "recipam").write_text(RECORDING_IPAM)
+    (ipam_dir / "recipam").chmod(0o755)
+    host = netns()  # the bridge lives and dies with this throwaway "host" netns
+    sock = str(tmp_path / "cnmd.sock")
+    log = tmp_path / "cnmd.log"
+    with open(log, "wb") as logf:
+        helper = subprocess.Popen(["nsenter", f"--net={host}", "--", str(bundle / "cnm-cni" / "cnmd"), "--socket", sock],
+                                  stdout=logf, stderr=logf, env={"PATH": CLEAN_PATH})
+    try:
+        wait_listening(sock, helper, timeout=60, log=log)
+        for path in ("off", sock):
+            conf = {"cniVersion": "1.0.0", "name": unique("bn"), "type": "cnm-bridge", "bridge": unique("cnb"),
+                    "ipam": {"type": "recipam"}}
+            env = {"PATH": CLEAN_PATH, "CNI_PATH": f"{bundle / 'cnm-cni'}:{ipam_dir}", "CNI_CONTAINERID": unique("c"),
+                   "CNI_NETNS": netns(), "CNI_IFNAME": "eth0", "CNM_STATE_DIR": str(tmp_path / "st"),
+                   "CNM_RUN_DIR": str(tmp_path / "run"), "CNM_HELPER_SOCKET": path, "LD_LIBRARY_PATH": "/runtime/lib"}
+            for command in ("ADD", "DEL"):
+                proc = subprocess.run(["nsenter", f"--net={host}", "--", str(bundle / "cnm-cni" / "cnm-bridge")],
+                                      input=json.dumps(conf).encode(), env=dict(env, CNI_COMMAND=command),
+                                      capture_output=True, timeout=120, cwd="/")
+                assert proc.returncode == 0, (path, command, proc.stdout, proc.stderr)
+                (recorded,) = ipam_dir.glob(f"env.{command}.*")
+                seen = dict(line.split("=", 1) for line in recorded.read_text().splitlines() if "=" in line)
+                recorded.unlink()
+                assert seen["LD_LIBRARY_PATH"] == "/runtime/lib", (path, command)
+                assert "LD_LIBRARY_PATH_ORIG" not in seen and not [k for k in seen if k.startswith("_PYI_")], seen
+                assert seen["CNI_COMMAND"] == command and seen["CNI_CONTAINERID"] == env["CNI_CONTAINERID"]
+    finally:
+        helper.terminate()
+        assert helper.wait(timeout=60) == 0
+    assert "stopped after 2 requests" in log.read_text()
