@@ -10,6 +10,8 @@ from pyroute2.netlink.exceptions import NetlinkError
 
 IFA_F_NODAD = 0x02
 RT_TABLE_MAIN = 254
+SIOCGIFADDR = 0x8915
+SIOCGIFNETMASK = 0x891B
 
 
 class AddrError(Exception):
@@ -38,6 +40,22 @@ def add_address(ipr, index: int, cidr: str, nodad: bool = False) -> bool:
         if exc.code != errno.EEXIST:
             raise AddrError(f"could not add address {cidr}: {_reason(exc)}") from None
         return False
+
+
+def primary_ipv4(ifname: str) -> str | None:
+    """The primary IPv4 address of link `ifname` in this thread's netns, as a CIDR; None when it
+    has none or it cannot be told. Two ioctls, where asking rtnetlink to add an address the link
+    has (EEXIST) is a request of pyroute2's to encode and an error to raise: ~0.15 ms an ADD."""
+    import fcntl
+
+    request = ifname.encode()[:15].ljust(40, b"\0")  # struct ifreq: name, then a sockaddr_in
+    try:
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM | socket.SOCK_CLOEXEC) as sock:
+            address = fcntl.ioctl(sock, SIOCGIFADDR, request)[20:24]
+            netmask = fcntl.ioctl(sock, SIOCGIFNETMASK, request)[20:24]
+    except OSError:  # EADDRNOTAVAIL: no IPv4 address; ENODEV: no such link
+        return None
+    return f"{socket.inet_ntoa(address)}/{int.from_bytes(netmask, 'big').bit_count()}"
 
 
 def del_address(ipr, index: int, cidr: str) -> None:

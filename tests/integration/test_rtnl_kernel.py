@@ -150,3 +150,23 @@ def test_other_requests_go_to_iproute_in_the_sockets_netns(netns):
 
     seen, _ = in_netns(elsewhere, go)
     assert seen == ["10.251.9.1"]
+
+
+def test_primary_ipv4_by_ioctl(netns):
+    """linux.addr.primary_ipv4 (the bridge gateway's steady-state check) names the link's primary
+    IPv4 address and prefix as the kernel holds them, in the calling thread's netns."""
+    from cni_plugins.linux import addr
+
+    ns = netns("cnmra")
+    ip(ns, "link", "add", "cnmrd0", "type", "bridge")
+    ip(ns, "link", "add", "cnmrd1", "type", "bridge")
+    ip(ns, "addr", "add", "10.253.4.1/22", "dev", "cnmrd0")
+    ip(ns, "addr", "add", "10.253.4.9/22", "dev", "cnmrd0")  # a secondary: not the primary
+    ip(ns, "addr", "add", "fd00:253::1/64", "dev", "cnmrd1")  # IPv6 only: no IPv4 to name
+    got = in_netns(ns, lambda: [addr.primary_ipv4(n) for n in ("cnmrd0", "cnmrd1", "cnmrnone")])
+    assert got == ["10.253.4.1/22", None, None]
+    assert addr.primary_ipv4("cnmrd0") is None  # not in the test's own netns
+    ip(ns, "addr", "del", "10.253.4.1/22", "dev", "cnmrd0")  # the secondary is promoted (or flushed)
+    promoted = ip_json(ns, "-4", "addr", "show", "dev", "cnmrd0")
+    expect = [f"{a['local']}/{a['prefixlen']}" for link in promoted for a in link["addr_info"]][:1] or [None]
+    assert in_netns(ns, lambda: addr.primary_ipv4("cnmrd0")) == expect[0]

@@ -143,3 +143,32 @@ def test_del_with_an_invalid_range_still_releases(tmp_path):
     rc, out = run("DEL", bad)
     assert rc == 0, out
     assert not (tmp_path / "ipam" / "net1" / "10.1.0.2").exists()
+
+
+def test_a_validated_config_is_reused_but_never_shared(tmp_path):
+    """The helper validates a network's IPAM config once (ipam.config._validated): a later
+    request gets an equal config with its own requested IPs, and what one request changes in
+    its copy never reaches the next; an invalid config is never remembered."""
+    from cni_plugins.cni.request import parse
+    from cni_plugins.ipam import config
+
+    def request(c, args=""):
+        env = {"CNI_COMMAND": "ADD", "CNI_CONTAINERID": "c1", "CNI_NETNS": "/run/netns/x", "CNI_IFNAME": "eth0",
+               "CNI_ARGS": args}
+        return parse(env, json.dumps(c).encode())
+
+    c = conf(tmp_path, ranges=[[r("10.9.0.0/24")]], routes=[{"dst": "0.0.0.0/0"}])
+    first = config.load(request(c))
+    again = config.load(request(c, "IP=10.9.0.7"))
+    assert again.range_sets == first.range_sets and again.routes == first.routes
+    assert [str(ip) for ip in again.requested] == ["10.9.0.7"] and first.requested == []
+    again.routes[0].dst = "10.0.0.0/8"
+    again.range_sets.clear()
+    third = config.load(request(c))
+    assert third.routes[0].dst == "0.0.0.0/0" and third.range_sets == first.range_sets and third.requested == []
+    other = config.load(request(conf(tmp_path, ranges=[[r("10.9.1.0/24")]])))
+    assert other.range_sets != first.range_sets  # another config, another key
+    bad = conf(tmp_path, ranges=[[r("10.9.2.5/24")]])
+    for _ in range(2):
+        with pytest.raises(Exception, match="host bits"):
+            config.load(request(bad))

@@ -10,8 +10,7 @@ nftables elements by value and releases the lease from the recorded IPAM call.
 from __future__ import annotations
 
 import ipaddress
-from contextlib import ExitStack, contextmanager
-from typing import Iterator
+from contextlib import ExitStack
 
 from ...cni.errors import CHECK_FAILED, CONFLICT, PLUGIN_FAILURE, CNIError
 from ...cni.request import Request
@@ -37,9 +36,30 @@ def host_veth_name(endpoint_id: str) -> str:
     return HOST_VETH_PREFIX + endpoint_id[:12]
 
 
-@contextmanager
-def kernel_errors(what: str) -> Iterator[None]:
-    """Kernel/tool failures become CNI errors (code 100) that say what we were doing."""
+class kernel_errors:
+    """`with kernel_errors("do x"):` kernel/tool failures become CNI errors (code 100) that say
+    what we were doing. A class, not a generator: it wraps each kernel step of every ADD, and
+    the error types are imported only when one is raised."""
+
+    __slots__ = ("what",)
+
+    def __init__(self, what: str):
+        self.what = what
+
+    def __enter__(self) -> None:
+        return None
+
+    def __exit__(self, kind, exc, tb) -> bool:
+        if exc is None or isinstance(exc, CNIError) or not isinstance(exc, Exception):
+            return False
+        reason = _kernel_failure(exc)
+        if reason is None:
+            return False
+        raise CNIError(PLUGIN_FAILURE, f"failed to {self.what}", reason) from None
+
+
+def _kernel_failure(exc: Exception) -> str | None:
+    """What a kernel/tool failure says; None for any other exception (a bug: not converted)."""
     from ...linux.addr import AddrError  # first: cni_plugins.linux prepares the pyroute2 import
     from ...linux.bridge import BridgeError
     from ...linux.conntrack import ConntrackError
@@ -47,17 +67,13 @@ def kernel_errors(what: str) -> Iterator[None]:
     from ...linux.veth import VethError
     from pyroute2.netlink.exceptions import NetlinkError
 
-    try:
-        yield
-    except CNIError:
-        raise
-    except (AddrError, BridgeError, ConntrackError, NftError, VethError) as exc:
-        raise CNIError(PLUGIN_FAILURE, f"failed to {what}", str(exc)) from None
-    except NetlinkError as exc:
-        reason = exc.args[1] if len(exc.args) > 1 else str(exc)
-        raise CNIError(PLUGIN_FAILURE, f"failed to {what}", reason) from None
-    except OSError as exc:
-        raise CNIError(PLUGIN_FAILURE, f"failed to {what}", str(exc)) from None
+    if isinstance(exc, (AddrError, BridgeError, ConntrackError, NftError, VethError)):
+        return str(exc)
+    if isinstance(exc, NetlinkError):
+        return exc.args[1] if len(exc.args) > 1 else str(exc)
+    if isinstance(exc, OSError):
+        return str(exc)
+    return None
 
 
 class BridgeDriver(BaseDriver):
@@ -281,9 +297,13 @@ class BridgeDriver(BaseDriver):
                 net = ipaddress.ip_interface(ip.address).network
                 wanted = f"{ip.gateway}/{net.prefixlen}"
                 families.add(ip.family)
-                # Steady state: the gateway is there (EEXIST) and nothing else is read. A dump
-                # of the bridge's addresses lists every address of the netns (the kernel does
-                # not filter by link): ~10 ms per ADD with a few hundred pods on the node.
+                # Steady state: the gateway is there and nothing else is read: the bridge's
+                # primary IPv4 address by ioctl (ipr is of this thread's netns), else an add
+                # that finds it (EEXIST). A dump of the bridge's addresses lists every address
+                # of the netns (the kernel does not filter by link): ~10 ms per ADD with a few
+                # hundred pods on the node.
+                if ip.family == 4 and addr.primary_ipv4(conf.bridge) == wanted:
+                    continue
                 if not addr.add_address(ipr, br["index"], wanted, nodad=True):
                     continue
                 # Newly added: another address of the family may be in its way (forceAddress).
