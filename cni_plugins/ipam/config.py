@@ -175,6 +175,10 @@ def requested_ips(request: Request) -> list[IP]:
     return out
 
 
+_validated: dict[tuple, IpamConfig] = {}  # (network, version, ipam config, runtime ranges) -> config
+_VALIDATED_MAX = 256
+
+
 def load(request: Request, lenient: bool = False) -> IpamConfig:
     """The IPAM config of `request`. lenient (DEL): only what locates the leases must be valid."""
     raw = request.config.get("ipam")
@@ -200,17 +204,18 @@ def load(request: Request, lenient: bool = False) -> IpamConfig:
            json.dumps(request.runtime_config("ipRanges"), sort_keys=True, default=str))
     known = _validated.get(key)
     if known is not None:
-        return replace(known, range_sets=list(known.range_sets), routes=[r.model_copy() for r in known.routes],
-                       pools=list(known.pools), requested=requested_ips(request))
+        return _own_copy(known, requested_ips(request))
     cfg = _complete(cfg, request, raw)
     if len(_validated) >= _VALIDATED_MAX:
         _validated.clear()
-    _validated[key] = replace(cfg, requested=[])
+    _validated[key] = _own_copy(cfg, [])
     return cfg
 
 
-_validated: dict[tuple, IpamConfig] = {}  # (network, version, ipam config, runtime ranges) -> config
-_VALIDATED_MAX = 256
+def _own_copy(cfg: IpamConfig, requested: list) -> IpamConfig:
+    """`cfg` with lists and routes of its own: what a request changes in it stays its own."""
+    return replace(cfg, range_sets=list(cfg.range_sets), routes=[r.model_copy() for r in cfg.routes],
+                   pools=list(cfg.pools), requested=requested)
 
 
 def _complete(cfg: IpamConfig, request: Request, raw: dict) -> IpamConfig:

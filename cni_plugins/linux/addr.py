@@ -48,7 +48,9 @@ def primary_ipv4(ifname: str) -> str | None:
     has (EEXIST) is a request of pyroute2's to encode and an error to raise: ~0.15 ms an ADD."""
     import fcntl
 
-    request = ifname.encode()[:15].ljust(40, b"\0")  # struct ifreq: name, then a sockaddr_in
+    from .links import ifreq
+
+    request = ifreq(ifname)
     try:
         with socket.socket(socket.AF_INET, socket.SOCK_DGRAM | socket.SOCK_CLOEXEC) as sock:
             address = fcntl.ioctl(sock, SIOCGIFADDR, request)[20:24]

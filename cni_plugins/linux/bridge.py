@@ -116,7 +116,7 @@ def _seen_again(ipr, name: str, promisc: bool):
     known = _seen.get((ino, name)) if ino is not None else None
     if known is None:
         return None
-    request = struct.pack("16s24x", name.encode())
+    request = links.ifreq(name)
     try:
         index = struct.unpack_from("i", fcntl.ioctl(ipr.fileno(), SIOCGIFINDEX, request), 16)[0]
         flags = struct.unpack_from("H", fcntl.ioctl(ipr.fileno(), SIOCGIFFLAGS, request), 16)[0]

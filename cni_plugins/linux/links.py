@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import socket
+import struct
 
 from pyroute2.netlink.exceptions import NetlinkError
 
@@ -18,6 +19,11 @@ def rtnl(netns_fd: int | None = None) -> Rtnl:
     call style: the requests of an ADD/CHECK/DEL on its own socket, the rest through a
     pyroute2 IPRoute opened when first needed (linux/rtnl.py). Use it in a `with` block."""
     return Rtnl(netns_fd)
+
+
+def ifreq(name: str) -> bytes:
+    """A struct ifreq naming link `name`, for the SIOCGIF* ioctls (name, then a 24-byte union)."""
+    return struct.pack("16s24x", name.encode())
 
 
 def link_index(ipr, name: str) -> int | None:
