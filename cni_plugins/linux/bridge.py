@@ -10,6 +10,7 @@ import struct
 from pyroute2.netlink.exceptions import NetlinkError
 
 from . import links, sysctl
+from .rtnl import socket_netns
 
 IFF_PROMISC = 0x100
 BRIDGE_VLAN_FLAGS_ACCESS = ["pvid", "untagged"]
@@ -147,7 +148,6 @@ def _seen_again(ipr, name: str, promisc: bool):
 # between requests; one process per request pins every time, as before).
 _pinned: set[tuple[int, int, str]] = set()
 _PINNED_MAX = 4096  # past this (many short-lived netns), forget: the next ADDs pin again
-SIOCGSKNS = 0x894C  # the netns of a socket, as an fd
 
 
 def _pin_key(ipr, index: int, mac: str | None) -> tuple[int, int, str] | None:
@@ -158,7 +158,7 @@ def _pin_key(ipr, index: int, mac: str | None) -> tuple[int, int, str] | None:
 def _netns_ino(ipr) -> int | None:
     """The inode of the netns ipr's socket lives in; None when it cannot be told."""
     try:
-        fd = fcntl.ioctl(ipr.fileno(), SIOCGSKNS)
+        fd = socket_netns(ipr.fileno())
     except (OSError, AttributeError):
         return None
     try:

@@ -43,6 +43,8 @@ CREATE = NLM_F_ACK | NLM_F_CREATE | NLM_F_EXCL  # IPRoute's flags for "add"
 RECV_SIZE = 65536  # one datagram: a link message is a few KiB
 IFLA_AF_SPEC = 26
 IPV4_DEVCONF = {"arp_notify": 22}  # include/uapi/linux/ip.h: IPV4_DEVCONF_*, the knobs set here
+IFLA_INET6_ADDR_GEN_MODE = 8  # include/uapi/linux/if_link.h
+IN6_ADDR_GEN_MODE_NONE = 1  # no link-local (nor any SLAAC) address of its own
 
 # The keyword sets served here; anything else is IPRoute's.
 _VETH_KEYS = {"ifname", "kind", "peer", "mtu", "master", "address", "state"}
@@ -85,7 +87,7 @@ class Rtnl:
         if self._ipr is None:
             from pyroute2.iproute.linux import IPRoute
 
-            fd = fcntl.ioctl(self._sock.fileno(), SIOCGSKNS)
+            fd = socket_netns(self._sock.fileno())
             try:
                 with netns.entered(fd):
                     self._ipr = IPRoute()
@@ -120,18 +122,26 @@ class Rtnl:
             return self.request(_veth(kw), RTM_NEWLINK, CREATE | NLM_F_ECHO)
         return self.ipr.link(command, **kw)
 
-    def set_link(self, index: int, *, up: bool | None = None, ipv4_conf: dict[str, int] | None = None) -> list:
-        """One RTM_NEWLINK: the link up or down (None: unchanged) and IPv4 devconf knobs
-        (`IPV4_DEVCONF` names), which the kernel applies as net.ipv4.conf.<link>.<knob>."""
+    def set_link(self, index: int, *, up: bool | None = None, ipv4_conf: dict[str, int] | None = None,
+                 ipv6_addr_gen_mode: int | None = None) -> list:
+        """One RTM_NEWLINK: the link up or down (None: unchanged), IPv4 devconf knobs
+        (`IPV4_DEVCONF` names), which the kernel applies as net.ipv4.conf.<link>.<knob>, and
+        the IPv6 address generation mode (`ip link set ... addrgenmode`; IN6_ADDR_GEN_MODE_*).
+        The kernel applies the flags before the rest: a link coming up here must have no
+        carrier yet (a veth whose peer is down) for the mode to govern its first addresses."""
         msg = _devconf_link()
         msg["index"] = index
         if up is not None:
             msg["flags"] = IFF_UP if up else 0
             msg["change"] = IFF_UP
         msg["attrs"] = []
+        families = []
         if ipv4_conf:
-            conf = {"attrs": [("IFLA_INET_CONF", {"attrs": list(ipv4_conf.items())})]}
-            msg["attrs"].append(("IFLA_AF_SPEC", {"attrs": [("AF_INET", conf)]}))
+            families.append(("AF_INET", {"attrs": [("IFLA_INET_CONF", {"attrs": list(ipv4_conf.items())})]}))
+        if ipv6_addr_gen_mode is not None:
+            families.append(("AF_INET6", {"attrs": [("IFLA_INET6_ADDR_GEN_MODE", ipv6_addr_gen_mode)]}))
+        if families:
+            msg["attrs"].append(("IFLA_AF_SPEC", {"attrs": families}))
         return self.request(msg, RTM_NEWLINK)
 
     def addr(self, command: str, **kw):
@@ -195,13 +205,33 @@ class _devconf_link(nlmsg):
     nla_map = ((IFLA_AF_SPEC, "IFLA_AF_SPEC", "af_spec"),)
 
     class af_spec(nla):
-        nla_map = ((socket.AF_INET, "AF_INET", "inet"),)
+        nla_map = ((socket.AF_INET, "AF_INET", "inet"), (socket.AF_INET6, "AF_INET6", "inet6"))
 
         class inet(nla):
             nla_map = ((1, "IFLA_INET_CONF", "conf"),)
 
             class conf(nla):
                 nla_map = tuple((index, name, "uint32") for name, index in IPV4_DEVCONF.items())
+
+        class inet6(nla):
+            nla_map = ((IFLA_INET6_ADDR_GEN_MODE, "IFLA_INET6_ADDR_GEN_MODE", "uint8"),)
+
+
+_has_ipv6: bool | None = None
+
+
+def kernel_has_ipv6() -> bool:
+    """Whether the kernel runs IPv6 (not booted with ipv6.disable=1): without it, a link has
+    no IPv6 state and a request that sets any is refused whole (EAFNOSUPPORT)."""
+    global _has_ipv6
+    if _has_ipv6 is None:
+        _has_ipv6 = os.path.exists("/proc/sys/net/ipv6")
+    return _has_ipv6
+
+
+def socket_netns(fileno: int) -> int:
+    """A new descriptor of the netns socket `fileno` lives in (SIOCGSKNS); OSError if none."""
+    return fcntl.ioctl(fileno, SIOCGSKNS)
 
 
 def _socket() -> socket.socket:

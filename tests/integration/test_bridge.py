@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import os
 import threading
+import time
 
 import pytest
 
@@ -94,6 +95,52 @@ def test_two_sandboxes_talk_dual_stack(lab):
     assert len(lab.leases()) == 4
     for cid, ns in (("c1", ns1), ("c2", ns2)):
         assert lab.run("DEL", conf, ns, cid=cid).rc == 0
+    lab.assert_nothing_left()
+
+
+def _ipv6_of(lab, ns: str) -> tuple[str, list[str]]:
+    """eth0's IPv6 address generation mode and addresses (link-local included)."""
+    link = lab.link("eth0", ns)
+    out = json.loads(sh("ip", "-6", "-j", "addr", "show", "dev", "eth0", ns=ns).stdout or "[]")
+    return link.get("inet6_addr_gen_mode", ""), [a["local"] for a in (out[0]["addr_info"] if out else [])]
+
+
+def _settle(lab, ns: str, until, seconds: float = 3.0):
+    """Poll _ipv6_of until `until(mode, addresses)` or the time is up; the last state."""
+    deadline = time.monotonic() + seconds
+    while True:
+        state = _ipv6_of(lab, ns)
+        if until(*state) or time.monotonic() > deadline:
+            return state
+        time.sleep(0.05)
+
+
+def test_ipv4_only_container_end_has_no_ipv6_link_local(hl_lab):
+    """A new pod's DAD, router solicitations and MLD reports go to groups the bridge floods to
+    every other pod: an endpoint without IPv6 sends none (no link-local address), IPv4 works,
+    an IPv6 endpoint and `ipv6LinkLocal: true` keep the kernel's, and a link whose MTU is too
+    small for IPv6 (no IPv6 state to set) still gets its ADD."""
+    lab = hl_lab
+    v4, kept, dual, small = lab.container(), lab.container(), lab.container(), lab.container()
+    lab.add(lab.conf(isGateway=True, ipv6LinkLocal=True), kept, cid="kept")
+    # the control first: a link-local address does appear once the carrier is up
+    mode, addresses = _settle(lab, kept, lambda mode, a: any(x.startswith("fe80") for x in a))
+    assert mode != "none" and any(x.startswith("fe80") for x in addresses), (mode, addresses)
+    lab.add(lab.conf(isGateway=True), v4, cid="v4")
+    assert "LOWER_UP" in lab.link("eth0", v4)["flags"]
+    mode, addresses = _settle(lab, v4, lambda mode, a: bool(a), seconds=1.5)
+    assert mode == "none" and addresses == [], (mode, addresses)
+    assert lab.sysctl("net.ipv6.conf.eth0.disable_ipv6", v4) == "0"  # IPv6 itself stays on
+    assert lab.ping(v4, "10.250.0.1")
+    lab.add(lab.conf(ipam=lab.ipam("10.250.0.0/24", "fd00:250::/64"), isGateway=True), dual, cid="dual")
+    mode, addresses = _settle(lab, dual, lambda mode, a: any(x.startswith("fe80") for x in a))
+    assert mode != "none" and any(x.startswith("fe80") for x in addresses), (mode, addresses)
+    small_conf = lab.conf(name="small", bridge=lab.bridge[:-1] + "s", mtu=1200, isGateway=True,
+                          ipam=lab.ipam("10.251.0.0/24"))
+    lab.add(small_conf, small, cid="small")
+    assert lab.link("eth0", small)["mtu"] == 1200 and lab.ping(small, "10.251.0.1")
+    for cid, ns, conf in (("kept", kept, None), ("v4", v4, None), ("dual", dual, None), ("small", small, small_conf)):
+        assert lab.run("DEL", conf or lab.conf(), ns, cid=cid).rc == 0
     lab.assert_nothing_left()
 
 
@@ -221,6 +268,7 @@ def test_config_dns_overrides_ipam_dns(hl_lab, tmp_path):
         ({"vlan": -1}, "vlan"),
         ({"mtu": "1400"}, "mtu"),
         ({"isGateway": "yes"}, "isGateway"),
+        ({"ipv6LinkLocal": "true"}, "ipv6LinkLocal"),
         ({"bridge": "a-very-long-bridge-name"}, "bridge"),
         ({"disableContainerInterface": True}, "disableContainerInterface"),
         ({"vlan": 10, "vlanTrunk": [{"id": 11}]}, "vlanTrunk"),

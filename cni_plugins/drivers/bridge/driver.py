@@ -21,6 +21,7 @@ from . import config as bridge_config
 from . import ipam, ports
 
 HOST_VETH_PREFIX = "cnm"
+IPV6_MIN_MTU = 1280  # a link with a smaller MTU has no IPv6 state at all
 FAULT_ENV = "CNM_FAULT"  # tests only: see cni_plugins/faults.py
 
 
@@ -254,8 +255,10 @@ class BridgeDriver(BaseDriver):
                     dad = [(f"ipv6/conf/{ifname}/accept_dad", "0")]
                 sysctl.try_write_all(dad, ctx.netns_fd)
             # Gratuitous ARP when the link comes up or changes its MAC, as the reference plugin sets.
+            # An IPv4-only endpoint gets no IPv6 link-local address (see _ipv6_addr_gen_mode).
             cipr.set_link(index, up=None if conf.disableContainerInterface else True,
-                          ipv4_conf={"arp_notify": 1} if any(ip.family == 4 for ip in ips) else None)
+                          ipv4_conf={"arp_notify": 1} if any(ip.family == 4 for ip in ips) else None,
+                          ipv6_addr_gen_mode=_ipv6_addr_gen_mode(conf, ips))
             for ip in ips:
                 addr.add_address(cipr, index, ip.address, nodad=not conf.enabledad)
             for route in routes:
@@ -407,6 +410,23 @@ class BridgeDriver(BaseDriver):
         conf = self._conf(request)
         if conf.ipam_type:
             ipam.delegate("GC", request, conf.ipam_type)
+
+
+def _ipv6_addr_gen_mode(conf, ips: list[IPConfig]) -> int | None:
+    """No IPv6 link-local address for the container end of an endpoint without IPv6 (as Docker,
+    which disables IPv6 there): otherwise, when it comes up, its DAD, router solicitations and
+    MLD reports go to multicast groups the bridge floods to every other port, i.e. through
+    every other pod's stack: ~1,000 deliveries per frame on a node with 1,000 pods. IPv6 stays
+    enabled (an address added later works); `ipv6LinkLocal: true` keeps the kernel's default.
+    None (unchanged) when the endpoint has IPv6, or the link has no IPv6 state to set: the
+    kernel has no IPv6, or the MTU is below IPv6's minimum (then the kernel refuses the set)."""
+    from ...linux import rtnl
+
+    if conf.ipv6LinkLocal or any(ip.family == 6 for ip in ips) or not rtnl.kernel_has_ipv6():
+        return None
+    if conf.mtu and conf.mtu < IPV6_MIN_MTU:
+        return None
+    return rtnl.IN6_ADDR_GEN_MODE_NONE
 
 
 def route_gateway(route: Route, ips: list[IPConfig]) -> str | None:
