@@ -117,11 +117,11 @@ def _settle(lab, ns: str, until, seconds: float = 3.0):
 
 def test_ipv4_only_container_end_has_no_ipv6_link_local(hl_lab):
     """A new pod's DAD, router solicitations and MLD reports go to groups the bridge floods to
-    every other pod: an endpoint without IPv6 sends none (no link-local address), IPv4 works,
-    an IPv6 endpoint and `ipv6LinkLocal: true` keep the kernel's, and a link whose MTU is too
-    small for IPv6 (no IPv6 state to set) still gets its ADD."""
+    every other pod: an IPv4-only endpoint sends none (no link-local address), IPv4 works; an
+    IPv6 endpoint, one without IPAM (SLAAC is not ours to stop) and `ipv6LinkLocal: true` keep
+    the kernel's; a link whose MTU is too small for IPv6 (no IPv6 state) still gets its ADD."""
     lab = hl_lab
-    v4, kept, dual, small = lab.container(), lab.container(), lab.container(), lab.container()
+    v4, kept, dual, small, l2 = (lab.container() for _ in range(5))
     lab.add(lab.conf(isGateway=True, ipv6LinkLocal=True), kept, cid="kept")
     # the control first: a link-local address does appear once the carrier is up
     mode, addresses = _settle(lab, kept, lambda mode, a: any(x.startswith("fe80") for x in a))
@@ -135,11 +135,15 @@ def test_ipv4_only_container_end_has_no_ipv6_link_local(hl_lab):
     lab.add(lab.conf(ipam=lab.ipam("10.250.0.0/24", "fd00:250::/64"), isGateway=True), dual, cid="dual")
     mode, addresses = _settle(lab, dual, lambda mode, a: any(x.startswith("fe80") for x in a))
     assert mode != "none" and any(x.startswith("fe80") for x in addresses), (mode, addresses)
+    lab.add(lab.conf(ipam={}), l2, cid="l2")
+    mode, addresses = _settle(lab, l2, lambda mode, a: any(x.startswith("fe80") for x in a))
+    assert mode != "none" and any(x.startswith("fe80") for x in addresses), (mode, addresses)
     small_conf = lab.conf(name="small", bridge=lab.bridge[:-1] + "s", mtu=1200, isGateway=True,
                           ipam=lab.ipam("10.251.0.0/24"))
     lab.add(small_conf, small, cid="small")
     assert lab.link("eth0", small)["mtu"] == 1200 and lab.ping(small, "10.251.0.1")
-    for cid, ns, conf in (("kept", kept, None), ("v4", v4, None), ("dual", dual, None), ("small", small, small_conf)):
+    for cid, ns, conf in (("kept", kept, None), ("v4", v4, None), ("dual", dual, None), ("l2", l2, None),
+                          ("small", small, small_conf)):
         assert lab.run("DEL", conf or lab.conf(), ns, cid=cid).rc == 0
     lab.assert_nothing_left()
 

@@ -413,16 +413,17 @@ class BridgeDriver(BaseDriver):
 
 
 def _ipv6_addr_gen_mode(conf, ips: list[IPConfig]) -> int | None:
-    """No IPv6 link-local address for the container end of an endpoint without IPv6 (as Docker,
+    """No IPv6 link-local address for the container end of an IPv4-only endpoint (as Docker,
     which disables IPv6 there): otherwise, when it comes up, its DAD, router solicitations and
     MLD reports go to multicast groups the bridge floods to every other port, i.e. through
     every other pod's stack: ~1,000 deliveries per frame on a node with 1,000 pods. IPv6 stays
     enabled (an address added later works); `ipv6LinkLocal: true` keeps the kernel's default.
-    None (unchanged) when the endpoint has IPv6, or the link has no IPv6 state to set: the
-    kernel has no IPv6, or the MTU is below IPv6's minimum (then the kernel refuses the set)."""
+    None (unchanged) when the endpoint has IPv6 or no address at all (no IPAM: its addressing,
+    SLAAC included, is someone else's), or the link has no IPv6 state to set: the kernel has
+    no IPv6, or the MTU is below IPv6's minimum (then the kernel refuses the set)."""
     from ...linux import rtnl
 
-    if conf.ipv6LinkLocal or any(ip.family == 6 for ip in ips) or not rtnl.kernel_has_ipv6():
+    if conf.ipv6LinkLocal or not ips or any(ip.family == 6 for ip in ips) or not rtnl.kernel_has_ipv6():
         return None
     if conf.mtu and conf.mtu < IPV6_MIN_MTU:
         return None
