@@ -14,9 +14,10 @@ A new veth is asked for with NLM_F_ECHO: the kernel answers with the new host en
 MAC, the peer's index), which saves the RTM_GETLINK that followed; a kernel that does not
 echo (before 6.3) returns nothing and the caller looks the link up as before.
 
-IPv4 knobs of a link (arp_notify) are set in the same RTM_NEWLINK that brings it up
-(`set_link`), not through /proc/sys: a new netns's /proc/sys/net/ipv4 is a lookup that walks
-one dentry per netns on the node (see linux/sysctl.py), ~1 ms with 1,000 pods.
+IPv4 knobs of a link (arp_notify), and IPv6's address generation mode, are set in the same
+RTM_NEWLINK that brings it up (`set_link`), not through /proc/sys: a new netns's
+/proc/sys/net/ipv4 is a lookup that walks one dentry per netns on the node (see
+linux/sysctl.py), ~1 ms with 1,000 pods.
 """
 
 from __future__ import annotations
@@ -198,7 +199,8 @@ class _Marshal(Marshal):
 
 class _devconf_link(nlmsg):
     """An ifinfomsg whose IFLA_AF_SPEC sets IPv4 devconf the way the kernel takes it
-    (inet_set_link_af): AF_INET > IFLA_INET_CONF > one u32 per knob, typed by its index.
+    (inet_set_link_af): AF_INET > IFLA_INET_CONF > one u32 per knob, typed by its index;
+    and IPv6's address generation mode (inet6_set_link_af): AF_INET6 > one u8.
     pyroute2's ifinfmsg knows only the dump layout (one flat struct), which a set rejects."""
 
     fields = ifinfmsg.fields

@@ -10,6 +10,7 @@ import errno
 import json
 import os
 import subprocess
+import time
 
 import pytest
 
@@ -110,6 +111,32 @@ def test_set_link_up_with_ipv4_devconf(netns):
     assert "UP" in ip_json(ns, "link", "show", "dev", "eth0")[0]["flags"]
     peer_link = ip_json(ns, "link", "show", "dev", "eth1")[0]
     assert "UP" not in peer_link["flags"] and peer_link["address"] == "02:42:0a:00:00:09"
+
+
+def test_set_link_ipv6_addr_gen_mode(netns):
+    """The same RTM_NEWLINK sets IPv4 devconf and IPv6's address generation mode: with `none`
+    the link gets no link-local address when its carrier comes; eth1 (unset) gets one."""
+    ns, index, peer = veth_pair(netns)
+
+    def go():
+        with Rtnl() as r:
+            r.set_link(index, up=True, ipv4_conf={"arp_notify": 1}, ipv6_addr_gen_mode=1)
+            r.set_link(peer, up=True)
+
+    in_netns(ns, go)
+
+    def link_local(name):
+        out = ip_json(ns, "-6", "addr", "show", "dev", name)  # [] when it has none
+        return out[0].get("addr_info", []) if out else []
+
+    for _ in range(100):  # eth1's link-local appears once the carrier is up: then eth0 had its chance
+        if link_local("eth1"):
+            break
+        time.sleep(0.05)
+    assert link_local("eth1") and not link_local("eth0")
+    assert ip_json(ns, "-d", "link", "show", "dev", "eth0")[0]["inet6_addr_gen_mode"] == "none"
+    assert ip_json(ns, "-d", "link", "show", "dev", "eth1")[0]["inet6_addr_gen_mode"] != "none"
+    assert in_netns(ns, lambda: open("/proc/sys/net/ipv4/conf/eth0/arp_notify").read().strip()) == "1"
 
 
 def test_delete_by_name(netns):
