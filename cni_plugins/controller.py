@@ -11,7 +11,6 @@ which is also the node-wide lock that orders concurrent commands.
 
 from __future__ import annotations
 
-import dataclasses
 import os
 import sys
 from contextlib import ExitStack
@@ -394,8 +393,8 @@ class Controller:
             except CNIError:
                 replayed = None
         if replayed is None:  # recorded before ADDs were recorded: the current config, its ids
-            replayed = dataclasses.replace(
-                request, command=env["CNI_COMMAND"], container_id=endpoint.container_id,
+            replayed = request.replace(
+                command=env["CNI_COMMAND"], container_id=endpoint.container_id,
                 ifname=endpoint.ifname, netns=env["CNI_NETNS"], env=env, netns_fd=None,
             )
         return Context(replayed, fd, replayed.env, peers)

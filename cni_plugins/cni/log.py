@@ -23,7 +23,7 @@ from __future__ import annotations
 import json
 import os
 import time
-from typing import Any, Mapping
+from collections.abc import Mapping
 
 DEFAULT_FILE = "/var/log/cnm-cni.log"
 FILE_ENV = "CNM_LOG_FILE"
@@ -35,7 +35,7 @@ DEFAULT_LEVEL = "info"
 MAX_VALUE = 64 * 1024  # a huge config or traceback must not make a huge line
 
 
-def settings(env: Mapping[str, str], config: Mapping[str, Any] | None) -> tuple[str, int]:
+def settings(env: Mapping[str, str], config: Mapping[str, object] | None) -> tuple[str, int]:
     """(log file, numeric level) for a command: the network's keys, then the env, then defaults.
     Invalid values are ignored (the next source applies): a log setting never fails a command."""
     config = config if isinstance(config, Mapping) else {}
@@ -50,7 +50,7 @@ def settings(env: Mapping[str, str], config: Mapping[str, Any] | None) -> tuple[
     return path, LEVELS[DEFAULT_LEVEL] if level is None else level
 
 
-def _value(value: Any) -> str:
+def _value(value: object) -> str:
     text = value if isinstance(value, str) else str(value)
     if len(text) > MAX_VALUE:
         text = text[:MAX_VALUE] + "...(truncated)"
@@ -59,7 +59,7 @@ def _value(value: Any) -> str:
     return json.dumps(text)
 
 
-def format_line(level: str, fields: Mapping[str, Any], now: float | None = None) -> bytes:
+def format_line(level: str, fields: Mapping[str, object], now: float | None = None) -> bytes:
     now = time.time() if now is None else now
     stamp = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(now)) + f".{int(now % 1 * 1e6):06d}Z"
     parts = [stamp, f"level={level}"]
@@ -96,7 +96,7 @@ class Event:
         self.error = None  # the CNIError answered
         self.traceback = ""  # an internal error's traceback (the log's eyes only)
 
-    def _config(self) -> Mapping[str, Any]:
+    def _config(self) -> Mapping[str, object]:
         if self.request is not None:
             return self.request.config
         try:  # bad input: the network's log keys still apply when the JSON parses at all
@@ -119,7 +119,7 @@ class Event:
             return
         req, env = self.request, self.env
         name = config.get("name")
-        fields: dict[str, Any] = {
+        fields: dict[str, object] = {
             "plugin": self.plugin or None,
             "command": req.command if req else env.get("CNI_COMMAND", ""),
             "container": req.container_id if req else env.get("CNI_CONTAINERID", ""),
@@ -140,7 +140,8 @@ class Event:
         append(path, format_line(level, fields))
 
 
-def message(env: Mapping[str, str], config: Mapping[str, Any] | None, level: str, text: str, **fields: Any) -> None:
+def message(env: Mapping[str, str], config: Mapping[str, object] | None, level: str, text: str,
+            **fields: object) -> None:
     """A free-form line (e.g. why a GC removed nothing), under the same file and level rules."""
     try:
         path, threshold = settings(env, config)
