@@ -38,6 +38,19 @@ def test_a_runtime_request_is_parsed():
     assert r.cni_path == ("/a", "/b")
 
 
+def test_a_request_is_read_only_and_replace_makes_a_changed_copy():
+    r = req()
+    with pytest.raises(AttributeError):
+        r.command = "DEL"
+    d = r.replace(command="DEL", container_id="c2", netns_fd=7)
+    assert (d.command, d.container_id, d.netns_fd) == ("DEL", "c2", 7)
+    assert (r.command, r.container_id, r.netns_fd) == ("ADD", "c1", None)  # the original is untouched
+    assert (d.ifname, d.config, d.env) == (r.ifname, r.config, r.env)
+    assert r.replace(netns_fd=3) == r != d  # an open descriptor is not part of the request
+    with pytest.raises(TypeError):
+        r.replace(no_such_field=1)
+
+
 # ---- env (R6, R8, R9) ------------------------------------------------------------------------
 
 
