@@ -23,6 +23,7 @@ linux/sysctl.py), ~1 ms with 1,000 pods.
 from __future__ import annotations
 
 import fcntl
+import functools
 import os
 import socket
 
@@ -219,16 +220,11 @@ class _devconf_link(nlmsg):
             nla_map = ((IFLA_INET6_ADDR_GEN_MODE, "IFLA_INET6_ADDR_GEN_MODE", "uint8"),)
 
 
-_has_ipv6: bool | None = None
-
-
+@functools.cache
 def kernel_has_ipv6() -> bool:
     """Whether the kernel runs IPv6 (not booted with ipv6.disable=1): without it, a link has
     no IPv6 state and a request that sets any is refused whole (EAFNOSUPPORT)."""
-    global _has_ipv6
-    if _has_ipv6 is None:
-        _has_ipv6 = os.path.exists("/proc/sys/net/ipv6")
-    return _has_ipv6
+    return os.path.exists("/proc/sys/net/ipv6")
 
 
 def socket_netns(fileno: int) -> int:

@@ -248,7 +248,8 @@ class BridgeDriver(BaseDriver):
                 if link is None:
                     raise OSError(f"{ifname} vanished right after creation")
                 index, mac = link["index"], link.get_attr("IFLA_ADDRESS")
-            if any(ip.family == 6 for ip in ips):  # IPv6 devconf has no netlink setter
+            families = {ip.family for ip in ips}
+            if 6 in families:  # IPv6 devconf has no netlink setter
                 if conf.enabledad:
                     dad = [(f"ipv6/conf/{ifname}/enhanced_dad", "1"), (f"ipv6/conf/{ifname}/accept_dad", "1")]
                 else:
@@ -257,8 +258,8 @@ class BridgeDriver(BaseDriver):
             # Gratuitous ARP when the link comes up or changes its MAC, as the reference plugin sets.
             # An IPv4-only endpoint gets no IPv6 link-local address (see _ipv6_addr_gen_mode).
             cipr.set_link(index, up=None if conf.disableContainerInterface else True,
-                          ipv4_conf={"arp_notify": 1} if any(ip.family == 4 for ip in ips) else None,
-                          ipv6_addr_gen_mode=_ipv6_addr_gen_mode(conf, ips))
+                          ipv4_conf={"arp_notify": 1} if 4 in families else None,
+                          ipv6_addr_gen_mode=_ipv6_addr_gen_mode(conf, families))
             for ip in ips:
                 addr.add_address(cipr, index, ip.address, nodad=not conf.enabledad)
             for route in routes:
@@ -412,7 +413,7 @@ class BridgeDriver(BaseDriver):
             ipam.delegate("GC", request, conf.ipam_type)
 
 
-def _ipv6_addr_gen_mode(conf, ips: list[IPConfig]) -> int | None:
+def _ipv6_addr_gen_mode(conf, families: set[int]) -> int | None:
     """No IPv6 link-local address for the container end of an IPv4-only endpoint (as Docker,
     which disables IPv6 there): otherwise, when it comes up, its DAD, router solicitations and
     MLD reports go to multicast groups the bridge floods to every other port, i.e. through
@@ -423,7 +424,7 @@ def _ipv6_addr_gen_mode(conf, ips: list[IPConfig]) -> int | None:
     no IPv6, or the MTU is below IPv6's minimum (then the kernel refuses the set)."""
     from ...linux import rtnl
 
-    if conf.ipv6LinkLocal or not ips or any(ip.family == 6 for ip in ips) or not rtnl.kernel_has_ipv6():
+    if conf.ipv6LinkLocal or families != {4} or not rtnl.kernel_has_ipv6():
         return None
     if conf.mtu and conf.mtu < IPV6_MIN_MTU:
         return None
