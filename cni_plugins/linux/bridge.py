@@ -3,9 +3,7 @@
 from __future__ import annotations
 
 import errno
-import fcntl
 import os
-import struct
 
 from pyroute2.netlink.exceptions import NetlinkError
 
@@ -96,9 +94,6 @@ def ensure_bridge(ipr, name: str, mtu: int = 0, promisc: bool = False, vlan_filt
 # device keeps its ifindex for life and a new one gets a new ifindex (and a random MAC), so
 # while `name` still has both, it is the bridge that was verified; its flags are read live.
 _seen: dict[tuple[int, str], tuple[int, str]] = {}
-SIOCGIFFLAGS = 0x8913
-SIOCGIFHWADDR = 0x8927
-SIOCGIFINDEX = 0x8933
 
 
 def _remember(netns_ino: int, name: str, index: int, mac: str | None) -> None:
@@ -117,14 +112,10 @@ def _seen_again(ipr, name: str, promisc: bool):
     known = _seen.get((ino, name)) if ino is not None else None
     if known is None:
         return None
-    request = links.ifreq(name)
     try:
-        index = struct.unpack_from("i", fcntl.ioctl(ipr.fileno(), SIOCGIFINDEX, request), 16)[0]
-        flags = struct.unpack_from("H", fcntl.ioctl(ipr.fileno(), SIOCGIFFLAGS, request), 16)[0]
-        hw = fcntl.ioctl(ipr.fileno(), SIOCGIFHWADDR, request)[18:24]
+        index, flags, mac = links.ioctl_index(ipr, name), links.ioctl_flags(ipr, name), links.ioctl_mac(ipr, name)
     except OSError:
         return None
-    mac = ":".join(f"{b:02x}" for b in hw)
     if (index, mac) != known or not flags & links.IFF_UP or (promisc and not flags & IFF_PROMISC):
         return None
     if (ino, index, mac) not in _pinned:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import fcntl
 import socket
 import struct
 
@@ -10,6 +11,9 @@ from pyroute2.netlink.exceptions import NetlinkError
 from .rtnl import Rtnl
 
 IFF_UP = 0x1
+SIOCGIFFLAGS = 0x8913
+SIOCGIFHWADDR = 0x8927
+SIOCGIFINDEX = 0x8933
 RT_SCOPE_UNIVERSE = 0
 RT_SCOPE_HOST = 254
 
@@ -24,6 +28,22 @@ def rtnl(netns_fd: int | None = None) -> Rtnl:
 def ifreq(name: str) -> bytes:
     """A struct ifreq naming link `name`, for the SIOCGIF* ioctls (name, then a 24-byte union)."""
     return struct.pack("16s24x", name.encode())
+
+
+def ioctl_index(sock, name: str) -> int:
+    """The ifindex of link `name` in the netns of socket `sock` (any socket: the kernel answers
+    SIOCGIFINDEX for every family): no netlink message to build or parse. OSError (ENODEV)
+    when there is none."""
+    return struct.unpack_from("i", fcntl.ioctl(sock.fileno(), SIOCGIFINDEX, ifreq(name)), 16)[0]
+
+
+def ioctl_flags(sock, name: str) -> int:
+    return struct.unpack_from("H", fcntl.ioctl(sock.fileno(), SIOCGIFFLAGS, ifreq(name)), 16)[0]
+
+
+def ioctl_mac(sock, name: str) -> str:
+    """The hardware address of link `name` in the netns of `sock`, as "aa:bb:..."."""
+    return ":".join(f"{b:02x}" for b in fcntl.ioctl(sock.fileno(), SIOCGIFHWADDR, ifreq(name))[18:24])
 
 
 def link_index(ipr, name: str) -> int | None:

@@ -10,9 +10,9 @@ the answer with pyroute2's marshal, whose NetlinkError it raises. Every other ca
 bridge port flags, VLANs, lookups...) goes unchanged to a pyroute2 IPRoute in the same
 netns, opened on first use, so callers see one IPRoute-like object.
 
-A new veth is asked for with NLM_F_ECHO: the kernel answers with the new host end (index,
-MAC, the peer's index), which saves the RTM_GETLINK that followed; a kernel that does not
-echo (before 6.3) returns nothing and the caller looks the link up as before.
+A new veth is not echoed (NLM_F_ECHO): parsing the ~1.5 KiB link message pyroute2 makes of
+the echo was ~0.4 ms of a ~3.5 ms helper ADD, while the three facts wanted from it (the host
+end's index and MAC, the peer's index) are three ioctls (linux/links.py).
 
 IPv4 knobs of a link (arp_notify), and IPv6's address generation mode, are set in the same
 RTM_NEWLINK that brings it up (`set_link`), not through /proc/sys: a new netns's
@@ -27,7 +27,7 @@ import functools
 import os
 import socket
 
-from pyroute2.netlink import NLM_F_ACK, NLM_F_CREATE, NLM_F_ECHO, NLM_F_EXCL, NLM_F_REQUEST, NLMSG_DONE, NLMSG_ERROR, nla, nlmsg
+from pyroute2.netlink import NLM_F_ACK, NLM_F_CREATE, NLM_F_EXCL, NLM_F_REQUEST, NLMSG_DONE, NLMSG_ERROR, nla, nlmsg
 from pyroute2.netlink.rtnl import RTM_DELLINK, RTM_GETLINK, RTM_NEWADDR, RTM_NEWLINK, RTM_NEWROUTE
 from pyroute2.netlink.rtnl.ifaddrmsg import ifaddrmsg
 from pyroute2.netlink.rtnl.ifinfmsg import ifinfmsg
@@ -121,7 +121,7 @@ class Rtnl:
             and kw["peer"].keys() <= _PEER_KEYS
             and kw.get("state", "up") == "up"
         ):
-            return self.request(_veth(kw), RTM_NEWLINK, CREATE | NLM_F_ECHO)
+            return self.request(_veth(kw), RTM_NEWLINK, CREATE)
         return self.ipr.link(command, **kw)
 
     def set_link(self, index: int, *, up: bool | None = None, ipv4_conf: dict[str, int] | None = None,

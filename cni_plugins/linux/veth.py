@@ -24,14 +24,12 @@ def create_pair(
     peer_mac: str = "",
     master: int = 0,
     up: bool = False,
-):
+) -> None:
     """Create `host_name` in ipr's netns and its peer `peer_name` in `peer_netns_fd` (down),
     in one RTM_NEWLINK. With `master` the host end is a port of that bridge from the start,
     with `up` it is up: the kernel applies both before the request returns, and a failure
-    to enslave fails the request and leaves no link behind.
-
-    Returns the new host end's link as the kernel echoed it (linux/rtnl.py), or None when
-    it did not (an older kernel): then look it up."""
+    to enslave fails the request and leaves no link behind. (The new ends' indexes and
+    MACs: links.ioctl_index, links.ioctl_mac.)"""
     peer: dict = {"ifname": peer_name, "net_ns_fd": peer_netns_fd}
     kwargs: dict = {"ifname": host_name, "kind": "veth", "peer": peer}
     if mtu:
@@ -44,16 +42,12 @@ def create_pair(
     if up:
         kwargs["state"] = "up"
     try:
-        answer = ipr.link("add", **kwargs)
+        ipr.link("add", **kwargs)
     except NetlinkError as exc:
         reason = exc.args[1] if len(exc.args) > 1 else str(exc)
         if exc.code == errno.EEXIST:
             raise VethExists(f"could not create veth {host_name}/{peer_name}: a link with one of these names exists") from None
         raise VethError(f"could not create veth {host_name}/{peer_name}: {reason}") from None
-    for msg in answer or ():
-        if msg.get("index") and msg.get_attr("IFLA_IFNAME") == host_name:
-            return msg
-    return None
 
 
 def peer_index(link) -> int | None:

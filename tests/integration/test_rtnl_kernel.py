@@ -1,5 +1,5 @@
 """linux.rtnl on the kernel: the requests it serves itself do what IPRoute's did (checked with
-`ip`), a new veth comes back echoed (its index, MAC and peer's index: no lookup after it),
+`ip`), a new veth's index, MAC and peer's index are read by ioctl (no echo to parse),
 errors are pyroute2's NetlinkError with the kernel's code, and everything else goes to an
 IPRoute in the socket's own netns, whichever netns the calling thread is in by then.
 Each case runs in throwaway netns."""
@@ -14,6 +14,7 @@ import time
 
 import pytest
 
+from cni_plugins.linux import links
 from cni_plugins.linux import netns as nsmod
 from cni_plugins.linux.rtnl import Rtnl
 from conftest import in_netns
@@ -29,7 +30,7 @@ def ip(ns: str, *args: str) -> None:
     subprocess.run(["ip", "-n", os.path.basename(ns), *args], capture_output=True, text=True, check=True)
 
 
-def test_veth_is_echoed_and_configured(netns):
+def test_veth_is_created_configured_and_found_by_ioctl(netns):
     host, container = netns("cnmrh"), netns("cnmrc")
     ip(host, "link", "add", "cnmrbr", "type", "bridge")
     bridge = ip_json(host, "link", "show", "dev", "cnmrbr")[0]["ifindex"]
@@ -37,17 +38,20 @@ def test_veth_is_echoed_and_configured(netns):
     def go():
         fd = nsmod.open_netns(container)
         try:
-            with Rtnl() as r:
-                echoed = r.link("add", ifname="cnmrv0", kind="veth", mtu=1400, master=bridge,
+            with Rtnl() as r, Rtnl(fd) as c:
+                answer = r.link("add", ifname="cnmrv0", kind="veth", mtu=1400, master=bridge,
                                 peer={"ifname": "eth0", "net_ns_fd": fd, "mtu": 1400, "address": "02:42:0a:00:00:07"})
-                return [(m["index"], m.get_attr("IFLA_IFNAME"), m.get_attr("IFLA_ADDRESS"), m.get_attr("IFLA_LINK"))
-                        for m in echoed]
+                found = links.ioctl_index(r, "cnmrv0"), links.ioctl_mac(r, "cnmrv0"), links.ioctl_index(c, "eth0")
+                with pytest.raises(OSError) as gone:
+                    links.ioctl_index(c, "cnmrv0")  # the host end is not in the container's netns
+                return answer, found, gone.value.errno
         finally:
             os.close(fd)
 
-    [(index, name, mac, peer_index)] = in_netns(host, go)
+    answer, (index, mac, peer_index), missing = in_netns(host, go)
+    assert answer == [] and missing == errno.ENODEV
     end = ip_json(host, "-d", "link", "show", "dev", "cnmrv0")[0]
-    assert (index, name, mac) == (end["ifindex"], "cnmrv0", end["address"])
+    assert (index, mac) == (end["ifindex"], end["address"])
     assert end["master"] == "cnmrbr" and end["mtu"] == 1400 and "UP" not in end["flags"]
     peer = ip_json(container, "link", "show", "dev", "eth0")[0]
     assert peer_index == peer["ifindex"] and peer["address"] == "02:42:0a:00:00:07" and peer["mtu"] == 1400

@@ -154,16 +154,16 @@ class BridgeDriver(BaseDriver):
                 publishes = bool(ips) and bool(ports.requested(request, conf.hostBindingIP))
                 hairpin = conf.hairpinMode or (publishes and not conf.promiscMode)
                 # The host end comes up only after its IPv6 is off and its port flags and VLANs are set.
-                host = self._veth(ipr, cipr, ctx, conf, host_name, mac, br["index"], undo)
+                host_index, host_mac, container_index = self._veth(ipr, cipr, ctx, conf, host_name, mac, br["index"], undo)
                 _fault(ctx.env, "add", "veth")
-                container = self._container_side(cipr, ctx, conf, ips, routes, host.get_attr("IFLA_LINK"), mac)
+                self._container_side(cipr, ctx, conf, ips, routes, container_index)
                 _fault(ctx.env, "add", "addresses")
                 if ips and conf.is_gateway:
                     self._gateway(ipr, conf, br, ips)
                 # Last: a port coming up sets off kernel work (the bridge's port states, carrier
                 # in the container) that holds RTNL, and would delay any request after it.
-                self._host_side(ipr, conf, host_name, host["index"], br["index"], hairpin)
-                elements = expected_elements(conf, request, endpoint.data, host_name, container["mac"])
+                self._host_side(ipr, conf, host_name, host_index, br["index"], hairpin)
+                elements = expected_elements(conf, request, endpoint.data, host_name, mac)
                 if elements:
                     from ...linux import nft
 
@@ -179,13 +179,12 @@ class BridgeDriver(BaseDriver):
                     endpoint.data["nft"] = [[e.family, e.set, e.key, e.data, e.note] for e in elements]
                     _flush_udp(elements)
                 _fault(ctx.env, "add", "nft")
-                host_mac = host.get_attr("IFLA_ADDRESS")  # a veth's MAC stays; the bridge's is pinned
                 bridge_mac = br.get_attr("IFLA_ADDRESS")
         except BaseException:
             _unwind(undo)
             raise
         undo.pop_all()
-        endpoint.data["mac"] = container["mac"]
+        endpoint.data["mac"] = mac
         dns = DNS(**endpoint.data.get("ipam_dns", {}))
         if conf.dns is not None and conf.dns.is_set():
             dns = DNS(**conf.dns.model_dump(exclude_none=True))
@@ -193,7 +192,7 @@ class BridgeDriver(BaseDriver):
             interfaces=[
                 Interface(name=conf.bridge, mac=bridge_mac),
                 Interface(name=host_name, mac=host_mac),
-                Interface(name=request.ifname, mac=container["mac"], sandbox=request.netns),
+                Interface(name=request.ifname, mac=mac, sandbox=request.netns),
             ],
             ips=ips,
             routes=routes,
@@ -206,9 +205,9 @@ class BridgeDriver(BaseDriver):
         with kernel_errors(f"create bridge {conf.bridge!r}"):
             return bridge.ensure_bridge(ipr, conf.bridge, conf.mtu, conf.promiscMode, conf.vlan_filtering)
 
-    def _veth(self, ipr, cipr, ctx, conf, host_name, mac, bridge_index: int, undo):
+    def _veth(self, ipr, cipr, ctx, conf, host_name, mac, bridge_index: int, undo) -> tuple[int, str, int]:
         """The pair, its host end a port of the bridge from the start (down: _host_side brings it up);
-        return the host end's link. Which name is taken is looked up only when the kernel
+        return the host end's index and MAC and the container end's index. Which name is taken is looked up only when the kernel
         refuses: the container's ifname (a CONFLICT, whatever else is wrong), else a host end
         left by an ADD whose record was lost (same endpoint, stale: replaced)."""
         from ...linux import links, veth
@@ -216,7 +215,7 @@ class BridgeDriver(BaseDriver):
         request = ctx.request
         with kernel_errors(f"create veth pair {host_name}/{request.ifname}"):
             try:
-                host = veth.create_pair(ipr, host_name, request.ifname, ctx.netns_fd, conf.mtu, mac, bridge_index)
+                veth.create_pair(ipr, host_name, request.ifname, ctx.netns_fd, conf.mtu, mac, bridge_index)
             except veth.VethError as exc:
                 if links.link_index(cipr, request.ifname) is not None:
                     raise CNIError(
@@ -226,28 +225,20 @@ class BridgeDriver(BaseDriver):
                     ) from None
                 if not isinstance(exc, veth.VethExists) or not veth.delete(ipr, host_name):
                     raise
-                host = veth.create_pair(ipr, host_name, request.ifname, ctx.netns_fd, conf.mtu, mac, bridge_index)
+                veth.create_pair(ipr, host_name, request.ifname, ctx.netns_fd, conf.mtu, mac, bridge_index)
             undo.callback(_delete_link, host_name)
-            if host is None:  # not echoed by the kernel
-                host = links.get_link(ipr, host_name)
-            if host is None:
-                raise veth.VethError(f"veth {host_name} vanished right after creation")
-        return host
+            try:
+                return (links.ioctl_index(ipr, host_name), links.ioctl_mac(ipr, host_name),
+                        links.ioctl_index(cipr, request.ifname))
+            except OSError:
+                raise veth.VethError(f"veth {host_name}/{request.ifname} vanished right after creation") from None
 
-    def _container_side(self, cipr, ctx, conf, ips, routes, index: int | None, mac: str) -> dict:
-        """DAD off (unless enabledad) before any IPv6 address, link up with arp_notify, addresses, routes.
-
-        `index` is the container end's ifindex as the host end's link names it (IFLA_LINK),
-        `mac` the one it was created with; without an index it is looked up by name."""
-        from ...linux import addr, links, sysctl
+    def _container_side(self, cipr, ctx, conf, ips, routes, index: int) -> None:
+        """DAD off (unless enabledad) before any IPv6 address, link up with arp_notify, addresses, routes."""
+        from ...linux import addr, sysctl
 
         ifname = ctx.request.ifname
         with kernel_errors(f"configure {ifname} in {ctx.request.netns}"):
-            if not index:
-                link = links.get_link(cipr, ifname)
-                if link is None:
-                    raise OSError(f"{ifname} vanished right after creation")
-                index, mac = link["index"], link.get_attr("IFLA_ADDRESS")
             families = {ip.family for ip in ips}
             if 6 in families:  # IPv6 devconf has no netlink setter
                 if conf.enabledad:
@@ -264,7 +255,6 @@ class BridgeDriver(BaseDriver):
                 addr.add_address(cipr, index, ip.address, nodad=not conf.enabledad)
             for route in routes:
                 addr.add_route(cipr, index, route.dst, route_gateway(route, ips), priority=route.priority)
-        return {"index": index, "mac": mac}
 
     def _host_side(self, ipr, conf, host_name: str, host_index: int, bridge_index: int, hairpin: bool) -> None:
         """The host end (a port already, still down): no IPv6, port flags and VLANs, then up.
