@@ -182,10 +182,15 @@ class LeaseDir:
 
     def __init__(self, data_dir: str, network: str, create: bool = True):
         self.path = lease_dir_path(data_dir, network)
-        if create:
-            os.makedirs(self.path, mode=DIR_MODE, exist_ok=True)
         # O_NOFOLLOW: a symlink planted as <dataDir>/<network> must not redirect the leases.
-        self.fd = os.open(self.path, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC | os.O_NOFOLLOW)
+        flags = os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC | os.O_NOFOLLOW
+        try:
+            self.fd = os.open(self.path, flags)
+        except FileNotFoundError:  # (made on the network's first ADD only: no makedirs' stats after)
+            if not create:
+                raise
+            os.makedirs(self.path, mode=DIR_MODE, exist_ok=True)
+            self.fd = os.open(self.path, flags)
         self._lock_fd: int | None = None
         self._locked = False
         self._view: Leases | None = None  # valid while locked
