@@ -299,6 +299,11 @@ def release_vanished_sandboxes(controller, tx, request: Request, identity=None) 
             doomed = _bounded_check(tx, state, request, identity, target)
         if ident is not None:
             VanishedCheck.remember(key, state)
+        else:
+            # Cannot tell (no pin directory: /run wiped): what was remembered no longer holds,
+            # and a new pin directory may get the old one's inode number, so identity alone
+            # would not show the change. The next ADD checks everything.
+            VanishedCheck.forget(key)
         for sandbox in doomed:
             release_sandbox(controller, tx, sandbox, request, request.env, report)
     except Exception:

@@ -397,6 +397,47 @@ def test_in_process_full_range_after_pins_unmounted_retries_once(lab, bounded):
     assert pins(lab) == []
 
 
+@pytest.fixture
+def pin_dir_inode_reused(monkeypatch):
+    """The identity a remembered check is keyed on, as on a filesystem that gives a recreated
+    pin directory its old inode number (ext4 often does: test_in_process_watch_and_own_container
+    failed ~1 run in 13 that way before the fix): only the pin directory's inode is hidden."""
+    from cni_plugins import reconcile
+
+    real = reconcile._identity
+
+    def reused(tx, store_path, pins):
+        ident = real(tx, store_path, pins)
+        return None if ident is None else (ident[0], ident[1], ident[2], 1, ident[4])
+
+    monkeypatch.setattr(reconcile, "_identity", reused)
+
+
+def test_in_process_pin_dir_recreated_with_its_old_inode(lab, bounded, pin_dir_inode_reused):
+    """/run wiped while c1 lives on (on its runtime's path only): the ADD that finds no pin
+    directory checks everything, and what was remembered before is not used again even though
+    the new pin directory's identity equals the old one's. c1's netns goes: the next ADD
+    releases it."""
+    p = InProcess(lab)
+    none = {"cniVersion": "1.1.0", "name": lab.network + "n", "type": "cnm-none"}
+    conf = bridge_conf(lab)
+    c1, others = lab.container(), {f"f{i}": lab.container() for i in range(1, 5)}
+    p.add(conf, c1, "c1")
+    p.add(none, others["f1"], "f1", "lo")  # remembered: c1 pinned, nothing watched
+    unpin_all(lab)
+    os.rmdir(os.path.join(lab.env["CNM_RUN_DIR"], "netns"))
+    p.add(none, others["f2"], "f2", "lo")  # no pin directory: full check (c1 now watched)
+    p.add(none, others["f3"], "f3", "lo")  # pin directory again, "same" identity as before
+    subprocess.run(["ip", "netns", "del", os.path.basename(c1)], check=True)
+    p.add(none, others["f4"], "f4", "lo")
+    assert sorted(e[1] for e in lab.endpoints()) == ["f1", "f2", "f3", "f4"]
+    assert lab.leases() == [] and lab.veths() == []
+    assert bounded == []
+    for cid, ns in others.items():
+        assert p.run("DEL", none, ns, cid, "lo").exit_code == 0
+    assert lab.endpoints() == [] and pins(lab) == []
+
+
 def test_in_process_watch_and_own_container(lab, bounded):
     """Without any round: a sandbox living on the runtime's path (learnt by a full check once
     the pin directory was wiped) is released by the next ADD once its netns goes; and an ADD
