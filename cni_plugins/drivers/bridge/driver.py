@@ -207,9 +207,10 @@ class BridgeDriver(BaseDriver):
 
     def _veth(self, ipr, cipr, ctx, conf, host_name, mac, bridge_index: int, undo) -> tuple[int, str, int]:
         """The pair, its host end a port of the bridge from the start (down: _host_side brings it up);
-        return the host end's index and MAC and the container end's index. Which name is taken is looked up only when the kernel
-        refuses: the container's ifname (a CONFLICT, whatever else is wrong), else a host end
-        left by an ADD whose record was lost (same endpoint, stale: replaced)."""
+        return the host end's index and MAC and the container end's index. Which name is taken
+        is looked up only when the kernel refuses: the container's ifname (a CONFLICT, whatever
+        else is wrong), else a host end left by an ADD whose record was lost (same endpoint,
+        stale: replaced)."""
         from ...linux import links, veth
 
         request = ctx.request
