@@ -446,25 +446,29 @@ def expected_elements(conf, request: Request, data: dict, host_name: str, mac: s
     their hairpin masquerade, isolation. Computed from the config + request + record, so
     CHECK can compare them with the kernel too."""
     mappings = ports.requested(request, conf.hostBindingIP)
-    if not (conf.ipMasq or (conf.macspoofchk and mac) or mappings or conf.isolateNetworks or not conf.icc):
-        return []  # a plain endpoint: nftables stays unloaded (~3 ms of an in-process ADD)
-    from ...linux import nft
-
     addrs = addresses(data.get("ips", []))
     elements = []
     if conf.ipMasq:
         for ip, subnet in addrs:
-            elements.extend(nft.masquerade(ip, subnet))
+            elements.extend(_nft().masquerade(ip, subnet))
     if conf.macspoofchk and mac:
-        elements.extend(nft.mac_spoof_check(host_name, mac))
+        elements.extend(_nft().mac_spoof_check(host_name, mac))
     if mappings:
         elements.extend(ports.elements(mappings, addrs, note=request.container_id[:96]))
     if conf.isolateNetworks:
         for ip, subnet in addrs:
-            elements.extend(nft.isolate(ip, subnet))
+            elements.extend(_nft().isolate(ip, subnet))
     if not conf.icc:
-        elements.extend(nft.no_icc(host_name))
+        elements.extend(_nft().no_icc(host_name))
     return elements
+
+
+def _nft():
+    """linux/nft, loaded by the first element that needs it: a plain endpoint (no NAT, ports,
+    isolation or MAC check) never loads it (~3 ms of an in-process ADD or DEL)."""
+    from ...linux import nft
+
+    return nft
 
 
 def _flush_udp(elements) -> None:
@@ -484,12 +488,7 @@ def _flush_udp(elements) -> None:
 
 
 def recorded_elements(endpoint: Endpoint) -> list:
-    recorded = endpoint.data.get("nft")
-    if not recorded:
-        return []  # (nftables stays unloaded, as in expected_elements)
-    from ...linux import nft
-
-    return [nft.Element(*entry) for entry in recorded]
+    return [_nft().Element(*entry) for entry in endpoint.data.get("nft") or ()]
 
 
 def _delete_link(name: str) -> None:
