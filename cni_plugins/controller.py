@@ -4,32 +4,40 @@ ADD  = ensure Network -> ensure Sandbox -> create Endpoint -> Join -> result.
 DEL  = Leave -> delete Endpoint -> drop the Sandbox when no member is left.
 Shared netns (cnm-container): a joiner's ADD adds a member to the sandbox of the
 container it names; a sandbox's endpoints stay (inactive) until its last member
-leaves, then go through their own drivers with their own recorded ADD (_leave).
-CHECK, GC, STATUS as in DESIGN.md §2. Each command is one store transaction,
-which is also the node-wide lock that orders concurrent commands.
+leaves, then go through their own drivers with their own recorded ADD (lifecycle.py).
+CHECK, GC, STATUS as in DESIGN.md §2.
+
+Locking: the store's write lock is held only for short transactions of the store's own
+reads and writes; the slow work (IPAM, the kernel) runs under the lock of the command's
+sandbox (cnm/locks.py), so commands on different sandboxes never wait for each other's.
+An ADD records its intent (endpoint phase `adding`, with what teardown needs) before it
+touches anything, and its outcome after; every failure, the final commit included, undoes
+what the ADD did. A command killed in between leaves the intent, which the next ADD of the
+attachment, its DEL, or a sweep finishes (lifecycle.py).
 """
 
 from __future__ import annotations
 
+import json
 import os
 import sys
 from contextlib import ExitStack
 
-from . import drivers
+from . import drivers, lifecycle, reconcile
 from .cni import log
 from .cni.args import truthy
 from .cni.errors import (CHECK_FAILED, CONFLICT, INVALID_CONFIG, INVALID_NETNS, LIMITED_CONNECTIVITY,
-                         NOT_AVAILABLE, PLUGIN_FAILURE, CNIError)
-from .cni.paths import state_path_problem
-from .cni.request import Request, parse
+                         PLUGIN_FAILURE, TRY_AGAIN_LATER, CNIError)
+from .cni.request import Request
 from .cni.result import Result
-from .cnm.model import HOST_SANDBOX, Endpoint, Network, Sandbox, endpoint_id
-from .cnm.store import Store, StoreError, state_dir
+from .cnm import pins
+from .cnm.locks import sandbox_key
+from .cnm.model import ADDING, HOST_SANDBOX, READY, Endpoint, Network, Sandbox, endpoint_id
 from .drivers.base import RECORD_KEY, Context, Driver, record_add, recorded_result
 from .linux import netns
+from .liveness import EPOCH_KEY, PIDNS_KEY
+from .node import Node
 
-RUN_DIR_ENV = "CNM_RUN_DIR"
-DEFAULT_RUN_DIR = "/run/cnm"
 FAULT_ENV = "CNM_FAULT"  # tests only: see cni_plugins/faults.py
 
 
@@ -38,27 +46,6 @@ def _fault(env, command: str, step: str) -> None:
         from .faults import crash_point
 
         crash_point(env, command, step)
-
-# CNI plugin type -> CNM driver name.
-PLUGIN_DRIVERS = {
-    "cnm-bridge": "bridge",
-    "cnm-host": "host",
-    "cnm-none": "null",
-    "loopback": "null",  # cnm-none installed in containerd's loopback slot
-    "cnm-container": "container",
-}
-
-
-def pin_dir(env) -> str:
-    return os.path.join(env.get(RUN_DIR_ENV) or DEFAULT_RUN_DIR, "netns")
-
-
-def open_store(request: Request) -> Store:
-    directory = request.config.get("stateDir")
-    problem = None if directory is None else state_path_problem(directory)
-    if problem:
-        raise CNIError(INVALID_CONFIG, "invalid stateDir", f"stateDir={problem}")
-    return Store(state_dir(directory, request.env))
 
 
 class Controller:
@@ -108,8 +95,8 @@ class Controller:
                 continue
         return None
 
-    def _network_options(self, request: Request) -> dict:
-        return self.driver.network_options(request)
+    def _context(self, node: Node, request: Request, fd: int | None, peers: tuple = ()) -> Context:
+        return Context(request, fd, request.env, peers, store_id=node.store_id, node_lock=node.node_lock)
 
     @staticmethod
     def _ensure_network(tx, request: Request, driver: Driver, options: dict) -> Network:
@@ -136,11 +123,9 @@ class Controller:
         try:
             result = self._add(request)
         except CNIError as exc:
-            from . import reconcile
-
             # The ADD checked only some sandboxes (reconcile.VanishedCheck): if a check of
             # all of them releases one (its addresses, ports), the ADD is worth a second run.
-            if not reconcile.release_all_vanished(self, request, exc):
+            if not reconcile.release_all_vanished(request, exc):
                 raise
             result = self._add(request)
         _fault(request.env, "add", "after-commit")
@@ -148,92 +133,145 @@ class Controller:
 
     def _add(self, request: Request) -> Result:
         driver = self.driver
-        options = self._network_options(request)
-        joins = getattr(driver, "joins_sandbox", False)
-        target = driver.target_container(request) if joins else None
-        store = open_store(request)
+        options = driver.network_options(request)
+        target = driver.target_container(request) if driver.joins_sandbox else None
+        node = Node.of_request(request)
         with ExitStack() as stack:
             fd = self._open_required(request)
             stack.callback(os.close, fd)
-            if not joins:  # a joiner's guard needs the store: see _sandbox_to_join
+            if not driver.joins_sandbox:  # a joiner's guard needs the store: see _sandbox_to_join
                 self._guard_host_netns(request, fd, driver.uses_host_netns)
             identity = netns.identity_of(fd)
-            try:
-                tx = stack.enter_context(store.transaction())
-            except StoreError as exc:
-                raise CNIError(NOT_AVAILABLE, "CNM store unavailable", str(exc)) from None
-            from . import reconcile
+            # After a reboot, or pods gone behind our back: their addresses return to the pool.
+            reconcile.release_vanished_sandboxes(node, request, identity, target)
+            stack.enter_context(node.sandbox_lock(sandbox_key("", identity.dev, identity.ino)))
+            for _ in range(3):  # each round finishes one leftover of a dead command
+                begun = self._begin_add(node, request, fd, identity, driver, options, target)
+                if isinstance(begun, Result):
+                    return begun
+                if isinstance(begun, Endpoint):
+                    self._finish_leftover(node, request, begun, identity)
+                    continue
+                return self._realise(node, request, fd, begun)
+            raise CNIError(TRY_AGAIN_LATER, "attachment busy", f"{request.container_id}/{request.ifname} on "
+                                                               f"{request.network} keeps changing; try again")
 
-            reconcile.release_vanished_sandboxes(self, tx, request, identity)  # after a reboot: reuse their addresses
-            if joins:
-                sandbox, new_sandbox = self._sandbox_to_join(tx, request, fd, identity, target), False
-            network = self._ensure_network(tx, request, driver, options)
-            ep_id = endpoint_id(request.network, request.container_id, request.ifname)
-            existing = tx.get_endpoint(ep_id)
-            if existing is not None and not existing.active:
-                revived = self._reactivate(tx, request, existing, identity)
-                if revived is not None:
-                    return revived
-            if existing is not None and not existing.active:
-                holders = sorted(self._active_members(tx, existing.sandbox))
-                raise CNIError(
-                    CONFLICT,
-                    "endpoint is kept for the other members of its sandbox",
-                    f"container {request.container_id}'s {request.ifname} on network {request.network} lives on "
-                    f"in sandbox {existing.sandbox} (members {', '.join(holders)}) until they leave; ADD from "
-                    f"that netns takes it back",
-                )
-            if existing is not None:
-                raise CNIError(
-                    CONFLICT,
-                    "endpoint already exists",
-                    f"container {request.container_id} already has {request.ifname} on network "
-                    f"{request.network}; DEL it first",
-                )
-            if not joins:
-                sandbox, new_sandbox = self._ensure_sandbox(tx, request, fd, identity, driver)
-            endpoint = Endpoint(
-                ep_id, request.network, sandbox.id, request.container_id, request.ifname, driver.name
-            )
-            peers = () if new_sandbox else tuple(tx.list_endpoints(sandbox=sandbox.id))
-            ctx = Context(request, fd, request.env, peers)
-            undo = ExitStack()
-            try:
-                if new_sandbox and sandbox.pin:
-                    netns.pin(fd, sandbox.pin)
-                    undo.callback(netns.unpin, sandbox.pin)
-                driver.create_endpoint(ctx, network, endpoint)
-                undo.callback(driver.delete_endpoint, ctx, network, endpoint)
-                result = driver.join(ctx, network, endpoint, sandbox)
-                undo.callback(driver.leave, ctx, network, endpoint, sandbox)
-                # A result the requested version cannot carry (0.1/0.2 without an IP) must
-                # fail the ADD here, rolled back, not after the commit.
-                result.emit(request.version)
-                record_add(endpoint, request, result)  # replayed to joiners, used by a foreign DEL
-                tx.put_sandbox(sandbox)  # (the network: written by _ensure_network when new; no driver changes it)
+    def _begin_add(self, node: Node, request: Request, fd: int, identity, driver: Driver, options: dict,
+                   target: str | None):
+        """The ADD's first transaction: find or make the network and the sandbox, and record the
+        endpoint's intent. Returns the plan to realise, a Result when there is nothing to do
+        (a retry of an ADD that already succeeded, a kept endpoint taken back), or the leftover
+        Endpoint of a dead command to finish first."""
+        ep_id = endpoint_id(request.network, request.container_id, request.ifname)
+        pinned = ""
+        try:
+            with node.transaction() as tx:
+                if driver.joins_sandbox:
+                    sandbox, new_sandbox = self._sandbox_to_join(tx, request, fd, identity, target), False
+                network = self._ensure_network(tx, request, driver, options)
+                existing = tx.get_endpoint(ep_id)
+                if existing is not None:
+                    if existing.phase != READY:
+                        return existing
+                    return self._readd(tx, request, existing, identity)
+                if not driver.joins_sandbox:
+                    sandbox, new_sandbox = self._ensure_sandbox(node, tx, request, identity, driver)
+                endpoint = Endpoint(ep_id, request.network, sandbox.id, request.container_id, request.ifname,
+                                    driver.name, phase=ADDING)
+                peers = () if new_sandbox else tuple(tx.list_endpoints(sandbox=sandbox.id))
+                ctx = self._context(node, request, fd, peers)
+                driver.plan(ctx, network, endpoint)
+                record_add(endpoint, request)
                 tx.put_endpoint(endpoint)
-            except BaseException:
-                _unwind(undo)
-                raise
-            undo.pop_all()
-            _fault(request.env, "add", "before-commit")
-            return result
+                if new_sandbox:
+                    tx.put_sandbox(sandbox)
+                    if sandbox.pin:  # inside the transaction: a DEL judging pins holds the store's lock
+                        netns.pin(fd, sandbox.pin)
+                        pinned = sandbox.pin
+                _fault(request.env, "add", "intent")
+        except BaseException:
+            if pinned:  # the sandbox's record was not committed
+                netns.unpin(pinned)
+            raise
+        return _Plan(ctx, network, endpoint, sandbox, new_sandbox)
 
-    @staticmethod
-    def _reactivate(tx, request: Request, endpoint: Endpoint, identity) -> Result | None:
-        """ADD of an endpoint kept (inactive) for the other members of its sandbox, from the
-        same netns: the container is back in the stack that never went away."""
-        sandbox = tx.get_sandbox(endpoint.sandbox)
-        result = recorded_result(endpoint)
-        if sandbox is None or result is None or (sandbox.ns_dev, sandbox.ns_ino) != (identity.dev, identity.ino):
-            return None
-        result.emit(request.version)
-        endpoint.active = True
-        tx.put_endpoint(endpoint)
+    def _readd(self, tx, request: Request, existing: Endpoint, identity) -> Result:
+        """ADD of an attachment that exists. The same ADD again (a runtime retrying what it
+        believes failed) gets the recorded result; a kept endpoint (its container left a shared
+        sandbox that lives on) is taken back when the ADD asks for exactly what it has."""
+        sandbox = tx.get_sandbox(existing.sandbox)
+        same_netns = sandbox is not None and (sandbox.ns_dev, sandbox.ns_ino) == (identity.dev, identity.ino)
+        result = recorded_result(existing)
+        same = same_netns and result is not None and _same_attachment(existing, request)
+        if same:
+            result.emit(request.version)
+            if not existing.active:
+                existing.active = True
+                tx.put_endpoint(existing)
+            return result
+        if not existing.active:
+            holders = sorted({e.container_id for e in tx.list_endpoints(sandbox=existing.sandbox) if e.active})
+            why = ("its configuration (ports, NAT, addresses) cannot change while they share it"
+                   if same_netns else "ADD from that netns, with the same configuration, takes it back")
+            raise CNIError(
+                CONFLICT,
+                "endpoint is kept for the other members of its sandbox",
+                f"container {request.container_id}'s {request.ifname} on network {request.network} lives on "
+                f"in sandbox {existing.sandbox} (members {', '.join(holders)}) until they leave; {why}",
+            )
+        raise CNIError(
+            CONFLICT,
+            "endpoint already exists",
+            f"container {request.container_id} already has {request.ifname} on network "
+            f"{request.network}; DEL it first",
+        )
+
+    def _finish_leftover(self, node: Node, request: Request, leftover: Endpoint, identity) -> None:
+        """An ADD or DEL of this attachment died half-way (or its rollback could not reach the
+        store): take down what it left, then the ADD starts over."""
+        with node.transaction(write=False) as tx:
+            sandbox = tx.get_sandbox(leftover.sandbox)
+        choose = lifecycle.only({leftover.id})
+        if lifecycle.lock_key(leftover, sandbox) == sandbox_key("", identity.dev, identity.ino):
+            errors = lifecycle.teardown(node, request, leftover.sandbox, choose)  # our lock: held
+        else:
+            target = sandbox or Sandbox(leftover.sandbox, "", 0, 0)
+            errors = lifecycle.release(node, request, target, choose)
+            if errors is None:
+                raise CNIError(TRY_AGAIN_LATER, "attachment busy",
+                               f"another command is at work on {request.container_id}/{request.ifname} "
+                               f"(sandbox {leftover.sandbox}); try again")
+        if errors:
+            err = next(iter(errors.values()))
+            raise CNIError(err.code, f"cannot clear what an earlier command left: {err.msg}", err.details)
+
+    def _realise(self, node: Node, request: Request, fd: int, plan: "_Plan") -> Result:
+        """IPAM and the kernel, no store lock held; then the outcome. Any failure, the commit
+        included, undoes everything this ADD did before it answers."""
+        driver, ctx, network, endpoint, sandbox = self.driver, plan.ctx, plan.network, plan.endpoint, plan.sandbox
+        undo = ExitStack()
+        try:
+            driver.create_endpoint(ctx, network, endpoint)
+            undo.callback(driver.delete_endpoint, ctx, network, endpoint)
+            result = driver.join(ctx, network, endpoint, sandbox)
+            undo.callback(driver.leave, ctx, network, endpoint, sandbox)
+            # A result the requested version cannot carry (0.1/0.2 without an IP) must
+            # fail the ADD here, rolled back, not after the commit.
+            result.emit(request.version)
+            record_add(endpoint, request, result)  # replayed to joiners, used by a foreign DEL
+            endpoint.phase = READY
+            _fault(request.env, "add", "before-commit")
+            with node.transaction() as tx:
+                tx.put_endpoint(endpoint)
+                _fault(request.env, "add", "commit")
+        except BaseException:
+            _unwind(undo)
+            _forget_intent(node, endpoint, sandbox if plan.new_sandbox else None)
+            raise
         return result
 
-    def _ensure_sandbox(self, tx, request: Request, fd: int, identity, driver: Driver) -> tuple[Sandbox, bool]:
-        """The sandbox this netns is; a new one (pinned) on first use."""
+    def _ensure_sandbox(self, node: Node, tx, request: Request, identity, driver: Driver) -> tuple[Sandbox, bool]:
+        """The sandbox this netns is; a new one (to be pinned) on first use."""
         if driver.uses_host_netns and identity == netns.own_identity():
             sb = tx.get_sandbox(HOST_SANDBOX)
             if sb is None:
@@ -252,8 +290,11 @@ class Controller:
         sb_id = request.container_id
         while tx.get_sandbox(sb_id) is not None:  # a stale sandbox of a reused container id
             sb_id = sb_id + "-"
-        pin = os.path.join(pin_dir(request.env), sb_id)
-        return Sandbox(sb_id, request.netns, identity.dev, identity.ino, pin), True
+        from .linux import fs, nsusers
+
+        epoch = pins.ensure_epoch(node.pin_dir, fs.make_dirs)
+        data = {EPOCH_KEY: epoch, PIDNS_KEY: nsusers.pid_namespace()}
+        return Sandbox(sb_id, request.netns, identity.dev, identity.ino, node.pin_path(sb_id), data), True
 
     def _sandbox_to_join(self, tx, request: Request, fd: int, identity, target: str) -> Sandbox:
         """The sandbox of container `target`, which CNI_NETNS must be (cnm-container ADD)."""
@@ -290,172 +331,76 @@ class Controller:
         _fault(request.env, "del", "after-commit")
 
     def _delete(self, request: Request) -> None:
-        store = open_store(request)
+        node = Node.of_request(request)
         ep_id = endpoint_id(request.network, request.container_id, request.ifname)
-        with ExitStack() as stack:
-            try:
-                tx = stack.enter_context(store.transaction())
-            except StoreError as exc:
-                raise CNIError(NOT_AVAILABLE, "CNM store unavailable", str(exc)) from None
+        with node.transaction(write=False) as tx:
             endpoint = tx.get_endpoint(ep_id)
-            if endpoint is None:
-                self._unpin_unrecorded(tx, request)
-                self._delete_unrecorded(request, ep_id)
-                return
-            sandbox = tx.get_sandbox(endpoint.sandbox)
-            fd = self._open_sandbox(sandbox, request)
-            if fd is not None:
-                stack.callback(os.close, fd)
-            if fd is not None and sandbox is not None and not sandbox.is_host:
-                if netns.identity_of(fd) == netns.own_identity():
+            sandbox = tx.get_sandbox(endpoint.sandbox) if endpoint is not None else None
+        if endpoint is None:
+            self._unpin_unrecorded(node, request)
+            self._delete_unrecorded(node, request, ep_id)
+            return
+        with node.sandbox_lock(lifecycle.lock_key(endpoint, sandbox)):
+            errors = lifecycle.teardown(node, request, endpoint.sandbox, lifecycle.for_del(ep_id),
+                                        open_fd=lambda sb: self._open_for_del(sb, request))
+        if errors:
+            raise errors.get(ep_id) or next(iter(errors.values()))
+
+    def _open_for_del(self, sandbox: Sandbox | None, request: Request) -> int | None:
+        fd = self._open_sandbox(sandbox, request)
+        if fd is not None and sandbox is not None and not sandbox.is_host:
+            if netns.identity_of(fd) == netns.own_identity():
+                try:
                     self._guard_host_netns(request, fd, allow_host=False)
-            errors = self._leave(tx, request, endpoint, sandbox, fd)
-            if errors:
-                raise errors[0]
-            _fault(request.env, "del", "before-commit")
-
-    def _leave(self, tx, request: Request, endpoint: Endpoint, sandbox: Sandbox | None, fd: int | None) -> list:
-        """The endpoint's container leaves; the sandbox's endpoints go with its last member.
-
-        While OTHER containers are still members of the sandbox, the endpoint stays,
-        inactive, with all it owns (its addresses and links are the shared stack). When
-        the last member leaves, every inactive endpoint is torn down through its own
-        recorded driver and config, and the sandbox and its pin go. Returns the errors.
-        """
-        endpoint.active = False
-        tx.put_endpoint(endpoint)
-        members = self._active_members(tx, endpoint.sandbox)
-        others = members - {endpoint.container_id}
-        if others:
-            if getattr(drivers.load(endpoint.driver), "membership_only", False):
-                return self._teardown_all(tx, request, [endpoint], sandbox, fd)  # owns nothing
-            return []  # the sandbox lives on; its endpoints stay until the last member leaves
-        if endpoint.container_id in members:  # the same container keeps other endpoints here
-            doomed = [endpoint]
-        else:
-            doomed = [e for e in tx.list_endpoints(sandbox=endpoint.sandbox) if not e.active]
-        errors = self._teardown_all(tx, request, doomed, sandbox, fd)
-        if not members and sandbox is not None and not errors:
-            if sandbox.pin:
-                netns.unpin(sandbox.pin)
-            tx.delete_sandbox(sandbox.id)
-        return errors
-
-    def _teardown_all(self, tx, request, doomed, sandbox, fd) -> list:
-        errors = []
-        for ep in doomed:
-            try:
-                self._teardown(tx, self._context_for(ep, request, sandbox, fd), ep, sandbox)
-            except CNIError as err:
-                errors.append(err)
-        return errors
-
-    @staticmethod
-    def _active_members(tx, sandbox_id: str) -> set[str]:
-        return {e.container_id for e in tx.list_endpoints(sandbox=sandbox_id) if e.active}
-
-    @staticmethod
-    def _teardown(tx, ctx: Context, endpoint: Endpoint, sandbox: Sandbox | None) -> None:
-        """Leave + delete through the endpoint's own driver (whatever plugin serves this DEL)."""
-        driver = drivers.load(endpoint.driver)
-        network = tx.get_network(endpoint.network)
-        if getattr(driver, "leave_overlaps_delete", False):
-            _overlapped(lambda: driver.leave(ctx, network, endpoint, sandbox),
-                        lambda: driver.delete_endpoint(ctx, network, endpoint))
-        else:
-            driver.leave(ctx, network, endpoint, sandbox)
-            driver.delete_endpoint(ctx, network, endpoint)
-        tx.delete_endpoint(endpoint.id)
-
-    @staticmethod
-    def _context_for(endpoint: Endpoint, request: Request, sandbox: Sandbox | None, fd: int | None,
-                     peers: tuple = ()) -> Context:
-        """The Context to act on `endpoint` with while serving `request`.
-
-        The request's own endpoint gets the request. Any other endpoint (torn down or
-        checked by the last member's DEL/CHECK, or by GC) gets its ADD replayed: the
-        recorded config and CNI_ARGS, CNI_CONTAINERID/CNI_IFNAME of its own attachment
-        (a delegated IPAM releases by those) and the sandbox's pin as CNI_NETNS.
-        """
-        own = endpoint_id(request.network, request.container_id, request.ifname)
-        if request.command in ("ADD", "DEL", "CHECK") and endpoint.id == own:
-            return Context(request, fd, request.env, peers)
-        path = (sandbox.pin or sandbox.netns) if sandbox is not None else request.netns
-        env = dict(request.env)
-        env.update(CNI_COMMAND=request.command if request.command in ("DEL", "CHECK") else "DEL",
-                   CNI_CONTAINERID=endpoint.container_id, CNI_IFNAME=endpoint.ifname, CNI_NETNS=path or "")
-        recorded = endpoint.data.get(RECORD_KEY) or {}
-        replayed = None
-        if recorded.get("stdin"):
-            env["CNI_ARGS"] = recorded.get("args", "")
-            try:
-                replayed = parse(env, recorded["stdin"].encode())
-            except CNIError:
-                replayed = None
-        if replayed is None:  # recorded before ADDs were recorded: the current config, its ids
-            replayed = request.replace(
-                command=env["CNI_COMMAND"], container_id=endpoint.container_id,
-                ifname=endpoint.ifname, netns=env["CNI_NETNS"], env=env, netns_fd=None,
-            )
-        return Context(replayed, fd, replayed.env, peers)
+                except CNIError:
+                    os.close(fd)
+                    raise
+        return fd
 
     def _open_sandbox(self, sandbox: Sandbox | None, request: Request) -> int | None:
-        """The sandbox's netns, open: via our pin first (the runtime's path may be gone or
-        reused); any candidate must BE the sandbox's netns. None when it is gone."""
         if sandbox is None:
             return self._open_optional(request.netns, fd=request.netns_fd)
-        candidates = [(None, request.netns_fd), (sandbox.pin, None), (request.netns, None), (sandbox.netns, None)]
-        for path, given in candidates:
-            fd = self._open_optional(path or "", fd=given) if (path or given is not None) else None
-            if fd is None:
-                continue
-            if netns.identity_of(fd) == netns.Identity(sandbox.ns_dev, sandbox.ns_ino):
-                return fd
-            os.close(fd)
-        return None
+        return lifecycle.open_sandbox(sandbox, (request.netns,), request.netns_fd)
 
     @staticmethod
-    def _unpin_unrecorded(tx, request: Request) -> None:
-        """A pin named for this container with no sandbox record: an ADD died between
-        pinning and its commit."""
-        pin = os.path.join(pin_dir(request.env), request.container_id)
-        if os.path.exists(pin) and tx.get_sandbox(request.container_id) is None:
-            netns.unpin(pin)
-
-    def _delete_unrecorded(self, request: Request, ep_id: str) -> None:
-        """No record (never added, already deleted, or lost in a crash): converge the kernel."""
-        cleanup = getattr(self.driver, "delete_unrecorded", None)
-        if cleanup is None:
+    def _unpin_unrecorded(node: Node, request: Request) -> None:
+        """A pin named for this container with no sandbox record: an ADD died between pinning
+        and its commit. (Under the store's write lock: an ADD pins inside its transaction.)"""
+        pin = node.pin_path(request.container_id)
+        if not os.path.exists(pin):
             return
+        with node.transaction() as tx:
+            if os.path.exists(pin) and tx.get_sandbox(request.container_id) is None:
+                netns.unpin(pin)
+
+    def _delete_unrecorded(self, node: Node, request: Request, ep_id: str) -> None:
+        """No record (never added, already deleted, or lost): converge the kernel."""
         fd = self._open_optional(request.netns, fd=request.netns_fd)
         try:
             if fd is not None and not self.driver.uses_host_netns and netns.identity_of(fd) == netns.own_identity():
-                fd_for_driver = None  # never touch the host's own interfaces
-                os.close(fd)
+                os.close(fd)  # never touch the host's own interfaces
                 fd = None
-            else:
-                fd_for_driver = fd
-            cleanup(Context(request, fd_for_driver, request.env), ep_id)
+            self.driver.delete_unrecorded(self._context(node, request, fd), ep_id)
         finally:
             if fd is not None:
                 os.close(fd)
 
     # ---- CHECK ---------------------------------------------------------------------------
     def check(self, request: Request) -> None:
-        store = open_store(request)
+        node = Node.of_request(request)
         prev_raw = request.config.get("prevResult")
         prev = Result.parse(prev_raw, request.version) if prev_raw else None
         ep_id = endpoint_id(request.network, request.container_id, request.ifname)
-        joins = getattr(self.driver, "joins_sandbox", False)
+        joins = self.driver.joins_sandbox
         target = self.driver.target_container(request) if joins else None
         with ExitStack() as stack:
             fd = self._open_required(request)
             stack.callback(os.close, fd)
             if not joins:
                 self._guard_host_netns(request, fd, self.driver.uses_host_netns)
-            tx = stack.enter_context(store.transaction(write=False))
+            tx = stack.enter_context(node.transaction(write=False))
             endpoint = tx.get_endpoint(ep_id)
-            if endpoint is None or not endpoint.active:
+            if endpoint is None or not endpoint.active or endpoint.phase != READY:
                 raise CNIError(
                     CHECK_FAILED,
                     "no such endpoint",
@@ -473,11 +418,12 @@ class Controller:
                 )
             peers = tuple(e for e in tx.list_endpoints(sandbox=sandbox.id) if e.id != endpoint.id)
             if joins:
-                self._check_membership(tx, request, endpoint, sandbox, target, peers, fd)
+                self._check_membership(node, tx, request, endpoint, sandbox, target, peers, fd)
             network = tx.get_network(endpoint.network)
-            drivers.load(endpoint.driver).check(Context(request, fd, request.env, peers), network, endpoint, sandbox, prev)
+            drivers.load(endpoint.driver).check(self._context(node, request, fd, peers), network, endpoint,
+                                                sandbox, prev)
 
-    def _check_membership(self, tx, request, endpoint, sandbox, target, peers, fd) -> None:
+    def _check_membership(self, node, tx, request, endpoint, sandbox, target, peers, fd) -> None:
         """cnm-container CHECK: still sharing the named container's stack, and that stack's
         endpoints pass their own drivers' CHECK (with their recorded config and result)."""
         theirs = tx.find_sandbox_of_container(target)
@@ -489,9 +435,9 @@ class Controller:
             )
         for ep in peers:
             peer_driver = drivers.load(ep.driver)
-            if getattr(peer_driver, "membership_only", False):
+            if peer_driver.membership_only or ep.phase != READY:
                 continue
-            ctx = self._context_for(ep, request, sandbox, fd)
+            ctx = lifecycle.context_for(node, ep, request, sandbox, fd)
             recorded = recorded_result(ep)
             if recorded is not None:  # its interfaces, named by the path the replay uses (the pin)
                 for iface in recorded.interfaces:
@@ -508,60 +454,71 @@ class Controller:
             sys.stderr.write(f"cnm: {why}\n")
             log.message(request.env, request.config, "info", why, command="GC")  # the operator's log too
             return
-        from . import reconcile
-
-        store = open_store(request)
-        errors = []
-        with ExitStack() as stack:
-            try:
-                tx = stack.enter_context(store.transaction())
-            except StoreError as exc:
-                raise CNIError(NOT_AVAILABLE, "CNM store unavailable", str(exc)) from None
-            swept = reconcile.Report()
-            for sandbox in reconcile.vanished_sandboxes(tx):  # netns gone: nothing there is valid
-                reconcile.release_sandbox(self, tx, sandbox, request, request.env, swept)
-            for stale in tx.list_endpoints(network=request.network):
-                if (stale.container_id, stale.ifname) in valid:
-                    continue
-                endpoint = tx.get_endpoint(stale.id)  # an earlier leave may have removed it
-                if endpoint is None:
-                    continue
-                if not endpoint.active and self._active_members(tx, endpoint.sandbox):
-                    continue  # held by the sandbox's remaining members (shared netns)
-                sandbox = tx.get_sandbox(endpoint.sandbox)
-                fd = self._open_sandbox(sandbox, request) if sandbox is not None else None
-                try:
-                    errors.extend(self._leave(tx, request, endpoint, sandbox, fd))
-                finally:
-                    if fd is not None:
-                        os.close(fd)
-            # Kernel objects and pins no record owns (an ADD that died before its commit).
-            reconcile.sweep_orphans(tx, request.env, swept, pins=pin_dir(request.env))
-            errors.extend(CNIError(PLUGIN_FAILURE, f"GC could not remove {a.kind} {a.name}", a.error)
-                          for a in swept.errors)
-        gc_extra = getattr(self.driver, "gc", None)
-        if gc_extra is not None:
-            try:
-                gc_extra(request, valid)
-            except CNIError as err:
-                errors.append(err)
+        node = Node.of_request(request)
+        report = reconcile.collect_garbage(node, request, valid)
+        errors = [CNIError(PLUGIN_FAILURE, f"GC could not remove {a.kind} {a.name}", a.error) for a in report.errors]
+        try:
+            self.driver.gc(request, valid)
+        except CNIError as err:
+            errors.append(err)
         if errors:
             raise CNIError(errors[0].code, errors[0].msg, "; ".join(f"{e.msg}: {e.details}" for e in errors))
 
     def status(self, request: Request) -> None:
         """50: an ADD cannot succeed now (store not writable, driver or IPAM says so);
         51: existing endpoints of this network may have lost connectivity."""
-        self._network_options(request)
-        try:
-            with open_store(request).transaction() as tx:  # an ADD needs to write
-                endpoints = tx.list_endpoints(network=request.network)
-        except StoreError as exc:
-            raise CNIError(NOT_AVAILABLE, "CNM store unavailable", str(exc)) from None
+        self.driver.network_options(request)
+        node = Node.of_request(request)
+        with node.transaction() as tx:  # an ADD needs to write
+            endpoints = [e for e in tx.list_endpoints(network=request.network) if e.phase == READY]
         self.driver.status(request)
-        degraded = getattr(self.driver, "degraded", None)
-        problem = degraded(request, endpoints) if degraded is not None and endpoints else None
+        problem = self.driver.degraded(request, endpoints) if endpoints else None
         if problem:
             raise CNIError(LIMITED_CONNECTIVITY, "existing endpoints may have limited connectivity", problem)
+
+
+class _Plan:
+    """An ADD between its intent and its outcome."""
+
+    __slots__ = ("ctx", "network", "endpoint", "sandbox", "new_sandbox")
+
+    def __init__(self, ctx: Context, network: Network, endpoint: Endpoint, sandbox: Sandbox, new_sandbox: bool):
+        self.ctx, self.network, self.endpoint, self.sandbox, self.new_sandbox = ctx, network, endpoint, sandbox, new_sandbox
+
+
+def _forget_intent(node: Node, endpoint: Endpoint, new_sandbox: Sandbox | None) -> None:
+    """After a failed ADD was undone: its intent (and the sandbox it made) go. When the store
+    cannot take even that (disk full), the intent stays: the kernel is clean, and the next
+    ADD, DEL or sweep of the attachment finds nothing left to undo."""
+    try:
+        with node.transaction() as tx:
+            tx.delete_endpoint(endpoint.id)
+            if new_sandbox is not None and not tx.list_endpoints(sandbox=new_sandbox.id):
+                tx.delete_sandbox(new_sandbox.id)
+                if new_sandbox.pin:
+                    netns.unpin(new_sandbox.pin)
+    except Exception:
+        if new_sandbox is not None and new_sandbox.pin:
+            try:  # a pin must not hold the netns of a failed ADD; its record, if any, goes with a DEL
+                netns.unpin(new_sandbox.pin)
+            except OSError:
+                pass
+
+
+def _same_attachment(endpoint: Endpoint, request: Request) -> bool:
+    """The recorded ADD asked for exactly what `request` asks for (the config but its
+    prevResult, and CNI_ARGS)."""
+    recorded = endpoint.data.get(RECORD_KEY) or {}
+    try:
+        before = json.loads(recorded.get("stdin") or "null")
+    except ValueError:
+        return False
+    if not isinstance(before, dict):
+        return False
+    now = dict(request.config)
+    for conf in (before, now):
+        conf.pop("prevResult", None)
+    return before == now and recorded.get("args", "") == request.env.get("CNI_ARGS", "")
 
 
 def _valid_attachments(config) -> set[tuple[str, str]] | None:
@@ -584,32 +541,3 @@ def _unwind(stack: ExitStack) -> None:
         stack.close()
     except Exception:
         pass
-
-
-def _overlapped(leave, delete) -> None:
-    """leave() in a second thread while delete() runs here, for a driver whose two halves
-    touch different kernel objects: deleting a veth and removing nftables elements each
-    wait for an RCU grace period (~15-30 ms), and waiting for both at once halves a DEL.
-    The store's write lock is held throughout, so no other command sees the halfway state.
-    The thread shares this one's namespaces (a new thread starts in its creator's netns).
-    leave()'s error wins (it is the first step); both always run to the end."""
-    import threading
-
-    from .linux import links  # noqa: F401 -- pyroute2's first import is not safe to race (import cycle)
-
-    failure: list[BaseException] = []
-
-    def run_leave():
-        try:
-            leave()
-        except BaseException as exc:  # handed to the calling thread
-            failure.append(exc)
-
-    thread = threading.Thread(target=run_leave, name="cnm-leave")
-    thread.start()
-    try:
-        delete()
-    finally:
-        thread.join()
-        if failure:
-            raise failure[0]

@@ -20,8 +20,10 @@ FAULT_ENV = "CNM_FAULT"
 EXIT_CODE = 137  # what a shell reports for SIGKILL
 
 STEPS = {
-    "add": ("ipam", "veth", "addresses", "nft", "before-commit", "after-commit"),
-    "del": ("veth", "nft", "ipam", "before-commit", "after-commit"),
+    # intent: inside the transaction recording the intent; commit: inside the outcome's,
+    # after its writes, before COMMIT (SQLite then rolls it back, as on a crash or full disk)
+    "add": ("intent", "ipam", "veth", "addresses", "nft", "before-commit", "commit", "after-commit"),
+    "del": ("intent", "veth", "nft", "ipam", "before-commit", "commit", "after-commit"),
 }
 
 

@@ -1,57 +1,62 @@
-"""Node-wide reconciliation: make the kernel and the lease files agree with the CNM store.
+"""Make the kernel agree with a store after crashes, missed DELs and reboots: plan, then apply.
 
-The store is the record (DESIGN.md §3). What can disagree with it after a crash, a
-missed DEL or a reboot, and what this module does about it:
+`plan()` looks (read-only: `cnmctl doctor` shows it as it is) and returns actions;
+`apply()` performs them, each again under the lock that makes it safe. What a plan holds:
 
-  vanished sandbox   its netns is gone (neither our pin nor the runtime's path is that
-                     netns any more, or it was recorded in an earlier boot): its endpoints
-                     are torn down through their own drivers (veth, nft, lease), then the
-                     sandbox goes
-  empty sandbox      a sandbox record with no endpoint: its pin is unmounted, it goes
-  orphan pin         a file in the pin directory with no sandbox: unmounted, removed
-  orphan veth        a host link named cnm + 12 hex that no endpoint owns: deleted
-  orphan nft element an element of our tables whose owner (comment) is no endpoint
-  orphan lease       a cnm-ipam lease, in a lease directory some endpoint's recorded IPAM
-                     config names, whose (containerID, ifname) has no endpoint there
+  release   a sandbox whose netns is DEAD or ABANDONED (liveness.py): its endpoints are
+            torn down through their own drivers, then the sandbox and its pin go
+  finish    endpoints a dead command left `adding` or `deleting` (nobody holds the
+            sandbox's lock): taken down
+  homeless  an endpoint whose sandbox record is missing: taken down
+  empty     a sandbox with no endpoint: its pin and record go
+  pin       a file in this store's own pin directory that no sandbox records: unmounted
+  veth      a host veth tagged with this store's id (its alias) that no endpoint owns
+  nft       elements of our tables tagged with this store's id that no endpoint owns
+  unknown   (report only) a sandbox whose liveness cannot be judged from here
+  untagged  (report only) a `cnm…` veth or nft element of an older version or another
+            store: never removed by a sweep of this store
 
-Everything runs inside one store write transaction: that is the node-wide lock every
-ADD/DEL holds from start to commit, so nothing in flight can look like an orphan.
-Assumption: one CNM store per host network namespace (the default stateDir, or the
-same CNM_STATE_DIR for every network). Veths and nft elements are node-wide kernel
-objects; a store cannot tell another store's from an orphan, so networks that set
-their own `stateDir` on one node must not rely on orphan sweeping.
-Used by the controller (ADD: vanished sandboxes; GC: vanished sandboxes and orphans)
-and by `cnmctl gc` (all of it). Errors are collected, never stop the sweep.
+Everything a sweep removes is provably this store's and provably dead (DESIGN.md §7):
+another store's objects carry another tag, and leases are never swept here: a lease goes
+only with the endpoint (or the intent) that recorded its IPAM call, or through the IPAM's
+own GC when the runtime's valid-attachments list says its attachment is gone.
 
-ADD's check is bounded (VanishedCheck): GC and `cnmctl gc` stat every sandbox, an ADD
-only what can have vanished unseen, so its cost does not grow with the pods on the node.
+ADD's vanished check is bounded (VanishedCheck): GC and `cnmctl gc` judge every sandbox,
+an ADD only what can have vanished unseen, so its cost does not grow with the pods.
 """
 
 from __future__ import annotations
 
-import base64
-import json
 import os
 import re
 import threading
 from dataclasses import asdict, dataclass, field
 
-from .cni.errors import (DECODE_FAILURE, INCOMPATIBLE_VERSION, INVALID_ENV, INVALID_NETNS, UNSUPPORTED_FIELD,
-                         CNIError)
-from .cni.request import Request, parse
-from .cnm.model import HOST_SANDBOX, Sandbox
-from .cnm.store import Store, StoreError
+from . import lifecycle
+from .cni.errors import (CONFLICT, DECODE_FAILURE, INCOMPATIBLE_VERSION, INVALID_ENV, INVALID_NETNS,
+                         IPAM_FAILURE, UNSUPPORTED_FIELD, CNIError)
+from .cni.request import Request
+from .cnm import pins
+from .cnm.locks import sandbox_key
+from .cnm.model import HOST_SANDBOX, READY, STORE_TAG_LEN, Sandbox, parse_owner_tag
+from .cnm.store import StoreError
+from .liveness import ABANDONED, DEAD, UNKNOWN, Judge
+from .node import Node
 
 OUR_VETH = re.compile(r"^cnm[0-9a-f]{12}$")  # drivers/bridge host_veth_name()
-OUR_OWNER = re.compile(r"^[0-9a-f]{24}$")  # cnm.model.endpoint_id()
 
 
 @dataclass
 class Action:
-    kind: str  # endpoint, sandbox, pin, veth, nft, lease
+    kind: str  # release, finish, homeless, empty, pin, veth, nft, unknown, untagged
     name: str
     detail: str = ""
     error: str = ""
+    targets: list = field(default_factory=list)  # what apply() acts on (endpoint ids, nft elements)
+
+    @property
+    def report_only(self) -> bool:
+        return self.kind in ("unknown", "untagged")
 
 
 @dataclass
@@ -66,93 +71,228 @@ class Report:
         return [a for a in self.actions if a.error]
 
     def as_json(self) -> dict:
-        return {"removed": [asdict(a) for a in self.actions if not a.error],
-                "errors": [asdict(a) for a in self.errors]}
+        def view(a: Action) -> dict:
+            return {k: v for k, v in asdict(a).items() if k != "targets"}
+
+        return {"removed": [view(a) for a in self.actions if not a.error and not a.report_only],
+                "kept": [view(a) for a in self.actions if a.report_only],
+                "errors": [view(a) for a in self.errors]}
 
 
-# ---- vanished sandboxes --------------------------------------------------------------------
-def sandbox_alive(sb_id: str, pin: str, ns_dev: int, ns_ino: int, path: str = "") -> bool:
-    """Its netns still exists: our pin -- or else the runtime's path (a pin made in another
-    mount namespace is invisible here) -- is a mount of exactly that namespace."""
-    if sb_id == HOST_SANDBOX:
-        return True
-    if (ns_dev, ns_ino) == (0, 0):  # voided: recorded in an earlier boot
-        return False
-    return _pinned(pin, ns_dev, ns_ino) or _pinned(path, ns_dev, ns_ino)
-
-
-_ROW = "SELECT id, pin, ns_dev, ns_ino, netns FROM sandboxes"
-
-
-def vanished_sandboxes(tx, rows=None) -> list[Sandbox]:
-    """Every sandbox whose netns is gone (all of them checked: GC, `cnmctl gc`)."""
-    if rows is None:
-        rows = tx.conn.execute(_ROW).fetchall()
-    dead = [r[0] for r in rows if not sandbox_alive(*r)]
-    return [sb for sb in (tx.get_sandbox(i) for i in dead) if sb is not None]
-
-
-def _pinned(path: str, ns_dev: int, ns_ino: int) -> bool:
-    """`path` (our pin, or the runtime's path), visible here, is exactly that netns. A pin
-    that is keeps the netns alive."""
-    if not path:
-        return False
+# ---- plan ----------------------------------------------------------------------------------
+def plan(node: Node, kernel: bool = True) -> list[Action]:
+    """What a node-wide reconcile of `node`'s store would do (read-only). `kernel`: also
+    look for orphan veths and nft elements in this network namespace."""
     try:
-        st = os.stat(path)
-    except OSError:
-        return False
-    return (st.st_dev, st.st_ino) == (ns_dev, ns_ino)
-
-
-def _gc_request(request: Request | None, network: str, env) -> Request:
-    """A request to tear endpoints down with (each endpoint then replays its own ADD)."""
-    if request is not None:
-        return request
-    env = dict(env, CNI_COMMAND="GC", CNI_CONTAINERID="", CNI_NETNS="", CNI_IFNAME="", CNI_ARGS="")
-    stdin = json.dumps({"cniVersion": "1.1.0", "name": network or "cnm-reconcile", "type": "cnm-none"})
-    return parse(env, stdin.encode())
-
-
-def release_sandbox(controller, tx, sandbox: Sandbox, request: Request | None, env, report: Report) -> None:
-    """Tear down every endpoint of a sandbox whose netns is gone, then the sandbox."""
-    from .linux import netns
-
-    failed = False
-    for ep in tx.list_endpoints(sandbox=sandbox.id):
-        try:
-            errors = controller._teardown_all(tx, _gc_request(request, ep.network, env), [ep], sandbox, None)
-        except Exception as exc:  # one broken record must not stop the sweep
-            errors = [exc]
-        for err in errors:
-            failed = True
-            report.add("endpoint", ep.id, f"{ep.container_id}/{ep.ifname} on {ep.network}", _describe(err))
-        if not errors:
-            report.add("endpoint", ep.id, f"{ep.container_id}/{ep.ifname} on {ep.network}: netns gone")
-    if failed:
-        return
-    try:
-        if sandbox.pin:
-            netns.unpin(sandbox.pin)
-        tx.delete_sandbox(sandbox.id)
-        report.add("sandbox", sandbox.id, f"netns {sandbox.netns} gone")
-    except OSError as exc:
-        report.add("sandbox", sandbox.id, sandbox.pin, str(exc))
-
-
-def release_homeless_endpoints(controller, tx, env, report: Report) -> None:
-    """Endpoints whose sandbox record is missing: nothing can reach them any more."""
-    sandboxes = {row[0] for row in tx.conn.execute("SELECT id FROM sandboxes")}
-    for ep in tx.list_endpoints():
-        if ep.sandbox in sandboxes:
+        with node.store.read_only() as tx:
+            if tx is None:
+                return []
+            store_id = node.store_id
+            sandboxes = tx.list_sandboxes()
+            endpoints = tx.list_endpoints()
+    except StoreError as exc:
+        return [Action("unknown", node.store.path, "", str(exc))]
+    actions: list[Action] = []
+    judge = Judge()
+    by_sandbox: dict[str, list] = {}
+    for ep in endpoints:
+        by_sandbox.setdefault(ep.sandbox, []).append(ep)
+    for sb in sandboxes:
+        eps = by_sandbox.get(sb.id, [])
+        if not eps:
+            actions.append(Action("empty", sb.id, "a sandbox without endpoints"))
             continue
+        verdict = judge.judge(sb, abandonment=True)
+        who = ", ".join(f"{e.container_id}/{e.ifname} on {e.network}" for e in eps)
+        if verdict.releasable:
+            actions.append(Action("release", sb.id, f"{verdict.why}; its endpoints go: {who}"))
+            continue
+        if verdict.state == UNKNOWN:
+            actions.append(Action("unknown", sb.id, f"not judged: {verdict.why}"))
+        left = [e for e in eps if e.phase != READY]
+        if left:
+            names = ", ".join(f"{e.container_id}/{e.ifname} ({e.phase}"
+                              f"{': ' + e.data['del_error'] if e.data.get('del_error') else ''})" for e in left)
+            actions.append(Action("finish", sb.id, f"left unfinished by a command that is gone: {names}",
+                                  targets=[e.id for e in left]))
+    known = {sb.id for sb in sandboxes}
+    for ep in endpoints:
+        if ep.sandbox not in known:
+            actions.append(Action("homeless", ep.id, f"{ep.container_id}/{ep.ifname} on {ep.network}: "
+                                                     f"sandbox {ep.sandbox} has no record", targets=[ep.id]))
+    if store_id:
+        actions += _orphan_pins(pins.pin_dir(node.env, store_id), {sb.pin for sb in sandboxes if sb.pin})
+        if kernel:
+            tag = store_id[:STORE_TAG_LEN]
+            ids = {ep.id for ep in endpoints}
+            actions += _orphan_veths(tag, ids)
+            actions += _orphan_elements(tag, ids)
+    return actions
+
+
+def _orphan_pins(directory: str, recorded: set[str]) -> list[Action]:
+    try:
+        names = sorted(os.listdir(directory))
+    except OSError:
+        return []
+    return [Action("pin", os.path.join(directory, n), "a pin no sandbox records")
+            for n in names if pins.is_pin_name(n) and os.path.join(directory, n) not in recorded]
+
+
+def _orphan_veths(tag: str, endpoint_ids: set[str]) -> list[Action]:
+    from .linux import links
+
+    found = []
+    try:
+        with links.rtnl() as ipr:
+            for link in ipr.get_links():
+                name = link.get_attr("IFLA_IFNAME") or ""
+                if not OUR_VETH.fullmatch(name):
+                    continue
+                info = link.get_attr("IFLA_LINKINFO")
+                if info is None or info.get_attr("IFLA_INFO_KIND") != "veth":
+                    continue
+                owner = parse_owner_tag(link.get_attr("IFLA_IFALIAS") or "")
+                if owner is None or owner[1] != tag:
+                    if owner is None and name[3:] not in {i[:12] for i in endpoint_ids}:
+                        found.append(Action("untagged", name, "a cnm veth of an older version or made "
+                                                              "elsewhere: not provably this store's, kept"))
+                    continue
+                if owner[0] not in endpoint_ids:
+                    found.append(Action("veth", name, f"endpoint {owner[0]} has no record"))
+    except Exception as exc:  # noqa: BLE001 -- a listing failure is reported, not fatal
+        found.append(Action("veth", "*", "listing links", f"{type(exc).__name__}: {exc}"))
+    return found
+
+
+def _orphan_elements(tag: str, endpoint_ids: set[str]) -> list[Action]:
+    from .linux import nft
+
+    stale: dict[str, list] = {}
+    untagged: dict[str, int] = {}
+    for family in nft.LAYOUT:
         try:
-            errors = controller._teardown_all(tx, _gc_request(None, ep.network, env), [ep], None, None)
-        except Exception as exc:
-            errors = [exc]
-        why = f"{ep.container_id}/{ep.ifname} on {ep.network}: no sandbox record"
-        report.add("endpoint", ep.id, why, "; ".join(_describe(e) for e in errors))
+            found = nft.elements_with_comments(family)
+        except nft.NftError as exc:
+            if "cannot run" not in str(exc):  # no nftables at all: nothing of ours can exist
+                return [Action("nft", family, "listing", str(exc))]
+            continue
+        for element, comment in found:
+            text = nft.owner_of(comment or "")
+            owner = parse_owner_tag(text)
+            if owner is None:
+                if re.fullmatch(r"[0-9a-f]{24}", text) and text not in endpoint_ids:
+                    untagged[text] = untagged.get(text, 0) + 1
+                continue
+            if owner[1] == tag and owner[0] not in endpoint_ids:
+                stale.setdefault(text, []).append(element)
+    actions = [Action("nft", owner, f"{len(els)} element(s) of endpoint {owner.split('@')[0]}, which has no record",
+                      targets=els) for owner, els in sorted(stale.items())]
+    actions += [Action("untagged", f"nft {owner}", f"{n} element(s) of an older version: not provably this "
+                                                   f"store's, kept") for owner, n in sorted(untagged.items())]
+    return actions
 
 
+# ---- apply ---------------------------------------------------------------------------------
+def apply(node: Node, actions: list[Action], request: Request | None = None) -> Report:
+    """Perform `actions` (from plan()); each is judged again under the lock that makes it safe."""
+    report = Report()
+    request = request or lifecycle.sweep_request(node.env)
+    for action in actions:
+        try:
+            _apply_one(node, action, request, report)
+        except Exception as exc:  # noqa: BLE001 -- one failure must not stop the sweep
+            report.add(action.kind, action.name, action.detail, lifecycle.describe(exc))
+    return report
+
+
+def _apply_one(node: Node, action: Action, request: Request, report: Report) -> None:
+    kind = action.kind
+    if action.report_only:
+        report.actions.append(action)
+        return
+    if kind in ("release", "finish", "empty"):
+        with node.transaction(write=False) as tx:
+            sandbox = tx.get_sandbox(action.name)
+        if sandbox is None:
+            return
+        if kind == "release":
+            verdict = Judge().judge(sandbox, abandonment=True)
+            if not verdict.releasable:
+                return
+            choose, why = lifecycle.everything, verdict.why
+        else:
+            choose, why = lifecycle.unfinished, action.detail
+        errors = lifecycle.release(node, request, sandbox, choose)
+        if errors is None:
+            report.add(kind, action.name, why, "busy: a command is at work on it; try again")
+        else:
+            _report_teardown(report, kind, action.name, why, errors)
+    elif kind == "homeless":
+        key = sandbox_key(action.name, 0, 0)
+        with node.sandbox_lock(key):
+            errors = lifecycle.teardown(node, request, "", lifecycle.only(set(action.targets)))
+        _report_teardown(report, kind, action.name, action.detail, errors)
+    elif kind == "pin":
+        from .linux import netns
+
+        with node.transaction() as tx:  # an ADD pins inside its transaction
+            if action.name in {sb.pin for sb in tx.list_sandboxes()}:
+                return
+            netns.unpin(action.name)
+        report.add(kind, action.name, action.detail)
+    elif kind == "veth":
+        from .linux import links, veth
+
+        with node.transaction() as tx:  # no ADD can record an endpoint meanwhile
+            with links.rtnl() as ipr:
+                owner = parse_owner_tag(veth.alias(ipr, action.name) or "")
+                if owner is None or owner[1] != node.store_id[:STORE_TAG_LEN] or tx.get_endpoint(owner[0]):
+                    return
+                veth.delete(ipr, action.name)
+        report.add(kind, action.name, action.detail)
+    elif kind == "nft":
+        from .linux import nft
+
+        with node.transaction() as tx:
+            if tx.get_endpoint(action.name.split("@")[0]) is not None:
+                return
+            nft.commit(remove=action.targets, owner=action.name)
+        report.add(kind, action.name, action.detail)
+
+
+def _report_teardown(report: Report, kind: str, name: str, why: str, errors: dict) -> None:
+    if errors:
+        for ep_id, err in errors.items():
+            report.add(kind, f"{name}/{ep_id}", why, lifecycle.describe(err))
+    else:
+        report.add(kind, name, why)
+
+
+def reconcile_node(node: Node) -> Report:
+    """`cnmctl gc` without a network: plan, then apply."""
+    return apply(node, plan(node))
+
+
+# ---- CNI GC --------------------------------------------------------------------------------
+def collect_garbage(node: Node, request: Request, valid: set[tuple[str, str]]) -> Report:
+    """CNI GC of `request.network`: attachments the runtime did not list go (the runtime's
+    word), and what is provably stale anywhere in the store (plan())."""
+    report = apply(node, [a for a in plan(node) if not a.report_only], request)
+    with node.transaction(write=False) as tx:
+        stale = [e for e in tx.list_endpoints(network=request.network) if (e.container_id, e.ifname) not in valid]
+        sandboxes = {sb.id: sb for sb in tx.sandboxes_by_id({e.sandbox for e in stale})}
+    for ep in stale:
+        sandbox = sandboxes.get(ep.sandbox) or Sandbox(ep.sandbox, "", 0, 0)
+        errors = lifecycle.release(node, request, sandbox, lifecycle.for_del(ep.id))
+        if errors is None:
+            continue  # a command is at work on it right now
+        _report_teardown(report, "endpoint", ep.id, f"{ep.container_id}/{ep.ifname}: not in valid-attachments",
+                         errors)
+    return report
+
+
+# ---- ADD's vanished check ------------------------------------------------------------------
 class VanishedCheck:
     """What a process knows about one store's sandboxes between its ADDs (the resident
     helper, cnmd, serves many; a plugin process runs one ADD, and its first check is full).
@@ -167,13 +307,11 @@ class VanishedCheck:
       - `watch`: sandboxes that live only through the runtime's path (no pin, or the pin
         is not visible here), which can vanish at any time: every ADD,
       - ROUND sandboxes more, in id order from a cursor, so a pin unmounted behind our
-        back (by an admin) is noticed within (sandboxes / ROUND) ADDs; a node of up to
-        ROUND sandboxes is checked whole on every ADD, as before.
+        back (by an admin) is noticed within (sandboxes / ROUND) ADDs.
     A full check again when this process has none for the store yet, when the store file
-    or the pin directory is another one (recreated: reboot, wiped /run), or the store's
-    boot id changed; and when an ADD fails, if a full check then releases anything, the
-    ADD runs once more (Controller.add), so a node full of vanished pods still gets its
-    pod. GC and `cnmctl gc` always check everything."""
+    or the pin directory is another one (recreated: reboot, wiped /run), or the boot id
+    changed; and when an ADD fails, if a full check then releases anything, the ADD runs
+    once more (Controller.add). GC and `cnmctl gc` always check everything."""
 
     ROUND = 8
     MAX_STORES = 64  # a helper serving many state directories (tests) keeps the latest ones
@@ -183,19 +321,17 @@ class VanishedCheck:
         self.watch: set[str] = set()
         self.cursor = ""
 
-    # per process: (store path, pin dir) -> VanishedCheck; used under the store's write lock
-    _known: dict[tuple[str, str], "VanishedCheck"] = {}
+    _known: dict[str, "VanishedCheck"] = {}
     _lock = threading.Lock()
 
     @classmethod
-    def of(cls, key: tuple[str, str], ident: tuple) -> "VanishedCheck | None":
-        """The remembered state, when it still applies (else None: check everything)."""
+    def of(cls, key: str, ident: tuple) -> "VanishedCheck | None":
         with cls._lock:
             known = cls._known.get(key)
             return known if known is not None and known.ident == ident else None
 
     @classmethod
-    def remember(cls, key: tuple[str, str], state: "VanishedCheck") -> None:
+    def remember(cls, key: str, state: "VanishedCheck") -> None:
         with cls._lock:
             cls._known.pop(key, None)
             cls._known[key] = state
@@ -203,303 +339,93 @@ class VanishedCheck:
                 cls._known.pop(next(iter(cls._known)))
 
     @classmethod
-    def forget(cls, key: tuple[str, str]) -> None:
+    def forget(cls, key: str) -> None:
         with cls._lock:
             cls._known.pop(key, None)
 
 
-def _identity(tx, store_path: str, pins: str) -> tuple | None:
+def _identity(node: Node, boot: str | None) -> tuple | None:
     """What must stay the same for a remembered check to apply; None: cannot tell."""
     try:
-        db, run = os.stat(store_path), os.stat(pins)
+        db, run = os.stat(node.store.path), os.stat(node.pin_dir)
     except OSError:
         return None  # no pin directory yet (or no store file): the full check is cheap then
-    row = tx.conn.execute("SELECT value FROM meta WHERE key='boot_id'").fetchone()
-    return (db.st_dev, db.st_ino, run.st_dev, run.st_ino, row[0] if row else None)
+    return (db.st_dev, db.st_ino, run.st_dev, run.st_ino, boot, pins.read_epoch(node.pin_dir))
 
 
-def _check_key(request: Request) -> tuple[str, str]:
-    """(store file, pin directory) of this request: the ADD opened that store already."""
-    from .cnm.store import DB_NAME, state_dir
-    from .controller import pin_dir
-
-    return os.path.join(state_dir(request.config.get("stateDir"), request.env), DB_NAME), pin_dir(request.env)
-
-
-def _full_check(tx) -> tuple[list[Sandbox], set[str]]:
-    """Every sandbox: the dead ones, and the live ones that live only through their path."""
-    dead, watch = [], set()
-    for row in tx.conn.execute(_ROW).fetchall():
-        if not sandbox_alive(*row):
-            dead.append(row[0])
-        elif row[0] != HOST_SANDBOX and not _pinned(row[1], row[2], row[3]):
-            watch.add(row[0])
-    return [sb for sb in (tx.get_sandbox(i) for i in dead) if sb is not None], watch
-
-
-def _bounded_check(tx, state: VanishedCheck, request: Request, identity, target: str | None) -> list[Sandbox]:
-    """The sandboxes VanishedCheck lists, each checked once; updates `state`."""
-    rows: dict[str, tuple] = {}
-    q = tx.conn.execute
-    # voided, this ADD's netns, its container's and its join target's: one query
-    own = (identity.dev, identity.ino) if identity is not None else (-1, -1)
-    containers = sorted({request.container_id, target} - {None, ""}) or [""]
-    marks = ",".join("?" * len(containers))
-    for r in q(_ROW + " WHERE (ns_dev=0 AND ns_ino=0) OR (ns_dev=? AND ns_ino=?)"
-               f" OR id IN (SELECT sandbox FROM endpoints WHERE container_id IN ({marks}))", (*own, *containers)):
-        rows[r[0]] = r
-    if state.watch:
-        watched = sorted(state.watch)
-        for i in range(0, len(watched), 500):  # SQLite's limit on bound parameters
-            part = watched[i:i + 500]
-            for r in q(_ROW + f" WHERE id IN ({','.join('?' * len(part))})", part):
-                rows[r[0]] = r
-        state.watch &= rows.keys()  # gone from the store: forget
-    size, batch = VanishedCheck.ROUND, []
-    if size > 0:
-        batch = q(_ROW + " WHERE id > ? ORDER BY id LIMIT ?", (state.cursor, size)).fetchall()
-        if len(batch) < size and state.cursor:  # wrap around
-            batch += q(_ROW + " WHERE id <= ? ORDER BY id LIMIT ?", (state.cursor, size - len(batch))).fetchall()
-    state.cursor = batch[-1][0] if size > 0 and len(batch) == size else ""
-    for r in batch:
-        rows[r[0]] = r
-    dead = []
-    for sb_id, (_, pin, ns_dev, ns_ino, path) in rows.items():
-        if sb_id == HOST_SANDBOX:
-            continue
-        if (ns_dev, ns_ino) != (0, 0) and _pinned(pin, ns_dev, ns_ino):
-            state.watch.discard(sb_id)
-        elif (ns_dev, ns_ino) != (0, 0) and _pinned(path, ns_dev, ns_ino):
-            state.watch.add(sb_id)  # alive through the runtime's path only
-        else:
-            state.watch.add(sb_id)  # looked at again until its release is committed
-            dead.append(sb_id)
-    return [sb for sb in (tx.get_sandbox(i) for i in dead) if sb is not None]
-
-
-def release_vanished_sandboxes(controller, tx, request: Request, identity=None) -> Report:
-    """ADD's first step: after a reboot (or pins removed) the dead sandboxes' addresses
-    return to the pool; bounded, see VanishedCheck. `identity`: the netns of this ADD.
-    Never fails the ADD; what cannot be released waits for GC (or the next full check)."""
+def release_vanished_sandboxes(node: Node, request: Request, identity, target: str | None) -> Report:
+    """ADD's first step: after a reboot (or pins removed) the dead sandboxes' addresses return
+    to the pool; bounded, see VanishedCheck. Never fails the ADD; what cannot be released
+    waits for GC (or the next full check)."""
     report = Report()
-    key = None
+    key = node.store.path
     try:
-        key = _check_key(request)
-        ident = _identity(tx, *key)
-        state = VanishedCheck.of(key, ident) if ident is not None else None
-        if state is None:
-            doomed, watch = _full_check(tx)
-            state = VanishedCheck(ident)
-            # the dead too: looked at again until their release is committed (a failing
-            # ADD rolls it back)
-            state.watch = watch | {sb.id for sb in doomed}
-        else:
-            driver = getattr(controller, "driver", None)
-            target = driver.target_container(request) if getattr(driver, "joins_sandbox", False) else None
-            doomed = _bounded_check(tx, state, request, identity, target)
+        with node.transaction(write=False) as tx:
+            boot = tx.meta("boot_id")
+            ident = _identity(node, boot)
+            state = VanishedCheck.of(key, ident) if ident is not None else None
+            judge = Judge()
+            if state is None:
+                candidates = tx.list_sandboxes()
+                state = VanishedCheck(ident)
+            else:
+                candidates, state.cursor = tx.sandboxes_to_check(
+                    (identity.dev, identity.ino), (request.container_id, target), state.cursor, VanishedCheck.ROUND)
+                candidates += tx.sandboxes_by_id(state.watch - {sb.id for sb in candidates})
+                state.watch &= tx.sandbox_ids()  # gone from the store: forget
+        doomed = []
+        for sb in candidates:
+            if sb.id == HOST_SANDBOX:
+                continue
+            verdict = judge.judge(sb)
+            if verdict.state in (DEAD, UNKNOWN) or not _pin_holds(sb):
+                state.watch.add(sb.id)  # alive through the runtime's path only, or dead: look again
+            else:
+                state.watch.discard(sb.id)
+            if verdict.state == DEAD:
+                doomed.append(sb)
         if ident is not None:
             VanishedCheck.remember(key, state)
         else:
-            # Cannot tell (no pin directory: /run wiped): what was remembered no longer holds,
-            # and a new pin directory may get the old one's inode number, so identity alone
-            # would not show the change. The next ADD checks everything.
-            VanishedCheck.forget(key)
-        for sandbox in doomed:
-            release_sandbox(controller, tx, sandbox, request, request.env, report)
-    except Exception:
-        if key is not None:
-            VanishedCheck.forget(key)  # the next ADD checks everything
+            VanishedCheck.forget(key)  # a new pin directory may get the old one's inode number
+        for sb in doomed:
+            errors = lifecycle.release(node, request, sb)
+            if errors is not None:
+                _report_teardown(report, "release", sb.id, "netns gone", errors)
+    except Exception:  # noqa: BLE001 -- never fails the ADD
+        VanishedCheck.forget(key)  # the next ADD checks everything
     return report
+
+
+def _pin_holds(sb: Sandbox) -> bool:
+    from .liveness import is_namespace
+
+    return is_namespace(sb.pin, sb.ns_dev, sb.ns_ino)
 
 
 # Failures no store state can cause: no second run for those.
 _NOT_STATE = (INCOMPATIBLE_VERSION, UNSUPPORTED_FIELD, INVALID_ENV, DECODE_FAILURE, INVALID_NETNS)
+# Failures a sandbox every runtime let go of can cause (its address or host port is taken).
+_HELD_RESOURCES = (IPAM_FAILURE, CONFLICT)
 
 
-def release_all_vanished(controller, request: Request, error: CNIError) -> bool:
-    """After a failed ADD: check every sandbox of the store (in a transaction of its own);
-    True when one was released, so the ADD is worth running again (Controller.add)."""
-    from .controller import open_store
-
+def release_all_vanished(request: Request, error: CNIError) -> bool:
+    """After a failed ADD: judge every sandbox of the store (abandoned ones too when the
+    failure is a resource some sandbox may hold); True when one was released, so the ADD is
+    worth running again (Controller.add)."""
     if error.code in _NOT_STATE:
         return False
-    report = Report()
     try:
-        with open_store(request).transaction() as tx:
-            for sandbox in vanished_sandboxes(tx):
-                release_sandbox(controller, tx, sandbox, request, request.env, report)
-    except Exception:
-        return False
-    return any(a.kind == "sandbox" and not a.error for a in report.actions)
-
-
-# ---- orphans -------------------------------------------------------------------------------
-def sweep_orphans(tx, env, report: Report, pins: str | None = None) -> None:
-    """Pins, veths and nft elements of ours that no record owns (host netns of this process)."""
-    endpoint_ids = {row[0] for row in tx.conn.execute("SELECT id FROM endpoints")}
-    _sweep_empty_sandboxes(tx, report)
-    if pins:
-        _sweep_pins(tx, pins, report)
-    _sweep_veths({i[:12] for i in endpoint_ids}, report)
-    _sweep_nft(endpoint_ids, report)
-
-
-def _sweep_empty_sandboxes(tx, report: Report) -> None:
-    from .linux import netns
-
-    used = {row[0] for row in tx.conn.execute("SELECT DISTINCT sandbox FROM endpoints")}
-    for sb in tx.list_sandboxes():
-        if sb.id in used:
-            continue
-        try:
-            if sb.pin:
-                netns.unpin(sb.pin)
-            tx.delete_sandbox(sb.id)
-            report.add("sandbox", sb.id, "no endpoint left")
-        except OSError as exc:
-            report.add("sandbox", sb.id, sb.pin, str(exc))
-
-
-def _sweep_pins(tx, pins: str, report: Report) -> None:
-    from .linux import netns
-
-    try:
-        names = os.listdir(pins)
-    except FileNotFoundError:
-        return
-    except OSError as exc:
-        report.add("pin", pins, "", str(exc))
-        return
-    known = {sb.pin for sb in tx.list_sandboxes() if sb.pin}
-    for name in names:
-        path = os.path.join(pins, name)
-        if path in known:
-            continue
-        try:
-            netns.unpin(path)
-            report.add("pin", path, "no sandbox")
-        except OSError as exc:
-            report.add("pin", path, "", str(exc))
-
-
-def _sweep_veths(owned_prefixes: set[str], report: Report) -> None:
-    from .linux import links, veth
-
-    try:
-        with links.rtnl() as ipr:
-            for link in ipr.get_links():
-                name = link.get_attr("IFLA_IFNAME") or ""
-                if not OUR_VETH.fullmatch(name) or name[3:] in owned_prefixes:
-                    continue
-                info = link.get_attr("IFLA_LINKINFO")
-                kind = info.get_attr("IFLA_INFO_KIND") if info is not None else None
-                if kind != "veth":
-                    continue
-                try:
-                    veth.delete(ipr, name)
-                    report.add("veth", name, "no endpoint")
-                except Exception as exc:
-                    report.add("veth", name, "", _describe(exc))
-    except Exception as exc:
-        report.add("veth", "*", "listing links", _describe(exc))
-
-
-def _sweep_nft(endpoint_ids: set[str], report: Report) -> None:
-    from .linux import nft
-
-    for family in nft.LAYOUT:
-        try:
-            # nft._elements: every element of our table of `family` with its owner comment
-            found = nft._elements(family)
-        except nft.NftError as exc:
-            if "cannot run nft" not in str(exc):  # no nft installed: nothing of ours can exist
-                report.add("nft", family, "listing", str(exc))
-            continue
-        try:
-            if nft.repair(family):
-                report.add("nft", f"table {family} {nft.TABLE}", "rules restored")
-        except nft.NftError as exc:
-            report.add("nft", family, "restoring rules", str(exc))
-        stale: dict[str, list] = {}
-        for element, comment in found:
-            owner = nft.owner_of(comment or "")  # "<endpoint id>" or "<endpoint id> <note>" (published ports)
-            if OUR_OWNER.fullmatch(owner) and owner not in endpoint_ids:
-                stale.setdefault(owner, []).append(element)
-        for owner, elements in sorted(stale.items()):
-            try:
-                nft.commit(remove=elements, owner=owner)
-                for e in elements:
-                    report.add("nft", str(e), f"owner {owner}: no endpoint")
-            except nft.NftError as exc:
-                report.add("nft", owner, "", str(exc))
-
-
-# ---- leases --------------------------------------------------------------------------------
-def lease_dirs(tx) -> dict[tuple[str, str], set[tuple[str, str]]]:
-    """(dataDir, network) of every cnm-ipam lease directory an endpoint's recorded IPAM
-    call names -> the (containerID, ifname) attachments recorded there."""
-    from .ipam.disk import DEFAULT_DATA_DIR
-
-    dirs: dict[tuple[str, str], set[tuple[str, str]]] = {}
-    for ep in tx.list_endpoints():
-        rec = ep.data.get("ipam") or {}
-        if rec.get("type") != "cnm-ipam":
-            continue
-        try:
-            conf = json.loads(base64.b64decode(rec["stdin"]))
-            ipam = conf.get("ipam") or {}
-            key = (ipam.get("dataDir") or DEFAULT_DATA_DIR, conf["name"])
-        except (ValueError, KeyError, TypeError, AttributeError):
-            continue
-        env = rec.get("env") or {}
-        dirs.setdefault(key, set()).add((env.get("CNI_CONTAINERID", ep.container_id), env.get("CNI_IFNAME", ep.ifname)))
-    return dirs
-
-
-def sweep_leases(tx, report: Report, extra: dict | None = None) -> None:
-    from .ipam import allocator
-    from .ipam.disk import LeaseDir, PathError
-
-    dirs = lease_dirs(tx)
-    for key, valid in (extra or {}).items():
-        dirs.setdefault(key, set()).update(valid)
-    for (data_dir, network), valid in sorted(dirs.items()):
-        try:
-            store = LeaseDir.existing(data_dir, network)
-            if store is None:
+        node = Node.of_request(request)
+        with node.transaction(write=False) as tx:
+            sandboxes = tx.list_sandboxes()
+        judge, released = Judge(), False
+        for sb in sandboxes:
+            verdict = judge.judge(sb, abandonment=error.code in _HELD_RESOURCES)
+            if verdict.state not in (DEAD, ABANDONED):
                 continue
-            with store, store.locked():
-                for addr in allocator.collect_garbage(store, valid):
-                    report.add("lease", f"{network}/{addr}", f"in {data_dir}: no endpoint")
-        except (OSError, PathError) as exc:
-            report.add("lease", f"{data_dir}/{network}", "", str(exc))
-
-
-# ---- node-wide -----------------------------------------------------------------------------
-def reconcile_node(state_dir: str, run_dir: str, env=None) -> Report:
-    """`cnmctl gc` without a network: everything above, one transaction."""
-    from .controller import Controller
-
-    env = dict(os.environ if env is None else env)
-    env.setdefault("CNM_RUN_DIR", run_dir)
-    report = Report()
-    controller = Controller("null")
-    try:
-        with Store(state_dir).transaction() as tx:
-            # Leases are judged against the endpoints as they were, before vanished ones go:
-            # a vanished endpoint's lease is released by its own teardown (or reported).
-            dirs = {key: set() for key in lease_dirs(tx)}
-            for sandbox in vanished_sandboxes(tx):
-                release_sandbox(controller, tx, sandbox, None, env, report)
-            release_homeless_endpoints(controller, tx, env, report)
-            sweep_orphans(tx, env, report, pins=os.path.join(run_dir, "netns"))
-            sweep_leases(tx, report, dirs)
-    except StoreError as exc:
-        report.add("store", state_dir, "", str(exc))
-    return report
-
-
-def _describe(err) -> str:
-    if isinstance(err, CNIError):
-        return f"{err.msg}: {err.details}" if err.details else err.msg
-    return f"{type(err).__name__}: {err}"
+            errors = lifecycle.release(node, request, sb)
+            released = released or errors == {}
+        return released
+    except Exception:  # noqa: BLE001
+        return False

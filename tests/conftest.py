@@ -126,10 +126,45 @@ def cnm_env(tmp_path):
         env[HELPER_SOCKET_ENV] = os.environ[HELPER_SOCKET_ENV]
     yield env
     # Pins of sandboxes a failed test left behind are ours: unmount them.
-    pins = run / "netns"
-    if pins.is_dir():
-        for name in os.listdir(pins):
-            subprocess.run(["umount", "-l", str(pins / name)], capture_output=True)
+    for path in pin_paths(env):
+        subprocess.run(["umount", "-l", path], capture_output=True)
+
+
+def store_id(env) -> str:
+    """The id of the store in env's CNM_STATE_DIR ("" when there is none yet)."""
+    from cni_plugins.cnm.store import Store
+
+    try:
+        return Store(env["CNM_STATE_DIR"]).id
+    except OSError:
+        return ""
+
+
+def pin_dir(env) -> str:
+    """Where the store of env pins its sandboxes (cni_plugins/cnm/pins.py)."""
+    from cni_plugins.cnm import pins
+
+    return pins.pin_dir(env, store_id(env) or "none")
+
+
+def pin_path(env, sandbox_id: str) -> str:
+    from cni_plugins.cnm import pins
+
+    return pins.pin_path(pin_dir(env), sandbox_id)
+
+
+def pin_paths(env) -> list[str]:
+    """Every pin under env's run dir, any store's (the epoch files left out)."""
+    root = os.path.join(env["CNM_RUN_DIR"], "netns")
+    found = []
+    for here, _, files in os.walk(root):
+        found += [os.path.join(here, f) for f in files if not f.startswith(".")]
+    return sorted(found)
+
+
+def pin_names(env) -> list[str]:
+    """The names of the pins of env's store."""
+    return sorted(os.path.basename(p) for p in pin_paths(env))
 
 
 class NetnsFactory:

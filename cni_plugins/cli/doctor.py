@@ -225,15 +225,20 @@ def check_stale(state_dir: str) -> Iterator[Finding]:
         yield Finding("stale", "warning", f"stale state not checked: {type(exc).__name__}: {exc}",
                       "run cnmctl doctor as root in the host network namespace")
         return
-    for item in items:
+    removable = [i for i in items if i.removable]
+    for item in removable:
         yield Finding("stale", "error", f"stale {item.kind} {item.name}: {item.why}",
                       "`cnmctl gc` removes it (node-wide reconcile); or DEL the attachment through the runtime")
-    if not items:
+    for item in items:
+        if not item.removable:
+            yield Finding("stale", "warning", f"{item.kind} {item.name}: {item.why}",
+                          "kept by `cnmctl gc`; see docs/operators.md (what gc removes and never touches)")
+    if not removable:
         yield ok("stale", "no stale sandboxes, endpoints, pins, veths or nftables elements")
 
 
 def stale_state(state_dir: str):
-    """What `cnmctl gc` would remove: issue 8's dry run once it exists, else our own scan."""
+    """What `cnmctl gc` would do (reconcile.plan), as findings."""
     from . import stale
 
     return stale.scan(state_dir)

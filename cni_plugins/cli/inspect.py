@@ -14,12 +14,11 @@ import ipaddress
 import json
 import os
 import sqlite3
-from contextlib import contextmanager
 from dataclasses import dataclass, field
-from typing import Any, Iterator
+from typing import Any
 
 from ..cnm.model import Endpoint, Network, Sandbox
-from ..cnm.store import DB_NAME, Transaction, boot_id
+from ..cnm.store import Store, StoreError
 from ..drivers.base import RECORD_KEY
 from ..linux import netns as nsmod
 from ..runtime import conf as confmod
@@ -52,33 +51,13 @@ class Snapshot:
                 if (network is None or e.network == network) and (sandbox is None or e.sandbox == sandbox)]
 
 
-@contextmanager
-def read_only(state_dir: str) -> Iterator[Transaction | None]:
-    """A read transaction on the store in `state_dir`; None when there is no store yet."""
-    path = os.path.join(state_dir, DB_NAME)
-    if not os.path.exists(path):
-        yield None
-        return
-    try:
-        conn = sqlite3.connect(f"file:{path}?mode=ro", uri=True, timeout=30, isolation_level=None)
-        conn.execute("BEGIN")
-    except sqlite3.Error as exc:
-        raise RunnerError(f"cannot read store {path}: {exc}") from None
-    try:
-        yield Transaction(conn)
-    finally:
-        conn.close()
-
-
 def snapshot(state_dir: str) -> Snapshot:
     try:
-        with read_only(state_dir) as tx:
+        with Store(state_dir).read_only() as tx:
             if tx is None:
                 return Snapshot()
-            row = tx.conn.execute("SELECT value FROM meta WHERE key='boot_id'").fetchone()
-            earlier = row is not None and row[0] != boot_id()
-            return Snapshot(tx.list_networks(), tx.list_sandboxes(), tx.list_endpoints(), earlier)
-    except sqlite3.Error as exc:  # e.g. not a database, or a schema this cnmctl does not know
+            return Snapshot(tx.list_networks(), tx.list_sandboxes(), tx.list_endpoints(), tx.recorded_in_earlier_boot())
+    except (StoreError, sqlite3.Error) as exc:  # e.g. not a database, or a schema this cnmctl does not know
         raise RunnerError(f"cannot read store in {state_dir}: {exc}") from None
 
 
@@ -118,6 +97,7 @@ def endpoint_view(ep: Endpoint) -> dict[str, Any]:
         "IfName": ep.ifname,
         "Driver": ep.driver,
         "Active": ep.active,
+        "Phase": ep.phase,  # ready, or adding/deleting: a command is at it, or died at it
         "MacAddress": mac or "",
         "IPs": [ip.get("address", "") for ip in own],
         "Gateways": sorted({ip["gateway"] for ip in own if ip.get("gateway")}),
@@ -211,11 +191,11 @@ def network_view(name: str, snap: Snapshot, configured: dict[str, confmod.Networ
 
 
 def _driver_of(conflist: confmod.NetworkConfigList | None) -> str:
-    from ..controller import PLUGIN_DRIVERS
+    from ..drivers import PLUGIN_TYPES
 
     for plugin_type in conflist.types if conflist else []:
-        if plugin_type in PLUGIN_DRIVERS:
-            return PLUGIN_DRIVERS[plugin_type]
+        if plugin_type in PLUGIN_TYPES:
+            return PLUGIN_TYPES[plugin_type]
     return ""
 
 
@@ -225,22 +205,16 @@ def network_names(snap: Snapshot, configured: dict) -> list[str]:
 
 # ---- sandboxes ------------------------------------------------------------------------------
 def sandbox_state(sb: Sandbox, earlier_boot: bool = False) -> str:
-    """"host", "ready" or "gone". Alive = our pin still is that netns (the runtime's own
-    path may be gone or reused); a sandbox without a pin is judged by its recorded path.
-    The same rule as the node-wide reconcile (`cnmctl gc`)."""
+    """"host", "ready", "gone" or "unknown" (cannot be judged from here): the judgement of
+    the node-wide reconcile (`cnmctl gc`, cni_plugins/liveness.py)."""
+    from ..liveness import ALIVE, DEAD, Judge
+
     if sb.is_host:
         return "host"
-    if earlier_boot or (sb.ns_dev, sb.ns_ino) == (0, 0):  # voided: recorded in an earlier boot
+    if earlier_boot:
         return "gone"
-    path = sb.pin or sb.netns
-    try:
-        fd = nsmod.open_netns(path)
-    except OSError:
-        return "gone"
-    try:
-        return "ready" if nsmod.identity_of(fd) == nsmod.Identity(sb.ns_dev, sb.ns_ino) else "gone"
-    finally:
-        os.close(fd)
+    state = Judge().judge(sb).state
+    return {ALIVE: "ready", DEAD: "gone"}.get(state, state)
 
 
 def sandbox_view(sb: Sandbox, snap: Snapshot) -> dict[str, Any]:

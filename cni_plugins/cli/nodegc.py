@@ -1,10 +1,11 @@
-"""`cnmctl gc` without NETWORK: the node-wide reconcile (cni_plugins/reconcile.py).
+"""`cnmctl gc` without NETWORK: the node-wide reconcile of one store (cni_plugins/reconcile.py).
 
-Removes what the store and the kernel disagree on -- endpoints of vanished netns, empty
-sandboxes, pins, veths and nft elements of ours without a record, cnm-ipam leases
-without an endpoint -- and prints what it removed (table, or --format json).
-Store: $CNM_STATE_DIR (default /var/lib/cni/cnm); pins: $CNM_RUN_DIR/netns (default
-/run/cnm/netns); veths and nft elements: the network namespace cnmctl runs in.
+Removes what is provably this store's and provably stale -- endpoints of vanished or
+abandoned network namespaces, what crashed commands left, empty sandboxes, this store's
+pins, veths and nft elements without a record -- and lists what it kept and why
+(sandboxes it cannot judge from here, objects of older versions or other stores).
+Store: $CNM_STATE_DIR (default /var/lib/cni/cnm); pins: $CNM_RUN_DIR/netns/<store>
+(default /run/cnm); veths and nft elements: the network namespace cnmctl runs in.
 Exit 0 when everything stale was removed, 1 when some removal failed (listed).
 """
 
@@ -18,10 +19,10 @@ from ..cnm.store import state_dir
 
 
 def run(opts) -> int:
-    from ..controller import DEFAULT_RUN_DIR, RUN_DIR_ENV
+    from ..node import Node
     from ..reconcile import reconcile_node
 
-    report = reconcile_node(state_dir(None, os.environ), os.environ.get(RUN_DIR_ENV) or DEFAULT_RUN_DIR)
+    report = reconcile_node(Node(state_dir(None, os.environ), os.environ))
     if getattr(opts, "format", "table") == "json":
         sys.stdout.write(json.dumps(report.as_json(), indent=2) + "\n")
     else:

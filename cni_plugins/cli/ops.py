@@ -94,7 +94,7 @@ def cmd_endpoint_ls(opts) -> int:
         emit_json(eps)
         return 0
     rows = [[e["EndpointID"][:12], e["Network"], e["ContainerID"], e["IfName"], e["Driver"],
-             "active" if e["Active"] else "kept", e["IPs"], e["MacAddress"], e["HostVeth"], e["Sandbox"]]
+             _endpoint_state(e), e["IPs"], e["MacAddress"], e["HostVeth"], e["Sandbox"]]
             for e in eps]
     sys.stdout.write(render(["endpoint", "network", "container", "ifname", "driver", "state", "ips", "mac",
                              "host veth", "sandbox"], rows))
@@ -167,3 +167,10 @@ def _missing_action(parser) -> int:
     parser.print_usage(sys.stderr)
     sys.stderr.write(f"{parser.prog}: error: an action is required\n")
     return 2
+
+
+def _endpoint_state(view: dict) -> str:
+    """active or kept; adding/deleting while a command is at it (or after one died at it)."""
+    if view.get("Phase", "ready") != "ready":
+        return view["Phase"]
+    return "active" if view["Active"] else "kept"

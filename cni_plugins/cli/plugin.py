@@ -14,16 +14,11 @@ from .. import __version__
 from ..cni import versions
 from ..cni.dispatch import Plugin, Response, dispatch
 from ..cni.request import MAX_STDIN
+from ..drivers import PLUGIN_TYPES
 
 # plugin type -> how to build it (module, attribute, argument)
-PLUGINS = {
-    "cnm-bridge": ("cni_plugins.controller", "Controller", "bridge"),
-    "cnm-host": ("cni_plugins.controller", "Controller", "host"),
-    "cnm-none": ("cni_plugins.controller", "Controller", "null"),
-    "loopback": ("cni_plugins.controller", "Controller", "null"),
-    "cnm-container": ("cni_plugins.controller", "Controller", "container"),
-    "cnm-ipam": ("cni_plugins.ipam.plugin", "IpamPlugin", None),
-}
+PLUGINS = {plugin_type: ("cni_plugins.controller", "Controller", driver) for plugin_type, driver in PLUGIN_TYPES.items()}
+PLUGINS["cnm-ipam"] = ("cni_plugins.ipam.plugin", "IpamPlugin", None)
 
 
 def plugin_name(argv0: str, stdin: bytes = b"") -> str:

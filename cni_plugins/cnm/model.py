@@ -8,10 +8,37 @@ from typing import Any
 
 HOST_SANDBOX = "host"
 
+# An endpoint's phase: the record is written before the kernel is touched (an intent), so
+# every kernel object and lease we make has a record naming it, even after a crash.
+ADDING = "adding"  # ADD recorded its intent; kernel/IPAM work under way or died half-way
+READY = "ready"  # the ADD committed (active, or kept for the other members of its sandbox)
+DELETING = "deleting"  # a DEL/GC is tearing it down (or failed to: data["del_error"])
+PHASES = (ADDING, READY, DELETING)
+
 
 def endpoint_id(network: str, container_id: str, ifname: str) -> str:
     """Stable id of the attachment (network, container, ifname): names kernel objects we own."""
     return hashlib.sha256(f"{network}\0{container_id}\0{ifname}".encode()).hexdigest()[:24]
+
+
+STORE_TAG_LEN = 12  # hex digits of the store id that tag our kernel objects
+
+
+def owner_tag(store_id: str, endpoint: str) -> str:
+    """The tag an endpoint's kernel objects carry (nft element comments, the host veth's alias):
+    `<endpoint id>@<store tag>`, so a sweep can prove an object is its own store's."""
+    return f"{endpoint}@{store_id[:STORE_TAG_LEN]}"
+
+
+def parse_owner_tag(text: str) -> tuple[str, str] | None:
+    """(endpoint id, store tag) of an owner tag; None for anything else (an older version's
+    untagged owner, or not ours at all)."""
+    endpoint, sep, tag = text.partition("@")
+    if not sep or len(endpoint) != 24 or len(tag) != STORE_TAG_LEN:
+        return None
+    if not all(c in "0123456789abcdef" for c in endpoint + tag):
+        return None
+    return endpoint, tag
 
 
 @dataclass
@@ -56,3 +83,4 @@ class Endpoint:
     driver: str
     active: bool = True
     data: dict[str, Any] = field(default_factory=dict)  # driver state: host veth, MAC, IPs, IPAM config
+    phase: str = READY

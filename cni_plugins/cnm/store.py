@@ -6,17 +6,19 @@ backend can stand behind it later.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import sqlite3
 import threading
 import time
+import uuid
 from contextlib import contextmanager
 from typing import Iterator
 
 from .model import HOST_SANDBOX, Endpoint, Network, Sandbox
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 DEFAULT_STATE_DIR = "/var/lib/cni/cnm"
 STATE_DIR_ENV = "CNM_STATE_DIR"
 DB_NAME = "cnm.db"
@@ -31,11 +33,18 @@ CREATE TABLE IF NOT EXISTS sandboxes(
     pin TEXT NOT NULL, data TEXT NOT NULL);
 CREATE TABLE IF NOT EXISTS endpoints(
     id TEXT PRIMARY KEY, network TEXT NOT NULL, sandbox TEXT NOT NULL, container_id TEXT NOT NULL,
-    ifname TEXT NOT NULL, driver TEXT NOT NULL, active INTEGER NOT NULL, data TEXT NOT NULL);
+    ifname TEXT NOT NULL, driver TEXT NOT NULL, active INTEGER NOT NULL, data TEXT NOT NULL,
+    phase TEXT NOT NULL DEFAULT 'ready');
 CREATE INDEX IF NOT EXISTS endpoints_sandbox ON endpoints(sandbox);
 CREATE INDEX IF NOT EXISTS endpoints_container ON endpoints(container_id);
 CREATE INDEX IF NOT EXISTS sandboxes_ns ON sandboxes(ns_dev, ns_ino);
 """
+
+# From one schema version to the next (applied in order, each in the opening transaction).
+MIGRATIONS = {
+    # 1 -> 2: an endpoint's phase (its intent is recorded before the kernel is touched).
+    2: ["ALTER TABLE endpoints ADD COLUMN phase TEXT NOT NULL DEFAULT 'ready'"],
+}
 
 
 class StoreError(Exception):
@@ -45,12 +54,18 @@ class StoreError(Exception):
 BOOT_ID_PATH = "/proc/sys/kernel/random/boot_id"
 
 
-def boot_id() -> str:
+def boot_id() -> str | None:
+    """This boot's id; None when it cannot be read (no /proc, ProcSubset=pid, a chroot):
+    then no boot is ever guessed to be a new one."""
     try:
         with open(BOOT_ID_PATH) as f:
-            return f.read().strip()
+            value = f.read().strip()
     except OSError:
-        return "unknown"
+        return None
+    try:
+        return str(uuid.UUID(value))
+    except ValueError:
+        return None
 
 
 def state_dir(config_dir: str | None = None, env: dict | None = None) -> str:
@@ -170,14 +185,18 @@ class Store:
         they match nothing and their DEL skips in-netns work. (The host sandbox is
         looked up by id, not identity.)"""
         boot = boot_id()
+        if boot is None:  # unknown: nothing is voided (a guess would tear down live pods)
+            return
         row = conn.execute("SELECT value FROM meta WHERE key='boot_id'").fetchone()
         if row is not None and row[0] == boot:
             return
         conn.execute("BEGIN IMMEDIATE")
         try:
             row = conn.execute("SELECT value FROM meta WHERE key='boot_id'").fetchone()
-            if row is None or row[0] != boot:
+            # ("unknown": written by an older version that could not read it either)
+            if row is not None and row[0] not in (boot, "unknown"):
                 conn.execute("UPDATE sandboxes SET ns_dev=0, ns_ino=0 WHERE id != ?", (HOST_SANDBOX,))
+            if row is None or row[0] != boot:
                 conn.execute("INSERT OR REPLACE INTO meta(key, value) VALUES('boot_id', ?)", (boot,))
             conn.execute("COMMIT")
         except BaseException:
@@ -194,18 +213,54 @@ class Store:
         if row is not None:
             if int(row[0]) > SCHEMA_VERSION:
                 raise StoreError(f"store schema {row[0]} is newer than this plugin's {SCHEMA_VERSION}")
-            return
+            if int(row[0]) == SCHEMA_VERSION:
+                return
         conn.execute("BEGIN IMMEDIATE")
         try:
-            for statement in filter(str.strip, SCHEMA.split(";")):
-                conn.execute(statement)
-            conn.execute(
-                "INSERT OR IGNORE INTO meta(key, value) VALUES('schema_version', ?)", (str(SCHEMA_VERSION),)
-            )
+            row = conn.execute("SELECT value FROM meta WHERE key='schema_version'").fetchone() if row else None
+            version = int(row[0]) if row else 0
+            if version == 0:
+                for statement in filter(str.strip, SCHEMA.split(";")):
+                    conn.execute(statement)
+            else:
+                for step in range(version + 1, SCHEMA_VERSION + 1):
+                    for statement in MIGRATIONS.get(step, ()):
+                        conn.execute(statement)
+                for statement in filter(str.strip, SCHEMA.split(";")):  # new indexes
+                    conn.execute(statement)
+            conn.execute("INSERT OR REPLACE INTO meta(key, value) VALUES('schema_version', ?)", (str(SCHEMA_VERSION),))
             conn.execute("COMMIT")
         except BaseException:
             conn.execute("ROLLBACK")
             raise
+
+    @property
+    def id(self) -> str:
+        """The store's identity, which tags every kernel object it makes (model.owner_tag):
+        derived from its directory's inode, so it is the same for every process that opens
+        this store (from any mount namespace) and survives a lost or deleted database file
+        (whose objects then remain provably this store's), and differs for every other store.
+        (A directory's inode may change across a reboot; no kernel object outlives one.)"""
+        st = os.stat(self.directory)
+        return hashlib.sha256(f"cnm-store:{st.st_dev}:{st.st_ino}".encode()).hexdigest()[:32]
+
+    @contextmanager
+    def read_only(self) -> Iterator["Transaction | None"]:
+        """A read transaction that never creates or changes anything (operator views): None
+        when there is no store yet. A store of an older schema is read as it is."""
+        if not os.path.exists(self.path):
+            yield None
+            return
+        try:
+            conn = sqlite3.connect(f"file:{self.path}?mode=ro", uri=True, timeout=30, isolation_level=None)
+            conn.execute("BEGIN")
+            row = conn.execute("SELECT value FROM meta WHERE key='schema_version'").fetchone()
+        except sqlite3.Error as exc:
+            raise StoreError(f"cannot read store {self.path}: {exc}") from None
+        try:
+            yield Transaction(conn, legacy=row is not None and int(row[0]) < 2)
+        finally:
+            conn.close()
 
     @contextmanager
     def transaction(self, write: bool = True) -> Iterator["Transaction"]:
@@ -257,8 +312,25 @@ class Store:
 
 
 class Transaction:
-    def __init__(self, conn: sqlite3.Connection):
+    """Every query of the store (nothing outside cnm/ writes SQL)."""
+
+    def __init__(self, conn: sqlite3.Connection, legacy: bool = False):
         self.conn = conn
+        # A schema-1 store read by an operator view: endpoints have no phase column yet.
+        self._ep_select = _EP_LEGACY if legacy else _EP
+
+    # ---- meta -------------------------------------------------------------------------
+    def meta(self, key: str) -> str | None:
+        row = self.conn.execute("SELECT value FROM meta WHERE key=?", (key,)).fetchone()
+        return row[0] if row else None
+
+    def set_meta(self, key: str, value: str) -> None:
+        self.conn.execute("INSERT OR REPLACE INTO meta(key, value) VALUES(?, ?)", (key, value))
+
+    def recorded_in_earlier_boot(self) -> bool:
+        """The store was last opened in an earlier boot (False when either boot id is unknown)."""
+        recorded, now = self.meta("boot_id"), boot_id()
+        return recorded not in (None, "unknown") and now is not None and recorded != now
 
     # ---- networks ---------------------------------------------------------------------
     def get_network(self, name: str) -> Network | None:
@@ -310,22 +382,50 @@ class Transaction:
     def list_sandboxes(self) -> list[Sandbox]:
         return [self._sandbox(r) for r in self.conn.execute(self._SB + " ORDER BY id").fetchall()]
 
-    # ---- endpoints --------------------------------------------------------------------
-    _EP = "SELECT id, network, sandbox, container_id, ifname, driver, active, data FROM endpoints"
+    def sandboxes_by_id(self, ids) -> list[Sandbox]:
+        ids, out = sorted(set(ids)), []
+        for i in range(0, len(ids), 500):  # SQLite's limit on bound parameters
+            part = ids[i:i + 500]
+            out += [self._sandbox(r) for r in
+                    self.conn.execute(self._SB + f" WHERE id IN ({','.join('?' * len(part))})", part)]
+        return out
 
+    def sandboxes_to_check(self, identity: tuple[int, int], containers, cursor: str, size: int) -> tuple[list[Sandbox], str]:
+        """ADD's bounded look at the sandboxes (reconcile.VanishedCheck): those recorded in an
+        earlier boot, the one of netns `identity`, those of `containers`, and `size` more in id
+        order after `cursor` (wrapping around). Returns them and the next cursor."""
+        containers = sorted(set(containers) - {None, ""}) or [""]
+        marks = ",".join("?" * len(containers))
+        found = {sb.id: sb for sb in map(self._sandbox, self.conn.execute(
+            self._SB + " WHERE (ns_dev=0 AND ns_ino=0) OR (ns_dev=? AND ns_ino=?)"
+            f" OR id IN (SELECT sandbox FROM endpoints WHERE container_id IN ({marks}))", (*identity, *containers)))}
+        batch: list = []
+        if size > 0:
+            batch = self.conn.execute(self._SB + " WHERE id > ? ORDER BY id LIMIT ?", (cursor, size)).fetchall()
+            if len(batch) < size and cursor:  # wrap around
+                batch += self.conn.execute(self._SB + " WHERE id <= ? ORDER BY id LIMIT ?",
+                                           (cursor, size - len(batch))).fetchall()
+        for row in batch:
+            found.setdefault(row[0], self._sandbox(row))
+        next_cursor = batch[-1][0] if size > 0 and len(batch) == size else ""
+        return list(found.values()), next_cursor
+
+    # ---- endpoints --------------------------------------------------------------------
     @staticmethod
     def _endpoint(row) -> Endpoint | None:
-        return Endpoint(row[0], row[1], row[2], row[3], row[4], row[5], bool(row[6]), json.loads(row[7])) if row else None
+        if not row:
+            return None
+        return Endpoint(row[0], row[1], row[2], row[3], row[4], row[5], bool(row[6]), json.loads(row[7]), row[8])
 
     def get_endpoint(self, endpoint_id: str) -> Endpoint | None:
-        return self._endpoint(self.conn.execute(self._EP + " WHERE id=?", (endpoint_id,)).fetchone())
+        return self._endpoint(self.conn.execute(self._ep_select + " WHERE id=?", (endpoint_id,)).fetchone())
 
     def put_endpoint(self, ep: Endpoint) -> None:
         self.conn.execute(
-            "INSERT OR REPLACE INTO endpoints(id, network, sandbox, container_id, ifname, driver, active, data)"
-            " VALUES(?,?,?,?,?,?,?,?)",
+            "INSERT OR REPLACE INTO endpoints(id, network, sandbox, container_id, ifname, driver, active, data, phase)"
+            " VALUES(?,?,?,?,?,?,?,?,?)",
             (ep.id, ep.network, ep.sandbox, ep.container_id, ep.ifname, ep.driver, int(ep.active),
-             json.dumps(ep.data, sort_keys=True)),
+             json.dumps(ep.data, sort_keys=True), ep.phase),
         )
 
     def delete_endpoint(self, endpoint_id: str) -> None:
@@ -340,5 +440,19 @@ class Transaction:
             clauses.append("network=?")
             params.append(network)
         where = (" WHERE " + " AND ".join(clauses)) if clauses else ""
-        rows = self.conn.execute(self._EP + where + " ORDER BY id", params).fetchall()
+        rows = self.conn.execute(self._ep_select + where + " ORDER BY id", params).fetchall()
         return [self._endpoint(r) for r in rows]
+
+    def endpoint_ids(self) -> set[str]:
+        return {row[0] for row in self.conn.execute("SELECT id FROM endpoints")}
+
+    def sandbox_ids(self) -> set[str]:
+        return {row[0] for row in self.conn.execute("SELECT id FROM sandboxes")}
+
+    def sandboxes_in_use(self) -> set[str]:
+        """Ids of the sandboxes some endpoint record names."""
+        return {row[0] for row in self.conn.execute("SELECT DISTINCT sandbox FROM endpoints")}
+
+
+_EP = "SELECT id, network, sandbox, container_id, ifname, driver, active, data, phase FROM endpoints"
+_EP_LEGACY = "SELECT id, network, sandbox, container_id, ifname, driver, active, data, 'ready' FROM endpoints"

@@ -3,7 +3,17 @@
 A driver knows no other driver, and never the controller or the CLI.
 """
 
-# plugin type -> "module:class"; imported only when a command needs the driver.
+# The one registry of plugin types: CNI type -> CNM driver name (stdlib only: the plugin
+# entry point reads it before anything heavy is imported).
+PLUGIN_TYPES = {
+    "cnm-bridge": "bridge",
+    "cnm-host": "host",
+    "cnm-none": "null",
+    "loopback": "null",  # cnm-none installed in containerd's loopback slot
+    "cnm-container": "container",
+}
+
+# driver name -> "module:class"; imported only when a command needs the driver.
 DRIVERS = {
     "null": "cni_plugins.drivers.null:NullDriver",
     "host": "cni_plugins.drivers.host:HostDriver",

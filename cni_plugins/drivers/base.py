@@ -8,13 +8,14 @@ the prevResult of the current request may all be gone.
 
 from __future__ import annotations
 
+from contextlib import nullcontext
 from dataclasses import dataclass
-from typing import Any, Mapping, Protocol
+from typing import Any, Callable, ContextManager, Mapping
 
 from ..cni import versions
 from ..cni.request import Request
 from ..cni.result import Result
-from ..cnm.model import Endpoint, Network, Sandbox
+from ..cnm.model import Endpoint, Network, Sandbox, owner_tag
 
 
 @dataclass
@@ -27,6 +28,17 @@ class Context:
     # The sandbox's other endpoints (any driver), for drivers that report or check the
     # whole sandbox (cnm-container); each carries its recorded ADD (see recorded_result).
     peers: tuple[Endpoint, ...] = ()
+    store_id: str = ""  # the store's identity: kernel objects are tagged with it (owner())
+    # node_lock(name): a context manager serialising one kind of node-wide work across
+    # every store and process (e.g. "ports": check-then-publish of host ports)
+    node_lock: Callable[[str], ContextManager[None]] | None = None
+
+    def owner(self, endpoint: Endpoint) -> str:
+        """The tag `endpoint`'s kernel objects carry (nft comments, veth alias)."""
+        return owner_tag(self.store_id, endpoint.id) if self.store_id else endpoint.id
+
+    def locked(self, name: str) -> ContextManager[None]:
+        return self.node_lock(name) if self.node_lock is not None else nullcontext()
 
 
 # endpoint.data[RECORD_KEY]: what the controller recorded at ADD, for every driver:
@@ -36,12 +48,14 @@ class Context:
 RECORD_KEY = "cni"
 
 
-def record_add(endpoint: Endpoint, request: Request, result: Result) -> None:
+def record_add(endpoint: Endpoint, request: Request, result: Result | None = None) -> None:
+    """The ADD's config and CNI_ARGS (recorded with the intent), and its result once known."""
     endpoint.data[RECORD_KEY] = {
-        "result": result.emit(versions.LATEST),
         "stdin": request.stdin.decode("utf-8", errors="replace"),
         "args": request.env.get("CNI_ARGS", ""),
     }
+    if result is not None:
+        endpoint.data[RECORD_KEY]["result"] = result.emit(versions.LATEST)
 
 
 def recorded_result(endpoint: Endpoint) -> Result | None:
@@ -49,56 +63,66 @@ def recorded_result(endpoint: Endpoint) -> Result | None:
     return Result.parse(raw, versions.LATEST) if raw else None
 
 
-class Driver(Protocol):
-    name: str
-    # True when the driver's endpoints live in the host netns (no code-8 guard).
-    uses_host_netns: bool
-    # True when ADD adds a member to the sandbox of another container (cnm-container)
-    # instead of finding/creating the sandbox by CNI_NETNS; then the driver names the
-    # container with target_container(request).
-    joins_sandbox: bool
-    # True when the endpoint owns nothing (only a membership): it goes at once on DEL,
-    # and it is never part of the sandbox's own reported state.
-    membership_only: bool
+class Driver:
+    """The contract every driver implements (libnetwork's driverapi, reduced to what CNI
+    needs). Every method and ability is declared here with its default; a driver overrides
+    what it does. The controller records an endpoint's intent (after plan()) before it calls
+    create_endpoint(), so teardown (leave, delete_endpoint) must work on an endpoint whose
+    ADD stopped anywhere after plan(), from its recorded data alone."""
+
+    name = "base"
+    # Its endpoints live in the host netns (no code-8 guard).
+    uses_host_netns = False
+    # ADD adds a member to the sandbox of another container (cnm-container) instead of
+    # finding/creating the sandbox by CNI_NETNS; the container is target_container(request).
+    joins_sandbox = False
+    # The endpoint owns nothing (only a membership): it goes at once on DEL, and it is
+    # never part of the sandbox's own reported state.
+    membership_only = False
+    # leave() and delete_endpoint() touch independent kernel objects and may run at once.
+    leave_overlaps_delete = False
 
     def network_options(self, request: Request) -> dict[str, Any]:
         """Validate the config (CNIError code 7 naming the key) and return immutable options."""
-
-    def create_endpoint(self, ctx: Context, network: Network, endpoint: Endpoint) -> None: ...
-
-    def join(self, ctx: Context, network: Network, endpoint: Endpoint, sandbox: Sandbox) -> Result: ...
-
-    def leave(self, ctx: Context, network: Network | None, endpoint: Endpoint, sandbox: Sandbox | None) -> None: ...
-
-    def delete_endpoint(self, ctx: Context, network: Network | None, endpoint: Endpoint) -> None: ...
-
-    def check(self, ctx: Context, network: Network, endpoint: Endpoint, sandbox: Sandbox, prev: Result | None) -> None: ...
-
-    def status(self, request: Request) -> None: ...
-
-
-class BaseDriver:
-    """Defaults for drivers that own nothing outside the sandbox."""
-
-    name = "base"
-    uses_host_netns = False
-    joins_sandbox = False
-    membership_only = False
-
-    def network_options(self, request: Request) -> dict[str, Any]:
         return {}
 
+    def target_container(self, request: Request) -> str:
+        raise NotImplementedError
+
+    def plan(self, ctx: Context, network: Network, endpoint: Endpoint) -> None:
+        """Record in endpoint.data what teardown will need (names, the IPAM call), before any
+        change: no kernel, no IPAM here."""
+        return None
+
     def create_endpoint(self, ctx: Context, network: Network, endpoint: Endpoint) -> None:
+        """Reserve (addresses: IPAM)."""
         return None
 
-    def leave(self, ctx, network, endpoint, sandbox) -> None:
+    def join(self, ctx: Context, network: Network, endpoint: Endpoint, sandbox: Sandbox) -> Result:
+        raise NotImplementedError
+
+    def leave(self, ctx: Context, network: Network | None, endpoint: Endpoint, sandbox: Sandbox | None) -> None:
         return None
 
-    def delete_endpoint(self, ctx, network, endpoint) -> None:
+    def delete_endpoint(self, ctx: Context, network: Network | None, endpoint: Endpoint) -> None:
         return None
 
-    def check(self, ctx, network, endpoint, sandbox, prev) -> None:
+    def delete_unrecorded(self, ctx: Context, endpoint_id: str) -> None:
+        """DEL of an attachment with no record (never added, repeated, lost): converge."""
+        return None
+
+    def check(self, ctx: Context, network: Network, endpoint: Endpoint, sandbox: Sandbox, prev: Result | None) -> None:
         return None
 
     def status(self, request: Request) -> None:
+        """Raise CNIError 50 when an ADD cannot succeed now."""
         return None
+
+    def degraded(self, request: Request, endpoints) -> str | None:
+        """STATUS 51: what existing endpoints of this network have lost (None: nothing)."""
+        return None
+
+    def gc(self, request: Request, valid) -> None:
+        """CNI GC beyond the endpoints (the controller collects those): e.g. forward to IPAM."""
+        return None
+

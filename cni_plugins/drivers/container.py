@@ -13,13 +13,13 @@ import ipaddress
 from ..cni.errors import CHECK_FAILED, INVALID_CONFIG, CNIError
 from ..cni.request import ID_PATTERN, Request
 from ..cni.result import DNS, Result
-from .base import BaseDriver, recorded_result
+from .base import Driver, recorded_result
 
 CONFIG_KEY = "container"
 ARGS_KEY = "CNM_CONTAINER"
 
 
-class ContainerDriver(BaseDriver):
+class ContainerDriver(Driver):
     name = "container"
     joins_sandbox = True
     membership_only = True

@@ -7,12 +7,12 @@ import socket
 from ..cni.errors import CHECK_FAILED, INVALID_NETNS, CNIError
 from ..cni.result import Interface, IPConfig, Result, Route
 from ..linux import links, netns
-from .base import BaseDriver
+from .base import Driver
 
 RT_SCOPE_UNIVERSE = 0
 
 
-class HostDriver(BaseDriver):
+class HostDriver(Driver):
     name = "host"
     uses_host_netns = True
 

@@ -7,12 +7,12 @@ import ipaddress
 from ..cni.errors import CHECK_FAILED, PLUGIN_FAILURE, CNIError
 from ..cni.result import Interface, IPConfig, Result
 from ..linux import links
-from .base import BaseDriver
+from .base import Driver
 
 LOOPBACK_MAC = "00:00:00:00:00:00"
 
 
-class NullDriver(BaseDriver):
+class NullDriver(Driver):
     name = "null"
 
     def join(self, ctx, network, endpoint, sandbox) -> Result:

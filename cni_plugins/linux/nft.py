@@ -506,6 +506,11 @@ def repair(family: str) -> bool:
     return True
 
 
+def elements_with_comments(family: str) -> list[tuple[Element, str]]:
+    """Every element of our table of `family` with its comment (its owner): for sweeps."""
+    return _elements(family)
+
+
 def _elements(family: str, maps: list[str] | None = None) -> list[tuple[Element, str]]:
     """(element, comment) of our table of `family`, or of the named maps only."""
     try:

@@ -44,6 +44,7 @@ RTN_UNICAST = 1
 CREATE = NLM_F_ACK | NLM_F_CREATE | NLM_F_EXCL  # IPRoute's flags for "add"
 RECV_SIZE = 65536  # one datagram: a link message is a few KiB
 IFLA_AF_SPEC = 26
+IFLA_IFALIAS = 20
 IPV4_DEVCONF = {"arp_notify": 22}  # include/uapi/linux/ip.h: IPV4_DEVCONF_*, the knobs set here
 IFLA_INET6_ADDR_GEN_MODE = 8  # include/uapi/linux/if_link.h
 IN6_ADDR_GEN_MODE_NONE = 1  # no link-local (nor any SLAAC) address of its own
@@ -125,7 +126,7 @@ class Rtnl:
         return self.ipr.link(command, **kw)
 
     def set_link(self, index: int, *, up: bool | None = None, ipv4_conf: dict[str, int] | None = None,
-                 ipv6_addr_gen_mode: int | None = None) -> list:
+                 ipv6_addr_gen_mode: int | None = None, ifalias: str | None = None) -> list:
         """One RTM_NEWLINK: the link up or down (None: unchanged), IPv4 devconf knobs
         (`IPV4_DEVCONF` names), which the kernel applies as net.ipv4.conf.<link>.<knob>, and
         the IPv6 address generation mode (`ip link set ... addrgenmode`; IN6_ADDR_GEN_MODE_*).
@@ -137,6 +138,8 @@ class Rtnl:
             msg["flags"] = IFF_UP if up else 0
             msg["change"] = IFF_UP
         msg["attrs"] = []
+        if ifalias is not None:
+            msg["attrs"].append(("IFLA_IFALIAS", ifalias))
         families = []
         if ipv4_conf:
             families.append(("AF_INET", {"attrs": [("IFLA_INET_CONF", {"attrs": list(ipv4_conf.items())})]}))
@@ -205,7 +208,7 @@ class _devconf_link(nlmsg):
     pyroute2's ifinfmsg knows only the dump layout (one flat struct), which a set rejects."""
 
     fields = ifinfmsg.fields
-    nla_map = ((IFLA_AF_SPEC, "IFLA_AF_SPEC", "af_spec"),)
+    nla_map = ((IFLA_IFALIAS, "IFLA_IFALIAS", "asciiz"), (IFLA_AF_SPEC, "IFLA_AF_SPEC", "af_spec"))
 
     class af_spec(nla):
         nla_map = ((socket.AF_INET, "AF_INET", "inet"), (socket.AF_INET6, "AF_INET6", "inet6"))

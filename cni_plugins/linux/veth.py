@@ -66,3 +66,18 @@ def delete(ipr, name: str) -> bool:
             return False
         raise
     return True
+
+
+def alias(ipr, name: str) -> str | None:
+    """The alias of link `name` (None: no alias, or no such link)."""
+    try:
+        links = ipr.link("get", ifname=name)
+    except NetlinkError as exc:
+        if exc.code in (errno.ENODEV, errno.ENOENT):
+            return None
+        raise
+    for link in links:
+        value = link.get_attr("IFLA_IFALIAS")
+        if value:
+            return value
+    return None

@@ -3,6 +3,7 @@ delegated Go host-local (and in-process cnm-ipam where available), assertions on
 
 from __future__ import annotations
 
+import re
 import json
 import os
 import threading
@@ -299,7 +300,7 @@ def test_ipmasq_entries_gone_after_del_without_netns_or_prevresult(lab):
     sets = sorted(e[1] for e in elements)
     assert sets == ["masq4", "masq4_local", "masq6", "masq6_local", "spoofchk_allowed", "spoofchk_ports"]
     owner = {e[3] for e in elements}
-    assert len(owner) == 1 and len(owner.pop()) == 24
+    assert len(owner) == 1 and re.fullmatch(r"[0-9a-f]{24}@[0-9a-f]{12}", owner.pop())  # endpoint@store
     assert ("inet", "masq4", "10.250.0.2", elements[0][3]) in elements
     assert lab.run("CHECK", with_prev(conf, out), ns).rc == 0
     # the runtime lost the netns and the cached result: DEL still removes everything

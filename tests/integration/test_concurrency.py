@@ -10,14 +10,15 @@ from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 
+from conftest import pin_names, pin_path
+
 from bridge_support import Lab, sh, with_prev
 
 N = 100
 
 
 def pins(lab: Lab) -> list[str]:
-    d = os.path.join(lab.env["CNM_RUN_DIR"], "netns")
-    return sorted(os.listdir(d)) if os.path.isdir(d) else []
+    return pin_names(lab.env)
 
 
 def parallel(fn, items, workers: int = N) -> list:

@@ -15,7 +15,7 @@ import time
 
 import pytest
 
-from conftest import unique
+from conftest import unique, pin_names, pin_path
 
 V = "1.0.0"
 
@@ -54,12 +54,9 @@ def records(env) -> dict:
 
 
 def pins(env) -> list[str]:
-    d = os.path.join(env["CNM_RUN_DIR"], "netns")
-    return sorted(os.listdir(d)) if os.path.isdir(d) else []
+    return pin_names(env)
 
 
-def pin_path(env, sandbox_id):
-    return os.path.join(env["CNM_RUN_DIR"], "netns", sandbox_id)
 
 
 def is_mounted(path) -> bool:

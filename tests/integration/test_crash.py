@@ -12,7 +12,7 @@ import os
 import pytest
 
 from bridge_support import Lab
-from conftest import exec_plugin
+from conftest import exec_plugin, pin_names, pin_path
 from cni_plugins.faults import EXIT_CODE, STEPS
 
 IN_PROCESS = {"CNM_HELPER_SOCKET": "off"}  # a fault must kill the plugin process, never the helper
@@ -27,8 +27,7 @@ def run(lab: Lab, command: str, conf: dict, netns: str, cid: str = "c1", fault: 
 
 
 def pins(lab: Lab) -> list[str]:
-    d = os.path.join(lab.env["CNM_RUN_DIR"], "netns")
-    return sorted(os.listdir(d)) if os.path.isdir(d) else []
+    return pin_names(lab.env)
 
 
 def converge(lab: Lab, conf: dict, netns: str, how: str) -> None:

@@ -11,12 +11,11 @@ import subprocess
 import pytest
 
 from bridge_support import Lab, sh
-from conftest import BIN, exec_plugin, in_netns, unique
+from conftest import BIN, exec_plugin, in_netns, unique, pin_names, pin_path
 
 
 def pins(lab: Lab) -> list[str]:
-    d = os.path.join(lab.env["CNM_RUN_DIR"], "netns")
-    return sorted(os.listdir(d)) if os.path.isdir(d) else []
+    return pin_names(lab.env)
 
 
 def gc(lab: Lab, conf: dict, valid=None, key="cni.dev/valid-attachments", plugin=""):

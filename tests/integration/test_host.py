@@ -17,7 +17,7 @@ import subprocess
 import pytest
 from pyroute2 import IPRoute
 
-from conftest import ALL_VERSIONS, BIN, unique
+from conftest import pin_names, ALL_VERSIONS, BIN, unique
 
 OLD = ("0.1.0", "0.2.0")
 ARPHRD_LOOPBACK = 772
@@ -174,8 +174,7 @@ def test_any_other_netns_is_refused_naming_it(version, fake_host, netns, cnm_env
         assert err["cniVersion"] == version and path in err["details"]
     assert snapshot(fake_host) == before and snapshot(other) == before_other
     assert store_rows(cnm_env, "sandboxes") == [] and store_rows(cnm_env, "endpoints") == []
-    pins = os.path.join(cnm_env["CNM_RUN_DIR"], "netns")
-    assert not os.path.isdir(pins) or os.listdir(pins) == []
+    assert pin_names(cnm_env) == []
 
 
 def test_missing_netns_is_code_8(fake_host, cnm_env):

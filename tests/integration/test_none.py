@@ -11,7 +11,7 @@ import threading
 
 import pytest
 
-from conftest import ALL_VERSIONS, BIN, GO_PLUGINS, exec_plugin, unique
+from conftest import ALL_VERSIONS, BIN, GO_PLUGINS, exec_plugin, unique, pin_names, pin_path
 
 LOOPBACK_MAC = "00:00:00:00:00:00"
 OLD = ("0.1.0", "0.2.0")
@@ -48,8 +48,6 @@ def mounted(path: str) -> bool:
         return any(line.split()[4] == path for line in f)
 
 
-def pin_path(env, sandbox_id: str) -> str:
-    return os.path.join(env["CNM_RUN_DIR"], "netns", sandbox_id)
 
 
 def expected_result(version: str, netns: str, addrs: list[str]) -> dict:
@@ -154,10 +152,14 @@ def test_check_fails_without_add(netns, run_plugin):
     assert check.rc != 0 and check.json["code"] >= 100
 
 
-def test_second_add_of_the_same_attachment_fails(added, run_plugin):
-    ns, config, attach, _ = added
+def test_second_add_of_the_same_attachment(added, run_plugin):
+    """The same ADD again (a runtime retrying what it believes failed) gets the same result;
+    an ADD of the attachment with another config is refused (DEL it first)."""
+    ns, config, attach, first = added
     again = run_plugin("cnm-none", "ADD", config, **attach)
-    assert again.rc != 0 and again.json["code"] >= 100
+    assert again.rc == 0 and again.json == first, again
+    other = run_plugin("cnm-none", "ADD", dict(config, logLevel="debug"), **attach)
+    assert other.rc != 0 and other.json["code"] == 102, other
 
 
 def test_del_with_empty_netns_still_sets_lo_down_and_forgets(added, run_plugin, cnm_env):

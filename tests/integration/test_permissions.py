@@ -11,7 +11,7 @@ import time
 import pytest
 
 from bridge_support import Lab
-from conftest import BIN
+from conftest import pin_dir, BIN
 
 
 def mode(path: str) -> int:
@@ -43,6 +43,7 @@ def test_state_files_and_dirs(netns, cnm_env, tmp_path, permissive_umask):
             assert mode(path) == 0o700, path
     pins = os.path.join(cnm_env["CNM_RUN_DIR"], "netns")
     assert mode(pins) == 0o700  # the pins (nsfs mounts) are reachable only through it
+    assert mode(pin_dir(cnm_env)) == 0o700
     leases = os.path.join(lab.data_dir, lab.network)
     lease_files = [f for f in os.listdir(leases) if f[0].isdigit()]
     assert lease_files

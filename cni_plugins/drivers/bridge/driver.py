@@ -10,13 +10,13 @@ nftables elements by value and releases the lease from the recorded IPAM call.
 from __future__ import annotations
 
 import ipaddress
-from contextlib import ExitStack
+from contextlib import ExitStack, nullcontext
 
 from ...cni.errors import CHECK_FAILED, CONFLICT, PLUGIN_FAILURE, CNIError
 from ...cni.request import Request
 from ...cni.result import DNS, Interface, IPConfig, Result, Route
-from ...cnm.model import Endpoint
-from ..base import BaseDriver, Context
+from ...cnm.model import Endpoint, owner_tag
+from ..base import Driver, Context
 from . import config as bridge_config
 from . import ipam, ports
 
@@ -77,7 +77,7 @@ def _kernel_failure(exc: Exception) -> str | None:
     return None
 
 
-class BridgeDriver(BaseDriver):
+class BridgeDriver(Driver):
     name = "bridge"
     uses_host_netns = False
     # leave() deletes the veth, delete_endpoint() removes nftables elements and the lease:
@@ -102,12 +102,18 @@ class BridgeDriver(BaseDriver):
         return {"bridge": conf.bridge}
 
     # ---- ADD ------------------------------------------------------------------------------
+    def plan(self, ctx: Context, network, endpoint: Endpoint) -> None:
+        """What teardown needs, recorded with the intent: the host veth's name, the bridge,
+        the IPAM call (DEL releases exactly what this ADD's IPAM call reserves)."""
+        conf = self._conf(ctx.request)
+        endpoint.data.update(bridge=conf.bridge, host_veth=host_veth_name(endpoint.id), partial=True)
+        if conf.ipam_type:
+            endpoint.data["ipam"] = ipam.record(ctx.request, conf.ipam_type)
+
     def create_endpoint(self, ctx: Context, network, endpoint: Endpoint) -> None:
         conf = self._conf(ctx.request)
-        endpoint.data.update(bridge=conf.bridge, host_veth=host_veth_name(endpoint.id))
         if not conf.ipam_type:
             return
-        endpoint.data["ipam"] = ipam.record(ctx.request, conf.ipam_type)
         try:
             result = ipam.add(ctx.request, conf.ipam_type)
             ips, routes = ipam.addressing(result, conf.is_gateway, conf.isDefaultGateway)
@@ -118,7 +124,7 @@ class BridgeDriver(BaseDriver):
         endpoint.data["routes"] = [r.model_dump(exclude_none=True) for r in routes]
         endpoint.data["ipam_dns"] = result.dns.model_dump()
         try:
-            self._ports_free(ctx, conf, endpoint)
+            self._ports_free(ctx, conf, endpoint)  # early: refused before any kernel change
         except BaseException:
             self._release_quietly(ctx, endpoint)
             raise
@@ -130,7 +136,7 @@ class BridgeDriver(BaseDriver):
         if not mappings:
             return
         with kernel_errors("read the published ports"):
-            stale = ports.ensure_free(mappings, addresses(endpoint.data.get("ips", [])), endpoint.id)
+            stale = ports.ensure_free(mappings, addresses(endpoint.data.get("ips", [])), ctx.owner(endpoint))
         if stale:  # our own leftovers (a record lost in a crash): the ADD replaces them
             self._stale_owners.add(endpoint.id)
 
@@ -162,20 +168,25 @@ class BridgeDriver(BaseDriver):
                     self._gateway(ipr, conf, br, ips)
                 # Last: a port coming up sets off kernel work (the bridge's port states, carrier
                 # in the container) that holds RTNL, and would delay any request after it.
-                self._host_side(ipr, conf, host_name, host_index, br["index"], hairpin)
+                self._host_side(ipr, conf, host_name, host_index, br["index"], hairpin, ctx.owner(endpoint))
                 elements = expected_elements(conf, request, endpoint.data, host_name, mac)
                 if elements:
                     from ...linux import nft
 
+                    owner = ctx.owner(endpoint)
+                    publishes_ports = any(e.set.startswith("ports") for e in elements)
                     if any(e.set.startswith("ports4") for e in elements):
                         self._route_localnet(conf)
-                    with kernel_errors("program nftables"):
-                        stale = []
-                        if endpoint.id in self._stale_owners:  # (the helper keeps this driver between requests)
-                            self._stale_owners.discard(endpoint.id)
-                            stale = nft.owned(endpoint.id)
-                        nft.commit(add=elements, remove=stale, owner=endpoint.id)
-                    undo.callback(_remove_elements, elements, endpoint.id)
+                    with ctx.locked("ports") if publishes_ports else nullcontext():
+                        if publishes_ports:  # again, now that no other ADD can publish meanwhile
+                            self._ports_free(ctx, conf, endpoint)
+                        with kernel_errors("program nftables"):
+                            stale = []
+                            if endpoint.id in self._stale_owners:
+                                self._stale_owners.discard(endpoint.id)
+                                stale = nft.owned(owner)
+                            nft.commit(add=elements, remove=stale, owner=owner)
+                    undo.callback(_remove_elements, elements, owner)
                     endpoint.data["nft"] = [[e.family, e.set, e.key, e.data, e.note] for e in elements]
                     _flush_udp(elements)
                 _fault(ctx.env, "add", "nft")
@@ -185,6 +196,7 @@ class BridgeDriver(BaseDriver):
             raise
         undo.pop_all()
         endpoint.data["mac"] = mac
+        endpoint.data.pop("partial", None)
         dns = DNS(**endpoint.data.get("ipam_dns", {}))
         if conf.dns is not None and conf.dns.is_set():
             dns = DNS(**conf.dns.model_dump(exclude_none=True))
@@ -257,7 +269,8 @@ class BridgeDriver(BaseDriver):
             for route in routes:
                 addr.add_route(cipr, index, route.dst, route_gateway(route, ips), priority=route.priority)
 
-    def _host_side(self, ipr, conf, host_name: str, host_index: int, bridge_index: int, hairpin: bool) -> None:
+    def _host_side(self, ipr, conf, host_name: str, host_index: int, bridge_index: int, hairpin: bool,
+                   owner: str) -> None:
         """The host end (a port already, still down): no IPv6, port flags and VLANs, then up.
 
         A bridge port is a layer-2 port and needs no IPv6 of its own. With it, every new port
@@ -273,7 +286,8 @@ class BridgeDriver(BaseDriver):
                 bridge.set_port_vlans(
                     ipr, host_index, access=conf.vlan, trunk=conf.trunk_vlans(), keep_default=conf.preserveDefaultVlan
                 )
-            ipr.link("set", index=host_index, state="up")
+            # Up, and tagged with its owner (the alias proves to a sweep whose veth it is).
+            ipr.set_link(host_index, up=True, ifalias=owner)
 
     def _gateway(self, ipr, conf, br, ips: list[IPConfig]) -> None:
         """Gateway addresses on the bridge (forceAddress replaces a different one) and forwarding on.
@@ -333,16 +347,24 @@ class BridgeDriver(BaseDriver):
 
     # ---- DEL ------------------------------------------------------------------------------
     def leave(self, ctx: Context, network, endpoint: Endpoint, sandbox) -> None:
-        """Deleting the host end removes the pair, wherever the container end is."""
+        """Deleting the host end removes the pair, wherever the container end is. The veth of
+        an ADD that stopped half-way is deleted only when it is not another owner's (the ADD
+        may have stopped because another store's endpoint of the same id had the name)."""
+        name = endpoint.data.get("host_veth") or host_veth_name(endpoint.id)
         with kernel_errors("delete the host veth"):
-            _delete_link(endpoint.data.get("host_veth") or host_veth_name(endpoint.id))
+            if endpoint.data.get("partial"):
+                _delete_link_unless_owned_by_another(name, ctx.owner(endpoint))
+            else:
+                _delete_link(name)
         _fault(ctx.env, "del", "veth")
 
     def delete_endpoint(self, ctx: Context, network, endpoint: Endpoint) -> None:
         recorded = recorded_elements(endpoint)
+        if endpoint.data.get("partial"):  # an ADD that stopped half-way recorded none: look
+            recorded = _owned_quietly(ctx.owner(endpoint))
         if recorded:
             with kernel_errors("remove nftables entries"):
-                _remove_elements(recorded, endpoint.id)
+                _remove_elements(recorded, ctx.owner(endpoint))
                 _flush_udp(recorded)
         _fault(ctx.env, "del", "nft")
         rec = endpoint.data.get("ipam")
@@ -351,15 +373,17 @@ class BridgeDriver(BaseDriver):
         _fault(ctx.env, "del", "ipam")
 
     def delete_unrecorded(self, ctx: Context, endpoint_id: str) -> None:
-        """DEL with no record (never added, repeated, or lost in a crash): converge anyway."""
+        """DEL with no record (never added, repeated, or lost): converge anyway, touching
+        only what is not another store's (a veth tagged with another owner stays)."""
         from ...linux import nft
 
+        owner = owner_tag(ctx.store_id, endpoint_id) if ctx.store_id else endpoint_id
         with kernel_errors("delete the host veth"):
-            _delete_link(host_veth_name(endpoint_id))
+            _delete_link_unless_owned_by_another(host_veth_name(endpoint_id), owner)
         with kernel_errors("remove nftables entries"):
-            owned = nft.owned(endpoint_id)
+            owned = nft.owned(owner) + nft.owned(endpoint_id)  # ours, and an older version's untagged
             if owned:
-                _remove_elements(owned, endpoint_id)
+                _remove_elements(owned, owner)
                 _flush_udp(owned)
         ipam_conf = ctx.request.config.get("ipam")
         ipam_type = ipam_conf.get("type") if isinstance(ipam_conf, dict) else None
@@ -496,6 +520,29 @@ def _delete_link(name: str) -> None:
 
     with links.rtnl() as ipr:
         veth.delete(ipr, name)
+
+
+def _delete_link_unless_owned_by_another(name: str, owner: str) -> None:
+    """Delete link `name` unless its alias names another owner (a veth without an alias:
+    made by an older version, or by an ADD that stopped before tagging it)."""
+    from ...linux import links, veth
+
+    with links.rtnl() as ipr:
+        alias = veth.alias(ipr, name)
+        if alias is not None and alias != owner:
+            return
+        veth.delete(ipr, name)
+
+
+def _owned_quietly(owner: str) -> list:
+    """The elements tagged `owner`; none when nftables cannot be read (what is left is
+    tagged, and a sweep finds it later)."""
+    from ...linux import nft
+
+    try:
+        return nft.owned(owner)
+    except nft.NftError:
+        return []
 
 
 def _remove_elements(elements, owner: str) -> None:
