@@ -30,12 +30,11 @@ from .cni.errors import (CHECK_FAILED, CONFLICT, INVALID_CONFIG, INVALID_NETNS, 
                          PLUGIN_FAILURE, TRY_AGAIN_LATER, CNIError)
 from .cni.request import Request
 from .cni.result import Result
-from .cnm import pins
 from .cnm.locks import sandbox_key
 from .cnm.model import ADDING, HOST_SANDBOX, READY, Endpoint, Network, Sandbox, endpoint_id
 from .drivers.base import RECORD_KEY, Context, Driver, record_add, recorded_result
 from .linux import netns
-from .liveness import EPOCH_KEY, PIDNS_KEY
+from .liveness import MNTNS_KEY, PIDNS_KEY
 from .node import Node
 
 FAULT_ENV = "CNM_FAULT"  # tests only: see cni_plugins/faults.py
@@ -292,8 +291,8 @@ class Controller:
             sb_id = sb_id + "-"
         from .linux import fs, nsusers
 
-        epoch = pins.ensure_epoch(node.pin_dir, fs.make_dirs)
-        data = {EPOCH_KEY: epoch, PIDNS_KEY: nsusers.pid_namespace()}
+        fs.make_dirs(node.pin_dir, 0o700)
+        data = {MNTNS_KEY: nsusers.mount_namespace(), PIDNS_KEY: nsusers.pid_namespace()}
         return Sandbox(sb_id, request.netns, identity.dev, identity.ino, node.pin_path(sb_id), data), True
 
     def _sandbox_to_join(self, tx, request: Request, fd: int, identity, target: str) -> Sandbox:

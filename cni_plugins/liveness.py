@@ -4,14 +4,16 @@ A destructive path (the vanished-netns check of ADD, GC, `cnmctl gc`) may releas
 sandbox only when this module says DEAD or ABANDONED:
 
   ALIVE      our pin, or the runtime's own path, is a mount of exactly that namespace
-  DEAD       recorded in an earlier boot (its namespace cannot exist any more); or its
-             pin directory is provably the one it was pinned in (cnm.pins epoch) and
+  DEAD       recorded in an earlier boot (its namespace cannot exist any more); or it was
+             pinned from this very mount namespace (so its pin would be seen here) and
              neither the pin nor the runtime's path is that namespace any more
   ABANDONED  still pinned by us, but every runtime let go of it: the runtime's path is
              gone, and no task, descriptor or other mount of it can be seen, from the
              pid namespace the sandbox was made in (a runtime that forgot a failed DEL)
-  UNKNOWN    anything else: the pins cannot be seen from here (another mount
-             namespace, /run replaced), or the evidence is not visible. Never released.
+  UNKNOWN    anything else: its pin cannot be seen from here (pinned from another mount
+             namespace: a toolbox or debug container with its own /run, a helper in a
+             private mount namespace; or by an older version, which did not record it).
+             Never released: only its runtime's DEL or GC, or a reboot, take it away.
 """
 
 from __future__ import annotations
@@ -19,11 +21,10 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass
 
-from .cnm import pins
 from .cnm.model import Sandbox
 
 ALIVE, DEAD, ABANDONED, UNKNOWN = "alive", "dead", "abandoned", "unknown"
-EPOCH_KEY = "pin_epoch"  # sandbox.data: the epoch of the pin directory it was pinned in
+MNTNS_KEY = "mntns"  # sandbox.data: the mount namespace its pin was made in
 PIDNS_KEY = "pidns"  # sandbox.data: the pid namespace of the command that made it
 
 
@@ -38,20 +39,17 @@ class Verdict:
 
 
 class Judge:
-    """Judges sandboxes; remembers each pin directory's epoch for one pass."""
+    """Judges sandboxes; knows this process's mount namespace for one pass."""
 
     def __init__(self):
-        self._epochs: dict[str, str | None] = {}
+        from .linux import nsusers
+
+        self._mount_namespace = nsusers.mount_namespace()
 
     def pins_trusted(self, sb: Sandbox) -> bool:
-        """The pin directory seen here is the one `sb` was pinned in."""
-        recorded = sb.data.get(EPOCH_KEY)
-        if not sb.pin or not recorded:
-            return False  # pinned by an older version: no epoch to compare
-        directory = os.path.dirname(sb.pin)
-        if directory not in self._epochs:
-            self._epochs[directory] = pins.read_epoch(directory)
-        return self._epochs[directory] == recorded
+        """`sb` was pinned from this mount namespace: whether its pin is there is seen here."""
+        made_in = sb.data.get(MNTNS_KEY)
+        return bool(sb.pin) and made_in is not None and made_in == self._mount_namespace
 
     def judge(self, sb: Sandbox, abandonment: bool = False) -> Verdict:
         """ALIVE/DEAD/UNKNOWN; with `abandonment` (sweeps: it reads all of /proc) a pinned
@@ -69,9 +67,9 @@ class Judge:
         if on_path:
             return Verdict(ALIVE, f"the runtime's path {sb.netns}")
         if not self.pins_trusted(sb):
-            where = os.path.dirname(sb.pin) if sb.pin else "(no pin)"
-            return Verdict(UNKNOWN, f"its pin directory {where} here is not the one it was pinned in "
-                                    f"(another mount namespace, /run replaced, or pinned by an older version)")
+            return Verdict(UNKNOWN, f"its pin {sb.pin or '(none)'} was made in another mount namespace (or by "
+                                    f"an older version) and cannot be seen from here; run `cnmctl gc` where "
+                                    f"the plugins run")
         return Verdict(DEAD, f"its pin {sb.pin} was removed and the runtime's path {sb.netns} is gone")
 
     @staticmethod

@@ -15,6 +15,7 @@
   unknown   (report only) a sandbox whose liveness cannot be judged from here
   untagged  (report only) a `cnm…` veth or nft element of an older version or another
             store: never removed by a sweep of this store
+  busy      (report only) a command holds the sandbox's lock: in use, so not stale
 
 Everything a sweep removes is provably this store's and provably dead (DESIGN.md §7):
 another store's objects carry another tag, and leases are never swept here: a lease goes
@@ -56,7 +57,7 @@ class Action:
 
     @property
     def report_only(self) -> bool:
-        return self.kind in ("unknown", "untagged")
+        return self.kind in ("unknown", "untagged", "busy")
 
 
 @dataclass
@@ -225,7 +226,7 @@ def _apply_one(node: Node, action: Action, request: Request, report: Report) -> 
             choose, why = lifecycle.unfinished, action.detail
         errors = lifecycle.release(node, request, sandbox, choose)
         if errors is None:
-            report.add(kind, action.name, why, "busy: a command is at work on it; try again")
+            report.actions.append(Action("busy", action.name, f"a command is at work on it now ({kind} not done)"))
         else:
             _report_teardown(report, kind, action.name, why, errors)
     elif kind == "homeless":
@@ -350,7 +351,7 @@ def _identity(node: Node, boot: str | None) -> tuple | None:
         db, run = os.stat(node.store.path), os.stat(node.pin_dir)
     except OSError:
         return None  # no pin directory yet (or no store file): the full check is cheap then
-    return (db.st_dev, db.st_ino, run.st_dev, run.st_ino, boot, pins.read_epoch(node.pin_dir))
+    return (db.st_dev, db.st_ino, run.st_dev, run.st_ino, boot)
 
 
 def release_vanished_sandboxes(node: Node, request: Request, identity, target: str | None) -> Report:

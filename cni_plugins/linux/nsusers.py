@@ -13,8 +13,17 @@ import os
 
 def pid_namespace() -> int | None:
     """This process's pid namespace (its inode), or None: which processes /proc shows."""
+    return _namespace("pid")
+
+
+def mount_namespace() -> int | None:
+    """This process's mount namespace (its inode), or None: which mounts it sees."""
+    return _namespace("mnt")
+
+
+def _namespace(kind: str) -> int | None:
     try:
-        return os.stat("/proc/self/ns/pid").st_ino
+        return os.stat(f"/proc/self/ns/{kind}").st_ino
     except OSError:
         return None
 

@@ -36,7 +36,7 @@ def assert_consistent(lab: Lab) -> None:
     veths = set(lab.veths())
     assert veths == {"cnm" + e[0][:12] for e in endpoints}, (veths, endpoints)
     assert len(lab.leases()) == len(endpoints)
-    owners = {e[3] for e in lab.nft_elements()}
+    owners = {e[3].split("@")[0] for e in lab.nft_elements()}  # <endpoint id>@<store tag>
     assert owners <= {e[0] for e in endpoints}
 
 

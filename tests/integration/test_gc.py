@@ -11,7 +11,7 @@ import subprocess
 import pytest
 
 from bridge_support import Lab, sh
-from conftest import BIN, exec_plugin, in_netns, unique, pin_names, pin_path
+from conftest import BIN, exec_plugin, in_netns, pin_dir, pin_names, pin_path, pin_paths, store_id, unique
 
 
 def pins(lab: Lab) -> list[str]:
@@ -129,43 +129,58 @@ def test_gc_host_plugin(lab):
     assert lab.endpoints() == []
 
 
-def make_orphans(lab: Lab) -> dict:
-    """A veth, an nft element and a pin of ours that no record owns."""
-    veth = "cnm" + os.urandom(6).hex()
+def tag_of(lab: Lab) -> str:
+    return store_id(lab.env)[:12]
+
+
+def make_orphans(lab: Lab, tag: str) -> dict:
+    """A veth and an nft element tagged `<endpoint id>@<tag>` whose endpoint has no record
+    (tag: this store's, another store's, or "" for an older version's untagged ones), and,
+    for this store's tag, a pin in its pin directory that no sandbox records."""
+    endpoint = os.urandom(12).hex()
+    owner = f"{endpoint}@{tag}" if tag else endpoint
+    veth = "cnm" + endpoint[:12]
     sh("ip", "link", "add", veth, "type", "veth", "peer", "name", unique("cnp"), ns=lab.host)
-    owner = os.urandom(12).hex()
+    sh("ip", "link", "set", veth, "alias", owner, ns=lab.host) if tag else None
+    address = f"10.250.0.{os.urandom(1)[0] % 100 + 100}"
     doc = {"nftables": [
         {"add": {"table": {"family": "inet", "name": "cnm"}}},
         {"add": {"set": {"family": "inet", "table": "cnm", "name": "masq4", "type": "ipv4_addr"}}},
         {"add": {"element": {"family": "inet", "table": "cnm", "name": "masq4",
-                             "elem": [{"elem": {"val": "10.250.0.99", "comment": owner}}]}}},
+                             "elem": [{"elem": {"val": address, "comment": owner}}]}}},
     ]}
     subprocess.run(["nsenter", f"--net={lab.host}", "--", "nft", "-j", "-f", "-"], input=json.dumps(doc).encode(),
                    check=True, capture_output=True)
-    pin_dir = os.path.join(lab.env["CNM_RUN_DIR"], "netns")
-    os.makedirs(pin_dir, exist_ok=True)
-    pin = os.path.join(pin_dir, "orphan-pin")
-    open(pin, "w").close()
+    pin = ""
+    if tag == tag_of(lab):
+        os.makedirs(pin_dir(lab.env), exist_ok=True)
+        pin = os.path.join(pin_dir(lab.env), "orphan-pin")
+        open(pin, "w").close()
     return {"veth": veth, "owner": owner, "pin": pin}
 
 
 def test_gc_sweeps_orphans(lab):
+    """Only what is provably this store's goes (issue 20, finding 1): veths and elements tagged
+    with another store's id, or an older version's untagged ones, stay."""
     conf = bridge_conf(lab)
     c1 = lab.container()
     lab.add(conf, c1, cid="c1")
     kept = set(lab.veths())
-    orphans = make_orphans(lab)
-    assert orphans["veth"] in lab.veths()
+    ours = make_orphans(lab, tag_of(lab))
+    theirs = make_orphans(lab, "0123456789ab")
+    untagged = make_orphans(lab, "")
+    assert ours["veth"] in lab.veths()
     assert gc(lab, conf, [("c1", "eth0")]).rc == 0
-    assert set(lab.veths()) == kept
-    assert not [e for e in lab.nft_elements() if e[3] == orphans["owner"]]
-    assert not os.path.exists(orphans["pin"])
+    after = set(lab.veths())
+    assert kept <= after and {theirs["veth"], untagged["veth"]} <= after and ours["veth"] not in after
+    owners = {e[3] for e in lab.nft_elements()}
+    assert ours["owner"] not in owners and {theirs["owner"], untagged["owner"]} <= owners
+    assert not os.path.exists(ours["pin"])
     assert len(lab.endpoints()) == 1 and len(lab.leases()) == 1
 
 
 def unpin_all(lab: Lab) -> None:
-    for name in pins(lab):
-        path = os.path.join(lab.env["CNM_RUN_DIR"], "netns", name)
+    for path in pin_paths(lab.env):
         subprocess.run(["umount", path], capture_output=True)
         os.unlink(path)
 
@@ -176,25 +191,26 @@ def test_cnmctl_gc_reconciles_node(lab):
     lab.add(conf, c1, cid="c1")
     lab.add(conf, c2, cid="c2")
     # c2's netns and pin vanish behind our back (the veth goes with the netns)
-    c2_pin = [p for p in pins(lab) if p.startswith("c2")][0]
-    path = os.path.join(lab.env["CNM_RUN_DIR"], "netns", c2_pin)
+    path = pin_path(lab.env, "c2")
     subprocess.run(["umount", path], check=True)
     os.unlink(path)
     subprocess.run(["ip", "netns", "del", os.path.basename(c2)], check=True)
-    orphans = make_orphans(lab)
-    ghost_lease = os.path.join(lab.data_dir, lab.network, "10.250.0.200")
-    with open(ghost_lease, "w") as f:
+    orphans = make_orphans(lab, tag_of(lab))
+    # A lease this store did not write (host-local's, of a pod from before a migration): kept.
+    foreign_lease = os.path.join(lab.data_dir, lab.network, "10.250.0.200")
+    with open(foreign_lease, "w") as f:
         f.write("ghost\r\neth0")
     proc = cnmctl_gc(lab)
     assert proc.returncode == 0, proc
     report = json.loads(proc.stdout)
     kinds = {a["kind"] for a in report["removed"]}
-    assert {"endpoint", "sandbox", "veth", "nft", "pin", "lease"} <= kinds, report
+    assert {"release", "veth", "nft", "pin"} <= kinds, report
     assert report["errors"] == []
     assert [e[1] for e in lab.endpoints()] == ["c1"]
-    assert len(lab.leases()) == 1 and len(lab.veths()) == 1
-    assert not os.path.exists(ghost_lease)
-    assert pins(lab) == [p for p in pins(lab) if p.startswith("c1")]
+    assert len(lab.leases()) == 2 and len(lab.veths()) == 1
+    assert os.path.exists(foreign_lease)
+    assert not os.path.exists(orphans["pin"])
+    assert pins(lab) == ["c1"]
     assert lab.link("eth0", ns=c1) is not None
     # a second run finds nothing; the table says so
     proc = cnmctl_gc(lab, "table")
@@ -278,7 +294,7 @@ def del_none_pods(lab: Lab, pods) -> None:
 
 
 def pin_of(lab: Lab, cid: str) -> str:
-    return os.path.join(lab.env["CNM_RUN_DIR"], "netns", cid)
+    return pin_path(lab.env, cid)
 
 
 @pytest.mark.parametrize("remove", [False, True], ids=["unmounted", "unmounted-and-removed"])
@@ -405,8 +421,8 @@ def pin_dir_inode_reused(monkeypatch):
 
     real = reconcile._identity
 
-    def reused(tx, store_path, pins):
-        ident = real(tx, store_path, pins)
+    def reused(node, boot):
+        ident = real(node, boot)
         return None if ident is None else (ident[0], ident[1], ident[2], 1, ident[4])
 
     monkeypatch.setattr(reconcile, "_identity", reused)
@@ -424,7 +440,7 @@ def test_in_process_pin_dir_recreated_with_its_old_inode(lab, bounded, pin_dir_i
     p.add(conf, c1, "c1")
     p.add(none, others["f1"], "f1", "lo")  # remembered: c1 pinned, nothing watched
     unpin_all(lab)
-    os.rmdir(os.path.join(lab.env["CNM_RUN_DIR"], "netns"))
+    os.rmdir(pin_dir(lab.env))
     p.add(none, others["f2"], "f2", "lo")  # no pin directory: full check (c1 now watched)
     p.add(none, others["f3"], "f3", "lo")  # pin directory again, "same" identity as before
     subprocess.run(["ip", "netns", "del", os.path.basename(c1)], check=True)
@@ -448,7 +464,7 @@ def test_in_process_watch_and_own_container(lab, bounded):
     p.add(conf, c1, "c1")
     p.add(none, f1, "f1", "lo")
     unpin_all(lab)
-    os.rmdir(os.path.join(lab.env["CNM_RUN_DIR"], "netns"))  # /run wiped: another pin directory
+    os.rmdir(pin_dir(lab.env))  # /run wiped: another pin directory
     f2 = lab.container()
     p.add(none, f2, "f2", "lo")  # full check: c1 and f1 live on their runtime's paths
     f3 = lab.container()
