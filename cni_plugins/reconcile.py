@@ -10,11 +10,11 @@
   homeless  an endpoint whose sandbox record is missing: taken down
   empty     a sandbox with no endpoint: its pin and record go
   pin       a file in this store's own pin directory that no sandbox records: unmounted
-  veth      a host veth tagged with this store's id (its alias) that no endpoint owns
-  nft       elements of our tables tagged with this store's id that no endpoint owns
+  <driver>  a driver's orphans (Driver.orphans): for the bridge, host veths and nft
+            elements tagged with this store's id that no endpoint owns
   unknown   (report only) a sandbox whose liveness cannot be judged from here
-  untagged  (report only) a `cnm…` veth or nft element of an older version or another
-            store: never removed by a sweep of this store
+  foreign   (report only) what cannot be proven this store's: a `cnm…` veth or nft element
+            of an older version or another store, a lease this store did not write
   busy      (report only) a command holds the sandbox's lock: in use, so not stale
 
 Everything a sweep removes is provably this store's and provably dead (DESIGN.md §7):
@@ -29,27 +29,25 @@ an ADD only what can have vanished unseen, so its cost does not grow with the po
 from __future__ import annotations
 
 import os
-import re
 import threading
 from dataclasses import asdict, dataclass, field
 
-from . import lifecycle
+from . import drivers, lifecycle
 from .cni.errors import (CONFLICT, DECODE_FAILURE, INCOMPATIBLE_VERSION, INVALID_ENV, INVALID_NETNS,
                          IPAM_FAILURE, UNSUPPORTED_FIELD, CNIError)
 from .cni.request import Request
 from .cnm import pins
 from .cnm.locks import sandbox_key
-from .cnm.model import HOST_SANDBOX, READY, STORE_TAG_LEN, Sandbox, parse_owner_tag
+from .cnm.model import HOST_SANDBOX, READY, Sandbox
 from .cnm.store import StoreError
+from .drivers.base import Orphan
 from .liveness import ABANDONED, DEAD, UNKNOWN, Judge
 from .node import Node
-
-OUR_VETH = re.compile(r"^cnm[0-9a-f]{12}$")  # drivers/bridge host_veth_name()
 
 
 @dataclass
 class Action:
-    kind: str  # release, finish, homeless, empty, pin, veth, nft, unknown, untagged
+    kind: str  # release, finish, homeless, empty, pin, <a driver's orphan kind>, unknown, foreign, busy
     name: str
     detail: str = ""
     error: str = ""
@@ -57,7 +55,7 @@ class Action:
 
     @property
     def report_only(self) -> bool:
-        return self.kind in ("unknown", "untagged", "busy")
+        return self.kind in ("unknown", "foreign", "busy")
 
 
 @dataclass
@@ -121,13 +119,16 @@ def plan(node: Node, kernel: bool = True) -> list[Action]:
         if ep.sandbox not in known:
             actions.append(Action("homeless", ep.id, f"{ep.container_id}/{ep.ifname} on {ep.network}: "
                                                      f"sandbox {ep.sandbox} has no record", targets=[ep.id]))
-    if store_id:
-        actions += _orphan_pins(pins.pin_dir(node.env, store_id), {sb.pin for sb in sandboxes if sb.pin})
-        if kernel:
-            tag = store_id[:STORE_TAG_LEN]
-            ids = {ep.id for ep in endpoints}
-            actions += _orphan_veths(tag, ids)
-            actions += _orphan_elements(tag, ids)
+    actions += _orphan_pins(pins.pin_dir(node.env, store_id), {sb.pin for sb in sandboxes if sb.pin})
+    if kernel:
+        for name in sorted(drivers.DRIVERS):
+            try:
+                found = drivers.load(name).orphans(store_id, endpoints)
+            except Exception as exc:  # noqa: BLE001 -- a listing failure is reported, not fatal
+                actions.append(Action(name, "*", "looking for orphans", lifecycle.describe(exc)))
+                continue
+            actions += [Action(o.kind if o.removable else "foreign", o.name, o.detail,
+                               targets=[name, o]) for o in found]
     return actions
 
 
@@ -138,60 +139,6 @@ def _orphan_pins(directory: str, recorded: set[str]) -> list[Action]:
         return []
     return [Action("pin", os.path.join(directory, n), "a pin no sandbox records")
             for n in names if pins.is_pin_name(n) and os.path.join(directory, n) not in recorded]
-
-
-def _orphan_veths(tag: str, endpoint_ids: set[str]) -> list[Action]:
-    from .linux import links
-
-    found = []
-    try:
-        with links.rtnl() as ipr:
-            for link in ipr.get_links():
-                name = link.get_attr("IFLA_IFNAME") or ""
-                if not OUR_VETH.fullmatch(name):
-                    continue
-                info = link.get_attr("IFLA_LINKINFO")
-                if info is None or info.get_attr("IFLA_INFO_KIND") != "veth":
-                    continue
-                owner = parse_owner_tag(link.get_attr("IFLA_IFALIAS") or "")
-                if owner is None or owner[1] != tag:
-                    if owner is None and name[3:] not in {i[:12] for i in endpoint_ids}:
-                        found.append(Action("untagged", name, "a cnm veth of an older version or made "
-                                                              "elsewhere: not provably this store's, kept"))
-                    continue
-                if owner[0] not in endpoint_ids:
-                    found.append(Action("veth", name, f"endpoint {owner[0]} has no record"))
-    except Exception as exc:  # noqa: BLE001 -- a listing failure is reported, not fatal
-        found.append(Action("veth", "*", "listing links", f"{type(exc).__name__}: {exc}"))
-    return found
-
-
-def _orphan_elements(tag: str, endpoint_ids: set[str]) -> list[Action]:
-    from .linux import nft
-
-    stale: dict[str, list] = {}
-    untagged: dict[str, int] = {}
-    for family in nft.LAYOUT:
-        try:
-            found = nft.elements_with_comments(family)
-        except nft.NftError as exc:
-            if "cannot run" not in str(exc):  # no nftables at all: nothing of ours can exist
-                return [Action("nft", family, "listing", str(exc))]
-            continue
-        for element, comment in found:
-            text = nft.owner_of(comment or "")
-            owner = parse_owner_tag(text)
-            if owner is None:
-                if re.fullmatch(r"[0-9a-f]{24}", text) and text not in endpoint_ids:
-                    untagged[text] = untagged.get(text, 0) + 1
-                continue
-            if owner[1] == tag and owner[0] not in endpoint_ids:
-                stale.setdefault(text, []).append(element)
-    actions = [Action("nft", owner, f"{len(els)} element(s) of endpoint {owner.split('@')[0]}, which has no record",
-                      targets=els) for owner, els in sorted(stale.items())]
-    actions += [Action("untagged", f"nft {owner}", f"{n} element(s) of an older version: not provably this "
-                                                   f"store's, kept") for owner, n in sorted(untagged.items())]
-    return actions
 
 
 # ---- apply ---------------------------------------------------------------------------------
@@ -242,23 +189,12 @@ def _apply_one(node: Node, action: Action, request: Request, report: Report) -> 
                 return
             netns.unpin(action.name)
         report.add(kind, action.name, action.detail)
-    elif kind == "veth":
-        from .linux import links, veth
-
+    elif action.targets and isinstance(action.targets[-1], Orphan):  # a driver's
+        driver_name, orphan = action.targets
         with node.transaction() as tx:  # no ADD can record an endpoint meanwhile
-            with links.rtnl() as ipr:
-                owner = parse_owner_tag(veth.alias(ipr, action.name) or "")
-                if owner is None or owner[1] != node.store_id[:STORE_TAG_LEN] or tx.get_endpoint(owner[0]):
-                    return
-                veth.delete(ipr, action.name)
-        report.add(kind, action.name, action.detail)
-    elif kind == "nft":
-        from .linux import nft
-
-        with node.transaction() as tx:
-            if tx.get_endpoint(action.name.split("@")[0]) is not None:
+            if orphan.owner and tx.get_endpoint(orphan.owner) is not None:
                 return
-            nft.commit(remove=action.targets, owner=action.name)
+            drivers.load(driver_name).remove_orphan(orphan, node.store_id)
         report.add(kind, action.name, action.detail)
 
 

@@ -230,9 +230,11 @@ def check_stale(state_dir: str) -> Iterator[Finding]:
         yield Finding("stale", "error", f"stale {item.kind} {item.name}: {item.why}",
                       "`cnmctl gc` removes it (node-wide reconcile); or DEL the attachment through the runtime")
     for item in items:
-        if not item.removable:
-            yield Finding("stale", "warning", f"{item.kind} {item.name}: {item.why}",
+        if item.kind == "unknown":
+            yield Finding("stale", "warning", f"sandbox {item.name}: {item.why}",
                           "kept by `cnmctl gc`; see docs/operators.md (what gc removes and never touches)")
+        elif not item.removable:
+            yield ok("stale", f"{item.kind} {item.name}: {item.why}")
     if not removable:
         yield ok("stale", "no stale sandboxes, endpoints, pins, veths or nftables elements")
 

@@ -31,10 +31,17 @@ def run(opts) -> int:
 
 
 def render(report) -> str:
-    rows = [("KIND", "NAME", "WHY", "ERROR")]
-    rows += [(a.kind, a.name, a.detail, a.error) for a in report.actions]
-    if len(rows) == 1:
-        return "nothing stale\n"
+    done = [a for a in report.actions if not a.report_only or a.error]
+    kept = [a for a in report.actions if a.report_only and not a.error]
+    out = _table([("KIND", "NAME", "WHY", "ERROR")] + [(a.kind, a.name, a.detail, a.error) for a in done]) \
+        if done else "nothing stale\n"
+    if kept:
+        out += "\nkept (not provably stale, or not this store's):\n"
+        out += _table([("KIND", "NAME", "WHY", "")] + [(a.kind, a.name, a.detail, "") for a in kept])
+    return out
+
+
+def _table(rows) -> str:
     widths = [max(len(r[i]) for r in rows) for i in range(3)]
     lines = ["  ".join(c.ljust(w) for c, w in zip(r[:3], widths)) + ("  " + r[3] if r[3] else "") for r in rows]
     return "\n".join(line.rstrip() for line in lines) + "\n"

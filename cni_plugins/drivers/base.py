@@ -9,7 +9,7 @@ the prevResult of the current request may all be gone.
 from __future__ import annotations
 
 from contextlib import nullcontext
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Callable, ContextManager, Mapping
 
 from ..cni import versions
@@ -61,6 +61,20 @@ def record_add(endpoint: Endpoint, request: Request, result: Result | None = Non
 def recorded_result(endpoint: Endpoint) -> Result | None:
     raw = (endpoint.data.get(RECORD_KEY) or {}).get("result")
     return Result.parse(raw, versions.LATEST) if raw else None
+
+
+@dataclass
+class Orphan:
+    """Something of a driver's kind, found by a sweep, that no endpoint record owns.
+    `removable`: provably this store's (tagged with its id), so a sweep removes it; else it is
+    only reported (another store's, an older version's, or a lease this store did not write)."""
+
+    kind: str  # e.g. veth, nft, lease
+    name: str
+    detail: str
+    removable: bool
+    owner: str = ""  # the endpoint id it is tagged with (re-checked before removal)
+    targets: list = field(default_factory=list)
 
 
 class Driver:
@@ -124,5 +138,15 @@ class Driver:
 
     def gc(self, request: Request, valid) -> None:
         """CNI GC beyond the endpoints (the controller collects those): e.g. forward to IPAM."""
+        return None
+
+    def orphans(self, store_id: str, endpoints: list[Endpoint]) -> list[Orphan]:
+        """Sweeps: this driver's kernel objects and files in this network namespace that no
+        endpoint of the store owns (removable only when tagged with `store_id`)."""
+        return []
+
+    def remove_orphan(self, orphan: Orphan, store_id: str) -> None:
+        """Remove a removable orphan; the caller holds the store's write lock and has checked
+        that no endpoint record owns it."""
         return None
 

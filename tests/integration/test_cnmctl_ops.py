@@ -13,7 +13,7 @@ import pytest
 
 from bridge_support import Lab, sh
 from cni_plugins.cnm.model import endpoint_id
-from conftest import BIN, exec_plugin, unique
+from conftest import BIN, exec_plugin, store_id, unique
 
 CNMCTL = os.path.join(BIN, "cnmctl")
 NSENTER = shutil.which("nsenter")  # resolved here: a test may hand cnmctl a PATH without it
@@ -189,26 +189,31 @@ def test_doctor_reports_stale_state(two_pods):
     [box] = json.loads(cnmctl(lab, "sandbox", "inspect", "c1").stdout)
     subprocess.run(["umount", box["Pin"]], check=True)
     subprocess.run(["ip", "netns", "del", os.path.basename(pods["c1"])], check=True)
-    # ... and a veth named like ours, owned by no endpoint, appears on the host.
-    orphan = "cnm" + os.urandom(6).hex()
+    # ... and a veth of this store (tagged with its id), owned by no endpoint, appears on the host.
+    ghost = os.urandom(12).hex()
+    orphan = "cnm" + ghost[:12]
     sh("ip", "link", "add", orphan, "type", "veth", "peer", "name", unique("cnmp"), ns=lab.host)
+    sh("ip", "link", "set", orphan, "alias", f"{ghost}@{store_id(lab.env)[:12]}", ns=lab.host)
     proc = cnmctl(lab, "doctor", "-f", "json")
     assert proc.returncode == 1
     stale = {f["message"].split(":")[0] for f in errors_of(proc, "stale")}
-    assert stale == {f"stale sandbox {box['Id']}", f"stale veth {orphan}"}, proc.stdout
+    assert stale == {f"stale release {box['Id']}", f"stale veth {orphan}"}, proc.stdout
     assert all("cnmctl gc" in f["fix"] for f in errors_of(proc, "stale"))
     assert [b["State"] for b in json.loads(cnmctl(lab, "sandbox", "inspect", "c1").stdout)] == ["gone"]
     # What doctor reported is what the node-wide `cnmctl gc` removes; then doctor is clean.
     gc = cnmctl(lab, "gc", "--format", "json")
     assert gc.returncode == 0, gc
     removed = {(a["kind"], a["name"]) for a in json.loads(gc.stdout)["removed"]}
-    assert {("sandbox", box["Id"]), ("veth", orphan)} <= removed
+    assert {("release", box["Id"]), ("veth", orphan)} <= removed
     after = cnmctl(lab, "doctor", "-f", "json")
     assert not errors_of(after, "stale") and after.returncode == 0, after.stdout
     assert [e["ContainerID"] for e in json.loads(cnmctl(lab, "endpoint", "ls", "-f", "json").stdout)] == ["c2"]
 
 
-def test_doctor_reports_a_lease_without_endpoint(netns, cnm_env, tmp_path):
+def test_doctor_calls_a_lease_this_store_did_not_write_foreign_and_gc_keeps_it(netns, cnm_env, tmp_path):
+    """Issue 20, finding 3: a lease written by another plugin (host-local, for a pod running
+    since before a migration) is foreign, not stale: doctor says so, `cnmctl gc` keeps it,
+    and the address is not handed out twice."""
     lab = Lab(netns, cnm_env, tmp_path, ipam_type="cnm-ipam")
     lab.confdir, lab.log = tmp_path / "net.d", tmp_path / "cnm.log"
     lab.confdir.mkdir()
@@ -217,15 +222,19 @@ def test_doctor_reports_a_lease_without_endpoint(netns, cnm_env, tmp_path):
     try:
         assert not errors_of(cnmctl(lab, "doctor", "-f", "json"), "stale")
         ghost = os.path.join(lab.data_dir, lab.network, "10.250.0.99")
-        with open(ghost, "w") as f:  # a lease a crashed ADD left: its container has no endpoint
+        with open(ghost, "w") as f:  # host-local's lease of a running pod, from before the migration
             f.write("ghost\r\neth0")
-        [finding] = errors_of(cnmctl(lab, "doctor", "-f", "json"), "stale")
-        assert finding["message"].startswith(f"stale lease {lab.network}/10.250.0.99") and "ghost/eth0" in finding["message"]
+        proc = cnmctl(lab, "doctor", "-f", "json")
+        assert not errors_of(proc, "stale"), proc.stdout
+        [foreign] = [f for f in findings(proc) if f["check"] == "stale" and "10.250.0.99" in f["message"]]
+        assert foreign["severity"] == "ok" and "foreign" in foreign["message"] and "ghost/eth0" in foreign["message"]
         gc = json.loads(cnmctl(lab, "gc", "--format", "json").stdout)
-        assert [(a["kind"], a["name"]) for a in gc["removed"]] == [("lease", f"{lab.network}/10.250.0.99")]
-        assert not os.path.exists(ghost) and not errors_of(cnmctl(lab, "doctor", "-f", "json"), "stale")
+        assert gc["removed"] == [] and os.path.exists(ghost)
+        taken = lab.run("ADD", lab.conf(), lab.container(), cid="c2", args="IP=10.250.0.99")
+        assert taken.rc != 0 and "10.250.0.99" in taken.json["msg"] + taken.json["details"], taken
     finally:
         assert lab.run("DEL", lab.conf(), ns, cid="c1").rc == 0
+        os.unlink(ghost)
     lab.assert_nothing_left()
 
 
@@ -292,9 +301,8 @@ def test_doctor_and_gc_after_an_add_killed_before_its_commit(two_pods):
     assert killed.rc == 137, killed
     ep_id = endpoint_id(lab.network, "c3", "eth0")
     proc = cnmctl(lab, "doctor", "-f", "json")
-    stale = {f["message"].split(":")[0] for f in errors_of(proc, "stale")}
-    assert {f"stale veth cnm{ep_id[:12]}", f"stale nft {ep_id}"} <= stale, proc.stdout
-    assert any(s.startswith("stale pin ") for s in stale)
+    [stale] = errors_of(proc, "stale")  # its intent (recorded before any change) names all of it
+    assert stale["message"].startswith("stale finish ") and "c3/eth0 (adding)" in stale["message"], proc.stdout
     gc = cnmctl(lab, "gc", "--format", "json")
     assert gc.returncode == 0, gc
     after = cnmctl(lab, "doctor", "-f", "json")

@@ -427,6 +427,16 @@ class BridgeDriver(Driver):
         if conf.ipam_type:
             ipam.delegate("GC", request, conf.ipam_type)
 
+    def orphans(self, store_id: str, endpoints) -> list:
+        from . import sweep
+
+        return sweep.orphans(store_id, endpoints)
+
+    def remove_orphan(self, orphan, store_id: str) -> None:
+        from . import sweep
+
+        sweep.remove(orphan, store_id)
+
 
 def _ipv6_addr_gen_mode(conf, families: set[int]) -> int | None:
     """No IPv6 link-local address for the container end of an IPv4-only endpoint (as Docker,
