@@ -8,7 +8,7 @@ import sqlite3
 from contextlib import contextmanager
 from typing import Iterator
 
-from .cni.errors import INVALID_CONFIG, NOT_AVAILABLE, CNIError
+from .cni.errors import INVALID_CONFIG, NOT_AVAILABLE, TRY_AGAIN_LATER, CNIError
 from .cni.paths import state_path_problem
 from .cnm import pins
 from .cnm.locks import KeyedLocks, LockTimeout
@@ -64,12 +64,16 @@ class Node:
     @contextmanager
     def sandbox_lock(self, key: str) -> Iterator[None]:
         try:
-            with self.sandbox_locks.held(key):
-                yield
+            held = self.sandbox_locks.held(key)
+            held.__enter__()
         except LockTimeout as exc:
-            raise CNIError(NOT_AVAILABLE, "sandbox busy", str(exc)) from None
+            raise CNIError(TRY_AGAIN_LATER, "sandbox busy", str(exc)) from None
         except OSError as exc:
-            raise CNIError(NOT_AVAILABLE, "cannot lock the sandbox", str(exc)) from None
+            raise CNIError(NOT_AVAILABLE, "cannot lock the sandbox", f"{self.sandbox_locks.path}: {exc}") from None
+        try:
+            yield
+        finally:
+            held.__exit__(None, None, None)
 
     @contextmanager
     def node_lock(self, name: str) -> Iterator[None]:

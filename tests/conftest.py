@@ -163,8 +163,9 @@ def pin_paths(env) -> list[str]:
 
 
 def pin_names(env) -> list[str]:
-    """The names of the pins of env's store."""
-    return sorted(os.path.basename(p) for p in pin_paths(env))
+    """The names of the pins of env's store (its own pin directory)."""
+    directory = pin_dir(env)
+    return sorted(f for f in os.listdir(directory) if not f.startswith(".")) if os.path.isdir(directory) else []
 
 
 class NetnsFactory:

@@ -120,11 +120,13 @@ def unmount(target: str) -> None:
 
 
 def pin(source_fd: int, target: str) -> None:
-    """Bind-mount an open netns onto `target` so it outlives every process in it."""
+    """Bind-mount an open netns onto `target` so it outlives every process in it. Whatever is
+    mounted there already is a leftover (of a command that died before recording it): it is
+    detached first, so mounts never stack."""
     try:  # the mount point; its directory is made only the first time (one syscall per pin)
         os.close(os.open(target, os.O_RDONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600))
     except FileExistsError:
-        pass
+        _unmount_all(target)
     except FileNotFoundError:
         os.makedirs(os.path.dirname(target), mode=0o700, exist_ok=True)
         os.close(os.open(target, os.O_RDONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600))
@@ -132,11 +134,21 @@ def pin(source_fd: int, target: str) -> None:
 
 
 def unpin(target: str) -> None:
-    unmount(target)
+    _unmount_all(target)
     try:
         os.unlink(target)
     except FileNotFoundError:
         pass
+
+
+def _unmount_all(target: str) -> None:
+    """Detach every mount stacked on `target` (until the kernel says nothing is mounted)."""
+    for _ in range(64):
+        if _libc.umount2(target.encode(), MNT_DETACH) != 0:
+            err = ctypes.get_errno()
+            if err in (errno.EINVAL, errno.ENOENT):
+                return
+            raise OSError(err, f"umount {target}: {os.strerror(err)}")
 
 
 def create_named(name: str) -> str:

@@ -6,6 +6,7 @@ data (nft JSON), never as syntax."""
 from __future__ import annotations
 
 import json
+import re
 
 import pytest
 
@@ -57,8 +58,8 @@ def test_invalid_ids_are_refused(lab, cid, ifname):
 
 def test_odd_but_valid_names_land_in_nft_as_data(lab):
     """A network name and container id full of the characters the id pattern allows, and a
-    15-byte bridge name with unusual bytes: ADD works, our elements carry only endpoint ids
-    and addresses, DEL removes them all."""
+    15-byte bridge name with unusual bytes: ADD works, our elements carry only owner tags
+    (endpoint id @ store tag) and addresses, DEL removes them all."""
     lab.network = "n.e-t_" + lab.network[:20]
     lab.bridge = "b-r.i_d" + lab.bridge[-8:]
     conf = lab.conf(version="1.1.0", ipMasq=True, macspoofchk=True, isGateway=True)
@@ -67,7 +68,7 @@ def test_odd_but_valid_names_land_in_nft_as_data(lab):
     result = lab.add(conf, c, cid=cid)
     assert lab.link(lab.bridge) is not None
     elements = lab.nft_elements()
-    assert elements and all(len(comment) == 24 and int(comment, 16) >= 0 for *_, comment in elements)
+    assert elements and all(re.fullmatch(r"[0-9a-f]{24}@[0-9a-f]{12}", comment) for *_, comment in elements)
     ruleset = json.loads(sh("nft", "-j", "list", "ruleset", ns=lab.host).stdout)["nftables"]
     assert {t["table"]["name"] for t in ruleset if "table" in t} == {"cnm"}
     assert result["ips"]
