@@ -1,6 +1,7 @@
 """cnmctl: run networks against network namespaces, as cnitool and `docker run` do.
 
-  cnmctl add|check|del|gc|status NETWORK [NETNS]   exactly cnitool's behaviour
+  cnmctl add|check|del|status NETWORK [NETNS]      exactly cnitool's behaviour
+  cnmctl gc NETWORK [--dry-run|--all]              DEL cached attachments whose netns is gone (cli/netgc.py)
   cnmctl gc [--format table|json]                  node-wide reconcile of store and kernel (cli/nodegc.py)
   cnmctl run NAME --network NET [--publish H:C[/proto]] [--join OTHER]
   cnmctl rm NAME
@@ -94,6 +95,8 @@ def print_result(result: dict) -> None:
 # ---- cnitool commands ----------------------------------------------------------------------
 def cmd_cnitool(opts) -> int:
     if opts.command == "gc" and not opts.network:  # node-wide reconcile (issue 8)
+        if opts.all or opts.dry_run:
+            raise UsageError("--all and --dry-run need NETWORK")
         from . import nodegc
 
         return nodegc.run(opts)
@@ -109,8 +112,13 @@ def cmd_cnitool(opts) -> int:
         run.check_network_list(net, rt)
     elif opts.command == "del":
         run.del_network_list(net, rt)
-    elif opts.command == "gc":
-        run.gc_network_list(net, None)  # no valid list: every cached attachment is stale (cnitool gc)
+    elif opts.command == "gc":  # only attachments whose netns is gone; --all: cnitool's GC
+        from . import netgc
+
+        if opts.all and opts.dry_run:
+            raise UsageError("--all and --dry-run exclude each other")
+
+        return netgc.run(opts, net, run)
     else:
         run.get_status_network_list(net)
     return 0
@@ -276,17 +284,23 @@ def build_parser() -> Parser:
         "add": "ADD the network to NETNS and print the result",
         "check": "CHECK the network in NETNS against the cached result",
         "del": "DEL the network from NETNS",
-        "gc": "GC the network: DEL every cached attachment, then GC each plugin; without NETWORK: "
-              "reconcile the whole node's CNM store with the kernel (cli/nodegc.py)",
+        "gc": "GC the network: DEL its cached attachments whose network namespace is gone (running "
+              "containers are never touched; --all: every one, as cnitool); without NETWORK: reconcile "
+              "the whole node's CNM store with the kernel (cli/nodegc.py)",
         "status": "ask every plugin of the network whether it can ADD (STATUS)",
     }
     for name, text in helps.items():
-        p = sub.add_parser(name, help=text, description=text + " (cnitool's behaviour).")
+        p = sub.add_parser(name, help=text, description=text + ("." if name == "gc" else " (cnitool's behaviour)."))
         p.add_argument("network", metavar="NETWORK", nargs="?" if name == "gc" else None,
                        help="network name (looked up in NETCONFPATH)")
         if name == "gc":
             p.add_argument("--format", choices=("table", "json"), default="table",
-                           help="output of the node-wide reconcile (no NETWORK)")
+                           help="what was removed (and kept, with NETWORK), as a table or JSON")
+            p.add_argument("--dry-run", action="store_true",
+                           help="with NETWORK: only report what would be DELed")
+            p.add_argument("--all", action="store_true",
+                           help="with NETWORK: cnitool's GC, DEL every cached attachment of the network, "
+                                "running containers included")
         p.add_argument(
             "netns",
             metavar="NETNS",

@@ -216,3 +216,59 @@ def test_published_port_answers_from_the_host(net):
     assert "hello from cnm-cni" in wait_for_http(net.host, net.gateway, host_port, "hello from cnm-cni")
     net.run("rm", "--force", "--time", "0", name)
     assert net.leftovers() == CLEAN
+
+
+# -- day-2: `cnmctl gc NETWORK` (issue 17 item 1) -------------------------------------------------
+
+
+def cnmctl(net, *args: str, check: bool = True):
+    """cnmctl as an operator runs it on the node: podman's conf and plugin dirs, its CNM store,
+    the shared libcni cache (/var/lib/cni), in the node's network namespace."""
+    env = base_env(NETCONFPATH=net.podman.conf_dir, CNI_PATH=net.podman.bin_dir, CNM_STATE_DIR=net.podman.state,
+                   CNM_RUN_DIR=net.podman.run_dir)
+    return sh(os.path.join(BIN, "cnmctl"), *args, ns=net.host, env=env, check=check)
+
+
+def eth0_of(net, container: str) -> str:
+    """`ip -4 -o addr show eth0` inside the container ("" when eth0 is gone)."""
+    proc = net.run("exec", container, "ip", "-4", "-o", "addr", "show", "eth0", check=False)
+    return proc.stdout.strip() if proc.returncode == 0 else ""
+
+
+def test_gc_network_keeps_running_containers_and_collects_a_gone_one(net):
+    """Issue 17 item 1: `cnmctl gc NETWORK` DELed every cached attachment of the shared libcni
+    cache: two running containers lost eth0, veth, lease, record and published port. Now
+    both survive, and a container whose netns is really gone (podman removed it after its
+    DEL failed) is collected."""
+    host_port = random.randint(30000, 39999)
+    web, idle, gone = unique("cnmgw", 30), unique("cnmgi", 30), unique("cnmgg", 30)
+    net.run("run", "-d", "--network", net.name, "--name", web, "-p", f"{host_port}:80", IMAGE,
+            "httpd", "-f", "-p", "80", "-h", "/www")
+    net.run("run", "-d", "--network", net.name, "--name", idle, IMAGE, "sleep", "300")
+    net.run("run", "-d", "--network", net.name, "--name", gone, IMAGE, "sleep", "300")
+    assert "hello from cnm-cni" in wait_for_http(net.host, net.gateway, host_port, "hello from cnm-cni")
+    gone_ip = net.ip_of(gone)
+    # The DEL of `gone` fails (its plugin is missing for a moment): podman removes the netns anyway.
+    link = os.path.join(net.podman.bin_dir, "cnm-bridge")
+    os.unlink(link)
+    try:
+        net.run("rm", "--force", "--time", "0", gone, check=False)
+    finally:
+        os.symlink(os.path.join(BIN, "cnm-bridge"), link)
+    assert gone_ip in net.leftovers()["leases"]  # what the failed DEL left behind
+    before = {c: eth0_of(net, c) for c in (web, idle)}
+    assert all(before.values()), before
+
+    proc = cnmctl(net, "gc", net.name)
+
+    assert {c: eth0_of(net, c) for c in (web, idle)} == before, proc.stdout
+    left = net.leftovers()
+    assert len(left["bridge ports"]) == 2 and len(left["store"]["endpoints"]) == 2, left
+    assert sorted(left["leases"]) == sorted([net.ip_of(web), net.ip_of(idle)]), left
+    assert len(left["libcni cache"]) == 2, left
+    assert "hello from cnm-cni" in wait_for_http(net.host, net.gateway, host_port, "hello from cnm-cni")
+    rows = proc.stdout.splitlines()[1:]
+    assert sorted(r.split()[0] for r in rows) == ["deleted", "kept", "kept"], proc.stdout
+    assert len(net.run("ps", "-q", "--filter", "status=running").stdout.split()) == 2
+    net.run("rm", "--force", "--time", "0", web, idle)
+    assert net.leftovers() == CLEAN
