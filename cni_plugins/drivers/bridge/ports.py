@@ -72,12 +72,15 @@ def requested(request: Request, default_host_ip: str = "") -> list[Mapping]:
             raise _bad(f"entry {index} is not an object")
         host_port = _port(item, "hostPort", index)
         container_port = _port(item, "containerPort", index)
-        proto = item.get("protocol") or "tcp"
+        proto = item.get("protocol")
+        if proto is None or proto == "":
+            proto = "tcp"
         if not isinstance(proto, str) or proto.lower() not in PROTOCOLS:
             raise _bad(f"entry {index}: protocol must be one of tcp, udp, sctp, got {proto!r}")
-        host_ip = item.get("hostip") or default_host_ip or ""
-        if not isinstance(host_ip, str):
-            raise _bad(f"entry {index}: hostIP must be a string")
+        host_ip = item.get("hostip")
+        if host_ip is not None and not isinstance(host_ip, str):
+            raise _bad(f"entry {index}: hostIP must be a string, got {host_ip!r}")
+        host_ip = host_ip or default_host_ip
         mapping = _mapping(proto.lower(), host_port, container_port, host_ip, index)
         if mapping in mappings:
             continue
@@ -89,13 +92,29 @@ def requested(request: Request, default_host_ip: str = "") -> list[Mapping]:
     return mappings
 
 
+def host_address(text: str):
+    """A host address to publish on (hostIP, hostBindingIP), read exactly; ValueError saying
+    why not for what is no address (surrounding space included), an IPv6 zone
+    (`fe80::1%eth0`: nftables has no syntax for one) and an IPv4-mapped IPv6 address (an
+    IPv6 binding that no packet ever matches: IPv4 packets to that address are IPv4)."""
+    try:
+        ip = ipaddress.ip_address(text)
+    except ValueError:
+        raise ValueError("is not an IP address") from None
+    if ip.version == 6 and ip.scope_id:
+        raise ValueError("has an IPv6 zone, which nftables cannot match; publish on the address alone")
+    if ip.version == 6 and ip.ipv4_mapped is not None:
+        raise ValueError(f"is an IPv4-mapped IPv6 address, which no packet matches; use {ip.ipv4_mapped}")
+    return ip
+
+
 def _mapping(proto: str, host_port: int, container_port: int, host_ip: str, index: int) -> Mapping:
     if not host_ip:
         return Mapping(proto, host_port, container_port, None, None)
     try:
-        ip = ipaddress.ip_address(host_ip)
-    except ValueError:
-        raise _bad(f"entry {index}: hostIP {host_ip!r} is not an IP address") from None
+        ip = host_address(host_ip)
+    except ValueError as exc:
+        raise _bad(f"entry {index}: hostIP {host_ip!r} {exc}") from None
     if ip.is_unspecified:  # 0.0.0.0 / :: : every address of that family
         return Mapping(proto, host_port, container_port, None, ip.version)
     return Mapping(proto, host_port, container_port, str(ip), ip.version)
