@@ -63,9 +63,11 @@ def paths(base: str):
 
 
 ips = st.sampled_from(["10.77.0.5", "10.77.0.0/16", "fd77::5", "0.0.0.0", "::", "1.2.3.4; drop", "10.77.0.5/33",
-                       "", "localhost", "300.1.1.1"])
+                       "", "localhost", "300.1.1.1", " 10.77.0.5", "10.77.0.5\n", "::ffff:10.77.0.5", "fe80::1%eth0",
+                       "10.77.0.0/255.255.0.0"])
 ranges = st.lists(st.lists(st.fixed_dictionaries(
-    {"subnet": st.sampled_from(["10.77.0.0/16", "fd77::/64", "10.77.0.0/31", "10.77.0.0/33", "bogus", ""])},
+    {"subnet": st.sampled_from(["10.77.0.0/16", "fd77::/64", "10.77.0.0/31", "10.77.0.0/33", "bogus", "",
+                                " 10.77.0.0/16", "10.77.0.0/16\n", "fe80::%eth0/64", "10.77.0.0/255.255.0.0"])},
     optional={"rangeStart": ips, "rangeEnd": ips, "gateway": ips}), min_size=1, max_size=2), max_size=2)
 
 
