@@ -18,7 +18,7 @@ from ...cni.result import DNS, Interface, IPConfig, Result, Route
 from ...cnm.model import Endpoint
 from ..base import BaseDriver, Context
 from . import config as bridge_config
-from . import ipam, ports
+from . import ipam, localnet, ports
 
 HOST_VETH_PREFIX = "cnm"
 IPV6_MIN_MTU = 1280  # a link with a smaller MTU has no IPv6 state at all
@@ -167,8 +167,7 @@ class BridgeDriver(BaseDriver):
                 if elements:
                     from ...linux import nft
 
-                    if any(e.set.startswith("ports4") for e in elements):
-                        self._route_localnet(conf)
+                    self._route_localnet(ctx, conf, endpoint.id, elements, undo)
                     with kernel_errors("program nftables"):
                         stale = []
                         if endpoint.id in self._stale_owners:  # (the helper keeps this driver between requests)
@@ -177,7 +176,7 @@ class BridgeDriver(BaseDriver):
                         nft.commit(add=elements, remove=stale, owner=endpoint.id)
                     undo.callback(_remove_elements, elements, endpoint.id)
                     endpoint.data["nft"] = [[e.family, e.set, e.key, e.data, e.note] for e in elements]
-                    _flush_udp(elements)
+                    _flush_udp(ctx, elements)
                 _fault(ctx.env, "add", "nft")
                 bridge_mac = br.get_attr("IFLA_ADDRESS")
         except BaseException:
@@ -323,13 +322,15 @@ class BridgeDriver(BaseDriver):
             if 6 in families:
                 sysctl.ensure("net/ipv6/conf/all/forwarding", "1")
 
-    def _route_localnet(self, conf) -> None:
+    def _route_localnet(self, ctx: Context, conf, endpoint_id: str, elements, undo: ExitStack) -> None:
         """127.0.0.1:hostPort from the host: DNAT in output re-routes the packet to the
-        bridge, which the kernel allows for a 127/8 source only with route_localnet."""
-        from ...linux import sysctl
-
+        bridge, which the kernel allows for a 127/8 source only with route_localnet; on
+        only while an endpoint needs it (localnet.py)."""
+        if not localnet.needed_by(elements):
+            return
         with kernel_errors(f"enable route_localnet on {conf.bridge!r}"):
-            sysctl.ensure(f"net/ipv4/conf/{conf.bridge}/route_localnet", "1")
+            localnet.acquire(ctx.env, conf.bridge, endpoint_id)
+        undo.callback(localnet.release, ctx.env, endpoint_id, conf.bridge)
 
     # ---- DEL ------------------------------------------------------------------------------
     def leave(self, ctx: Context, network, endpoint: Endpoint, sandbox) -> None:
@@ -343,7 +344,10 @@ class BridgeDriver(BaseDriver):
         if recorded:
             with kernel_errors("remove nftables entries"):
                 _remove_elements(recorded, endpoint.id)
-                _flush_udp(recorded)
+                _flush_udp(ctx, recorded)
+            if localnet.needed_by(recorded):
+                with kernel_errors("restore route_localnet"):
+                    localnet.release(ctx.env, endpoint.id, endpoint.data.get("bridge"))
         _fault(ctx.env, "del", "nft")
         rec = endpoint.data.get("ipam")
         if rec:
@@ -360,7 +364,9 @@ class BridgeDriver(BaseDriver):
             owned = nft.owned(endpoint_id)
             if owned:
                 _remove_elements(owned, endpoint_id)
-                _flush_udp(owned)
+                _flush_udp(ctx, owned)
+        with kernel_errors("restore route_localnet"):
+            localnet.release(ctx.env, endpoint_id)  # (its bridge is not known without a record)
         ipam_conf = ctx.request.config.get("ipam")
         ipam_type = ipam_conf.get("type") if isinstance(ipam_conf, dict) else None
         if isinstance(ipam_type, str) and ipam_type:
@@ -460,6 +466,10 @@ def expected_elements(conf, request: Request, data: dict, host_name: str, mac: s
             elements.extend(_nft().isolate(ip, subnet))
     if not conf.icc:
         elements.extend(_nft().no_icc(host_name))
+        published = ports.families(mappings, addrs) if mappings else set()
+        for ip, subnet in addrs:
+            if ipaddress.ip_address(ip).version in published:
+                elements.extend(_nft().noicc_published(ip, subnet))
     return elements
 
 
@@ -471,9 +481,10 @@ def _nft():
     return nft
 
 
-def _flush_udp(elements) -> None:
+def _flush_udp(ctx: Context, elements) -> None:
     """UDP conntrack entries of the published ports in `elements` (ADD: flows that began
-    before the port was published; DEL: flows still steered to the gone container)."""
+    before the port was published; DEL: flows still steered to the gone container).
+    Best effort: a failure is logged, never the command's (a DEL must not stick on it)."""
     from ...linux import conntrack, nft
 
     done = set()
@@ -483,8 +494,13 @@ def _flush_udp(elements) -> None:
             wanted = (port, 4 if e.set.startswith("ports4") else 6)
             if proto == "udp" and wanted not in done:
                 done.add(wanted)
-                with kernel_errors("flush UDP conntrack entries"):
+                try:
                     conntrack.flush_udp_port(*wanted)
+                except conntrack.ConntrackError as exc:
+                    from ...cni.log import message
+
+                    message(ctx.env, ctx.request.config, "error", f"UDP conntrack entries not flushed: {exc}",
+                            command=ctx.request.command, container=ctx.request.container_id)
 
 
 def recorded_elements(endpoint: Endpoint) -> list:
