@@ -89,6 +89,25 @@ def check_forwarding(endpoints_by_family: dict[str, int]) -> Iterator[Finding]:
                           f"something turned it off since)")
 
 
+def check_conntrack(udp_endpoints: int) -> Iterator[Finding]:
+    """UDP published ports have their conntrack entries flushed at ADD and DEL (through
+    ctnetlink, no tool needed); best effort, so a node where that cannot work only warns."""
+    from ..linux.conntrack import available
+
+    problem = available()
+    if problem is None:
+        yield ok("conntrack", "the conntrack table can be flushed (ctnetlink)")
+    elif not udp_endpoints:
+        yield ok("conntrack", f"the conntrack table cannot be read ({problem}); no endpoint publishes a UDP port")
+    else:
+        yield Finding("conntrack", "warning",
+                      f"{udp_endpoints} endpoint(s) publish UDP ports but the conntrack table cannot be read "
+                      f"({problem}): a UDP flow that began before a port was published (or outlives its "
+                      f"container) keeps going to the old place until it stays idle for 30-180 s",
+                      "run cnmctl doctor as root in the host network namespace; load nf_conntrack_netlink "
+                      "(modprobe nf_conntrack_netlink)")
+
+
 def check_br_netfilter() -> Iterator[Finding]:
     if not os.path.isdir("/proc/sys/net/bridge"):
         yield Finding("br_netfilter", "warning",
@@ -245,6 +264,7 @@ def run_checks(state_dir: str, conf_dir: str) -> list[Finding]:
     findings += check_nft()
     findings += check_forwarding(bridge_endpoints_by_family(state_dir))
     findings += check_br_netfilter()
+    findings += check_conntrack(udp_publishing_endpoints(state_dir))
     findings += check_state_dir(state_dir)
     findings += check_log()
     findings += check_configs(conf_dir)
@@ -264,6 +284,22 @@ def bridge_endpoints_by_family(state_dir: str) -> dict[str, int]:
         for address in views.endpoint_view(ep)["IPs"]:
             counts["IPv6" if ":" in address else "IPv4"] += 1
     return counts
+
+
+def udp_publishing_endpoints(state_dir: str) -> int:
+    """Bridge endpoints whose recorded nft elements publish a UDP port."""
+    try:
+        snap = views.snapshot(state_dir)
+    except RunnerError:
+        return 0
+    count = 0
+    for ep in snap.endpoints:
+        for entry in ep.data.get("nft") or ():
+            key = entry[2] if len(entry) > 2 else None
+            if str(entry[1]).startswith("ports") and isinstance(key, dict) and key.get("concat", [""])[0] == "udp":
+                count += 1
+                break
+    return count
 
 
 MARK = {"ok": "ok", "warning": "WARN", "error": "FAIL"}

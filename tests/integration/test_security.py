@@ -10,7 +10,7 @@ import sys
 import pytest
 
 from bridge_support import Lab, sh
-from conftest import exec_plugin
+from conftest import BIN, exec_plugin
 from ports_support import OUTSIDE_V4, UPLINK_V4, ask, nft_map_elements, outside_host, reach, servers  # noqa: F401
 
 GATEWAY = "10.250.0.1"
@@ -224,3 +224,29 @@ def test_del_without_the_conntrack_tool(lab, servers, tmp_path):
     assert address not in conntrack_udp(lab, 5310)
     assert_all_gone(lab)
     assert not os.listdir(os.path.join(lab.env["CNM_RUN_DIR"], "netns"))  # the pin went too
+
+
+def test_doctor_warns_when_udp_ports_cannot_be_flushed(lab, tmp_path):
+    """Issue 21 item 8: nothing told the operator that UDP flows would not be flushed. Here
+    cnmctl doctor runs without CAP_NET_ADMIN (ctnetlink refuses it) on a node publishing a
+    UDP port: a warning; with it: ok."""
+    import json
+    import subprocess
+
+    conf = ports_conf(lab, [{"hostPort": 5320, "containerPort": 53, "protocol": "udp"}])
+    ns = lab.container()
+    lab.add(conf, ns)
+    confdir = tmp_path / "net.d"
+    confdir.mkdir()
+    env = dict(lab.env, NETCONFPATH=str(confdir))
+
+    def conntrack_finding(*prefix: str) -> dict:
+        proc = subprocess.run([*prefix, "nsenter", f"--net={lab.host}", "--", os.path.join(BIN, "cnmctl"), "doctor",
+                               "-f", "json"], env=env, capture_output=True, text=True, timeout=120)
+        [finding] = [f for f in json.loads(proc.stdout) if f["check"] == "conntrack"]
+        return finding
+
+    assert conntrack_finding()["severity"] == "ok"
+    without = conntrack_finding("setpriv", "--inh-caps=-net_admin", "--bounding-set=-net_admin", "--")
+    assert without["severity"] == "warning" and "publish UDP ports" in without["message"], without
+    assert lab.run("DEL", conf, ns).rc == 0
