@@ -187,7 +187,7 @@ class LeaseDir:
         flags = os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC | os.O_NOFOLLOW
         try:
             self.fd = os.open(self.path, flags)
-        except FileNotFoundError:  # (made on the network's first ADD only: no makedirs' stats after)
+        except FileNotFoundError:  # (made on the network's first ADD only: no make_dirs after)
             if not create:
                 raise
             make_dirs(self.path, DIR_MODE)
