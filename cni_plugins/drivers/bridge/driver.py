@@ -395,6 +395,9 @@ class BridgeDriver(BaseDriver):
         conf = self._conf(request)
         require_nft(conf)
         if conf.ipam_type:
+            # Delegated only to an IPAM that knows STATUS, i.e. speaks 1.1.0; one that does not
+            # cannot serve an ADD of this (1.1.0) config either, which require_version says.
+            ipam.require_version(request, conf.ipam_type)
             ipam.delegate("STATUS", request, conf.ipam_type)
 
     def degraded(self, request: Request, endpoints) -> str | None:
@@ -404,9 +407,9 @@ class BridgeDriver(BaseDriver):
         return missing_rules(list(endpoints), recorded_elements)
 
     def gc(self, request: Request, valid) -> None:
-        """Forward GC to the IPAM (R47); our own endpoints were collected by the controller."""
+        """Forward GC to the IPAM (R47) if it knows GC; our own endpoints were collected by the controller."""
         conf = self._conf(request)
-        if conf.ipam_type:
+        if conf.ipam_type and ipam.speaks_status(request, conf.ipam_type):
             ipam.delegate("GC", request, conf.ipam_type)
 
 
