@@ -1,11 +1,13 @@
 """cnmctl: run networks against network namespaces, as cnitool and `docker run` do.
 
   cnmctl add|check|del|status NETWORK [NETNS]      exactly cnitool's behaviour
-  cnmctl gc NETWORK [--dry-run|--all]              DEL cached attachments whose netns is gone (cli/netgc.py)
-  cnmctl gc [--format table|json]                  node-wide reconcile of store and kernel (cli/nodegc.py)
+  cnmctl gc NETWORK [--dry-run|--all]              DEL cached attachments whose netns is gone (netgc.py)
+  cnmctl gc [--format table|json]                  node-wide reconcile of store and kernel (nodegc.py)
   cnmctl run NAME --network NET [--publish H:C[/proto]] [--join OTHER]
   cnmctl rm NAME
-  cnmctl network ls|inspect, sandbox ls|inspect, endpoint ls, doctor   operator views (cli/ops.py)
+  cnmctl network ls|inspect, sandbox ls|inspect, endpoint ls, doctor   operator views (ops.py)
+
+Options may come before or after a command's positionals, as in docker's CLI.
 
 Environment (as cnitool): NETCONFPATH (default /etc/cni/net.d), CNI_PATH, CNI_ARGS
 (K=V;...), CAP_ARGS (JSON object of capability args), CNI_IFNAME (default eth0).
@@ -38,6 +40,22 @@ class UsageError(Exception):
 
 
 class Parser(argparse.ArgumentParser):
+    """argparse with docker's (pflag's) order: a command's options may come before, between
+    or after its positionals (`cnmctl network inspect a --format json b`)."""
+
+    _intermixing = False
+
+    def parse_known_args(self, args=None, namespace=None):
+        # Only a command without subcommands parses intermixed (argparse cannot with them);
+        # the intermixed parse itself calls back here, for argparse's own two passes.
+        if self._subparsers is not None or self._intermixing:
+            return super().parse_known_args(args, namespace)
+        self._intermixing = True
+        try:
+            return self.parse_known_intermixed_args(args, namespace)
+        finally:
+            self._intermixing = False
+
     def error(self, message: str):  # argparse's own: usage + message on stderr, exit 2
         self.print_usage(sys.stderr)
         self.exit(2, f"{self.prog}: error: {message}\n")
@@ -286,7 +304,8 @@ def build_parser() -> Parser:
         "del": "DEL the network from NETNS",
         "gc": "GC the network: DEL its cached attachments whose network namespace is gone (running "
               "containers are never touched; --all: every one, as cnitool); without NETWORK: reconcile "
-              "the whole node's CNM store with the kernel (cli/nodegc.py)",
+              "the whole node's CNM store with the kernel (stale records, leftover veths, pins and "
+              "nftables elements)",
         "status": "ask every plugin of the network whether it can ADD (STATUS)",
     }
     for name, text in helps.items():

@@ -619,7 +619,7 @@ def serve(socket_path: str | None = None, ready=None) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="cnmd", description="cnm-cni resident helper (see cli/thin.py)")
+    parser = argparse.ArgumentParser(prog="cnmd", description="cnm-cni resident helper: serves the plugins' execs warm over a root-only unix socket")
     parser.add_argument("--socket", help=f"listening socket (default ${thin.SOCKET_ENV} or {thin.DEFAULT_SOCKET})")
     parser.add_argument("--print-build-id", action="store_true", help="print the build id and exit")
     args = parser.parse_args(sys.argv[1:] if argv is None else argv)
