@@ -125,6 +125,45 @@ def check_br_netfilter() -> Iterator[Finding]:
     yield ok("br_netfilter", "br_netfilter is loaded")
 
 
+BRIDGE_PORTS_WARN = 0.9  # of the kernel's 1023 ports per bridge
+
+
+def check_bridge_ports(bridges: list[str]) -> Iterator[Finding]:
+    """Every bridge of our networks: how many of the kernel's 1023 ports it uses (a full
+    bridge refuses every further ADD). Warns from 90%."""
+    from ..linux import links
+    from ..linux.veth import BRIDGE_MAX_PORTS
+
+    limit = BRIDGE_MAX_PORTS
+    try:
+        counts = {}
+        with links.rtnl() as ipr:
+            for name in bridges:
+                index = links.link_index(ipr, name)
+                if index is not None:  # (else made by the network's next ADD)
+                    counts[name] = len(ipr.get_links(master=index))
+    except Exception as exc:  # not root, no netlink: a finding, not a traceback
+        yield Finding("bridge", "warning", f"bridge ports not counted: {type(exc).__name__}: {exc}",
+                      "run cnmctl doctor as root in the host network namespace")
+        return
+    for name, used in counts.items():
+        if used < BRIDGE_PORTS_WARN * limit:
+            yield ok("bridge", f"bridge {name} has {used} of {limit} ports")
+            continue
+        left = "no further container can join it" if used >= limit else f"{limit - used} left"
+        yield Finding("bridge", "warning", f"bridge {name} has {used} of the {limit} ports a Linux bridge can hold: "
+                      f"{left}", "put further containers on another network (another bridge); `cnmctl gc` removes "
+                                 "leftover ports of containers that are gone")
+
+
+def bridges_in_use(state_dir: str) -> list[str]:
+    try:
+        snap = views.snapshot(state_dir)
+    except RunnerError:
+        return []
+    return sorted({ep.data.get("bridge") for ep in snap.endpoints if ep.driver == "bridge" and ep.data.get("bridge")})
+
+
 # ---- state directory and log ------------------------------------------------------------------
 def check_state_dir(directory: str) -> Iterator[Finding]:
     try:
@@ -265,6 +304,7 @@ def run_checks(state_dir: str, conf_dir: str) -> list[Finding]:
     findings += check_forwarding(bridge_endpoints_by_family(state_dir))
     findings += check_br_netfilter()
     findings += check_conntrack(udp_publishing_endpoints(state_dir))
+    findings += check_bridge_ports(bridges_in_use(state_dir))
     findings += check_state_dir(state_dir)
     findings += check_log()
     findings += check_configs(conf_dir)

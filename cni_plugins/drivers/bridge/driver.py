@@ -216,6 +216,13 @@ class BridgeDriver(BaseDriver):
         with kernel_errors(f"create veth pair {host_name}/{request.ifname}"):
             try:
                 veth.create_pair(ipr, host_name, request.ifname, ctx.netns_fd, conf.mtu, mac, bridge_index)
+            except veth.BridgeFull:
+                raise CNIError(
+                    PLUGIN_FAILURE,
+                    f"bridge {conf.bridge!r} is full: a Linux bridge holds at most {veth.BRIDGE_MAX_PORTS} ports",
+                    f"{conf.bridge} has {veth.BRIDGE_MAX_PORTS} ports, the kernel's limit; put further containers "
+                    f"on another network (another bridge)",
+                ) from None
             except veth.VethError as exc:
                 if links.link_index(cipr, request.ifname) is not None:
                     raise CNIError(
