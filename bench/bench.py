@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """cnm-cni against Debian's Go reference plugins (/usr/lib/cni), in one run, same client.
 
-    sudo .venv/bin/python bench/bench.py [--quick] [--full-rss] [--bundle DIR] [--out FILE]
+    .venv/bin/python bench/bench.py [--quick] [--full-rss] [--bundle DIR] [--out FILE]
 
 Two clients (bench/client.py). The runner is a tiny libcni-style loop: it execs each plugin of a
 conflist with env + stdin as a runtime does (ADD in order with prevResult, CHECK in order, DEL
@@ -643,7 +643,7 @@ def main() -> int:
             f"Clients: bench/client.py's runner (libcni-style loop, one exec per plugin, env + stdin; peak RSS via "
             f"GNU time) and cnitool (libcni, one exec per command; results cached in {LIBCNI_RESULTS}); wall time "
             f"spawn to wait4, all in a throwaway host netns. "
-            f"Reproduce: `sudo .venv/bin/python bench/bench.py{' --quick' if args.quick else ''}` "
+            f"Reproduce (as root): `.venv/bin/python bench/bench.py{' --quick' if args.quick else ''}` "
             f"(after `packaging/build.sh` for the bundle rows).\n\n" + report.markdown())
     os.makedirs(os.path.dirname(args.out), exist_ok=True)
     with open(args.out, "w") as f:
