@@ -342,10 +342,13 @@ class Controller:
         return errors
 
     def _teardown_all(self, tx, request, doomed, sandbox, fd) -> list:
+        # The sandbox's endpoints: a driver may hand something over to one that stays (a
+        # host port the same container publishes on two networks).
+        peers = tuple(tx.list_endpoints(sandbox=sandbox.id)) if sandbox is not None else ()
         errors = []
         for ep in doomed:
             try:
-                self._teardown(tx, self._context_for(ep, request, sandbox, fd), ep, sandbox)
+                self._teardown(tx, self._context_for(ep, request, sandbox, fd, peers), ep, sandbox)
             except CNIError as err:
                 errors.append(err)
         return errors

@@ -272,3 +272,88 @@ def test_gc_network_keeps_running_containers_and_collects_a_gone_one(net):
     assert len(net.run("ps", "-q", "--filter", "status=running").stdout.split()) == 2
     net.run("rm", "--force", "--time", "0", web, idle)
     assert net.leftovers() == CLEAN
+
+
+# -- one container, one published port, two networks (issue 17 item 7) ----------------------------
+
+
+@pytest.fixture
+def net2(net, tmp_path):
+    """A second network on the same node as `net` (its own bridge, subnet and leases)."""
+    second = tmp_path / "second"
+    second.mkdir()
+    n = Net(net.podman, net.host, second)
+    while n.subnet == net.subnet:
+        n.subnet = f"10.{random.randint(100, 199)}.{random.randint(0, 255)}.0/24"
+        n.gateway = n.subnet.rsplit(".", 1)[0] + ".1"
+        n.conflist["plugins"][0]["ipam"]["ranges"] = [[{"subnet": n.subnet}]]
+        n.path = write_conflist(net.podman.conf_dir, n.conflist)
+    yield n
+    n.cleanup()
+
+
+def dnat_target(host: str, port: int) -> str | None:
+    """The container address the node's nftables send `port` to (None: not published)."""
+    proc = sh("nft", "-j", "list", "map", "inet", "cnm", "ports4_any_addr", ns=host, check=False)
+    if proc.returncode != 0:
+        return None
+    for item in json.loads(proc.stdout)["nftables"]:
+        for key, data in (item.get("map") or {}).get("elem", []):
+            if key["elem"]["val"]["concat"] == ["tcp", port]:
+                return data
+    return None
+
+
+def serves(net, port: int) -> bool:
+    return "hello from cnm-cni" in wait_for_http(net.host, net.gateway, port, "hello from cnm-cni")
+
+
+def publish_elsewhere_works(net, port: int) -> None:
+    """Another container can publish the port now (it was freed)."""
+    other = unique("cnmpo", 30)
+    net.run("run", "-d", "--network", net.name, "--name", other, "-p", f"{port}:80", IMAGE,
+            "httpd", "-f", "-p", "80", "-h", "/www")
+    assert serves(net, port) and dnat_target(net.host, port) == net.ip_of(other)
+    net.run("rm", "--force", "--time", "0", other)
+
+
+def test_run_on_two_networks_with_a_published_port(net, net2):
+    """Issue 17 item 7: `podman run --network a,b -p PORT:80` failed with "port already allocated
+    ... published by container <itself>". The reference starts, and so does ours: the port
+    answers, passes to the other network when one is disconnected, and is free after rm."""
+    port = random.randint(30000, 39999)
+    web = unique("cnmtw", 30)
+    net.run("run", "-d", "--network", f"{net.name},{net2.name}", "--name", web, "-p", f"{port}:80", IMAGE,
+            "httpd", "-f", "-p", "80", "-h", "/www")
+    ips = {net.name: net.ip_of(web), net2.name: net2.ip_of(web)}
+    assert serves(net, port) and serves(net2, port)
+    owner = dnat_target(net.host, port)
+    assert owner in ips.values(), (owner, ips)  # whichever network podman ADDed first
+    first = net if ips[net.name] == owner else net2
+    other = net2 if first is net else net
+    net.run("network", "disconnect", first.name, web)
+    assert dnat_target(net.host, port) == ips[other.name]  # handed over to the remaining network
+    assert serves(other, port)
+    net.run("rm", "--force", "--time", "0", web)
+    assert dnat_target(net.host, port) is None
+    assert net.leftovers() == CLEAN and net2.leftovers() == CLEAN
+    publish_elsewhere_works(net2, port)
+
+
+def test_network_connect_of_a_publishing_container(net, net2):
+    """Issue 17 item 7: `podman network connect` of a container that publishes a port failed
+    the same way."""
+    port = random.randint(30000, 39999)
+    web = unique("cnmtc", 30)
+    net.run("run", "-d", "--network", net.name, "--name", web, "-p", f"{port}:80", IMAGE,
+            "httpd", "-f", "-p", "80", "-h", "/www")
+    net.run("network", "connect", net2.name, web)
+    assert dnat_target(net.host, port) == net.ip_of(web)  # the first network keeps it
+    assert serves(net, port) and serves(net2, port)
+    net.run("network", "disconnect", net.name, web)
+    assert dnat_target(net.host, port) == net2.ip_of(web)
+    assert serves(net2, port)
+    net.run("rm", "--force", "--time", "0", web)
+    assert dnat_target(net.host, port) is None
+    assert net.leftovers() == CLEAN and net2.leftovers() == CLEAN
+    publish_elsewhere_works(net, port)

@@ -10,6 +10,7 @@ nftables elements by value and releases the lease from the recorded IPAM call.
 from __future__ import annotations
 
 import ipaddress
+import time
 from contextlib import ExitStack
 
 from ...cni.errors import CHECK_FAILED, CONFLICT, PLUGIN_FAILURE, CNIError
@@ -87,6 +88,7 @@ class BridgeDriver(BaseDriver):
     def __init__(self):
         self._cached: tuple[Request, bridge_config.BridgeConfig] | None = None
         self._stale_owners: set[str] = set()
+        self._held: dict[str, set] = {}  # endpoint id -> published-port slots a sibling holds (one ADD)
 
     def _conf(self, request: Request) -> bridge_config.BridgeConfig:
         if self._cached is None or self._cached[0] is not request:
@@ -125,14 +127,20 @@ class BridgeDriver(BaseDriver):
         _fault(ctx.env, "add", "ipam")
 
     def _ports_free(self, ctx: Context, conf, endpoint: Endpoint) -> None:
-        """Refuse host ports another endpoint publishes, before any kernel change."""
+        """Refuse host ports another container publishes, before any kernel change; note the
+        ones this container already publishes on another network (join leaves them)."""
+        self._held.clear()
         mappings = ports.requested(ctx.request, conf.hostBindingIP)
         if not mappings:
             return
+        siblings = frozenset(p.id for p in ctx.peers if p.container_id == endpoint.container_id)
         with kernel_errors("read the published ports"):
-            stale = ports.ensure_free(mappings, addresses(endpoint.data.get("ips", [])), endpoint.id)
-        if stale:  # our own leftovers (a record lost in a crash): the ADD replaces them
+            claim = ports.ensure_free(mappings, addresses(endpoint.data.get("ips", [])), endpoint.id, siblings)
+        if claim.stale:  # our own leftovers (a record lost in a crash): the ADD replaces them
             self._stale_owners.add(endpoint.id)
+        if claim.held:
+            self._held[endpoint.id] = claim.held
+        endpoint.data[ports.PUBLISHED_AT] = time.time_ns()  # orders a handover between siblings
 
     def join(self, ctx: Context, network, endpoint: Endpoint, sandbox) -> Result:
         from ...linux import links
@@ -168,15 +176,18 @@ class BridgeDriver(BaseDriver):
                     from ...linux import nft
 
                     self._route_localnet(ctx, conf, endpoint.id, elements, undo)
+                    # A port a sibling publishes stays its own; this endpoint's element is only
+                    # recorded, for the handover when the sibling goes (ports.release).
+                    installed = ports.installable(elements, self._held.pop(endpoint.id, set()))
                     with kernel_errors("program nftables"):
                         stale = []
                         if endpoint.id in self._stale_owners:  # (the helper keeps this driver between requests)
                             self._stale_owners.discard(endpoint.id)
                             stale = nft.owned(endpoint.id)
-                        nft.commit(add=elements, remove=stale, owner=endpoint.id)
-                    undo.callback(_remove_elements, elements, endpoint.id)
+                        nft.commit(add=installed, remove=stale, owner=endpoint.id)
+                    undo.callback(_remove_elements, installed, endpoint.id)
                     endpoint.data["nft"] = [[e.family, e.set, e.key, e.data, e.note] for e in elements]
-                    _flush_udp(ctx, elements)
+                    _flush_udp(ctx, installed)
                 _fault(ctx.env, "add", "nft")
                 bridge_mac = br.get_attr("IFLA_ADDRESS")
         except BaseException:
@@ -350,8 +361,9 @@ class BridgeDriver(BaseDriver):
         recorded = recorded_elements(endpoint)
         if recorded:
             with kernel_errors("remove nftables entries"):
-                _remove_elements(recorded, endpoint.id)
-                _flush_udp(ctx, recorded)
+                remove, handover = ports.release(recorded, endpoint, ctx.peers, recorded_elements)
+                _remove_elements(remove, endpoint.id, handover)
+                _flush_udp(ctx, remove)
             if localnet.needed_by(recorded):
                 with kernel_errors("restore route_localnet"):
                     localnet.release(ctx.env, endpoint.id, endpoint.data.get("bridge"))
@@ -524,10 +536,20 @@ def _delete_link(name: str) -> None:
         veth.delete(ipr, name)
 
 
-def _remove_elements(elements, owner: str) -> None:
+def _remove_elements(elements, owner: str, handover=()) -> None:
+    """Remove `elements`; in the same transaction the first heir installs the published
+    ports it takes over (so the port never goes unanswered), further heirs after it."""
     from ...linux import nft
 
-    nft.commit(remove=elements, owner=owner)
+    if not handover:
+        nft.commit(remove=elements, owner=owner)
+        return
+    # The removal's add-then-delete writes the heir's name into a comment that is deleted
+    # at once: which owner commit() is given only matters for the elements it adds.
+    (heir, taken), *more = handover
+    nft.commit(add=taken, remove=elements, owner=heir)
+    for heir, taken in more:
+        nft.commit(add=taken, owner=heir)
 
 
 def _unwind(stack: ExitStack) -> None:
