@@ -17,6 +17,7 @@ from .conf import NetworkConfigList
 from .libcni import CNIRunner
 
 DELETED, WOULD_DELETE, KEPT, FAILED = "deleted", "would delete", "kept", "failed"
+DISABLED = "the list sets disableGC"
 
 
 @dataclass
@@ -37,10 +38,11 @@ class Outcome:
 def collect_gone(runner: CNIRunner, net: NetworkConfigList, env, *, dry_run: bool = False) -> list[Outcome]:
     """DEL the cached attachments of `net` whose namespace is provably gone; keep the rest."""
     outcomes = []
-    foreign = liveness.foreign_mount_namespace()
+    # disableGC: the list is shared by runtimes whose caches differ; it is never GCed here.
+    untouchable = DISABLED if net.disable_gc else liveness.foreign_mount_namespace()
     for att in runner.cached_attachments_of(net.name):
-        if foreign:
-            outcomes.append(_outcome(KEPT, att, foreign))
+        if untouchable:
+            outcomes.append(_outcome(KEPT, att, untouchable))
             continue
         verdict = _verdict(att, net, env)
         if not verdict.gone:
@@ -56,7 +58,7 @@ def collect_all(runner: CNIRunner, net: NetworkConfigList) -> tuple[list[Outcome
     """cnitool's GC: DEL every cached attachment of `net`, then GC each plugin without a
     list; the outcomes and the plugins' errors."""
     if net.disable_gc:
-        return [], []
+        return [_outcome(KEPT, att, DISABLED) for att in runner.cached_attachments_of(net.name)], []
     outcomes = []
     for att in runner.cached_attachments_of(net.name):
         error = runner.del_cached(net, att)

@@ -241,6 +241,18 @@ def test_a_failed_del_is_reported_and_exits_1(lab):
     lab.assert_nothing_left()
 
 
+def test_disable_gc_keeps_everything(lab):
+    ns = lab.container()
+    cid = add(lab, ns)
+    drop_netns(ns)
+    path = lab.confdir / f"{lab.network}.conflist"
+    path.write_text(json.dumps(dict(json.loads(path.read_text()), disableGC=True)))
+    for flags in ((), ("--all",)):
+        proc, report = gc(lab, *flags)
+        assert proc.returncode == 0 and len(lab.veths()) == 1, (proc, report)
+        assert report[cid]["action"] == "kept" and report[cid]["reason"] == "the list sets disableGC", report
+
+
 def test_nothing_cached_says_so(lab):
     proc = cnmctl(lab, "gc", lab.network)
     assert proc.returncode == 0 and "no cached attachment" in proc.stdout, proc
