@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """cnm-cni against Debian's Go reference plugins (/usr/lib/cni), in one run, same client.
 
-    sudo .venv/bin/python bench/bench.py [--quick] [--full-rss] [--bundle DIR] [--out FILE]
+    .venv/bin/python bench/bench.py [--quick] [--full-rss] [--bundle DIR] [--out FILE]
 
 Two clients (bench/client.py). The runner is a tiny libcni-style loop: it execs each plugin of a
 conflist with env + stdin as a runtime does (ADD in order with prevResult, CHECK in order, DEL
@@ -15,6 +15,7 @@ real host netns and adopts the caller's netns per request, as in production.
 What it prints (markdown, also written to bench/results/latest.md with the machine):
   - VERSION exec floor: Go bridge, cnm-bridge through the thin path (helper) and in-process,
     from the checkout (python3 -IS) and from a PyInstaller bundle (--bundle, or dist/);
+  - STATUS vs VERSION through the helper, of an idle network and of one holding pods;
   - ADD/CHECK/DEL of cnm-bridge+cnm-ipam vs Go bridge+host-local, with and without helper
     (runner), and with the helper (cnitool);
   - the Go five-plugin chain (bridge+host-local, firewall, tuning, portmap; one hostPort per
@@ -330,6 +331,24 @@ def version_floor(lab, path, socket_path, runs) -> list[float]:
     return out
 
 
+def status_and_version(lab, path, socket_path, conf: dict, runs: int) -> dict[str, list[float]]:
+    """STATUS of network `conf` and VERSION of the same executable through the helper,
+    alternating, so their ratio is measured over the same stretch of time. containerd 2.x
+    sends STATUS for every network each time the kubelet polls CRI Status (~every 5 s)."""
+    plugin = dict(conf["plugins"][0], name=conf["name"], cniVersion="1.1.0")
+    plugin.pop("capabilities", None)
+    stdins = {"VERSION": b'{"cniVersion":"1.1.0"}', "STATUS": json.dumps(plugin).encode()}
+    env = lab.env(os.path.dirname(path), socket_path)
+    times = {"VERSION": [], "STATUS": []}
+    for i in range(runs + 3):
+        for command, stdin in stdins.items():
+            r = exec_plugin(path, dict(env, CNI_COMMAND=command), stdin)
+            assert r.rc == 0, (command, r)
+            if i >= 3:
+                times[command].append(r.elapsed)
+    return times
+
+
 def find_cnitool() -> str:
     """.tools/bin/cnitool (or $CNM_TOOLS_DIR), built on first use by shared/tools/build-cnitool.sh,
     as scripts/e2e-setup.sh does for tests/e2e. Without it the bench fails: no row is skipped."""
@@ -419,6 +438,28 @@ def main() -> int:
             t = version_floor(lab, os.path.join(d, "cnm-bridge"), "off", runs)
             report.row(label, "in-process", ms(median(t)), ms(p95(t)), ratio(median(t), median(go)),
                        f"≤ 60 ms {verdict(median(t), 0.060)}")
+
+        # 1b. STATUS through the helper: an idle network, and one holding pods with nftables elements
+        report.section("STATUS vs VERSION through the helper (same run, alternating)",
+                       ["network", "VERSION median ms", "STATUS median ms (p95)", "STATUS × VERSION", "target"])
+        status_path = os.path.join(bundle or BIN, "cnm-bridge")
+        status_sock = bsock if bundle else sock
+        plain = cnm_bridge(lab, lab.net("cnmst"), f"{lab.tag}s0", "10.236.0.0/20")
+        busy = cnm_bridge(lab, lab.net("cnmstm"), f"{lab.tag}s1", "10.237.0.0/20", masq=True)
+        busy["plugins"][0].update(isolateNetworks=True, capabilities={"portMappings": True})
+        pods = 10 if args.quick else 50
+        holder = Chain(bundle or BIN, busy, lab.env(bundle or BIN, status_sock), ports=True)
+        held = [(lab.cid(), lab.new_netns()) for _ in range(pods)]
+        results = [holder.add(cid, ns)[1] for cid, ns in held]
+        for label, conf in (("cnm-bridge + cnm-ipam, no pods", plain),
+                            (f"cnm-bridge + cnm-ipam, {pods} pods (ports, ipMasq, isolation)", busy)):
+            t = status_and_version(lab, status_path, status_sock, conf, runs)
+            r = median(t["STATUS"]) / median(t["VERSION"])
+            report.row(label, ms(median(t["VERSION"])), f"{ms(median(t['STATUS']))} ({ms(p95(t['STATUS']))})",
+                       f"{r:.2f}×", f"≤ 1.5× {verdict(r, 1.5)}")
+        for (cid, ns), result in zip(held, results):
+            holder.delete(cid, ns, result)
+            lab.del_netns(ns)
 
         # 2. bridge + IPAM lifecycle, through each client
         def cells(t):
@@ -602,7 +643,7 @@ def main() -> int:
             f"Clients: bench/client.py's runner (libcni-style loop, one exec per plugin, env + stdin; peak RSS via "
             f"GNU time) and cnitool (libcni, one exec per command; results cached in {LIBCNI_RESULTS}); wall time "
             f"spawn to wait4, all in a throwaway host netns. "
-            f"Reproduce: `sudo .venv/bin/python bench/bench.py{' --quick' if args.quick else ''}` "
+            f"Reproduce (as root): `.venv/bin/python bench/bench.py{' --quick' if args.quick else ''}` "
             f"(after `packaging/build.sh` for the bundle rows).\n\n" + report.markdown())
     os.makedirs(os.path.dirname(args.out), exist_ok=True)
     with open(args.out, "w") as f:

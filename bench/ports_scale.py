@@ -2,7 +2,7 @@
 """Cost of an ADD and a DEL of a cnm-bridge endpoint with published ports, with 10 and with
 1,000 published endpoints already on the host (issue 5: within 1.2x).
 
-    sudo .venv/bin/python bench/ports_scale.py [--runs 15] [--present 10 1000] [--out FILE]
+    .venv/bin/python bench/ports_scale.py [--runs 15] [--present 10 1000] [--out FILE]
 
 Everything runs in two throwaway "host" netns, one with 10 and one with 1,000 (this process
 setns()es into them, so the plugin execs and nft run there), measured alternately so load

@@ -147,7 +147,10 @@ def teardown(node: Node, request: Request, sandbox_id: str, choose: Choose,
             ep.phase, ep.active = DELETING, False
             tx.put_endpoint(ep)
         networks = {ep.network: tx.get_network(ep.network) for ep in doomed}
-        empty = not doomed and sandbox is not None and not tx.list_endpoints(sandbox=sandbox_id)
+        # The sandbox's endpoints, as they are now: a driver may hand something over to one
+        # that stays (a host port the same container publishes on two networks).
+        peers = tuple(tx.list_endpoints(sandbox=sandbox_id)) if sandbox is not None else ()
+        empty = not doomed and sandbox is not None and not peers
     _fault(request, "intent")
     if empty:  # nothing of it left (an earlier run failed only at the end)
         _drop_empty(node, sandbox)
@@ -158,7 +161,7 @@ def teardown(node: Node, request: Request, sandbox_id: str, choose: Choose,
     fd = open_fd(sandbox)
     try:
         for ep in doomed:
-            ctx = context_for(node, ep, request, sandbox, fd)
+            ctx = context_for(node, ep, request, sandbox, fd, peers)
             try:
                 tear_down_one(ctx, networks.get(ep.network), ep, sandbox)
             except CNIError as err:

@@ -1,10 +1,13 @@
 """cnmctl: run networks against network namespaces, as cnitool and `docker run` do.
 
-  cnmctl add|check|del|gc|status NETWORK [NETNS]   exactly cnitool's behaviour
-  cnmctl gc [--format table|json]                  node-wide reconcile of store and kernel (cli/nodegc.py)
+  cnmctl add|check|del|status NETWORK [NETNS]      exactly cnitool's behaviour
+  cnmctl gc NETWORK [--dry-run|--all]              DEL cached attachments whose netns is gone (netgc.py)
+  cnmctl gc [--format table|json]                  node-wide reconcile of store and kernel (nodegc.py)
   cnmctl run NAME --network NET [--publish H:C[/proto]] [--join OTHER]
   cnmctl rm NAME
-  cnmctl network ls|inspect, sandbox ls|inspect, endpoint ls, doctor   operator views (cli/ops.py)
+  cnmctl network ls|inspect, sandbox ls|inspect, endpoint ls, doctor   operator views (ops.py)
+
+Options may come before or after a command's positionals, as in docker's CLI.
 
 Environment (as cnitool): NETCONFPATH (default /etc/cni/net.d), CNI_PATH, CNI_ARGS
 (K=V;...), CAP_ARGS (JSON object of capability args), CNI_IFNAME (default eth0).
@@ -37,6 +40,22 @@ class UsageError(Exception):
 
 
 class Parser(argparse.ArgumentParser):
+    """argparse with docker's (pflag's) order: a command's options may come before, between
+    or after its positionals (`cnmctl network inspect a --format json b`)."""
+
+    _intermixing = False
+
+    def parse_known_args(self, args=None, namespace=None):
+        # Only a command without subcommands parses intermixed (argparse cannot with them);
+        # the intermixed parse itself calls back here, for argparse's own two passes.
+        if self._subparsers is not None or self._intermixing:
+            return super().parse_known_args(args, namespace)
+        self._intermixing = True
+        try:
+            return self.parse_known_intermixed_args(args, namespace)
+        finally:
+            self._intermixing = False
+
     def error(self, message: str):  # argparse's own: usage + message on stderr, exit 2
         self.print_usage(sys.stderr)
         self.exit(2, f"{self.prog}: error: {message}\n")
@@ -94,6 +113,8 @@ def print_result(result: dict) -> None:
 # ---- cnitool commands ----------------------------------------------------------------------
 def cmd_cnitool(opts) -> int:
     if opts.command == "gc" and not opts.network:  # node-wide reconcile (issue 8)
+        if opts.all or opts.dry_run:
+            raise UsageError("--all and --dry-run need NETWORK")
         from . import nodegc
 
         return nodegc.run(opts)
@@ -109,8 +130,13 @@ def cmd_cnitool(opts) -> int:
         run.check_network_list(net, rt)
     elif opts.command == "del":
         run.del_network_list(net, rt)
-    elif opts.command == "gc":
-        run.gc_network_list(net, None)  # no valid list: every cached attachment is stale (cnitool gc)
+    elif opts.command == "gc":  # only attachments whose netns is gone; --all: cnitool's GC
+        from . import netgc
+
+        if opts.all and opts.dry_run:
+            raise UsageError("--all and --dry-run exclude each other")
+
+        return netgc.run(opts, net, run)
     else:
         run.get_status_network_list(net)
     return 0
@@ -276,17 +302,24 @@ def build_parser() -> Parser:
         "add": "ADD the network to NETNS and print the result",
         "check": "CHECK the network in NETNS against the cached result",
         "del": "DEL the network from NETNS",
-        "gc": "GC the network: DEL every cached attachment, then GC each plugin; without NETWORK: "
-              "reconcile the whole node's CNM store with the kernel (cli/nodegc.py)",
+        "gc": "GC the network: DEL its cached attachments whose network namespace is gone (running "
+              "containers are never touched; --all: every one, as cnitool); without NETWORK: reconcile "
+              "the whole node's CNM store with the kernel (stale records, leftover veths, pins and "
+              "nftables elements)",
         "status": "ask every plugin of the network whether it can ADD (STATUS)",
     }
     for name, text in helps.items():
-        p = sub.add_parser(name, help=text, description=text + " (cnitool's behaviour).")
+        p = sub.add_parser(name, help=text, description=text + ("." if name == "gc" else " (cnitool's behaviour)."))
         p.add_argument("network", metavar="NETWORK", nargs="?" if name == "gc" else None,
                        help="network name (looked up in NETCONFPATH)")
         if name == "gc":
             p.add_argument("--format", choices=("table", "json"), default="table",
-                           help="output of the node-wide reconcile (no NETWORK)")
+                           help="what was removed (and kept, with NETWORK), as a table or JSON")
+            p.add_argument("--dry-run", action="store_true",
+                           help="with NETWORK: only report what would be DELed")
+            p.add_argument("--all", action="store_true",
+                           help="with NETWORK: cnitool's GC, DEL every cached attachment of the network, "
+                                "running containers included")
         p.add_argument(
             "netns",
             metavar="NETNS",

@@ -131,12 +131,16 @@ def systemd_socket() -> socket.socket | None:
 
 
 def bind_socket(path: str) -> socket.socket:
-    """A root-only listening socket (dir 0700, socket 0600); refuses to steal a live one."""
+    """A root-only listening socket (socket 0600, missing directories made 0700; an existing
+    directory keeps its mode: /run or /tmp are not ours to change); refuses to steal a live
+    one, and a directory the plugins would not trust (thin.untrusted)."""
+    from ..linux.fs import make_dirs
+
     directory = os.path.dirname(os.path.abspath(path))
-    os.makedirs(directory, mode=0o700, exist_ok=True)
-    st = os.stat(directory)
-    if st.st_uid == os.getuid() and st.st_mode & 0o077:
-        os.chmod(directory, 0o700)
+    make_dirs(directory, 0o700)
+    problem = thin.untrusted_directory(directory)
+    if problem:
+        raise SystemExit(f"cnmd: {problem}: the plugins would not use a socket there")
     if os.path.exists(path):
         probe = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
         try:
@@ -615,7 +619,7 @@ def serve(socket_path: str | None = None, ready=None) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="cnmd", description="cnm-cni resident helper (see cli/thin.py)")
+    parser = argparse.ArgumentParser(prog="cnmd", description="cnm-cni resident helper: serves the plugins' execs warm over a root-only unix socket")
     parser.add_argument("--socket", help=f"listening socket (default ${thin.SOCKET_ENV} or {thin.DEFAULT_SOCKET})")
     parser.add_argument("--print-build-id", action="store_true", help="print the build id and exit")
     args = parser.parse_args(sys.argv[1:] if argv is None else argv)

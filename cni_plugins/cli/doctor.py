@@ -89,6 +89,25 @@ def check_forwarding(endpoints_by_family: dict[str, int]) -> Iterator[Finding]:
                           f"something turned it off since)")
 
 
+def check_conntrack(udp_endpoints: int) -> Iterator[Finding]:
+    """UDP published ports have their conntrack entries flushed at ADD and DEL (through
+    ctnetlink, no tool needed); best effort, so a node where that cannot work only warns."""
+    from ..linux.conntrack import available
+
+    problem = available()
+    if problem is None:
+        yield ok("conntrack", "the conntrack table can be flushed (ctnetlink)")
+    elif not udp_endpoints:
+        yield ok("conntrack", f"the conntrack table cannot be read ({problem}); no endpoint publishes a UDP port")
+    else:
+        yield Finding("conntrack", "warning",
+                      f"{udp_endpoints} endpoint(s) publish UDP ports but the conntrack table cannot be read "
+                      f"({problem}): a UDP flow that began before a port was published (or outlives its "
+                      f"container) keeps going to the old place until it stays idle for 30-180 s",
+                      "run cnmctl doctor as root in the host network namespace; load nf_conntrack_netlink "
+                      "(modprobe nf_conntrack_netlink)")
+
+
 def check_br_netfilter() -> Iterator[Finding]:
     if not os.path.isdir("/proc/sys/net/bridge"):
         yield Finding("br_netfilter", "warning",
@@ -104,6 +123,45 @@ def check_br_netfilter() -> Iterator[Finding]:
                       "on this bridge; persist it in /etc/sysctl.d/")
         return
     yield ok("br_netfilter", "br_netfilter is loaded")
+
+
+BRIDGE_PORTS_WARN = 0.9  # of the kernel's 1023 ports per bridge
+
+
+def check_bridge_ports(bridges: list[str]) -> Iterator[Finding]:
+    """Every bridge of our networks: how many of the kernel's 1023 ports it uses (a full
+    bridge refuses every further ADD). Warns from 90%."""
+    from ..linux import links
+    from ..linux.veth import BRIDGE_MAX_PORTS
+
+    limit = BRIDGE_MAX_PORTS
+    try:
+        counts = {}
+        with links.rtnl() as ipr:
+            for name in bridges:
+                index = links.link_index(ipr, name)
+                if index is not None:  # (else made by the network's next ADD)
+                    counts[name] = len(ipr.get_links(master=index))
+    except Exception as exc:  # not root, no netlink: a finding, not a traceback
+        yield Finding("bridge", "warning", f"bridge ports not counted: {type(exc).__name__}: {exc}",
+                      "run cnmctl doctor as root in the host network namespace")
+        return
+    for name, used in counts.items():
+        if used < BRIDGE_PORTS_WARN * limit:
+            yield ok("bridge", f"bridge {name} has {used} of {limit} ports")
+            continue
+        left = "no further container can join it" if used >= limit else f"{limit - used} left"
+        yield Finding("bridge", "warning", f"bridge {name} has {used} of the {limit} ports a Linux bridge can hold: "
+                      f"{left}", "put further containers on another network (another bridge); `cnmctl gc` removes "
+                                 "leftover ports of containers that are gone")
+
+
+def bridges_in_use(state_dir: str) -> list[str]:
+    try:
+        snap = views.snapshot(state_dir)
+    except RunnerError:
+        return []
+    return sorted({ep.data.get("bridge") for ep in snap.endpoints if ep.driver == "bridge" and ep.data.get("bridge")})
 
 
 # ---- state directory and log ------------------------------------------------------------------
@@ -252,6 +310,8 @@ def run_checks(state_dir: str, conf_dir: str) -> list[Finding]:
     findings += check_nft()
     findings += check_forwarding(bridge_endpoints_by_family(state_dir))
     findings += check_br_netfilter()
+    findings += check_conntrack(udp_publishing_endpoints(state_dir))
+    findings += check_bridge_ports(bridges_in_use(state_dir))
     findings += check_state_dir(state_dir)
     findings += check_log()
     findings += check_configs(conf_dir)
@@ -271,6 +331,22 @@ def bridge_endpoints_by_family(state_dir: str) -> dict[str, int]:
         for address in views.endpoint_view(ep)["IPs"]:
             counts["IPv6" if ":" in address else "IPv4"] += 1
     return counts
+
+
+def udp_publishing_endpoints(state_dir: str) -> int:
+    """Bridge endpoints whose recorded nft elements publish a UDP port."""
+    try:
+        snap = views.snapshot(state_dir)
+    except RunnerError:
+        return 0
+    count = 0
+    for ep in snap.endpoints:
+        for entry in ep.data.get("nft") or ():
+            key = entry[2] if len(entry) > 2 else None
+            if str(entry[1]).startswith("ports") and isinstance(key, dict) and key.get("concat", [""])[0] == "udp":
+                count += 1
+                break
+    return count
 
 
 MARK = {"ok": "ok", "warning": "WARN", "error": "FAIL"}

@@ -121,6 +121,9 @@ def add_parsers(sub, parser_class) -> None:
     listing = argparse.ArgumentParser(add_help=False, parents=[common])
     listing.add_argument("--format", "-f", choices=("table", "json"), default="table",
                          help="aligned table for people (default) or JSON for scripts")
+    inspecting = argparse.ArgumentParser(add_help=False, parents=[common])
+    inspecting.add_argument("--format", "-f", choices=("json",), default="json",
+                            help="JSON, the only format of inspect (accepted as docker's `--format json`)")
 
     def group(name: str, text: str):
         p = sub.add_parser(name, help=text, description=text)
@@ -132,7 +135,7 @@ def add_parsers(sub, parser_class) -> None:
     p = net.add_parser("ls", parents=[listing], help="list networks",
                        description="List the networks of the store and of NETCONFPATH.")
     p.set_defaults(func=cmd_network_ls)
-    p = net.add_parser("inspect", parents=[common], help="show networks as JSON (like docker network inspect)",
+    p = net.add_parser("inspect", parents=[inspecting], help="show networks as JSON (like docker network inspect)",
                        description="Driver, subnets and gateways, options, config file and endpoints "
                                    "(container, ifname, MAC, IPs, published ports) of each NAME, as JSON.")
     p.add_argument("names", metavar="NAME", nargs="+")
@@ -142,7 +145,7 @@ def add_parsers(sub, parser_class) -> None:
     p = sbx.add_parser("ls", parents=[listing], help="list sandboxes",
                        description="List sandboxes: state (ready/gone/host), members, netns and our pin.")
     p.set_defaults(func=cmd_sandbox_ls)
-    p = sbx.add_parser("inspect", parents=[common], help="show sandboxes as JSON",
+    p = sbx.add_parser("inspect", parents=[inspecting], help="show sandboxes as JSON",
                        description="Show each sandbox (by sandbox id or member container id) as JSON.")
     p.add_argument("ids", metavar="ID", nargs="+", help="sandbox id or container id")
     p.set_defaults(func=cmd_sandbox_inspect)

@@ -8,9 +8,11 @@ with int.to_bytes), `fcntl` (+0.1 ms: the helper checks the namespace type) or
 `__future__` (+0.2 ms; the annotations here are valid at run time). It opens CNI_NETNS itself, sends env,
 stdin, the netns descriptor (SCM_RIGHTS), a descriptor of its working
 directory and its process context (namespaces, root, capabilities, umask) to
-`cnmd` over a root-only unix socket, and relays the answer. When the helper is
-absent, refuses, or has not claimed the command in time, the command runs in-process
-(cli.plugin.handle) exactly as without a helper.
+`cnmd` over a root-only unix socket, and relays the answer. Only to a socket of
+root's, in directories nobody but root can change, with root listening (untrusted(),
+peer_uid()): anyone else would get the host's netns. When the helper is absent,
+untrusted (logged), refuses, or has not claimed the command in time, the command runs
+in-process (cli.plugin.handle) exactly as without a helper.
 
 Wire protocol (PROTOCOL 2), all integers big-endian:
   client -> helper  b"CNMD" u32 protocol u32 nfields, then nfields x (u32 len, bytes):
@@ -49,6 +51,7 @@ O_PATH = getattr(posix, "O_PATH", 0o10000000)
 
 
 served_by_helper = False  # set by run(): this process only relayed the helper's answer
+distrusted = ""  # set by via_helper(): why a socket at the helper's path was not used
 
 
 # ---- what os and os.path would give (see the module doc) ------------------------------------
@@ -165,6 +168,95 @@ def open_netns(path: str) -> int | None:
     return None
 
 
+# ---- whom the descriptors go to -------------------------------------------------------------
+# The request hands over the host's and the container's netns: only a root helper may get them.
+S_IFMT, S_IFDIR, S_IFLNK, S_IFSOCK = 0o170000, 0o040000, 0o120000, 0o140000  # (no `stat` module here)
+MAX_SYMLINKS = 40  # as the kernel's path walk
+
+
+def _safe_directory(st) -> bool:
+    """Root's and writable by root alone; or root's with the sticky bit (/tmp: tests put their
+    sockets under pytest's tmp dirs). In a sticky directory nobody but root can rename or remove
+    root's entries: a name another user takes first is their socket, which the owner and peer
+    checks refuse."""
+    if st.st_uid != 0 or (st.st_mode & S_IFMT) != S_IFDIR:
+        return False
+    return not st.st_mode & 0o022 or bool(st.st_mode & 0o1000)
+
+
+class Untrusted(Exception):
+    """A helper socket not to be trusted with descriptors; str() says why."""
+
+
+def resolved_directory(directory: str) -> str:
+    """`directory` with its symlinks resolved, each directory from / down to it checked by
+    _safe_directory (a symlink's target too, from the start); raises Untrusted. A few lstats:
+    no os, no os.path."""
+    if not directory.startswith("/"):
+        directory = f"{posix.getcwd()}/{directory}"
+    if not _safe_directory(posix.stat("/")):
+        raise Untrusted("/ is not root-only")
+    parts = directory.split("/")
+    current, hops = "", 0
+    while parts:
+        part = parts.pop(0)
+        if part in ("", "."):
+            continue
+        if part == "..":  # `current` holds real directories only: dropping the last is exact
+            current = current.rpartition("/")[0]
+            continue
+        candidate = f"{current}/{part}"
+        st = posix.lstat(candidate)
+        if (st.st_mode & S_IFMT) == S_IFLNK:
+            hops += 1
+            if hops > MAX_SYMLINKS:
+                raise Untrusted(f"too many symlinks in {directory}")
+            target = posix.readlink(candidate)
+            if target.startswith("/"):
+                current = ""
+            parts[:0] = target.split("/")
+            continue
+        if not _safe_directory(st):
+            raise Untrusted(f"{candidate} is not a directory of root's that only root can write")
+        current = candidate
+    return current or "/"
+
+
+def untrusted_directory(directory: str) -> str | None:
+    """Why a socket in `directory` would not be trusted, or None."""
+    try:
+        resolved_directory(directory)
+        return None
+    except Untrusted as exc:
+        return str(exc)
+    except OSError as exc:
+        return f"cannot check {directory}: {exc.strerror}"
+
+
+def untrusted(path: str) -> str | None:
+    """Why the helper socket at `path` is not to be trusted, or None: its directories as
+    resolved_directory checks them, and the socket itself root's (not a symlink)."""
+    head, _, name = path.rpartition("/")
+    if not name:
+        return f"{path} is not a socket"
+    try:
+        directory = resolved_directory(head or ("/" if path.startswith("/") else "."))
+        st = posix.lstat(f"{directory.rstrip('/')}/{name}")
+    except Untrusted as exc:
+        return str(exc)
+    except OSError as exc:
+        return f"cannot check {path}: {exc.strerror}"
+    if (st.st_mode & S_IFMT) != S_IFSOCK or st.st_uid != 0:
+        return f"{path} is not a socket of root's"
+    return None
+
+
+def peer_uid(sock) -> int:
+    """The uid of the process that listens on the other end (SO_PEERCRED: pid, uid, gid)."""
+    creds = sock.getsockopt(_socket.SOL_SOCKET, _socket.SO_PEERCRED, 12)
+    return int.from_bytes(creds[4:8], sys.byteorder)
+
+
 # ---- framing -------------------------------------------------------------------------------
 def encode_env(env) -> bytes:
     return b"\0".join(_fsencode(k) + b"=" + _fsencode(v) for k, v in env.items())
@@ -236,8 +328,12 @@ def via_helper(name: str, env, stdin: bytes) -> tuple[bytes, int] | None:
 
     Raises Committed when the helper claimed the command and then failed to answer.
     """
+    global distrusted
     path = socket_path(env)
     if path is None or not _exists(path):
+        return None
+    distrusted = untrusted(path) or ""
+    if distrusted:
         return None
     fds = []
     claim = -1
@@ -263,6 +359,10 @@ def via_helper(name: str, env, stdin: bytes) -> tuple[bytes, int] | None:
         try:
             sock.settimeout(CONNECT_TIMEOUT)
             sock.connect(path)
+            uid = peer_uid(sock)
+            if uid != 0:  # nothing sent yet: the claim is still ours alone
+                distrusted = f"{path} is served by uid {uid}, not root"
+                return None
             sock.settimeout(READY_TIMEOUT)
             send_with_fds(sock, request, fds)
             for fd in fds:
@@ -332,6 +432,10 @@ def run(name: str, environ) -> int:
         command = environ.get("CNI_COMMAND", "")
         answer = committed_failure(command, stdin, str(exc)) if command == "ADD" else None
     if answer is None:
+        if distrusted:
+            from ..cni.log import message
+
+            message(environ, None, "error", f"helper socket not used, the command runs in-process: {distrusted}")
         from .plugin import handle
 
         response = handle(name, environ, stdin)

@@ -183,9 +183,7 @@ class Result(_Model):
             out["ips"] = ips
         if self.routes:
             out["routes"] = [_drop_none(r.model_dump(), keep_extra=newest, extra=ROUTE_11_FIELDS) for r in self.routes]
-        dns = self.dns.emit()
-        if dns or fam == "040":  # 0.x prints "dns":{} (R56)
-            out["dns"] = dns
+        out["dns"] = self.dns.emit()  # also empty, as the Go plugins print it in every version
         return out
 
     def _emit_020(self, version: str) -> dict:

@@ -165,7 +165,9 @@ class Store:
         self.path = os.path.join(directory, DB_NAME)
 
     def _connect(self) -> sqlite3.Connection:
-        os.makedirs(self.directory, mode=0o700, exist_ok=True)
+        from ..linux.fs import make_dirs
+
+        make_dirs(self.directory, 0o700)
         old = os.umask(0o077)  # the db, -wal and -shm files are created 0600
         try:
             conn = sqlite3.connect(self.path, timeout=BUSY_TIMEOUT_S, isolation_level=None, check_same_thread=False)

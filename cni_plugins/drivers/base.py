@@ -35,7 +35,10 @@ class Context:
 
     def owner(self, endpoint: Endpoint) -> str:
         """The tag `endpoint`'s kernel objects carry (nft comments, veth alias)."""
-        return owner_tag(self.store_id, endpoint.id) if self.store_id else endpoint.id
+        return self.owner_of(endpoint.id)
+
+    def owner_of(self, endpoint_id: str) -> str:
+        return owner_tag(self.store_id, endpoint_id) if self.store_id else endpoint_id
 
     def locked(self, name: str) -> ContextManager[None]:
         return self.node_lock(name) if self.node_lock is not None else nullcontext()

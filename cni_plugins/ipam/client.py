@@ -10,10 +10,16 @@ import os
 import subprocess
 from typing import Mapping, Sequence
 
-from ..cni.errors import INVALID_CONFIG, PLUGIN_FAILURE, CNIError
+from ..cni.errors import INVALID_CONFIG, NOT_AVAILABLE, PLUGIN_FAILURE, CNIError
 from ..cni.result import Result
 
 IN_PROCESS = "cnm-ipam"
+SPEC_WITH_STATUS = "1.1.0"  # STATUS and GC came with it
+_VERSIONS_CACHE_MAX = 64
+# (path, st_dev, st_ino, st_mtime_ns, st_size) of an IPAM binary -> the versions its VERSION
+# lists. Kept for the process's life: the resident helper asks each binary once, and a
+# replaced binary (another inode, size or mtime) is asked again.
+_versions: dict[tuple, tuple[str, ...]] = {}
 
 
 def find_plugin(ipam_type: str, cni_path: Sequence[str]) -> str:
@@ -24,6 +30,41 @@ def find_plugin(ipam_type: str, cni_path: Sequence[str]) -> str:
         if os.path.isfile(candidate):
             return candidate
     raise CNIError(PLUGIN_FAILURE, f'failed to find plugin "{ipam_type}" in path {list(cni_path)}')
+
+
+def supported_versions(ipam_type: str, env: Mapping[str, str], cni_path: Sequence[str]) -> tuple[str, ...]:
+    """The spec versions IPAM `ipam_type` says it speaks (its VERSION), asked once per binary.
+    A plugin that does not answer VERSION cannot serve an ADD either: code 50."""
+    if ipam_type == IN_PROCESS:
+        from ..cni.versions import SUPPORTED
+
+        return tuple(SUPPORTED)
+    binary = find_plugin(ipam_type, cni_path)
+    try:
+        st = os.stat(binary)
+    except OSError as exc:
+        raise CNIError(PLUGIN_FAILURE, f"failed to find plugin {ipam_type!r}", str(exc)) from None
+    identity = (binary, st.st_dev, st.st_ino, st.st_mtime_ns, st.st_size)
+    known = _versions.get(identity)
+    if known is None:
+        known = _ask_version(binary, ipam_type, env)
+        if len(_versions) >= _VERSIONS_CACHE_MAX:
+            _versions.clear()
+        _versions[identity] = known
+    return known
+
+
+def _ask_version(binary: str, ipam_type: str, env: Mapping[str, str]) -> tuple[str, ...]:
+    child_env = dict(env, CNI_COMMAND="VERSION")
+    try:
+        proc = subprocess.run([binary], input=b'{"cniVersion":"%s"}' % SPEC_WITH_STATUS.encode(), env=child_env,
+                              stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, timeout=60)
+        listed = json.loads(proc.stdout)["supportedVersions"] if proc.returncode == 0 else None
+    except (OSError, subprocess.SubprocessError, ValueError, TypeError, KeyError):
+        listed = None
+    if not isinstance(listed, list) or not all(isinstance(v, str) for v in listed):
+        raise CNIError(NOT_AVAILABLE, f"IPAM plugin {ipam_type} does not answer VERSION", binary)
+    return tuple(listed)
 
 
 def execute(

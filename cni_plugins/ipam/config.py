@@ -9,7 +9,6 @@ decoding does). Every problem is a CNIError code 7 naming the key.
 
 from __future__ import annotations
 
-import ipaddress
 import json
 from dataclasses import dataclass, field, replace
 from typing import Any, Optional
@@ -22,7 +21,7 @@ from ..cni.request import Request
 from ..cni.result import Route
 from .disk import DEFAULT_DATA_DIR, PathError, lease_dir_path
 from .pools import default_pools
-from .ranges import IP, Net, RangeError, RangeSet, make_range, parse_requested_ip, validate_set
+from .ranges import IP, Net, RangeError, RangeSet, make_range, parse_cidr, parse_ip, parse_requested_ip, validate_set
 
 MAX_POOL_CANDIDATES = 1 << 20  # a pool list is walked lazily, but keep it sane
 
@@ -122,15 +121,37 @@ def _build_set(prefix: str, models: list[RangeModel], index: int) -> RangeSet:
         raise _invalid(prefix + exc.key, f"range set {index}: {exc.message}") from None
 
 
+def _route(route: dict, key: str) -> Route:
+    """One route of the config: dst a CIDR and gw an address exactly as Go parses them, the
+    other fields integers (no "5" or true taken for 5 or 1)."""
+    for name, parse in (("dst", parse_cidr), ("gw", parse_ip)):
+        value = route.get(name)
+        if value is None or value == "" and name == "gw":
+            continue
+        if not isinstance(value, str):
+            raise _invalid(f"{key}.{name}", f"{value!r} must be a string")
+        try:
+            parse(value)
+        except ValueError:
+            raise _invalid(f"{key}.{name}", f"invalid {'CIDR' if name == 'dst' else 'IP'} address: {value}") from None
+    try:
+        return Route.model_validate(route, strict=True)
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        raise _invalid(_loc(key, tuple(first["loc"])), first["msg"]) from None
+
+
 def _pools(models: list[PoolModel]) -> list[tuple[Net, int]]:
     pools = []
     total = 0
     for i, m in enumerate(models):
         key = f"ipam.defaultAddressPools[{i}]"
         try:
-            base = ipaddress.ip_network(m.base)
+            address, base = parse_cidr(m.base)
         except ValueError as exc:
             raise _invalid(f"{key}.base", str(exc)) from None
+        if address != base.network_address:
+            raise _invalid(f"{key}.base", f"{m.base} has host bits set")
         if not base.prefixlen <= m.size <= base.max_prefixlen - 2:
             raise _invalid(f"{key}.size", f"size {m.size} must lie between {base.prefixlen} and {base.max_prefixlen - 2}")
         total += 1 << min(m.size - base.prefixlen, 63)
@@ -227,9 +248,13 @@ def _complete(cfg: IpamConfig, request: Request, raw: dict) -> IpamConfig:
             raise _invalid("runtimeConfig.ipRanges", "must be a list of range sets")
         wrapped = _validate(IpamModel, {"ranges": canonical_keys(rc_ranges)}, "runtimeConfig.ipRanges")
         sources += _range_sets(wrapped.ranges or [], "runtimeConfig.ipRanges")
-    if ipam.subnet:  # the legacy single range, prepended as its own set
+    if "subnet" in raw:  # the legacy single range, prepended as its own set ("" and null are errors, as in Go)
+        if not isinstance(ipam.subnet, str):
+            raise _invalid("ipam.subnet", "invalid CIDR address: null")
         sources.append(("ipam", [RangeModel(subnet=ipam.subnet, rangeStart=ipam.rangeStart,
                                             rangeEnd=ipam.rangeEnd, gateway=ipam.gateway)]))
+    if ipam.ranges == [] and not sources:  # host-local refuses it; only a config without ranges gets a pool
+        raise _invalid("ipam.ranges", "no IP ranges specified (leave `ranges` out for a default address pool)")
     sources += _range_sets(ipam.ranges or [], "ipam.ranges")
 
     cfg.range_sets = [_build_set(prefix, models, i) for i, (prefix, models) in enumerate(sources)]
@@ -242,11 +267,7 @@ def _complete(cfg: IpamConfig, request: Request, raw: dict) -> IpamConfig:
                 raise _invalid("ipam.ranges", f"range set {i} overlaps with {j}")
 
     for i, route in enumerate(ipam.routes or []):
-        try:
-            cfg.routes.append(Route.model_validate(route))
-        except (ValidationError, ValueError) as exc:
-            first = exc.errors()[0] if isinstance(exc, ValidationError) else {"loc": (), "msg": str(exc)}
-            raise _invalid(_loc(f"ipam.routes[{i}]", tuple(first["loc"])), first["msg"]) from None
+        cfg.routes.append(_route(route, f"ipam.routes[{i}]"))
     cfg.resolv_conf = ipam.resolvConf or ""
     if ipam.defaultAddressPools is not None:
         cfg.pools = _pools(ipam.defaultAddressPools)

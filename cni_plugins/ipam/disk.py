@@ -23,6 +23,7 @@ from contextlib import contextmanager
 from typing import Iterator
 
 from ..cni.paths import state_path_problem
+from ..linux.fs import make_dirs
 from .ranges import IP
 
 DEFAULT_DATA_DIR = "/var/lib/cni/networks"
@@ -186,10 +187,10 @@ class LeaseDir:
         flags = os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC | os.O_NOFOLLOW
         try:
             self.fd = os.open(self.path, flags)
-        except FileNotFoundError:  # (made on the network's first ADD only: no makedirs' stats after)
+        except FileNotFoundError:  # (made on the network's first ADD only: no make_dirs after)
             if not create:
                 raise
-            os.makedirs(self.path, mode=DIR_MODE, exist_ok=True)
+            make_dirs(self.path, DIR_MODE)
             self.fd = os.open(self.path, flags)
         self._lock_fd: int | None = None
         self._locked = False

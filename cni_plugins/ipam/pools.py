@@ -21,6 +21,7 @@ import os
 from contextlib import contextmanager
 from typing import Iterable, Iterator, Sequence
 
+from ..linux.fs import make_dirs
 from .disk import DIR_MODE, LeaseDir, PathError, ip_of_name, is_lease_name
 from .ranges import Net, RangeSet, make_range
 
@@ -66,7 +67,7 @@ def pool_range_set(pool: Net) -> RangeSet:
 @contextmanager
 def data_dir_locked(data_dir: str) -> Iterator[None]:
     """Exclusive flock on the dataDir directory: one pool choice at a time on this node."""
-    os.makedirs(data_dir, mode=DIR_MODE, exist_ok=True)
+    make_dirs(data_dir, DIR_MODE)
     fd = os.open(data_dir, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
     try:
         fcntl.flock(fd, fcntl.LOCK_EX)

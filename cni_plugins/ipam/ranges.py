@@ -23,16 +23,33 @@ class RangeError(ValueError):
 
 
 def parse_ip(text: str) -> IP:
-    """An address as host-local reads it: an IPv4-mapped IPv6 address is IPv4 (Go's To4)."""
-    addr = ipaddress.ip_address(text.strip())
+    """An address exactly as Go's net.ParseIP reads it (no surrounding space, no IPv6 zone
+    like `%eth0`, which Python's ipaddress takes); an IPv4-mapped IPv6 address is IPv4, as
+    host-local makes it (Go's To4). ValueError otherwise."""
+    if "%" in text:
+        raise ValueError(f"{text!r} has an IPv6 zone")
+    addr = ipaddress.ip_address(text)
     if isinstance(addr, ipaddress.IPv6Address) and addr.ipv4_mapped is not None:
         return addr.ipv4_mapped
     return addr
 
 
+def parse_cidr(text: str) -> tuple[IP, Net]:
+    """(address, network) of `address/prefixlen` exactly as Go's net.ParseCIDR reads it: the
+    prefix length in decimal digits (Python also takes a netmask such as /255.255.255.0)
+    and the address as parse_ip. The network keeps the address's own family. ValueError
+    otherwise."""
+    address, slash, prefix = text.partition("/")
+    if not slash or not (prefix.isascii() and prefix.isdigit()) or "%" in address:
+        raise ValueError(f"invalid CIDR address: {text}")
+    return parse_ip(address), ipaddress.ip_network(text, strict=False)
+
+
 def parse_requested_ip(text: str) -> IP:
     """A requested IP; a `/prefix` suffix is accepted and ignored, as host-local does."""
-    return parse_ip(text.split("/", 1)[0])
+    if "/" in text:
+        return parse_cidr(text)[0]
+    return parse_ip(text)
 
 
 def last_ip(subnet: Net) -> IP:
@@ -69,16 +86,15 @@ class Range:
 
 def make_range(subnet: str, range_start: str | None = None, range_end: str | None = None,
                gateway: str | None = None) -> Range:
-    """Canonicalize one range like host-local's Range.Canonicalize."""
+    """Canonicalize one range like host-local's Range.Canonicalize. A gateway may lie outside
+    the subnet (host-local takes it, and the reference bridge puts it on the bridge with the
+    subnet's prefix length), but must be of the subnet's family."""
     try:
-        net = ipaddress.ip_network(subnet.strip(), strict=False)
+        given, net = parse_cidr(subnet)
     except ValueError:
         raise RangeError("subnet", f"invalid CIDR address: {subnet}") from None
-    if "/" not in subnet:
-        raise RangeError("subnet", f"invalid CIDR address: {subnet}")
     if net.prefixlen > net.max_prefixlen - 2:
-        raise RangeError("subnet", f"Network {subnet.strip()} too small to allocate from")
-    given = parse_ip(subnet.split("/", 1)[0]) if "/" in subnet else net.network_address
+        raise RangeError("subnet", f"Network {subnet} too small to allocate from")
     if given != net.network_address:
         raise RangeError(
             "subnet",
@@ -87,7 +103,7 @@ def make_range(subnet: str, range_start: str | None = None, range_end: str | Non
         )
 
     def address(key: str, text: str | None) -> IP | None:
-        if text is None or text == "":
+        if text is None or text == "":  # Go's ip.IP reads "" as unset
             return None
         try:
             addr = parse_ip(text)
@@ -100,8 +116,6 @@ def make_range(subnet: str, range_start: str | None = None, range_end: str | Non
     gw = address("gateway", gateway)
     if gw is None:
         gw = net.network_address + 1
-    elif gw not in net:
-        raise RangeError("gateway", f"gateway {gw} not in network {net}")
 
     start = address("rangeStart", range_start)
     if start is None:

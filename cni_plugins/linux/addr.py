@@ -84,7 +84,10 @@ def addresses(ipr, index: int, family: int | None = None) -> list[str]:
 
 
 def add_route(ipr, index: int, dst: str, gateway: str | None = None, **extra) -> None:
-    """Add a main-table route through link `index`; an identical existing route is fine."""
+    """Add a main-table route through link `index`, as the reference plugins do: without
+    NLM_F_EXCL, so a route to the same destination through another gateway or link (a
+    container's second network's default route) is installed beside it, not refused; EEXIST
+    then means this very route is there already, which is fine."""
     net = ipaddress.ip_network(dst, strict=False)
     kwargs = {"dst": str(net.network_address), "dst_len": net.prefixlen, "oif": index}
     kwargs["family"] = socket.AF_INET if net.version == 4 else socket.AF_INET6
@@ -92,7 +95,7 @@ def add_route(ipr, index: int, dst: str, gateway: str | None = None, **extra) ->
         kwargs["gateway"] = gateway
     kwargs.update({k: v for k, v in extra.items() if v is not None})
     try:
-        ipr.route("add", **kwargs)
+        ipr.route("prepend", **kwargs)
     except NetlinkError as exc:
         if exc.code != errno.EEXIST:
             via = f" via {gateway}" if gateway else ""
@@ -100,12 +103,23 @@ def add_route(ipr, index: int, dst: str, gateway: str | None = None, **extra) ->
 
 
 def routes(ipr, index: int) -> list[tuple[str, str | None]]:
-    """(dst CIDR, gateway) of the main-table routes through link `index`."""
+    """(dst CIDR, gateway) of the main-table routes through link `index`, including its
+    nexthops of multipath routes (IPv6 routes of two links with the same key are one)."""
     out = []
     for fam in (socket.AF_INET, socket.AF_INET6):
         for msg in ipr.get_routes(family=fam, table=RT_TABLE_MAIN):
-            if msg.get_attr("RTA_OIF") != index:
-                continue
             dst = msg.get_attr("RTA_DST") or ("0.0.0.0" if fam == socket.AF_INET else "::")
-            out.append((str(ipaddress.ip_network(f"{dst}/{msg['dst_len']}", strict=False)), msg.get_attr("RTA_GATEWAY")))
+            cidr = str(ipaddress.ip_network(f"{dst}/{msg['dst_len']}", strict=False))
+            hops = msg.get_attr("RTA_MULTIPATH")
+            if hops:
+                out.extend((cidr, _hop_gateway(hop)) for hop in hops if hop["oif"] == index)
+            elif msg.get_attr("RTA_OIF") == index:
+                out.append((cidr, msg.get_attr("RTA_GATEWAY")))
     return out
+
+
+def _hop_gateway(hop) -> str | None:
+    for name, value in hop.get("attrs", ()):
+        if name == "RTA_GATEWAY":
+            return value
+    return None

@@ -14,6 +14,8 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Iterator
 
+from .fs import make_dirs
+
 CLONE_NEWNET = 0x40000000
 MS_BIND = 4096
 MNT_DETACH = 2
@@ -128,7 +130,7 @@ def pin(source_fd: int, target: str) -> None:
     except FileExistsError:
         _unmount_all(target)
     except FileNotFoundError:
-        os.makedirs(os.path.dirname(target), mode=0o700, exist_ok=True)
+        make_dirs(os.path.dirname(target), 0o700)
         os.close(os.open(target, os.O_RDONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600))
     bind_mount(f"/proc/self/fd/{source_fd}", target)
 
@@ -154,7 +156,7 @@ def _unmount_all(target: str) -> None:
 def create_named(name: str) -> str:
     """`ip netns add NAME`: a fresh netns bind-mounted at /run/netns/NAME (tests, cnmctl run)."""
     path = os.path.join(NETNS_RUN_DIR, name)
-    os.makedirs(NETNS_RUN_DIR, exist_ok=True)
+    make_dirs(NETNS_RUN_DIR, 0o755)  # as `ip netns add`
     # unshare() moves this thread into the new netns; do it in a child so we stay home.
     pid = os.fork()
     if pid == 0:  # pragma: no cover - child

@@ -5,12 +5,14 @@ Layout (DESIGN.md §3: kernel objects we own carry our identity):
     table inet cnm      NAT and filtering for addresses: ipMasq (masqN), published
                         ports (DNAT through the portsN_* maps), masquerade of
                         hairpin and 127.0.0.0/8-sourced published traffic
-                        (hairpinN), isolation between networks (isoN). Rules are
+                        (hairpinN), isolation between networks (isoN), no way
+                        from a bridge to the host's 127.0.0.0/8 (input). Rules are
                         static; what varies per endpoint lives in sets/maps, so an
                         ADD or DEL changes a few elements and its cost does not
                         grow with the number of endpoints.
     table bridge cnm    L2 checks on bridge ports: MAC spoof check, icc=false
-                        (no forwarding between two ports of set noicc).
+                        (no forwarding between two ports of set noicc, but for
+                        published ports reached through the host).
 
 Published ports: nft 1.0.6 cannot declare through JSON a map whose value is a
 concatenation (address . port), so the DNAT target is looked up in two maps with
@@ -96,16 +98,26 @@ def _nfproto(proto: str) -> dict:
     return _match(_meta("nfproto"), "ipv4" if proto == "ip" else "ipv6")
 
 
-def _dnat_rules(proto: str) -> list[list[dict]]:
+LOOPBACK4 = {"prefix": {"addr": "127.0.0.0", "len": 8}}
+
+
+def _dnat_rules(proto: str, arriving: bool = False) -> list[list[dict]]:
     """Local destination + published (l4proto, address, port) -> the endpoint's address and
-    port; a binding to one host address first, then bindings to every address."""
+    port; a binding to one host address first, then bindings to every address.
+
+    `arriving` (prerouting: packets that came in on an interface): never to 127.0.0.0/8.
+    Only the host itself may use 127.0.0.1:hostPort (its packets take the output hook); a
+    container routing 127/8 to its gateway, or a neighbour on the host's link, must not reach
+    a port published there. (IPv6: the kernel drops ::1 arriving on any other device.)"""
     n = "4" if proto == "ip" else "6"
     specific = {"concat": [_meta("l4proto"), _payload(proto, "daddr"), _payload("th", "dport")]}
     anywhere = {"concat": [_meta("l4proto"), _payload("th", "dport")]}
+    not_loopback = [_match(_payload("ip", "daddr"), LOOPBACK4, "!=")] if arriving and proto == "ip" else []
     rules = []
     for key, maps in ((specific, f"ports{n}"), (anywhere, f"ports{n}_any")):
         rules.append([
             _nfproto(proto),
+            *not_loopback,
             _match({"fib": {"result": "type", "flags": ["daddr"]}}, "local"),
             _match(_meta("l4proto"), {"set": _L4}),
             {"dnat": {"family": proto, "addr": {"map": {"key": key, "data": f"@{maps}_addr"}},
@@ -114,14 +126,15 @@ def _dnat_rules(proto: str) -> list[list[dict]]:
     return rules
 
 
-def _hairpin_rule(proto: str) -> list[dict]:
+def _hairpin_rule(proto: str, sets: str = "hairpin") -> list[dict]:
     """A published connection from inside the endpoint's subnet (its own container or a
-    neighbour on the bridge) is masqueraded, so the reply comes back through the host."""
+    neighbour on the bridge) is masqueraded, so the reply comes back through the host.
+    (`sets` "noicc_dnat": the same for icc=false endpoints, see noicc_published.)"""
     n = "4" if proto == "ip" else "6"
     return [
         _nfproto(proto),
         _match({"ct": {"key": "status"}}, "dnat", "in"),
-        _match({"concat": [_payload(proto, "saddr"), _payload(proto, "daddr")]}, f"@hairpin{n}"),
+        _match({"concat": [_payload(proto, "saddr"), _payload(proto, "daddr")]}, f"@{sets}{n}"),
         {"masquerade": None},
     ]
 
@@ -132,8 +145,25 @@ def _localhost_rule() -> list[dict]:
     return [
         _nfproto("ip"),
         _match({"ct": {"key": "status"}}, "dnat", "in"),
-        _match(_payload("ip", "saddr"), {"prefix": {"addr": "127.0.0.0", "len": 8}}),
+        _match(_payload("ip", "saddr"), LOOPBACK4),
         {"masquerade": None},
+    ]
+
+
+def _loopback_guard_rule() -> list[dict]:
+    """Nothing arriving from a bridge reaches the host's 127.0.0.0/8 unless DNATed (as
+    kubelet's rule against CVE-2020-8558). route_localnet, which the bridge needs while a port
+    is published on 127.0.0.1 (see drivers/bridge/localnet.py), would otherwise let a
+    container that routes 127/8 to its gateway talk to the host's loopback-only services.
+    Any bridge, not only ours (the rule cannot know which are): from a bridge, such a packet
+    is an attack or a mistake. IPv6 needs no rule: the kernel drops ::1 arriving on any
+    device but lo, whatever its settings."""
+    return [
+        _nfproto("ip"),
+        _match(_meta("iifkind"), "bridge"),
+        _match(_payload("ip", "daddr"), LOOPBACK4),
+        _match({"ct": {"key": "status"}}, "dnat", "!"),
+        {"drop": None},
     ]
 
 
@@ -152,10 +182,19 @@ def _isolation_rules(proto: str) -> list[list[dict]]:
 
 def _no_icc_rule() -> list[dict]:
     """icc=false: a frame from one such port to another is not forwarded by the bridge
-    (the gateway is the bridge itself: local delivery, not forwarding)."""
+    (the gateway is the bridge itself: local delivery, not forwarding).
+
+    Except a published port reached through the host (a container's own: hairpin, or a
+    neighbour's): with br_netfilter the DNAT happens inside the bridge, and the frame,
+    sent to the bridge's MAC, is forwarded to the endpoint's port, maybe the one it came
+    from. The bridge marked it for the host on arrival (pkttype host: its destination
+    MAC was the bridge's own), which no frame from one container to another carries.
+    (`ct status dnat` would say it too, but conntrack in a bridge table needs
+    nf_conntrack_bridge and would track every bridged frame.)"""
     return [
         _match(_meta("iifname"), "@noicc"),
         _match(_meta("oifname"), "@noicc"),
+        _match(_meta("pkttype"), "host", "!="),
         {"drop": None},
     ]
 
@@ -190,6 +229,8 @@ LAYOUT: dict[str, dict[str, dict]] = {
             **_ports_maps("6", "ipv6_addr"),
             "hairpin4": {"type": ["ipv4_addr", "ipv4_addr"], "flags": ["interval"]},
             "hairpin6": {"type": ["ipv6_addr", "ipv6_addr"], "flags": ["interval"]},
+            "noicc_dnat4": {"type": ["ipv4_addr", "ipv4_addr"], "flags": ["interval"]},
+            "noicc_dnat6": {"type": ["ipv6_addr", "ipv6_addr"], "flags": ["interval"]},
             "iso4": {"type": "ipv4_addr"},
             "iso4_local": {"type": ["ipv4_addr", "ipv4_addr"], "flags": ["interval"]},
             "iso6": {"type": "ipv6_addr"},
@@ -198,7 +239,7 @@ LAYOUT: dict[str, dict[str, dict]] = {
         "chains": {
             "prerouting": (
                 {"type": "nat", "hook": "prerouting", "prio": -100, "policy": "accept"},
-                _dnat_rules("ip") + _dnat_rules("ip6"),
+                _dnat_rules("ip", arriving=True) + _dnat_rules("ip6", arriving=True),
             ),
             "output": (
                 {"type": "nat", "hook": "output", "prio": -100, "policy": "accept"},
@@ -207,11 +248,16 @@ LAYOUT: dict[str, dict[str, dict]] = {
             "postrouting": (
                 {"type": "nat", "hook": "postrouting", "prio": 100, "policy": "accept"},
                 [_masquerade_rule("ip", "224.0.0.0/4"), _masquerade_rule("ip6", "ff00::/8"),
-                 _hairpin_rule("ip"), _hairpin_rule("ip6"), _localhost_rule()],
+                 _hairpin_rule("ip"), _hairpin_rule("ip6"), _localhost_rule(),
+                 _hairpin_rule("ip", "noicc_dnat"), _hairpin_rule("ip6", "noicc_dnat")],
             ),
             "forward": (
                 {"type": "filter", "hook": "forward", "prio": 0, "policy": "accept"},
                 _isolation_rules("ip") + _isolation_rules("ip6"),
+            ),
+            "input": (
+                {"type": "filter", "hook": "input", "prio": 0, "policy": "accept"},
+                [_loopback_guard_rule()],
             ),
         },
     },
@@ -360,6 +406,14 @@ def isolate(address: str, subnet: str) -> list[Element]:
 def no_icc(port: str) -> list[Element]:
     """The bridge does not forward frames between two ports both marked no-icc."""
     return [Element("bridge", "noicc", port)]
+
+
+def noicc_published(address: str, subnet: str) -> list[Element]:
+    """icc=false and a published port at `address`: a connection to it from anywhere in
+    `subnet` (a neighbour through the gateway) is masqueraded, so the answers go back
+    through the host instead of from port to port across the bridge (which icc=false drops)."""
+    ip = ipaddress.ip_address(address)
+    return [Element("inet", f"noicc_dnat{ip.version}", {"concat": [_prefix(subnet), str(ip)]})]
 
 
 def published(version: int, anywhere: bool = True) -> list[tuple[Element, str]]:

@@ -42,6 +42,7 @@ RT_TABLE_MAIN = 254
 RTPROT_STATIC = 4  # what IPRoute's route("add") sets
 RTN_UNICAST = 1
 CREATE = NLM_F_ACK | NLM_F_CREATE | NLM_F_EXCL  # IPRoute's flags for "add"
+PREPEND = NLM_F_ACK | NLM_F_CREATE  # `ip route prepend`: beside a route of the same key, not EEXIST
 RECV_SIZE = 65536  # one datagram: a link message is a few KiB
 IFLA_AF_SPEC = 26
 IFLA_IFALIAS = 20
@@ -156,9 +157,12 @@ class Rtnl:
         return self.ipr.addr(command, **kw)
 
     def route(self, command: str, **kw):
+        """"add" as IPRoute's; "prepend" as `ip route prepend` (no NLM_F_EXCL: a route to the
+        same destination with the same metric through another nexthop is added beside it,
+        first for IPv4, as a multipath nexthop for IPv6; only an identical one is EEXIST)."""
         keys = kw.keys()
-        if command == "add" and keys <= _ROUTE_KEYS and {"dst", "dst_len", "oif", "family"} <= keys:
-            return self.request(_route(kw), RTM_NEWROUTE, CREATE)
+        if command in ("add", "prepend") and keys <= _ROUTE_KEYS and {"dst", "dst_len", "oif", "family"} <= keys:
+            return self.request(_route(kw), RTM_NEWROUTE, CREATE if command == "add" else PREPEND)
         return self.ipr.route(command, **kw)
 
     def request(self, msg, msg_type: int, flags: int = NLM_F_ACK) -> list:

@@ -15,6 +15,13 @@ class VethExists(VethError):
     """A link with the host or the peer name already exists (EEXIST)."""
 
 
+class BridgeFull(VethError):
+    """The bridge to enslave the host end to has no free port number (EXFULL)."""
+
+
+BRIDGE_MAX_PORTS = 1023  # the kernel's BR_MAX_PORTS (1024) less port number 0, which is never used
+
+
 def create_pair(
     ipr,
     host_name: str,
@@ -47,6 +54,8 @@ def create_pair(
         reason = exc.args[1] if len(exc.args) > 1 else str(exc)
         if exc.code == errno.EEXIST:
             raise VethExists(f"could not create veth {host_name}/{peer_name}: a link with one of these names exists") from None
+        if exc.code == errno.EXFULL and master:
+            raise BridgeFull(f"could not create veth {host_name}/{peer_name}: {reason}") from None
         raise VethError(f"could not create veth {host_name}/{peer_name}: {reason}") from None
 
 

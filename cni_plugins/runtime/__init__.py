@@ -4,6 +4,8 @@ conf      load .conflist / legacy .conf files, select the spec version
 cache     libcni's result cache (cniCacheV1) under <cacheDir>/results/
 invoke    find a plugin on CNI_PATH, exec it with the CNI_* env, decode its answer
 libcni    the runner: ADD/DEL/CHECK/GC/STATUS/VERSION over a network list
+liveness  is a cached attachment's netns provably gone?
+collect   GC of one network without the runtime's list: DEL only what is provably gone
 
 Used by cnmctl and the tests; plugins never import it.
 """

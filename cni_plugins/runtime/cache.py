@@ -17,6 +17,7 @@ import tempfile
 from dataclasses import dataclass, field
 from typing import Any
 
+from ..linux.fs import make_dirs
 from .errors import RunnerError
 
 DEFAULT_CACHE_DIR = "/var/lib/cni"
@@ -106,7 +107,7 @@ def decode(data: bytes) -> CachedAttachment | None:
 def write(cache_dir: str, att: CachedAttachment) -> str:
     path = cache_path(cache_dir, att.network, att.container_id, att.ifname)
     directory = os.path.dirname(path)
-    os.makedirs(directory, mode=0o700, exist_ok=True)
+    make_dirs(directory, 0o700)  # as libcni
     # Written to a temporary file and renamed: a reader never sees half a document.
     fd, tmp = tempfile.mkstemp(dir=directory, prefix=".tmp-")
     try:

@@ -251,28 +251,43 @@ class CNIRunner:
         if net.disable_gc:
             return
         valid = {(a.get("containerID", ""), a.get("ifname", "")) for a in valid_attachments or []}
-        errors: list[str] = []
-        for att in self.get_cached_attachments():
-            if att.network != net.name or (att.container_id, att.ifname) in valid:
-                continue
-            rt = RuntimeConf(att.container_id, att.netns, att.ifname, list(att.cni_args), dict(att.capability_args))
-            try:
-                self.del_network_list(net, rt)
-            except RunnerError as err:
-                errors.append(f"failed to delete stale attachment {att.container_id} {att.ifname}: {err}")
-        if at_least(net.cni_version, "1.1.0"):
-            extra = {}
-            if valid_attachments is not None:
-                listed = [{"containerID": a.get("containerID", ""), "ifname": a.get("ifname", "")} for a in valid_attachments]
-                extra = {VALID_ATTACHMENTS: listed, LEGACY_ATTACHMENTS: listed}
-            for plugin in net.plugins:
-                try:
-                    stdin = build_config(plugin, net.name, net.cni_version, None, {}, extra)
-                    self._exec(plugin, stdin, self._invocation("GC", None))
-                except RunnerError as err:
-                    errors.append(f"failed to GC plugin {plugin['type']}: {err}")
+        stale = [att for att in self.cached_attachments_of(net.name) if (att.container_id, att.ifname) not in valid]
+        errors = [f"failed to delete stale attachment {att.container_id} {att.ifname}: {err}"
+                  for att in stale for err in [self.del_cached(net, att)] if err]
+        errors += self.gc_plugins(net, valid_attachments)
         if errors:
             raise RunnerError("\n".join(errors))
+
+    def cached_attachments_of(self, network: str) -> list[cache.CachedAttachment]:
+        return [att for att in self.get_cached_attachments() if att.network == network]
+
+    def del_cached(self, net: NetworkConfigList, att: cache.CachedAttachment) -> str:
+        """DEL one cached attachment as GC does (its cached netns and args, the current list);
+        the error, "" when it succeeded."""
+        rt = RuntimeConf(att.container_id, att.netns, att.ifname, list(att.cni_args), dict(att.capability_args))
+        try:
+            self.del_network_list(net, rt)
+        except RunnerError as err:
+            return str(err)
+        return ""
+
+    def gc_plugins(self, net: NetworkConfigList, valid_attachments: Sequence[Mapping[str, str]] | None) -> list[str]:
+        """GC's second phase: GC each plugin of a list >= 1.1.0 with the valid list (no key
+        when None); the errors."""
+        errors: list[str] = []
+        if not at_least(net.cni_version, "1.1.0"):
+            return errors
+        extra = {}
+        if valid_attachments is not None:
+            listed = [{"containerID": a.get("containerID", ""), "ifname": a.get("ifname", "")} for a in valid_attachments]
+            extra = {VALID_ATTACHMENTS: listed, LEGACY_ATTACHMENTS: listed}
+        for plugin in net.plugins:
+            try:
+                stdin = build_config(plugin, net.name, net.cni_version, None, {}, extra)
+                self._exec(plugin, stdin, self._invocation("GC", None))
+            except RunnerError as err:
+                errors.append(f"failed to GC plugin {plugin['type']}: {err}")
+        return errors
 
     # ---- STATUS ------------------------------------------------------------------------
     def get_status_network_list(self, net: NetworkConfigList) -> None:

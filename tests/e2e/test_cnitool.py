@@ -218,8 +218,8 @@ def test_cnmctl_and_cnitool_write_the_same_cache_document(world, bridge_net):
     assert list(ours) == list(go)
     for key in ("kind", "containerId", "config", "ifName", "networkName", "cniArgs", "capabilityArgs"):
         assert ours[key] == go[key], key
-    # Go prints an empty "dns":{} in 1.0.0 results, we leave it out; both are valid (R56).
-    assert set(ours["result"]) - {"dns"} == set(go["result"]) - {"dns"}
+    assert set(ours["result"]) == set(go["result"])  # "dns":{} included, as Go prints it
+    assert ours["result"]["dns"] == go["result"]["dns"]
     assert ours["result"]["cniVersion"] == go["result"]["cniVersion"] == "1.0.0"
 
 

@@ -154,13 +154,16 @@ def test_failures_leave_nothing(ctl):
 
 
 def test_gc_and_status_like_cnitool(ctl, netns):
+    """`gc NETWORK` keeps running attachments (issue 17 item 1); `gc --all NETWORK` is cnitool's."""
     ctl("status", ctl.network)
     targets = [netns("cnmc"), netns("cnmc")]
     for target in targets:
         ctl("add", ctl.network, target)
     ctl("check", ctl.network, targets[0])
     assert len(bridge_ports(ctl.host, ctl.bridge)) == 2
-    ctl("gc", ctl.network)  # no valid list: every cached attachment of the network is stale
+    kept = ctl("gc", ctl.network)  # no runtime's list: only attachments whose netns is gone go
+    assert len(bridge_ports(ctl.host, ctl.bridge)) == 2 and kept.stdout.count("kept") == 2, kept.stdout
+    ctl("gc", "--all", ctl.network)  # cnitool's GC: every cached attachment of the network
     assert ctl.leftovers() == CLEAN
 
 

@@ -36,9 +36,10 @@ SHIPPED_CONFLIST = os.path.join(ROOT, "conf", "containerd", "10-cnm.conflist")
 HOST_PORT_PENDING = False
 
 
-def k8s_conflist(name: str, bridge: str, subnet: str, data_dir: str, **range_extra) -> dict:
+def k8s_conflist(name: str, bridge: str, subnet: str, data_dir: str, bandwidth: bool = True, **range_extra) -> dict:
     """conf/containerd/10-cnm.conflist as shipped, made private to this test (network name, bridge,
-    pod range, lease dir), with Go `bandwidth` chained after cnm-bridge for the bandwidth capability."""
+    pod range, lease dir), with Go `bandwidth` chained after cnm-bridge for the bandwidth capability
+    (unless `bandwidth` is False)."""
     with open(SHIPPED_CONFLIST) as f:
         conflist = json.load(f)
     bridge_conf = conflist["plugins"][0]
@@ -48,7 +49,7 @@ def k8s_conflist(name: str, bridge: str, subnet: str, data_dir: str, **range_ext
     bridge_conf["bridge"] = bridge
     bridge_conf["ipam"]["ranges"] = [[{"subnet": subnet, **range_extra}]]
     bridge_conf["ipam"]["dataDir"] = data_dir
-    if not any(p["type"] == "bandwidth" for p in conflist["plugins"]):
+    if bandwidth and not any(p["type"] == "bandwidth" for p in conflist["plugins"]):
         conflist["plugins"].append({"type": "bandwidth", "capabilities": {"bandwidth": True}})
     return conflist
 
@@ -68,14 +69,16 @@ def image_archive(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def make_node(tmp_path_factory, image_archive):
-    """make_node(subnet, **range_extra) -> a started Node; all are torn down at the end of the module."""
+    """make_node(subnet, bandwidth=True, **range_extra) -> a started Node; all are torn down at the end
+    of the module."""
     nodes: list[Node] = []
 
-    def make(subnet: str | None = None, **range_extra) -> Node:
+    def make(subnet: str | None = None, bandwidth: bool = True, **range_extra) -> Node:
         tag = unique("crin")
         work = str(tmp_path_factory.mktemp(tag))
         conflist = k8s_conflist(
-            f"cnm-k8s-{tag}", unique("cnmk"), subnet or random_subnet(), os.path.join(work, "ipam"), **range_extra
+            f"cnm-k8s-{tag}", unique("cnmk"), subnet or random_subnet(), os.path.join(work, "ipam"), bandwidth,
+            **range_extra
         )
         node = Node(work, tag, conflist, SANDBOX_IMAGE, image_archive)
         nodes.append(node)
@@ -357,3 +360,50 @@ def test_exhausted_range_fails_run_pod_sandbox_cleanly(make_node):
 
     node.remove_pod(first.id)
     assert_pods_gone(node, [first])
+
+
+# -- day-2: `cnmctl gc NETWORK` (issue 17 item 1) -------------------------------------------------
+
+
+def cnmctl(node: Node, *args: str) -> subprocess.CompletedProcess:
+    """cnmctl as an operator runs it on the node: the node's CNI dirs and CNM store, the shared
+    libcni cache (/var/lib/cni), in the node's network namespace."""
+    env = {"PATH": os.environ.get("PATH", "/usr/sbin:/usr/bin:/sbin:/bin"), "NETCONFPATH": node.conf_dir,
+           "CNI_PATH": node.bin_dir, "CNM_STATE_DIR": node.state_dir, "CNM_RUN_DIR": node.run_dir,
+           "CNM_HELPER_SOCKET": "off"}
+    return subprocess.run(["nsenter", f"--net={node.netns_path}", os.path.join(ROOT, "bin", "cnmctl"), *args],
+                          capture_output=True, text=True, env=env, timeout=120)
+
+
+def test_gc_network_keeps_running_pods(make_node):
+    """Issue 17 item 1: `cnmctl gc NETWORK` took eth0 from every pod of the network while
+    CRI reported them SANDBOX_READY. Pods survive it now: eth0, veth, lease, host port.
+    The shipped list as is (no `bandwidth` after cnm-bridge, whose DEL would fail first)."""
+    node = make_node(bandwidth=False)
+    host_port = random.randint(32001, 32767)
+    a = node.run_pod(node.spec("pod-gc-a", ports=[("tcp", 8080, host_port, "")]))
+    b = node.run_pod(node.spec("pod-gc-b"))
+    try:
+        before = {p.id: nsexec(p.netns, "ip", "-4", "-o", "addr", "show", "dev", "eth0").stdout for p in (a, b)}
+        assert a.ip in before[a.id] and b.ip in before[b.id], before
+        proc = cnmctl(node, "gc", node.network)
+        after = {p.id: nsexec(p.netns, "ip", "-4", "-o", "addr", "show", "dev", "eth0").stdout for p in (a, b)}
+        assert after == before, proc  # the kernel first: what the finding broke
+        assert proc.returncode == 0, proc
+        links = node.links()
+        assert all(links.get(p.host_veth, {}).get("master") == node.bridge for p in (a, b)), sorted(links)
+        assert sorted(node.leases()) == sorted([a.ip, b.ip])
+        assert nsexec(b.netns, "ping", "-c", "1", "-W", "2", a.ip).returncode == 0
+        server = tcp_server(a.netns, 8080, "still-here")
+        try:
+            assert tcp_fetch(node.netns_path, gateway_of(node), host_port) == "still-here"
+        finally:
+            server.kill()
+            server.wait()
+        listed = {s.id: s for s in node.client.list_pod_sandbox({})}
+        assert all(listed[p.id].state == 0 for p in (a, b))  # SANDBOX_READY, and really so
+        assert [r.split()[0] for r in proc.stdout.splitlines()[1:]] == ["kept", "kept"], proc.stdout
+    finally:
+        for pod in (a, b):
+            node.remove_pod(pod.id)
+    assert_pods_gone(node, [a, b])

@@ -216,3 +216,144 @@ def test_published_port_answers_from_the_host(net):
     assert "hello from cnm-cni" in wait_for_http(net.host, net.gateway, host_port, "hello from cnm-cni")
     net.run("rm", "--force", "--time", "0", name)
     assert net.leftovers() == CLEAN
+
+
+# -- day-2: `cnmctl gc NETWORK` (issue 17 item 1) -------------------------------------------------
+
+
+def cnmctl(net, *args: str, check: bool = True):
+    """cnmctl as an operator runs it on the node: podman's conf and plugin dirs, its CNM store,
+    the shared libcni cache (/var/lib/cni), in the node's network namespace."""
+    env = base_env(NETCONFPATH=net.podman.conf_dir, CNI_PATH=net.podman.bin_dir, CNM_STATE_DIR=net.podman.state,
+                   CNM_RUN_DIR=net.podman.run_dir)
+    return sh(os.path.join(BIN, "cnmctl"), *args, ns=net.host, env=env, check=check)
+
+
+def eth0_of(net, container: str) -> str:
+    """`ip -4 -o addr show eth0` inside the container ("" when eth0 is gone)."""
+    proc = net.run("exec", container, "ip", "-4", "-o", "addr", "show", "eth0", check=False)
+    return proc.stdout.strip() if proc.returncode == 0 else ""
+
+
+def test_gc_network_keeps_running_containers_and_collects_a_gone_one(net):
+    """Issue 17 item 1: `cnmctl gc NETWORK` DELed every cached attachment of the shared libcni
+    cache: two running containers lost eth0, veth, lease, record and published port. Now
+    both survive, and a container whose netns is really gone (podman removed it after its
+    DEL failed) is collected."""
+    host_port = random.randint(30000, 39999)
+    web, idle, gone = unique("cnmgw", 30), unique("cnmgi", 30), unique("cnmgg", 30)
+    net.run("run", "-d", "--network", net.name, "--name", web, "-p", f"{host_port}:80", IMAGE,
+            "httpd", "-f", "-p", "80", "-h", "/www")
+    net.run("run", "-d", "--network", net.name, "--name", idle, IMAGE, "sleep", "300")
+    net.run("run", "-d", "--network", net.name, "--name", gone, IMAGE, "sleep", "300")
+    assert "hello from cnm-cni" in wait_for_http(net.host, net.gateway, host_port, "hello from cnm-cni")
+    gone_ip = net.ip_of(gone)
+    # The DEL of `gone` fails (its plugin is missing for a moment): podman removes the netns anyway.
+    link = os.path.join(net.podman.bin_dir, "cnm-bridge")
+    os.unlink(link)
+    try:
+        net.run("rm", "--force", "--time", "0", gone, check=False)
+    finally:
+        os.symlink(os.path.join(BIN, "cnm-bridge"), link)
+    assert gone_ip in net.leftovers()["leases"]  # what the failed DEL left behind
+    before = {c: eth0_of(net, c) for c in (web, idle)}
+    assert all(before.values()), before
+
+    proc = cnmctl(net, "gc", net.name)
+
+    assert {c: eth0_of(net, c) for c in (web, idle)} == before, proc.stdout
+    left = net.leftovers()
+    assert len(left["bridge ports"]) == 2 and len(left["store"]["endpoints"]) == 2, left
+    assert sorted(left["leases"]) == sorted([net.ip_of(web), net.ip_of(idle)]), left
+    assert len(left["libcni cache"]) == 2, left
+    assert "hello from cnm-cni" in wait_for_http(net.host, net.gateway, host_port, "hello from cnm-cni")
+    rows = proc.stdout.splitlines()[1:]
+    assert sorted(r.split()[0] for r in rows) == ["deleted", "kept", "kept"], proc.stdout
+    assert len(net.run("ps", "-q", "--filter", "status=running").stdout.split()) == 2
+    net.run("rm", "--force", "--time", "0", web, idle)
+    assert net.leftovers() == CLEAN
+
+
+# -- one container, one published port, two networks (issue 17 item 7) ----------------------------
+
+
+@pytest.fixture
+def net2(net, tmp_path):
+    """A second network on the same node as `net` (its own bridge, subnet and leases)."""
+    second = tmp_path / "second"
+    second.mkdir()
+    n = Net(net.podman, net.host, second)
+    while n.subnet == net.subnet:
+        n.subnet = f"10.{random.randint(100, 199)}.{random.randint(0, 255)}.0/24"
+        n.gateway = n.subnet.rsplit(".", 1)[0] + ".1"
+        n.conflist["plugins"][0]["ipam"]["ranges"] = [[{"subnet": n.subnet}]]
+        n.path = write_conflist(net.podman.conf_dir, n.conflist)
+    yield n
+    n.cleanup()
+
+
+def dnat_target(host: str, port: int) -> str | None:
+    """The container address the node's nftables send `port` to (None: not published)."""
+    proc = sh("nft", "-j", "list", "map", "inet", "cnm", "ports4_any_addr", ns=host, check=False)
+    if proc.returncode != 0:
+        return None
+    for item in json.loads(proc.stdout)["nftables"]:
+        for key, data in (item.get("map") or {}).get("elem", []):
+            if key["elem"]["val"]["concat"] == ["tcp", port]:
+                return data
+    return None
+
+
+def serves(net, port: int) -> bool:
+    return "hello from cnm-cni" in wait_for_http(net.host, net.gateway, port, "hello from cnm-cni")
+
+
+def publish_elsewhere_works(net, port: int) -> None:
+    """Another container can publish the port now (it was freed)."""
+    other = unique("cnmpo", 30)
+    net.run("run", "-d", "--network", net.name, "--name", other, "-p", f"{port}:80", IMAGE,
+            "httpd", "-f", "-p", "80", "-h", "/www")
+    assert serves(net, port) and dnat_target(net.host, port) == net.ip_of(other)
+    net.run("rm", "--force", "--time", "0", other)
+
+
+def test_run_on_two_networks_with_a_published_port(net, net2):
+    """Issue 17 item 7: `podman run --network a,b -p PORT:80` failed with "port already allocated
+    ... published by container <itself>". The reference starts, and so does ours: the port
+    answers, passes to the other network when one is disconnected, and is free after rm."""
+    port = random.randint(30000, 39999)
+    web = unique("cnmtw", 30)
+    net.run("run", "-d", "--network", f"{net.name},{net2.name}", "--name", web, "-p", f"{port}:80", IMAGE,
+            "httpd", "-f", "-p", "80", "-h", "/www")
+    ips = {net.name: net.ip_of(web), net2.name: net2.ip_of(web)}
+    assert serves(net, port) and serves(net2, port)
+    owner = dnat_target(net.host, port)
+    assert owner in ips.values(), (owner, ips)  # whichever network podman ADDed first
+    first = net if ips[net.name] == owner else net2
+    other = net2 if first is net else net
+    net.run("network", "disconnect", first.name, web)
+    assert dnat_target(net.host, port) == ips[other.name]  # handed over to the remaining network
+    assert serves(other, port)
+    net.run("rm", "--force", "--time", "0", web)
+    assert dnat_target(net.host, port) is None
+    assert net.leftovers() == CLEAN and net2.leftovers() == CLEAN
+    publish_elsewhere_works(net2, port)
+
+
+def test_network_connect_of_a_publishing_container(net, net2):
+    """Issue 17 item 7: `podman network connect` of a container that publishes a port failed
+    the same way."""
+    port = random.randint(30000, 39999)
+    web = unique("cnmtc", 30)
+    net.run("run", "-d", "--network", net.name, "--name", web, "-p", f"{port}:80", IMAGE,
+            "httpd", "-f", "-p", "80", "-h", "/www")
+    net.run("network", "connect", net2.name, web)
+    assert dnat_target(net.host, port) == net.ip_of(web)  # the first network keeps it
+    assert serves(net, port) and serves(net2, port)
+    net.run("network", "disconnect", net.name, web)
+    assert dnat_target(net.host, port) == net2.ip_of(web)
+    assert serves(net2, port)
+    net.run("rm", "--force", "--time", "0", web)
+    assert dnat_target(net.host, port) is None
+    assert net.leftovers() == CLEAN and net2.leftovers() == CLEAN
+    publish_elsewhere_works(net, port)

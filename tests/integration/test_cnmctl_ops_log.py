@@ -50,7 +50,8 @@ def test_add_check_del_each_log_one_line(lab):
 def test_failed_add_logs_its_error_and_leaves_nothing(lab):
     ns = lab.container()
     lab.add(lab.conf(), ns, cid="pod1")
-    again = lab.run("ADD", lab.conf(), ns, cid="pod1")  # the same attachment twice: a conflict
+    # the same attachment with another config: a conflict (the same ADD again is a retry: its result)
+    again = lab.run("ADD", lab.conf(ipMasq=True), ns, cid="pod1")
     assert again.rc != 0
     [ok, failed] = ours(lab)
     assert ok["outcome"] == "ok" and failed["outcome"] == "error" and failed["level"] == "error"

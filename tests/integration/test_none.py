@@ -65,10 +65,8 @@ def expected_result(version: str, netns: str, addrs: list[str]) -> dict:
         if version < "1.0.0":
             entry = {"version": "6" if ":" in a else "4", **entry}
         ips.append(entry)
-    out = {"cniVersion": version, "interfaces": [{"name": "lo", "mac": LOOPBACK_MAC, "sandbox": netns}], "ips": ips}
-    if version < "1.0.0":
-        out["dns"] = {}
-    return out
+    return {"cniVersion": version, "interfaces": [{"name": "lo", "mac": LOOPBACK_MAC, "sandbox": netns}], "ips": ips,
+            "dns": {}}
 
 
 @pytest.mark.parametrize("version", ALL_VERSIONS)

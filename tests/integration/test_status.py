@@ -103,8 +103,81 @@ def test_bridge_status_delegated_to_external_ipam(netns, cnm_env, tmp_path):
     c = lab.container()
     lab.add(conf, c, cid="c1")
     assert code(status(lab, conf)) == 50
-    assert open(log).read().split() == ["STATUS", "ADD", "STATUS"]
+    # each STATUS exec (no helper here) first asks the IPAM's VERSION: it lists 1.1.0
+    assert open(log).read().split() == ["VERSION", "STATUS", "ADD", "VERSION", "STATUS"]
     assert lab.run("DEL", conf, c, cid="c1").rc == 0
+
+
+def test_bridge_status_with_an_ipam_older_than_1_1(netns, cnm_env, tmp_path):
+    """Issue 12 item 12: with Debian's host-local 1.1.1 (no STATUS; its VERSION stops at
+    1.0.0) cnm-bridge's STATUS returned host-local's `3 missing containerID`: it took STATUS
+    for an ADD. host-local is not sent STATUS now. It cannot serve an ADD of a 1.1.0 config
+    either (`1 incompatible CNI versions`), and STATUS only comes with 1.1.0 configs, so
+    STATUS says so: 50, naming the IPAM and the version, instead of a misleading code 3."""
+    lab = Lab(netns, cnm_env, tmp_path)  # Go host-local
+    conf = lab.conf(version="1.1.0", ipam=lab.ipam({"subnet": "10.250.0.0/30"}))
+    r = status(lab, conf)
+    assert code(r) == 50, r
+    assert "host-local" in r.json["msg"] and "1.1.0" in r.json["msg"], r
+    add = lab.run("ADD", conf, lab.container(), cid="c1")
+    assert add.rc == 1 and add.json["code"] == 1, add  # what STATUS foretold
+    lab.assert_nothing_left()
+
+
+def test_bridge_gc_with_an_ipam_older_than_1_1_is_not_forwarded(netns, cnm_env, tmp_path):
+    """Issue 12 item 12: GC of a 1.1.0 config forwarded to host-local 1.1.1 failed with its
+    `7 missing network name`; an IPAM without GC is not asked (our own endpoints are still
+    collected)."""
+    lab = Lab(netns, cnm_env, tmp_path)
+    conf = lab.conf(version="1.0.0", ipam=lab.ipam({"subnet": "10.250.0.0/29"}))
+    c1, c2 = lab.container(), lab.container()
+    lab.add(conf, c1, cid="c1")
+    lab.add(conf, c2, cid="c2")
+    valid = {"cni.dev/valid-attachments": [{"containerID": "c1", "ifname": "eth0"}]}
+    r = exec_plugin("cnm-bridge", "GC", dict(conf, cniVersion="1.1.0", **valid), lab.env, host_netns=lab.host)
+    assert r.rc == 0 and r.stdout == b"", r
+    assert [e[1] for e in lab.endpoints()] == ["c1"] and lab.leases() == ["10.250.0.2"]
+    assert lab.run("DEL", conf, c1, cid="c1").rc == 0
+    lab.assert_nothing_left()
+
+
+def test_helper_asks_each_ipam_binary_its_version_once(netns, cnm_env, tmp_path):
+    """Issue 12 item 12: through the resident helper, STATUS costs one IPAM VERSION per binary
+    (path, device, inode, mtime, size), not one per STATUS; a replaced binary is asked again,
+    and one whose VERSION stops before 1.1.0 is never sent STATUS."""
+    from test_helper import start_helper
+
+    lab = Lab(netns, cnm_env, tmp_path)
+    log = recording_ipam(lab, tmp_path)
+    conf = lab.conf(version="1.1.0", ipam=lab.ipam({"subnet": "10.250.0.0/30"}))
+    helper_dir = tmp_path / "helper"
+    helper_dir.mkdir()
+    proc, sock = start_helper(helper_dir)
+    try:
+        through_helper = {"CNM_HELPER_SOCKET": sock}
+        for _ in range(3):
+            r = exec_plugin("cnm-bridge", "STATUS", conf, lab.env, host_netns=lab.host, extra_env=through_helper)
+            assert r.rc == 0, r
+        assert open(log).read().split() == ["VERSION", "STATUS", "STATUS", "STATUS"]
+        # the same path, another binary: one that speaks up to 1.0.0 only (Go host-local's VERSION)
+        script = tmp_path / "extbin" / "rec-ipam"
+        script.write_text(f'#!/bin/sh\necho "$CNI_COMMAND" >> {log}\nexec /usr/lib/cni/host-local\n')
+        for _ in range(2):
+            r = exec_plugin("cnm-bridge", "STATUS", conf, lab.env, host_netns=lab.host, extra_env=through_helper)
+            assert code(r) == 50 and "rec-ipam" in r.json["msg"], r
+        assert open(log).read().split() == ["VERSION", "STATUS", "STATUS", "STATUS", "VERSION"]
+    finally:
+        proc.terminate()
+        proc.wait(timeout=60)
+
+
+def test_ipam_that_does_not_answer_version_is_not_available(netns, cnm_env, tmp_path):
+    """An IPAM that cannot answer VERSION cannot serve an ADD either: STATUS says 50."""
+    lab = Lab(netns, cnm_env, tmp_path)
+    recording_ipam(lab, tmp_path)
+    (tmp_path / "extbin" / "rec-ipam").write_text("#!/bin/sh\nexit 1\n")
+    r = status(lab, lab.conf(version="1.1.0", ipam=lab.ipam({"subnet": "10.250.0.0/30"})))
+    assert code(r) == 50 and "VERSION" in r.json["msg"], r
 
 
 def test_bridge_our_table_deleted_is_limited_connectivity(lab):
@@ -119,3 +192,36 @@ def test_bridge_our_table_deleted_is_limited_connectivity(lab):
     assert lab.run("DEL", conf, c, cid="c1").rc == 0
     assert status(lab, conf).rc == 0
     lab.assert_nothing_left()
+
+
+def test_helper_status_sees_every_nftables_change(lab, tmp_path):
+    """Issue 12 item 12: the helper answers a repeated STATUS without reading our tables back
+    while the kernel's nftables generation stays the same; any change (here one element
+    deleted by hand, then the table) must still be seen by the next STATUS."""
+    from test_helper import start_helper
+
+    conf = confs(lab)["cnm-bridge"]
+    c = lab.container()
+    lab.add(conf, c, cid="c1")
+    helper_dir = tmp_path / "helper"
+    helper_dir.mkdir()
+    proc, sock = start_helper(helper_dir)
+    try:
+        def helper_status():
+            return exec_plugin("cnm-bridge", "STATUS", conf, lab.env, host_netns=lab.host,
+                               extra_env={"CNM_HELPER_SOCKET": sock})
+
+        for _ in range(3):
+            assert helper_status().rc == 0
+        address = lab.addrs("eth0", c)[0].split("/")[0]
+        sh("nft", "delete", "element", "inet", "cnm", "masq4", f"{{ {address} }}", ns=lab.host)
+        r = helper_status()
+        assert code(r) == 51 and "c1" in r.json["details"], r
+        sh("nft", "add", "element", "inet", "cnm", "masq4", f"{{ {address} }}", ns=lab.host)
+        assert helper_status().rc == 0
+        sh("nft", "delete", "table", "inet", "cnm", ns=lab.host)
+        assert code(helper_status()) == 51
+    finally:
+        proc.terminate()
+        proc.wait(timeout=60)
+    assert lab.run("DEL", conf, c, cid="c1").rc == 0

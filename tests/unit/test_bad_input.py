@@ -62,6 +62,8 @@ CASES = {
     "missing-type": ({}, json.dumps({"cniVersion": "1.0.0", "name": "n"}).encode(), 7),
     "ipam-not-object": ({}, conf(ipam="host-local"), 7),
     "prev-result-not-object": ({}, conf(prevResult=[1]), 7),
+    "args-cni-not-object": ({}, conf(args={"cni": "x"}), 7),  # issue 12 item 9: was accepted
+    "args-cni-upper-not-object": ({}, conf(args={"CNI": 5}), 7),
     "bad-state-dir": ({}, conf(stateDir="relative"), 7),
     "unknown-cni-args": ({"CNI_ARGS": "FOO=bar"}, conf(), 4),
     "bad-cni-args-pair": ({"CNI_ARGS": "IgnoreUnknown=1;A=b=c"}, conf(), 4),

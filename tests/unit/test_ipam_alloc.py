@@ -44,7 +44,7 @@ def test_first_lease_is_dot2_gateway_dot1(tmp_path):
     rc, out = run("ADD", conf(tmp_path, subnet="10.5.0.0/24", routes=[{"dst": "0.0.0.0/0"}]))
     assert rc == 0
     assert out == {"cniVersion": "1.1.0", "ips": [{"address": "10.5.0.2/24", "gateway": "10.5.0.1"}],
-                   "routes": [{"dst": "0.0.0.0/0"}]}
+                   "routes": [{"dst": "0.0.0.0/0"}], "dns": {}}
 
 
 def test_ipv4_last_is_broadcast_minus_one(tmp_path):

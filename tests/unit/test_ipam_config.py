@@ -46,8 +46,8 @@ INVALID = {
                          "ipam.ranges[0][0].rangeEnd", "before start"),
     "start-other-family": ({"ranges": [[r("10.1.0.0/24", rangeStart="fd00::5")]]}, "ipam.ranges[0][0].rangeStart",
                            "same protocol"),
-    "gateway-outside": ({"ranges": [[r("10.1.0.0/24", gateway="10.9.0.1")]]}, "ipam.ranges[0][0].gateway",
-                        "not in network"),
+    "gateway-other-family": ({"ranges": [[r("10.1.0.0/24", gateway="fd00::1")]]}, "ipam.ranges[0][0].gateway",
+                             "same protocol"),
     "bad-gateway": ({"ranges": [[r("10.1.0.0/24", gateway="10.1.0.x")]]}, "ipam.ranges[0][0].gateway",
                     "invalid IP"),
     "empty-set": ({"ranges": [[]]}, "ipam.ranges[0]", "empty range set"),
@@ -76,6 +76,39 @@ INVALID = {
                            ""),
 }
 
+# Issue 12 items 9 and 10: values read leniently until now (whitespace stripped, an IPv6 zone
+# or a netmask taken, a wrong type coerced, an empty value taken for "no value"), each refused
+# by Go's host-local too (tests/interop/test_config_interop.py runs them through both).
+LENIENT = {
+    "subnet-leading-space": ({"ranges": [[r(" 10.1.0.0/24")]]}, "ipam.ranges[0][0].subnet", "CIDR"),
+    "subnet-trailing-newline": ({"ranges": [[r("10.1.0.0/24\n")]]}, "ipam.ranges[0][0].subnet", "CIDR"),
+    "legacy-subnet-leading-space": ({"subnet": " 10.1.0.0/24"}, "ipam.subnet", "CIDR"),
+    "legacy-subnet-empty": ({"subnet": ""}, "ipam.subnet", "CIDR"),
+    "legacy-subnet-null": ({"subnet": None}, "ipam.subnet", "CIDR"),
+    "subnet-zone": ({"ranges": [[r("fe80::%eth0/64")]]}, "ipam.ranges[0][0].subnet", "CIDR"),
+    "subnet-netmask": ({"ranges": [[r("10.1.0.0/255.255.255.0")]]}, "ipam.ranges[0][0].subnet", "CIDR"),
+    "start-leading-space": ({"ranges": [[r("10.1.0.0/24", rangeStart=" 10.1.0.5")]]},
+                            "ipam.ranges[0][0].rangeStart", "invalid IP"),
+    "gateway-trailing-newline": ({"ranges": [[r("10.1.0.0/24", gateway="10.1.0.1\n")]]},
+                                 "ipam.ranges[0][0].gateway", "invalid IP"),
+    "gateway-zone": ({"ranges": [[r("fd00:1::/64", gateway="fd00:1::1%eth0")]]}, "ipam.ranges[0][0].gateway",
+                     "invalid IP"),
+    "ranges-empty": ({"ranges": []}, "ipam.ranges", "no IP ranges specified"),
+    "route-dst-space": ({"subnet": "10.1.0.0/24", "routes": [{"dst": " 0.0.0.0/0"}]}, "ipam.routes[0].dst", "CIDR"),
+    "route-dst-netmask": ({"subnet": "10.1.0.0/24", "routes": [{"dst": "10.9.0.0/255.255.0.0"}]},
+                          "ipam.routes[0].dst", "CIDR"),
+    "route-gw-space": ({"subnet": "10.1.0.0/24", "routes": [{"dst": "0.0.0.0/0", "gw": "10.1.0.1 "}]},
+                       "ipam.routes[0].gw", "invalid IP"),
+    "route-mtu-string": ({"subnet": "10.1.0.0/24", "routes": [{"dst": "0.0.0.0/0", "mtu": "1400"}]},
+                         "ipam.routes[0].mtu", "integer"),
+    "route-priority-bool": ({"subnet": "10.1.0.0/24", "routes": [{"dst": "0.0.0.0/0", "priority": True}]},
+                            "ipam.routes[0].priority", "integer"),
+    "pool-base-netmask": ({"defaultAddressPools": [{"base": "10.0.0.0/255.0.0.0", "size": 24}]},
+                          "ipam.defaultAddressPools[0].base", "CIDR"),
+    "pool-base-space": ({"defaultAddressPools": [{"base": "10.0.0.0/8 ", "size": 24}]},
+                        "ipam.defaultAddressPools[0].base", "CIDR"),
+}
+
 
 @pytest.mark.parametrize("name", sorted(INVALID))
 def test_invalid_config_is_code_7_naming_the_key(tmp_path, name):
@@ -85,6 +118,43 @@ def test_invalid_config_is_code_7_naming_the_key(tmp_path, name):
     assert key in out["msg"], out
     assert words.lower() in out["msg"].lower(), out
     assert not (tmp_path / "ipam").exists() or not any((tmp_path / "ipam").rglob("10.*"))
+
+
+@pytest.mark.parametrize("name", sorted(LENIENT))
+def test_lenient_values_are_code_7_naming_the_key(tmp_path, name):
+    """Issue 12 items 9/10: every one of these was accepted (most then allocated an address,
+    `ranges: []` and an empty legacy subnet from a default pool)."""
+    ipam, key, words = LENIENT[name]
+    rc, out = run("ADD", conf(tmp_path, **ipam))
+    assert rc == 1 and out["code"] == 7, out
+    assert key in out["msg"] and words.lower() in out["msg"].lower(), out
+    assert not (tmp_path / "ipam").exists() or not any((tmp_path / "ipam").rglob("*.*.*.*"))
+
+
+@pytest.mark.parametrize("args", [{"cni": "x"}, {"cni": 5}, {"cni": ["10.1.0.7"]}, {"CNI": "x"}])
+def test_args_cni_must_be_an_object(tmp_path, args):
+    """Issue 12 item 9: `args: {"cni": "x"}` was accepted (host-local and bridge refuse it)."""
+    c = conf(tmp_path, subnet="10.1.0.0/24")
+    c["args"] = args
+    rc, out = run("ADD", c)
+    assert rc == 1 and out["code"] == 7 and "args." in out["msg"], out
+
+
+@pytest.mark.parametrize("ips", [[" 10.1.0.7"], ["10.1.0.7\n"], ["fd00:1::7%eth0"], ["10.1.0.7/255.255.255.0"]])
+def test_requested_ips_are_read_exactly(tmp_path, ips):
+    """Issue 12 item 9: a requested IP with surrounding space was stripped and granted."""
+    c = conf(tmp_path, ranges=[[r("10.1.0.0/24")], [r("fd00:1::/64")]])
+    c["args"] = {"cni": {"ips": ips}}
+    rc, out = run("ADD", c)
+    assert rc == 1 and out["code"] == 7 and "args.cni.ips[0]" in out["msg"], out
+
+
+def test_gateway_outside_the_subnet_is_taken_as_host_local_takes_it(tmp_path):
+    """Issue 12 item 10: a gateway outside the subnet was refused; host-local takes it (and,
+    since it is not in the range, hands out .1 first)."""
+    rc, out = run("ADD", conf(tmp_path, ranges=[[r("10.1.0.0/24", gateway="10.9.0.1")]]))
+    assert rc == 0, out
+    assert out["ips"] == [{"address": "10.1.0.1/24", "gateway": "10.9.0.1"}]
 
 
 def test_missing_ipam_key(tmp_path):

@@ -171,12 +171,10 @@ def test_ipv6_only_goes_down_as_ip6_only():
 
 @pytest.mark.parametrize("version", ALL)
 def test_empty_dns_printing(version):
-    """0.x prints "dns":{}, 1.x omits an empty dns (R56)."""
+    """Issue 12 item 10: an empty DNS is printed as "dns":{} in every version, as the Go
+    plugins print it (1.x omitted it, so a result compared field by field with Go's differed)."""
     out = Result.parse({"cniVersion": "1.0.0", "ips": [{"address": "10.0.0.2/8"}]}, "1.0.0").emit(version)
-    if version in NEW:
-        assert "dns" not in out
-    else:
-        assert out["dns"] == {}
+    assert out["dns"] == {}
 
 
 def test_unknown_fields_on_input_are_ignored():

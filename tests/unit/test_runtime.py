@@ -249,7 +249,8 @@ def test_legacy_bare_result_cache_is_read(lab):
     with open(path, "w") as f:
         json.dump({"cniVersion": "0.4.0", "ips": [{"version": "4", "address": "10.1.1.1/24"}]}, f)
     lab.runner.del_network_list(netlist([{"type": "rec-a"}], "1.0.0"), RT)
-    assert lab.calls()[0]["conf"]["prevResult"] == {"cniVersion": "1.0.0", "ips": [{"address": "10.1.1.1/24"}]}
+    assert lab.calls()[0]["conf"]["prevResult"] == {"cniVersion": "1.0.0", "ips": [{"address": "10.1.1.1/24"}],
+                                                        "dns": {}}
 
 
 def test_check_uses_the_cached_result_in_order(lab):

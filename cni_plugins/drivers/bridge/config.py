@@ -6,7 +6,6 @@ only after the entry path has answered VERSION and early errors.
 
 from __future__ import annotations
 
-import ipaddress
 import os
 import re
 from typing import Optional
@@ -84,10 +83,12 @@ class BridgeConfig(BaseModel):
         if self.disableContainerInterface and self.ipam_type:
             raise ValueError("disableContainerInterface: cannot be used together with IPAM (the interface stays down)")
         if self.hostBindingIP:
+            from .ports import host_address
+
             try:
-                ipaddress.ip_address(self.hostBindingIP)
-            except ValueError:
-                raise ValueError(f"hostBindingIP: {self.hostBindingIP!r} is not an IP address") from None
+                host_address(self.hostBindingIP)
+            except ValueError as exc:
+                raise ValueError(f"hostBindingIP: {self.hostBindingIP!r} {exc}") from None
         if self.vlanTrunk is not None and self.trunk_vlans() and self.vlan:
             raise ValueError("vlan, vlanTrunk: cannot set vlan and vlanTrunk at the same time")
         return self

@@ -10,6 +10,7 @@ nftables elements by value and releases the lease from the recorded IPAM call.
 from __future__ import annotations
 
 import ipaddress
+import time
 from contextlib import ExitStack, nullcontext
 
 from ...cni.errors import CHECK_FAILED, CONFLICT, PLUGIN_FAILURE, CNIError
@@ -18,7 +19,7 @@ from ...cni.result import DNS, Interface, IPConfig, Result, Route
 from ...cnm.model import Endpoint, owner_tag
 from ..base import Driver, Context
 from . import config as bridge_config
-from . import ipam, ports
+from . import ipam, localnet, ports
 
 HOST_VETH_PREFIX = "cnm"
 IPV6_MIN_MTU = 1280  # a link with a smaller MTU has no IPv6 state at all
@@ -87,6 +88,7 @@ class BridgeDriver(Driver):
     def __init__(self):
         self._cached: tuple[Request, bridge_config.BridgeConfig] | None = None
         self._stale_owners: set[str] = set()
+        self._held: dict[str, set] = {}  # endpoint id -> published-port slots a sibling holds (one ADD)
 
     def _conf(self, request: Request) -> bridge_config.BridgeConfig:
         if self._cached is None or self._cached[0] is not request:
@@ -131,14 +133,21 @@ class BridgeDriver(Driver):
         _fault(ctx.env, "add", "ipam")
 
     def _ports_free(self, ctx: Context, conf, endpoint: Endpoint) -> None:
-        """Refuse host ports another endpoint publishes, before any kernel change."""
+        """Refuse host ports another container publishes, before any kernel change; note the
+        ones this container already publishes on another network (join leaves them)."""
+        self._held.clear()
         mappings = ports.requested(ctx.request, conf.hostBindingIP)
         if not mappings:
             return
+        siblings = frozenset(p.id for p in ctx.peers if p.container_id == endpoint.container_id)
         with kernel_errors("read the published ports"):
-            stale = ports.ensure_free(mappings, addresses(endpoint.data.get("ips", [])), ctx.owner(endpoint))
-        if stale:  # our own leftovers (a record lost in a crash): the ADD replaces them
+            claim = ports.ensure_free(mappings, addresses(endpoint.data.get("ips", [])), ctx.owner(endpoint),
+                                      siblings)
+        if claim.stale:  # our own leftovers (a record lost in a crash): the ADD replaces them
             self._stale_owners.add(endpoint.id)
+        if claim.held:
+            self._held[endpoint.id] = claim.held
+        endpoint.data[ports.PUBLISHED_AT] = time.time_ns()  # orders a handover between siblings
 
     def join(self, ctx: Context, network, endpoint: Endpoint, sandbox) -> Result:
         from ...linux import links
@@ -174,21 +183,23 @@ class BridgeDriver(Driver):
                     from ...linux import nft
 
                     owner = ctx.owner(endpoint)
-                    publishes_ports = any(e.set.startswith("ports") for e in elements)
-                    if any(e.set.startswith("ports4") for e in elements):
-                        self._route_localnet(conf)
+                    publishes_ports = any(ports.is_port(e) for e in elements)
+                    self._route_localnet(ctx, conf, endpoint.id, elements, undo)
                     with ctx.locked("ports") if publishes_ports else nullcontext():
                         if publishes_ports:  # again, now that no other ADD can publish meanwhile
                             self._ports_free(ctx, conf, endpoint)
+                        # A port a sibling publishes stays its own; this endpoint's element is
+                        # only recorded, for the handover when the sibling goes (ports.release).
+                        installed = ports.installable(elements, self._held.pop(endpoint.id, set()))
                         with kernel_errors("program nftables"):
                             stale = []
                             if endpoint.id in self._stale_owners:
                                 self._stale_owners.discard(endpoint.id)
                                 stale = nft.owned(owner)
-                            nft.commit(add=elements, remove=stale, owner=owner)
-                    undo.callback(_remove_elements, elements, owner)
+                            nft.commit(add=installed, remove=stale, owner=owner)
+                    undo.callback(_remove_elements, installed, owner)
                     endpoint.data["nft"] = [[e.family, e.set, e.key, e.data, e.note] for e in elements]
-                    _flush_udp(elements)
+                    _flush_udp(ctx, installed)
                 _fault(ctx.env, "add", "nft")
                 bridge_mac = br.get_attr("IFLA_ADDRESS")
         except BaseException:
@@ -229,6 +240,13 @@ class BridgeDriver(Driver):
         with kernel_errors(f"create veth pair {host_name}/{request.ifname}"):
             try:
                 veth.create_pair(ipr, host_name, request.ifname, ctx.netns_fd, conf.mtu, mac, bridge_index)
+            except veth.BridgeFull:
+                raise CNIError(
+                    PLUGIN_FAILURE,
+                    f"bridge {conf.bridge!r} is full: a Linux bridge holds at most {veth.BRIDGE_MAX_PORTS} ports",
+                    f"{conf.bridge} has {veth.BRIDGE_MAX_PORTS} ports, the kernel's limit; put further containers "
+                    f"on another network (another bridge)",
+                ) from None
             except veth.VethError as exc:
                 if links.link_index(cipr, request.ifname) is not None:
                     raise CNIError(
@@ -337,13 +355,15 @@ class BridgeDriver(Driver):
             if 6 in families:
                 sysctl.ensure("net/ipv6/conf/all/forwarding", "1")
 
-    def _route_localnet(self, conf) -> None:
+    def _route_localnet(self, ctx: Context, conf, endpoint_id: str, elements, undo: ExitStack) -> None:
         """127.0.0.1:hostPort from the host: DNAT in output re-routes the packet to the
-        bridge, which the kernel allows for a 127/8 source only with route_localnet."""
-        from ...linux import sysctl
-
-        with kernel_errors(f"enable route_localnet on {conf.bridge!r}"):
-            sysctl.ensure(f"net/ipv4/conf/{conf.bridge}/route_localnet", "1")
+        bridge, which the kernel allows for a 127/8 source only with route_localnet; on
+        only while an endpoint needs it (localnet.py)."""
+        if not localnet.needed_by(elements):
+            return
+        with kernel_errors(f"enable route_localnet on {conf.bridge!r}"), ctx.locked("localnet"):
+            localnet.acquire(ctx.env, conf.bridge, endpoint_id)
+        undo.callback(_release_localnet, ctx, endpoint_id, conf.bridge)
 
     # ---- DEL ------------------------------------------------------------------------------
     def leave(self, ctx: Context, network, endpoint: Endpoint, sandbox) -> None:
@@ -364,8 +384,13 @@ class BridgeDriver(Driver):
             recorded = _owned_quietly(ctx.owner(endpoint))
         if recorded:
             with kernel_errors("remove nftables entries"):
-                _remove_elements(recorded, ctx.owner(endpoint))
-                _flush_udp(recorded)
+                with ctx.locked("ports") if any(ports.is_port(e) for e in recorded) else nullcontext():
+                    remove, handover = ports.release(recorded, endpoint, ctx.peers, recorded_elements)
+                    _remove_elements(remove, ctx.owner(endpoint), [(ctx.owner_of(h), els) for h, els in handover])
+                _flush_udp(ctx, remove)
+            if localnet.needed_by(recorded):
+                with kernel_errors("restore route_localnet"):
+                    _release_localnet(ctx, endpoint.id, endpoint.data.get("bridge"))
         _fault(ctx.env, "del", "nft")
         rec = endpoint.data.get("ipam")
         if rec:
@@ -384,7 +409,9 @@ class BridgeDriver(Driver):
             owned = nft.owned(owner) + nft.owned(endpoint_id)  # ours, and an older version's untagged
             if owned:
                 _remove_elements(owned, owner)
-                _flush_udp(owned)
+                _flush_udp(ctx, owned)
+        with kernel_errors("restore route_localnet"):
+            _release_localnet(ctx, endpoint_id, None)  # (its bridge is not known without a record)
         ipam_conf = ctx.request.config.get("ipam")
         ipam_type = ipam_conf.get("type") if isinstance(ipam_conf, dict) else None
         if isinstance(ipam_type, str) and ipam_type:
@@ -413,6 +440,9 @@ class BridgeDriver(Driver):
         conf = self._conf(request)
         require_nft(conf)
         if conf.ipam_type:
+            # Delegated only to an IPAM that knows STATUS, i.e. speaks 1.1.0; one that does not
+            # cannot serve an ADD of this (1.1.0) config either, which require_version says.
+            ipam.require_version(request, conf.ipam_type)
             ipam.delegate("STATUS", request, conf.ipam_type)
 
     def degraded(self, request: Request, endpoints) -> str | None:
@@ -422,9 +452,9 @@ class BridgeDriver(Driver):
         return missing_rules(list(endpoints), recorded_elements)
 
     def gc(self, request: Request, valid) -> None:
-        """Forward GC to the IPAM (R47); our own endpoints were collected by the controller."""
+        """Forward GC to the IPAM (R47) if it knows GC; our own endpoints were collected by the controller."""
         conf = self._conf(request)
-        if conf.ipam_type:
+        if conf.ipam_type and ipam.speaks_status(request, conf.ipam_type):
             ipam.delegate("GC", request, conf.ipam_type)
 
     def orphans(self, store_id: str, endpoints) -> list:
@@ -494,6 +524,10 @@ def expected_elements(conf, request: Request, data: dict, host_name: str, mac: s
             elements.extend(_nft().isolate(ip, subnet))
     if not conf.icc:
         elements.extend(_nft().no_icc(host_name))
+        published = ports.families(mappings, addrs) if mappings else set()
+        for ip, subnet in addrs:
+            if ipaddress.ip_address(ip).version in published:
+                elements.extend(_nft().noicc_published(ip, subnet))
     return elements
 
 
@@ -505,9 +539,10 @@ def _nft():
     return nft
 
 
-def _flush_udp(elements) -> None:
+def _flush_udp(ctx: Context, elements) -> None:
     """UDP conntrack entries of the published ports in `elements` (ADD: flows that began
-    before the port was published; DEL: flows still steered to the gone container)."""
+    before the port was published; DEL: flows still steered to the gone container).
+    Best effort: a failure is logged, never the command's (a DEL must not stick on it)."""
     from ...linux import conntrack, nft
 
     done = set()
@@ -517,8 +552,13 @@ def _flush_udp(elements) -> None:
             wanted = (port, 4 if e.set.startswith("ports4") else 6)
             if proto == "udp" and wanted not in done:
                 done.add(wanted)
-                with kernel_errors("flush UDP conntrack entries"):
+                try:
                     conntrack.flush_udp_port(*wanted)
+                except conntrack.ConntrackError as exc:
+                    from ...cni.log import message
+
+                    message(ctx.env, ctx.request.config, "error", f"UDP conntrack entries not flushed: {exc}",
+                            command=ctx.request.command, container=ctx.request.container_id)
 
 
 def recorded_elements(endpoint: Endpoint) -> list:
@@ -544,6 +584,11 @@ def _delete_link_unless_owned_by_another(name: str, owner: str) -> None:
         veth.delete(ipr, name)
 
 
+def _release_localnet(ctx: Context, endpoint_id: str, bridge: str | None) -> None:
+    with ctx.locked("localnet"):  # acquire and release of one bridge must not interleave
+        localnet.release(ctx.env, endpoint_id, bridge)
+
+
 def _owned_quietly(owner: str) -> list:
     """The elements tagged `owner`; none when nftables cannot be read (what is left is
     tagged, and a sweep finds it later)."""
@@ -555,10 +600,20 @@ def _owned_quietly(owner: str) -> list:
         return []
 
 
-def _remove_elements(elements, owner: str) -> None:
+def _remove_elements(elements, owner: str, handover=()) -> None:
+    """Remove `elements`; in the same transaction the first heir installs the published
+    ports it takes over (so the port never goes unanswered), further heirs after it."""
     from ...linux import nft
 
-    nft.commit(remove=elements, owner=owner)
+    if not handover:
+        nft.commit(remove=elements, owner=owner)
+        return
+    # The removal's add-then-delete writes the heir's name into a comment that is deleted
+    # at once: which owner commit() is given only matters for the elements it adds.
+    (heir, taken), *more = handover
+    nft.commit(add=taken, remove=elements, owner=heir)
+    for heir, taken in more:
+        nft.commit(add=taken, owner=heir)
 
 
 def _unwind(stack: ExitStack) -> None:

@@ -10,7 +10,7 @@ from __future__ import annotations
 import base64
 import ipaddress
 
-from ...cni.errors import IPAM_FAILURE, CNIError
+from ...cni.errors import IPAM_FAILURE, NOT_AVAILABLE, CNIError
 from ...cni.request import Request
 from ...cni.result import IPConfig, Result, Route
 from ...ipam import client
@@ -43,6 +43,23 @@ def release_recorded(rec: dict, request: Request) -> None:
 def delegate(command: str, request: Request, ipam_type: str) -> None:
     """CHECK / STATUS / GC / DEL with the request's own stdin (R68, R73)."""
     client.execute(command, ipam_type, request.stdin, request.env, request.cni_path, request.version)
+
+
+def speaks_status(request: Request, ipam_type: str) -> bool:
+    """Whether the IPAM knows STATUS and GC: its VERSION lists 1.1.0 (asked once per binary
+    in the helper). An older one (Debian's host-local 1.1.1) takes either for an ADD without
+    a container id and fails."""
+    return client.SPEC_WITH_STATUS in client.supported_versions(ipam_type, request.env, request.cni_path)
+
+
+def require_version(request: Request, ipam_type: str) -> None:
+    """Code 50 when the IPAM does not speak the config's cniVersion: every ADD would fail with
+    its `incompatible CNI versions` (the IPAM gets the config unchanged)."""
+    listed = client.supported_versions(ipam_type, request.env, request.cni_path)
+    if request.version not in listed:
+        raise CNIError(NOT_AVAILABLE, f"IPAM plugin {ipam_type} does not support CNI version {request.version}",
+                       f"it lists {', '.join(listed)}; an ADD with this config would fail: use an IPAM that "
+                       f"speaks {request.version} (cnm-ipam does) or a lower cniVersion")
 
 
 def first_host(cidr: str) -> str:

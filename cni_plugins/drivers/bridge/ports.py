@@ -7,12 +7,22 @@ the truth about which host ports are taken: a new mapping is compared with the
 published ports of its family before anything changes (the controller's store
 transaction serialises ADDs, so nothing slips in between), and refused naming
 the owner, whose endpoint id and container id are the elements' comment.
+
+One container may publish the same port on several of its networks (podman
+`--network a,b -p 8300:80`), as the reference portmap allows: there every network
+appends a DNAT rule, the first ADDed answers, and when it is DELed the next one's
+rule takes over. A map holds one element per key, so the endpoint that published
+first owns it; a sibling (same container, same sandbox, another network) records
+its own element without installing it, and the owner's DEL hands the key to the
+earliest-published remaining sibling (handover). Who owns a key is the kernel's
+comment, what each sibling wants is its record: nothing lives in process memory.
 """
 
 from __future__ import annotations
 
 import ipaddress
-from dataclasses import dataclass
+import json
+from dataclasses import dataclass, field
 from typing import Iterable
 
 from ...cni.errors import CONFLICT, INVALID_CONFIG, CNIError
@@ -72,12 +82,15 @@ def requested(request: Request, default_host_ip: str = "") -> list[Mapping]:
             raise _bad(f"entry {index} is not an object")
         host_port = _port(item, "hostPort", index)
         container_port = _port(item, "containerPort", index)
-        proto = item.get("protocol") or "tcp"
+        proto = item.get("protocol")
+        if proto is None or proto == "":
+            proto = "tcp"
         if not isinstance(proto, str) or proto.lower() not in PROTOCOLS:
             raise _bad(f"entry {index}: protocol must be one of tcp, udp, sctp, got {proto!r}")
-        host_ip = item.get("hostip") or default_host_ip or ""
-        if not isinstance(host_ip, str):
-            raise _bad(f"entry {index}: hostIP must be a string")
+        host_ip = item.get("hostip")
+        if host_ip is not None and not isinstance(host_ip, str):
+            raise _bad(f"entry {index}: hostIP must be a string, got {host_ip!r}")
+        host_ip = host_ip or default_host_ip
         mapping = _mapping(proto.lower(), host_port, container_port, host_ip, index)
         if mapping in mappings:
             continue
@@ -89,13 +102,29 @@ def requested(request: Request, default_host_ip: str = "") -> list[Mapping]:
     return mappings
 
 
+def host_address(text: str):
+    """A host address to publish on (hostIP, hostBindingIP), read exactly; ValueError saying
+    why not for what is no address (surrounding space included), an IPv6 zone
+    (`fe80::1%eth0`: nftables has no syntax for one) and an IPv4-mapped IPv6 address (an
+    IPv6 binding that no packet ever matches: IPv4 packets to that address are IPv4)."""
+    try:
+        ip = ipaddress.ip_address(text)
+    except ValueError:
+        raise ValueError("is not an IP address") from None
+    if ip.version == 6 and ip.scope_id:
+        raise ValueError("has an IPv6 zone, which nftables cannot match; publish on the address alone")
+    if ip.version == 6 and ip.ipv4_mapped is not None:
+        raise ValueError(f"is an IPv4-mapped IPv6 address, which no packet matches; use {ip.ipv4_mapped}")
+    return ip
+
+
 def _mapping(proto: str, host_port: int, container_port: int, host_ip: str, index: int) -> Mapping:
     if not host_ip:
         return Mapping(proto, host_port, container_port, None, None)
     try:
-        ip = ipaddress.ip_address(host_ip)
-    except ValueError:
-        raise _bad(f"entry {index}: hostIP {host_ip!r} is not an IP address") from None
+        ip = host_address(host_ip)
+    except ValueError as exc:
+        raise _bad(f"entry {index}: hostIP {host_ip!r} {exc}") from None
     if ip.is_unspecified:  # 0.0.0.0 / :: : every address of that family
         return Mapping(proto, host_port, container_port, None, ip.version)
     return Mapping(proto, host_port, container_port, str(ip), ip.version)
@@ -122,9 +151,30 @@ def families(mappings: Iterable[Mapping], addresses: list[tuple[str, str]]) -> s
     return {v for v in versions if any(m.applies(v) for m in mappings)}
 
 
-def ensure_free(mappings: list[Mapping], addresses: list[tuple[str, str]], owner: str) -> list:
-    """Refuse (code 102, naming the owner) a mapping whose host port another endpoint
-    publishes; return this endpoint's own stale elements (a lost record) to replace.
+@dataclass
+class Claim:
+    """What the kernel holds of a new endpoint's published ports."""
+
+    stale: list = field(default_factory=list)  # its own elements from an ADD whose record was lost: replaced
+    held: set = field(default_factory=set)  # slots a sibling already publishes: recorded, not installed
+
+
+def slot(element) -> str:
+    """A published port's key in the kernel, the same for its two map elements (the
+    container address map and the container port map)."""
+    prefix = element.set.rsplit("_", 1)[0]  # ports4_any_addr -> ports4_any
+    return f"{element.family}/{prefix}/{json.dumps(element.key, sort_keys=True)}"
+
+
+def is_port(element) -> bool:
+    return element.set.startswith("ports")
+
+
+def ensure_free(mappings: list[Mapping], addresses: list[tuple[str, str]], owner: str,
+                siblings: frozenset = frozenset()) -> Claim:
+    """Refuse (code 102, naming the owner) a mapping whose host port another container
+    publishes; return this endpoint's own stale elements (a lost record) to replace, and
+    the keys its `siblings` (endpoint ids of the same container) already publish.
 
     Constant cost in the common case: one dry-run transaction asks the kernel whether the
     new keys (and, for an address-bound port, the every-address key of the same port) are
@@ -142,37 +192,42 @@ def ensure_free(mappings: list[Mapping], addresses: list[tuple[str, str]], owner
                 if m.host_ip:
                     probes.extend(nft.port_elements(m.proto, None, m.host_port, version, _zero(version), 1)[:1])
     free = nft.can_create(probes)
-    stale = []
+    claim = Claim()
     for version in versions:
         if not free:
-            stale.extend(_compare(mappings, version, nft.published(version), owner))
+            _compare(mappings, version, nft.published(version), owner, siblings, claim)
         elif any(m.host_ip is None for m in mappings if m.applies(version)):
-            stale.extend(_compare(mappings, version, nft.published(version, anywhere=False), owner))
-    if not free and not stale:  # the kernel saw a taken key that is gone by now: say so, change nothing
+            _compare(mappings, version, nft.published(version, anywhere=False), owner, siblings, claim)
+    if not free and not claim.stale and not claim.held:
+        # the kernel saw a taken key that is gone by now: say so, change nothing
         raise CNIError(CONFLICT, "port already allocated", "nftables refused a published port; retry")
-    return stale
+    return claim
 
 
 def _zero(version: int) -> str:
     return "0.0.0.0" if version == 4 else "::"
 
 
-def _compare(mappings: list[Mapping], version: int, taken, owner: str) -> list:
-    """Raise on the first published port of another endpoint that a mapping overlaps;
-    return the overlapping ones of `owner` itself."""
+def _compare(mappings: list[Mapping], version: int, taken, owner: str, siblings, claim: Claim) -> None:
+    """Raise on the first published port of another container that a mapping overlaps;
+    collect the overlapping ones of `owner` itself (stale) and the keys a sibling holds."""
     from ...linux import nft
 
-    stale = []
     for m in mappings:
         if not m.applies(version):
             continue
+        mine = slot(nft.port_elements(m.proto, m.host_ip, m.host_port, version, _zero(version), 1)[0])
         for element, comment in taken:
             proto, host, port = nft.binding_of(element)
             if not m.overlaps(proto, host, port):
                 continue
-            holder = nft.owner_of(comment)
+            holder = nft.owner_of(comment)  # <endpoint id>@<store tag> (an older build: the id alone)
             if holder == owner:
-                stale.append(element)
+                claim.stale.append(element)
+                continue
+            if endpoint_of(holder) in siblings:  # the same container on another network: shared, as the reference
+                if slot(element) == mine:
+                    claim.held.add(mine)
                 continue
             container = comment.split(" ", 1)[1] if " " in comment else "unknown"
             theirs = Mapping(proto, port, 0, host, version)
@@ -181,4 +236,57 @@ def _compare(mappings: list[Mapping], version: int, taken, owner: str) -> list:
                 f"port already allocated: {m} (requested by this container) is published by container {container}",
                 f"{theirs} -> {element.data} belongs to endpoint {holder} (container {container})",
             )
-    return stale
+
+
+def installable(elements: list, held: set) -> list:
+    """`elements` without the published ports a sibling holds."""
+    if not held:
+        return elements
+    return [e for e in elements if not (is_port(e) and slot(e) in held)]
+
+
+# ---- DEL: what an endpoint removes, and whom its ports pass to ------------------------------------
+PUBLISHED_AT = "published_at"  # endpoint.data: when the endpoint published (orders the handover)
+
+
+def release(recorded: list, endpoint, peers, recorded_of) -> tuple[list, list[tuple[str, list]]]:
+    """The elements `endpoint` removes on DEL, and [(heir endpoint id, elements it installs)].
+
+    Without a sibling that publishes one of its keys (the common case) it removes its
+    whole record by value, and reads nothing. Otherwise it removes only the published
+    ports the kernel says it owns (or that nobody holds), and each freed key passes to the
+    active sibling that published earliest, which installs its own recorded elements for
+    it. `recorded_of(endpoint)` gives an endpoint's recorded elements."""
+    mine = {slot(e) for e in recorded if is_port(e)}
+    rivals = [p for p in peers if p.id != endpoint.id and p.container_id == endpoint.container_id] if mine else []
+    wanted = {p.id: [e for e in recorded_of(p) if is_port(e) and slot(e) in mine] for p in rivals}
+    rivals = [p for p in rivals if wanted[p.id]]
+    if not rivals:
+        return recorded, []
+    owners = _kernel_owners(recorded)
+    freed = {k for k in mine if owners.get(k, endpoint.id) == endpoint.id}
+    remove = [e for e in recorded if not is_port(e) or slot(e) in freed]
+    handover = []
+    for heir in sorted((p for p in rivals if p.active), key=lambda p: (p.data.get(PUBLISHED_AT, 0), p.ifname, p.id)):
+        theirs = [e for e in wanted[heir.id] if slot(e) in freed]
+        if theirs:
+            handover.append((heir.id, theirs))
+            freed -= {slot(e) for e in theirs}
+    return remove, handover
+
+
+def _kernel_owners(elements: list) -> dict[str, str]:
+    """slot -> owner endpoint id of the published ports among `elements` that the kernel holds."""
+    from ...linux import nft
+
+    versions = {int(e.set[len("ports")]) for e in elements if is_port(e)}  # ports4_... / ports6_...
+    out = {}
+    for version in sorted(versions):
+        for element, comment in nft.published(version):
+            out[slot(element)] = endpoint_of(nft.owner_of(comment))
+    return out
+
+
+def endpoint_of(owner: str) -> str:
+    """The endpoint id of an element's owner tag."""
+    return owner.split("@", 1)[0]
