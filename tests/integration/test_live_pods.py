@@ -383,8 +383,8 @@ def test_an_unreadable_boot_id_tears_nothing_down(lab):
     masked = ("unshare", "--mount", "--propagation", "private", "--", "sh", "-c",
               'mount --bind /dev/null /proc/sys/kernel/random/boot_id && exec "$@"', "masked")
     gc_json(lab, prefix=masked)
-    env = dict(lab.env, IN_PROCESS, CNI_COMMAND="ADD", CNI_CONTAINERID="m1", CNI_NETNS=lab.container(),
-               CNI_IFNAME="eth0", CNI_ARGS="")
+    env = {**lab.env, **IN_PROCESS, "CNI_COMMAND": "ADD", "CNI_CONTAINERID": "m1", "CNI_NETNS": lab.container(),
+           "CNI_IFNAME": "eth0", "CNI_ARGS": ""}
     masked_add = subprocess.run(["nsenter", f"--net={lab.host}", "--", *masked, os.path.join(BIN, "cnm-bridge")],
                                 input=json.dumps(conf).encode(), env=env, capture_output=True, timeout=120)
     assert masked_add.returncode == 0, masked_add  # the command works: it only skips the reboot logic

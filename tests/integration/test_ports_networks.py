@@ -92,8 +92,10 @@ def who_answers(lab) -> str:
 
 
 def owners(lab) -> set[str]:
-    """Owner (endpoint id) of every published-port element of the port."""
-    return {c.split()[0] for m, k, _, c in nft_map_elements(lab) if m.startswith("ports") and k["concat"][-1] == PORT}
+    """Owner (endpoint id; the comment is `<endpoint id>@<store tag> <container>`) of every
+    published-port element of the port."""
+    return {c.split()[0].split("@")[0] for m, k, _, c in nft_map_elements(lab)
+            if m.startswith("ports") and k["concat"][-1] == PORT}
 
 
 def endpoint_of(lab, conf, ifname: str, cid: str = "c1") -> str:

@@ -10,7 +10,7 @@ import sys
 import pytest
 
 from bridge_support import Lab, sh
-from conftest import BIN, exec_plugin
+from conftest import BIN, exec_plugin, pin_names
 from ports_support import OUTSIDE_V4, UPLINK_V4, ask, nft_map_elements, outside_host, reach, servers  # noqa: F401
 
 GATEWAY = "10.250.0.1"
@@ -223,7 +223,7 @@ def test_del_without_the_conntrack_tool(lab, servers, tmp_path):
     assert run.rc == 0, run
     assert address not in conntrack_udp(lab, 5310)
     assert_all_gone(lab)
-    assert not os.listdir(os.path.join(lab.env["CNM_RUN_DIR"], "netns"))  # the pin went too
+    assert pin_names(lab.env) == []  # the pin went too
 
 
 def test_doctor_warns_when_udp_ports_cannot_be_flushed(lab, tmp_path):
