@@ -476,6 +476,7 @@ def main() -> int:
         go_conf = go_bridge(lab, lab.net("gobr"), f"{lab.tag}g0", "10.231.0.0/20")
         cnm_conf = cnm_bridge(lab, lab.net("cnmbr"), f"{lab.tag}c0", "10.232.0.0/20")
         variants = [("checkout", BIN, sock)] + ([("bundle", bundle, bsock)] if bundle else [])
+        plain_by_client = {}  # client -> (Go bridge + host-local, cnm-bridge + cnm-ipam through the helper)
         for client, (client_label, make) in clients.items():
             report.section(f"bridge + IPAM, one pod at a time (client: {client_label}; {n} pods, medians)",
                            ["plugins", "path", "ADD ms (p95)", "CHECK ms (p95)", "DEL ms (p95)", "ADD × Go",
@@ -483,15 +484,17 @@ def main() -> int:
             # Go and each of ours through the helper, interleaved (see interleaved()).
             chains = {"go": make(GO_DIR, go_conf, lab.env(GO_DIR))}
             chains.update((label, make(d, cnm_conf, lab.env(d, s))) for label, d, s in variants)
+            plain_by_client[client] = (chains["go"], chains[variants[-1][0]])
             measured = interleaved(lab, chains, n)
             go_t = measured["go"]
             report.row("Go bridge + host-local", "exec", *cells(go_t), "1.00×", "1.00×", "")
             for label, d, s in variants:
                 t = measured[label]
                 add_r = median(t["ADD"]) / median(go_t["ADD"])
+                del_r = median(t["DEL"]) / median(go_t["DEL"])
                 report.row(f"cnm-bridge + cnm-ipam ({label})", "thin → cnmd", *cells(t),
                            ratio(median(t["ADD"]), median(go_t["ADD"])), ratio(median(t["DEL"]), median(go_t["DEL"])),
-                           f"ADD ≤ 1.5× Go {verdict(add_r, 1.5)}")
+                           f"ADD ≤ 1.5× Go {verdict(add_r, 1.5)}, DEL ≤ 1.2× Go {verdict(del_r, 1.2)}")
             # The in-process path (no helper) through the runner only: its target is absolute.
             for label, d, s in variants if client == "runner" else ():
                 t = lifecycle(lab, make(d, cnm_conf, lab.env(d, "off")), n)
@@ -527,6 +530,13 @@ def main() -> int:
         # 4. 20 pods in parallel, through each client
         report.section(f"20 pods in parallel (total wall time, median of {rounds})",
                        ["client", "plugins", "ADD s", "DEL s", "ADD × chain", "DEL × chain", "target"])
+        for client, (go_plain, cnm_plain) in plain_by_client.items():
+            ga, gd = parallel(lab, go_plain, 20, rounds)
+            report.row(client, "Go bridge + host-local", f"{median(ga):.2f}", f"{median(gd):.2f}", "1.00×", "1.00×", "")
+            pa, pd = parallel(lab, cnm_plain, 20, rounds)
+            a_r, d_r = median(pa) / median(ga), median(pd) / median(gd)
+            report.row(client, "cnm-bridge + cnm-ipam (helper)", f"{median(pa):.2f}", f"{median(pd):.2f}",
+                       f"{a_r:.2f}×", f"{d_r:.2f}×", f"≤ 1.0× {verdict(max(a_r, d_r), 1.0)}")
         for client, (chain, masq) in pairs_by_client.items():
             ca, cd = parallel(lab, chain, 20, rounds)
             report.row(client, "Go five-plugin chain", f"{median(ca):.2f}", f"{median(cd):.2f}", "1.00×", "1.00×", "")

@@ -45,6 +45,7 @@ class Judge:
         from .linux import nsusers
 
         self._mount_namespace = nsusers.mount_namespace()
+        self._users = None  # nsusers.Users, read once on the first abandonment question
 
     def pins_trusted(self, sb: Sandbox) -> bool:
         """`sb` was pinned from this mount namespace: whether its pin is there is seen here."""
@@ -72,14 +73,15 @@ class Judge:
                                     f"the plugins run")
         return Verdict(DEAD, f"its pin {sb.pin} was removed and the runtime's path {sb.netns} is gone")
 
-    @staticmethod
-    def _abandoned(sb: Sandbox) -> Verdict:
+    def _abandoned(self, sb: Sandbox) -> Verdict:
         from .linux import nsusers
 
         made_in = sb.data.get(PIDNS_KEY)
         if made_in is None or made_in != nsusers.pid_namespace():
             return Verdict(ALIVE, f"pinned at {sb.pin}; its users cannot be seen from this pid namespace")
-        held = nsusers.users(sb.ns_dev, sb.ns_ino, ignore_mounts=(sb.pin,))
+        if self._users is None:
+            self._users = nsusers.Users()
+        held = self._users.of(sb.ns_dev, sb.ns_ino, ignore_mounts=(sb.pin,))
         if held:
             return Verdict(ALIVE, f"pinned at {sb.pin}; in use: {', '.join(held[:3])}")
         return Verdict(ABANDONED, f"the runtime's path {sb.netns or '(none)'} is gone and no process, descriptor "

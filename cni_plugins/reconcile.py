@@ -257,6 +257,7 @@ class VanishedCheck:
         self.ident = ident
         self.watch: set[str] = set()
         self.cursor = ""
+        self.lock = threading.Lock()  # the helper's ADDs run side by side
 
     _known: dict[str, "VanishedCheck"] = {}
     _lock = threading.Lock()
@@ -303,24 +304,28 @@ def release_vanished_sandboxes(node: Node, request: Request, identity, target: s
             state = VanishedCheck.of(key, ident) if ident is not None else None
             judge = Judge()
             if state is None:
-                candidates = tx.list_sandboxes()
                 state = VanishedCheck(ident)
+                with state.lock:
+                    candidates = tx.list_sandboxes()
             else:
-                candidates, state.cursor = tx.sandboxes_to_check(
-                    (identity.dev, identity.ino), (request.container_id, target), state.cursor, VanishedCheck.ROUND)
-                candidates += tx.sandboxes_by_id(state.watch - {sb.id for sb in candidates})
-                state.watch &= tx.sandbox_ids()  # gone from the store: forget
+                with state.lock:
+                    candidates, state.cursor = tx.sandboxes_to_check(
+                        (identity.dev, identity.ino), (request.container_id, target), state.cursor,
+                        VanishedCheck.ROUND)
+                    candidates += tx.sandboxes_by_id(state.watch - {sb.id for sb in candidates})
+                    state.watch &= tx.sandbox_ids()  # gone from the store: forget
         doomed = []
-        for sb in candidates:
-            if sb.id == HOST_SANDBOX:
-                continue
-            verdict = judge.judge(sb)
-            if verdict.state in (DEAD, UNKNOWN) or not _pin_holds(sb):
-                state.watch.add(sb.id)  # alive through the runtime's path only, or dead: look again
-            else:
-                state.watch.discard(sb.id)
-            if verdict.state == DEAD:
-                doomed.append(sb)
+        with state.lock:
+            for sb in candidates:
+                if sb.id == HOST_SANDBOX:
+                    continue
+                verdict = judge.judge(sb)
+                if verdict.state in (DEAD, UNKNOWN) or not _pin_holds(sb):
+                    state.watch.add(sb.id)  # alive through the runtime's path only, or dead: look again
+                else:
+                    state.watch.discard(sb.id)
+                if verdict.state == DEAD:
+                    doomed.append(sb)
         if ident is not None:
             VanishedCheck.remember(key, state)
         else:

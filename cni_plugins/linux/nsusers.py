@@ -35,49 +35,53 @@ def _pids() -> list[str]:
         return []
 
 
-def users(dev: int, ino: int, ignore_mounts: tuple[str, ...] = ()) -> list[str]:
-    """What holds netns (dev, ino) besides the mounts at `ignore_mounts`: "task PID",
-    "fd PID/N" or "mount PATH" entries (empty: nothing visible from here)."""
-    found: list[str] = []
-    link = f"net:[{ino}]"
-    mount_namespaces: dict[int, str] = {}
-    for pid in _pids():
-        base = f"/proc/{pid}"
-        try:
-            for tid in os.listdir(f"{base}/task"):
-                st = os.stat(f"{base}/task/{tid}/ns/net")
-                if (st.st_dev, st.st_ino) == (dev, ino):
-                    found.append(f"task {tid}")
-                    break
-        except OSError:
-            pass
-        try:
-            for fd in os.listdir(f"{base}/fd"):
-                try:
-                    if os.readlink(f"{base}/fd/{fd}") == link:
-                        found.append(f"fd {pid}/{fd}")
-                except OSError:
-                    continue
-        except OSError:
-            pass
-        try:
-            mount_namespaces.setdefault(os.stat(f"{base}/ns/mnt").st_ino, pid)
-        except OSError:
-            pass
-    ignored = {os.path.realpath(p) for p in ignore_mounts if p}
-    for pid in sorted(mount_namespaces.values()):
-        try:
-            with open(f"/proc/{pid}/mountinfo") as f:
-                lines = f.readlines()
-        except OSError:
-            continue
-        for line in lines:
-            fields = line.split()
-            if len(fields) < 5 or fields[3] != link:
-                continue
-            point = fields[4].replace("\\040", " ")
-            if point in ignored:  # our pin, or its copy propagated into another mount namespace
-                continue
-            found.append(f"mount {point}")
-    return sorted(set(found))
+class Users:
+    """Who holds which network namespace, read from /proc once (for one sweep): tasks in it,
+    descriptors of it, mounts of it in every mount namespace a visible process is in."""
 
+    def __init__(self):
+        self.tasks: dict[tuple[int, int], list[str]] = {}
+        self.fds: dict[int, list[str]] = {}  # netns inode -> "fd PID/N"
+        self.mounts: dict[int, list[str]] = {}  # netns inode -> mount points
+        mount_namespaces: dict[int, str] = {}
+        for pid in _pids():
+            base = f"/proc/{pid}"
+            try:
+                for tid in os.listdir(f"{base}/task"):
+                    st = os.stat(f"{base}/task/{tid}/ns/net")
+                    self.tasks.setdefault((st.st_dev, st.st_ino), []).append(f"task {tid}")
+            except OSError:
+                pass
+            try:
+                for fd in os.listdir(f"{base}/fd"):
+                    try:
+                        link = os.readlink(f"{base}/fd/{fd}")
+                    except OSError:
+                        continue
+                    if link.startswith("net:["):
+                        self.fds.setdefault(int(link[5:-1]), []).append(f"fd {pid}/{fd}")
+            except OSError:
+                pass
+            try:
+                mount_namespaces.setdefault(os.stat(f"{base}/ns/mnt").st_ino, pid)
+            except OSError:
+                pass
+        for pid in sorted(mount_namespaces.values()):
+            try:
+                with open(f"/proc/{pid}/mountinfo") as f:
+                    lines = f.readlines()
+            except OSError:
+                continue
+            for line in lines:
+                fields = line.split()
+                if len(fields) >= 5 and fields[3].startswith("net:["):
+                    point = fields[4].replace("\\040", " ")
+                    self.mounts.setdefault(int(fields[3][5:-1]), []).append(point)
+
+    def of(self, dev: int, ino: int, ignore_mounts: tuple[str, ...] = ()) -> list[str]:
+        """What holds netns (dev, ino) besides the mounts at `ignore_mounts` (our pin, and its
+        copies propagated into other mount namespaces): empty when nothing visible does."""
+        ignored = {os.path.realpath(p) for p in ignore_mounts if p}
+        found = list(self.tasks.get((dev, ino), [])) + list(self.fds.get(ino, []))
+        found += [f"mount {p}" for p in self.mounts.get(ino, []) if p not in ignored]
+        return sorted(set(found))

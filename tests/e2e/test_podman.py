@@ -357,3 +357,55 @@ def test_network_connect_of_a_publishing_container(net, net2):
     assert dnat_target(net.host, port) is None
     assert net.leftovers() == CLEAN and net2.leftovers() == CLEAN
     publish_elsewhere_works(net, port)
+
+
+# -- a failed DEL that podman then forgot (issue 17 item 4) -----------------------------------------
+
+
+def fail_del_once(net, container: str) -> None:
+    """The container's DEL fails (its plugin is missing for a moment, as during an upgrade);
+    podman logs it, unmounts its netns anyway and forgets the container."""
+    link = os.path.join(net.podman.bin_dir, "cnm-bridge")
+    os.unlink(link)
+    try:
+        net.run("rm", "--force", "--time", "0", container, check=False)
+    finally:
+        os.symlink(os.path.join(BIN, "cnm-bridge"), link)
+    assert container not in net.run("ps", "-a", "--format", "{{.Names}}").stdout.split()
+
+
+def test_a_forgotten_failed_del_is_collected_and_its_port_comes_back(net):
+    """Issue 17 item 4: after one failed DEL under podman our pin kept the namespace alive:
+    the old address still answered, the DNAT of its port stayed, and the next `podman run -p`
+    of that port failed with "port already allocated ... published by container <the removed
+    one>"; doctor and `cnmctl gc` saw nothing stale. Now the sandbox is recognised as
+    abandoned: the next ADD that needs its port collects it, and so does `cnmctl gc`."""
+    first_port, second_port = random.sample(range(30000, 39999), 2)
+    old = unique("cnmfo", 30)
+    net.run("run", "-d", "--network", net.name, "--name", old, "-p", f"{first_port}:80", IMAGE,
+            "httpd", "-f", "-p", "80", "-h", "/www")
+    assert "hello from cnm-cni" in wait_for_http(net.host, net.gateway, first_port, "hello from cnm-cni")
+    fail_del_once(net, old)
+    assert len(net.leftovers()["leases"]) == 1  # the pinned, forgotten sandbox
+    # The same port again: the ADD collects the abandoned sandbox and publishes the new one.
+    new = unique("cnmfn", 30)
+    net.run("run", "-d", "--network", net.name, "--name", new, "-p", f"{first_port}:80", IMAGE,
+            "httpd", "-f", "-p", "80", "-h", "/www")
+    assert dnat_target(net.host, first_port) == net.ip_of(new)
+    assert "hello from cnm-cni" in wait_for_http(net.host, net.gateway, first_port, "hello from cnm-cni")
+    assert net.leftovers()["leases"] == [net.ip_of(new)]
+    # Another one forgotten: doctor names it, the node-wide `cnmctl gc` collects it.
+    other = unique("cnmfx", 30)
+    net.run("run", "-d", "--network", net.name, "--name", other, "-p", f"{second_port}:80", IMAGE,
+            "httpd", "-f", "-p", "80", "-h", "/www")
+    other_ip = net.ip_of(other)
+    fail_del_once(net, other)
+    doctor = json.loads(cnmctl(net, "doctor", "-f", "json", check=False).stdout)
+    stale = [f for f in doctor if f["check"] == "stale" and f["severity"] == "error"]
+    assert len(stale) == 1 and "only our pin" in stale[0]["message"], stale
+    report = json.loads(cnmctl(net, "gc", "--format", "json").stdout)
+    assert [a["kind"] for a in report["removed"]] == ["release"], report
+    assert other_ip not in net.leftovers()["leases"] and dnat_target(net.host, second_port) is None
+    assert "hello from cnm-cni" in wait_for_http(net.host, net.gateway, first_port, "hello from cnm-cni")
+    net.run("rm", "--force", "--time", "0", new)
+    assert net.leftovers() == CLEAN

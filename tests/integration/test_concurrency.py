@@ -161,3 +161,54 @@ def test_lo_and_eth0_of_one_pod_at_once(lab):
     assert [r.rc for r in runs] == [0] * len(items)
     lab.assert_nothing_left()
     assert pins(lab) == []
+
+
+def test_parallel_crashes_between_intent_and_outcome_converge(lab):
+    """Issue 20 (no node-wide lock): commands run side by side and some die at every step
+    between intent and outcome (CNM_FAULT, like SIGKILL). Retried at once in parallel, every
+    ADD succeeds with a unique address (no duplicate allocation, no address of a dead
+    attempt lost); DELs dying half-way are finished by their retries; nothing is left."""
+    from cni_plugins.faults import EXIT_CODE, STEPS
+
+    conf = dict(lab.conf(version="1.1.0", ipMasq=True, isGateway=True), capabilities={"portMappings": True})
+    pods = len(STEPS["add"]) * 2
+    spaces = parallel(lambda _: lab.container(), range(pods), workers=8)
+    in_process = {"CNM_HELPER_SOCKET": "off"}  # a fault must kill the plugin, never a shared helper
+
+    def conf_of(i: int) -> dict:
+        return dict(conf, runtimeConfig={"portMappings": [{"hostPort": 19000 + i, "containerPort": 80,
+                                                           "protocol": "tcp"}]})
+
+    def add(i: int, fault: str = ""):
+        from conftest import exec_plugin
+
+        extra = dict(in_process, CNM_FAULT=fault) if fault else in_process
+        return exec_plugin("cnm-bridge", "ADD", conf_of(i), lab.env, container_id=f"c{i}", netns=spaces[i],
+                           ifname="eth0", host_netns=lab.host, extra_env=extra)
+
+    steps = STEPS["add"]
+    first = parallel(lambda i: add(i, f"add:{steps[i % len(steps)]}" if i % 2 == 0 else ""), range(pods), workers=pods)
+    assert all(r.rc == (EXIT_CODE if i % 2 == 0 else 0) for i, r in enumerate(first)), first
+    retried = parallel(lambda i: add(i) if i % 2 == 0 else first[i], range(pods), workers=pods)
+    assert [r.rc for r in retried] == [0] * pods, [r for r in retried if r.rc][:3]
+    addresses = [r.json["ips"][0]["address"] for r in retried]
+    assert len(set(addresses)) == pods
+    for i in range(pods):
+        assert container_addresses(lab, spaces[i]) == [addresses[i]]
+    assert len(lab.endpoints()) == pods and len(lab.leases()) == pods
+    assert_consistent(lab)
+
+    def delete(i: int, fault: str = ""):
+        from conftest import exec_plugin
+
+        extra = dict(in_process, CNM_FAULT=fault) if fault else in_process
+        return exec_plugin("cnm-bridge", "DEL", conf_of(i), lab.env, container_id=f"c{i}", netns=spaces[i],
+                           ifname="eth0", host_netns=lab.host, extra_env=extra)
+
+    del_steps = STEPS["del"]
+    parallel(lambda i: delete(i, f"del:{del_steps[i % len(del_steps)]}" if i % 3 == 0 else ""), range(pods),
+             workers=pods)
+    again = parallel(delete, range(pods), workers=pods)
+    assert [r.rc for r in again] == [0] * pods, [r for r in again if r.rc][:3]
+    lab.assert_nothing_left()
+    assert pins(lab) == []

@@ -399,3 +399,20 @@ def test_an_unreadable_boot_id_tears_nothing_down(lab):
         assert lab.run("DEL", conf, ns, cid=cid).rc == 0
     assert lab.run("DEL", conf, "", cid="m1").rc == 0
     lab.assert_nothing_left()
+
+
+# ---- issue 21, finding 11 ------------------------------------------------------------------
+def test_a_container_id_longer_than_a_file_name_works(lab):
+    """Issue 21, finding 11: a container id over 255 bytes (valid by the id pattern) failed with
+    `199 File name too long` from the pin path. Its pin is named after its hash now."""
+    conf = lab.conf(version="1.1.0")
+    ns = lab.container()
+    cid = "c" + "0123456789abcdef" * 20  # 321 bytes
+    result = lab.add(conf, ns, cid=cid)
+    assert result["ips"] and alive(lab, ns)
+    [pin] = pin_names(lab.env)
+    assert pin.startswith("sha256-") and pin_path(lab.env, cid).endswith(pin)
+    assert lab.run("CHECK", dict(conf, prevResult=result), ns, cid=cid).rc == 0
+    assert lab.run("DEL", conf, ns, cid=cid).rc == 0
+    lab.assert_nothing_left()
+    assert pin_names(lab.env) == []
