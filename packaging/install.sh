@@ -52,7 +52,7 @@ while [ $# -gt 0 ]; do
     --no-enable) ENABLE=0; shift ;;
     --systemd-dir) SYSTEMD_DIR=$2; SYSTEMD_DIR_GIVEN=1; shift 2 ;;
     --force) FORCE=1; shift ;;
-    -h|--help) sed -n '2,25p' "$0"; exit 0 ;;
+    -h|--help) sed -n '2,24p' "$0"; exit 0 ;;
     *) die "unknown argument $1 (see --help)" ;;
   esac
 done

@@ -167,6 +167,44 @@ def test_upgrade_keeps_the_plugins_and_the_edited_conflist(node, release_a, rele
     assert snapshot(node.root) == {}
 
 
+def legacy_install(node, release) -> None:
+    """An install as install.sh made them before versioned bundles: PREFIX/cnm-cni a directory,
+    the plugin links pointing into it, its manifest."""
+    node.prefix.mkdir(parents=True)
+    node.netconf.mkdir(parents=True)
+    shutil.copytree(release / "cnm-cni", node.prefix / "cnm-cni", symlinks=True)
+    lines = [f"tree {node.prefix}/cnm-cni"]
+    for plugin in PLUGIN_LINKS:
+        os.symlink("cnm-cni/cnm", node.prefix / plugin)
+        lines.append(f"link {node.prefix}/{plugin} cnm-cni/cnm")
+    shutil.copy(CONFLIST, node.netconf / "10-cnm.conflist")
+    digest = subprocess.run(["sha256sum", CONFLIST], capture_output=True, text=True).stdout.split()[0]
+    lines.append(f"file {node.netconf}/10-cnm.conflist {digest}")
+    (node.prefix / ".cnm-cni.manifest").write_text("".join(line + "\n" for line in lines))
+
+
+def test_upgrade_from_an_install_before_versioned_bundles(node, release_a, release_b, tmp_path, helpers):
+    """Issue 17 items 2 and 5, the first upgrade: over an install of the previous layout (a real
+    PREFIX/cnm-cni directory, a helper started by hand from it), with the conflist edited.
+    The plugin links are switched to the new bundle, the old helper drains and exits, the old
+    directory goes once nothing runs from it, the edit is kept; uninstall removes everything."""
+    legacy_install(node, release_a)
+    node.edit_pod_cidr("10.64.0.0/16")
+    old_helper = helpers(node.prefix / "cnm-cni" / "cnmd", tmp_path / "cnmd.sock", tmp_path / "a.log")
+    old_helper.wait_listening()
+    proc = run_script(release_b / "install.sh", "--prefix", node.prefix, "--loopback", "--conflist", CONFLIST,
+                      "--netconf-dir", node.netconf)
+    assert proc.returncode == 0, proc.stderr
+    assert old_helper.proc.wait(timeout=60) == 0 and not (tmp_path / "cnmd.sock").exists()
+    assert os.readlink(node.prefix / "cnm-cni") == ".cnm-cni/current"
+    assert node.installed_build() == build_id(release_b) and not version_all(node.prefix)
+    assert "10.64.0.0/16" in (node.netconf / "10-cnm.conflist").read_text()
+    proc = node.uninstall()
+    assert proc.returncode == 0, proc.stderr
+    assert sorted(os.listdir(node.root)) == ["etc", "opt"] and os.listdir(node.netconf) == ["10-cnm.conflist"]
+    assert not os.path.exists(node.prefix / "cnm-cni") and os.listdir(node.prefix) == []
+
+
 def test_failed_install_leaves_the_previous_one(node, release_a, release_b, tmp_path):
     """Issue 17 item 2: an install that fails its checks changes nothing: the previous install
     stays as it was and working. Before: install.sh removed the previous install first."""
@@ -297,7 +335,7 @@ def test_helper_handover_under_load(node, release_a, release_b, netns, tmp_path,
         assert a_helper.proc.poll() is None  # not from this install: install.sh leaves it alone
         loops.each_done_once_more()
         b_helper = helpers(node.prefix / "cnm-cni" / "cnmd", sock, tmp_path / "b.log")
-        assert a_helper.proc.wait(timeout=400) == 0  # drained and exited
+        assert a_helper.proc.wait(timeout=120) == 0  # drained and exited
         b_helper.wait_listening()
         loops.each_done_once_more()
         loops.each_done_once_more()
@@ -337,7 +375,7 @@ def test_new_helper_takes_over_from_another_build(release_a, release_b, tmp_path
     b_exe = release_b / "cnm-cni" / ("cnmctl" if daemon else "cnmd")
     a_helper = helpers(a_exe, sock, tmp_path / "a.log", daemon).wait_listening()
     b_helper = helpers(b_exe, sock, tmp_path / "b.log", daemon)
-    assert a_helper.proc.wait(timeout=400) == 0, a_helper.text()
+    assert a_helper.proc.wait(timeout=120) == 0, a_helper.text()
     b_helper.wait_listening()
     assert b_helper.proc.poll() is None, b_helper.text()
 
@@ -374,7 +412,7 @@ def test_doctor_reports_a_stale_helper(node, release_a, release_b, tmp_path, hel
     assert str(node.prefix / "cnm-cni" / "cnmd") in finding["fix"] or ".cnm-cni" in finding["fix"], finding
     # The fix it gives works: the installed helper replaces the stale one.
     b_helper = helpers(node.prefix / "cnm-cni" / "cnmd", sock, tmp_path / "b.log")
-    assert a_helper.proc.wait(timeout=400) == 0
+    assert a_helper.proc.wait(timeout=120) == 0
     b_helper.wait_listening()
     assert doctor_helper_finding(node.sbin / "cnmctl", sock, node.prefix, tmp_path)["severity"] == "ok"
 
