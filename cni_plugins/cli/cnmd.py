@@ -720,7 +720,7 @@ def serve(socket_path: str | None = None, ready=None) -> int:
         if takeover is not None:
             takeover.claim()
         if path is not None:
-            bound = os.stat(path)
+            bound = os.lstat(path)
         log(f"serving on {path or 'the systemd socket'} (build {helper.build_id})")
         if takeover is not None:
             threading.Thread(target=takeover.retire_previous, name="cnmd-takeover", daemon=True).start()

@@ -310,6 +310,9 @@ def installed_build(paths: list[str]) -> tuple[str, str] | None:
             if not os.path.exists(plugin):
                 continue
             cnmd = os.path.join(os.path.dirname(os.path.realpath(plugin)), "cnmd")
+            stable = os.path.join(directory, "cnm-cni", "cnmd")  # as install.sh lays it out: what to tell people
+            if os.path.realpath(stable) == os.path.realpath(cnmd):
+                cnmd = stable
             try:
                 proc = subprocess.run([cnmd, "--print-build-id"], capture_output=True, text=True,
                                       timeout=VERSION_TIMEOUT_S)

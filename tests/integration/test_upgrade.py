@@ -409,7 +409,7 @@ def test_doctor_reports_a_stale_helper(node, release_a, release_b, tmp_path, hel
     assert finding["severity"] == "error", finding
     assert "stale helper" in finding["message"] and f"pid {a_helper.proc.pid}" in finding["message"]
     assert build_id(release_a) in finding["message"] and build_id(release_b) in finding["message"]
-    assert str(node.prefix / "cnm-cni" / "cnmd") in finding["fix"] or ".cnm-cni" in finding["fix"], finding
+    assert str(node.prefix / "cnm-cni" / "cnmd") in finding["fix"], finding
     # The fix it gives works: the installed helper replaces the stale one.
     b_helper = helpers(node.prefix / "cnm-cni" / "cnmd", sock, tmp_path / "b.log")
     assert a_helper.proc.wait(timeout=120) == 0
