@@ -1,107 +1,293 @@
 #!/bin/sh
-# Install the cnm-cni bundle this script ships with (run as root):
+# Install the cnm-cni bundle this script ships with, or upgrade an install in place (as root):
 #   install.sh [--prefix DIR] [--conflist FILE]... [--netconf-dir DIR] [--loopback]
-#              [--cnmctl-link DIR] [--systemd] [--systemd-dir DIR]
-#   --prefix DIR       CNI bin dir (default /opt/cni/bin): DIR/cnm-cni/ plus links
-#                      cnm-bridge cnm-host cnm-none cnm-container cnm-ipam in DIR
+#              [--cnmctl-link DIR] [--systemd] [--systemd-dir DIR] [--no-enable] [--force]
+#   --prefix DIR       CNI bin dir (default /opt/cni/bin): the plugin links cnm-bridge cnm-host
+#                      cnm-none cnm-container cnm-ipam, DIR/cnm-cni (the bundle) and DIR/.cnm-cni/
 #   --conflist FILE    also copy FILE into --netconf-dir (default /etc/cni/net.d)
 #   --loopback         also link DIR/loopback (containerd's loopback slot -> cnm-none)
 #   --cnmctl-link DIR  also link DIR/cnmctl (e.g. /usr/local/sbin)
 #   --systemd          install cnmd.socket/.service into --systemd-dir (default
 #                      /etc/systemd/system) and enable the socket when systemd runs
 #   --no-enable        with --systemd: install the units, do not enable or start them
+#   --force            replace a conflist or unit edited since it was installed
+# Every bundle lives in DIR/.cnm-cni/<build>.<time>.<pid>/; DIR/.cnm-cni/current names the one
+# in use, and everything points through it: the plugin links, DIR/cnm-cni, the cnmctl link, the
+# unit. An upgrade stages the new bundle beside the old one and switches `current` with one
+# rename(2), so an exec runs the old files or the new ones, never a mix. Every check runs
+# before anything changes: an install that fails leaves the previous one as it was.
+# Over a previous install, what it set up stays (its conflists, links and units; options add to
+# it); a conflist or unit edited since it was installed is kept, and said so, unless --force.
+# The previous bundle's helper is restarted (systemd) or told to drain and exit (started by
+# hand); a previous bundle is removed at a later install once nothing runs from it.
 # Every path created is recorded in DIR/.cnm-cni.manifest; DIR/cnm-cni/uninstall.sh (or
-# uninstall.sh --prefix DIR) removes exactly those. Installing over an existing install
-# uninstalls it first; a file that is not ours is never overwritten.
+# uninstall.sh --prefix DIR) removes exactly those. A file that is not ours is never touched.
 set -eu
 HERE=$(cd "$(dirname "$0")" && pwd)
+. "$HERE/common.sh"
 PREFIX=/opt/cni/bin
 NETCONF=/etc/cni/net.d
 SYSTEMD_DIR=/etc/systemd/system
+SYSTEMD_DIR_GIVEN=0
 CONFLISTS=""
 LOOPBACK=0
-CNMCTL_LINK=""
+CNMCTL_DIRS=""
 SYSTEMD=0
+SYSTEMD_GIVEN=0
 ENABLE=1
+FORCE=0
 PLUGINS="cnm-bridge cnm-host cnm-none cnm-container cnm-ipam"
+DRAIN_TIMEOUT=340  # as cnmd.service's TimeoutStopSec: the longest command a helper may finish
 
 die() { echo "install.sh: $*" >&2; exit 1; }
+say() { echo "install.sh: $*"; }
 while [ $# -gt 0 ]; do
   case "$1" in
     --prefix) PREFIX=$2; shift 2 ;;
     --conflist) [ -f "$2" ] || die "no such conflist: $2"; CONFLISTS="$CONFLISTS $(cd "$(dirname "$2")" && pwd)/$(basename "$2")"; shift 2 ;;
     --netconf-dir) NETCONF=$2; shift 2 ;;
     --loopback) LOOPBACK=1; shift ;;
-    --cnmctl-link) CNMCTL_LINK=$2; shift 2 ;;
-    --systemd) SYSTEMD=1; shift ;;
+    --cnmctl-link) CNMCTL_DIRS="$CNMCTL_DIRS $2"; shift 2 ;;
+    --systemd) SYSTEMD=1; SYSTEMD_GIVEN=1; shift ;;
     --no-enable) ENABLE=0; shift ;;
-    --systemd-dir) SYSTEMD_DIR=$2; shift 2 ;;
-    -h|--help) sed -n '2,18p' "$0"; exit 0 ;;
+    --systemd-dir) SYSTEMD_DIR=$2; SYSTEMD_DIR_GIVEN=1; shift 2 ;;
+    --force) FORCE=1; shift ;;
+    -h|--help) sed -n '2,24p' "$0"; exit 0 ;;
     *) die "unknown argument $1 (see --help)" ;;
   esac
 done
+
+# ---- checks: nothing changes before all of them pass --------------------------------------
 [ -x "$HERE/cnm-cni/cnm" ] || die "no bundle next to this script ($HERE/cnm-cni/cnm)"
-for p in "$PREFIX" "$NETCONF" "$SYSTEMD_DIR" "$CNMCTL_LINK" $CONFLISTS; do
+BUILD=$(cat "$HERE/cnm-cni/_internal/cnm-build-id" 2>/dev/null) || die "no build id in $HERE/cnm-cni"
+for p in "$PREFIX" "$NETCONF" "$SYSTEMD_DIR" $CNMCTL_DIRS $CONFLISTS; do
   case "$p" in *" "*|*"	"*) die "paths with blanks are not supported: '$p'" ;; esac
 done
 case "$PREFIX" in /*) ;; *) PREFIX=$(pwd)/$PREFIX ;; esac
+# The bundle must run on this node (architecture, C library) before it replaces anything.
+said=$("$HERE/cnm-cni/cnmd" --print-build-id 2>&1) || die "the bundle does not run on this node: $said"
+case "$said" in */"$BUILD") ;; *) die "the bundle says it is build '$said', its id file '$BUILD'" ;; esac
+
 MANIFEST="$PREFIX/.cnm-cni.manifest"
-if [ -f "$MANIFEST" ]; then
-  echo "install.sh: replacing the cnm-cni installed in $PREFIX"
-  sh "$HERE/uninstall.sh" --prefix "$PREFIX"
-fi
-
-# Refuse before changing anything when a target exists that is not ours.
-targets="$PREFIX/cnm-cni"
-for t in $PLUGINS; do targets="$targets $PREFIX/$t"; done
-[ "$LOOPBACK" = 1 ] && targets="$targets $PREFIX/loopback"
-[ -n "$CNMCTL_LINK" ] && targets="$targets $CNMCTL_LINK/cnmctl"
-for c in $CONFLISTS; do targets="$targets $NETCONF/$(basename "$c")"; done
-[ "$SYSTEMD" = 1 ] && targets="$targets $SYSTEMD_DIR/cnmd.socket $SYSTEMD_DIR/cnmd.service"
-for t in $targets; do
-  if [ -e "$t" ] || [ -L "$t" ]; then die "$t exists and is not from this install; remove it or choose another place"; fi
-done
-
-new_dir() {  # mkdir -p, recording each directory created
-  d=$1; missing=""
-  while [ ! -d "$d" ]; do missing="$d $missing"; d=$(dirname "$d"); done
-  for m in $missing; do mkdir -m 0755 "$m"; echo "mkdir $m" >> "$MTMP"; done
+VERSIONS="$PREFIX/.cnm-cni"
+CURRENT="$VERSIONS/current"
+OLD=$(mktemp)
+NEW=$(mktemp)
+RENDERED=$(mktemp -d)
+STAGE=""    # a bundle directory to remove if the install stops before `current` names it
+PENDING=""  # a temporary name to remove if the install stops before renaming it
+cleanup() {
+  rm -rf "$OLD" "$NEW" "$NEW.lines" "$RENDERED"
+  if [ -n "$STAGE" ]; then rm -rf "$STAGE"; fi
+  if [ -n "$PENDING" ]; then rm -f "$PENDING"; fi
 }
+trap cleanup EXIT
+trap 'exit 1' INT TERM HUP
+if [ -f "$MANIFEST" ]; then cp "$MANIFEST" "$OLD"; fi
+
+recorded() { awk -v p="$1" '$2 == p { found = 1 } END { exit !found }' "$OLD"; }
+recorded_line() { awk -v p="$1" '$2 == p { print; exit }' "$OLD"; }
 file_sum() { sha256sum "$1" | cut -d' ' -f1; }
 
-MTMP=$(mktemp)
-trap 'rm -f "$MTMP"' EXIT
-new_dir "$PREFIX"
-cp -a "$HERE/cnm-cni" "$PREFIX/cnm-cni"
-echo "tree $PREFIX/cnm-cni" >> "$MTMP"
-plugins="$PLUGINS"
-[ "$LOOPBACK" = 1 ] && plugins="$plugins loopback"
-for t in $plugins; do
-  ln -s cnm-cni/cnm "$PREFIX/$t"
-  echo "link $PREFIX/$t cnm-cni/cnm" >> "$MTMP"
-done
-if [ -n "$CNMCTL_LINK" ]; then
-  new_dir "$CNMCTL_LINK"
-  ln -s "$PREFIX/cnm-cni/cnmctl" "$CNMCTL_LINK/cnmctl"
-  echo "link $CNMCTL_LINK/cnmctl $PREFIX/cnm-cni/cnmctl" >> "$MTMP"
+# What the previous install set up stays set up.
+while read -r kind path extra; do
+  case "$kind:$path" in
+    "link:$PREFIX/loopback") LOOPBACK=1 ;;
+    link:*/cnmctl) CNMCTL_DIRS="$CNMCTL_DIRS $(dirname "$path")" ;;
+    file:*/cnmd.service)
+      units=$(dirname "$path")
+      if [ "$SYSTEMD" = 1 ] && [ "$SYSTEMD_DIR_GIVEN" = 1 ] && [ "$SYSTEMD_DIR" != "$units" ]; then
+        die "the units are installed in $units, not $SYSTEMD_DIR: uninstall first to move them"
+      fi
+      SYSTEMD=1; SYSTEMD_DIR=$units ;;
+  esac
+done < "$OLD"
+CNMCTL_DIRS=$(for d in $CNMCTL_DIRS; do echo "$d"; done | awk '!seen[$0]++')
+LINKS=""
+for t in $PLUGINS; do LINKS="$LINKS $PREFIX/$t"; done
+if [ "$LOOPBACK" = 1 ]; then LINKS="$LINKS $PREFIX/loopback"; fi
+
+# Each target is absent, or ours (recorded in the manifest); anything else is refused.
+check_ours() {
+  if { [ -e "$1" ] || [ -L "$1" ]; } && ! recorded "$1"; then
+    die "$1 exists and is not from this install; remove it or choose another place"
+  fi
+}
+for t in "$PREFIX/cnm-cni" "$VERSIONS" $LINKS; do check_ours "$t"; done
+for d in $CNMCTL_DIRS; do check_ours "$d/cnmctl"; done
+for c in $CONFLISTS; do check_ours "$NETCONF/$(basename "$c")"; done
+if [ "$SYSTEMD" = 1 ]; then
+  for u in cnmd.socket cnmd.service; do check_ours "$SYSTEMD_DIR/$u"; done
+fi
+
+# A file of ours is replaced when it is as installed; edited since, it is kept unless --force.
+# Prints: new, same, replace or keep.
+file_plan() {  # $1 the installed path, $2 the new content
+  if [ ! -e "$1" ]; then echo new; return; fi
+  _fp_now=$(file_sum "$1")
+  if [ "$_fp_now" = "$(file_sum "$2")" ]; then echo same; return; fi
+  if [ "$_fp_now" = "$(recorded_line "$1" | cut -d' ' -f3)" ] || [ "$FORCE" = 1 ]; then echo replace; else echo keep; fi
+}
+if [ "$SYSTEMD" = 1 ]; then
+  for u in cnmd.socket cnmd.service; do sed "s|@PREFIX@|$PREFIX|g" "$HERE/conf/systemd/$u" > "$RENDERED/$u"; done
 fi
 for c in $CONFLISTS; do
-  new_dir "$NETCONF"
-  install -m 0644 "$c" "$NETCONF/$(basename "$c")"
-  echo "file $NETCONF/$(basename "$c") $(file_sum "$NETCONF/$(basename "$c")")" >> "$MTMP"
+  if [ "$(file_plan "$NETCONF/$(basename "$c")" "$c")" = keep ]; then
+    say "keeping $NETCONF/$(basename "$c"): edited since it was installed (--force replaces it with $c)"
+  fi
 done
+
+# The manifest: the previous install's lines that $1 (this install's) does not redeclare, then
+# $1's; directories first, then trees, links, files, units (uninstall undoes them in reverse).
+write_manifest() {
+  { awk '$1 == "mkdir"' "$OLD"
+    awk 'NR == FNR { mine[$2] = 1; next } $1 != "mkdir" && !($2 in mine)' "$1" "$OLD"
+    cat "$1"
+  } | awk '{ print index("mkdir tree link file unit", $1) "\t" NR "\t" $0 }' |
+    sort -t "$(printf '\t')" -k1,1n -k2,2n | cut -f3- > "$MANIFEST.cnm-new.$$"
+  PENDING="$MANIFEST.cnm-new.$$"
+  chmod 0644 "$PENDING"
+  mv -T "$PENDING" "$MANIFEST"
+  PENDING=""
+}
+
+# ---- stage the new bundle beside the old one ----------------------------------------------
+# (sh has no local variables: a function's own are named _fn_*)
+new_dir() {  # mkdir -p, recording each directory created
+  _nd_dir=$1; _nd_missing=""
+  while [ ! -d "$_nd_dir" ]; do _nd_missing="$_nd_dir $_nd_missing"; _nd_dir=$(dirname "$_nd_dir"); done
+  for _nd_m in $_nd_missing; do mkdir -m 0755 "$_nd_m"; echo "mkdir $_nd_m" >> "$NEW"; done
+}
+new_dir "$PREFIX"
+[ -d "$VERSIONS" ] || mkdir -m 0755 "$VERSIONS"
+{ cat "$NEW"; echo "tree $VERSIONS"; } > "$NEW.lines"
+write_manifest "$NEW.lines"  # from here on, uninstall knows the new bundle too
+NAME=$(printf '%s' "$BUILD" | tr -c 'A-Za-z0-9._-' '_').$(date -u +%Y%m%dT%H%M%SZ).$$
+STAGE="$VERSIONS/.staging.$NAME"
+cp -a "$HERE/cnm-cni" "$STAGE"
+mv -T "$STAGE" "$VERSIONS/$NAME"
+STAGE="$VERSIONS/$NAME"
+PREVIOUS=$(readlink "$CURRENT" 2>/dev/null || true)
+if [ -n "$PREVIOUS" ]; then
+  PREV_BUILD=$(cat "$VERSIONS/$PREVIOUS/_internal/cnm-build-id" 2>/dev/null || echo "?")
+elif [ -d "$PREFIX/cnm-cni" ] && [ ! -L "$PREFIX/cnm-cni" ]; then
+  PREV_BUILD=$(cat "$PREFIX/cnm-cni/_internal/cnm-build-id" 2>/dev/null || echo "?")
+else
+  PREV_BUILD=""
+fi
+
+# ---- switch: one rename(2) each ------------------------------------------------------------
+swap_link() {  # $1 target, $2 link: replace (or create) the link atomically
+  if [ "$(readlink "$2" 2>/dev/null || true)" = "$1" ]; then return 0; fi
+  PENDING="$2.cnm-new.$$"
+  ln -s "$1" "$PENDING"
+  mv -T "$PENDING" "$2"
+  PENDING=""
+}
+swap_link "$NAME" "$CURRENT"
+STAGE=""
+say "switched $PREFIX to build $BUILD${PREV_BUILD:+ (was $PREV_BUILD)}"
+for l in $LINKS; do swap_link ".cnm-cni/current/cnm" "$l"; done
+for d in $CNMCTL_DIRS; do new_dir "$d"; swap_link "$CURRENT/cnmctl" "$d/cnmctl"; done
+
+replace_file() {  # $1 new content, $2 path: atomically, as root-owned 0644
+  PENDING="$(dirname "$2")/.$(basename "$2").cnm-new.$$"
+  install -m 0644 "$1" "$PENDING"
+  mv -T "$PENDING" "$2"
+  PENDING=""
+}
+FILES=""  # "path sum" lines of the files this install owns now
+for c in $CONFLISTS; do
+  dst="$NETCONF/$(basename "$c")"
+  plan=$(file_plan "$dst" "$c")
+  case "$plan" in
+    new|replace) new_dir "$NETCONF"; replace_file "$c" "$dst"; FILES="$FILES $dst:$(file_sum "$dst")" ;;
+    same) FILES="$FILES $dst:$(file_sum "$dst")" ;;
+  esac
+done
+UNITS_CHANGED=0
 if [ "$SYSTEMD" = 1 ]; then
   new_dir "$SYSTEMD_DIR"
   for u in cnmd.socket cnmd.service; do
-    sed "s|@PREFIX@|$PREFIX|g" "$HERE/conf/systemd/$u" > "$SYSTEMD_DIR/$u"
-    chmod 0644 "$SYSTEMD_DIR/$u"
-    echo "file $SYSTEMD_DIR/$u $(file_sum "$SYSTEMD_DIR/$u")" >> "$MTMP"
+    plan=$(file_plan "$SYSTEMD_DIR/$u" "$RENDERED/$u")
+    case "$plan" in
+      new|replace) replace_file "$RENDERED/$u" "$SYSTEMD_DIR/$u"; UNITS_CHANGED=1
+                   FILES="$FILES $SYSTEMD_DIR/$u:$(file_sum "$SYSTEMD_DIR/$u")" ;;
+      same) FILES="$FILES $SYSTEMD_DIR/$u:$(file_sum "$SYSTEMD_DIR/$u")" ;;
+      keep) say "keeping $SYSTEMD_DIR/$u: edited since it was installed (--force replaces it)" ;;
+    esac
   done
-  if [ "$ENABLE" = 1 ] && [ -d /run/systemd/system ] && command -v systemctl >/dev/null 2>&1; then
-    systemctl daemon-reload
-    systemctl enable --now cnmd.socket
-    echo "unit cnmd.socket" >> "$MTMP"
+fi
+
+# ---- the helper of the previous bundle -----------------------------------------------------
+SYSTEMD_UP=0
+if [ -d /run/systemd/system ] && command -v systemctl >/dev/null 2>&1; then SYSTEMD_UP=1; fi
+ENABLED=0
+if grep -q '^unit cnmd.socket$' "$OLD"; then ENABLED=1; fi
+if [ "$SYSTEMD" = 1 ] && [ "$SYSTEMD_UP" = 1 ]; then
+  if [ "$UNITS_CHANGED" = 1 ]; then systemctl daemon-reload; fi
+  if [ "$SYSTEMD_GIVEN" = 1 ] && [ "$ENABLE" = 1 ] && [ "$ENABLED" = 0 ]; then
+    systemctl enable --now cnmd.socket; ENABLED=1
+  fi
+  # cnmd.service drains on SIGTERM (KillMode=mixed); the socket stays and starts the new one.
+  systemctl try-restart cnmd.service
+fi
+REAL_PREFIX=$(cd "$PREFIX" && pwd -P)
+OLD_DIRS=""
+for v in "$REAL_PREFIX"/.cnm-cni/*/ "$REAL_PREFIX"/.cnm-cni/.staging.*/; do
+  v=${v%/}
+  if [ -d "$v" ] && [ ! -L "$v" ] && [ "$(basename "$v")" != "$NAME" ]; then OLD_DIRS="$OLD_DIRS $v"; fi
+done
+if [ -d "$PREFIX/cnm-cni" ] && [ ! -L "$PREFIX/cnm-cni" ]; then OLD_DIRS="$OLD_DIRS $REAL_PREFIX/cnm-cni"; fi
+if [ -n "$OLD_DIRS" ]; then
+  for pid in $(helper_pids $OLD_DIRS); do
+    exe=$(readlink "/proc/$pid/exe" 2>/dev/null) || continue
+    if [ "$(cat "$(dirname "$exe")/_internal/cnm-build-id" 2>/dev/null)" = "$BUILD" ]; then
+      continue  # it serves this build
+    fi
+    say "telling the helper pid $pid of the previous bundle to drain and exit"
+    if stop_helper "$pid" "$DRAIN_TIMEOUT"; then
+      say "helper pid $pid stopped; start the new one: $PREFIX/cnm-cni/cnmd (or use --systemd)"
+    else
+      say "helper pid $pid still runs after ${DRAIN_TIMEOUT}s; plugins run in-process until it exits"
+    fi
+  done
+fi
+
+# ---- DIR/cnm-cni names the current bundle --------------------------------------------------
+TREES=""
+if [ -d "$PREFIX/cnm-cni" ] && [ ! -L "$PREFIX/cnm-cni" ]; then
+  # An install from before versioned bundles: its directory goes once nothing runs from it.
+  tries=0
+  while in_use "$REAL_PREFIX/cnm-cni" && [ "$tries" -lt 300 ]; do sleep 0.1; tries=$((tries + 1)); done
+  if in_use "$REAL_PREFIX/cnm-cni"; then
+    say "$PREFIX/cnm-cni (the previous bundle) is still in use: the next install removes it"
+    TREES="$PREFIX/cnm-cni"
+  else
+    mv -T "$PREFIX/cnm-cni" "$VERSIONS/.old.$$"
+    rm -rf "$VERSIONS/.old.$$"
   fi
 fi
-install -m 0644 "$MTMP" "$MANIFEST"
-echo "installed cnm-cni into $PREFIX ($(wc -l < "$MANIFEST") entries in $MANIFEST)"
+if [ -z "$TREES" ]; then swap_link ".cnm-cni/current" "$PREFIX/cnm-cni"; fi
+
+# ---- previous bundles nothing runs from any more -------------------------------------------
+for v in $OLD_DIRS; do
+  case "$v" in "$REAL_PREFIX/cnm-cni") continue ;; esac
+  # The bundle just replaced stays until the next install: an exec that resolved its link
+  # just before the switch may not show in /proc yet.
+  if [ "$(basename "$v")" != "$PREVIOUS" ] && ! in_use "$v"; then rm -rf "$v"; fi
+done
+
+# ---- the manifest ---------------------------------------------------------------------------
+{
+  cat "$NEW"  # directories created now
+  echo "tree $VERSIONS"
+  for t in $TREES; do echo "tree $t"; done
+  if [ -z "$TREES" ]; then echo "link $PREFIX/cnm-cni .cnm-cni/current"; fi
+  for l in $LINKS; do echo "link $l .cnm-cni/current/cnm"; done
+  for d in $CNMCTL_DIRS; do echo "link $d/cnmctl $CURRENT/cnmctl"; done
+  for f in $FILES; do echo "file ${f%%:*} ${f##*:}"; done
+  if [ "$ENABLED" = 1 ]; then echo "unit cnmd.socket"; fi
+} > "$NEW.lines"
+write_manifest "$NEW.lines"
+echo "installed cnm-cni build $BUILD into $PREFIX ($(wc -l < "$MANIFEST") entries in $MANIFEST)"

@@ -2,33 +2,57 @@
 # Remove exactly what install.sh installed, as recorded in PREFIX/.cnm-cni.manifest:
 #   uninstall.sh [--prefix DIR]   (default: the prefix this script is installed under,
 #                                  else /opt/cni/bin)
-# A link no longer pointing at our bundle, or a file changed since install, is left in
-# place (with a warning); directories install.sh created are removed when empty.
+# First the helpers it started are stopped: the systemd units it enabled, and every helper
+# (cnmd, cnmctl daemon) running from its bundles, however started: each finishes the requests
+# in flight and exits, removing its socket (one still running after 340 s is killed and its
+# socket removed). A link no longer pointing where it was installed, or a file changed since
+# install, is left in place (with a warning); directories install.sh created are removed when
+# empty.
 set -eu
 HERE=$(cd "$(dirname "$0")" && pwd)
+. "$HERE/common.sh"
 PREFIX=""
+DRAIN_TIMEOUT=340  # as cnmd.service's TimeoutStopSec
 while [ $# -gt 0 ]; do
   case "$1" in
     --prefix) PREFIX=$2; shift 2 ;;
-    -h|--help) sed -n '2,7p' "$0"; exit 0 ;;
+    -h|--help) sed -n '2,10p' "$0"; exit 0 ;;
     *) echo "uninstall.sh: unknown argument $1" >&2; exit 1 ;;
   esac
 done
 if [ -z "$PREFIX" ]; then
-  if [ -f "$HERE/../.cnm-cni.manifest" ]; then PREFIX=$(dirname "$HERE"); else PREFIX=/opt/cni/bin; fi
+  # Run as PREFIX/cnm-cni/uninstall.sh (HERE is PREFIX/cnm-cni), or from the bundle directory
+  # itself (PREFIX/.cnm-cni/<bundle>, or PREFIX/cnm-cni before versioned bundles).
+  PHYSICAL=$(cd "$HERE" && pwd -P)
+  if [ -f "$(dirname "$HERE")/.cnm-cni.manifest" ]; then PREFIX=$(dirname "$HERE")
+  elif [ -f "$PHYSICAL/../../.cnm-cni.manifest" ]; then PREFIX=$(dirname "$(dirname "$PHYSICAL")")
+  else PREFIX=/opt/cni/bin; fi
 fi
+case "$PREFIX" in /*) ;; *) PREFIX=$(pwd)/$PREFIX ;; esac
 MANIFEST="$PREFIX/.cnm-cni.manifest"
 [ -f "$MANIFEST" ] || { echo "uninstall.sh: nothing installed in $PREFIX (no $MANIFEST)" >&2; exit 1; }
+SYSTEMD_UP=0
+if [ -d /run/systemd/system ] && command -v systemctl >/dev/null 2>&1; then SYSTEMD_UP=1; fi
+
+# The helpers: systemd's first (so that it does not start another), then any other running
+# from a bundle of this install.
+if grep -q '^unit ' "$MANIFEST" && command -v systemctl >/dev/null 2>&1; then
+  systemctl disable --now cnmd.socket >/dev/null 2>&1 || true
+  systemctl stop cnmd.service >/dev/null 2>&1 || true
+fi
+REAL_PREFIX=$(cd "$PREFIX" && pwd -P)
+for pid in $(helper_pids "$REAL_PREFIX/.cnm-cni" "$REAL_PREFIX/cnm-cni"); do
+  if stop_helper "$pid" "$DRAIN_TIMEOUT" kill; then
+    echo "uninstall.sh: stopped the helper pid $pid"
+  else
+    echo "uninstall.sh: the helper pid $pid does not stop" >&2
+  fi
+done
 
 # Newest first: undo in reverse order of installation; created directories last.
 undo() {
   tac "$MANIFEST" | while read -r kind path extra; do
     case "$1:$kind" in
-      files:unit)
-        if command -v systemctl >/dev/null 2>&1; then
-          systemctl disable --now "$path" >/dev/null 2>&1 || true
-          systemctl stop cnmd.service >/dev/null 2>&1 || true
-        fi ;;
       files:link)
         if [ -L "$path" ] && [ "$(readlink "$path")" = "$extra" ]; then rm -f "$path"
         elif [ -e "$path" ] || [ -L "$path" ]; then echo "uninstall.sh: keeping $path (changed since install)" >&2; fi ;;
@@ -37,13 +61,13 @@ undo() {
         elif [ -e "$path" ]; then echo "uninstall.sh: keeping $path (changed since install)" >&2; fi ;;
       files:tree) rm -rf "$path" ;;
       dirs:mkdir) rmdir "$path" 2>/dev/null || true ;;
-      files:mkdir|dirs:*) ;;
+      files:mkdir|files:unit|dirs:*) ;;
       *) echo "uninstall.sh: unknown manifest entry '$kind $path'" >&2 ;;
     esac
   done
 }
 undo files
-if grep -q '^file .*/systemd/' "$MANIFEST" && [ -d /run/systemd/system ] && command -v systemctl >/dev/null 2>&1; then
+if grep -q '^file .*/systemd/' "$MANIFEST" && [ "$SYSTEMD_UP" = 1 ]; then
   systemctl daemon-reload || true
 fi
 KEEP=$(mktemp)

@@ -17,7 +17,9 @@ construction the exact in-process result. It never resolves a caller's path:
 CNI_NETNS arrives as an open descriptor.
 
 Started by `cnmctl daemon` (which calls `serve()`), by the systemd socket unit
-in conf/systemd/, or directly: `cnmd [--socket PATH]`.
+in conf/systemd/, or directly: `cnmd [--socket PATH]`. A helper of another build (an
+upgrade's leftover) listening on the path is replaced: see Takeover. On SIGTERM it stops
+accepting, finishes the requests in flight and exits.
 """
 
 from __future__ import annotations
@@ -35,7 +37,7 @@ import sys
 import threading
 import time
 
-from . import thin
+from . import handover, thin
 
 CLONE_FS = 0x00000200
 MAX_FIELD = thin.MAX_STDIN + 1
@@ -130,10 +132,11 @@ def systemd_socket() -> socket.socket | None:
     return socket.socket(fileno=LISTEN_FDS_START)
 
 
-def bind_socket(path: str) -> socket.socket:
+def bind_socket(path: str, at: str | None = None) -> socket.socket:
     """A root-only listening socket (socket 0600, missing directories made 0700; an existing
-    directory keeps its mode: /run or /tmp are not ours to change); refuses to steal a live
-    one, and a directory the plugins would not trust (thin.untrusted)."""
+    directory keeps its mode: /run or /tmp are not ours to change) for `path`: bound there,
+    where it refuses to steal a live one, or at `at`, a name beside it that Takeover renames
+    over it; refuses a directory the plugins would not trust (thin.untrusted)."""
     from ..linux.fs import make_dirs
 
     directory = os.path.dirname(os.path.abspath(path))
@@ -141,7 +144,7 @@ def bind_socket(path: str) -> socket.socket:
     problem = thin.untrusted_directory(directory)
     if problem:
         raise SystemExit(f"cnmd: {problem}: the plugins would not use a socket there")
-    if os.path.exists(path):
+    if at is None and os.path.exists(path):
         probe = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
         try:
             probe.connect(path)
@@ -154,17 +157,121 @@ def bind_socket(path: str) -> socket.socket:
     sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     old = os.umask(0o177)
     try:
-        sock.bind(path)
+        sock.bind(at or path)
     finally:
         os.umask(old)
-    os.chmod(path, 0o600)
+    os.chmod(at or path, 0o600)
     sock.listen(128)
     return sock
+
+
+# ---- a helper of another build on our socket -------------------------------------------------
+def helper_to_replace(path: str, build_id: str) -> handover.Listener | None:
+    """The helper of another build listening on `path`, which this one replaces; None when
+    nothing listens there. SystemExit when a helper that must be kept listens: one of this
+    build, one that does not answer, or one this process cannot stop (systemd's socket)."""
+    if not os.path.lexists(path):
+        return None
+    try:
+        listener = handover.probe(path, build_id)
+    except OSError as exc:
+        raise SystemExit(f"cnmd: another helper already listens on {path} (busy: {exc})") from None
+    if listener is None:
+        return None  # a stale socket file: bind_socket replaces it
+    if not listener.answered:
+        raise SystemExit(f"cnmd: another helper already listens on {path} ({listener.describe()}) "
+                         f"and did not answer; not replacing it")
+    if not listener.other_build:
+        raise SystemExit(f"cnmd: another helper already listens on {path} ({listener.describe()}, "
+                         f"same build)")
+    why = listener.stoppable()
+    if why is not None:
+        raise SystemExit(f"cnmd: the helper on {path} runs another build ({listener.build}), but {why}: "
+                         f"restart that helper instead (systemctl restart cnmd.service for the systemd unit)")
+    return listener
+
+
+class Takeover:
+    """This helper takes `path` from a helper of another build, which then drains and exits.
+
+    Our socket is bound beside the path and renamed over it (rename(2)): a caller connects to
+    the old helper or to us, never to nothing. Told by SIGTERM, the old helper finishes what it
+    claimed and exits; every cnmd so far then unlinks the path, whatever socket it names by
+    then, so a spare hard link of ours puts the name back (callers in between run in-process).
+    """
+
+    def __init__(self, path: str, previous: handover.Listener):
+        self.path = path
+        self.previous = previous
+        head, base = os.path.split(os.path.abspath(path))
+        self.temp = self.temp_name(path)
+        self.spare = os.path.join(head, f".{base}.{os.getpid()}.spare")
+
+    @staticmethod
+    def temp_name(path: str) -> str:
+        head, base = os.path.split(os.path.abspath(path))
+        return os.path.join(head, f".{base}.{os.getpid()}.new")
+
+    def claim(self) -> None:
+        """Our socket (bound at temp_name) takes the path."""
+        try:
+            os.link(self.temp, self.spare)
+            os.rename(self.temp, self.path)
+        except OSError:
+            for name in (self.temp, self.spare):
+                try:
+                    os.unlink(name)
+                except OSError:
+                    pass
+            raise
+
+    def retire_previous(self) -> None:
+        """Tell the old helper to drain and exit; once it has, make sure the path names our socket."""
+        old = self.previous
+        log(f"replacing the helper {old.describe()} of build {old.build} on {self.path}")
+        try:
+            pidfd = handover.stop(old)
+        except (PermissionError, OSError) as exc:
+            log(f"cannot stop the helper pid {old.pid}: {exc}")
+            return
+        if pidfd is not None:
+            try:
+                handover.wait_exit(pidfd)
+            finally:
+                os.close(pidfd)
+        if not os.path.lexists(self.path):
+            try:
+                os.link(self.spare, self.path)
+            except FileExistsError:
+                pass
+        try:
+            os.unlink(self.spare)
+        except OSError:
+            pass
+        log(f"the helper pid {old.pid} drained and exited; {self.path} is served by this helper")
+
+
+def remove_own_name(path: str, bound: os.stat_result | None) -> None:
+    """Unlink `path` if it still names the socket this helper bound (a helper that replaced us
+    may own it by now)."""
+    try:
+        st = os.lstat(path)
+    except OSError:
+        return
+    if bound is not None and (st.st_dev, st.st_ino) == (bound.st_dev, bound.st_ino):
+        try:
+            os.unlink(path)
+        except OSError:
+            pass
 
 
 # ---- one request ---------------------------------------------------------------------------
 class Refused(Exception):
     pass
+
+
+class Probed(Refused):
+    """handover.probe's request: same build, nothing to run (answered without a log line)."""
 
 
 def unshare_fs() -> None:
@@ -373,6 +480,8 @@ class Helper:
         changed = self.sources.changed() if self.sources is not None else None
         if changed:
             raise Refused(changed)
+        if flags == handover.PROBE_FLAG:
+            raise Probed(f"probe: helper build {self.build_id}")
         ctx = dict(line.split("=", 1) for line in context.decode().splitlines() if "=" in line)
         for key, value in self.context.items():
             if ctx.get(key) != value:
@@ -408,7 +517,8 @@ class Helper:
                 os.umask(umask)
                 adopt_netns(caller_net_fd)
             except Refused as exc:
-                log(f"refused a request: {exc}")
+                if not isinstance(exc, Probed):
+                    log(f"refused a request: {exc}")
                 return b"NO" + struct.pack("!I", len(str(exc).encode())) + str(exc).encode()
             if not thin.take_claim(claim_fd):
                 return None  # the caller gave up waiting, took the command back and runs it itself
@@ -585,11 +695,15 @@ def serve(socket_path: str | None = None, ready=None) -> int:
     limit_malloc_arenas()  # before the first thread (preload, workers) starts
     sock = systemd_socket()
     path = None
+    takeover = None
     if sock is None:
         path = socket_path or os.environ.get(thin.SOCKET_ENV) or thin.DEFAULT_SOCKET
         if path in thin.DISABLED:
             raise SystemExit(f"cnmd: {thin.SOCKET_ENV}={path!r} disables the helper; give a socket path")
-        sock = bind_socket(path)
+        previous = helper_to_replace(path, thin.build_id())
+        if previous is not None:
+            takeover = Takeover(path, previous)
+        sock = bind_socket(path, at=takeover.temp if takeover else None)
     os.chdir("/")  # hold no mount busy; each request runs in its caller's cwd
     from ..cnm import store
     from ..ipam import disk
@@ -601,18 +715,25 @@ def serve(socket_path: str | None = None, ready=None) -> int:
         signal.signal(signal.SIGTERM, helper.stop)
         signal.signal(signal.SIGINT, helper.stop)
     threading.Thread(target=preload, name="cnmd-preload", daemon=True).start()
-    log(f"serving on {path or 'the systemd socket'} (build {helper.build_id})")
-    if ready is not None:
-        ready(path)
+    bound = None
     try:
+        if takeover is not None:
+            takeover.claim()
+        if path is not None:
+            bound = os.lstat(path)
+        log(f"serving on {path or 'the systemd socket'} (build {helper.build_id})")
+        if takeover is not None:
+            threading.Thread(target=takeover.retire_previous, name="cnmd-takeover", daemon=True).start()
+        if ready is not None:
+            ready(path)
         helper.serve_forever()
     finally:
         helper.close()
         if path is not None:
-            try:
-                os.unlink(path)
-            except OSError:
-                pass
+            remove_own_name(path, bound)
+        if takeover is not None:
+            remove_own_name(takeover.spare, bound)
+            remove_own_name(takeover.temp, bound)
         sock.close()
     log(f"stopped after {helper.served} requests")
     return 0

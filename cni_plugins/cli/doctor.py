@@ -304,6 +304,77 @@ def stale_state(state_dir: str):
     return stale.scan(state_dir)
 
 
+# ---- the resident helper ----------------------------------------------------------------------
+CNM_TYPES = ("cnm-bridge", "cnm-host", "cnm-none", "cnm-container", "cnm-ipam")
+
+
+def installed_build(paths: list[str]) -> tuple[str, str] | None:
+    """(build id, cnmd path) of the cnm plugins a runtime finds first on `paths` (CNI_PATH),
+    as the cnmd beside them prints it; None when there are none or it does not answer."""
+    for directory in paths:
+        for name in CNM_TYPES:
+            plugin = os.path.join(directory, name)
+            if not os.path.exists(plugin):
+                continue
+            cnmd = os.path.join(os.path.dirname(os.path.realpath(plugin)), "cnmd")
+            stable = os.path.join(directory, "cnm-cni", "cnmd")  # as install.sh lays it out: what to tell people
+            if os.path.realpath(stable) == os.path.realpath(cnmd):
+                cnmd = stable
+            try:
+                proc = subprocess.run([cnmd, "--print-build-id"], capture_output=True, text=True,
+                                      timeout=VERSION_TIMEOUT_S)
+            except (OSError, subprocess.SubprocessError):
+                return None
+            build = proc.stdout.strip()
+            return (build, cnmd) if proc.returncode == 0 and build else None
+    return None
+
+
+def check_helper(env=None) -> Iterator[Finding]:
+    """The helper on the plugins' socket serves the installed plugins' build (a helper of another
+    build refuses every exec: they all run in-process, ~10x slower)."""
+    from . import handover, thin
+
+    env = os.environ if env is None else env
+    path = env.get(thin.SOCKET_ENV, thin.DEFAULT_SOCKET)
+    if path in thin.DISABLED:
+        yield ok("helper", f"{thin.SOCKET_ENV}={path!r}: plugins run in-process, without a helper")
+        return
+    paths = [p for p in env.get("CNI_PATH", "").split(os.pathsep) if p] or [DEFAULT_CNI_PATH]
+    installed = installed_build(paths)
+    build, cnmd = installed if installed else (thin.build_id(), "cnmctl daemon")
+    whose = f"the plugins in {os.pathsep.join(paths)}" if installed else "this cnmctl"
+    try:
+        listener = handover.probe(path, build)
+    except OSError as exc:
+        yield Finding("helper", "warning", f"the helper socket {path} does not accept connections: {exc}",
+                      "check the helper's log (journalctl -u cnmd.service when systemd runs it)")
+        return
+    if listener is None:
+        if os.path.lexists(path):
+            yield Finding("helper", "warning", f"{path} is left by a helper that is gone; plugins run in-process",
+                          f"start the helper ({cnmd}; it replaces the file), or remove {path}")
+        else:
+            yield ok("helper", f"no helper listens on {path}: plugins run in-process (start one for speed: "
+                               f"{cnmd}, or install.sh --systemd)")
+        return
+    if not listener.answered:
+        yield Finding("helper", "warning", f"the helper {listener.describe()} on {path} did not answer in "
+                                           f"{handover.ANSWER_TIMEOUT:.0f} s", "check its log; restart it if it hangs")
+    elif listener.other_build:
+        yield Finding("helper", "error",
+                      f"stale helper {listener.describe()} on {path} runs build {listener.build}, not the build of "
+                      f"{whose} ({build}): it refuses their execs and every command runs in-process (~10x slower)",
+                      f"start the installed helper, which replaces it: {cnmd} (systemctl restart cnmd.service when "
+                      f"systemd runs it); or kill -TERM {listener.pid} (it drains and exits)")
+    elif listener.reason.startswith("probe") or listener.reason == "descriptors missing":
+        yield ok("helper", f"the helper {listener.describe()} on {path} serves the build of {whose}")
+    else:
+        yield Finding("helper", "warning", f"the helper {listener.describe()} on {path} refuses callers like "
+                                           f"this one: {listener.reason}",
+                      "run the runtime, the helper and cnmctl in the same mount, pid and user namespaces, as root")
+
+
 # ---- all --------------------------------------------------------------------------------------
 def run_checks(state_dir: str, conf_dir: str) -> list[Finding]:
     findings: list[Finding] = []
@@ -316,6 +387,7 @@ def run_checks(state_dir: str, conf_dir: str) -> list[Finding]:
     findings += check_log()
     findings += check_configs(conf_dir)
     findings += check_stale(state_dir)
+    findings += check_helper()
     return findings
 
 

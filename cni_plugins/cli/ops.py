@@ -160,7 +160,8 @@ def add_parsers(sub, parser_class) -> None:
     p = sub.add_parser("doctor", parents=[listing], help="diagnose the node; exit 1 when something is wrong",
                        description="Check nft, IP forwarding, br_netfilter, the state directory, every network "
                                    "configuration in NETCONFPATH (parses; every plugin answers VERSION with the "
-                                   "config's version) and stale state (what `cnmctl gc` would remove). Each "
+                                   "config's version), stale state (what `cnmctl gc` would remove) and the resident "
+                                   "helper (a helper of another build than the installed plugins). Each "
                                    "finding says how to fix it. Exit 0 when nothing is wrong, 1 otherwise.")
     p.add_argument("--verbose", "-v", action="store_true", help="also list the checks that passed")
     p.set_defaults(func=cmd_doctor)

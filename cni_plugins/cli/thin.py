@@ -52,6 +52,7 @@ O_PATH = getattr(posix, "O_PATH", 0o10000000)
 
 served_by_helper = False  # set by run(): this process only relayed the helper's answer
 distrusted = ""  # set by via_helper(): why a socket at the helper's path was not used
+request_stdin: bytes | None = None  # what run() read: the entry point's answer when a module cannot load
 
 
 # ---- what os and os.path would give (see the module doc) ------------------------------------
@@ -423,8 +424,8 @@ def committed_failure(command: str, stdin: bytes, reason: str) -> tuple[bytes, i
 
 def run(name: str, environ) -> int:
     """One CNI plugin exec (CNI_COMMAND is set): helper first, else in-process."""
-    global served_by_helper
-    stdin = read_stdin()
+    global served_by_helper, request_stdin
+    stdin = request_stdin = read_stdin()
     try:
         answer = via_helper(name, environ, stdin)
     except Committed as exc:

@@ -12,7 +12,7 @@ from collections import namedtuple
 from collections.abc import Callable, Mapping
 
 from . import log, versions
-from .errors import INTERNAL, CNIError
+from .errors import INTERNAL, TRY_AGAIN_LATER, CNIError
 from .request import Request, parse, version_hint
 
 # What one command answers. (No dataclass, nor typing.Protocol below: importing dataclasses
@@ -83,8 +83,27 @@ def _serve(load_plugin, env, stdin: bytes, netns_fd: int | None, event: log.Even
         event.error = err
         return Response(err.to_json(error_version or version_hint(stdin)), 1)
     except Exception as exc:  # a bug must still answer with an error object, never a traceback
-        import traceback
+        what = f"{type(exc).__name__}: {' '.join(str(exc).split())[:500]}"
+        if while_loading(exc):  # our files replaced under this process, or incomplete: a retry will do
+            err = CNIError(TRY_AGAIN_LATER, "cnm-cni cannot load its code",
+                           f"{what}: its files are being replaced or are incomplete (an install in progress?); retry")
+            event.error = err
+        else:
+            import traceback
 
-        err = CNIError(INTERNAL, "internal error", f"{type(exc).__name__}: {' '.join(str(exc).split())[:500]}")
-        event.error, event.traceback = err, traceback.format_exc()  # the traceback: the log only
+            err = CNIError(INTERNAL, "internal error", what)
+            event.error, event.traceback = err, traceback.format_exc()  # the traceback: the log only
         return Response(err.to_json(error_version or version_hint(stdin)), 1)
+
+
+def while_loading(exc: BaseException) -> bool:
+    """The exception comes from loading a module: one missing (ImportError), or cut short (its
+    traceback goes through the import system: SyntaxError, EOFError of a truncated .pyc, ...)."""
+    if isinstance(exc, ImportError):
+        return True
+    tb = exc.__traceback__
+    while tb is not None:
+        if tb.tb_frame.f_code.co_filename.startswith("<frozen importlib"):
+            return True
+        tb = tb.tb_next
+    return False

@@ -189,7 +189,7 @@ def validate_config(config: dict, command: str) -> None:
         if key in config and config[key] is not None and not isinstance(config[key], dict):
             raise CNIError(INVALID_CONFIG, f"invalid {key}", f"{key}={config[key]!r} must be an object")
     for key, cni in (config.get("args") or {}).items():  # the reference plugins' args.cni (Go: any case)
-        if str(key).lower() == "cni" and cni is not None and not isinstance(cni, dict):
+        if command != "DEL" and str(key).lower() == "cni" and cni is not None and not isinstance(cni, dict):
             raise CNIError(INVALID_CONFIG, f"invalid args.{key}", f"args.{key}={cni!r} must be an object")
 
 

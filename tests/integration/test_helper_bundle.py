@@ -1,8 +1,9 @@
 """The shipped bundle: packaging/build.sh (PyInstaller, one build per run), install.sh into a
 temporary PREFIX, the installed plugins working without the checkout's Python (in-process and
 through the bundle's own cnmd), and uninstall.sh removing exactly what was installed.
+Upgrades in place: test_upgrade.py.
 
-Slow (one PyInstaller build, ~1 min on 2 cores): marked `slow`.
+Slow (one PyInstaller build, shared with test_upgrade.py): marked `slow`.
 """
 
 from __future__ import annotations
@@ -14,21 +15,15 @@ import time
 
 import pytest
 
-from conftest import ROOT, unique, wait_listening
+from bundle_support import CLEAN_PATH, build
+from conftest import unique, wait_listening
 
 pytestmark = pytest.mark.slow
-CLEAN_PATH = "/usr/sbin:/usr/bin:/sbin:/bin"
 
 
 @pytest.fixture(scope="module")
 def bundle(tmp_path_factory):
-    out = tmp_path_factory.mktemp("dist")
-    proc = subprocess.run([os.path.join(ROOT, "packaging", "build.sh"), str(out)], capture_output=True,
-                          timeout=1200)
-    assert proc.returncode == 0, proc.stderr.decode()[-3000:]
-    (release,) = [p for p in out.iterdir() if p.is_dir()]
-    assert (out / f"{release.name}.tar.gz").is_file()
-    return release
+    return build("A", tmp_path_factory)
 
 
 def tree(path) -> set[str]:
@@ -71,11 +66,13 @@ def test_install_run_uninstall(bundle, tmp_path, netns):
                "--systemd", "--systemd-dir", str(units), "--no-enable"]
     proc = subprocess.run(install, capture_output=True, timeout=300)
     assert proc.returncode == 0, proc.stderr.decode()
+    exe = os.path.realpath(prefix / "cnm-cni" / "cnm")
+    assert exe.startswith(f"{prefix}/.cnm-cni/") and os.path.isfile(exe)
     for plugin in ("cnm-bridge", "cnm-host", "cnm-none", "cnm-container", "cnm-ipam", "loopback"):
-        assert os.path.realpath(prefix / plugin) == str(prefix / "cnm-cni" / "cnm")
+        assert os.path.realpath(prefix / plugin) == exe
     assert (netconf / "10-cnm.conflist").read_text() == conflist.read_text()
-    assert os.path.realpath(sbin / "cnmctl") == str(prefix / "cnm-cni" / "cnm")
-    assert f"ExecStart={prefix}/cnm-cni/cnmd" in (units / "cnmd.service").read_text()
+    assert os.path.realpath(sbin / "cnmctl") == exe
+    assert f"ExecStart={prefix}/.cnm-cni/current/cnmd" in (units / "cnmd.service").read_text()
     assert (prefix / "bridge").read_text() == "someone else's plugin\n"
 
     # A second install refuses nothing: it replaces ours. A foreign file in the way is refused.

@@ -171,6 +171,14 @@ def test_helper_asks_each_ipam_binary_its_version_once(netns, cnm_env, tmp_path)
         proc.wait(timeout=60)
 
 
+def test_ipam_that_is_not_installed_is_not_available(netns, cnm_env, tmp_path):
+    """An IPAM type found nowhere on CNI_PATH: no ADD can succeed, so STATUS says 50 (was 100)."""
+    lab = Lab(netns, cnm_env, tmp_path)
+    lab.ipam_type = "no-such-ipam"
+    r = status(lab, lab.conf(version="1.1.0", ipam=lab.ipam({"subnet": "10.250.0.0/30"})))
+    assert code(r) == 50 and "no-such-ipam" in r.json["msg"], r
+
+
 def test_ipam_that_does_not_answer_version_is_not_available(netns, cnm_env, tmp_path):
     """An IPAM that cannot answer VERSION cannot serve an ADD either: STATUS says 50."""
     lab = Lab(netns, cnm_env, tmp_path)

@@ -10,7 +10,7 @@ from __future__ import annotations
 import base64
 import ipaddress
 
-from ...cni.errors import IPAM_FAILURE, NOT_AVAILABLE, CNIError
+from ...cni.errors import IPAM_FAILURE, NOT_AVAILABLE, PLUGIN_FAILURE, CNIError
 from ...cni.request import Request
 from ...cni.result import IPConfig, Result, Route
 from ...ipam import client
@@ -55,7 +55,12 @@ def speaks_status(request: Request, ipam_type: str) -> bool:
 def require_version(request: Request, ipam_type: str) -> None:
     """Code 50 when the IPAM does not speak the config's cniVersion: every ADD would fail with
     its `incompatible CNI versions` (the IPAM gets the config unchanged)."""
-    listed = client.supported_versions(ipam_type, request.env, request.cni_path)
+    try:
+        listed = client.supported_versions(ipam_type, request.env, request.cni_path)
+    except CNIError as err:
+        if err.code != PLUGIN_FAILURE:
+            raise
+        raise CNIError(NOT_AVAILABLE, err.msg, err.details) from None  # no such plugin: no ADD either
     if request.version not in listed:
         raise CNIError(NOT_AVAILABLE, f"IPAM plugin {ipam_type} does not support CNI version {request.version}",
                        f"it lists {', '.join(listed)}; an ADD with this config would fail: use an IPAM that "
