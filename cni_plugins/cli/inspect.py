@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import ipaddress
 import json
-import os
 import sqlite3
 from dataclasses import dataclass, field
 from typing import Any
@@ -20,7 +19,6 @@ from typing import Any
 from ..cnm.model import Endpoint, Network, Sandbox
 from ..cnm.store import Store, StoreError
 from ..drivers.base import RECORD_KEY
-from ..linux import netns as nsmod
 from ..runtime import conf as confmod
 from ..runtime.errors import RunnerError
 

@@ -7,8 +7,6 @@ import stat
 
 import pytest
 
-from cni_plugins import controller
-from cni_plugins.drivers.bridge import localnet
 from cni_plugins.linux.fs import make_dirs
 from cni_plugins.runtime import cache
 
@@ -61,6 +59,3 @@ def test_libcni_cache_directories_are_private(tmp_path, umask):
     assert [mode(tmp_path / p) for p in ("cni", "cni/cache", "cni/cache/results")] == [0o700] * 3
     assert mode(path) == 0o600
 
-
-def test_the_run_dir_is_the_controllers():
-    assert (localnet.RUN_DIR_ENV, localnet.DEFAULT_RUN_DIR) == (controller.RUN_DIR_ENV, controller.DEFAULT_RUN_DIR)

@@ -23,8 +23,8 @@ import ipaddress
 import os
 from collections.abc import Iterable, Mapping
 
-RUN_DIR_ENV = "CNM_RUN_DIR"  # as controller.RUN_DIR_ENV / DEFAULT_RUN_DIR (a unit test keeps them equal)
-DEFAULT_RUN_DIR = "/run/cnm"
+from ...cnm import pins
+
 SUBDIR = "localnet"
 FOUND_SUFFIX = ".found"
 
@@ -34,7 +34,7 @@ def _key(bridge: str) -> str:
 
 
 def directory(env: Mapping[str, str]) -> str:
-    return os.path.join(env.get(RUN_DIR_ENV) or DEFAULT_RUN_DIR, SUBDIR)
+    return os.path.join(pins.run_dir(env), SUBDIR)
 
 
 def needed_by(elements: Iterable) -> bool:
