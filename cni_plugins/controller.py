@@ -144,6 +144,8 @@ class Controller:
             # After a reboot, or pods gone behind our back: their addresses return to the pool.
             reconcile.release_vanished_sandboxes(node, request, identity, target)
             stack.enter_context(node.sandbox_lock(sandbox_key("", identity.dev, identity.ino)))
+            # The attachment's own lock too: a DEL of it that finds no record waits for it.
+            stack.enter_context(node.sandbox_lock(attachment_key(request)))
             for _ in range(3):  # each round finishes one leftover of a dead command
                 begun = self._begin_add(node, request, fd, identity, driver, options, target)
                 if isinstance(begun, Result):
@@ -332,18 +334,27 @@ class Controller:
     def _delete(self, request: Request) -> None:
         node = Node.of_request(request)
         ep_id = endpoint_id(request.network, request.container_id, request.ifname)
-        with node.transaction(write=False) as tx:
-            endpoint = tx.get_endpoint(ep_id)
-            sandbox = tx.get_sandbox(endpoint.sandbox) if endpoint is not None else None
-        if endpoint is None:
-            self._unpin_unrecorded(node, request)
-            self._delete_unrecorded(node, request, ep_id)
-            return
+        for _ in range(3):
+            endpoint, sandbox = self._recorded(node, ep_id)
+            if endpoint is not None:
+                break
+            with node.sandbox_lock(attachment_key(request)):  # no ADD of it is under way meanwhile
+                if self._recorded(node, ep_id)[0] is not None:
+                    continue  # an ADD recorded it while we waited: the recorded path
+                self._unpin_unrecorded(node, request)
+                self._delete_unrecorded(node, request, ep_id)
+                return
         with node.sandbox_lock(lifecycle.lock_key(endpoint, sandbox)):
             errors = lifecycle.teardown(node, request, endpoint.sandbox, lifecycle.for_del(ep_id),
                                         open_fd=lambda sb: self._open_for_del(sb, request))
         if errors:
             raise errors.get(ep_id) or next(iter(errors.values()))
+
+    @staticmethod
+    def _recorded(node: Node, ep_id: str) -> tuple[Endpoint | None, Sandbox | None]:
+        with node.transaction(write=False) as tx:
+            endpoint = tx.get_endpoint(ep_id)
+            return endpoint, tx.get_sandbox(endpoint.sandbox) if endpoint is not None else None
 
     def _open_for_del(self, sandbox: Sandbox | None, request: Request) -> int | None:
         fd = self._open_sandbox(sandbox, request)
@@ -483,6 +494,12 @@ class _Plan:
 
     def __init__(self, ctx: Context, network: Network, endpoint: Endpoint, sandbox: Sandbox, new_sandbox: bool):
         self.ctx, self.network, self.endpoint, self.sandbox, self.new_sandbox = ctx, network, endpoint, sandbox, new_sandbox
+
+
+def attachment_key(request: Request) -> str:
+    """The lock of one attachment (network, container, ifname): held by its ADD throughout,
+    and by a DEL that finds no record of it (which must not undo an ADD under way)."""
+    return "ep:" + endpoint_id(request.network, request.container_id, request.ifname)
 
 
 def _forget_intent(node: Node, endpoint: Endpoint, new_sandbox: Sandbox | None) -> None:
