@@ -26,6 +26,7 @@ from contextlib import ExitStack
 from . import drivers, lifecycle, reconcile
 from .cni import log
 from .cni.args import truthy
+from .cni.attachments import valid_attachments
 from .cni.errors import (CHECK_FAILED, CONFLICT, INVALID_CONFIG, INVALID_NETNS, LIMITED_CONNECTIVITY,
                          PLUGIN_FAILURE, TRY_AGAIN_LATER, CNIError)
 from .cni.request import Request
@@ -289,7 +290,8 @@ class Controller:
                 f"container {request.container_id} has sandbox {mine.id} in {mine.netns}; DEL it first",
             )
         sb_id = request.container_id
-        while tx.get_sandbox(sb_id) is not None:  # a stale sandbox of a reused container id
+        # (a stale sandbox of a reused container id; and "host" names only the host's own)
+        while sb_id == HOST_SANDBOX or tx.get_sandbox(sb_id) is not None:
             sb_id = sb_id + "-"
         from .linux import fs, nsusers
 
@@ -457,7 +459,7 @@ class Controller:
 
     # ---- GC / STATUS ---------------------------------------------------------------------
     def gc(self, request: Request) -> None:
-        valid = _valid_attachments(request.config)
+        valid = valid_attachments(request.config)
         if valid is None:  # no list given (cnitool gc): no information, remove nothing
             why = (f"GC of {request.network}: no cni.dev/valid-attachments (nor cni.dev/attachments) "
                    f"in the config, so nothing is removed")
@@ -535,20 +537,6 @@ def _same_attachment(endpoint: Endpoint, request: Request) -> bool:
     for conf in (before, now):
         conf.pop("prevResult", None)
     return before == now and recorded.get("args", "") == request.env.get("CNI_ARGS", "")
-
-
-def _valid_attachments(config) -> set[tuple[str, str]] | None:
-    for key in ("cni.dev/valid-attachments", "cni.dev/attachments"):
-        if key in config:
-            items = config[key] or []
-            if not isinstance(items, list):
-                raise CNIError(INVALID_CONFIG, f"invalid {key}", "must be a list of {containerID, ifname}")
-            return {
-                (str(a.get("containerID", "")), str(a.get("ifname", "")))
-                for a in items
-                if isinstance(a, dict)
-            }
-    return None
 
 
 def _unwind(stack: ExitStack) -> None:

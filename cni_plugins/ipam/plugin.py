@@ -10,8 +10,8 @@ from __future__ import annotations
 import ipaddress
 import os
 from contextlib import ExitStack
-from typing import Any
 
+from ..cni.attachments import valid_attachments
 from ..cni.errors import CHECK_FAILED, INVALID_CONFIG, IO_FAILURE, IPAM_FAILURE, NOT_AVAILABLE, CNIError
 from ..cni.request import Request
 from ..cni.result import DNS, IPConfig, Result
@@ -20,7 +20,6 @@ from .config import IpamConfig, load
 from .disk import LeaseDir
 from .ranges import RangeSet
 
-VALID_ATTACHMENTS_KEYS = ("cni.dev/valid-attachments", "cni.dev/attachments")
 
 
 def _io_error(what: str, exc: OSError) -> CNIError:
@@ -146,7 +145,7 @@ class IpamPlugin:
     # ---- GC ------------------------------------------------------------------------------
     def gc(self, request: Request) -> None:
         """Release every lease whose attachment is not valid; no attachment list: remove nothing."""
-        valid = self._valid_attachments(request.config)
+        valid = valid_attachments(request.config)
         if valid is None:
             return
         cfg = load(request, lenient=True)
@@ -159,28 +158,6 @@ class IpamPlugin:
                     pools.release_if_unused(store)
         except OSError as exc:
             raise _io_error("cnm-ipam: garbage collection failed", exc) from None
-
-    @staticmethod
-    def _valid_attachments(config: dict) -> set[tuple[str, str]] | None:
-        present = [key for key in VALID_ATTACHMENTS_KEYS if key in config]
-        if not present:
-            return None
-        valid: set[tuple[str, str]] = set()
-        for key in present:
-            entries: Any = config[key]
-            if entries is None:
-                continue
-            if not isinstance(entries, list):
-                raise CNIError(INVALID_CONFIG, f"invalid {key}", f"{key} must be a list of attachments")
-            for i, entry in enumerate(entries):
-                cid = entry.get("containerID") if isinstance(entry, dict) else None
-                ifname = entry.get("ifname") if isinstance(entry, dict) else None
-                if not isinstance(cid, str) or not isinstance(ifname, str):
-                    raise CNIError(
-                        INVALID_CONFIG, f"invalid {key}[{i}]", "each attachment needs string containerID and ifname"
-                    )
-                valid.add((cid.strip(), ifname))
-        return valid
 
     # ---- STATUS --------------------------------------------------------------------------
     def status(self, request: Request) -> None:

@@ -3,6 +3,7 @@ convergence after a (simulated) reboot. Real executables in a throwaway host net
 
 from __future__ import annotations
 
+import itertools
 import json
 import os
 import sqlite3
@@ -129,6 +130,9 @@ def test_gc_host_plugin(lab):
     assert lab.endpoints() == []
 
 
+_orphan_addresses = itertools.count(100)
+
+
 def tag_of(lab: Lab) -> str:
     return store_id(lab.env)[:12]
 
@@ -142,7 +146,7 @@ def make_orphans(lab: Lab, tag: str) -> dict:
     veth = "cnm" + endpoint[:12]
     sh("ip", "link", "add", veth, "type", "veth", "peer", "name", unique("cnp"), ns=lab.host)
     sh("ip", "link", "set", veth, "alias", owner, ns=lab.host) if tag else None
-    address = f"10.250.0.{os.urandom(1)[0] % 100 + 100}"
+    address = f"10.250.0.{next(_orphan_addresses)}"  # distinct: one key is one element
     doc = {"nftables": [
         {"add": {"table": {"family": "inet", "name": "cnm"}}},
         {"add": {"set": {"family": "inet", "table": "cnm", "name": "masq4", "type": "ipv4_addr"}}},

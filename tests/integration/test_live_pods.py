@@ -416,3 +416,38 @@ def test_a_container_id_longer_than_a_file_name_works(lab):
     assert lab.run("DEL", conf, ns, cid=cid).rc == 0
     lab.assert_nothing_left()
     assert pin_names(lab.env) == []
+
+
+# ---- found by the attack pass on issue 21 ----------------------------------------------------
+@pytest.mark.parametrize("bad", [{}, False, "", ["c1"], [{"containerID": "c1"}], [{"containerID": "c1", "ifname": 5}]])
+def test_gc_with_an_unreadable_valid_list_removes_nothing(lab, bad):
+    """Attack on issue 21, finding 2: a malformed cni.dev/valid-attachments made GC remove every
+    endpoint of the network, and only then fail with code 7. It is read first now."""
+    conf = lab.conf(version="1.1.0", ipMasq=True)
+    ns = lab.container()
+    lab.add(conf, ns, cid="c1")
+    gc = lab.run("GC", dict(conf, **{"cni.dev/valid-attachments": bad}))
+    assert gc.rc != 0 and gc.json["code"] == 7, gc
+    assert alive(lab, ns) and len(lab.endpoints()) == 1 and lab.nft_elements()
+    # Go's JSON decoding matches keys without regard to case: ifName is ifname.
+    keep = lab.run("GC", dict(conf, **{"cni.dev/valid-attachments": [{"containerId": "c1", "ifName": "eth0"}]}))
+    assert keep.rc == 0 and alive(lab, ns), keep
+    assert lab.run("DEL", conf, ns, cid="c1").rc == 0
+    lab.assert_nothing_left()
+
+
+def test_a_container_named_host_is_not_the_host_sandbox(lab):
+    """Attack on issue 21, finding 7: container id "host" became the sandbox id of the host's
+    own sandbox: always judged alive (never collected once its netns was gone), and a later
+    cnm-host ADD joined it."""
+    conf = lab.conf(version="1.1.0")
+    ns = lab.container()
+    lab.add(conf, ns, cid="host")
+    [box] = json.loads(cnmctl(lab, "sandbox", "inspect", "host", "--format", "json").stdout)
+    assert box["Id"] != "host" and box["State"] == "ready"
+    subprocess.run(["umount", box["Pin"]], check=True)
+    os.unlink(box["Pin"])
+    subprocess.run(["ip", "netns", "del", os.path.basename(ns)], check=True)
+    report = gc_json(lab)
+    assert [a["kind"] for a in report["removed"]] == ["release"], report
+    lab.assert_nothing_left()
