@@ -10,11 +10,14 @@ taken per request), adopts the caller's netns per request and is put back in
 the helper's own netns after every request, checked; a worker that cannot be
 put back ends instead of serving again (see Helper._work).
 
-It serves only callers whose context equals its own (mount, network, user and
-pid namespaces, root directory, effective capabilities), with the same build
-id: anyone else is refused and runs the command in-process, which is by
-construction the exact in-process result. It never resolves a caller's path:
-CNI_NETNS arrives as an open descriptor.
+It serves only callers whose context equals its own (mount, user and pid
+namespaces, root directory, credentials, capabilities and confinement: see
+cli/peer.py), read from the kernel through the connection (SO_PEERCRED and a
+pidfd), never taken from the request; and only requests of its own build. Anyone
+else is refused (told no more than that) and runs the command in-process, which
+is by construction the exact in-process result. It never resolves a caller's
+path: CNI_NETNS arrives as an open descriptor, and the working directory and
+netns handed over must be the caller's own.
 
 Started by `cnmctl daemon` (which calls `serve()`), by the systemd socket unit
 in conf/systemd/, or directly: `cnmd [--socket PATH]`. A helper of another build (an
@@ -37,7 +40,7 @@ import sys
 import threading
 import time
 
-from . import handover, thin
+from . import handover, peer, thin
 
 CLONE_FS = 0x00000200
 MAX_FIELD = thin.MAX_STDIN + 1
@@ -267,7 +270,14 @@ def remove_own_name(path: str, bound: os.stat_result | None) -> None:
 
 # ---- one request ---------------------------------------------------------------------------
 class Refused(Exception):
-    pass
+    """The request is not served; str() is what the caller is told, `detail` (logged) why."""
+
+    def __init__(self, reason: str, detail: str | None = None):
+        super().__init__(reason)
+        self.detail = detail or reason
+
+
+NOT_THE_HELPERS_CONTEXT = "the caller's context is not the helper's"
 
 
 class Probed(Refused):
@@ -365,6 +375,10 @@ def decode_env(blob: bytes) -> dict[str, str]:
     return env
 
 
+def _same_file(a: os.stat_result, b: os.stat_result) -> bool:
+    return (a.st_dev, a.st_ino) == (b.st_dev, b.st_ino)
+
+
 def peer_uid(conn: socket.socket) -> int:
     creds = conn.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, struct.calcsize("3i"))
     return struct.unpack("3i", creds)[1]
@@ -443,9 +457,7 @@ class Helper:
         self.build_id = build_id or thin.build_id()
         # A checkout's helper serves its tree only while the tree is the code it runs.
         self.sources = None if getattr(sys, "frozen", False) or build_id else SourceWatch(thin.package_dir())
-        own = thin.process_context()
-        self.umask = int(own.pop("umask"), 8)
-        self.context = own
+        self.context, self.umask = peer.context_of(os.getpid())
         # Where a worker goes back to after each request: the helper's own netns (taken by the
         # thread that makes the Helper, before any request) and the root directory.
         self.home_fd = os.open(netns.SELF, os.O_RDONLY | os.O_CLOEXEC)
@@ -468,13 +480,26 @@ class Helper:
             except OSError:
                 pass
 
-    # Everything that makes an in-process run differ must be equal, or we refuse.
-    def check(self, fields: list[bytes], fds: list[int]) -> tuple[str, dict, bytes, int | None, int, int, int, int]:
+    def verify_caller(self, conn: socket.socket) -> int:
+        """The umask of the process that connected, if its context (read from the kernel) is the
+        helper's; else Refused, telling the caller no more than that."""
+        try:
+            context, umask = peer.caller_context(conn)
+        except peer.Unverified as exc:
+            raise Refused(NOT_THE_HELPERS_CONTEXT, str(exc)) from None
+        differs = [key for key, value in self.context.items() if context.get(key) != value]
+        if differs:
+            raise Refused(NOT_THE_HELPERS_CONTEXT, f"the caller's {', '.join(differs)} differ from the helper's")
+        return umask
+
+    def check(self, fields: list[bytes], fds: list[int]) -> tuple[str, dict, bytes, int | None, int, int, int]:
+        """The request of a caller whose context is the helper's: name, env, stdin, CNI_NETNS fd,
+        cwd fd, the caller's netns fd, claim fd."""
         from ..linux import netns
 
-        if len(fields) < 6:
+        if len(fields) < 5:
             raise Refused("short request")
-        build, name, context, env, stdin, flags = fields[:6]
+        build, name, env, stdin, flags = fields[:5]
         if build.decode(errors="replace") != self.build_id:
             raise Refused(f"build {build.decode(errors='replace')} != helper build {self.build_id}")
         changed = self.sources.changed() if self.sources is not None else None
@@ -482,14 +507,6 @@ class Helper:
             raise Refused(changed)
         if flags == handover.PROBE_FLAG:
             raise Probed(f"probe: helper build {self.build_id}")
-        ctx = dict(line.split("=", 1) for line in context.decode().splitlines() if "=" in line)
-        for key, value in self.context.items():
-            if ctx.get(key) != value:
-                raise Refused(f"caller's {key} differs from the helper's")
-        try:
-            umask = int(ctx.get("umask", ""), 8)
-        except ValueError:
-            raise Refused("no umask") from None
         with_netns = flags == b"netns"
         if len(fds) != (4 if with_netns else 3):
             raise Refused("descriptors missing")
@@ -500,7 +517,26 @@ class Helper:
         # The thin path sends any namespace file (nsfs holds every kind): only a netns is served.
         if netns_fd is not None and not netns.is_netns_fd(netns_fd):
             raise Refused("CNI_NETNS is not a network namespace")  # the caller reports it in-process
-        return name.decode(), decode_env(env), stdin, netns_fd, cwd_fd, caller_net_fd, claim_fd, umask
+        return name.decode(), decode_env(env), stdin, netns_fd, cwd_fd, caller_net_fd, claim_fd
+
+    @staticmethod
+    def check_own(conn: socket.socket, cwd_fd: int, caller_net_fd: int) -> None:
+        """The working directory and netns handed over are the caller's own (a thread's of it:
+        they are per thread), what an in-process run would have had, not any directory or
+        namespace it holds a descriptor of."""
+        pid = struct.unpack("3i", conn.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, struct.calcsize("3i")))[0]
+        try:
+            wanted = [(os.fstat(cwd_fd), "cwd"), (os.fstat(caller_net_fd), "ns/net")]
+            threads = [str(pid)] + [t for t in os.listdir(f"/proc/{pid}/task") if t != str(pid)]
+        except OSError as exc:
+            raise Refused(NOT_THE_HELPERS_CONTEXT, f"cannot check the caller's descriptors: {exc}") from None
+        for thread in threads:
+            try:
+                if all(_same_file(got, os.stat(f"/proc/{pid}/task/{thread}/{name}")) for got, name in wanted):
+                    return
+            except OSError:
+                continue
+        raise Refused(NOT_THE_HELPERS_CONTEXT, "the working directory or netns sent is not the caller's")
 
     def serve_connection(self, conn: socket.socket) -> bytes | None:
         """One request, in this worker thread (its filesystem context already its own): the
@@ -512,13 +548,15 @@ class Helper:
                 fields, fds = read_request(conn)
                 if peer_uid(conn) != 0:
                     raise Refused("caller is not root")
-                name, env, stdin, netns_fd, cwd_fd, caller_net_fd, claim_fd, umask = self.check(fields, fds)
+                umask = self.verify_caller(conn)
+                name, env, stdin, netns_fd, cwd_fd, caller_net_fd, claim_fd = self.check(fields, fds)
+                self.check_own(conn, cwd_fd, caller_net_fd)
                 os.fchdir(cwd_fd)
                 os.umask(umask)
                 adopt_netns(caller_net_fd)
             except Refused as exc:
                 if not isinstance(exc, Probed):
-                    log(f"refused a request: {exc}")
+                    log(f"refused a request: {exc.detail}")
                 return b"NO" + struct.pack("!I", len(str(exc).encode())) + str(exc).encode()
             if not thin.take_claim(claim_fd):
                 return None  # the caller gave up waiting, took the command back and runs it itself

@@ -83,8 +83,7 @@ def probe(path: str, build_id: str | None = None, timeout: float = ANSWER_TIMEOU
         except (FileNotFoundError, ConnectionRefusedError):
             return None
         pid = struct.unpack("3i", sock.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, struct.calcsize("3i")))[0]
-        context = "".join(f"{k}={v}\n" for k, v in thin.process_context().items()).encode()
-        fields = [build_id.encode(), b"", context, b"", b"", PROBE_FLAG]
+        fields = [build_id.encode(), b"", b"", b"", PROBE_FLAG]
         request = [thin.MAGIC, struct.pack("!II", thin.PROTOCOL, len(fields))]
         for field in fields:
             request += [struct.pack("!I", len(field)), field]

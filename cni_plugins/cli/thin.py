@@ -6,18 +6,19 @@ nothing has imported it yet, and importing it (its _collections_abc, posixpath,
 stat) was ~1 ms of a ~7 ms exec. Nor `struct` (+0.3 ms: integers frame themselves
 with int.to_bytes), `fcntl` (+0.1 ms: the helper checks the namespace type) or
 `__future__` (+0.2 ms; the annotations here are valid at run time). It opens CNI_NETNS itself, sends env,
-stdin, the netns descriptor (SCM_RIGHTS), a descriptor of its working
-directory and its process context (namespaces, root, capabilities, umask) to
-`cnmd` over a root-only unix socket, and relays the answer. Only to a socket of
+stdin, the netns descriptor (SCM_RIGHTS) and descriptors of its working directory and
+its own netns to `cnmd` over a root-only unix socket, and relays the answer. It sends
+nothing about who it is: the helper reads that from the kernel (cli/peer.py) and serves
+only a caller whose context is its own. Only to a socket of
 root's, in directories nobody but root can change, with root listening (untrusted(),
 peer_uid()): anyone else would get the host's netns. When the helper is absent,
 untrusted (logged), refuses, or has not claimed the command in time, the command runs
 in-process (cli.plugin.handle) exactly as without a helper.
 
-Wire protocol (PROTOCOL 2), all integers big-endian:
+Wire protocol (PROTOCOL 3), all integers big-endian:
   client -> helper  b"CNMD" u32 protocol u32 nfields, then nfields x (u32 len, bytes):
-                    build id, plugin name, context ("k=v\\n" lines), env (NUL-separated
-                    "K=V", fs-encoded), stdin, flags ("netns" when a fourth fd is CNI_NETNS);
+                    build id, plugin name, env (NUL-separated "K=V", fs-encoded), stdin,
+                    flags ("netns" when a fourth fd is CNI_NETNS);
                     ancillary SCM_RIGHTS: [cwd fd, own netns fd, claim fd, CNI_NETNS fd?]
   helper -> client  b"NO" u32 len reason (refused: serve in-process)
                   | b"RS" u32 exit code u32 len stdout
@@ -34,7 +35,7 @@ import sys
 
 import _socket
 
-PROTOCOL = 2
+PROTOCOL = 3  # 3: no caller context in the request (the helper reads it from the kernel)
 MAGIC = b"CNMD"
 SOCKET_ENV = "CNM_HELPER_SOCKET"
 DEFAULT_SOCKET = "/run/cnm/cnmd.sock"
@@ -44,8 +45,6 @@ CONNECT_TIMEOUT = 0.5  # a unix connect is immediate unless the helper's backlog
 READY_TIMEOUT = 3.0  # no answer yet: claim the command back (helper overloaded or wedged) or keep waiting
 ANSWER_TIMEOUT = 330.0  # once the helper has claimed it: store busy timeout (120 s) + delegated IPAM (300 s)
 BUILD_ID_FILE = "cnm-build-id"  # written into a PyInstaller bundle by packaging/build.sh
-# Must be the helper's own; the caller's netns is adopted per request (setns in the worker thread).
-NAMESPACES = ("mnt", "user", "pid")
 FS_ENCODING = sys.getfilesystemencoding()
 O_PATH = getattr(posix, "O_PATH", 0o10000000)
 
@@ -116,36 +115,6 @@ def build_id() -> str:
     root = package_dir()
     st = posix.stat(root)
     return f"{PROTOCOL}/{__version__}/checkout:{st.st_dev}:{st.st_ino}:{root}"
-
-
-def process_context() -> dict[str, str]:
-    """What makes an in-process run differ: namespaces, root, capabilities, umask.
-
-    The helper serves only a caller whose context equals its own (else the
-    caller runs in-process); umask is applied per request instead.
-    """
-    ctx = {}
-    for ns in NAMESPACES:
-        st = posix.stat(f"/proc/self/ns/{ns}")
-        ctx[ns] = f"{st.st_dev}:{st.st_ino}"
-    st = posix.stat("/")
-    ctx["root"] = f"{st.st_dev}:{st.st_ino}"
-    ctx["cap"] = capabilities()
-    mask = posix.umask(0o022)
-    posix.umask(mask)
-    ctx["umask"] = f"{mask:o}"
-    return ctx
-
-
-def capabilities() -> str:
-    try:
-        with open("/proc/self/status", "rb") as f:
-            for line in f:
-                if line.startswith(b"CapEff:"):
-                    return line.split()[1].decode()
-    except OSError:
-        pass
-    return "?"
 
 
 def open_netns(path: str) -> int | None:
@@ -263,11 +232,10 @@ def encode_env(env) -> bytes:
     return b"\0".join(_fsencode(k) + b"=" + _fsencode(v) for k, v in env.items())
 
 
-def encode_request(name: str, env, stdin: bytes, context: dict[str, str], with_netns: bool) -> bytes:
+def encode_request(name: str, env, stdin: bytes, with_netns: bool) -> bytes:
     fields = [
         build_id().encode(),
         name.encode(),
-        "".join(f"{k}={v}\n" for k, v in context.items()).encode(),
         encode_env(env),
         stdin,
         b"netns" if with_netns else b"",
@@ -350,7 +318,7 @@ def via_helper(name: str, env, stdin: bytes) -> tuple[bytes, int] | None:
         fds.insert(0, claim)
         fds.insert(0, posix.open(SELF_NET, posix.O_RDONLY | posix.O_CLOEXEC))
         fds.insert(0, posix.open(".", O_PATH | posix.O_DIRECTORY | posix.O_CLOEXEC))
-        request = encode_request(name, env, stdin, process_context(), bool(netns))
+        request = encode_request(name, env, stdin, bool(netns))
         sock = _socket.socket(_socket.AF_UNIX, _socket.SOCK_STREAM | _socket.SOCK_CLOEXEC)
     except OSError:
         for fd in fds:

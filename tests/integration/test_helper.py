@@ -415,10 +415,10 @@ def test_namespace_of_another_kind_is_served_in_process(helper, env):
 def test_helper_refuses_another_build(helper, monkeypatch):
     fds = own_fds()
     try:
-        ok = thin.encode_request("cnm-none", {"CNI_COMMAND": "VERSION"}, b"", thin.process_context(), False)
+        ok = thin.encode_request("cnm-none", {"CNI_COMMAND": "VERSION"}, b"", False)
         assert talk(helper, ok, fds) == b"RS"
         monkeypatch.setattr(thin, "build_id", lambda: "1/0.0.1/older-install")
-        old = thin.encode_request("cnm-none", {"CNI_COMMAND": "VERSION"}, b"", thin.process_context(), False)
+        old = thin.encode_request("cnm-none", {"CNI_COMMAND": "VERSION"}, b"", False)
         answer = talk(helper, old, fds)
         assert answer.startswith(b"NO") and b"build" in answer
     finally:
@@ -452,7 +452,7 @@ def test_checkout_helper_refuses_once_its_sources_change(tmp_path, monkeypatch):
     try:
         wait_listening(sock, proc, log=str(tmp_path / "cnmd.log"))
         monkeypatch.setattr(thin, "package_dir", lambda: str(tree / "cni_plugins"))
-        request = thin.encode_request("cnm-none", {"CNI_COMMAND": "VERSION"}, b"", thin.process_context(), False)
+        request = thin.encode_request("cnm-none", {"CNI_COMMAND": "VERSION"}, b"", False)
         assert ask() == b"RS"
         os.makedirs(tree / "cni_plugins" / "cni" / "__pycache__", exist_ok=True)
         (tree / "cni_plugins" / "cni" / "__pycache__" / "x.cpython-311.pyc").write_bytes(b"")  # not a source
@@ -468,13 +468,15 @@ def test_checkout_helper_refuses_once_its_sources_change(tmp_path, monkeypatch):
         proc.wait(timeout=60)
 
 
-def test_helper_refuses_other_context_and_garbage(helper):
+def test_helper_refuses_garbage_and_descriptors_not_the_callers(helper):
     fds = own_fds()
     try:
-        ctx = dict(thin.process_context(), mnt="1:2")
-        req = thin.encode_request("cnm-none", {"CNI_COMMAND": "VERSION"}, b"", ctx, False)
-        assert talk(helper, req, fds).startswith(b"NO")
-        req = thin.encode_request("cnm-none", {"CNI_COMMAND": "VERSION"}, b"", thin.process_context(), True)
+        other_dir = os.open("/", thin.O_PATH | os.O_DIRECTORY)
+        req = thin.encode_request("cnm-none", {"CNI_COMMAND": "VERSION"}, b"", False)
+        refused = cnmd.NOT_THE_HELPERS_CONTEXT.encode()
+        assert talk(helper, req, [other_dir] + fds[1:]) == b"NO" + refused
+        os.close(other_dir)
+        req = thin.encode_request("cnm-none", {"CNI_COMMAND": "VERSION"}, b"", True)
         assert talk(helper, req, fds).startswith(b"NO")  # says netns, sends none
         assert talk(helper, b"GET / HTTP/1.0\r\n\r\n", fds).startswith(b"NO")
     finally:
@@ -488,7 +490,7 @@ def test_helper_never_runs_a_command_its_caller_took_back(helper, env, netns):
     ns = netns()
     full = dict(env, CNI_COMMAND="ADD", CNI_CONTAINERID=unique("c"), CNI_NETNS=ns, CNI_IFNAME="eth0")
     conf = json.dumps({"cniVersion": "1.0.0", "name": unique("hn"), "type": "cnm-none"}).encode()
-    req = thin.encode_request("cnm-none", full, conf, thin.process_context(), True)
+    req = thin.encode_request("cnm-none", full, conf, True)
     for claimed in (False, True):
         fds = own_fds(claim=not claimed) + [os.open(ns, os.O_RDONLY)]
         try:
