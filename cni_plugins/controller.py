@@ -33,6 +33,7 @@ from .cni.request import Request
 from .cni.result import Result
 from .cnm.locks import sandbox_key
 from .cnm.model import ADDING, HOST_SANDBOX, READY, Endpoint, Network, Sandbox, endpoint_id
+from .cnm.store import BOOT_KEY, UNKNOWN_BOOT, boot_id
 from .drivers.base import RECORD_KEY, Context, Driver, record_add, recorded_result
 from .linux import netns
 from .liveness import MNTNS_KEY, PIDNS_KEY
@@ -296,7 +297,8 @@ class Controller:
         from .linux import fs, nsusers
 
         fs.make_dirs(node.pin_dir, 0o700)
-        data = {MNTNS_KEY: nsusers.mount_namespace(), PIDNS_KEY: nsusers.pid_namespace()}
+        data = {MNTNS_KEY: nsusers.mount_namespace(), PIDNS_KEY: nsusers.pid_namespace(),
+                BOOT_KEY: boot_id() or UNKNOWN_BOOT}
         return Sandbox(sb_id, request.netns, identity.dev, identity.ino, node.pin_path(sb_id), data), True
 
     def _sandbox_to_join(self, tx, request: Request, fd: int, identity, target: str) -> Sandbox:

@@ -34,9 +34,9 @@ class Snapshot:
     networks: list[Network] = field(default_factory=list)
     sandboxes: list[Sandbox] = field(default_factory=list)
     endpoints: list[Endpoint] = field(default_factory=list)
-    # The store was last opened in an earlier boot: no recorded netns exists any more
-    # (the plugins void those identities at their next command; a read-only view cannot).
-    earlier_boot: bool = False
+    # Sandboxes made in an earlier boot: their netns exist no more (the plugins void those
+    # identities at their next command; a read-only view cannot).
+    earlier_boot: set[str] = field(default_factory=set)
 
     def network(self, name: str) -> Network | None:
         return next((n for n in self.networks if n.name == name), None)
@@ -54,7 +54,9 @@ def snapshot(state_dir: str) -> Snapshot:
         with Store(state_dir).read_only() as tx:
             if tx is None:
                 return Snapshot()
-            return Snapshot(tx.list_networks(), tx.list_sandboxes(), tx.list_endpoints(), tx.recorded_in_earlier_boot())
+            sandboxes = tx.list_sandboxes()
+            earlier = {sb.id for sb in sandboxes if not sb.is_host and tx.made_in_earlier_boot(sb)}
+            return Snapshot(tx.list_networks(), sandboxes, tx.list_endpoints(), earlier)
     except (StoreError, sqlite3.Error) as exc:  # e.g. not a database, or a schema this cnmctl does not know
         raise RunnerError(f"cannot read store in {state_dir}: {exc}") from None
 
@@ -219,7 +221,7 @@ def sandbox_view(sb: Sandbox, snap: Snapshot) -> dict[str, Any]:
     endpoints = snap.endpoints_of(sandbox=sb.id)
     return {
         "Id": sb.id,
-        "State": sandbox_state(sb, snap.earlier_boot),
+        "State": sandbox_state(sb, sb.id in snap.earlier_boot),
         "Netns": sb.netns,
         "Pin": sb.pin,
         "NetnsIdentity": f"{sb.ns_dev}:{sb.ns_ino}",

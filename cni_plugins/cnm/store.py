@@ -52,6 +52,8 @@ class StoreError(Exception):
 
 
 BOOT_ID_PATH = "/proc/sys/kernel/random/boot_id"
+BOOT_KEY = "boot"  # sandbox.data: the boot it was made in (UNKNOWN_BOOT when unreadable then)
+UNKNOWN_BOOT = "unknown"  # also what an older version stored when it could not read it
 
 
 def boot_id() -> str | None:
@@ -185,7 +187,12 @@ class Store:
         but nsfs inode numbers are reused: a new netns could match an old sandbox's
         (dev, ino). Void the identities of sandboxes recorded in an earlier boot, so
         they match nothing and their DEL skips in-netns work. (The host sandbox is
-        looked up by id, not identity.)"""
+        looked up by id, not identity.)
+
+        A sandbox's boot is the one it records (data["boot"]: made by a process that could
+        not read the boot id records "unknown", and is never voided for a boot change), else
+        the store's (recorded by an older version). A process that cannot read the boot id
+        changes nothing here: it can neither tell a reboot nor stamp the store."""
         boot = boot_id()
         if boot is None:  # unknown: nothing is voided (a guess would tear down live pods)
             return
@@ -195,10 +202,16 @@ class Store:
         conn.execute("BEGIN IMMEDIATE")
         try:
             row = conn.execute("SELECT value FROM meta WHERE key='boot_id'").fetchone()
-            # ("unknown": written by an older version that could not read it either)
-            if row is not None and row[0] not in (boot, "unknown"):
-                conn.execute("UPDATE sandboxes SET ns_dev=0, ns_ino=0 WHERE id != ?", (HOST_SANDBOX,))
-            if row is None or row[0] != boot:
+            stored = row[0] if row is not None else None
+            if stored != boot:
+                earlier = []
+                for sb_id, data in conn.execute(
+                        "SELECT id, data FROM sandboxes WHERE id != ? AND NOT (ns_dev=0 AND ns_ino=0)", (HOST_SANDBOX,)):
+                    made_in = (json.loads(data) or {}).get(BOOT_KEY) or stored
+                    if made_in not in (None, UNKNOWN_BOOT, boot):
+                        earlier.append(sb_id)
+                for sb_id in earlier:
+                    conn.execute("UPDATE sandboxes SET ns_dev=0, ns_ino=0 WHERE id=?", (sb_id,))
                 conn.execute("INSERT OR REPLACE INTO meta(key, value) VALUES('boot_id', ?)", (boot,))
             conn.execute("COMMIT")
         except BaseException:
@@ -329,10 +342,11 @@ class Transaction:
     def set_meta(self, key: str, value: str) -> None:
         self.conn.execute("INSERT OR REPLACE INTO meta(key, value) VALUES(?, ?)", (key, value))
 
-    def recorded_in_earlier_boot(self) -> bool:
-        """The store was last opened in an earlier boot (False when either boot id is unknown)."""
-        recorded, now = self.meta("boot_id"), boot_id()
-        return recorded not in (None, "unknown") and now is not None and recorded != now
+    def made_in_earlier_boot(self, sb: Sandbox) -> bool:
+        """`sb` was made in an earlier boot (False when either boot is unknown): a read-only view
+        of what the next writer voids (Store._forget_previous_boot)."""
+        made_in, now = sb.data.get(BOOT_KEY) or self.meta("boot_id"), boot_id()
+        return made_in not in (None, UNKNOWN_BOOT) and now is not None and made_in != now
 
     # ---- networks ---------------------------------------------------------------------
     def get_network(self, name: str) -> Network | None:

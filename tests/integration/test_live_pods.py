@@ -451,3 +451,34 @@ def test_a_container_named_host_is_not_the_host_sandbox(lab):
     report = gc_json(lab)
     assert [a["kind"] for a in report["removed"]] == ["release"], report
     lab.assert_nothing_left()
+
+
+def test_a_pod_made_where_the_boot_id_is_unreadable_survives_the_next_reader(lab):
+    """Attack on issue 26, finding 2: the first boot's store, then a boot where the first
+    commands cannot read the boot id (ProcSubset=pid, a chroot): their pod was made, the store
+    kept the old boot's stamp, and the next command that could read it took every sandbox
+    for one of the earlier boot and tore the new pod down. A sandbox records its own boot."""
+    import sqlite3
+    import uuid
+
+    conf = lab.conf(version="1.1.0")
+    before = lab.container()
+    lab.add(conf, before, cid="before")  # made "in the earlier boot" (stamped below)
+    with sqlite3.connect(os.path.join(lab.env["CNM_STATE_DIR"], "cnm.db")) as db:
+        db.execute("UPDATE meta SET value=? WHERE key='boot_id'", (str(uuid.uuid4()),))
+        db.execute("UPDATE sandboxes SET data=json_remove(data, '$.boot')")  # as an older version wrote it
+    masked = ("unshare", "--mount", "--propagation", "private", "--", "sh", "-c",
+              'mount --bind /dev/null /proc/sys/kernel/random/boot_id && exec "$@"', "masked")
+    pod = lab.container()
+    env = {**lab.env, **IN_PROCESS, "CNI_COMMAND": "ADD", "CNI_CONTAINERID": "p", "CNI_NETNS": pod,
+           "CNI_IFNAME": "eth0", "CNI_ARGS": ""}
+    made = subprocess.run(["nsenter", f"--net={lab.host}", "--", *masked, os.path.join(BIN, "cnm-bridge")],
+                          input=json.dumps(conf).encode(), env=env, capture_output=True, timeout=120)
+    assert made.returncode == 0, made
+    later = lab.container()
+    lab.add(conf, later, cid="later")  # the first command that reads the boot id
+    assert alive(lab, pod) and alive(lab, later)
+    assert sorted(e[1] for e in lab.endpoints()) == ["later", "p"]  # "before" was of the earlier boot
+    for cid, ns in (("p", pod), ("later", later), ("before", before)):
+        assert lab.run("DEL", conf, ns, cid=cid).rc == 0
+    lab.assert_nothing_left()
