@@ -155,6 +155,9 @@ class Controller:
                 if isinstance(begun, Endpoint):
                     self._finish_leftover(node, request, begun, identity)
                     continue
+                if isinstance(begun, _Reused):  # our lock is its lock (the same netns identity)
+                    lifecycle.teardown(node, request, begun.sandbox.id, lifecycle.everything)
+                    continue
                 return self._realise(node, request, fd, begun)
             raise CNIError(TRY_AGAIN_LATER, "attachment busy", f"{request.container_id}/{request.ifname} on "
                                                                f"{request.network} keeps changing; try again")
@@ -178,7 +181,9 @@ class Controller:
                         return existing
                     return self._readd(tx, request, existing, identity)
                 if not driver.joins_sandbox:
-                    sandbox, new_sandbox = self._ensure_sandbox(node, tx, request, identity, driver)
+                    sandbox, new_sandbox = self._ensure_sandbox(node, tx, request, fd, identity, driver)
+                    if sandbox is None:
+                        return _Reused(new_sandbox)
                 endpoint = Endpoint(ep_id, request.network, sandbox.id, request.container_id, request.ifname,
                                     driver.name, phase=ADDING)
                 peers = () if new_sandbox else tuple(tx.list_endpoints(sandbox=sandbox.id))
@@ -273,8 +278,10 @@ class Controller:
             raise
         return result
 
-    def _ensure_sandbox(self, node: Node, tx, request: Request, identity, driver: Driver) -> tuple[Sandbox, bool]:
-        """The sandbox this netns is; a new one (to be pinned) on first use."""
+    def _ensure_sandbox(self, node: Node, tx, request: Request, fd: int, identity, driver: Driver):
+        """The sandbox this netns is; a new one (to be pinned) on first use. (None, sandbox):
+        the sandbox recorded for this netns identity is of a namespace that is gone (its inode
+        number is this new namespace's now: their cookies differ), to be released first."""
         if driver.uses_host_netns and identity == netns.own_identity():
             sb = tx.get_sandbox(HOST_SANDBOX)
             if sb is None:
@@ -282,6 +289,9 @@ class Controller:
             return sb, False
         sb = tx.find_sandbox_by_netns(identity.dev, identity.ino)
         if sb is not None:
+            recorded = sb.data.get(COOKIE_KEY)
+            if recorded is not None and netns.cookie(fd) not in (recorded, None):
+                return None, sb
             return sb, False
         mine = tx.find_sandbox_of_container(request.container_id)
         if mine is not None:
@@ -298,7 +308,7 @@ class Controller:
 
         fs.make_dirs(node.pin_dir, 0o700)
         data = {MNTNS_KEY: nsusers.mount_namespace(), PIDNS_KEY: nsusers.pid_namespace(),
-                BOOT_KEY: boot_id() or UNKNOWN_BOOT}
+                BOOT_KEY: boot_id() or UNKNOWN_BOOT, COOKIE_KEY: netns.cookie(fd)}
         return Sandbox(sb_id, request.netns, identity.dev, identity.ino, node.pin_path(sb_id), data), True
 
     def _sandbox_to_join(self, tx, request: Request, fd: int, identity, target: str) -> Sandbox:
@@ -471,8 +481,10 @@ class Controller:
         node = Node.of_request(request)
         report = reconcile.collect_garbage(node, request, valid)
         errors = [CNIError(PLUGIN_FAILURE, f"GC could not remove {a.kind} {a.name}", a.error) for a in report.errors]
+        with node.transaction(write=False) as tx:  # what stays (kept for a sandbox's members, busy)
+            remaining = tx.list_endpoints(network=request.network)
         try:
-            self.driver.gc(request, valid)
+            self.driver.gc(request, valid, remaining)
         except CNIError as err:
             errors.append(err)
         if errors:
@@ -489,6 +501,18 @@ class Controller:
         problem = self.driver.degraded(request, endpoints) if endpoints else None
         if problem:
             raise CNIError(LIMITED_CONNECTIVITY, "existing endpoints may have limited connectivity", problem)
+
+
+COOKIE_KEY = "cookie"  # sandbox.data: its netns's cookie (linux.netns.cookie), never reused
+
+
+class _Reused:
+    """A recorded sandbox whose netns is gone, its inode number given to the ADD's new netns."""
+
+    __slots__ = ("sandbox",)
+
+    def __init__(self, sandbox: Sandbox):
+        self.sandbox = sandbox
 
 
 class _Plan:

@@ -23,11 +23,12 @@ from .cni.errors import PLUGIN_FAILURE, CNIError
 from .cni.request import Request, parse
 from .cnm.locks import sandbox_key
 from .cnm.model import DELETING, READY, Endpoint, Sandbox
-from .drivers.base import RECORD_KEY, Context
+from .drivers.base import RECORD_KEY, RESUMED_KEY, Context
 from .linux import netns
 from .node import Node
 
 Choose = Callable[[object, Sandbox | None], list[Endpoint]]
+
 
 
 def lock_key(endpoint: Endpoint, sandbox: Sandbox | None) -> str:
@@ -144,6 +145,8 @@ def teardown(node: Node, request: Request, sandbox_id: str, choose: Choose,
         sandbox = tx.get_sandbox(sandbox_id)
         doomed = choose(tx, sandbox)
         for ep in doomed:
+            if ep.phase != READY:  # an earlier teardown (or ADD) of it stopped half-way
+                ep.data[RESUMED_KEY] = True
             ep.phase, ep.active = DELETING, False
             tx.put_endpoint(ep)
         networks = {ep.network: tx.get_network(ep.network) for ep in doomed}
@@ -229,14 +232,32 @@ def open_sandbox(sandbox: Sandbox | None, paths: tuple[str, ...] = (), fd: int |
     return None
 
 
+def open_sandbox_for_sweep(sandbox: Sandbox | None) -> int | None:
+    """open_sandbox(), never the host's own netns (a sweep acts there for no one: a runtime's
+    DEL may, CNI_NETNS_OVERRIDE; a GC or `cnmctl gc` must not set the host's lo down)."""
+    fd = open_sandbox(sandbox)
+    if fd is not None and not (sandbox is not None and sandbox.is_host) and \
+            netns.identity_of(fd) == netns.own_identity():
+        os.close(fd)
+        return None
+    return fd
+
+
 def release(node: Node, request: Request, sandbox: Sandbox, choose: Choose = everything,
-            open_fd: Callable[[Sandbox | None], int | None] = open_sandbox) -> dict[str, CNIError] | None:
+            open_fd: Callable[[Sandbox | None], int | None] = open_sandbox_for_sweep,
+            still: Callable[[Sandbox], bool] | None = None) -> dict[str, CNIError] | None:
     """teardown() if nobody holds the sandbox's lock now (a command at work on it proves it
-    alive); None when it was busy."""
+    alive), and, with `still`, only if `still(sandbox)` (the judgement, made again under the
+    lock on the sandbox as recorded then) holds; None when it was busy or judged otherwise."""
     key = sandbox_key(sandbox.id, sandbox.ns_dev, sandbox.ns_ino)
     with node.sandbox_locks.try_held(key) as free:
         if not free:
             return None
+        if still is not None:
+            with node.transaction(write=False) as tx:
+                now = tx.get_sandbox(sandbox.id)
+            if now is None or not still(now):
+                return None
         return teardown(node, request, sandbox.id, choose, open_fd)
 
 

@@ -81,11 +81,34 @@ class Judge:
             return Verdict(ALIVE, f"pinned at {sb.pin}; its users cannot be seen from this pid namespace")
         if self._users is None:
             self._users = nsusers.Users()
-        held = self._users.of(sb.ns_dev, sb.ns_ino, ignore_mounts=(sb.pin,))
+        # Pins (ours, another store's sharing this netns, their propagated copies) hold it,
+        # they do not use it.
+        pin_root = os.path.dirname(os.path.dirname(sb.pin))
+        held = self._users.of(sb.ns_dev, sb.ns_ino, ignore_under=(pin_root,))
+        if not held:
+            held = _sockets(sb)
         if held:
             return Verdict(ALIVE, f"pinned at {sb.pin}; in use: {', '.join(held[:3])}")
         return Verdict(ABANDONED, f"the runtime's path {sb.netns or '(none)'} is gone and no process, descriptor "
                                   f"or other mount uses the namespace; only our pin {sb.pin} holds it")
+
+
+def _sockets(sb: Sandbox) -> list[str]:
+    """Sockets in the sandbox's netns (entered through its pin); unreadable: in use."""
+    from .linux import netns, nsusers
+
+    try:
+        fd = netns.open_netns(sb.pin)
+    except OSError:
+        return ["(its sockets cannot be read)"]
+    try:
+        if netns.identity_of(fd) != netns.Identity(sb.ns_dev, sb.ns_ino):
+            return ["(its pin is another namespace now)"]
+        return [f"sockets ({s})" for s in nsusers.sockets_in(fd)]
+    except OSError:
+        return ["(its sockets cannot be read)"]
+    finally:
+        os.close(fd)
 
 
 def is_namespace(path: str, dev: int, ino: int) -> bool:

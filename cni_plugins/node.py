@@ -37,9 +37,11 @@ class Node:
     def store_id(self) -> str:
         if self._id is None:
             try:
-                self._id = self.store.id
+                self._id = self.store.id()
             except OSError as exc:
                 raise CNIError(NOT_AVAILABLE, "CNM store unavailable", f"{self.store.directory}: {exc.strerror}") from None
+            except StoreError as exc:
+                raise CNIError(NOT_AVAILABLE, "CNM store unavailable", str(exc)) from None
         return self._id
 
     @property

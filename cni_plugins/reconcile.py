@@ -86,7 +86,7 @@ def plan(node: Node, kernel: bool = True) -> list[Action]:
         with node.store.read_only() as tx:
             if tx is None:
                 return []
-            store_id = node.store_id
+            store_id = node.store.id(create=False)
             sandboxes = tx.list_sandboxes()
             endpoints = tx.list_endpoints()
     except StoreError as exc:
@@ -119,6 +119,8 @@ def plan(node: Node, kernel: bool = True) -> list[Action]:
         if ep.sandbox not in known:
             actions.append(Action("homeless", ep.id, f"{ep.container_id}/{ep.ifname} on {ep.network}: "
                                                      f"sandbox {ep.sandbox} has no record", targets=[ep.id]))
+    if not store_id:  # no store identity yet: nothing can carry it
+        return actions
     actions += _orphan_pins(pins.pin_dir(node.env, store_id), {sb.pin for sb in sandboxes if sb.pin})
     if kernel:
         for name in sorted(drivers.DRIVERS):
@@ -164,14 +166,12 @@ def _apply_one(node: Node, action: Action, request: Request, report: Report) -> 
             sandbox = tx.get_sandbox(action.name)
         if sandbox is None:
             return
+        still = None
         if kind == "release":
-            verdict = Judge().judge(sandbox, abandonment=True)
-            if not verdict.releasable:
-                return
-            choose, why = lifecycle.everything, verdict.why
+            choose, why, still = lifecycle.everything, action.detail, _still_releasable
         else:
             choose, why = lifecycle.unfinished, action.detail
-        errors = lifecycle.release(node, request, sandbox, choose)
+        errors = lifecycle.release(node, request, sandbox, choose, still=still)
         if errors is None:
             report.actions.append(Action("busy", action.name, f"a command is at work on it now ({kind} not done)"))
         else:
@@ -331,12 +331,22 @@ def release_vanished_sandboxes(node: Node, request: Request, identity, target: s
         else:
             VanishedCheck.forget(key)  # a new pin directory may get the old one's inode number
         for sb in doomed:
-            errors = lifecycle.release(node, request, sb)
+            errors = lifecycle.release(node, request, sb, still=_still_dead)
             if errors is not None:
                 _report_teardown(report, "release", sb.id, "netns gone", errors)
     except Exception:  # noqa: BLE001 -- never fails the ADD
         VanishedCheck.forget(key)  # the next ADD checks everything
     return report
+
+
+def _still_dead(sb: Sandbox) -> bool:
+    return Judge().judge(sb).state == DEAD
+
+
+def _still_releasable(sb: Sandbox) -> bool:
+    """Judged again with a fresh look at /proc: a thread handing a netns on to the next one
+    can be missed by one look."""
+    return Judge().judge(sb, abandonment=True).releasable
 
 
 def _pin_holds(sb: Sandbox) -> bool:
@@ -362,11 +372,12 @@ def release_all_vanished(request: Request, error: CNIError) -> bool:
         with node.transaction(write=False) as tx:
             sandboxes = tx.list_sandboxes()
         judge, released = Judge(), False
+        deep = error.code in _HELD_RESOURCES
         for sb in sandboxes:
-            verdict = judge.judge(sb, abandonment=error.code in _HELD_RESOURCES)
+            verdict = judge.judge(sb, abandonment=deep)
             if verdict.state not in (DEAD, ABANDONED):
                 continue
-            errors = lifecycle.release(node, request, sb)
+            errors = lifecycle.release(node, request, sb, still=_still_releasable if deep else _still_dead)
             released = released or errors == {}
         return released
     except Exception:  # noqa: BLE001

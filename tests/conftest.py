@@ -134,10 +134,7 @@ def store_id(env) -> str:
     """The id of the store in env's CNM_STATE_DIR ("" when there is none yet)."""
     from cni_plugins.cnm.store import Store
 
-    try:
-        return Store(env["CNM_STATE_DIR"]).id
-    except OSError:
-        return ""
+    return Store(env["CNM_STATE_DIR"]).id(create=False)
 
 
 def pin_dir(env) -> str:

@@ -6,7 +6,6 @@ backend can stand behind it later.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import sqlite3
@@ -22,6 +21,7 @@ SCHEMA_VERSION = 2
 DEFAULT_STATE_DIR = "/var/lib/cni/cnm"
 STATE_DIR_ENV = "CNM_STATE_DIR"
 DB_NAME = "cnm.db"
+ID_FILE = "store-id"
 BUSY_TIMEOUT_S = 120.0  # kubelet gives a pod two minutes; never fail earlier on a busy lock
 
 SCHEMA = """
@@ -140,6 +140,17 @@ class _IdleConnections:
 
 _idle = _IdleConnections()
 
+
+def _read_id(path: str) -> str:
+    try:
+        with open(path) as f:
+            value = f.read().strip()
+    except FileNotFoundError:
+        return ""
+    if len(value) != 32 or any(c not in "0123456789abcdef" for c in value):
+        raise StoreError(f"{path} does not hold a store id")
+    return value
+
 # One writer at a time per store inside this process, queued on a lock: SQLite's own busy
 # handler makes a waiting writer sleep 1, 2, 5, ... up to 100 ms between tries, so twenty
 # concurrent commands in the helper would spend most of their time asleep. Other processes
@@ -249,15 +260,34 @@ class Store:
             conn.execute("ROLLBACK")
             raise
 
-    @property
-    def id(self) -> str:
+    def id(self, create: bool = True) -> str:
         """The store's identity, which tags every kernel object it makes (model.owner_tag):
-        derived from its directory's inode, so it is the same for every process that opens
-        this store (from any mount namespace) and survives a lost or deleted database file
-        (whose objects then remain provably this store's), and differs for every other store.
-        (A directory's inode may change across a reboot; no kernel object outlives one.)"""
-        st = os.stat(self.directory)
-        return hashlib.sha256(f"cnm-store:{st.st_dev}:{st.st_ino}".encode()).hexdigest()[:32]
+        a random id kept in the state directory (ID_FILE), so it is the same for every process
+        that opens this store (from any mount namespace), survives a lost or deleted database
+        file (whose objects then remain provably this store's), and is never another store's,
+        also not one made later in a directory with the same path or inode. Without `create`
+        (read-only views): "" when the store has none yet (then nothing can carry it)."""
+        path = os.path.join(self.directory, ID_FILE)
+        value = _read_id(path)
+        if value or not create:
+            return value
+        from ..linux.fs import make_dirs
+
+        make_dirs(self.directory, 0o700)
+        tmp = f"{path}.{os.getpid()}.{uuid.uuid4().hex[:8]}"
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
+        try:
+            os.write(fd, (uuid.uuid4().hex + "\n").encode())
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        try:
+            os.link(tmp, path)  # never replaces an id another process wrote first
+        except FileExistsError:
+            pass
+        finally:
+            os.unlink(tmp)
+        return _read_id(path)
 
     @contextmanager
     def read_only(self) -> Iterator["Transaction | None"]:

@@ -44,6 +44,10 @@ class Context:
         return self.node_lock(name) if self.node_lock is not None else nullcontext()
 
 
+# endpoint.data["resumed"]: set by the teardown when it resumes one that stopped half-way (or
+# undoes an ADD that did): remove only what the kernel still tags as this endpoint's.
+RESUMED_KEY = "resumed"
+
 # endpoint.data[RECORD_KEY]: what the controller recorded at ADD, for every driver:
 # {"result": the ADD result (newest version), "stdin": the ADD config, "args": CNI_ARGS}.
 # It lets a DEL/CHECK that arrives through another plugin type (the last member of a
@@ -139,8 +143,10 @@ class Driver:
         """STATUS 51: what existing endpoints of this network have lost (None: nothing)."""
         return None
 
-    def gc(self, request: Request, valid) -> None:
-        """CNI GC beyond the endpoints (the controller collects those): e.g. forward to IPAM."""
+    def gc(self, request: Request, valid, remaining: list[Endpoint]) -> None:
+        """CNI GC beyond the endpoints (the controller collected those): e.g. forward it to the
+        IPAM. `remaining`: the network's endpoints still recorded after that (kept for the
+        other members of their sandbox, or busy): what they hold must stay."""
         return None
 
     def orphans(self, store_id: str, endpoints: list[Endpoint]) -> list[Orphan]:

@@ -5,6 +5,7 @@ the plugin's own environment, only CNI_COMMAND overridden (cni-spec.md R68-R74).
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import subprocess
@@ -67,6 +68,22 @@ def _ask_version(binary: str, ipam_type: str, env: Mapping[str, str]) -> tuple[s
     return tuple(listed)
 
 
+def _dies_with_us(command: str, binary: str) -> list[str]:
+    """The argv of an IPAM ADD that is killed when this process (thread) dies: a plugin or a
+    helper killed while its IPAM runs would otherwise leave the IPAM to reserve an address
+    after the ADD's rollback (or the runtime's DEL) has run, and nothing would own it.
+    Through util-linux's setpriv (PR_SET_PDEATHSIG), when the node has it."""
+    setpriv = _setpriv()
+    return [setpriv, "--pdeathsig", "KILL", "--", binary] if command == "ADD" and setpriv else [binary]
+
+
+@functools.cache
+def _setpriv() -> str | None:
+    import shutil
+
+    return shutil.which("setpriv", path="/usr/bin:/bin:/usr/sbin:/sbin")
+
+
 def execute(
     command: str,
     ipam_type: str,
@@ -98,7 +115,8 @@ def execute(
         return None
     binary = find_plugin(ipam_type, cni_path)
     try:
-        proc = subprocess.run([binary], input=stdin, env=child_env, stdout=subprocess.PIPE, timeout=300)
+        proc = subprocess.run(_dies_with_us(command, binary), input=stdin, env=child_env, stdout=subprocess.PIPE,
+                              timeout=300)
     except (OSError, subprocess.SubprocessError) as exc:
         raise CNIError(PLUGIN_FAILURE, f"failed to run IPAM plugin {ipam_type}", str(exc)) from None
     out = proc.stdout.strip()

@@ -177,3 +177,30 @@ def create_named(name: str) -> str:
 def remove_named(name_or_path: str) -> None:
     path = name_or_path if "/" in name_or_path else os.path.join(NETNS_RUN_DIR, name_or_path)
     unpin(path)
+
+
+SO_NETNS_COOKIE = 71  # include/uapi/asm-generic/socket.h (Linux 5.14)
+
+
+def cookie(fd: int) -> int | None:
+    """The netns's cookie: a 64-bit number the kernel never gives another namespace (unlike the
+    nsfs inode, which a new namespace may get once the old one is gone). None when the kernel
+    has no SO_NETNS_COOKIE."""
+    import socket
+    import struct
+    import threading
+
+    box: list = []
+
+    def read() -> None:  # in a thread of its own: setns changes only the calling thread
+        try:
+            setns(fd)
+            with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as s:
+                box.append(struct.unpack("Q", s.getsockopt(socket.SOL_SOCKET, SO_NETNS_COOKIE, 8))[0])
+        except OSError:
+            box.append(None)
+
+    thread = threading.Thread(target=read, name="cnm-cookie")
+    thread.start()
+    thread.join()
+    return box[0] if box else None

@@ -47,11 +47,15 @@ class Users:
         for pid in _pids():
             base = f"/proc/{pid}"
             try:
-                for tid in os.listdir(f"{base}/task"):
-                    st = os.stat(f"{base}/task/{tid}/ns/net")
-                    self.tasks.setdefault((st.st_dev, st.st_ino), []).append(f"task {tid}")
+                tids = os.listdir(f"{base}/task")
             except OSError:
-                pass
+                tids = []
+            for tid in tids:
+                try:  # (a task that ends meanwhile must not hide its siblings)
+                    st = os.stat(f"{base}/task/{tid}/ns/net")
+                except OSError:
+                    continue
+                self.tasks.setdefault((st.st_dev, st.st_ino), []).append(f"task {tid}")
             try:
                 for fd in os.listdir(f"{base}/fd"):
                     try:
@@ -78,10 +82,50 @@ class Users:
                     point = fields[4].replace("\\040", " ")
                     self.mounts.setdefault(int(fields[3][5:-1]), []).append(point)
 
-    def of(self, dev: int, ino: int, ignore_mounts: tuple[str, ...] = ()) -> list[str]:
-        """What holds netns (dev, ino) besides the mounts at `ignore_mounts` (our pin, and its
-        copies propagated into other mount namespaces): empty when nothing visible does."""
-        ignored = {os.path.realpath(p) for p in ignore_mounts if p}
+    def of(self, dev: int, ino: int, ignore_under: tuple[str, ...] = ()) -> list[str]:
+        """What holds netns (dev, ino) besides mounts below the `ignore_under` directories
+        (pins: ours, another store's, and their copies propagated into other mount namespaces):
+        empty when nothing visible does."""
+        roots = tuple(os.path.realpath(p).rstrip("/") + "/" for p in ignore_under if p)
         found = list(self.tasks.get((dev, ino), [])) + list(self.fds.get(ino, []))
-        found += [f"mount {p}" for p in self.mounts.get(ino, []) if p not in ignored]
+        found += [f"mount {p}" for p in self.mounts.get(ino, []) if not p.startswith(roots)]
         return sorted(set(found))
+
+
+# /proc/net files of the reading thread's netns that list sockets (header line first)
+SOCKET_TABLES = ("tcp", "tcp6", "udp", "udp6", "raw", "raw6", "udplite", "udplite6", "unix", "packet", "netlink")
+
+
+def sockets_in(netns_fd: int) -> list[str]:
+    """Sockets that live in the netns (a socket keeps its netns alive, and its owner may have
+    left it: a process that entered it, opened a listening socket and came back), as
+    "<table>: <count>"; netlink sockets of the kernel itself (port 0) are not counted."""
+    import threading
+
+    from .netns import setns
+
+    found: list[str] = []
+    failure: list[BaseException] = []
+
+    def count() -> None:  # in a thread of its own: setns changes only the calling thread
+        try:
+            setns(netns_fd)
+            for table in SOCKET_TABLES:
+                try:
+                    with open(f"/proc/thread-self/net/{table}") as f:
+                        rows = f.read().splitlines()[1:]
+                except OSError:
+                    continue
+                if table == "netlink":
+                    rows = [r for r in rows if len(r.split()) > 2 and r.split()[2] != "0"]
+                if rows:
+                    found.append(f"{table}: {len(rows)}")
+        except BaseException as exc:  # handed to the caller
+            failure.append(exc)
+
+    thread = threading.Thread(target=count, name="cnm-sockets")
+    thread.start()
+    thread.join()
+    if failure:
+        raise failure[0]
+    return found

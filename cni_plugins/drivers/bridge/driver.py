@@ -17,7 +17,7 @@ from ...cni.errors import CHECK_FAILED, CONFLICT, PLUGIN_FAILURE, CNIError
 from ...cni.request import Request
 from ...cni.result import DNS, Interface, IPConfig, Result, Route
 from ...cnm.model import Endpoint, owner_tag
-from ..base import Driver, Context
+from ..base import RESUMED_KEY, Context, Driver
 from . import config as bridge_config
 from . import ipam, localnet, ports
 
@@ -118,9 +118,18 @@ class BridgeDriver(Driver):
             return
         try:
             result = ipam.add(ctx.request, conf.ipam_type)
+        except BaseException:
+            # R71 says DEL after a failed IPAM ADD too; but an ADD that failed because the
+            # attachment holds a lease already (another store's endpoint of the same network,
+            # container and ifname) would then free that one. IPAMs that undo their own failed
+            # ADD (all or nothing) get no DEL.
+            if not ipam.undoes_failed_add(conf.ipam_type):
+                self._release_quietly(ctx, endpoint)
+            raise
+        try:
             ips, routes = ipam.addressing(result, conf.is_gateway, conf.isDefaultGateway)
         except BaseException:
-            self._release_quietly(ctx, endpoint)  # R71: also after a failed or unusable IPAM ADD
+            self._release_quietly(ctx, endpoint)  # R71: an unusable result
             raise
         endpoint.data["ips"] = [ip.model_dump(exclude_none=True) for ip in ips]
         endpoint.data["routes"] = [r.model_dump(exclude_none=True) for r in routes]
@@ -169,7 +178,7 @@ class BridgeDriver(Driver):
                 publishes = bool(ips) and bool(ports.requested(request, conf.hostBindingIP))
                 hairpin = conf.hairpinMode or (publishes and not conf.promiscMode)
                 # The host end comes up only after its IPv6 is off and its port flags and VLANs are set.
-                host_index, host_mac, container_index = self._veth(ipr, cipr, ctx, conf, host_name, mac, br["index"], undo)
+                host_index, host_mac, container_index = self._veth(ipr, cipr, ctx, conf, endpoint, host_name, mac, br["index"], undo)
                 _fault(ctx.env, "add", "veth")
                 self._container_side(cipr, ctx, conf, ips, routes, container_index)
                 _fault(ctx.env, "add", "addresses")
@@ -228,12 +237,13 @@ class BridgeDriver(Driver):
         with kernel_errors(f"create bridge {conf.bridge!r}"):
             return bridge.ensure_bridge(ipr, conf.bridge, conf.mtu, conf.promiscMode, conf.vlan_filtering)
 
-    def _veth(self, ipr, cipr, ctx, conf, host_name, mac, bridge_index: int, undo) -> tuple[int, str, int]:
+    def _veth(self, ipr, cipr, ctx, conf, endpoint, host_name, mac, bridge_index: int, undo) -> tuple[int, str, int]:
         """The pair, its host end a port of the bridge from the start (down: _host_side brings it up);
         return the host end's index and MAC and the container end's index. Which name is taken
         is looked up only when the kernel refuses: the container's ifname (a CONFLICT, whatever
-        else is wrong), else a host end left by an ADD whose record was lost (same endpoint,
-        stale: replaced)."""
+        else is wrong), else a host end of this very endpoint left by an ADD that died (tagged
+        with its owner: replaced), else another's host end (another store's endpoint of the same
+        network, container and ifname; or not ours at all): a CONFLICT, it is left alone."""
         from ...linux import links, veth
 
         request = ctx.request
@@ -254,8 +264,18 @@ class BridgeDriver(Driver):
                         f"container veth name provided ({request.ifname}) already exists",
                         f"{request.ifname} exists in {request.netns}",
                     ) from None
-                if not isinstance(exc, veth.VethExists) or not veth.delete(ipr, host_name):
+                if not isinstance(exc, veth.VethExists):
                     raise
+                holder = veth.alias(ipr, host_name)
+                if holder != ctx.owner(endpoint):
+                    raise CNIError(
+                        CONFLICT,
+                        f"host veth name {host_name} is taken",
+                        f"{host_name} belongs to {holder or 'an interface that is not tagged as ours'}, not to "
+                        f"endpoint {ctx.owner(endpoint)}: is this network, container and ifname attached through "
+                        f"another CNM store (stateDir)?",
+                    ) from None
+                veth.delete(ipr, host_name)
                 veth.create_pair(ipr, host_name, request.ifname, ctx.netns_fd, conf.mtu, mac, bridge_index)
             undo.callback(_delete_link, host_name)
             try:
@@ -367,25 +387,24 @@ class BridgeDriver(Driver):
 
     # ---- DEL ------------------------------------------------------------------------------
     def leave(self, ctx: Context, network, endpoint: Endpoint, sandbox) -> None:
-        """Deleting the host end removes the pair, wherever the container end is. The veth of
-        an ADD that stopped half-way is deleted only when it is not another owner's (the ADD
-        may have stopped because another store's endpoint of the same id had the name)."""
+        """Deleting the host end removes the pair, wherever the container end is; only when it
+        is not another owner's (another store's endpoint of the same network, container and
+        ifname has the same name; an ADD may have stopped because of it)."""
         name = endpoint.data.get("host_veth") or host_veth_name(endpoint.id)
         with kernel_errors("delete the host veth"):
-            if endpoint.data.get("partial"):
-                _delete_link_unless_owned_by_another(name, ctx.owner(endpoint))
-            else:
-                _delete_link(name)
+            _delete_link_unless_owned_by_another(name, ctx.owner(endpoint))
         _fault(ctx.env, "del", "veth")
 
     def delete_endpoint(self, ctx: Context, network, endpoint: Endpoint) -> None:
         recorded = recorded_elements(endpoint)
-        if endpoint.data.get("partial"):  # an ADD that stopped half-way recorded none: look
+        resumed = endpoint.data.get("partial") or endpoint.data.get(RESUMED_KEY)
+        if resumed:  # only what the kernel still tags as its own (another may hold its keys by now)
             recorded = _owned_quietly(ctx.owner(endpoint))
         if recorded:
             with kernel_errors("remove nftables entries"):
                 with ctx.locked("ports") if any(ports.is_port(e) for e in recorded) else nullcontext():
-                    remove, handover = ports.release(recorded, endpoint, ctx.peers, recorded_elements)
+                    remove, handover = (recorded, []) if resumed else \
+                        ports.release(recorded, endpoint, ctx.peers, recorded_elements)
                     _remove_elements(remove, ctx.owner(endpoint), [(ctx.owner_of(h), els) for h, els in handover])
                 _flush_udp(ctx, remove)
             if localnet.needed_by(recorded):
@@ -451,11 +470,14 @@ class BridgeDriver(Driver):
 
         return missing_rules(list(endpoints), recorded_elements)
 
-    def gc(self, request: Request, valid) -> None:
-        """Forward GC to the IPAM (R47) if it knows GC; our own endpoints were collected by the controller."""
+    def gc(self, request: Request, valid, remaining) -> None:
+        """Forward GC to the IPAM (R47) if it knows GC; our own endpoints were collected by the
+        controller. The leases of endpoints that stay (a kept endpoint's address is still the
+        shared stack's, though its container is gone from the runtime's list) are added to the
+        list the IPAM gets."""
         conf = self._conf(request)
         if conf.ipam_type and ipam.speaks_status(request, conf.ipam_type):
-            ipam.delegate("GC", request, conf.ipam_type)
+            ipam.gc(request, conf.ipam_type, valid | ipam.held_by(remaining))
 
     def orphans(self, store_id: str, endpoints) -> list:
         from . import sweep

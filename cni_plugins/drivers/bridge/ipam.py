@@ -32,12 +32,40 @@ def add(request: Request, ipam_type: str) -> Result:
                           parent=request)
 
 
+# IPAM plugins whose ADD is all or nothing: a failed one reserved nothing (host-local releases
+# what it took for earlier ranges before it fails; cnm-ipam likewise).
+ALL_OR_NOTHING = frozenset({"cnm-ipam", "host-local"})
+
+
+def undoes_failed_add(ipam_type: str) -> bool:
+    return ipam_type in ALL_OR_NOTHING
+
+
 def release_recorded(rec: dict, request: Request) -> None:
     """IPAM DEL with ADD's stdin and ids; the current process's env and CNI_PATH otherwise."""
     env = dict(request.env)
     env.update(rec.get("env") or {})
     stdin = base64.b64decode(rec["stdin"])
     client.execute("DEL", rec["type"], stdin, env, request.cni_path, request.version)
+
+
+def held_by(endpoints) -> set[tuple[str, str]]:
+    """(CNI_CONTAINERID, CNI_IFNAME) the endpoints' recorded IPAM calls reserved under."""
+    held = set()
+    for ep in endpoints:
+        env = (ep.data.get("ipam") or {}).get("env") or {}
+        held.add((env.get("CNI_CONTAINERID") or ep.container_id, env.get("CNI_IFNAME") or ep.ifname))
+    return held
+
+
+def gc(request: Request, ipam_type: str, valid: set[tuple[str, str]]) -> None:
+    """GC with the request's config, its valid-attachments replaced by `valid`."""
+    import json
+
+    config = json.loads(request.stdin)
+    config.pop("cni.dev/attachments", None)
+    config["cni.dev/valid-attachments"] = [{"containerID": c, "ifname": i} for c, i in sorted(valid)]
+    client.execute("GC", ipam_type, json.dumps(config).encode(), request.env, request.cni_path, request.version)
 
 
 def delegate(command: str, request: Request, ipam_type: str) -> None:

@@ -90,14 +90,14 @@ def _elements(tag: str, ids: set[str]) -> list[Orphan]:
 
 
 def _foreign_leases(endpoints: list[Endpoint]) -> list[Orphan]:
-    """Leases in the cnm-ipam lease directories this store's endpoints use, held by
-    attachments this store has no record of."""
+    """Leases in the cnm-ipam and host-local lease directories this store's endpoints use, held
+    by attachments this store has no record of."""
     from ...ipam.disk import DEFAULT_DATA_DIR, LeaseDir, PathError
 
     dirs: dict[tuple[str, str], set[tuple[str, str]]] = {}
     for ep in endpoints:
         rec = ep.data.get("ipam") or {}
-        if rec.get("type") != "cnm-ipam":
+        if rec.get("type") not in ("cnm-ipam", "host-local"):  # the lease directory format both use
             continue
         try:
             conf = json.loads(base64.b64decode(rec["stdin"]))
