@@ -10,6 +10,7 @@ cnitool's semantics, for an operator who means it.
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import asdict, dataclass
 
 from ..cnm.model import Sandbox
@@ -136,6 +137,8 @@ def _recorded_sandbox(att: cache.CachedAttachment, net: NetworkConfigList, env) 
             with Store(directory).transaction(write=False) as tx:
                 endpoint = tx.get_endpoint(ep_id)
                 sandbox = tx.get_sandbox(endpoint.sandbox) if endpoint is not None else None
+                if sandbox is not None and tx.made_in_earlier_boot(sandbox):  # its (dev, ino) may be reused
+                    sandbox = dataclasses.replace(sandbox, ns_dev=0, ns_ino=0)
         except StoreError:
             continue
         if sandbox is not None:
