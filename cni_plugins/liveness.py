@@ -74,23 +74,29 @@ class Judge:
         return Verdict(DEAD, f"its pin {sb.pin} was removed and the runtime's path {sb.netns} is gone")
 
     def _abandoned(self, sb: Sandbox) -> Verdict:
+        busy = self.in_use(sb)
+        if busy:
+            return Verdict(ALIVE, f"pinned at {sb.pin}; {busy}")
+        return Verdict(ABANDONED, f"the runtime's path {sb.netns or '(none)'} is gone and no process, descriptor "
+                                  f"or other mount uses the namespace; only our pin {sb.pin} holds it")
+
+
+    def in_use(self, sb: Sandbox) -> str:
+        """What uses the namespace of `sb` besides our pin, or why that cannot be told; ""
+        only when, seen from the pid namespace it was made in, no task, descriptor or other
+        mount of it is there (reads all of /proc, once per Judge)."""
         from .linux import nsusers
 
         made_in = sb.data.get(PIDNS_KEY)
         if made_in is None or made_in != nsusers.pid_namespace():
-            return Verdict(ALIVE, f"pinned at {sb.pin}; its users cannot be seen from this pid namespace")
+            return "its users cannot be seen from this pid namespace"
         if self._users is None:
             self._users = nsusers.Users()
         # Pins (ours, another store's sharing this netns, their propagated copies) hold it,
         # they do not use it.
         pin_root = os.path.dirname(os.path.dirname(sb.pin))
-        held = self._users.of(sb.ns_dev, sb.ns_ino, ignore_under=(pin_root,))
-        if not held:
-            held = _sockets(sb)
-        if held:
-            return Verdict(ALIVE, f"pinned at {sb.pin}; in use: {', '.join(held[:3])}")
-        return Verdict(ABANDONED, f"the runtime's path {sb.netns or '(none)'} is gone and no process, descriptor "
-                                  f"or other mount uses the namespace; only our pin {sb.pin} holds it")
+        held = self._users.of(sb.ns_dev, sb.ns_ino, ignore_under=(pin_root,)) or _sockets(sb)
+        return f"in use: {', '.join(held[:3])}" if held else ""
 
 
 def _sockets(sb: Sandbox) -> list[str]:

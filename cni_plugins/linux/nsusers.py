@@ -44,6 +44,7 @@ class Users:
         self.fds: dict[int, list[str]] = {}  # netns inode -> "fd PID/N"
         self.mounts: dict[int, list[str]] = {}  # netns inode -> mount points
         mount_namespaces: dict[int, str] = {}
+        by_path: list[tuple[str, str, str]] = []  # (pid, fd, link) of descriptors opened by a path
         for pid in _pids():
             base = f"/proc/{pid}"
             try:
@@ -64,6 +65,8 @@ class Users:
                         continue
                     if link.startswith("net:["):
                         self.fds.setdefault(int(link[5:-1]), []).append(f"fd {pid}/{fd}")
+                    elif link.startswith("/"):
+                        by_path.append((pid, fd, link))
             except OSError:
                 pass
             try:
@@ -81,6 +84,14 @@ class Users:
                 if len(fields) >= 5 and fields[3].startswith("net:["):
                     point = fields[4].replace("\\040", " ")
                     self.mounts.setdefault(int(fields[3][5:-1]), []).append(point)
+        # A namespace opened through a mount of it (`open("/run/netns/x")`) shows as that
+        # path, or as "/" once the mount is detached (`ip netns del`): ask the descriptor.
+        points = {p for ps in self.mounts.values() for p in ps}
+        for pid, fd, link in by_path:
+            if link == "/" or link in points:
+                ino = _descriptor_inode(pid, fd)
+                if ino is not None:
+                    self.fds.setdefault(ino, []).append(f"fd {pid}/{fd}")
 
     def of(self, dev: int, ino: int, ignore_under: tuple[str, ...] = ()) -> list[str]:
         """What holds netns (dev, ino) besides mounts below the `ignore_under` directories
@@ -129,3 +140,25 @@ def sockets_in(netns_fd: int) -> list[str]:
     if failure:
         raise failure[0]
     return found
+
+
+def _descriptor_inode(pid: str, fd: str) -> int | None:
+    """The inode descriptor `fd` of `pid` is open on, if it may be a namespace: from its
+    fdinfo, which touches no file system (a stat of a namespace's descriptor is as safe,
+    for a kernel whose fdinfo has no inode)."""
+    try:
+        with open(f"/proc/{pid}/fdinfo/{fd}") as f:
+            for line in f:
+                if line.startswith("ino:"):
+                    return int(line.split()[1])
+        st = os.stat(f"/proc/{pid}/fd/{fd}")
+    except (OSError, ValueError, IndexError):
+        return None
+    return st.st_ino if st.st_dev == _nsfs_dev() else None
+
+
+def _nsfs_dev() -> int | None:
+    try:
+        return os.stat("/proc/self/ns/net").st_dev
+    except OSError:
+        return None

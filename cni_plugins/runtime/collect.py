@@ -10,8 +10,11 @@ cnitool's semantics, for an operator who means it.
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import asdict, dataclass
 
+from ..cnm.model import Sandbox
+from ..liveness import Judge
 from . import cache, liveness
 from .conf import NetworkConfigList
 from .libcni import CNIRunner
@@ -40,11 +43,12 @@ def collect_gone(runner: CNIRunner, net: NetworkConfigList, env, *, dry_run: boo
     outcomes = []
     # disableGC: the list is shared by runtimes whose caches differ; it is never GCed here.
     untouchable = DISABLED if net.disable_gc else liveness.foreign_mount_namespace()
+    judge = Judge()  # reads who uses which namespace once for the pass, if a path is gone
     for att in runner.cached_attachments_of(net.name):
         if untouchable:
             outcomes.append(_outcome(KEPT, att, untouchable))
             continue
-        verdict = _verdict(att, net, env)
+        verdict = _verdict(att, net, env, judge)
         if not verdict.gone:
             outcomes.append(_outcome(KEPT, att, verdict.reason))
         elif dry_run:
@@ -80,16 +84,25 @@ def netns_of(att: cache.CachedAttachment) -> str:
     return paths.pop() if len(paths) == 1 else ""
 
 
-def _verdict(att: cache.CachedAttachment, net: NetworkConfigList, env) -> liveness.Verdict:
-    verdict = liveness.judge(netns_of(att))
+def _verdict(att: cache.CachedAttachment, net: NetworkConfigList, env, judge: Judge) -> liveness.Verdict:
+    path = netns_of(att)
+    verdict = liveness.judge(path)
     if not verdict.gone:
         return verdict
-    # The runtime's path is gone; the namespace itself may live on (our pin keeps it): if a
-    # process still runs in it, the container is not gone, whatever the path says.
-    recorded = _recorded_namespace(att, net, env)
-    pid = liveness.process_in(*recorded) if recorded else None
-    if pid is not None:
-        return liveness.Verdict(False, f"{verdict.reason}, but process {pid} still runs in its namespace")
+    # The path is gone; the namespace may live on (our pin keeps it, and so may a process,
+    # a descriptor or another mount: `ip netns add g1` entered by /proc/<pid>/ns/net). It is
+    # gone only when nothing but our pin uses it, the node-wide gc's standard.
+    sandbox = _recorded_sandbox(att, net, env)
+    if sandbox is None:
+        if liveness.names_a_process(path):
+            return liveness.Verdict(False, f"{verdict.reason}, but no store recorded which namespace it was in "
+                                           f"(another mount or process may hold it): DEL it, or gc --all")
+        return verdict  # the runtime removed its own mount: its word, as for the reference plugins
+    if (sandbox.ns_dev, sandbox.ns_ino) == (0, 0):  # recorded in an earlier boot
+        return verdict
+    busy = judge.in_use(sandbox)
+    if busy:
+        return liveness.Verdict(False, f"{verdict.reason}, but its namespace may live on: {busy}")
     return verdict
 
 
@@ -99,15 +112,16 @@ def _delete_if_still_gone(runner, net, env, att, verdict) -> Outcome:
     now = cache.read(runner.cache_dir, att.network, att.container_id, att.ifname)
     if now is None:
         return _outcome(KEPT, att, "its cache entry went away meanwhile (DELed by the runtime)")
-    if netns_of(now) != netns_of(att) or not _verdict(now, net, env).gone:
+    if netns_of(now) != netns_of(att) or not _verdict(now, net, env, Judge()).gone:  # /proc read afresh
         return _outcome(KEPT, now, "re-ADDed meanwhile")
     error = runner.del_cached(net, now)
     return _outcome(FAILED if error else DELETED, now, verdict.reason, error)
 
 
-def _recorded_namespace(att: cache.CachedAttachment, net: NetworkConfigList, env) -> tuple[int, int] | None:
-    """(dev, ino) of the namespace our store recorded for this attachment, when a plugin of
-    ours made it (any store the list's plugins name, else the default one)."""
+def _recorded_sandbox(att: cache.CachedAttachment, net: NetworkConfigList, env) -> Sandbox | None:
+    """The sandbox (its namespace, pin, where it was made) our store recorded for this
+    attachment, when a plugin of ours made it (any store the list's plugins name, else the
+    default one)."""
     import os
 
     from ..cnm.model import endpoint_id
@@ -123,10 +137,12 @@ def _recorded_namespace(att: cache.CachedAttachment, net: NetworkConfigList, env
             with Store(directory).transaction(write=False) as tx:
                 endpoint = tx.get_endpoint(ep_id)
                 sandbox = tx.get_sandbox(endpoint.sandbox) if endpoint is not None else None
+                if sandbox is not None and tx.made_in_earlier_boot(sandbox):  # its (dev, ino) may be reused
+                    sandbox = dataclasses.replace(sandbox, ns_dev=0, ns_ino=0)
         except StoreError:
             continue
         if sandbox is not None:
-            return sandbox.ns_dev, sandbox.ns_ino
+            return sandbox
     return None
 
 

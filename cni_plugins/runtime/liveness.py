@@ -12,9 +12,12 @@ Kept:  the path is a live namespace; no path was cached; the path is relative; i
        but is no mounted namespace here (a mount this mount namespace cannot see - cnmctl
        in a container without mount propagation - or a runtime that died between unmount
        and unlink); its directory is not there (another mount namespace, no /proc); it
-       cannot be read. The caller adds two more: cnmctl runs in another mount namespace
-       than PID 1 (foreign_mount_namespace), and a process still runs in the namespace our
-       store recorded for the attachment (process_in).
+       cannot be read. The caller adds more: cnmctl runs in another mount namespace than
+       PID 1 (foreign_mount_namespace); the namespace our store recorded for the attachment
+       is still used by a task, a descriptor or a mount other than our pin, or its users
+       cannot be seen from here (the node-wide gc's standard, cni_plugins/liveness.py); no
+       store recorded it and the path is a process's (under /proc: a process that exited,
+       or closed a descriptor, says nothing about who else holds the namespace).
 """
 
 from __future__ import annotations
@@ -88,17 +91,8 @@ def foreign_mount_namespace() -> str:
     return "cnmctl runs in another mount namespace than PID 1 (run it on the host)"
 
 
-def process_in(dev: int, ino: int) -> int | None:
-    """A process whose network namespace is (dev, ino), None when there is none we can see."""
-    try:
-        pids = [p for p in os.listdir("/proc") if p.isdigit()]
-    except OSError:
-        return None
-    for pid in pids:
-        try:
-            st = os.stat(f"/proc/{pid}/ns/net")
-        except OSError:  # exited meanwhile, or not ours to read
-            continue
-        if (st.st_dev, st.st_ino) == (dev, ino):
-            return int(pid)
-    return None
+def names_a_process(path: str) -> bool:
+    """`path` lies under /proc (symlinks followed as far as they resolve): it names a
+    process's namespace or descriptor, not a mount a runtime made and removed."""
+    directory = os.path.realpath(os.path.dirname(path))
+    return directory == "/proc" or directory.startswith("/proc/")

@@ -488,3 +488,33 @@ def test_in_process_watch_and_own_container(lab, bounded):
     for cid, ns in (("f1", f1), ("f2", f2), ("f3", f3b), ("f4", f4)):
         assert p.run("DEL", none, ns, cid, "lo").exit_code == 0
     assert lab.endpoints() == [] and pins(lab) == []
+
+
+def test_a_descriptor_opened_through_the_runtimes_path_keeps_the_sandbox(lab):
+    """Attack on issue 26, finding 6: a namespace opened by its path (`open("/run/netns/x")`,
+    as a runtime holding it does) shows in /proc as that path, and as "/" once `ip netns
+    del` detached the mount; the users of a namespace missed such a descriptor, so the
+    node-wide gc found the sandbox abandoned and took eth0 from a namespace still held."""
+    import sys
+
+    conf = bridge_conf(lab)
+    ns = lab.container()
+    lab.add(conf, ns, cid="c1")
+    holder = subprocess.Popen([sys.executable, "-c", "import os, sys; fd = os.open(sys.argv[1], os.O_RDONLY); "
+                               "print(fd, flush=True); sys.stdin.read()", ns],
+                              stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    try:
+        fd = holder.stdout.readline().strip()
+        subprocess.run(["ip", "netns", "del", os.path.basename(ns)], check=True)
+        proc = cnmctl_gc(lab)
+        assert proc.returncode == 0, proc
+        held = f"/proc/{holder.pid}/fd/{fd}"
+        assert lab.link("eth0", ns=held) is not None and lab.addrs("eth0", held), proc.stdout
+        assert not [a for a in json.loads(proc.stdout)["removed"] if a["kind"] == "release"], proc.stdout
+        assert [e[1] for e in lab.endpoints()] == ["c1"]
+    finally:
+        holder.stdin.close()
+        holder.wait()
+    proc = cnmctl_gc(lab)  # now only our pin holds it: abandoned, released
+    assert proc.returncode == 0 and [a["kind"] for a in json.loads(proc.stdout)["removed"]] == ["release"], proc
+    assert lab.endpoints() == [] and lab.veths() == []

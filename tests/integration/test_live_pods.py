@@ -476,7 +476,12 @@ def test_a_pod_made_where_the_boot_id_is_unreadable_survives_the_next_reader(lab
                           input=json.dumps(conf).encode(), env=env, capture_output=True, timeout=120)
     assert made.returncode == 0, made
     later = lab.container()
-    lab.add(conf, later, cid="later")  # the first command that reads the boot id
+    # The first command that reads the boot id, in its own process: a resident helper connected
+    # before the stamp was forged above, and a real reboot never keeps one.
+    env.update(CNI_CONTAINERID="later", CNI_NETNS=later)
+    made = subprocess.run(["nsenter", f"--net={lab.host}", "--", os.path.join(BIN, "cnm-bridge")],
+                          input=json.dumps(conf).encode(), env=env, capture_output=True, timeout=120)
+    assert made.returncode == 0, made
     assert alive(lab, pod) and alive(lab, later)
     assert sorted(e[1] for e in lab.endpoints()) == ["later", "p"]  # "before" was of the earlier boot
     for cid, ns in (("p", pod), ("later", later), ("before", before)):

@@ -169,7 +169,7 @@ def test_a_process_in_the_namespace_keeps_it(lab):
         proc, report = gc(lab)
         assert proc.returncode == 0, proc
         assert report[cid]["action"] == "kept", report
-        assert f"process {sleeper.pid} still runs" in report[cid]["reason"], report
+        assert f"in use: task {sleeper.pid}" in report[cid]["reason"], report
         assert len(lab.veths()) == 1
     finally:
         sleeper.kill()
@@ -276,3 +276,106 @@ def test_judge_on_paths(tmp_path, netns):
     dead.wait()
     assert judge(f"/proc/{dead.pid}/ns/net").gone
     assert not judge(f"/proc/{os.getpid()}/ns/net").gone
+    from cni_plugins.runtime.liveness import names_a_process
+
+    os.symlink(f"/proc/{dead.pid}", tmp_path / "procdir")
+    for path in (f"/proc/{dead.pid}/ns/net", f"/proc/self/fd/99", str(tmp_path / "procdir" / "ns" / "net")):
+        assert names_a_process(path), path
+    assert not names_a_process("/run/netns/x") and not names_a_process(str(tmp_path / "gone"))
+
+
+# -- a namespace that outlives the runtime's path --------------------------------------------------
+def sleeper_in(ns: str) -> subprocess.Popen:
+    proc = subprocess.Popen([NSENTER, f"--net={ns}", "--", "sleep", "600"])
+    wait_entered(proc.pid, ns)
+    return proc
+
+
+def stop(proc: subprocess.Popen) -> None:
+    proc.kill()
+    proc.wait()
+
+
+@pytest.mark.parametrize("shape", ["/proc/{pid}/ns/net", "/proc/{pid}/task/{pid}/ns/net"])
+def test_a_mounted_namespace_outlives_its_process(lab, shape):
+    """Attack on issue 26, finding 6: an attachment ADDed by /proc/P/ns/net of a process in
+    a namespace that is also mounted (`ip netns add g1; ip netns exec g1 sleep`): once P is
+    killed, `cnmctl gc NETWORK` DELed it ("process P is gone") and took eth0 from g1, still
+    mounted at /run/netns/g1. The mount is a user of the namespace: kept, and said so."""
+    ns = lab.container()
+    sleeper = sleeper_in(ns)
+    try:
+        cid = add(lab, shape.format(pid=sleeper.pid))
+    finally:
+        stop(sleeper)
+    proc, report = gc(lab)
+    assert proc.returncode == 0, proc
+    assert alive(lab, ns), report  # the kernel first: what the finding broke
+    assert len(lab.veths()) == 1 and len(lab.leases()) == 1
+    assert report[cid]["action"] == "kept", report
+    assert f"process {sleeper.pid} is gone" in report[cid]["reason"] and f"mount {ns}" in report[cid]["reason"]
+    drop_netns(ns)  # now nothing but our pin holds it
+    proc, report = gc(lab)
+    assert proc.returncode == 0 and report[cid]["action"] == "deleted", (proc, report)
+    lab.assert_nothing_left()
+
+
+def test_an_open_descriptor_keeps_the_namespace(lab):
+    """Attack on issue 26, finding 6: a descriptor of the namespace (a runtime holding it
+    open) is a user too, as for the node-wide gc."""
+    ns = lab.container()
+    cid = add(lab, ns)
+    holder = subprocess.Popen([sys.executable, "-c", "import os, sys; fd = os.open(sys.argv[1], os.O_RDONLY); "
+                               "print(fd, flush=True); sys.stdin.read()", ns],
+                              stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    try:
+        fd = holder.stdout.readline().strip()
+        drop_netns(ns)
+        proc, report = gc(lab)
+        assert proc.returncode == 0 and alive_by_fd(lab, holder.pid, fd), (proc, report)
+        assert report[cid]["action"] == "kept" and f"fd {holder.pid}/{fd}" in report[cid]["reason"], report
+    finally:
+        holder.stdin.close()
+        holder.wait()
+    proc, report = gc(lab)
+    assert proc.returncode == 0 and report[cid]["action"] == "deleted", (proc, report)
+    lab.assert_nothing_left()
+
+
+def alive_by_fd(lab, pid: int, fd: str) -> bool:
+    return alive(lab, f"/proc/{pid}/fd/{fd}")
+
+
+def test_an_unrecorded_proc_path_is_not_proof(lab, tmp_path):
+    """Attack on issue 26, finding 6: without our store's record of which namespace it was,
+    a gone /proc/<pid> path proves nothing (the namespace may be mounted elsewhere): kept.
+    (The record is removed by hand here; a reference plugin's list has none at all.)"""
+    ns = lab.container()
+    sleeper = sleeper_in(ns)
+    try:
+        cid = add(lab, f"/proc/{sleeper.pid}/ns/net")
+    finally:
+        stop(sleeper)
+    import sqlite3
+
+    with sqlite3.connect(os.path.join(lab.env["CNM_STATE_DIR"], "cnm.db")) as conn:
+        conn.execute("DELETE FROM endpoints")
+    proc, report = gc(lab)
+    assert proc.returncode == 0 and alive(lab, ns), (proc, report)
+    assert report[cid]["action"] == "kept" and "--all" in report[cid]["reason"], report
+
+
+def test_a_path_through_a_symlink(lab, tmp_path):
+    """Attack on issue 26, finding 6 (another path shape; kept before the fix too): a netns
+    path through a symlink to /proc/<pid>, the process gone, the namespace still mounted."""
+    ns = lab.container()
+    sleeper = sleeper_in(ns)
+    link = tmp_path / "procdir"
+    os.symlink(f"/proc/{sleeper.pid}", link)
+    try:
+        cid = add(lab, f"{link}/ns/net")
+    finally:
+        stop(sleeper)
+    proc, report = gc(lab)
+    assert proc.returncode == 0 and alive(lab, ns), (proc, report)
+    assert report[cid]["action"] == "kept", report
