@@ -157,7 +157,8 @@ def state_dir_conf(plugin: str, state_dir: str) -> bytes:
 
 
 # ---- what "nothing changed" means ------------------------------------------------------------
-SKIP_FILES = {"cnm.db", "cnm.db-wal", "cnm.db-shm", "lock"}
+# The store itself, its identity and lock files: made by any command that opens the store.
+SKIP_FILES = {"cnm.db", "cnm.db-wal", "cnm.db-shm", "store-id", "lock", "sandboxes.lock"}
 
 
 def files_under(base: str) -> dict[str, bytes]:
