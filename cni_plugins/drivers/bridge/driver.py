@@ -423,7 +423,10 @@ class BridgeDriver(Driver):
 
         owner = owner_tag(ctx.store_id, endpoint_id) if ctx.store_id else endpoint_id
         with kernel_errors("delete the host veth"):
-            _delete_link_unless_owned_by_another(host_veth_name(endpoint_id), owner)
+            holder = _delete_link_unless_owned_by_another(host_veth_name(endpoint_id), owner)
+        # Another store's endpoint of this very network, container and ifname is live: the
+        # IPAM's lease for the attachment is its (a shared dataDir cannot tell them apart).
+        elsewhere = holder is not None and holder.split("@")[0] == endpoint_id
         with kernel_errors("remove nftables entries"):
             owned = nft.owned(owner) + nft.owned(endpoint_id)  # ours, and an older version's untagged
             if owned:
@@ -433,7 +436,7 @@ class BridgeDriver(Driver):
             _release_localnet(ctx, endpoint_id, None)  # (its bridge is not known without a record)
         ipam_conf = ctx.request.config.get("ipam")
         ipam_type = ipam_conf.get("type") if isinstance(ipam_conf, dict) else None
-        if isinstance(ipam_type, str) and ipam_type:
+        if isinstance(ipam_type, str) and ipam_type and not elsewhere:
             ipam.delegate("DEL", ctx.request, ipam_type)
 
     def _release_quietly(self, ctx: Context, endpoint: Endpoint) -> None:
@@ -594,16 +597,18 @@ def _delete_link(name: str) -> None:
         veth.delete(ipr, name)
 
 
-def _delete_link_unless_owned_by_another(name: str, owner: str) -> None:
+def _delete_link_unless_owned_by_another(name: str, owner: str) -> str | None:
     """Delete link `name` unless its alias names another owner (a veth without an alias:
-    made by an older version, or by an ADD that stopped before tagging it)."""
+    made by an older version, or by an ADD that stopped before tagging it); return that
+    other owner when it stays."""
     from ...linux import links, veth
 
     with links.rtnl() as ipr:
         alias = veth.alias(ipr, name)
         if alias is not None and alias != owner:
-            return
+            return alias
         veth.delete(ipr, name)
+    return None
 
 
 def _release_localnet(ctx: Context, endpoint_id: str, bridge: str | None) -> None:
