@@ -518,3 +518,38 @@ def test_a_descriptor_opened_through_the_runtimes_path_keeps_the_sandbox(lab):
     proc = cnmctl_gc(lab)  # now only our pin holds it: abandoned, released
     assert proc.returncode == 0 and [a["kind"] for a in json.loads(proc.stdout)["removed"]] == ["release"], proc
     assert lab.endpoints() == [] and lab.veths() == []
+
+
+def test_a_socket_left_in_the_namespace_keeps_the_sandbox(lab):
+    """Attack on issue 20's fixes: a process that entered the namespace, opened a listening
+    socket there and went back holds the namespace through the socket alone (no task in it,
+    no descriptor of it, no mount); the node-wide gc found the sandbox abandoned and took eth0
+    from under the service still listening in it."""
+    import sys
+
+    conf = bridge_conf(lab)
+    ns = lab.container()
+    lab.add(conf, ns, cid="c1")
+    script = ("import ctypes, os, socket, sys; setns = ctypes.CDLL(None, use_errno=True).setns; "
+              "own = os.open('/proc/self/ns/net', os.O_RDONLY); fd = os.open(sys.argv[1], os.O_RDONLY); "
+              "assert setns(fd, 0x40000000) == 0; os.close(fd); "
+              "s = socket.socket(); s.bind(('', 0)); s.listen(); "
+              "assert setns(own, 0x40000000) == 0; os.close(own); print(s.getsockname()[1], flush=True); "
+              "sys.stdin.read()")
+    holder = subprocess.Popen([sys.executable, "-c", script, ns], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                              text=True)
+    try:
+        assert holder.stdout.readline().strip()
+        [pin] = pin_paths(lab.env)
+        subprocess.run(["ip", "netns", "del", os.path.basename(ns)], check=True)
+        proc = cnmctl_gc(lab)
+        assert proc.returncode == 0, proc
+        assert not [a for a in json.loads(proc.stdout)["removed"] if a["kind"] == "release"], proc.stdout
+        assert [e[1] for e in lab.endpoints()] == ["c1"]
+        assert lab.link("eth0", ns=pin) is not None and lab.addrs("eth0", pin)
+    finally:
+        holder.stdin.close()
+        holder.wait()
+    proc = cnmctl_gc(lab)  # the socket closed: only our pin holds it now, released
+    assert proc.returncode == 0 and [a["kind"] for a in json.loads(proc.stdout)["removed"]] == ["release"], proc
+    assert lab.endpoints() == [] and lab.veths() == []
