@@ -251,8 +251,7 @@ def test_a_slow_ipam_stalls_no_other_network(lab, tmp_path):
         lab.add(quick, q2, cid="q2")
         assert blocked.is_alive() and "r" not in pending  # the slow ADD is still in its IPAM
     finally:
-        with open(fifo, "w") as f:
-            f.write("go\n")
+        _feed(fifo)
         blocked.join(timeout=120)
     assert pending["r"].rc == 0, pending["r"]
     assert lab.run("DEL", quick, q2, cid="q2").rc == 0
@@ -304,8 +303,8 @@ def test_retry_after_the_helper_was_killed_mid_add(lab, tmp_path):
             helper.kill()
         log.close()
     assert result["r"].rc != 0 and result["r"].json["code"] == 11, result["r"]
-    _feed(fifo)  # the orphaned IPAM call (the dead helper's child) finishes: its lease is written
-    _wait_for_exit(slow_type)
+    _wait_for_exit(slow_type)  # the IPAM call dies with the helper that made it: no lease nobody owns
+    assert lab.leases() == []
     feeder = threading.Thread(target=_feed, args=(fifo,))  # for the retry's own IPAM call
     feeder.start()
     retried = lab.run("ADD", conf, ns, cid="c1")
@@ -316,13 +315,20 @@ def test_retry_after_the_helper_was_killed_mid_add(lab, tmp_path):
     lab.assert_nothing_left()
 
 
-def _feed(fifo: str) -> None:
-    try:
-        fd = os.open(fifo, os.O_WRONLY)
+def _feed(fifo: str, timeout: float = 60) -> None:
+    """Let the blocked IPAM call go on, once it reads (never blocks the test for good)."""
+    import time
+
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            fd = os.open(fifo, os.O_WRONLY | os.O_NONBLOCK)
+        except OSError:  # ENXIO: nobody reads yet
+            time.sleep(0.05)
+            continue
         os.write(fd, b"go\n")
         os.close(fd)
-    except OSError:
-        pass
+        return
 
 
 def _wait_for_exit(name: str, timeout: float = 60) -> None:
