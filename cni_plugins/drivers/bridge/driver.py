@@ -242,7 +242,7 @@ class BridgeDriver(Driver):
         return the host end's index and MAC and the container end's index. Which name is taken
         is looked up only when the kernel refuses: the container's ifname (a CONFLICT, whatever
         else is wrong), else a host end of this very endpoint left by an ADD that died (tagged
-        with its owner: replaced), else another's host end (another store's endpoint of the same
+        with its owner, or untagged: replaced), else another's host end (another store's endpoint of the same
         network, container and ifname; or not ours at all): a CONFLICT, it is left alone."""
         from ...linux import links, veth
 
@@ -266,8 +266,8 @@ class BridgeDriver(Driver):
                     ) from None
                 if not isinstance(exc, veth.VethExists):
                     raise
-                holder = veth.alias(ipr, host_name)
-                if holder != ctx.owner(endpoint):
+                holder = veth.alias(ipr, host_name)  # untagged: an older version's, or an ADD that died early
+                if holder is not None and holder != ctx.owner(endpoint):
                     raise CNIError(
                         CONFLICT,
                         f"host veth name {host_name} is taken",
