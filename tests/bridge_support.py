@@ -133,6 +133,18 @@ class Lab:
         assert self.nft_elements() == [], self.nft_elements()
 
 
+def store_rows(env, table: str) -> list:
+    """Every row of `table` in the store of env's CNM_STATE_DIR ([] when there is no store)."""
+    db = os.path.join(env["CNM_STATE_DIR"], "cnm.db")
+    if not os.path.exists(db):
+        return []
+    conn = sqlite3.connect(db)
+    try:
+        return conn.execute(f"SELECT * FROM {table}").fetchall()
+    finally:
+        conn.close()
+
+
 def with_prev(conf: dict, prev: dict) -> dict:
     out = dict(conf)
     out["prevResult"] = prev

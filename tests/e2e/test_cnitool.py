@@ -10,22 +10,15 @@ from __future__ import annotations
 import base64
 import json
 import os
-import sys
 
 import pytest
+from harness.conflists import adapt, available, bridge_conflist, load_shipped, plugin_types, shipped_conflists
+from harness.host import BIN, GO_PLUGINS, LIBCNI_DIR, TOOLS_BIN, ensure_e2e_tools, sh
+from harness.node import CLEAN, Node
 
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-
-from conftest import unique  # noqa: E402
-from runtimes import (  # noqa: E402
-    BIN, CLEAN, CONF, GO_PLUGINS, TOOLS_BIN, adapt, available, base_env, bridge_conflist, bridge_ports, cache_files,
-    ensure_e2e_tools, nothing_left, plugin_types, remove_cache_files, sh, shipped_conflists, store_records,
-    unmount_under, write_conflist,
-)
-
-from cni_plugins.cli.cnmctl import cnitool_container_id  # noqa: E402
-from cni_plugins.linux import netns as nsmod  # noqa: E402
+from cni_plugins.cli.cnmctl import cnitool_container_id
+from cni_plugins.linux import netns as nsmod
+from conftest import unique
 
 
 @pytest.fixture(scope="session")
@@ -37,29 +30,19 @@ def cnitool() -> str:
 
 
 class World:
-    """A host netns playing the machine, private state, a conf dir, and runners for both tools."""
+    """A node (its netns playing the machine, private state, a conf dir; the machine's libcni cache,
+    which cnitool cannot move), container netns, and runners for both tools."""
 
     def __init__(self, netns_factory, tmp_path, cnitool: str):
-        self.host = netns_factory("cnmh")
-        sh("ip", "link", "set", "lo", "up", ns=self.host)
+        self.node = Node(tmp_path, cache_dir=LIBCNI_DIR)
+        self.host = self.node.host
         self.netns = netns_factory
         self.cnitool = cnitool
-        self.conf_dir = str(tmp_path / "net.d")
-        self.state = str(tmp_path / "state")
-        self.data = str(tmp_path / "ipam")
-        self.networks: list[str] = []
-        self.run_dir = str(tmp_path / "run")
-        self.env = base_env(
-            NETCONFPATH=self.conf_dir,
-            CNI_PATH=f"{BIN}:{GO_PLUGINS}",
-            CNM_STATE_DIR=self.state,
-            CNM_RUN_DIR=self.run_dir,
-        )
+        # plugins found as a developer's machine has them: bin/ and Debian's Go plugins
+        self.env = self.node.env(NETCONFPATH=self.node.conf_dir, CNI_PATH=f"{BIN}:{GO_PLUGINS}")
 
     def network(self, conflist: dict) -> str:
-        write_conflist(self.conf_dir, conflist)
-        self.networks.append(conflist["name"])
-        return conflist["name"]
+        return self.node.add_network(conflist).name
 
     def tool(self, argv0: str, command: str, network: str, netns: str, check: bool = True, **env: str):
         return sh(argv0, command, network, netns, ns=self.host, env={**self.env, **env}, check=check)
@@ -70,17 +53,18 @@ class World:
     def cnmctl_run(self, *args, **env):
         return self.tool(os.path.join(BIN, "cnmctl"), *args, **env)
 
-    def cleanup(self):
-        for name in self.networks:
-            remove_cache_files(name)
-        unmount_under(self.run_dir)  # sandbox pins a failed test left behind
+    def cache_files(self, name: str) -> list[str]:
+        return self.node.cache_entries([n for n in self.node.networks if n.name == name])
+
+    def leftovers(self, name: str) -> dict:
+        return self.node.leftovers(*[n for n in self.node.networks if n.name == name])
 
 
 @pytest.fixture
 def world(netns, tmp_path, cnitool):
     w = World(netns, tmp_path, cnitool)
     yield w
-    w.cleanup()
+    w.node.cleanup()
 
 
 SHIPPED = shipped_conflists()
@@ -89,12 +73,10 @@ SHIPPED = shipped_conflists()
 @pytest.mark.parametrize("relpath", SHIPPED)
 def test_shipped_conflist_add_check_del(world, relpath):
     """Every shipped list whose plugins exist: cnitool add, check, del; nothing left."""
-    with open(os.path.join(CONF, relpath)) as f:
-        shipped = json.load(f)
+    shipped = load_shipped(relpath)
     missing = sorted(t for t in plugin_types(shipped) if not available(t))
     assert not missing, f"{relpath} needs plugins that do not exist: {missing}"
-    bridge = unique("cnt")
-    exercise(world, adapt(shipped, unique("cnmtool", 30), bridge, world.data, version="1.0.0"), bridge)
+    exercise(world, adapt(shipped, unique("cnmtool", 30), unique("cnt"), world.node.data_dir, version="1.0.0"))
 
 
 PLUGIN_LISTS = {
@@ -110,13 +92,13 @@ def test_every_plugin_type_add_check_del(world, ptype):
     """Each of our plugin types, whatever conf/ ships: cnitool add, check, del; nothing left."""
     name, bridge = unique("cnmtype", 30), unique("cnt")
     if PLUGIN_LISTS[ptype] is None:
-        conflist = bridge_conflist(name, bridge, "10.61.9.0/24", world.data)
+        conflist = bridge_conflist(name, bridge, "10.61.9.0/24", world.node.data_dir)
     else:
         conflist = {"cniVersion": "1.0.0", "name": name, "plugins": PLUGIN_LISTS[ptype]}
-    exercise(world, conflist, bridge)
+    exercise(world, conflist)
 
 
-def exercise(world: World, conflist: dict, bridge: str) -> None:
+def exercise(world: World, conflist: dict) -> None:
     name = world.network(conflist)
     types = plugin_types(conflist)
     ifname = "lo" if types <= {"cnm-none", "loopback"} else "eth0"
@@ -130,18 +112,18 @@ def exercise(world: World, conflist: dict, bridge: str) -> None:
     added = world.cnitool_run("add", name, target, **extra)
     result = json.loads(added.stdout)
     assert result["cniVersion"] == "1.0.0"
-    [cached] = cache_files(name)
+    [cached] = world.cache_files(name)
     assert json.load(open(cached))["kind"] == "cniCacheV1"
     world.cnitool_run("check", name, target, **extra)
     world.cnitool_run("del", name, target, **extra)
-    assert cache_files(name) == []
+    assert world.cache_files(name) == []
     if "cnm-container" in types:
         # The owner is still attached; its DEL, the last member's, takes the sandbox down.
         owner, owner_ns = world.owner
-        assert len(store_records(world.state)["sandboxes"]) == 1
+        assert len(world.node.store()[0]) == 1
         world.cnitool_run("del", owner, owner_ns, CNI_IFNAME="lo")
         name = owner
-    assert nothing_left(world.host, bridge, world.state, world.data, name) == CLEAN
+    assert world.leftovers(name) == CLEAN
 
 
 def _sandbox_to_join(world: World, extra: dict) -> str:
@@ -165,7 +147,7 @@ def _sandbox_to_join(world: World, extra: dict) -> str:
 @pytest.fixture
 def bridge_net(world):
     subnet = "10.61.7.0/24"
-    conflist = bridge_conflist(unique("cnmx", 30), unique("cnx"), subnet, world.data, version="1.0.0",
+    conflist = bridge_conflist(unique("cnmx", 30), unique("cnx"), subnet, world.node.data_dir, version="1.0.0",
                                capabilities={"portMappings": True})
     world.network(conflist)
     return conflist
@@ -186,20 +168,20 @@ def test_cache_is_interchangeable(world, bridge_net, adder, remover):
     assert result["cniVersion"] == "1.0.0"
     [eth0] = [i for i in result["interfaces"] if i.get("sandbox")]
     assert eth0["name"] == "eth0" and eth0["sandbox"] == target
-    [cached] = cache_files(name)
+    [cached] = world.cache_files(name)
     assert os.path.basename(cached) == f"{name}-{cnitool_container_id(target)}-eth0"
     doc = json.load(open(cached))
-    assert base64.b64decode(doc["config"]) == open(os.path.join(world.conf_dir, f"{name}.conflist"), "rb").read()
+    assert base64.b64decode(doc["config"]) == open(os.path.join(world.node.conf_dir, f"{name}.conflist"), "rb").read()
     assert doc["cniArgs"] == [["IgnoreUnknown", "1"], ["K8S_POD_NAMESPACE", "e2e"], ["K8S_POD_NAME", "web"]]
     assert doc["capabilityArgs"] == json.loads(ARGS["CAP_ARGS"])
     assert doc["result"]["ips"] == result["ips"]
-    assert len(bridge_ports(world.host, bridge)) == 1
+    assert len(world.node.bridge_ports(bridge)) == 1
     run[remover]("check", name, target, **ARGS)
     run[remover]("del", name, target, **ARGS)
-    assert nothing_left(world.host, bridge, world.state, world.data, name) == CLEAN
+    assert world.leftovers(name) == CLEAN
     # DEL again (the runtime retries): still fine, still nothing.
     run[adder]("del", name, target, **ARGS)
-    assert nothing_left(world.host, bridge, world.state, world.data, name) == CLEAN
+    assert world.leftovers(name) == CLEAN
 
 
 def test_cnmctl_and_cnitool_write_the_same_cache_document(world, bridge_net):
@@ -210,7 +192,7 @@ def test_cnmctl_and_cnitool_write_the_same_cache_document(world, bridge_net):
     for tool in ("cnitool", "cnmctl"):
         run = world.cnitool_run if tool == "cnitool" else world.cnmctl_run
         run("add", name, target, **ARGS)
-        [cached] = cache_files(name)
+        [cached] = world.cache_files(name)
         docs[tool] = json.load(open(cached))
         run("del", name, target, **ARGS)
     go, ours = docs["cnitool"], docs["cnmctl"]
@@ -232,4 +214,4 @@ def test_check_fails_after_the_interface_is_gone(world, bridge_net):
     proc = world.cnitool_run("check", name, target, check=False)
     assert proc.returncode != 0 and proc.stderr.strip(), proc
     world.cnitool_run("del", name, target)
-    assert nothing_left(world.host, bridge_net["plugins"][0]["bridge"], world.state, world.data, name) == CLEAN
+    assert world.leftovers(name) == CLEAN

@@ -6,44 +6,32 @@ from __future__ import annotations
 import json
 import os
 import subprocess
-import sys
 
 import pytest
+from harness.conflists import bridge_conflist
+from harness.host import BIN, sh, wait_for_http
+from harness.node import CLEAN, Node
 
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-
-from conftest import unique  # noqa: E402
-from runtimes import (  # noqa: E402
-    BIN, base_env, bridge_conflist, bridge_ports, leases, mounts_under, sh, store_records, wait_for_http,
-)
-
-from cni_plugins.linux import netns as nsmod  # noqa: E402
+from cni_plugins.linux import netns as nsmod
+from conftest import unique
 
 
 class Ctl:
-    def __init__(self, netns_factory, tmp_path, version: str = "1.1.0"):
-        self.host = netns_factory("cnmh")
-        sh("ip", "link", "set", "lo", "up", ns=self.host)
-        self.conf_dir = str(tmp_path / "net.d")
-        self.cache_dir = str(tmp_path / "cache")
-        self.state = str(tmp_path / "state")
-        self.run_dir = str(tmp_path / "run")
-        self.data = str(tmp_path / "ipam")
-        os.makedirs(self.conf_dir)
-        self.bridge = unique("cnq")
-        self.network = unique("cnmctl", 30)
+    """cnmctl on a node with one bridge network (portMappings on), a private libcni cache, and the
+    named netns of the containers `cnmctl run` made."""
+
+    def __init__(self, tmp_path, version: str = "1.1.0"):
+        self.node = Node(tmp_path)
+        self.host, self.cache_dir = self.node.host, self.node.cache_dir
         self.subnet_prefix = "10.62.3."
-        conflist = bridge_conflist(self.network, self.bridge, self.subnet_prefix + "0/24", self.data, version,
-                                   capabilities={"portMappings": True})
-        with open(os.path.join(self.conf_dir, "10-net.conflist"), "w") as f:
-            json.dump(conflist, f)
+        self.net = self.node.add_network(
+            bridge_conflist(unique("cnmctl", 30), unique("cnq"), self.subnet_prefix + "0/24", self.node.data_dir,
+                            version, capabilities={"portMappings": True}), "10-net.conflist")
+        self.network, self.bridge = self.net.name, self.net.bridge
         self.names: list[str] = []
-        self.env = base_env(NETCONFPATH=self.conf_dir, CNI_PATH=BIN, CNI_CACHE_DIR=self.cache_dir,
-                            CNM_STATE_DIR=self.state, CNM_RUN_DIR=self.run_dir)
 
     def __call__(self, *args: str, check: bool = True, **env: str) -> subprocess.CompletedProcess:
-        return sh(os.path.join(BIN, "cnmctl"), *args, ns=self.host, env={**self.env, **env}, check=check)
+        return self.node.cnmctl(*args, check=check, **{"CNI_PATH": BIN, **env})
 
     def name(self, prefix: str) -> str:
         n = unique(prefix, 30)
@@ -51,31 +39,21 @@ class Ctl:
         return n
 
     def leftovers(self) -> dict:
-        results = os.path.join(self.cache_dir, "results")
-        return {
-            "bridge ports": bridge_ports(self.host, self.bridge),
-            "store": store_records(self.state),
-            "leases": leases(self.data, self.network),
-            "cache": sorted(os.listdir(results)) if os.path.isdir(results) else [],
-            "pins": mounts_under(self.run_dir),
-            "netns": [n for n in self.names if os.path.exists(f"/run/netns/{n}")],
-        }
+        return {**self.node.leftovers(), "netns": [n for n in self.names if os.path.exists(f"/run/netns/{n}")]}
 
     def cleanup(self) -> None:
         for n in self.names:
             if os.path.exists(f"/run/netns/{n}"):
                 nsmod.remove_named(n)
-        for pin in mounts_under(self.run_dir):
-            subprocess.run(["umount", "-l", pin], capture_output=True)
+        self.node.cleanup()
 
 
-CLEAN = {"bridge ports": [], "store": {"sandboxes": [], "endpoints": []}, "leases": [], "cache": [], "pins": [],
-         "netns": []}
+CLEAN = {**CLEAN, "netns": []}
 
 
 @pytest.fixture
-def ctl(netns, tmp_path):
-    c = Ctl(netns, tmp_path)
+def ctl(tmp_path):
+    c = Ctl(tmp_path)
     yield c
     c.cleanup()
 
@@ -160,9 +138,9 @@ def test_gc_and_status_like_cnitool(ctl, netns):
     for target in targets:
         ctl("add", ctl.network, target)
     ctl("check", ctl.network, targets[0])
-    assert len(bridge_ports(ctl.host, ctl.bridge)) == 2
+    assert len(ctl.node.bridge_ports(ctl.bridge)) == 2
     kept = ctl("gc", ctl.network)  # no runtime's list: only attachments whose netns is gone go
-    assert len(bridge_ports(ctl.host, ctl.bridge)) == 2 and kept.stdout.count("kept") == 2, kept.stdout
+    assert len(ctl.node.bridge_ports(ctl.bridge)) == 2 and kept.stdout.count("kept") == 2, kept.stdout
     ctl("gc", "--all", ctl.network)  # cnitool's GC: every cached attachment of the network
     assert ctl.leftovers() == CLEAN
 

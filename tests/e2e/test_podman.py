@@ -16,25 +16,17 @@ import json
 import os
 import random
 import resource
-import shutil
-import signal
-import sys
 import time
 
 import pytest
+from harness.conflists import adapt, load_shipped, random_subnet
+from harness.host import BIN, LIBCNI_DIR, base_env, ensure_e2e_tools, kill, processes, sh, unmount_under, wait_for_http
+from harness.image import rootfs_tar
+from harness.node import CLEAN, Network, Node
 
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-
-from conftest import unique  # noqa: E402
-from images import rootfs_tar  # noqa: E402
-from runtimes import (  # noqa: E402
-    BIN, CLEAN, CONF, OUR_TYPES, adapt, base_env, ensure_e2e_tools, nothing_left, remove_cache_files, sh,
-    unmount_under, wait_for_http, write_conflist,
-)
+from conftest import unique
 
 IMAGE = "localhost/cnm-busybox:e2e"
-SHIPPED = os.path.join(CONF, "podman", "cnm.conflist")
 # Port publishing (-p, the portMappings capability) is issue 5's. Set to False when it lands.
 PUBLISH_PENDING = False
 
@@ -44,41 +36,12 @@ def toml_list(items: list[str]) -> str:
 
 
 class Podman:
+    """podman with private storage, run root, tmp dir and events (one per module: the image is
+    imported once); a node's containers.conf adds its CNI dirs and its CNM store."""
+
     def __init__(self, work: str):
         self.work = work
-        self.bin_dir = os.path.join(work, "cni-bin")
-        self.conf_dir = os.path.join(work, "net.d")
-        self.state = os.path.join(work, "cnm-state")
-        self.run_dir = os.path.join(work, "cnm-run")
-        self.containers_conf = os.path.join(work, "containers.conf")
         self.storage_conf = os.path.join(work, "storage.conf")
-        os.makedirs(self.bin_dir)
-        os.makedirs(self.conf_dir)
-        for name in OUR_TYPES:
-            os.symlink(os.path.join(BIN, name), os.path.join(self.bin_dir, name))
-        env = self.env()
-        hard_nofile = resource.getrlimit(resource.RLIMIT_NOFILE)[1]
-        hard_nproc = resource.getrlimit(resource.RLIMIT_NPROC)[1]
-        nproc = 32768 if hard_nproc == resource.RLIM_INFINITY else min(32768, hard_nproc)
-        with open(self.containers_conf, "w") as f:
-            f.write(
-                f"""[containers]
-default_ulimits = ["nofile={hard_nofile}:{hard_nofile}", "nproc={nproc}:{nproc}"]
-
-[network]
-network_backend = "cni"
-cni_plugin_dirs = [{json.dumps(self.bin_dir)}]
-network_config_dir = {json.dumps(self.conf_dir)}
-
-[engine]
-cgroup_manager = "cgroupfs"
-events_logger = "file"
-events_logfile_path = {json.dumps(os.path.join(work, "events.log"))}
-tmp_dir = {json.dumps(os.path.join(work, "tmp"))}
-volume_path = {json.dumps(os.path.join(work, "volumes"))}
-conmon_env_vars = {toml_list([f"{k}={v}" for k, v in env.items()])}
-"""
-            )
         with open(self.storage_conf, "w") as f:
             f.write(
                 f"""[storage]
@@ -87,38 +50,56 @@ graphroot = {json.dumps(os.path.join(work, "storage"))}
 runroot = {json.dumps(os.path.join(work, "runroot"))}
 """
             )
+        self.containers_conf = self.configure(None)
 
-    def env(self) -> dict[str, str]:
-        return base_env(
-            CONTAINERS_CONF=self.containers_conf,
-            CONTAINERS_STORAGE_CONF=self.storage_conf,
-            CNM_STATE_DIR=self.state,
-            CNM_RUN_DIR=self.run_dir,
-        )
+    def configure(self, node: Node | None) -> str:
+        """containers.conf for `node` (its path): the CNI backend on the node's dirs."""
+        path = os.path.join(node.work if node else self.work, "containers.conf")
+        hard_nofile = resource.getrlimit(resource.RLIMIT_NOFILE)[1]
+        hard_nproc = resource.getrlimit(resource.RLIMIT_NPROC)[1]
+        nproc = 32768 if hard_nproc == resource.RLIM_INFINITY else min(32768, hard_nproc)
+        network = ""
+        if node is not None:
+            network = f"""
+[network]
+network_backend = "cni"
+cni_plugin_dirs = [{json.dumps(node.bin_dir)}]
+network_config_dir = {json.dumps(node.conf_dir)}
+"""
+        env = self.env(node, path)
+        with open(path, "w") as f:
+            f.write(
+                f"""[containers]
+default_ulimits = ["nofile={hard_nofile}:{hard_nofile}", "nproc={nproc}:{nproc}"]
+{network}
+[engine]
+cgroup_manager = "cgroupfs"
+events_logger = "file"
+events_logfile_path = {json.dumps(os.path.join(self.work, "events.log"))}
+tmp_dir = {json.dumps(os.path.join(self.work, "tmp"))}
+volume_path = {json.dumps(os.path.join(self.work, "volumes"))}
+conmon_env_vars = {toml_list([f"{k}={v}" for k, v in env.items()])}
+"""
+            )
+        return path
 
-    def __call__(self, *args: str, ns: str = "", check: bool = True, timeout: float = 90):
-        return sh("podman", *args, ns=ns, env=self.env(), check=check, timeout=timeout)
+    def env(self, node: Node | None, containers_conf: str = "") -> dict[str, str]:
+        """podman's environment, handed also to the `podman container cleanup` conmon runs."""
+        extra = {"CONTAINERS_CONF": containers_conf or self.containers_conf,
+                 "CONTAINERS_STORAGE_CONF": self.storage_conf}
+        return node.env(**extra) if node else base_env(**extra)
+
+    def __call__(self, *args: str, node: Node | None = None, check: bool = True, timeout: float = 90):
+        conf = os.path.join(node.work, "containers.conf") if node else ""
+        return sh("podman", *args, ns=node.host if node else "", env=self.env(node, conf), check=check,
+                  timeout=timeout)
 
     def teardown(self) -> None:
         self("rm", "--all", "--force", "--time", "0", check=False, timeout=120)
         self("rmi", "--all", "--force", check=False, timeout=120)
-        self._kill_conmons()
+        for conmon in processes(b"conmon", os.path.join(self.work, "storage").encode()):
+            kill(conmon)  # conmons of our containers carry our storage path on their command line
         unmount_under(self.work)
-
-    def _kill_conmons(self) -> None:
-        """conmon processes of our containers carry our storage path on their command line."""
-        mark = os.path.join(self.work, "storage").encode()
-        for pid in filter(str.isdigit, os.listdir("/proc")):
-            try:
-                with open(f"/proc/{pid}/cmdline", "rb") as f:
-                    argv = f.read().split(b"\0")
-            except OSError:
-                continue
-            if argv and os.path.basename(argv[0]) == b"conmon" and any(mark in a for a in argv):
-                try:
-                    os.kill(int(pid), signal.SIGKILL)
-                except OSError:
-                    pass
 
 
 @pytest.fixture(scope="module")
@@ -131,49 +112,45 @@ def podman(tmp_path_factory):
         yield p
     finally:
         p.teardown()
-        shutil.rmtree(work, ignore_errors=True)
 
 
 class Net:
-    """The shipped podman conflist, private to one test, and the test's host netns."""
+    """One network of a node (the shipped podman conflist, made private), driven by podman."""
 
-    def __init__(self, podman: Podman, host: str, tmp_path):
+    def __init__(self, podman: Podman, node: Node, network: Network):
         self.podman = podman
-        self.host = host
-        with open(SHIPPED) as f:
-            shipped = json.load(f)
-        self.name = unique("cnmpod", 30)
-        self.bridge = unique("cnp")
-        self.data = str(tmp_path / "ipam")
-        self.conflist = adapt(shipped, self.name, self.bridge, self.data)
-        self.subnet = f"10.{random.randint(100, 199)}.{random.randint(0, 255)}.0/24"
-        self.conflist["plugins"][0]["ipam"]["ranges"] = [[{"subnet": self.subnet}]]
-        self.gateway = self.subnet.rsplit(".", 1)[0] + ".1"
-        self.path = write_conflist(podman.conf_dir, self.conflist)
+        self.node = node
+        self.network = network
+        self.name, self.subnet, self.gateway, self.host = network.name, network.subnet, network.gateway, node.host
 
     def run(self, *args: str, check: bool = True, timeout: float = 90):
-        return self.podman(*args, ns=self.host, check=check, timeout=timeout)
+        return self.podman(*args, node=self.node, check=check, timeout=timeout)
 
     def ip_of(self, container: str) -> str:
         out = self.run("inspect", container, "--format", "{{json .NetworkSettings.Networks}}").stdout
         return json.loads(out)[self.name]["IPAddress"]
 
     def leftovers(self) -> dict:
-        return nothing_left(self.host, self.bridge, self.podman.state, self.data, self.name)
+        return self.node.leftovers(self.network)
 
-    def cleanup(self) -> None:
-        os.unlink(self.path)
-        remove_cache_files(self.name)
+
+def shipped_network(node: Node, avoid: str = "") -> Network:
+    subnet = random_subnet()
+    while subnet == avoid:
+        subnet = random_subnet()
+    conflist = adapt(load_shipped("podman/cnm.conflist"), unique("cnmpod", 30), unique("cnp"), node.data_dir,
+                     subnet=subnet)
+    return node.add_network(conflist)
 
 
 @pytest.fixture
-def net(podman, netns, tmp_path):
-    host = netns("cnmh")
-    sh("ip", "link", "set", "lo", "up", ns=host)
-    n = Net(podman, host, tmp_path)
+def net(podman, tmp_path):
+    node = Node(tmp_path / "node", cache_dir=LIBCNI_DIR)
+    podman.configure(node)
+    n = Net(podman, node, shipped_network(node))
     yield n
     n.run("rm", "--all", "--force", "--time", "0", check=False)
-    n.cleanup()
+    node.cleanup()
 
 
 def test_two_containers_ping_each_other_and_rm_leaves_nothing(net):
@@ -221,18 +198,22 @@ def test_published_port_answers_from_the_host(net):
 # -- day-2: `cnmctl gc NETWORK` (issue 17 item 1) -------------------------------------------------
 
 
-def cnmctl(net, *args: str, check: bool = True):
-    """cnmctl as an operator runs it on the node: podman's conf and plugin dirs, its CNM store,
-    the shared libcni cache (/var/lib/cni), in the node's network namespace."""
-    env = base_env(NETCONFPATH=net.podman.conf_dir, CNI_PATH=net.podman.bin_dir, CNM_STATE_DIR=net.podman.state,
-                   CNM_RUN_DIR=net.podman.run_dir)
-    return sh(os.path.join(BIN, "cnmctl"), *args, ns=net.host, env=env, check=check)
-
-
 def eth0_of(net, container: str) -> str:
     """`ip -4 -o addr show eth0` inside the container ("" when eth0 is gone)."""
     proc = net.run("exec", container, "ip", "-4", "-o", "addr", "show", "eth0", check=False)
     return proc.stdout.strip() if proc.returncode == 0 else ""
+
+
+def fail_del_once(net, container: str) -> None:
+    """The container's DEL fails (its plugin is missing for a moment, as during an upgrade);
+    podman logs it, unmounts its netns anyway and forgets the container."""
+    link = os.path.join(net.node.bin_dir, "cnm-bridge")
+    os.unlink(link)
+    try:
+        net.run("rm", "--force", "--time", "0", container, check=False)
+    finally:
+        os.symlink(os.path.join(BIN, "cnm-bridge"), link)
+    assert container not in net.run("ps", "-a", "--format", "{{.Names}}").stdout.split()
 
 
 def test_gc_network_keeps_running_containers_and_collects_a_gone_one(net):
@@ -249,17 +230,12 @@ def test_gc_network_keeps_running_containers_and_collects_a_gone_one(net):
     assert "hello from cnm-cni" in wait_for_http(net.host, net.gateway, host_port, "hello from cnm-cni")
     gone_ip = net.ip_of(gone)
     # The DEL of `gone` fails (its plugin is missing for a moment): podman removes the netns anyway.
-    link = os.path.join(net.podman.bin_dir, "cnm-bridge")
-    os.unlink(link)
-    try:
-        net.run("rm", "--force", "--time", "0", gone, check=False)
-    finally:
-        os.symlink(os.path.join(BIN, "cnm-bridge"), link)
+    fail_del_once(net, gone)
     assert gone_ip in net.leftovers()["leases"]  # what the failed DEL left behind
     before = {c: eth0_of(net, c) for c in (web, idle)}
     assert all(before.values()), before
 
-    proc = cnmctl(net, "gc", net.name)
+    proc = net.node.cnmctl("gc", net.name)
 
     assert {c: eth0_of(net, c) for c in (web, idle)} == before, proc.stdout
     left = net.leftovers()
@@ -278,18 +254,11 @@ def test_gc_network_keeps_running_containers_and_collects_a_gone_one(net):
 
 
 @pytest.fixture
-def net2(net, tmp_path):
+def net2(net):
     """A second network on the same node as `net` (its own bridge, subnet and leases)."""
-    second = tmp_path / "second"
-    second.mkdir()
-    n = Net(net.podman, net.host, second)
-    while n.subnet == net.subnet:
-        n.subnet = f"10.{random.randint(100, 199)}.{random.randint(0, 255)}.0/24"
-        n.gateway = n.subnet.rsplit(".", 1)[0] + ".1"
-        n.conflist["plugins"][0]["ipam"]["ranges"] = [[{"subnet": n.subnet}]]
-        n.path = write_conflist(net.podman.conf_dir, n.conflist)
+    n = Net(net.podman, net.node, shipped_network(net.node, avoid=net.subnet))
     yield n
-    n.cleanup()
+    net.node.remove_network(n.network)
 
 
 def dnat_target(host: str, port: int) -> str | None:
@@ -362,18 +331,6 @@ def test_network_connect_of_a_publishing_container(net, net2):
 # -- a failed DEL that podman then forgot (issue 17 item 4) -----------------------------------------
 
 
-def fail_del_once(net, container: str) -> None:
-    """The container's DEL fails (its plugin is missing for a moment, as during an upgrade);
-    podman logs it, unmounts its netns anyway and forgets the container."""
-    link = os.path.join(net.podman.bin_dir, "cnm-bridge")
-    os.unlink(link)
-    try:
-        net.run("rm", "--force", "--time", "0", container, check=False)
-    finally:
-        os.symlink(os.path.join(BIN, "cnm-bridge"), link)
-    assert container not in net.run("ps", "-a", "--format", "{{.Names}}").stdout.split()
-
-
 def test_a_forgotten_failed_del_is_collected_and_its_port_comes_back(net):
     """Issue 17 item 4: after one failed DEL under podman our pin kept the namespace alive:
     the old address still answered, the DNAT of its port stayed, and the next `podman run -p`
@@ -400,15 +357,15 @@ def test_a_forgotten_failed_del_is_collected_and_its_port_comes_back(net):
             "httpd", "-f", "-p", "80", "-h", "/www")
     other_ip = net.ip_of(other)
     fail_del_once(net, other)
-    doctor = json.loads(cnmctl(net, "doctor", "-f", "json", check=False).stdout)
+    doctor = json.loads(net.node.cnmctl("doctor", "-f", "json", check=False).stdout)
     stale = [f for f in doctor if f["check"] == "stale" and f["severity"] == "error"]
     assert len(stale) == 1 and "only our pin" in stale[0]["message"], stale
-    report = json.loads(cnmctl(net, "gc", "--format", "json").stdout)
+    report = json.loads(net.node.cnmctl("gc", "--format", "json").stdout)
     assert [a["kind"] for a in report["removed"]] == ["release"], report
     assert other_ip not in net.leftovers()["leases"] and dnat_target(net.host, second_port) is None
     assert "hello from cnm-cni" in wait_for_http(net.host, net.gateway, first_port, "hello from cnm-cni")
     net.run("rm", "--force", "--time", "0", new)
     # podman kept its libcni cache entries of the two failed DELs: `cnmctl gc NETWORK` drops them
     # (their namespaces are gone), a no-op for our plugins by now.
-    cnmctl(net, "gc", net.name)
+    net.node.cnmctl("gc", net.name)
     assert net.leftovers() == CLEAN

@@ -11,12 +11,12 @@ from __future__ import annotations
 import json
 import os
 import socket
-import sqlite3
 import subprocess
 
 import pytest
 from pyroute2 import IPRoute
 
+from bridge_support import store_rows
 from conftest import pin_names, ALL_VERSIONS, BIN, unique
 
 OLD = ("0.1.0", "0.2.0")
@@ -100,17 +100,6 @@ def fake_host(netns):
     ip("route", "add", "default", "via", "10.77.0.1")
     ip("-6", "route", "add", "default", "via", "fd00:77::1")
     return path
-
-
-def store_rows(env, table):
-    db = os.path.join(env["CNM_STATE_DIR"], "cnm.db")
-    if not os.path.exists(db):
-        return []
-    conn = sqlite3.connect(db)
-    try:
-        return conn.execute(f"SELECT * FROM {table}").fetchall()
-    finally:
-        conn.close()
 
 
 @pytest.mark.parametrize("version", ALL_VERSIONS)

@@ -5,12 +5,12 @@ from __future__ import annotations
 
 import json
 import os
-import sqlite3
 import subprocess
 import threading
 
 import pytest
 
+from bridge_support import store_rows
 from conftest import ALL_VERSIONS, BIN, GO_PLUGINS, exec_plugin, unique, pin_names, pin_path
 
 LOOPBACK_MAC = "00:00:00:00:00:00"
@@ -30,17 +30,6 @@ def lo_state(netns: str | None = None) -> tuple[bool, list[str]]:
     """(lo is up, its addresses as cidr) from the kernel."""
     info = ip_json("addr", "show", "dev", "lo", netns=netns)[0]
     return "UP" in info["flags"], sorted(f"{a['local']}/{a['prefixlen']}" for a in info.get("addr_info", []))
-
-
-def store_rows(env, table: str) -> list:
-    db = os.path.join(env["CNM_STATE_DIR"], "cnm.db")
-    if not os.path.exists(db):
-        return []
-    conn = sqlite3.connect(db)
-    try:
-        return conn.execute(f"SELECT * FROM {table}").fetchall()
-    finally:
-        conn.close()
 
 
 def mounted(path: str) -> bool:

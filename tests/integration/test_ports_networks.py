@@ -204,3 +204,117 @@ def test_dual_stack_ports_hand_over_in_both_families(lab):
     assert lab.run("CHECK", with_prev(b, res_b), ns, cid="c1", ifname="eth1").rc == 0
     assert lab.run("DEL", b, ns, cid="c1", ifname="eth1").rc == 0
     assert nft_map_elements(lab) == []
+
+
+# ---- networks of different stores (attack on issue 26, finding 7) --------------------------------
+def other_store(conf: dict, tmp_path, name: str = "cnm-d") -> dict:
+    """`conf` with a store of its own (the plugin key stateDir)."""
+    return dict(conf, stateDir=str(tmp_path / name))
+
+
+def cnmctl_gc_of(lab, state_dir: str) -> dict:
+    """The node-wide `cnmctl gc` of the store in `state_dir`, in the lab's host netns."""
+    import json
+    import os
+
+    from conftest import BIN
+
+    env = dict(lab.env, CNM_STATE_DIR=state_dir)
+    proc = subprocess.run(["nsenter", f"--net={lab.host}", "--", os.path.join(BIN, "cnmctl"), "gc", "--format", "json"],
+                          env=env, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc
+    return json.loads(proc.stdout)
+
+
+def gc_both(lab, b: dict) -> None:
+    """`cnmctl gc` of each store: neither removes a port the other's live endpoint holds."""
+    cnmctl_gc_of(lab, lab.env["CNM_STATE_DIR"])
+    cnmctl_gc_of(lab, b["stateDir"])
+
+
+def waiting_entries(lab) -> list[str]:
+    """What is left in the run dir's list of ports waiting for a sibling (bridge/standby.py)."""
+    import os
+
+    root = os.path.join(lab.env["CNM_RUN_DIR"], "ports")
+    return [os.path.join(here, f) for here, _, files in os.walk(root) for f in files]
+
+
+@pytest.mark.parametrize("removed_first", ["first network", "second network"])
+def test_two_stores_publish_one_port(lab, answering, tmp_path, removed_first):
+    """Attack on issue 26, finding 7: one container publishing a port on two networks whose
+    stores differ (network B sets stateDir). B's ADD was refused (102 "published by container
+    <itself>": only B's own store's endpoints counted as the container's); then, once it was
+    let through, A's DEL removed the DNAT and nothing put B's back (B's store never learnt
+    the key was free). As the reference portmap: the port answers as long as one of the two
+    endpoints lives, from the one ADDed first while both do; `cnmctl gc` of either store
+    never removes the other's; nothing is left after both DELs."""
+    ns = lab.container()
+    a, b = network(lab, 1), other_store(network(lab, 2), tmp_path)
+    res_a, ip_a = attach(lab, a, ns, "eth0")
+    run = lab.run("ADD", b, ns, cid="c1", ifname="eth1")
+    assert run.rc == 0, run
+    res_b, ip_b = run.json, run.json["ips"][0]["address"].split("/")[0]
+    answering(ns, ip_a, ip_b)
+    assert who_answers(lab) == ip_a  # the network ADDed first, as the reference's first rule
+    assert owners(lab) == {endpoint_of(lab, a, "eth0")}
+    assert lab.run("CHECK", with_prev(a, res_a), ns, cid="c1", ifname="eth0").rc == 0
+    assert lab.run("CHECK", with_prev(b, res_b), ns, cid="c1", ifname="eth1").rc == 0
+    gc_both(lab, b)
+    assert who_answers(lab) == ip_a
+
+    if removed_first == "first network":
+        conf, ifname, survivor, survivor_if, survivor_res, survivor_ip = a, "eth0", b, "eth1", res_b, ip_b
+    else:
+        conf, ifname, survivor, survivor_if, survivor_res, survivor_ip = b, "eth1", a, "eth0", res_a, ip_a
+    assert lab.run("DEL", conf, ns, cid="c1", ifname=ifname).rc == 0
+    assert who_answers(lab) == survivor_ip  # the DEL never takes the port from the one left
+    assert owners(lab) == {endpoint_of(lab, survivor, survivor_if)}
+    assert lab.run("CHECK", with_prev(survivor, survivor_res), ns, cid="c1", ifname=survivor_if).rc == 0
+    gc_both(lab, b)
+    assert who_answers(lab) == survivor_ip
+    assert lab.run("DEL", survivor, ns, cid="c1", ifname=survivor_if).rc == 0
+    assert who_answers(lab).startswith("ERR")
+    assert nft_map_elements(lab) == [] and waiting_entries(lab) == []
+
+
+def test_handover_across_stores_follows_add_order(lab, answering, tmp_path):
+    """Attack on issue 26, finding 7: three networks, the second of another store. The port
+    passes to the earliest ADDed remaining endpoint whatever its store: A (store 1) -> B
+    (store 2) -> C (store 1, which waited behind a sibling of its own store, then behind B)."""
+    ns = lab.container()
+    a, b, c = network(lab, 1), other_store(network(lab, 2), tmp_path), network(lab, 3)
+    _, ip_a = attach(lab, a, ns, "eth0")
+    _, ip_b = attach(lab, b, ns, "eth1")
+    _, ip_c = attach(lab, c, ns, "eth2")
+    answering(ns, ip_a, ip_b, ip_c)
+    assert who_answers(lab) == ip_a
+    assert lab.run("DEL", a, ns, cid="c1", ifname="eth0").rc == 0
+    assert who_answers(lab) == ip_b
+    assert lab.run("DEL", b, ns, cid="c1", ifname="eth1").rc == 0
+    assert who_answers(lab) == ip_c
+    assert lab.run("DEL", c, ns, cid="c1", ifname="eth2").rc == 0
+    assert who_answers(lab).startswith("ERR")
+    assert nft_map_elements(lab) == [] and waiting_entries(lab) == []
+
+
+def test_another_container_of_another_store_is_still_refused(lab, answering, tmp_path):
+    """Attack on issue 26, finding 7: only the same container shares a port across stores:
+    another container is refused (102), and so is one that merely carries the same
+    container id in another network namespace (its namespace does not hold the address
+    the port leads to); after a handover across stores too."""
+    ns1, ns2 = lab.container(), lab.container()
+    a, b = network(lab, 1), other_store(network(lab, 2), tmp_path)
+    attach(lab, a, ns1, "eth0")
+    run = lab.run("ADD", b, ns2, cid="c2", ifname="eth0")
+    assert run.rc != 0 and run.json["code"] == 102 and "published by container c1" in run.json["msg"], run
+    run = lab.run("ADD", b, ns2, cid="c1", ifname="eth1")  # the same id, another namespace
+    assert run.rc != 0 and run.json["code"] == 102 and "published by container c1" in run.json["msg"], run
+    _, ip_b = attach(lab, b, ns1, "eth1")
+    answering(ns1, ip_b)
+    assert lab.run("DEL", a, ns1, cid="c1", ifname="eth0").rc == 0
+    assert who_answers(lab) == ip_b
+    run = lab.run("ADD", a, ns2, cid="c2", ifname="eth0")
+    assert run.rc != 0 and run.json["code"] == 102 and "published by container c1" in run.json["msg"], run
+    assert lab.run("DEL", b, ns1, cid="c1", ifname="eth1").rc == 0
+    assert nft_map_elements(lab) == [] and waiting_entries(lab) == []

@@ -19,7 +19,7 @@ from ...cni.result import DNS, Interface, IPConfig, Result, Route
 from ...cnm.model import Endpoint, owner_tag
 from ..base import RESUMED_KEY, Context, Driver
 from . import config as bridge_config
-from . import ipam, localnet, ports
+from . import ipam, localnet, ports, standby
 
 HOST_VETH_PREFIX = "cnm"
 IPV6_MIN_MTU = 1280  # a link with a smaller MTU has no IPv6 state at all
@@ -88,7 +88,7 @@ class BridgeDriver(Driver):
     def __init__(self):
         self._cached: tuple[Request, bridge_config.BridgeConfig] | None = None
         self._stale_owners: set[str] = set()
-        self._held: dict[str, set] = {}  # endpoint id -> published-port slots a sibling holds (one ADD)
+        self._claims: dict[str, ports.Claim] = {}  # endpoint id -> what siblings hold of its ports (one ADD)
 
     def _conf(self, request: Request) -> bridge_config.BridgeConfig:
         if self._cached is None or self._cached[0] is not request:
@@ -144,18 +144,18 @@ class BridgeDriver(Driver):
     def _ports_free(self, ctx: Context, conf, endpoint: Endpoint) -> None:
         """Refuse host ports another container publishes, before any kernel change; note the
         ones this container already publishes on another network (join leaves them)."""
-        self._held.clear()
+        self._claims.clear()
         mappings = ports.requested(ctx.request, conf.hostBindingIP)
         if not mappings:
             return
         siblings = frozenset(p.id for p in ctx.peers if p.container_id == endpoint.container_id)
         with kernel_errors("read the published ports"):
             claim = ports.ensure_free(mappings, addresses(endpoint.data.get("ips", [])), ctx.owner(endpoint),
-                                      siblings)
+                                      siblings, _same_container(ctx, endpoint))
         if claim.stale:  # our own leftovers (a record lost in a crash): the ADD replaces them
             self._stale_owners.add(endpoint.id)
         if claim.held:
-            self._held[endpoint.id] = claim.held
+            self._claims[endpoint.id] = claim
         endpoint.data[ports.PUBLISHED_AT] = time.time_ns()  # orders a handover between siblings
 
     def join(self, ctx: Context, network, endpoint: Endpoint, sandbox) -> Result:
@@ -198,15 +198,23 @@ class BridgeDriver(Driver):
                         if publishes_ports:  # again, now that no other ADD can publish meanwhile
                             self._ports_free(ctx, conf, endpoint)
                         # A port a sibling publishes stays its own; this endpoint's element is
-                        # only recorded, for the handover when the sibling goes (ports.release).
-                        installed = ports.installable(elements, self._held.pop(endpoint.id, set()))
+                        # only recorded, for the handover when the sibling goes (ports.release),
+                        # and enlisted, for a sibling's store that cannot read that record.
+                        claim = self._claims.pop(endpoint.id, ports.Claim())
+                        installed = ports.installable(elements, claim.held)
                         with kernel_errors("program nftables"):
                             stale = []
                             if endpoint.id in self._stale_owners:
                                 self._stale_owners.discard(endpoint.id)
                                 stale = nft.owned(owner)
                             nft.commit(add=installed, remove=stale, owner=owner)
-                    undo.callback(_remove_elements, installed, owner)
+                        undo.callback(_remove_elements, installed, owner)
+                        if claim.held:
+                            waits = [e for e in elements if ports.is_port(e) and ports.slot(e) in claim.held]
+                            with kernel_errors("enlist the published ports a sibling holds"):
+                                undo.callback(_withdraw, ctx, owner)
+                                standby.enlist(ctx.env, owner, container_note(endpoint.container_id),
+                                               endpoint.data[ports.PUBLISHED_AT], waits)
                     endpoint.data["nft"] = [[e.family, e.set, e.key, e.data, e.note] for e in elements]
                     _flush_udp(ctx, installed)
                 _fault(ctx.env, "add", "nft")
@@ -400,12 +408,12 @@ class BridgeDriver(Driver):
         resumed = endpoint.data.get("partial") or endpoint.data.get(RESUMED_KEY)
         if resumed:  # only what the kernel still tags as its own (another may hold its keys by now)
             recorded = _owned_quietly(ctx.owner(endpoint))
-        if recorded:
+        # (an ADD that stopped half-way may have enlisted ports it never installed)
+        publishes = endpoint.data.get("partial") or any(ports.is_port(e) for e in recorded)
+        if recorded or publishes:
             with kernel_errors("remove nftables entries"):
-                with ctx.locked("ports") if any(ports.is_port(e) for e in recorded) else nullcontext():
-                    remove, handover = (recorded, []) if resumed else \
-                        ports.release(recorded, endpoint, ctx.peers, recorded_elements)
-                    _remove_elements(remove, ctx.owner(endpoint), [(ctx.owner_of(h), els) for h, els in handover])
+                with ctx.locked("ports") if publishes else nullcontext():
+                    remove = _release(ctx, endpoint, recorded, publishes)
                 _flush_udp(ctx, remove)
             if localnet.needed_by(recorded):
                 with kernel_errors("restore route_localnet"):
@@ -543,7 +551,7 @@ def expected_elements(conf, request: Request, data: dict, host_name: str, mac: s
     if conf.macspoofchk and mac:
         elements.extend(_nft().mac_spoof_check(host_name, mac))
     if mappings:
-        elements.extend(ports.elements(mappings, addrs, note=request.container_id[:96]))
+        elements.extend(ports.elements(mappings, addrs, note=container_note(request.container_id)))
     if conf.isolateNetworks:
         for ip, subnet in addrs:
             elements.extend(_nft().isolate(ip, subnet))
@@ -554,6 +562,12 @@ def expected_elements(conf, request: Request, data: dict, host_name: str, mac: s
             if ipaddress.ip_address(ip).version in published:
                 elements.extend(_nft().noicc_published(ip, subnet))
     return elements
+
+
+def container_note(container_id: str) -> str:
+    """What a published port's element comment carries after its owner: the container id (to
+    name it in a conflict, and to know it again from another store), cut to fit a comment."""
+    return container_id[:96]
 
 
 def _nft():
@@ -625,6 +639,76 @@ def _owned_quietly(owner: str) -> list:
         return nft.owned(owner)
     except nft.NftError:
         return []
+
+
+def _release(ctx: Context, endpoint: Endpoint, recorded: list, publishes: bool) -> list:
+    """Remove the endpoint's elements, handing each published port it frees to the
+    earliest-published endpoint of the same container that waits for it: a sibling of this
+    store (its record) or of another store (enlisted, standby.py); returns what it removed.
+    Removal by value clashes ("File exists") with a key another endpoint holds (this one
+    waited for it, or another store put its own back after a flush): then only the
+    published ports the kernel says are this endpoint's are removed."""
+    from ...linux import nft
+
+    owner = ctx.owner(endpoint)
+    waited = bool(publishes) and standby.withdraw(ctx.env, owner)
+    enlisted = {}
+    if publishes:
+        gone = {ctx.owner(p) for p in ctx.peers if not p.active}  # its container sent DEL: it takes nothing
+        enlisted = {e.owner: e for e in standby.waiting(ctx.env, container_note(endpoint.container_id))
+                    if e.owner not in gone}
+    heirs = [ports.Heir(e.owner, (e.published_at, "", e.owner), e.elements) for e in enlisted.values()]
+    heirs += [h for h in _siblings(ctx, endpoint) if h.owner not in enlisted]  # (recorded by an older build)
+    for shared in (waited, True):
+        remove, handover = ports.release(recorded, owner, heirs, shared=shared)
+        try:
+            if remove or handover:  # (a half-done ADD may have enlisted, and installed nothing)
+                _remove_elements(remove, owner, [(heir.owner, els) for heir, els in handover])
+        except nft.NftError as exc:
+            if shared or "File exists" not in str(exc):
+                raise
+            continue
+        for heir, els in handover:
+            if heir.owner in enlisted:
+                standby.took(ctx.env, enlisted[heir.owner], els)
+        return remove
+    return []
+
+
+def _siblings(ctx: Context, endpoint: Endpoint) -> list:
+    """The active endpoints of the container in this store, as heirs of its published ports."""
+    return [ports.Heir(ctx.owner(p), (p.data.get(ports.PUBLISHED_AT, 0), p.ifname, p.id),
+                       [e for e in recorded_elements(p) if ports.is_port(e)])
+            for p in ctx.peers if p.id != endpoint.id and p.container_id == endpoint.container_id and p.active]
+
+
+def _withdraw(ctx: Context, owner: str) -> None:
+    with ctx.locked("ports"):
+        standby.withdraw(ctx.env, owner)
+
+
+def _same_container(ctx: Context, endpoint: Endpoint):
+    """ports.ensure_free's test for an element of another store: its comment names this
+    container (as expected_elements writes it) and the address it leads to is in this ADD's
+    network namespace (the container id is the runtime's word, the address the kernel's).
+    The namespace's addresses are read once, and only when asked."""
+    note = container_note(endpoint.container_id)
+    found: list[set] = []
+
+    def same(container: str, address) -> bool:
+        if container != note or ctx.netns_fd is None:
+            return False
+        if not found:
+            from ...linux import links
+
+            with links.rtnl(ctx.netns_fd) as cipr:
+                found.append({ipaddress.ip_address(a) for _, a, _, _ in links.addresses(cipr) if a})
+        try:
+            return ipaddress.ip_address(str(address)) in found[0]
+        except ValueError:
+            return False
+
+    return same
 
 
 def _remove_elements(elements, owner: str, handover=()) -> None:

@@ -16,6 +16,13 @@ first owns it; a sibling (same container, same sandbox, another network) records
 its own element without installing it, and the owner's DEL hands the key to the
 earliest-published remaining sibling (handover). Who owns a key is the kernel's
 comment, what each sibling wants is its record: nothing lives in process memory.
+
+A sibling in another store (a network with its own stateDir) is known by the kernel
+alone: the element's comment names this container and another store, and the address
+the port leads to is in this ADD's network namespace. Its record cannot be read from the
+owner's store. So every sibling that waits for a key also enlists what it would install
+in the node's run dir (standby.py; a key may pass to another store before its turn comes),
+and a DEL hands a freed key to the earliest-published sibling, recorded or enlisted.
 """
 
 from __future__ import annotations
@@ -171,10 +178,12 @@ def is_port(element) -> bool:
 
 
 def ensure_free(mappings: list[Mapping], addresses: list[tuple[str, str]], owner: str,
-                siblings: frozenset = frozenset()) -> Claim:
+                siblings: frozenset = frozenset(), same_container=None) -> Claim:
     """Refuse (code 102, naming the owner) a mapping whose host port another container
     publishes; return this endpoint's own stale elements (a lost record) to replace, and
-    the keys its `siblings` (endpoint ids of the same container) already publish.
+    the keys its `siblings` (endpoint ids of the same container) already publish, or a
+    sibling in another store does: `same_container(container, address)` says whether an
+    element commented with `container` and leading to `address` is this container's.
 
     Constant cost in the common case: one dry-run transaction asks the kernel whether the
     new keys (and, for an address-bound port, the every-address key of the same port) are
@@ -195,9 +204,10 @@ def ensure_free(mappings: list[Mapping], addresses: list[tuple[str, str]], owner
     claim = Claim()
     for version in versions:
         if not free:
-            _compare(mappings, version, nft.published(version), owner, siblings, claim)
+            _compare(mappings, version, nft.published(version), owner, siblings, same_container, claim)
         elif any(m.host_ip is None for m in mappings if m.applies(version)):
-            _compare(mappings, version, nft.published(version, anywhere=False), owner, siblings, claim)
+            _compare(mappings, version, nft.published(version, anywhere=False), owner, siblings, same_container,
+                     claim)
     if not free and not claim.stale and not claim.held:
         # the kernel saw a taken key that is gone by now: say so, change nothing
         raise CNIError(CONFLICT, "port already allocated", "nftables refused a published port; retry")
@@ -208,7 +218,8 @@ def _zero(version: int) -> str:
     return "0.0.0.0" if version == 4 else "::"
 
 
-def _compare(mappings: list[Mapping], version: int, taken, owner: str, siblings, claim: Claim) -> None:
+def _compare(mappings: list[Mapping], version: int, taken, owner: str, siblings, same_container,
+             claim: Claim) -> None:
     """Raise on the first published port of another container that a mapping overlaps;
     collect the overlapping ones of `owner` itself (stale) and the keys a sibling holds."""
     from ...linux import nft
@@ -225,17 +236,25 @@ def _compare(mappings: list[Mapping], version: int, taken, owner: str, siblings,
             if holder == owner:
                 claim.stale.append(element)
                 continue
-            if endpoint_of(holder) in siblings:  # the same container on another network: shared, as the reference
+            container = comment.split(" ", 1)[1] if " " in comment else "unknown"
+            # the same container on another network (of this store, or another): shared, as the reference
+            if endpoint_of(holder) in siblings or (same_container is not None and _other_store(holder, owner)
+                                                   and same_container(container, element.data)):
                 if slot(element) == mine:
                     claim.held.add(mine)
                 continue
-            container = comment.split(" ", 1)[1] if " " in comment else "unknown"
             theirs = Mapping(proto, port, 0, host, version)
             raise CNIError(
                 CONFLICT,
                 f"port already allocated: {m} (requested by this container) is published by container {container}",
                 f"{theirs} -> {element.data} belongs to endpoint {holder} (container {container})",
             )
+
+
+def _other_store(holder: str, owner: str) -> bool:
+    """`holder` is tagged with a store, and not with the store of `owner`."""
+    theirs, mine = holder.partition("@")[2], owner.partition("@")[2]
+    return bool(theirs) and theirs != mine
 
 
 def installable(elements: list, held: set) -> list:
@@ -249,41 +268,51 @@ def installable(elements: list, held: set) -> list:
 PUBLISHED_AT = "published_at"  # endpoint.data: when the endpoint published (orders the handover)
 
 
-def release(recorded: list, endpoint, peers, recorded_of) -> tuple[list, list[tuple[str, list]]]:
-    """The elements `endpoint` removes on DEL, and [(heir endpoint id, elements it installs)].
+@dataclass(frozen=True)
+class Heir:
+    """An endpoint of the same container that may take over a published port on DEL."""
 
-    Without a sibling that publishes one of its keys (the common case) it removes its
-    whole record by value, and reads nothing. Otherwise it removes only the published
-    ports the kernel says it owns (or that nobody holds), and each freed key passes to the
-    active sibling that published earliest, which installs its own recorded elements for
-    it. `recorded_of(endpoint)` gives an endpoint's recorded elements."""
+    owner: str  # the owner tag its elements carry
+    seniority: tuple  # (published_at, ...): who published first takes a key first
+    elements: list  # its published-port elements (recorded, or enlisted by another store)
+
+
+def release(recorded: list, owner: str, heirs: list[Heir],
+            shared: bool = False) -> tuple[list, list[tuple[Heir, list]]]:
+    """The elements the endpoint tagged `owner` removes on DEL, and [(heir, elements it
+    installs)].
+
+    Without an heir that publishes one of its keys (the common case) it removes its whole
+    record by value, and reads nothing. Otherwise (or when `shared`: another endpoint may
+    hold one of its keys) it removes only the published ports the kernel says it owns (or
+    that nobody holds), and each freed key passes to the heir that published earliest,
+    which installs its own elements for it."""
     mine = {slot(e) for e in recorded if is_port(e)}
-    rivals = [p for p in peers if p.id != endpoint.id and p.container_id == endpoint.container_id] if mine else []
-    wanted = {p.id: [e for e in recorded_of(p) if is_port(e) and slot(e) in mine] for p in rivals}
-    rivals = [p for p in rivals if wanted[p.id]]
-    if not rivals:
+    heirs = [h for h in heirs if any(slot(e) in mine for e in h.elements)] if mine else []
+    if not heirs and not (shared and mine):
         return recorded, []
     owners = _kernel_owners(recorded)
-    freed = {k for k in mine if owners.get(k, endpoint.id) == endpoint.id}
+    me = {owner, endpoint_of(owner)}  # (an older build tagged elements with the endpoint id alone)
+    freed = {k for k in mine if owners.get(k, owner) in me}
     remove = [e for e in recorded if not is_port(e) or slot(e) in freed]
     handover = []
-    for heir in sorted((p for p in rivals if p.active), key=lambda p: (p.data.get(PUBLISHED_AT, 0), p.ifname, p.id)):
-        theirs = [e for e in wanted[heir.id] if slot(e) in freed]
+    for heir in sorted(heirs, key=lambda h: h.seniority):
+        theirs = [e for e in heir.elements if slot(e) in freed]
         if theirs:
-            handover.append((heir.id, theirs))
+            handover.append((heir, theirs))
             freed -= {slot(e) for e in theirs}
     return remove, handover
 
 
 def _kernel_owners(elements: list) -> dict[str, str]:
-    """slot -> owner endpoint id of the published ports among `elements` that the kernel holds."""
+    """slot -> owner (as tagged) of the published ports among `elements` that the kernel holds."""
     from ...linux import nft
 
     versions = {int(e.set[len("ports")]) for e in elements if is_port(e)}  # ports4_... / ports6_...
     out = {}
     for version in sorted(versions):
         for element, comment in nft.published(version):
-            out[slot(element)] = endpoint_of(nft.owner_of(comment))
+            out[slot(element)] = nft.owner_of(comment)
     return out
 
 

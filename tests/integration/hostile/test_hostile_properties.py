@@ -1,21 +1,24 @@
-"""Hostile input, per plugin type (issue 8): hypothesis over stdin JSON and env vars, in
-process through cni_plugins.cli.plugin.handle() -- the function the executables run.
+"""Hostile input as properties (hypothesis), in process through cni_plugins.cli.plugin.handle()
+-- the function the executables run. The table-driven cases are in test_hostile_cases.py.
 
-For cnm-bridge, cnm-ipam, cnm-container, cnm-none and cnm-host: every answer is a CNI
-error object (never code 199, an internal error) or a valid result; a failed command
-changes nothing (no store rows, no file under the test's directory, nothing ever at a
-path a traversal would reach); and nothing appears in the kernel: every call runs inside
-a throwaway network namespace (the test's "host"), which must end with only `lo` and
-no nftables table. Keys that build paths or kernel names get hostile values on purpose:
-container ids, network names, ifnames, bridge names, dataDir, stateDir, ipam.type, hostIP. Paths are built only from validated names
-(network, container id: no '/', no leading '.'), so no value reaches outside the directories
-the config names.
+The protocol layer (cnm-none, cnm-host, loopback, an unknown name; random JSON): whatever env
+and stdin a plugin gets, it answers with exactly one JSON document (an error object, a version
+answer, or nothing for a successful DEL/GC/STATUS), an exit code that agrees with it, never an
+internal error, and it creates nothing. CNI_NETNS is never a real namespace (so no ADD can
+succeed and nothing in the kernel can change); state and run dirs are private. Examples:
+CNM_FUZZ_EXAMPLES (default 300; CI runs the `slow` mark with 2000).
 
-CNI_NETNS is never a real namespace, so no ADD but cnm-ipam's can succeed; cnm-ipam's
-ADD may succeed (in a private dataDir) and then must print a valid result.
-Cases: CNM_HOSTILE_EXAMPLES per plugin type (default 2000: 10,000 in all).
-test_bad_input_properties.py covers the generic protocol layer (cnm-none/host/loopback
-with random JSON); this file adds the plugin-specific keys.
+Per plugin type (issue 8), the plugin-specific keys. For cnm-bridge, cnm-ipam, cnm-container,
+cnm-none and cnm-host: every answer is a CNI error object (never code 199, an internal error)
+or a valid result; a failed command changes nothing (no store rows, no file under the test's
+directory, nothing ever at a path a traversal would reach); and nothing appears in the kernel:
+every call runs inside a throwaway network namespace (the test's "host"), which must end with
+only `lo` and no nftables table. Keys that build paths or kernel names get hostile values on
+purpose: container ids, network names, ifnames, bridge names, dataDir, stateDir, ipam.type,
+hostIP. Paths are built only from validated names (network, container id: no '/', no leading
+'.'), so no value reaches outside the directories the config names. cnm-ipam's ADD may succeed
+(in a private dataDir) and then must print a valid result.
+Examples: CNM_HOSTILE_EXAMPLES per plugin type (default 2000: 10,000 in all).
 """
 
 from __future__ import annotations
@@ -24,6 +27,7 @@ import json
 import os
 import resource
 import sqlite3
+import string
 import subprocess
 import uuid
 
@@ -33,11 +37,182 @@ from hypothesis import strategies as st
 
 from cni_plugins.cli.plugin import handle
 from cni_plugins.cni import versions
+from cni_plugins.cni.request import COMMANDS
 from cni_plugins.cni.result import Result
 from cni_plugins.linux import netns as nsmod
-from test_bad_input_properties import check_answer, envs, json_values, mostly
 
-EXAMPLES = int(os.environ.get("CNM_HOSTILE_EXAMPLES", "2000"))
+EXAMPLES = int(os.environ.get("CNM_FUZZ_EXAMPLES", "300"))
+ALLOWED_CODES = {1, 2, 4, 5, 6, 7, 8, 11, 50, 51} | set(range(100, 199))  # 199 = internal error: a bug
+
+# ---- env -------------------------------------------------------------------------------------
+
+
+def mostly(good, bad):
+    """Mostly values that pass validation, so the later stages get exercised too."""
+    return st.integers(0, 9).flatmap(lambda i: bad if i == 0 else good)
+
+
+ids = mostly(st.sampled_from(["c1", "abc-123", "x" * 64]),
+             st.one_of(st.sampled_from(["", "-x", "a b", "a/b", "abc\n", "é"]), st.text(max_size=20)))
+ifnames = mostly(st.sampled_from(["eth0", "lo", "x" * 15]),
+                 st.one_of(st.sampled_from(["", ".", "..", "a/b", "a:b", "x" * 16, "é" * 8, "e th"]), st.text(max_size=20)))
+# Never a real network namespace: missing paths, non-nsfs files, relative names.
+netns_paths = st.one_of(
+    st.sampled_from(["", "dummy", "/nonexistent/netns", "/dev/null", "/", "/etc/hostname", "/proc/self/ns/pid"]),
+    st.text(string.ascii_letters + string.digits + "/._-", max_size=30).map(lambda s: "/nonexistent-cnm/" + s),
+)
+cni_args = mostly(st.sampled_from(["", "IgnoreUnknown=1;K8S_POD_NAME=p;FOO=x", "IP=10.0.0.5", "IgnoreUnknown=true;X=1"]),
+                  st.one_of(st.sampled_from(["FOO=bar", "A=b=c", ";;", "ip=1"]), st.text(max_size=40)))
+commands = mostly(st.sampled_from(COMMANDS), st.one_of(st.sampled_from(["", "add", "Del", "FOO"]), st.text(max_size=8)))
+env_values = {
+    "CNI_CONTAINERID": ids,
+    "CNI_NETNS": netns_paths,
+    "CNI_IFNAME": ifnames,
+    "CNI_ARGS": cni_args,
+    "CNI_PATH": st.one_of(st.just("/nonexistent-cnm/bin"), st.text(max_size=20)),
+}
+
+
+@st.composite
+def envs(draw):
+    env = {"CNI_COMMAND": draw(commands)}
+    for key, values in env_values.items():
+        if draw(st.integers(0, 15)) or key == "CNI_NETNS":
+            env[key] = draw(values)
+    return env
+
+
+# ---- stdin -----------------------------------------------------------------------------------
+json_values = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False, allow_infinity=False) | st.text(max_size=10),
+    lambda children: st.lists(children, max_size=4) | st.dictionaries(st.text(max_size=8), children, max_size=4),
+    max_leaves=12,
+)
+json_objects = mostly(st.dictionaries(st.text(max_size=8), json_values, max_size=4), json_values)
+version_values = mostly(st.sampled_from(versions.SUPPORTED), st.one_of(st.sampled_from(["", "1.0.1", "9.9.9"]), json_values))
+ip_texts = st.sampled_from(["10.1.0.5/16", "fd00::5/64", "10.1.0.1", "bogus", "", "300.1.1.1/8"])
+prev_results = st.one_of(
+    json_values,
+    st.fixed_dictionaries(
+        {},
+        optional={
+            "cniVersion": version_values,
+            "interfaces": st.lists(st.fixed_dictionaries({"name": st.text(max_size=6)},
+                                                         optional={"mac": st.text(max_size=6), "sandbox": st.text(max_size=6)}), max_size=2),
+            "ips": st.lists(st.fixed_dictionaries({"address": ip_texts},
+                                                  optional={"gateway": ip_texts, "interface": st.integers(-1, 3), "version": st.sampled_from(["4", "6", 4])}), max_size=3),
+            "routes": st.lists(st.fixed_dictionaries({"dst": ip_texts}, optional={"gw": ip_texts}), max_size=2),
+            "dns": st.one_of(json_values, st.fixed_dictionaries({}, optional={"nameservers": st.lists(st.text(max_size=6), max_size=2)})),
+            "ip4": st.one_of(json_values, st.fixed_dictionaries({"ip": ip_texts}, optional={"gateway": ip_texts})),
+        },
+    ),
+)
+
+
+@st.composite
+def configs(draw, state_dir: str):
+    conf = {}
+    if draw(st.integers(0, 9)):
+        conf["cniVersion"] = draw(version_values)
+    if draw(st.integers(0, 19)):
+        conf["name"] = draw(mostly(st.sampled_from(["net1", "cni-loopback"]), st.one_of(st.sampled_from(["", "a b", "../x"]), json_values)))
+    if draw(st.integers(0, 19)):
+        conf["type"] = draw(mostly(st.sampled_from(["cnm-none", "cnm-host", "loopback"]), json_values))
+    optional = {
+        "prevResult": prev_results,
+        "runtimeConfig": json_objects,
+        "capabilities": json_objects,
+        "args": json_objects,
+        "ipam": json_objects,
+        "dns": json_objects,
+        "cni.dev/valid-attachments": st.one_of(
+            json_values, st.lists(st.fixed_dictionaries({"containerID": ids, "ifname": ifnames}), max_size=2)),
+        # Never an arbitrary absolute path: only invalid values or our private directory.
+        "stateDir": st.sampled_from(["relative", "", 5, None, ["x"], state_dir]),
+        "unknownKey": json_values,
+    }
+    for key, values in optional.items():
+        if draw(st.integers(0, 3)) == 0:
+            conf[key] = draw(values)
+    return json.dumps(conf).encode()
+
+
+def stdins(state_dir: str):
+    return mostly(configs(state_dir), st.one_of(
+        st.binary(max_size=200),
+        json_values.map(lambda v: json.dumps(v).encode()),
+        configs(state_dir).map(lambda b: b[: len(b) // 2]),
+        st.sampled_from([b"", b"[" * 5000, b"{" * 3000, b'{"a":' * 3000 + b"1" + b"}" * 3000]),
+    ))
+
+
+# ---- the property ----------------------------------------------------------------------------
+
+
+def check_answer(command: str, stdout: bytes, exit_code: int) -> None:
+    if exit_code == 0:
+        if command == "VERSION":
+            doc = json.loads(stdout)
+            assert stdout.count(b"\n") == 1
+            assert doc["cniVersion"] in versions.SUPPORTED
+            assert doc["supportedVersions"] == list(versions.SUPPORTED)
+            return
+        # No real netns: ADD and CHECK cannot succeed; DEL, GC, STATUS print nothing.
+        assert command in ("DEL", "GC", "STATUS"), (command, stdout)
+        assert stdout == b""
+        return
+    assert command != "VERSION", stdout  # VERSION never fails
+    assert stdout.endswith(b"\n") and stdout.count(b"\n") == 1, stdout
+    err = json.loads(stdout)
+    assert isinstance(err, dict) and set(err) == {"cniVersion", "code", "msg", "details"}, err
+    assert err["cniVersion"] in versions.SUPPORTED
+    assert err["code"] in ALLOWED_CODES, err
+    assert isinstance(err["msg"], str) and isinstance(err["details"], str)
+    assert "Traceback" not in err["details"]
+
+
+def check_nothing_created(state_dir: str, run_dir: str) -> None:
+    pins = os.path.join(run_dir, "netns")
+    assert not os.path.isdir(pins) or os.listdir(pins) == []
+    db = os.path.join(state_dir, "cnm.db")
+    if os.path.exists(db):
+        conn = sqlite3.connect(db)
+        try:
+            assert conn.execute("SELECT count(*) FROM endpoints").fetchone()[0] == 0
+            assert conn.execute("SELECT count(*) FROM sandboxes").fetchone()[0] == 0
+        finally:
+            conn.close()
+
+
+def run_property(tmp_path_factory, examples: int) -> None:
+    base = tmp_path_factory.mktemp("fuzz")
+    state_dir, run_dir = str(base / "state"), str(base / "run")
+
+    @settings(max_examples=examples, deadline=None, database=None,
+              suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large, HealthCheck.large_base_example])
+    @given(plugin=st.sampled_from(["cnm-none", "cnm-host", "loopback", "cnm-nosuch"]), env=envs(),
+           stdin=stdins(state_dir))
+    def prop(plugin, env, stdin):
+        env = dict(env, CNM_STATE_DIR=state_dir, CNM_RUN_DIR=run_dir)
+        response = handle(plugin, env, stdin)
+        check_answer(env["CNI_COMMAND"], response.stdout, response.exit_code)
+        check_nothing_created(state_dir, run_dir)
+
+    prop()
+
+
+def test_any_input_gives_one_valid_answer(tmp_path_factory):
+    run_property(tmp_path_factory, min(EXAMPLES, 300))
+
+
+@pytest.mark.slow
+def test_any_input_gives_one_valid_answer_many_examples(tmp_path_factory):
+    run_property(tmp_path_factory, max(EXAMPLES, 2000))
+
+
+# ==== per plugin type: the keys that build paths and kernel names ==================================
+
+PLUGIN_EXAMPLES = int(os.environ.get("CNM_HOSTILE_EXAMPLES", "2000"))
 MEMORY_CAP = 4 << 30  # address space of this test process while the property runs
 PLUGINS = ["cnm-bridge", "cnm-ipam", "cnm-container", "cnm-none", "cnm-host"]
 
@@ -119,7 +294,7 @@ def plugin_keys(plugin: str, base: str) -> dict:
 
 
 @st.composite
-def configs(draw, plugin: str, base: str):
+def plugin_configs(draw, plugin: str, base: str):
     conf: dict = {}
     if draw(st.integers(0, 19)):
         conf["cniVersion"] = draw(mostly(st.sampled_from(versions.SUPPORTED), json_values))
@@ -135,9 +310,9 @@ def configs(draw, plugin: str, base: str):
     return json.dumps(conf).encode()
 
 
-def stdins(plugin: str, base: str):
-    return mostly(configs(plugin, base), st.one_of(
-        st.binary(max_size=100), configs(plugin, base).map(lambda b: b[: len(b) // 2])))
+def plugin_stdins(plugin: str, base: str):
+    return mostly(plugin_configs(plugin, base), st.one_of(
+        st.binary(max_size=100), plugin_configs(plugin, base).map(lambda b: b[: len(b) // 2])))
 
 
 def hostile_envs():
@@ -234,14 +409,14 @@ def test_hostile_input(plugin, tmp_path_factory, test_host):
     host_name, host_fd = test_host
     outside = sorted(os.listdir(os.path.dirname(base)))
 
-    @settings(max_examples=EXAMPLES, deadline=None, database=None,
+    @settings(max_examples=PLUGIN_EXAMPLES, deadline=None, database=None,
               suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large,
                                      HealthCheck.large_base_example, HealthCheck.filter_too_much])
     # Always tried first, not left to the draw (issue 21 item 4: found on some runs only): a
     # stateDir whose path makes parents, through ".." and deep, each of which must be 0700.
     @example(env=STATE_DIR_ENV, stdin=state_dir_conf(plugin, f"{base}/state/../other"), private_state=False)
     @example(env=STATE_DIR_ENV, stdin=state_dir_conf(plugin, f"{base}/{DEEP_STATE}"), private_state=False)
-    @given(env=hostile_envs(), stdin=stdins(plugin, base), private_state=st.booleans())
+    @given(env=hostile_envs(), stdin=plugin_stdins(plugin, base), private_state=st.booleans())
     def prop(env, stdin, private_state):
         env = dict(env, CNM_STATE_DIR=f"{base}/state" if private_state else f"{base}/state2",
                    CNM_RUN_DIR=f"{base}/run", CNM_HELPER_SOCKET="off")
