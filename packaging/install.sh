@@ -235,6 +235,15 @@ NAME=$(printf '%s' "$BUILD" | tr -c 'A-Za-z0-9._-' '_').$(date -u +%Y%m%dT%H%M%S
 STAGED="$STAGED $VERSIONS/.staging.$NAME $VERSIONS/$NAME"
 cp -a "$HERE/cnm-cni" "$VERSIONS/.staging.$NAME"
 mv -T "$VERSIONS/.staging.$NAME" "$VERSIONS/$NAME"
+# The copy in place runs as a runtime will run it (the prefix may be mounted noexec, the copy
+# short of space): every plugin answers VERSION, the helper its build, before `current` names it.
+for p in cnm-bridge cnm-host cnm-none cnm-container cnm-ipam loopback; do
+  said=$(printf '{"cniVersion":"1.0.0"}' | env -i PATH=/usr/sbin:/usr/bin:/sbin:/bin CNI_COMMAND=VERSION \
+         "$VERSIONS/$NAME/$p" 2>&1) || die "the bundle copied to $VERSIONS/$NAME does not run there ($p VERSION: $said); nothing changed"
+  case "$said" in *supportedVersions*) ;; *) die "$VERSIONS/$NAME/$p VERSION answered: $said; nothing changed" ;; esac
+done
+said=$("$VERSIONS/$NAME/cnmd" --print-build-id 2>&1) || die "the bundle copied to $VERSIONS/$NAME does not run there (cnmd: $said); nothing changed"
+case "$said" in */"$BUILD") ;; *) die "$VERSIONS/$NAME/cnmd says it is build '$said', not $BUILD; nothing changed" ;; esac
 PREVIOUS=$(readlink "$CURRENT" 2>/dev/null || true)
 if [ -n "$PREVIOUS" ]; then
   PREV_BUILD=$(cat "$VERSIONS/$PREVIOUS/_internal/cnm-build-id" 2>/dev/null || echo "?")

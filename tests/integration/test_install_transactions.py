@@ -197,3 +197,26 @@ def test_install_that_fails_after_the_switch_switches_back(nodes, release_a, rel
     assert snapshot(node.root) == before
     assert_working(node, build_id(release_a))
     assert a_helper.proc.poll() is None and "refused" not in a_helper.text()
+
+
+def test_install_checks_the_copied_bundle_runs_before_switching(nodes, release_a, release_b, tmp_path, helpers):
+    """Attack on issue 26, finding 4: the bundle is checked where it runs, not only where it
+    was unpacked: here the prefix is mounted noexec (as /opt may be), so the copy in
+    PREFIX/.cnm-cni cannot run. Before: B's install checked only the unpacked bundle, switched
+    `current` to the copy and said it was installed, exit 0: every plugin exec failed. Now the
+    copy answers VERSION (every plugin) and its build first: refused, A as it was."""
+    node = nodes()
+    proc = run_script(*plain_install(release_a, node))
+    assert proc.returncode == 0, proc.stderr
+    sock = tmp_path / "cnmd" / "cnmd.sock"
+    a_helper = helpers(node.prefix / "cnm-cni" / "cnmd", sock, tmp_path / "a.log").wait_listening()
+    before = snapshot(node.root)
+
+    proc = run_as_root_in_private_mounts(f'mount --bind "{node.prefix}" "{node.prefix}"; '
+                                         f'mount -o remount,bind,noexec "{node.prefix}" "{node.prefix}"',
+                                         plain_install(release_b, node))
+    assert proc.returncode == 1 and "switched" not in proc.stdout, (proc.stdout, proc.stderr)
+    assert "does not run there" in proc.stderr and "nothing changed" in proc.stderr, proc.stderr
+    assert snapshot(node.root) == before
+    assert_working(node, build_id(release_a))
+    assert a_helper.proc.poll() is None and "refused" not in a_helper.text()
