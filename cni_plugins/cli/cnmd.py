@@ -272,7 +272,7 @@ class Takeover:
         socket. If it names another's (a cnmd that replaced the same helper at the same time),
         this one has lost: `stop_serving()` is called."""
         old = self.previous
-        log(f"replacing the helper {old.describe()} on {self.path} ({old.build or old.reason})")
+        log(f"replacing the helper {old.describe()} on {self.path} ({f'build {old.build}' if old.build else old.reason})")
         pidfd = None
         try:
             pidfd = handover.stop(old)
