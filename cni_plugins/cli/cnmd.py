@@ -148,16 +148,8 @@ def bind_socket(path: str, at: str | None = None) -> socket.socket:
     problem = thin.untrusted_directory(directory)
     if problem:
         raise SystemExit(f"cnmd: {problem}: the plugins would not use a socket there")
-    if at is None and os.path.exists(path):
-        probe = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-        try:
-            probe.connect(path)
-        except OSError:
-            os.unlink(path)  # a stale socket of a helper that is gone
-        else:
-            raise SystemExit(f"cnmd: another helper already listens on {path}")
-        finally:
-            probe.close()
+    if at is None and os.path.lexists(path):
+        remove_stale_socket(path)
     sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     old = os.umask(0o177)
     try:
@@ -167,6 +159,28 @@ def bind_socket(path: str, at: str | None = None) -> socket.socket:
     os.chmod(at or path, 0o600)
     sock.listen(128)
     return sock
+
+
+def remove_stale_socket(path: str) -> None:
+    """Unlink `path` if it is a socket nobody listens on (a helper that is gone left it);
+    SystemExit for anything else: a live socket, or a file that is no socket (never ours to
+    remove)."""
+    import stat
+
+    if not stat.S_ISSOCK(os.lstat(path).st_mode):
+        raise SystemExit(f"cnmd: {path} exists and is not a socket; not replacing it")
+    probe = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    probe.settimeout(thin.CONNECT_TIMEOUT)
+    try:
+        probe.connect(path)
+    except ConnectionRefusedError:
+        os.unlink(path)
+        return
+    except OSError as exc:
+        raise SystemExit(f"cnmd: cannot tell whether a helper listens on {path}: {exc.strerror}") from None
+    finally:
+        probe.close()
+    raise SystemExit(f"cnmd: another helper already listens on {path}")
 
 
 # ---- a helper of another build on our socket -------------------------------------------------

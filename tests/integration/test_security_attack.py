@@ -600,3 +600,46 @@ def test_route_localnet_markers_of_the_layout_before(lab):
     assert lab.run("DEL", conf, ns).rc == 0
     assert knob(lab, lab.bridge) == "0"
     assert localnet_markers(lab) == []
+
+
+# ---- finding 10: what `cnmd --socket PATH` may remove ---------------------------------------
+@pytest.mark.parametrize("what", ["file", "symlink", "directory"])
+def test_cnmd_never_removes_what_is_not_a_stale_socket(tmp_path, what):
+    """Attack on issue 21, finding 10: `cnmd --socket PATH` unlinked an existing regular file at
+    PATH (a failed probe connect was taken for a stale socket). Only a socket nobody listens
+    on is removed; anything else stays and cnmd refuses to start."""
+    directory = tmp_path / "d"
+    directory.mkdir(mode=0o700)
+    path = directory / "cnmd.sock"
+    if what == "file":
+        path.write_text("precious\n")
+    elif what == "symlink":
+        (directory / "target").write_text("precious\n")
+        path.symlink_to(directory / "target")
+    else:
+        path.mkdir()
+    proc = subprocess.run([os.path.join(BIN, "cnmd"), "--socket", str(path)], capture_output=True, text=True,
+                          timeout=60)
+    assert proc.returncode != 0 and "not a socket" in proc.stderr, proc
+    assert os.path.lexists(path)
+    if what != "directory":
+        assert path.read_text() == "precious\n"
+
+
+def test_cnmd_replaces_a_stale_socket(tmp_path):
+    """Attack on issue 21, finding 10 (what stays allowed): a socket left by a helper that is gone."""
+    import socket
+
+    directory = tmp_path / "d"
+    directory.mkdir(mode=0o700)
+    path = str(directory / "cnmd.sock")
+    stale = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    stale.bind(path)
+    stale.close()  # bound, never listened: connect is refused
+    proc = subprocess.Popen([os.path.join(BIN, "cnmd"), "--socket", path], stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE)
+    try:
+        wait_listening(path, proc)
+    finally:
+        proc.terminate()
+        proc.wait(timeout=60)
