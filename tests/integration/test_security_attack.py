@@ -643,3 +643,51 @@ def test_cnmd_replaces_a_stale_socket(tmp_path):
     finally:
         proc.terminate()
         proc.wait(timeout=60)
+
+
+# ---- finding 11: interface names the kernel would refuse or expand -------------------------
+@pytest.mark.parametrize("bridge", ["cnq%d", "cnq%s", "a\rb", "a\x0bb", "br\u00e0", "a\x1cb"])
+def test_a_bridge_name_the_kernel_would_refuse_or_expand(lab, bridge):
+    """Attack on issue 21, finding 11: `"bridge": "a21q%d"` leaked one bridge per ADD (the
+    kernel fills in %d: a21q0, a21q1, ... each then reported as "vanished right after
+    creation", code 100) and `"a\\rb"` was code 100 instead of 7. Names are checked as the
+    kernel's dev_valid_name does, and without '%', before anything is made."""
+    conf = bridge_conf(lab, bridge=bridge)
+    before = set(lab.links())
+    for cid in ("c1", "c2"):
+        run = lab.run("ADD", conf, lab.container(), cid=cid)
+        assert run.rc != 0 and run.json["code"] == 7 and run.json["msg"] == "invalid bridge", run
+        assert "bridge" in run.json["details"]
+    assert set(lab.links()) == before
+    assert lab.endpoints() == [] and lab.leases() == []
+
+
+@pytest.mark.parametrize("ifname", ["eth%d", "e\u00e0", "e\rx"])
+def test_an_ifname_the_kernel_would_refuse_or_expand(lab, ifname):
+    """Attack on issue 21, finding 11: CNI_IFNAME too (code 4: it is an environment variable)."""
+    ns = lab.container()
+    run = lab.run("ADD", bridge_conf(lab), ns, ifname=ifname)
+    assert run.rc != 0 and run.json["code"] == 4 and "CNI_IFNAME" in run.json["msg"], run
+    assert [n for n in lab.links(ns) if n != "lo"] == []
+    assert lab.endpoints() == [] and lab.leases() == []
+
+
+# ---- minor: hostIP ::1 ---------------------------------------------------------------------
+@pytest.mark.parametrize("key", ["hostIP", "hostBindingIP"])
+@pytest.mark.parametrize("address", ["::1", "0:0::1"])
+def test_a_port_published_on_ipv6_loopback_is_refused(lab, key, address):
+    """Attack on issue 21, minor finding: hostIP "::1" was accepted (exit 0) but can never be
+    answered (IPv6 has no route_localnet: the kernel never lets a ::1 packet leave lo for a
+    container). Refused with code 7 naming the key, as the IPv4-mapped addresses are."""
+    mapping = {"hostPort": 8180, "containerPort": 80}
+    if key == "hostIP":
+        conf = bridge_conf(lab, mappings=[dict(mapping, hostIP=address)])
+    else:
+        conf = bridge_conf(lab, mappings=[mapping], hostBindingIP=address)
+    conf["ipam"] = lab.ipam("10.250.0.0/24", "fd00:250::/64")
+    ns = lab.container()
+    run = lab.run("ADD", conf, ns)
+    assert run.rc == 1 and run.json["code"] == 7, run
+    assert key in run.json["msg"] + " " + run.json["details"] and "loopback" in run.json["details"], run
+    assert lab.link("eth0", ns) is None and lab.link(lab.bridge) is None
+    assert lab.endpoints() == [] and lab.leases() == [] and nft_map_elements(lab) == []
