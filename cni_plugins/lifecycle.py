@@ -78,6 +78,12 @@ def sweep_request(env, network: str = "") -> Request:
     return parse(env, stdin.encode())
 
 
+def sweep_context(node: Node, request: Request | None = None) -> Context:
+    """The Context of a sweep of `node`'s store (no netns, no peers)."""
+    return Context(request or sweep_request(node.env), None, node.env, store_id=node.store_id,
+                   node_lock=node.node_lock)
+
+
 def tear_down_one(ctx: Context, network, endpoint: Endpoint, sandbox: Sandbox | None) -> None:
     """Leave + delete through the endpoint's own driver (whatever plugin serves this command)."""
     driver = drivers.load(endpoint.driver)

@@ -125,7 +125,7 @@ def plan(node: Node, kernel: bool = True) -> list[Action]:
     if kernel:
         for name in sorted(drivers.DRIVERS):
             try:
-                found = drivers.load(name).orphans(store_id, endpoints)
+                found = drivers.load(name).orphans(lifecycle.sweep_context(node), endpoints)
             except Exception as exc:  # noqa: BLE001 -- a listing failure is reported, not fatal
                 actions.append(Action(name, "*", "looking for orphans", lifecycle.describe(exc)))
                 continue
@@ -194,7 +194,7 @@ def _apply_one(node: Node, action: Action, request: Request, report: Report) -> 
         with node.transaction() as tx:  # no ADD can record an endpoint meanwhile
             if orphan.owner and tx.get_endpoint(orphan.owner) is not None:
                 return
-            drivers.load(driver_name).remove_orphan(orphan, node.store_id)
+            drivers.load(driver_name).remove_orphan(lifecycle.sweep_context(node, request), orphan)
         report.add(kind, action.name, action.detail)
 
 

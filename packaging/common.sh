@@ -63,3 +63,9 @@ stop_helper() {
 in_use() {
   grep -qsF "$1/" /proc/[0-9]*/maps 2>/dev/null
 }
+
+# True when $1 and $2 name the same file ($1 may be a /proc/*/fd/* link to an unlinked one).
+same_file() {
+  _sf_a=$(stat -L -c %d:%i "$1" 2>/dev/null) || return 1
+  [ "$_sf_a" = "$(stat -c %d:%i "$2" 2>/dev/null)" ]
+}

@@ -9,21 +9,16 @@ import sys
 
 # ---- the answer when the code cannot be loaded (the same text in bin/cnm and packaging/entry.py)
 def cannot_run(exc: BaseException) -> int | None:
-    """What an exec answers when the modules it needs cannot be loaded (its files replaced or
-    incomplete: an install in progress, a module missing): a CNI error on stdout, code 11 (a
-    retry will find whole files), never a traceback; None: re-raise (cnmd's or cnmctl's own
-    failure). Builtins only: anything else may be what is missing."""
+    """What an exec answers when the modules it needs cannot be loaded: a CNI error on stdout,
+    never a traceback; None: re-raise (cnmd's or cnmctl's own failure, or not a load failure
+    outside a plugin command). Builtins only: anything else may be what is missing."""
     name = sys.argv[0].rpartition("/")[2] if sys.argv else "cnm"
-    loading = isinstance(exc, ImportError)
-    tb = exc.__traceback__
-    while tb is not None and not loading:  # a half-written module fails inside the import system
-        loading = tb.tb_frame.f_code.co_filename.startswith("<frozen importlib")
-        tb = tb.tb_next
-    what = f"{type(exc).__name__}: {' '.join(str(exc).split())[:300]}"
-    if name in ("cnmd", "cnmctl") or not posix.environ.get(b"CNI_COMMAND"):
-        if not loading:
+    command = posix.environ.get(b"CNI_COMMAND", b"").decode(errors="replace")
+    answer = load_failure(exc, command)
+    if name in ("cnmd", "cnmctl") or not command:
+        if answer is None:
             return None
-        sys.stderr.write(f"{name}: cannot load cnm-cni ({what}); reinstall it if this persists\n")
+        sys.stderr.write(f"{name}: cannot load cnm-cni ({answer[2]})\n")
         return 1
     thin = sys.modules.get("cni_plugins.cli.thin")
     stdin = getattr(thin, "request_stdin", None)
@@ -32,16 +27,62 @@ def cannot_run(exc: BaseException) -> int | None:
             stdin = sys.stdin.buffer.read(16 * 1024 * 1024)
         except Exception:
             stdin = b""
-    if loading:
-        code, msg = 11, "cnm-cni cannot load its code"
-        details = f"{what}: its files are being replaced or are incomplete (an install in progress?); retry"
-    else:
-        code, msg, details = 199, "internal error", what
+    if answer is None:
+        answer = 199, "internal error", f"{type(exc).__name__}: {' '.join(str(exc).split())[:300]}"
+    code, msg, details = answer
     out = (f'{{"cniVersion": "{_cni_version(stdin)}", "code": {code}, "msg": {_json_string(msg)}, '
            f'"details": {_json_string(details)}}}\n')
     sys.stdout.write(out)
     sys.stdout.flush()
     return 1
+
+
+def load_failure(exc: BaseException, command: str) -> tuple[int, str, str] | None:
+    """(code, msg, details) when `exc` comes from loading code (a module missing: ImportError;
+    or cut short: its traceback goes through the import system), else None. The code says
+    whether a retry can work (cni/dispatch.py load_failure answers the same):
+    11  cnm-cni's own files missing or incomplete (replaced under this exec: an install in progress);
+    5   its files exist but cannot be read (permissions, the disk): a retry will not help;
+    104 something of the node's is missing or does not load (a checkout's dependency, the
+        interpreter's module, a system library: wrong C library or architecture);
+    50  any of these answering STATUS (the plugin cannot serve ADD)."""
+    tb, last = exc.__traceback__, ""
+    loading = isinstance(exc, ImportError)
+    while tb is not None:
+        where = tb.tb_frame.f_code.co_filename
+        loading = loading or where.startswith("<frozen importlib")
+        last = where if not where.startswith("<") else last
+        tb = tb.tb_next
+    if not loading:
+        return None
+    what = f"{type(exc).__name__}: {' '.join(str(exc).split())[:300]}"
+    text = str(exc)
+    if isinstance(exc, OSError) and not isinstance(exc, FileNotFoundError):
+        code, msg = 5, "cnm-cni cannot read its code"
+        details = f"{what}: check its files' permissions and the disk (a retry will not help)"
+    elif any(sign in text for sign in _INCOMPATIBLE) or not _our_code(exc, last):
+        code, msg = 104, "cnm-cni cannot run on this node"
+        details = (f"{what}: a module or library it needs is missing or does not load on this node "
+                   f"(reinstall cnm-cni and its dependencies; a retry will not help)")
+    else:
+        code, msg = 11, "cnm-cni cannot load its code"
+        details = f"{what}: its files are being replaced or are incomplete (an install in progress?); retry"
+    return (50 if command == "STATUS" else code), msg, details
+
+
+def _our_code(exc: BaseException, last_file: str) -> bool:
+    """The code that failed to load is cnm-cni's own (what an install replaces): in a bundle
+    every module is; in a checkout the package cni_plugins."""
+    if getattr(sys, "frozen", False):
+        return True
+    name = getattr(exc, "name", None) if isinstance(exc, ImportError) else None
+    if name:
+        return name.partition(".")[0] == "cni_plugins"
+    where = getattr(exc, "filename", None) if isinstance(exc, SyntaxError) else last_file
+    return bool(where) and "/cni_plugins/" in where and "-packages/" not in where
+
+
+_INCOMPATIBLE = ("wrong ELF class", "undefined symbol", "GLIBC_")  # a library built for another node
 
 
 def _cni_version(stdin: bytes) -> str:

@@ -13,15 +13,19 @@
 #   --force            replace a conflist or unit edited since it was installed
 # Every bundle lives in DIR/.cnm-cni/<build>.<time>.<pid>/; DIR/.cnm-cni/current names the one
 # in use, and everything points through it: the plugin links, DIR/cnm-cni, the cnmctl link, the
-# unit. An upgrade stages the new bundle beside the old one and switches `current` with one
-# rename(2), so an exec runs the old files or the new ones, never a mix. Every check runs
-# before anything changes: an install that fails leaves the previous one as it was.
+# unit. An upgrade stages the new bundle and every file it writes beside the old ones, then
+# switches with rename(2)s, `current` first, so an exec runs the old files or the new ones,
+# never a mix. Every check (targets, writable directories) runs before anything changes, and a
+# step that fails after the switch switches back: an install that fails leaves the previous
+# one as it was. Installs and uninstalls of one DIR take turns (flock DIR/.cnm-cni/lock).
 # Over a previous install, what it set up stays (its conflists, links and units; options add to
 # it); a conflist or unit edited since it was installed is kept, and said so, unless --force.
 # The previous bundle's helper is restarted (systemd) or told to drain and exit (started by
 # hand); a previous bundle is removed at a later install once nothing runs from it.
-# Every path created is recorded in DIR/.cnm-cni.manifest; DIR/cnm-cni/uninstall.sh (or
-# uninstall.sh --prefix DIR) removes exactly those. A file that is not ours is never touched.
+# Every path created is recorded in DIR/.cnm-cni/manifest (read from DIR/.cnm-cni.manifest,
+# where installs before it kept it, and moved: an install.sh from before versioned bundles then
+# refuses this install instead of uninstalling it); DIR/cnm-cni/uninstall.sh (or uninstall.sh
+# --prefix DIR) removes exactly those. A file that is not ours is never touched.
 set -eu
 HERE=$(cd "$(dirname "$0")" && pwd)
 . "$HERE/common.sh"
@@ -52,12 +56,12 @@ while [ $# -gt 0 ]; do
     --no-enable) ENABLE=0; shift ;;
     --systemd-dir) SYSTEMD_DIR=$2; SYSTEMD_DIR_GIVEN=1; shift 2 ;;
     --force) FORCE=1; shift ;;
-    -h|--help) sed -n '2,24p' "$0"; exit 0 ;;
+    -h|--help) sed -n '2,28p' "$0"; exit 0 ;;
     *) die "unknown argument $1 (see --help)" ;;
   esac
 done
 
-# ---- checks: nothing changes before all of them pass --------------------------------------
+# ---- the bundle: checked before the node is looked at ----------------------------------------
 [ -x "$HERE/cnm-cni/cnm" ] || die "no bundle next to this script ($HERE/cnm-cni/cnm)"
 BUILD=$(cat "$HERE/cnm-cni/_internal/cnm-build-id" 2>/dev/null) || die "no build id in $HERE/cnm-cni"
 for p in "$PREFIX" "$NETCONF" "$SYSTEMD_DIR" $CNMCTL_DIRS $CONFLISTS; do
@@ -67,28 +71,99 @@ case "$PREFIX" in /*) ;; *) PREFIX=$(pwd)/$PREFIX ;; esac
 # The bundle must run on this node (architecture, C library) before it replaces anything.
 said=$("$HERE/cnm-cni/cnmd" --print-build-id 2>&1) || die "the bundle does not run on this node: $said"
 case "$said" in */"$BUILD") ;; *) die "the bundle says it is build '$said', its id file '$BUILD'" ;; esac
+command -v flock >/dev/null 2>&1 || die "flock (util-linux) is needed: installs of one prefix take turns"
 
-MANIFEST="$PREFIX/.cnm-cni.manifest"
 VERSIONS="$PREFIX/.cnm-cni"
 CURRENT="$VERSIONS/current"
+MANIFEST="$VERSIONS/manifest"
+LEGACY_MANIFEST="$PREFIX/.cnm-cni.manifest"  # where installs before this one kept it
 OLD=$(mktemp)
 NEW=$(mktemp)
 RENDERED=$(mktemp -d)
-STAGE=""    # a bundle directory to remove if the install stops before `current` names it
-PENDING=""  # a temporary name to remove if the install stops before renaming it
+JOURNAL="$RENDERED/journal"  # what changed after the switch, to switch back: "kind path before"
+: > "$JOURNAL"
+MADE=""      # directories this install created, newest first: removed again if it fails
+FRESH=0      # 1: DIR/.cnm-cni held no install when this one took its turn: removed if it fails
+STAGED=""    # temporary files and directories to remove if the install stops
+PENDING=""   # a temporary name to remove if the install stops before renaming it
+SWITCHED=0   # 1 once `current` may name the new bundle: a failure switches back
+DONE=0
+UNITS_CHANGED=0
+SYSTEMD_UP=0
+if [ -d /run/systemd/system ] && command -v systemctl >/dev/null 2>&1; then SYSTEMD_UP=1; fi
+NAME=""
+PREVIOUS=""
+PREV_BUILD=""
 cleanup() {
+  if [ "$DONE" != 1 ]; then
+    if [ -n "$PENDING" ]; then rm -f "$PENDING"; fi
+    if [ "$SWITCHED" = 1 ]; then roll_back; fi
+    for _c_path in $STAGED; do  # (a bundle an exec started in after the switch: the next install)
+      if [ -d "$_c_path" ] && in_use "$_c_path"; then continue; fi
+      rm -rf "$_c_path"
+    done
+    if [ "$FRESH" = 1 ]; then rm -rf "$VERSIONS"; fi
+    for _c_path in $MADE; do rmdir "$_c_path" 2>/dev/null || true; done
+  fi
   rm -rf "$OLD" "$NEW" "$NEW.lines" "$RENDERED"
-  if [ -n "$STAGE" ]; then rm -rf "$STAGE"; fi
-  if [ -n "$PENDING" ]; then rm -f "$PENDING"; fi
 }
 trap cleanup EXIT
 trap 'exit 1' INT TERM HUP
-if [ -f "$MANIFEST" ]; then cp "$MANIFEST" "$OLD"; fi
+
+# (sh has no local variables: a function's own are named _fn_*)
+new_dir() {  # mkdir -p, recording each directory created
+  _nd_dir=$1; _nd_missing=""
+  while [ ! -d "$_nd_dir" ]; do _nd_missing="$_nd_dir $_nd_missing"; _nd_dir=$(dirname "$_nd_dir"); done
+  for _nd_m in $_nd_missing; do
+    if mkdir -m 0755 "$_nd_m" 2>/dev/null; then echo "mkdir $_nd_m" >> "$NEW"; MADE="$_nd_m $MADE"
+    elif [ ! -d "$_nd_m" ]; then mkdir -m 0755 "$_nd_m"; fi  # (another install made it meanwhile)
+  done
+}
+
+# A directory this install writes into (or the one it is created in) takes a new file: tried,
+# not inferred from permissions (root passes those; a read-only mount does not).
+check_writable() {
+  _cw_dir=$1
+  while [ ! -d "$_cw_dir" ]; do _cw_dir=$(dirname "$_cw_dir"); done
+  _cw_probe=$(mktemp "$_cw_dir/.cnm-cni-probe.XXXXXX" 2>&1) || die "cannot write in $_cw_dir (for $1): ${_cw_probe##*: }"
+  rm -f "$_cw_probe"
+}
+
+# ---- take our turn: one install or uninstall of a prefix at a time ---------------------------
+check_writable "$PREFIX"
+if [ -L "$VERSIONS" ] || { [ -e "$VERSIONS" ] && [ ! -d "$VERSIONS" ]; }; then
+  die "$VERSIONS exists and is not from this install; remove it or choose another place"
+fi
+while :; do
+  if [ ! -d "$VERSIONS" ]; then
+    new_dir "$PREFIX"
+    mkdir -m 0755 "$VERSIONS" 2>/dev/null || [ -d "$VERSIONS" ] || mkdir -m 0755 "$VERSIONS"
+  fi
+  command exec 9>>"$VERSIONS/lock" || die "cannot open $VERSIONS/lock"
+  flock 9
+  if same_file /proc/self/fd/9 "$VERSIONS/lock"; then break; fi
+  exec 9>&-  # an uninstall (or a failed first install) removed it while we waited: look again
+done
+if [ -f "$MANIFEST" ]; then cp "$MANIFEST" "$OLD"
+elif [ -f "$LEGACY_MANIFEST" ]; then cp "$LEGACY_MANIFEST" "$OLD"; fi
 
 recorded() { awk -v p="$1" '$2 == p { found = 1 } END { exit !found }' "$OLD"; }
 recorded_line() { awk -v p="$1" '$2 == p { print; exit }' "$OLD"; }
 file_sum() { sha256sum "$1" | cut -d' ' -f1; }
 
+# DIR/.cnm-cni is ours when recorded, or when it holds nothing but what an install that stopped
+# before recording it leaves (the lock, a staged bundle); then an install that fails removes it.
+if ! recorded "$VERSIONS"; then
+  for _entry in "$VERSIONS"/* "$VERSIONS"/.[!.]*; do
+    case "$(basename "$_entry")" in
+      lock|.staging.*|"*"|".[!.]*") ;;
+      *) die "$VERSIONS exists and is not from this install; remove it or choose another place" ;;
+    esac
+  done
+  FRESH=1
+fi
+
+# ---- checks: nothing else changes before all of them pass ----------------------------------
 # What the previous install set up stays set up.
 while read -r kind path extra; do
   case "$kind:$path" in
@@ -113,7 +188,7 @@ check_ours() {
     die "$1 exists and is not from this install; remove it or choose another place"
   fi
 }
-for t in "$PREFIX/cnm-cni" "$VERSIONS" $LINKS; do check_ours "$t"; done
+for t in "$PREFIX/cnm-cni" $LINKS; do check_ours "$t"; done
 for d in $CNMCTL_DIRS; do check_ours "$d/cnmctl"; done
 for c in $CONFLISTS; do check_ours "$NETCONF/$(basename "$c")"; done
 if [ "$SYSTEMD" = 1 ]; then
@@ -131,11 +206,11 @@ file_plan() {  # $1 the installed path, $2 the new content
 if [ "$SYSTEMD" = 1 ]; then
   for u in cnmd.socket cnmd.service; do sed "s|@PREFIX@|$PREFIX|g" "$HERE/conf/systemd/$u" > "$RENDERED/$u"; done
 fi
-for c in $CONFLISTS; do
-  if [ "$(file_plan "$NETCONF/$(basename "$c")" "$c")" = keep ]; then
-    say "keeping $NETCONF/$(basename "$c"): edited since it was installed (--force replaces it with $c)"
-  fi
-done
+# Every directory written to takes a new file (a read-only mount fails here, not half-way).
+check_writable "$VERSIONS"
+for d in $CNMCTL_DIRS; do check_writable "$d"; done
+if [ -n "$CONFLISTS" ]; then check_writable "$NETCONF"; fi
+if [ "$SYSTEMD" = 1 ]; then check_writable "$SYSTEMD_DIR"; fi
 
 # The manifest: the previous install's lines that $1 (this install's) does not redeclare, then
 # $1's; directories first, then trees, links, files, units (uninstall undoes them in reverse).
@@ -151,32 +226,61 @@ write_manifest() {
   PENDING=""
 }
 
-# ---- stage the new bundle beside the old one ----------------------------------------------
-# (sh has no local variables: a function's own are named _fn_*)
-new_dir() {  # mkdir -p, recording each directory created
-  _nd_dir=$1; _nd_missing=""
-  while [ ! -d "$_nd_dir" ]; do _nd_missing="$_nd_dir $_nd_missing"; _nd_dir=$(dirname "$_nd_dir"); done
-  for _nd_m in $_nd_missing; do mkdir -m 0755 "$_nd_m"; echo "mkdir $_nd_m" >> "$NEW"; done
-}
-new_dir "$PREFIX"
-[ -d "$VERSIONS" ] || mkdir -m 0755 "$VERSIONS"
-{ cat "$NEW"; echo "tree $VERSIONS"; } > "$NEW.lines"
-write_manifest "$NEW.lines"  # from here on, uninstall knows the new bundle too
+# ---- stage the new bundle and the new files beside the old ones ------------------------------
+if ! recorded "$VERSIONS"; then  # from here on, uninstall knows the new bundle too
+  { cat "$NEW"; echo "tree $VERSIONS"; } > "$NEW.lines"
+  write_manifest "$NEW.lines"
+fi
 NAME=$(printf '%s' "$BUILD" | tr -c 'A-Za-z0-9._-' '_').$(date -u +%Y%m%dT%H%M%SZ).$$
-STAGE="$VERSIONS/.staging.$NAME"
-cp -a "$HERE/cnm-cni" "$STAGE"
-mv -T "$STAGE" "$VERSIONS/$NAME"
-STAGE="$VERSIONS/$NAME"
+STAGED="$STAGED $VERSIONS/.staging.$NAME $VERSIONS/$NAME"
+cp -a "$HERE/cnm-cni" "$VERSIONS/.staging.$NAME"
+mv -T "$VERSIONS/.staging.$NAME" "$VERSIONS/$NAME"
+# The copy in place runs as a runtime will run it (the prefix may be mounted noexec, the copy
+# short of space): every plugin answers VERSION, the helper its build, before `current` names it.
+for p in cnm-bridge cnm-host cnm-none cnm-container cnm-ipam loopback; do
+  said=$(printf '{"cniVersion":"1.0.0"}' | env -i PATH=/usr/sbin:/usr/bin:/sbin:/bin CNI_COMMAND=VERSION \
+         "$VERSIONS/$NAME/$p" 2>&1) || die "the bundle copied to $VERSIONS/$NAME does not run there ($p VERSION: $said); nothing changed"
+  case "$said" in *supportedVersions*) ;; *) die "$VERSIONS/$NAME/$p VERSION answered: $said; nothing changed" ;; esac
+done
+said=$("$VERSIONS/$NAME/cnmd" --print-build-id 2>&1) || die "the bundle copied to $VERSIONS/$NAME does not run there (cnmd: $said); nothing changed"
+case "$said" in */"$BUILD") ;; *) die "$VERSIONS/$NAME/cnmd says it is build '$said', not $BUILD; nothing changed" ;; esac
 PREVIOUS=$(readlink "$CURRENT" 2>/dev/null || true)
 if [ -n "$PREVIOUS" ]; then
   PREV_BUILD=$(cat "$VERSIONS/$PREVIOUS/_internal/cnm-build-id" 2>/dev/null || echo "?")
 elif [ -d "$PREFIX/cnm-cni" ] && [ ! -L "$PREFIX/cnm-cni" ]; then
   PREV_BUILD=$(cat "$PREFIX/cnm-cni/_internal/cnm-build-id" 2>/dev/null || echo "?")
-else
-  PREV_BUILD=""
 fi
 
-# ---- switch: one rename(2) each ------------------------------------------------------------
+staged_name() { echo "$(dirname "$1")/.$(basename "$1").cnm-new.$$"; }
+stage_file() {  # $1 new content, $2 path: written beside it now, renamed over it by commit_file
+  _sf_tmp=$(staged_name "$2")
+  STAGED="$STAGED $_sf_tmp"
+  install -m 0644 "$1" "$_sf_tmp"
+}
+FILES=""     # "path:sum" of the files this install owns now
+COMMIT=""    # the staged files to rename into place
+for c in $CONFLISTS; do
+  dst="$NETCONF/$(basename "$c")"
+  case "$(file_plan "$dst" "$c")" in
+    new|replace) new_dir "$NETCONF"; stage_file "$c" "$dst"; COMMIT="$COMMIT $dst"; FILES="$FILES $dst:$(file_sum "$c")" ;;
+    same) FILES="$FILES $dst:$(file_sum "$dst")" ;;
+    keep) say "keeping $dst: edited since it was installed (--force replaces it with $c)" ;;
+  esac
+done
+if [ "$SYSTEMD" = 1 ]; then
+  for u in cnmd.socket cnmd.service; do
+    dst="$SYSTEMD_DIR/$u"
+    case "$(file_plan "$dst" "$RENDERED/$u")" in
+      new|replace) new_dir "$SYSTEMD_DIR"; stage_file "$RENDERED/$u" "$dst"; COMMIT="$COMMIT $dst"; UNITS_CHANGED=1
+                   FILES="$FILES $dst:$(file_sum "$RENDERED/$u")" ;;
+      same) FILES="$FILES $dst:$(file_sum "$dst")" ;;
+      keep) say "keeping $dst: edited since it was installed (--force replaces it)" ;;
+    esac
+  done
+fi
+for d in $CNMCTL_DIRS; do new_dir "$d"; done
+
+# ---- switch: one rename(2) each, journaled ---------------------------------------------------
 swap_link() {  # $1 target, $2 link: replace (or create) the link atomically
   if [ "$(readlink "$2" 2>/dev/null || true)" = "$1" ]; then return 0; fi
   PENDING="$2.cnm-new.$$"
@@ -184,44 +288,44 @@ swap_link() {  # $1 target, $2 link: replace (or create) the link atomically
   mv -T "$PENDING" "$2"
   PENDING=""
 }
-swap_link "$NAME" "$CURRENT"
-STAGE=""
-say "switched $PREFIX to build $BUILD${PREV_BUILD:+ (was $PREV_BUILD)}"
-for l in $LINKS; do swap_link ".cnm-cni/current/cnm" "$l"; done
-for d in $CNMCTL_DIRS; do new_dir "$d"; swap_link "$CURRENT/cnmctl" "$d/cnmctl"; done
-
-replace_file() {  # $1 new content, $2 path: atomically, as root-owned 0644
-  PENDING="$(dirname "$2")/.$(basename "$2").cnm-new.$$"
-  install -m 0644 "$1" "$PENDING"
-  mv -T "$PENDING" "$2"
-  PENDING=""
+change_link() {  # swap_link, after noting what $2 was
+  _cl_before=$(readlink "$2" 2>/dev/null || echo -)
+  if [ "$_cl_before" = "$1" ]; then return 0; fi
+  echo "link $2 $_cl_before" >> "$JOURNAL"
+  swap_link "$1" "$2"
 }
-FILES=""  # "path sum" lines of the files this install owns now
-for c in $CONFLISTS; do
-  dst="$NETCONF/$(basename "$c")"
-  plan=$(file_plan "$dst" "$c")
-  case "$plan" in
-    new|replace) new_dir "$NETCONF"; replace_file "$c" "$dst"; FILES="$FILES $dst:$(file_sum "$dst")" ;;
-    same) FILES="$FILES $dst:$(file_sum "$dst")" ;;
-  esac
-done
-UNITS_CHANGED=0
-if [ "$SYSTEMD" = 1 ]; then
-  new_dir "$SYSTEMD_DIR"
-  for u in cnmd.socket cnmd.service; do
-    plan=$(file_plan "$SYSTEMD_DIR/$u" "$RENDERED/$u")
-    case "$plan" in
-      new|replace) replace_file "$RENDERED/$u" "$SYSTEMD_DIR/$u"; UNITS_CHANGED=1
-                   FILES="$FILES $SYSTEMD_DIR/$u:$(file_sum "$SYSTEMD_DIR/$u")" ;;
-      same) FILES="$FILES $SYSTEMD_DIR/$u:$(file_sum "$SYSTEMD_DIR/$u")" ;;
-      keep) say "keeping $SYSTEMD_DIR/$u: edited since it was installed (--force replaces it)" ;;
-    esac
+commit_file() {  # $1's staged file takes its place, after keeping a copy of what was there
+  if [ -e "$1" ]; then _cf_copy="$RENDERED/before.$(printf '%s' "$1" | tr / _)"; cp -p "$1" "$_cf_copy"; else _cf_copy=-; fi
+  echo "file $1 $_cf_copy" >> "$JOURNAL"
+  mv -T "$(staged_name "$1")" "$1"
+}
+roll_back() {  # undo the journal, newest first (only root-owned names of ours are involved)
+  tac "$JOURNAL" | while read -r kind path before; do
+    case "$kind:$before" in
+      link:-|file:-) rm -f "$path" ;;
+      link:*) swap_link "$before" "$path" ;;
+      file:*) if ! cmp -s "$before" "$path"; then
+                cp -p "$before" "$path.cnm-undo.$$" && mv -T "$path.cnm-undo.$$" "$path" || rm -f "$path.cnm-undo.$$"
+              fi ;;
+      move:*) mv -T "$path" "$before" ;;
+    esac || echo "install.sh: could not restore $path" >&2
   done
-fi
+  if [ "$UNITS_CHANGED" = 1 ] && [ "$SYSTEMD_UP" = 1 ]; then systemctl daemon-reload || true; fi
+  if [ -n "$PREV_BUILD" ]; then
+    echo "install.sh: a step after the switch failed; switched back: $PREFIX runs build $PREV_BUILD again" >&2
+  else
+    echo "install.sh: a step after the switch failed; switched back: nothing of this install is left" >&2
+  fi
+}
+
+SWITCHED=1
+change_link "$NAME" "$CURRENT"
+say "switched $PREFIX to build $BUILD${PREV_BUILD:+ (was $PREV_BUILD)}"
+for l in $LINKS; do change_link ".cnm-cni/current/cnm" "$l"; done
+for d in $CNMCTL_DIRS; do change_link "$CURRENT/cnmctl" "$d/cnmctl"; done
+for f in $COMMIT; do commit_file "$f"; done
 
 # ---- the helper of the previous bundle -----------------------------------------------------
-SYSTEMD_UP=0
-if [ -d /run/systemd/system ] && command -v systemctl >/dev/null 2>&1; then SYSTEMD_UP=1; fi
 ENABLED=0
 if grep -q '^unit cnmd.socket$' "$OLD"; then ENABLED=1; fi
 if [ "$SYSTEMD" = 1 ] && [ "$SYSTEMD_UP" = 1 ]; then
@@ -230,7 +334,7 @@ if [ "$SYSTEMD" = 1 ] && [ "$SYSTEMD_UP" = 1 ]; then
     systemctl enable --now cnmd.socket; ENABLED=1
   fi
   # cnmd.service drains on SIGTERM (KillMode=mixed); the socket stays and starts the new one.
-  systemctl try-restart cnmd.service
+  systemctl try-restart cnmd.service || say "warning: systemctl try-restart cnmd.service failed (see its journal)"
 fi
 REAL_PREFIX=$(cd "$PREFIX" && pwd -P)
 OLD_DIRS=""
@@ -256,6 +360,7 @@ fi
 
 # ---- DIR/cnm-cni names the current bundle --------------------------------------------------
 TREES=""
+LEGACY_DIR=""
 if [ -d "$PREFIX/cnm-cni" ] && [ ! -L "$PREFIX/cnm-cni" ]; then
   # An install from before versioned bundles: its directory goes once nothing runs from it.
   tries=0
@@ -264,21 +369,14 @@ if [ -d "$PREFIX/cnm-cni" ] && [ ! -L "$PREFIX/cnm-cni" ]; then
     say "$PREFIX/cnm-cni (the previous bundle) is still in use: the next install removes it"
     TREES="$PREFIX/cnm-cni"
   else
-    mv -T "$PREFIX/cnm-cni" "$VERSIONS/.old.$$"
-    rm -rf "$VERSIONS/.old.$$"
+    LEGACY_DIR="$VERSIONS/.old.$$"
+    echo "move $LEGACY_DIR $PREFIX/cnm-cni" >> "$JOURNAL"
+    mv -T "$PREFIX/cnm-cni" "$LEGACY_DIR"
   fi
 fi
-if [ -z "$TREES" ]; then swap_link ".cnm-cni/current" "$PREFIX/cnm-cni"; fi
+if [ -z "$TREES" ]; then change_link ".cnm-cni/current" "$PREFIX/cnm-cni"; fi
 
-# ---- previous bundles nothing runs from any more -------------------------------------------
-for v in $OLD_DIRS; do
-  case "$v" in "$REAL_PREFIX/cnm-cni") continue ;; esac
-  # The bundle just replaced stays until the next install: an exec that resolved its link
-  # just before the switch may not show in /proc yet.
-  if [ "$(basename "$v")" != "$PREVIOUS" ] && ! in_use "$v"; then rm -rf "$v"; fi
-done
-
-# ---- the manifest ---------------------------------------------------------------------------
+# ---- the manifest: the install is complete ---------------------------------------------------
 {
   cat "$NEW"  # directories created now
   echo "tree $VERSIONS"
@@ -290,4 +388,20 @@ done
   if [ "$ENABLED" = 1 ]; then echo "unit cnmd.socket"; fi
 } > "$NEW.lines"
 write_manifest "$NEW.lines"
+DONE=1
+rm -f "$LEGACY_MANIFEST"  # (an install.sh from before versioned bundles refuses now: see the header)
+
+# ---- previous bundles nothing runs from any more -------------------------------------------
+if [ -n "$LEGACY_DIR" ]; then rm -rf "$LEGACY_DIR" || say "warning: cannot remove $LEGACY_DIR"; fi
+for v in $OLD_DIRS; do
+  case "$v" in "$REAL_PREFIX/cnm-cni") continue ;; esac
+  # The bundle just replaced stays until the next install: an exec that resolved its link
+  # just before the switch may not show in /proc yet. The one `current` names now stays too
+  # (whatever happened since this install switched it).
+  name=$(basename "$v")
+  if [ "$name" = "$PREVIOUS" ] || [ "$name" = "$(readlink "$CURRENT" 2>/dev/null || true)" ] || in_use "$v"; then
+    continue
+  fi
+  rm -rf "$v" || say "warning: cannot remove $v"
+done
 echo "installed cnm-cni build $BUILD into $PREFIX ($(wc -l < "$MANIFEST") entries in $MANIFEST)"

@@ -1,5 +1,6 @@
 #!/bin/sh
-# Remove exactly what install.sh installed, as recorded in PREFIX/.cnm-cni.manifest:
+# Remove exactly what install.sh installed, as recorded in PREFIX/.cnm-cni/manifest (or
+# PREFIX/.cnm-cni.manifest, where installs before versioned bundles kept it):
 #   uninstall.sh [--prefix DIR]   (default: the prefix this script is installed under,
 #                                  else /opt/cni/bin)
 # First the helpers it started are stopped: the systemd units it enabled, and every helper
@@ -7,7 +8,7 @@
 # in flight and exits, removing its socket (one still running after 340 s is killed and its
 # socket removed). A link no longer pointing where it was installed, or a file changed since
 # install, is left in place (with a warning); directories install.sh created are removed when
-# empty.
+# empty. It takes its turn with the installs of PREFIX (flock PREFIX/.cnm-cni/lock).
 set -eu
 HERE=$(cd "$(dirname "$0")" && pwd)
 . "$HERE/common.sh"
@@ -16,7 +17,7 @@ DRAIN_TIMEOUT=340  # as cnmd.service's TimeoutStopSec
 while [ $# -gt 0 ]; do
   case "$1" in
     --prefix) PREFIX=$2; shift 2 ;;
-    -h|--help) sed -n '2,10p' "$0"; exit 0 ;;
+    -h|--help) sed -n '2,12p' "$0"; exit 0 ;;
     *) echo "uninstall.sh: unknown argument $1" >&2; exit 1 ;;
   esac
 done
@@ -24,19 +25,32 @@ if [ -z "$PREFIX" ]; then
   # Run as PREFIX/cnm-cni/uninstall.sh (HERE is PREFIX/cnm-cni), or from the bundle directory
   # itself (PREFIX/.cnm-cni/<bundle>, or PREFIX/cnm-cni before versioned bundles).
   PHYSICAL=$(cd "$HERE" && pwd -P)
-  if [ -f "$(dirname "$HERE")/.cnm-cni.manifest" ]; then PREFIX=$(dirname "$HERE")
-  elif [ -f "$PHYSICAL/../../.cnm-cni.manifest" ]; then PREFIX=$(dirname "$(dirname "$PHYSICAL")")
+  UP=$(dirname "$HERE")
+  if [ -f "$UP/.cnm-cni/manifest" ] || [ -f "$UP/.cnm-cni.manifest" ]; then PREFIX=$UP
+  elif [ -f "$PHYSICAL/../manifest" ] || [ -f "$PHYSICAL/../../.cnm-cni.manifest" ]; then
+    PREFIX=$(dirname "$(dirname "$PHYSICAL")")
   else PREFIX=/opt/cni/bin; fi
 fi
 case "$PREFIX" in /*) ;; *) PREFIX=$(pwd)/$PREFIX ;; esac
-MANIFEST="$PREFIX/.cnm-cni.manifest"
-[ -f "$MANIFEST" ] || { echo "uninstall.sh: nothing installed in $PREFIX (no $MANIFEST)" >&2; exit 1; }
+VERSIONS="$PREFIX/.cnm-cni"
+while [ -d "$VERSIONS" ] && [ ! -L "$VERSIONS" ]; do  # our turn (an install in progress finishes first)
+  command exec 9>>"$VERSIONS/lock" || { echo "uninstall.sh: cannot open $VERSIONS/lock" >&2; exit 1; }
+  flock 9
+  if same_file /proc/self/fd/9 "$VERSIONS/lock"; then break; fi
+  exec 9>&-  # removed while we waited (another uninstall): look again
+done
+MANIFEST="$VERSIONS/manifest"
+if [ ! -f "$MANIFEST" ]; then MANIFEST="$PREFIX/.cnm-cni.manifest"; fi
+[ -f "$MANIFEST" ] || { echo "uninstall.sh: nothing installed in $PREFIX (no $VERSIONS/manifest)" >&2; exit 1; }
+KEEP=$(mktemp)  # the manifest is removed with what it lists: read from a copy
+trap 'rm -f "$KEEP"' EXIT
+cp "$MANIFEST" "$KEEP"
 SYSTEMD_UP=0
 if [ -d /run/systemd/system ] && command -v systemctl >/dev/null 2>&1; then SYSTEMD_UP=1; fi
 
 # The helpers: systemd's first (so that it does not start another), then any other running
 # from a bundle of this install.
-if grep -q '^unit ' "$MANIFEST" && command -v systemctl >/dev/null 2>&1; then
+if grep -q '^unit ' "$KEEP" && command -v systemctl >/dev/null 2>&1; then
   systemctl disable --now cnmd.socket >/dev/null 2>&1 || true
   systemctl stop cnmd.service >/dev/null 2>&1 || true
 fi
@@ -51,7 +65,7 @@ done
 
 # Newest first: undo in reverse order of installation; created directories last.
 undo() {
-  tac "$MANIFEST" | while read -r kind path extra; do
+  tac "$KEEP" | while read -r kind path extra; do
     case "$1:$kind" in
       files:link)
         if [ -L "$path" ] && [ "$(readlink "$path")" = "$extra" ]; then rm -f "$path"
@@ -67,13 +81,9 @@ undo() {
   done
 }
 undo files
-if grep -q '^file .*/systemd/' "$MANIFEST" && [ "$SYSTEMD_UP" = 1 ]; then
+if grep -q '^file .*/systemd/' "$KEEP" && [ "$SYSTEMD_UP" = 1 ]; then
   systemctl daemon-reload || true
 fi
-KEEP=$(mktemp)
-cp "$MANIFEST" "$KEEP"
-rm -f "$MANIFEST"
-MANIFEST=$KEEP
+rm -f "$MANIFEST" "$PREFIX/.cnm-cni.manifest"
 undo dirs
-rm -f "$KEEP"
 echo "uninstalled cnm-cni from $PREFIX"

@@ -20,8 +20,9 @@ path: CNI_NETNS arrives as an open descriptor, and the working directory and
 netns handed over must be the caller's own.
 
 Started by `cnmctl daemon` (which calls `serve()`), by the systemd socket unit
-in conf/systemd/, or directly: `cnmd [--socket PATH]`. A helper of another build (an
-upgrade's leftover) listening on the path is replaced: see Takeover. On SIGTERM it stops
+in conf/systemd/, or directly: `cnmd [--socket PATH]`. A helper on the path that is of no use
+to the node (another build: an upgrade's leftover; or one that refuses the node's callers) is
+replaced: see helper_to_replace and Takeover. On SIGTERM it stops
 accepting, finishes the requests in flight and exits.
 """
 
@@ -147,16 +148,8 @@ def bind_socket(path: str, at: str | None = None) -> socket.socket:
     problem = thin.untrusted_directory(directory)
     if problem:
         raise SystemExit(f"cnmd: {problem}: the plugins would not use a socket there")
-    if at is None and os.path.exists(path):
-        probe = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-        try:
-            probe.connect(path)
-        except OSError:
-            os.unlink(path)  # a stale socket of a helper that is gone
-        else:
-            raise SystemExit(f"cnmd: another helper already listens on {path}")
-        finally:
-            probe.close()
+    if at is None and os.path.lexists(path):
+        remove_stale_socket(path)
     sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     old = os.umask(0o177)
     try:
@@ -168,11 +161,40 @@ def bind_socket(path: str, at: str | None = None) -> socket.socket:
     return sock
 
 
+def remove_stale_socket(path: str) -> None:
+    """Unlink `path` if it is a socket nobody listens on (a helper that is gone left it);
+    SystemExit for anything else: a live socket, or a file that is no socket (never ours to
+    remove)."""
+    import stat
+
+    if not stat.S_ISSOCK(os.lstat(path).st_mode):
+        raise SystemExit(f"cnmd: {path} exists and is not a socket; not replacing it")
+    probe = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    probe.settimeout(thin.CONNECT_TIMEOUT)
+    try:
+        probe.connect(path)
+    except ConnectionRefusedError:
+        os.unlink(path)
+        return
+    except OSError as exc:
+        raise SystemExit(f"cnmd: cannot tell whether a helper listens on {path}: {exc.strerror}") from None
+    finally:
+        probe.close()
+    raise SystemExit(f"cnmd: another helper already listens on {path}")
+
+
 # ---- a helper of another build on our socket -------------------------------------------------
 def helper_to_replace(path: str, build_id: str) -> handover.Listener | None:
-    """The helper of another build listening on `path`, which this one replaces; None when
-    nothing listens there. SystemExit when a helper that must be kept listens: one of this
-    build, one that does not answer, or one this process cannot stop (systemd's socket)."""
+    """The helper listening on `path` that this one replaces; None when nothing listens there.
+    SystemExit when a helper that must be kept listens. Replaced: a helper that refuses this
+    cnmd's callers, when that is of no use to the node - it is of another build, or of any
+    build but refuses callers of the node's own context (a helper started in another mount
+    namespace) - and it is a cnmd this process may stop. Kept: one that serves this cnmd's
+    callers (same build), does not answer, or is not a cnmd (systemd's socket); one of the
+    build its install has switched to, unless this cnmd is of that build too (a stale
+    supervisor or an old image never takes the socket from the installed build); and any,
+    when this cnmd is not in the node's namespaces (it would take the socket from the runtime's
+    helper)."""
     if not os.path.lexists(path):
         return None
     try:
@@ -184,23 +206,43 @@ def helper_to_replace(path: str, build_id: str) -> handover.Listener | None:
     if not listener.answered:
         raise SystemExit(f"cnmd: another helper already listens on {path} ({listener.describe()}) "
                          f"and did not answer; not replacing it")
-    if not listener.other_build:
+    if listener.refuses_context:
+        outside = handover.outside_node_namespaces()
+        if outside is not None:
+            raise SystemExit(f"cnmd: the helper {listener.describe()} on {path} refuses callers like this cnmd, "
+                             f"but this cnmd is not in the node's namespaces ({outside}); not replacing it")
+        what = "refuses callers of this cnmd's context"
+    elif listener.other_build:
+        what = f"runs another build ({listener.build})"
+    else:
         raise SystemExit(f"cnmd: another helper already listens on {path} ({listener.describe()}, "
                          f"same build)")
     why = listener.stoppable()
     if why is not None:
-        raise SystemExit(f"cnmd: the helper on {path} runs another build ({listener.build}), but {why}: "
+        raise SystemExit(f"cnmd: the helper on {path} {what}, but {why}: "
                          f"restart that helper instead (systemctl restart cnmd.service for the systemd unit)")
+    theirs = listener.build_tail()
+    ours = build_id.rsplit("/", 1)[1]
+    exe = handover.executable(listener.pid)
+    installed = {handover.installed_build(exe, f"/proc/{listener.pid}/root") if exe else None,
+                 handover.installed_build(os.path.realpath("/proc/self/exe"))} - {None}
+    if theirs in installed and ours not in installed:
+        raise SystemExit(f"cnmd: the helper {listener.describe()} on {path} runs build {theirs}, the build its "
+                         f"install runs; this cnmd is build {ours}: not replacing it (start the installed "
+                         f"cnmd, PREFIX/cnm-cni/cnmd, or install this build first)")
     return listener
 
 
 class Takeover:
-    """This helper takes `path` from a helper of another build, which then drains and exits.
+    """This helper takes `path` from a helper it replaces (helper_to_replace), which then
+    drains and exits.
 
     Our socket is bound beside the path and renamed over it (rename(2)): a caller connects to
     the old helper or to us, never to nothing. Told by SIGTERM, the old helper finishes what it
     claimed and exits; every cnmd so far then unlinks the path, whatever socket it names by
     then, so a spare hard link of ours puts the name back (callers in between run in-process).
+    Two cnmds replacing one helper at once both rename; the path names one of them, and the
+    other (`lost`) stops: its socket is unreachable.
     """
 
     def __init__(self, path: str, previous: handover.Listener):
@@ -209,6 +251,8 @@ class Takeover:
         head, base = os.path.split(os.path.abspath(path))
         self.temp = self.temp_name(path)
         self.spare = os.path.join(head, f".{base}.{os.getpid()}.spare")
+        self.bound: os.stat_result | None = None  # our socket's file, taken before it is renamed
+        self.lost = False
 
     @staticmethod
     def temp_name(path: str) -> str:
@@ -218,6 +262,7 @@ class Takeover:
     def claim(self) -> None:
         """Our socket (bound at temp_name) takes the path."""
         try:
+            self.bound = os.lstat(self.temp)
             os.link(self.temp, self.spare)
             os.rename(self.temp, self.path)
         except OSError:
@@ -228,21 +273,33 @@ class Takeover:
                     pass
             raise
 
-    def retire_previous(self) -> None:
-        """Tell the old helper to drain and exit; once it has, make sure the path names our socket."""
+    def names_ours(self) -> bool | None:
+        """Does the path name our socket: True, False (another's), None (nothing)."""
+        try:
+            st = os.lstat(self.path)
+        except OSError:
+            return None
+        return (st.st_dev, st.st_ino) == (self.bound.st_dev, self.bound.st_ino)
+
+    def retire_previous(self, stop_serving=None) -> None:
+        """Tell the old helper to drain and exit; once it has, make sure the path names our
+        socket. If it names another's (a cnmd that replaced the same helper at the same time),
+        this one has lost: `stop_serving()` is called."""
         old = self.previous
-        log(f"replacing the helper {old.describe()} of build {old.build} on {self.path}")
+        log(f"replacing the helper {old.describe()} on {self.path} ({f'build {old.build}' if old.build else old.reason})")
+        pidfd = None
         try:
             pidfd = handover.stop(old)
         except (PermissionError, OSError) as exc:
             log(f"cannot stop the helper pid {old.pid}: {exc}")
-            return
         if pidfd is not None:
             try:
-                handover.wait_exit(pidfd)
+                while not handover.wait_exit(pidfd, 1.0):
+                    if self.names_ours() is False:  # renamed over: no one renames ours back
+                        break
             finally:
                 os.close(pidfd)
-        if not os.path.lexists(self.path):
+        if self.names_ours() is None:
             try:
                 os.link(self.spare, self.path)
             except FileExistsError:
@@ -251,7 +308,14 @@ class Takeover:
             os.unlink(self.spare)
         except OSError:
             pass
-        log(f"the helper pid {old.pid} drained and exited; {self.path} is served by this helper")
+        if self.names_ours():
+            log(f"the helper pid {old.pid} drained and exited; {self.path} is served by this helper")
+            return
+        self.lost = True
+        log(f"{self.path} names another helper's socket (another cnmd replaced pid {old.pid} at the same "
+            f"time): this one stops")
+        if stop_serving is not None:
+            stop_serving()
 
 
 def remove_own_name(path: str, bound: os.stat_result | None) -> None:
@@ -277,7 +341,7 @@ class Refused(Exception):
         self.detail = detail or reason
 
 
-NOT_THE_HELPERS_CONTEXT = "the caller's context is not the helper's"
+NOT_THE_HELPERS_CONTEXT = handover.CONTEXT_REFUSAL
 
 
 class Probed(Refused):
@@ -757,11 +821,13 @@ def serve(socket_path: str | None = None, ready=None) -> int:
     try:
         if takeover is not None:
             takeover.claim()
-        if path is not None:
+            bound = takeover.bound
+        elif path is not None:
             bound = os.lstat(path)
         log(f"serving on {path or 'the systemd socket'} (build {helper.build_id})")
         if takeover is not None:
-            threading.Thread(target=takeover.retire_previous, name="cnmd-takeover", daemon=True).start()
+            threading.Thread(target=takeover.retire_previous, args=(helper.stop,), name="cnmd-takeover",
+                             daemon=True).start()
         if ready is not None:
             ready(path)
         helper.serve_forever()
@@ -774,7 +840,7 @@ def serve(socket_path: str | None = None, ready=None) -> int:
             remove_own_name(takeover.temp, bound)
         sock.close()
     log(f"stopped after {helper.served} requests")
-    return 0
+    return 1 if takeover is not None and takeover.lost else 0
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -367,12 +367,33 @@ def check_helper(env=None) -> Iterator[Finding]:
                       f"{whose} ({build}): it refuses their execs and every command runs in-process (~10x slower)",
                       f"start the installed helper, which replaces it: {cnmd} (systemctl restart cnmd.service when "
                       f"systemd runs it); or kill -TERM {listener.pid} (it drains and exits)")
+    elif listener.refuses_context:
+        yield Finding("helper", "error",
+                      f"the helper {listener.describe()} on {path} refuses callers like this one "
+                      f"({context_difference(listener.pid)}): every exec of a runtime that runs where this "
+                      f"cnmctl runs is refused and runs in-process (~10x slower)",
+                      f"start the helper where the runtime runs (the node's namespaces, as root, unconfined): "
+                      f"{cnmd} replaces it (systemctl restart cnmd.service when systemd runs it); "
+                      f"or kill -TERM {listener.pid} (it drains and exits)")
     elif listener.reason.startswith("probe") or listener.reason == "descriptors missing":
         yield ok("helper", f"the helper {listener.describe()} on {path} serves the build of {whose}")
     else:
         yield Finding("helper", "warning", f"the helper {listener.describe()} on {path} refuses callers like "
                                            f"this one: {listener.reason}",
                       "run the runtime, the helper and cnmctl in the same mount, pid and user namespaces, as root")
+
+
+def context_difference(pid: int) -> str:
+    """What differs between process `pid`'s context and ours, as the helper compares them."""
+    from . import peer
+
+    try:
+        theirs, _ = peer.context_of(pid)
+        ours, _ = peer.context_of(os.getpid())
+    except OSError:
+        return "its context differs from this process's"
+    differs = [key for key in theirs if theirs[key] != ours.get(key)]
+    return f"its {', '.join(differs)} differ from this process's" if differs else "its context differs"
 
 
 # ---- all --------------------------------------------------------------------------------------

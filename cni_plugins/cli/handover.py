@@ -1,14 +1,19 @@
 """Who listens on a helper socket, and making a helper of another build let go of it.
 
 Every cnmd since protocol 2 answers a request of another build with
-`NO "build <ours> != helper build <its>"` and, on SIGTERM, stops accepting, finishes the
-requests in flight and exits, unlinking its socket path. `probe()` relies on the first: it
-sends a request no helper ever runs (it carries no descriptors) and reads why it was
-refused. The listener's pid is the socket's SO_PEERCRED (the process that called
-listen()); `Listener.stoppable()` accepts only a process that is a cnmd by its command line
-and holds that listening socket, so a socket systemd holds (cnmd.socket: pid 1) is never
-taken over: its service is restarted through systemd instead. `stop()` signals through a
-pidfd, so a pid reused after the check is never hit.
+`NO "build <ours> != helper build <its>"` (since protocol 3, a caller unlike itself first gets
+CONTEXT_REFUSAL) and, on SIGTERM, stops accepting, finishes the requests in flight and exits,
+unlinking its socket path. `probe()` relies on the first: it sends a request no helper ever
+runs (it carries no descriptors) and reads why it was refused. The listener's pid is the
+socket's SO_PEERCRED (the process that called listen()); `Listener.stoppable()` accepts only a
+process that is a cnmd by its command line and holds that listening socket, so a socket
+systemd holds (cnmd.socket: pid 1) is never taken over: its service is restarted through
+systemd instead. `stop()` signals through a pidfd, so a pid reused after the check is never hit.
+
+Which listener a new cnmd may replace (its rules, cli/cnmd.py helper_to_replace) needs two
+facts beyond the probe: the build an install has switched to (`installed_build`: a helper of
+that build is replaced only by one of that build), and whether a process runs in the node's
+namespaces (`outside_node_namespaces`).
 """
 
 from __future__ import annotations
@@ -22,6 +27,8 @@ import struct
 from . import thin
 
 PROBE_FLAG = b"probe"  # a helper that knows it answers at once, without logging a refusal
+CONTEXT_REFUSAL = "the caller's context is not the helper's"  # a helper's answer to a caller unlike itself
+BUILD_ID_FILE = "_internal/cnm-build-id"  # in a bundle directory, beside its executable
 ANSWER_TIMEOUT = 5.0  # a refusal is immediate unless every worker is busy
 _OTHER_BUILD = " != helper build "
 # Refusals that mean the helper's code is not the code of its build id: a checkout's helper
@@ -53,6 +60,20 @@ class Listener:
     @property
     def answered(self) -> bool:
         return self.reason is not None
+
+    @property
+    def refuses_context(self) -> bool:
+        """It refuses callers like the prober: another mount, user or pid namespace, root,
+        credentials or confinement (it never says which, nor its build)."""
+        return self.reason == CONTEXT_REFUSAL
+
+    def build_tail(self) -> str | None:
+        """The listener's build id as its bundle names it (the id file's text), from its
+        refusal or, when that does not say, from the bundle its executable runs from."""
+        if self.build and "/" in self.build:
+            return self.build.rsplit("/", 1)[1]
+        exe = executable(self.pid)
+        return bundle_build(exe, f"/proc/{self.pid}/root") if exe else None
 
     def argv(self) -> list[str]:
         return process_argv(self.pid) if self.pid > 0 else []
@@ -176,3 +197,56 @@ def wait_exit(pidfd: int, timeout: float | None = None) -> bool:
     poller = select.poll()
     poller.register(pidfd, select.POLLIN)
     return bool(poller.poll(None if timeout is None else int(timeout * 1000)))
+
+
+# ---- installs and the node --------------------------------------------------------------------
+def executable(pid: int) -> str | None:
+    """The path process `pid` runs (in its own mount namespace), None if gone or deleted."""
+    if pid <= 0:
+        return None
+    try:
+        exe = os.readlink(f"/proc/{pid}/exe")
+    except OSError:
+        return None
+    return None if exe.endswith(" (deleted)") else exe
+
+
+def bundle_build(exe: str, root: str = "") -> str | None:
+    """The build id of the bundle `exe` runs from (its id file), seen through `root`."""
+    try:
+        with open(f"{root}{os.path.dirname(exe)}/{BUILD_ID_FILE}") as f:
+            return f.read().strip() or None
+    except OSError:
+        return None
+
+
+def installed_build(exe: str, root: str = "") -> str | None:
+    """When `exe` runs from a bundle an install put in place (PREFIX/.cnm-cni/<bundle>/), the
+    build that install runs now: the one PREFIX/.cnm-cni/current names. Else None."""
+    versions = os.path.dirname(os.path.dirname(exe))
+    if os.path.basename(versions) != ".cnm-cni":
+        return None
+    try:
+        current = os.readlink(f"{root}{versions}/current")
+    except OSError:
+        return None
+    return bundle_build(f"{versions}/{current}/cnm", root)
+
+
+def outside_node_namespaces(pid: int | None = None) -> str | None:
+    """Why process `pid` (default: this one) is not in the node's namespaces (the mount, user
+    and pid namespaces and root of pid 1, where the init system starts the runtime), or None.
+    Also None when pid 1 cannot be read (a container whose init hides it): the process then
+    stands for the node."""
+    from . import peer
+
+    try:
+        node, _ = peer.context_of(1)
+    except OSError:
+        return None
+    try:
+        own, _ = peer.context_of(os.getpid() if pid is None else pid)
+    except OSError as exc:
+        return f"its context cannot be read: {exc}"
+    differs = [key for key in (*peer.NAMESPACES, "root") if own.get(key) != node.get(key)]
+    return f"its {', '.join(differs)} differ from pid 1's" if differs else None

@@ -8,11 +8,12 @@ VERSION and every error are answered without importing pyroute2 or pydantic.
 from __future__ import annotations
 
 import json
+import sys
 from collections import namedtuple
 from collections.abc import Callable, Mapping
 
 from . import log, versions
-from .errors import INTERNAL, TRY_AGAIN_LATER, CNIError
+from .errors import CANNOT_RUN, INTERNAL, IO_FAILURE, NOT_AVAILABLE, TRY_AGAIN_LATER, CNIError
 from .request import Request, parse, version_hint
 
 # What one command answers. (No dataclass, nor typing.Protocol below: importing dataclasses
@@ -83,27 +84,55 @@ def _serve(load_plugin, env, stdin: bytes, netns_fd: int | None, event: log.Even
         event.error = err
         return Response(err.to_json(error_version or version_hint(stdin)), 1)
     except Exception as exc:  # a bug must still answer with an error object, never a traceback
-        what = f"{type(exc).__name__}: {' '.join(str(exc).split())[:500]}"
-        if while_loading(exc):  # our files replaced under this process, or incomplete: a retry will do
-            err = CNIError(TRY_AGAIN_LATER, "cnm-cni cannot load its code",
-                           f"{what}: its files are being replaced or are incomplete (an install in progress?); retry")
+        answer = load_failure(exc, env.get("CNI_COMMAND", ""))
+        if answer is not None:  # our files replaced under this process, incomplete, or the node's missing
+            err = CNIError(*answer)
             event.error = err
         else:
             import traceback
 
-            err = CNIError(INTERNAL, "internal error", what)
+            err = CNIError(INTERNAL, "internal error", f"{type(exc).__name__}: {' '.join(str(exc).split())[:500]}")
             event.error, event.traceback = err, traceback.format_exc()  # the traceback: the log only
         return Response(err.to_json(error_version or version_hint(stdin)), 1)
 
 
-def while_loading(exc: BaseException) -> bool:
-    """The exception comes from loading a module: one missing (ImportError), or cut short (its
-    traceback goes through the import system: SyntaxError, EOFError of a truncated .pyc, ...)."""
-    if isinstance(exc, ImportError):
-        return True
-    tb = exc.__traceback__
-    while tb is not None:
-        if tb.tb_frame.f_code.co_filename.startswith("<frozen importlib"):
-            return True
+def load_failure(exc: BaseException, command: str) -> tuple[int, str, str] | None:
+    """(code, msg, details) when `exc` comes from loading code, else None: the entry point's
+    answer (bin/cnm `load_failure`, which says what each code means), for a module first
+    imported once the command runs."""
+    tb, last = exc.__traceback__, ""
+    loading = isinstance(exc, ImportError)
+    while tb is not None:  # a module cut short fails inside the import system (SyntaxError, EOFError, ...)
+        where = tb.tb_frame.f_code.co_filename
+        loading = loading or where.startswith("<frozen importlib")
+        last = where if not where.startswith("<") else last
         tb = tb.tb_next
-    return False
+    if not loading:
+        return None
+    what = f"{type(exc).__name__}: {' '.join(str(exc).split())[:500]}"
+    if isinstance(exc, OSError) and not isinstance(exc, FileNotFoundError):
+        code, msg = IO_FAILURE, "cnm-cni cannot read its code"
+        details = f"{what}: check its files' permissions and the disk (a retry will not help)"
+    elif any(sign in str(exc) for sign in INCOMPATIBLE_LIBRARY) or not our_code(exc, last):
+        code, msg = CANNOT_RUN, "cnm-cni cannot run on this node"
+        details = (f"{what}: a module or library it needs is missing or does not load on this node "
+                   f"(reinstall cnm-cni and its dependencies; a retry will not help)")
+    else:
+        code, msg = TRY_AGAIN_LATER, "cnm-cni cannot load its code"
+        details = f"{what}: its files are being replaced or are incomplete (an install in progress?); retry"
+    return (NOT_AVAILABLE if command == "STATUS" else code), msg, details
+
+
+INCOMPATIBLE_LIBRARY = ("wrong ELF class", "undefined symbol", "GLIBC_")  # built for another node
+
+
+def our_code(exc: BaseException, last_file: str) -> bool:
+    """The code that failed to load is cnm-cni's own (what an install replaces): in a bundle
+    every module is; in a checkout the package cni_plugins."""
+    if getattr(sys, "frozen", False):
+        return True
+    name = exc.name if isinstance(exc, ImportError) else None
+    if name:
+        return name.partition(".")[0] == "cni_plugins"
+    where = exc.filename if isinstance(exc, SyntaxError) else last_file
+    return bool(where) and "/cni_plugins/" in where and "-packages/" not in where

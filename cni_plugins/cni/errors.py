@@ -20,6 +20,7 @@ PLUGIN_FAILURE = 100  # a kernel or filesystem operation failed
 IPAM_FAILURE = 101  # addresses exhausted, duplicate allocation, requested IP taken
 CONFLICT = 102  # the request conflicts with existing state (port taken, netns mismatch)
 CHECK_FAILED = 103  # CHECK found a difference between expectation and the kernel
+CANNOT_RUN = 104  # something of the node's is missing or does not load (a dependency, a library): retry will not help
 INTERNAL = 199  # a bug: an unexpected exception, reported without a traceback
 
 

@@ -99,19 +99,24 @@ def fold_keys(value: object) -> object:
     return value
 
 
+IFNAME_RULE = "must be 1-15 bytes, not '.' or '..', without '/', ':', '%' or whitespace"
+_KERNEL_SPACE = frozenset(b" \t\n\v\f\r\xa0")  # bytes the kernel's isspace() takes for space
+
+
+def valid_interface_name(name: str) -> bool:
+    """Would the kernel create a link of exactly this name? Its dev_valid_name (1-15 bytes, not
+    . or .., no '/', ':' or byte it takes for space: 0xa0 too, which UTF-8 characters such as
+    'à' contain), and no '%', which it expands (eth%d: the first free number; every ADD would
+    leave another link) -- plus whitespace as libcni sees it."""
+    raw = name.encode("utf-8", "surrogateescape")
+    return (0 < len(raw) <= 15 and name not in (".", "..")
+            and not any(b in b"/:%\0" or b in _KERNEL_SPACE for b in raw)
+            and not any(c.isspace() for c in name))
+
+
 def validate_ifname(name: str) -> None:
-    if (
-        not name
-        or len(name.encode()) > 15
-        or name in (".", "..")
-        or any(c in name for c in "/:")
-        or any(c.isspace() for c in name)
-    ):
-        raise CNIError(
-            INVALID_ENV,
-            "invalid CNI_IFNAME",
-            f"{name!r}: must be 1-15 bytes, not '.' or '..', without '/', ':' or whitespace",
-        )
+    if not valid_interface_name(name):
+        raise CNIError(INVALID_ENV, "invalid CNI_IFNAME", f"{name!r}: {IFNAME_RULE}")
 
 
 def validate_container_id(cid: str) -> None:

@@ -149,12 +149,12 @@ class Driver:
         other members of their sandbox, or busy): what they hold must stay."""
         return None
 
-    def orphans(self, store_id: str, endpoints: list[Endpoint]) -> list[Orphan]:
+    def orphans(self, ctx: Context, endpoints: list[Endpoint]) -> list[Orphan]:
         """Sweeps: this driver's kernel objects and files in this network namespace that no
-        endpoint of the store owns (removable only when tagged with `store_id`)."""
+        endpoint of the store owns (removable only when tagged with `ctx.store_id`)."""
         return []
 
-    def remove_orphan(self, orphan: Orphan, store_id: str) -> None:
+    def remove_orphan(self, ctx: Context, orphan: Orphan) -> None:
         """Remove a removable orphan; the caller holds the store's write lock and has checked
         that no endpoint record owns it."""
         return None

@@ -150,26 +150,70 @@ def _localhost_rule() -> list[dict]:
     ]
 
 
-def _loopback_guard_rule() -> list[dict]:
+def _loopback_guard_rules() -> list[list[dict]]:
     """Nothing arriving from a bridge reaches the host's 127.0.0.0/8 unless DNATed (as
     kubelet's rule against CVE-2020-8558). route_localnet, which the bridge needs while a port
     is published on 127.0.0.1 (see drivers/bridge/localnet.py), would otherwise let a
     container that routes 127/8 to its gateway talk to the host's loopback-only services.
     Any bridge, not only ours (the rule cannot know which are): from a bridge, such a packet
-    is an attack or a mistake. IPv6 needs no rule: the kernel drops ::1 arriving on any
-    device but lo, whatever its settings."""
+    is an attack or a mistake. A packet without a conntrack entry (invalid: e.g. an ICMP
+    error quoting a flow that does not exist; or untracked) has no status to test, so it is
+    dropped by its state. IPv6 needs no rule: the kernel drops ::1 arriving on any device
+    but lo, whatever its settings."""
+    head = [_nfproto("ip"), _match(_meta("iifkind"), "bridge"), _match(_payload("ip", "daddr"), LOOPBACK4)]
     return [
-        _nfproto("ip"),
-        _match(_meta("iifkind"), "bridge"),
-        _match(_payload("ip", "daddr"), LOOPBACK4),
-        _match({"ct": {"key": "status"}}, "dnat", "!"),
-        {"drop": None},
+        head + [_match({"ct": {"key": "state"}}, {"set": ["invalid", "untracked"]}), {"drop": None}],
+        head + [_match({"ct": {"key": "status"}}, "dnat", "!"), {"drop": None}],
+    ]
+
+
+def _loopback_source_rules() -> list[list[dict]]:
+    """No packet from a bridge with a loopback source. route_localnet also turns off the
+    kernel's martian check of the source on the bridge: a container could send as 127.0.0.x
+    to the host's services (which take it for a local client) or through the host. Nothing
+    legitimate carries one: the host's own 127.0.0.1 -> published port leaves masqueraded,
+    and its answers arrive addressed to the bridge, not from 127/8. (::1 too: the kernel
+    checks only the destination of IPv6 packets for it.) Before conntrack: no entry for them."""
+    return [
+        [_nfproto("ip"), _match(_meta("iifkind"), "bridge"), _match(_payload("ip", "saddr"), LOOPBACK4),
+         {"drop": None}],
+        [_nfproto("ip6"), _match(_meta("iifkind"), "bridge"), _match(_payload("ip6", "saddr"), "::1"),
+         {"drop": None}],
+    ]
+
+
+def _bridge_isolation_rules() -> list[list[dict]]:
+    """A bridge in iso_bridges (an element `bridge . bridge` while it has isolated endpoints,
+    see drivers/bridge/shared.py) exchanges nothing with any other bridge: whatever address a
+    container sends from (an unassigned one of its subnet included), whatever it is sent to
+    (a published port of another network included). Within the bridge (hairpin through the
+    gateway) and with the outside it does. As Docker's `-i br ! -o br -o otherbr drop`."""
+    iif, oif = _meta("iifname"), _meta("oifname")
+    between = {"concat": [iif, oif]}
+    return [
+        [_match({"concat": [iif, iif]}, "@iso_bridges"), _match(_meta("oifkind"), "bridge"),
+         _match(between, "@iso_bridges", "!="), {"drop": None}],
+        [_match({"concat": [oif, oif]}, "@iso_bridges"), _match(_meta("iifkind"), "bridge"),
+         _match(between, "@iso_bridges", "!="), {"drop": None}],
+    ]
+
+
+def _no_icc_routed_rules() -> list[list[dict]]:
+    """icc=false on the routed path: a packet in from a bridge of noicc_bridges and out to the
+    same bridge (a container that routes its neighbour through the gateway) is dropped, as
+    Docker's `-i br -o br drop`, unless DNATed: a published port reached through the gateway,
+    the container's own (hairpin) or a neighbour's. Without a conntrack entry there is no
+    status to test: dropped by its state."""
+    pair = _match({"concat": [_meta("iifname"), _meta("oifname")]}, "@noicc_bridges")
+    return [
+        [pair, _match({"ct": {"key": "state"}}, {"set": ["invalid", "untracked"]}), {"drop": None}],
+        [pair, _match({"ct": {"key": "status"}}, "dnat", "!"), {"drop": None}],
     ]
 
 
 def _isolation_rules(proto: str) -> list[list[dict]]:
-    """Endpoints of an isolated network (isoN) exchange nothing with any other bridge
-    network; within their own subnet (published-port hairpin) and with the outside they do."""
+    """By address, for endpoints recorded by versions before iso_bridges (isoN): they exchange
+    nothing with any other bridge network; within their own subnet and with the outside they do."""
     n = "4" if proto == "ip" else "6"
     saddr, daddr = _payload(proto, "saddr"), _payload(proto, "daddr")
     return [
@@ -235,6 +279,11 @@ LAYOUT: dict[str, dict[str, dict]] = {
             "iso4_local": {"type": ["ipv4_addr", "ipv4_addr"], "flags": ["interval"]},
             "iso6": {"type": "ipv6_addr"},
             "iso6_local": {"type": ["ipv6_addr", "ipv6_addr"], "flags": ["interval"]},
+            # per endpoint: bridge . host veth; per bridge (shared): bridge . bridge
+            "iso_ports": {"type": ["ifname", "ifname"]},
+            "iso_bridges": {"type": ["ifname", "ifname"]},
+            "noicc_ports": {"type": ["ifname", "ifname"]},
+            "noicc_bridges": {"type": ["ifname", "ifname"]},
         },
         "chains": {
             "prerouting": (
@@ -251,13 +300,17 @@ LAYOUT: dict[str, dict[str, dict]] = {
                  _hairpin_rule("ip"), _hairpin_rule("ip6"), _localhost_rule(),
                  _hairpin_rule("ip", "noicc_dnat"), _hairpin_rule("ip6", "noicc_dnat")],
             ),
+            "guard": (
+                {"type": "filter", "hook": "prerouting", "prio": -300, "policy": "accept"},
+                _loopback_source_rules(),
+            ),
             "forward": (
                 {"type": "filter", "hook": "forward", "prio": 0, "policy": "accept"},
-                _isolation_rules("ip") + _isolation_rules("ip6"),
+                _bridge_isolation_rules() + _no_icc_routed_rules() + _isolation_rules("ip") + _isolation_rules("ip6"),
             ),
             "input": (
                 {"type": "filter", "hook": "input", "prio": 0, "policy": "accept"},
-                [_loopback_guard_rule()],
+                _loopback_guard_rules(),
             ),
         },
     },
@@ -393,19 +446,43 @@ def hairpin(address: str, subnet: str) -> list[Element]:
     return [Element("inet", f"hairpin{ip.version}", {"concat": [str(ip), _prefix(subnet)]})]
 
 
-def isolate(address: str, subnet: str) -> list[Element]:
-    """`address` talks to its own subnet and the outside, not to other bridge networks."""
-    ip = ipaddress.ip_address(address)
-    n = str(ip.version)
-    return [
-        Element("inet", f"iso{n}", str(ip)),
-        Element("inet", f"iso{n}_local", {"concat": [str(ip), _prefix(subnet)]}),
-    ]
+def isolate(bridge: str, port: str) -> list[Element]:
+    """The endpoint on `port` makes `bridge` isolated: nothing between it and another bridge.
+    Its own element (iso_ports) and the bridge's, shared by all its isolated endpoints."""
+    return [Element("inet", "iso_ports", {"concat": [bridge, port]}),
+            Element("inet", "iso_bridges", {"concat": [bridge, bridge]})]
 
 
-def no_icc(port: str) -> list[Element]:
-    """The bridge does not forward frames between two ports both marked no-icc."""
-    return [Element("bridge", "noicc", port)]
+def no_icc(bridge: str, port: str) -> list[Element]:
+    """The bridge does not forward frames between two ports both marked no-icc, nor the host
+    route between two of its ports (see _no_icc_routed_rules): the port's own elements and
+    the bridge's, shared by all its icc=false endpoints."""
+    return [Element("bridge", "noicc", port), Element("inet", "noicc_ports", {"concat": [bridge, port]}),
+            Element("inet", "noicc_bridges", {"concat": [bridge, bridge]})]
+
+
+# Sets whose elements several endpoints share (one per bridge) -> the set of their per-endpoint
+# elements: a shared element stays while its bridge has one there (drivers/bridge/shared.py).
+SHARED_SETS = {"iso_bridges": "iso_ports", "noicc_bridges": "noicc_ports"}
+
+
+def set_elements(family: str, names: list[str]) -> list[tuple[Element, str]]:
+    """(element, comment) of the named sets of our table of `family` (none when absent)."""
+    out = []
+    for name in names:
+        try:
+            data = list_json(["list", "set", family, TABLE, name])
+        except NftError as exc:
+            if "No such file or directory" in str(exc) or "does not exist" in str(exc):
+                continue
+            raise
+        for item in data:
+            for entry in (item.get("set") or {}).get("elem") or []:
+                if isinstance(entry, dict) and "elem" in entry:
+                    out.append((Element(family, name, entry["elem"]["val"]), entry["elem"].get("comment", "")))
+                else:
+                    out.append((Element(family, name, entry), ""))
+    return out
 
 
 def noicc_published(address: str, subnet: str) -> list[Element]:

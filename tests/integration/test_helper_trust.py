@@ -282,8 +282,12 @@ def test_directories_have_their_mode_whatever_the_umask(netns, cnm_env, tmp_path
         os.umask(old)
     expected = {
         "s1": 0o700, "s1/s2": 0o700, "s1/s2/state": 0o700,
-        "r1": 0o700, "r1/run": 0o700, "r1/run/netns": 0o700, "r1/run/localnet": 0o700,
+        "r1": 0o700, "r1/run": 0o700, "r1/run/netns": 0o700, "r1/run/route_localnet": 0o700,
         "d1": 0o755, "d1/d2": 0o755, "d1/d2/ipam": 0o755, f"d1/d2/ipam/{lab.network}": 0o755,
     }
+    markers = tmp_path / "r1" / "run" / "route_localnet"  # and everything under it (per netns, per bridge)
+    below = [os.path.relpath(here, tmp_path) for here, _dirs, _files in os.walk(markers)][1:]
+    assert below
+    expected.update({d: 0o700 for d in below})
     assert {d: oct(mode(tmp_path / d)) for d in expected} == {d: oct(m) for d, m in expected.items()}
     assert lab.run("DEL", conf, c, cid="c1").rc == 0

@@ -98,9 +98,9 @@ def test_isolate_networks(lab, servers):
     assert reach(outside, "tcp", UPLINK_V4, 8080) == f"a {OUTSIDE_V4}"
     assert reach(nsa, "tcp", UPLINK_V4, 8080).startswith("a ")  # hairpin within its own network
     assert lab.run("CHECK", with_prev(iso, ra), nsa, cid="ca").rc == 0
-    sh("nft", "delete", "element", "inet", "cnm", "iso4", "{ 10.251.0.2 }", ns=lab.host)
+    sh("nft", "delete", "element", "inet", "cnm", "iso_bridges", f"{{ {lab.bridge} . {lab.bridge} }}", ns=lab.host)
     run = lab.run("CHECK", with_prev(iso, ra), nsa, cid="ca")
-    assert run.rc != 0 and run.json["code"] == 103 and "iso4" in run.json["details"], run
+    assert run.rc != 0 and run.json["code"] == 103 and "iso_bridges" in run.json["details"], run
     assert lab.run("DEL", iso, "", cid="ca").rc == 0
     assert lab.run("DEL", other, nsb, cid="cb").rc == 0
     assert lab.run("DEL", third, nsc, cid="cc").rc == 0

@@ -59,7 +59,7 @@ def use_backend(monkeypatch):
 def sample() -> tuple[list, list]:
     ports = nft.published_port("tcp", None, 8080, "10.61.0.2", 80, "c1")
     others = [nft.Element("inet", "masq4", "10.61.0.2"), *nft.hairpin("10.61.0.2", "10.61.0.0/24"),
-              *nft.no_icc("cnmtveth0"), *nft.mac_spoof_check("cnmtveth0", "02:42:0a:3d:00:02")]
+              *nft.no_icc("cnmtbr0", "cnmtveth0"), *nft.mac_spoof_check("cnmtveth0", "02:42:0a:3d:00:02")]
     return ports, others
 
 

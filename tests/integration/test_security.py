@@ -145,7 +145,7 @@ def test_route_localnet_only_while_a_port_needs_it(lab, servers):
     assert route_localnet(lab) == "1"
     assert lab.run("DEL", elsewhere, ns1, cid="c1").rc == 0
     assert lab.run("DEL", plain, ns0, cid="c0").rc == 0
-    assert os.listdir(os.path.join(lab.env["CNM_RUN_DIR"], "localnet")) == []
+    assert os.listdir(os.path.join(lab.env["CNM_RUN_DIR"], "route_localnet")) == []
     assert_all_gone(lab)
 
 
@@ -162,7 +162,7 @@ def test_route_localnet_released_after_a_crash(lab):
     assert lab.run("DEL", conf, ns, cid="c1").rc == 0
     assert route_localnet(lab) == "0"
     assert lab.run("DEL", ports_conf(lab, []), "", cid="c0").rc == 0
-    assert os.listdir(os.path.join(lab.env["CNM_RUN_DIR"], "localnet")) == []
+    assert os.listdir(os.path.join(lab.env["CNM_RUN_DIR"], "route_localnet")) == []
 
 
 # ---- item 7: icc=false and published ports -------------------------------------------------------

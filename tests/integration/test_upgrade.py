@@ -16,12 +16,11 @@ import threading
 
 import pytest
 
-from bundle_support import CLEAN_PATH, build, build_id, exec_plugin, run_script, snapshot
-from conftest import ROOT, unique, wait_listening
+from bundle_support import (CLEAN_PATH, CONFLIST, PLUGIN_LINKS, Helper, Node, build, build_id, exec_plugin, run_script,
+                            snapshot, version_all)
+from conftest import unique
 
 pytestmark = pytest.mark.slow
-CONFLIST = os.path.join(ROOT, "conf", "containerd", "10-cnm.conflist")
-PLUGIN_LINKS = ("cnm-bridge", "cnm-host", "cnm-none", "cnm-container", "cnm-ipam", "loopback")
 
 
 @pytest.fixture(scope="module")
@@ -34,71 +33,12 @@ def release_b(tmp_path_factory):
     return build("B", tmp_path_factory)
 
 
-class Node:
-    """A node's directories under a test's tmp dir, and its install commands (the documented ones)."""
-
-    def __init__(self, tmp_path):
-        self.root = tmp_path / "node"
-        self.prefix = self.root / "opt/cni/bin"
-        self.netconf = self.root / "etc/cni/net.d"
-        self.sbin = self.root / "usr/local/sbin"
-        self.units = self.root / "etc/systemd/system"
-        self.tmp = tmp_path
-        self.root.mkdir()
-
-    def install(self, release, *extra, conflist=CONFLIST) -> subprocess.CompletedProcess:
-        return run_script(release / "install.sh", "--prefix", self.prefix, "--loopback", "--conflist", conflist,
-                          "--netconf-dir", self.netconf, "--cnmctl-link", self.sbin, "--systemd",
-                          "--systemd-dir", self.units, "--no-enable", *extra)
-
-    def uninstall(self) -> subprocess.CompletedProcess:
-        return run_script(self.prefix / "cnm-cni" / "uninstall.sh")
-
-    def installed_build(self) -> str:
-        """The build the prefix's cnmd says it is (the files a new exec runs)."""
-        proc = subprocess.run([str(self.prefix / "cnm-cni" / "cnmd"), "--print-build-id"], capture_output=True,
-                              text=True, env={"PATH": CLEAN_PATH}, timeout=60)
-        assert proc.returncode == 0, proc.stderr
-        return proc.stdout.strip().rsplit("/", 1)[1]
-
-    def conflist(self) -> dict:
-        return json.loads((self.netconf / "10-cnm.conflist").read_text())
-
-    def edit_pod_cidr(self, cidr: str) -> None:
-        """As docs/operators.md says: set the installed list's ranges to the node's pod CIDR."""
-        conf = self.conflist()
-        conf["plugins"][0]["ipam"]["ranges"] = [[{"subnet": cidr}]]
-        (self.netconf / "10-cnm.conflist").write_text(json.dumps(conf, indent=2) + "\n")
-
-
 @pytest.fixture
 def node(tmp_path):
     n = Node(tmp_path)
     yield n
-    if (n.prefix / ".cnm-cni.manifest").exists():  # a failed test's install: its helpers too
+    if n.installed():  # a failed test's install: its helpers too
         run_script(n.prefix / "cnm-cni" / "uninstall.sh")
-
-
-class Helper:
-    """A cnmd started by hand (`cnmd --socket PATH`, or `cnmctl daemon`), its log kept."""
-
-    def __init__(self, executable, sock, log, daemon: bool = False):
-        self.sock, self.log = str(sock), log
-        argv = [str(executable), "daemon", "--socket", self.sock] if daemon else [str(executable), "--socket", self.sock]
-        with open(log, "ab") as f:
-            self.proc = subprocess.Popen(argv, stdout=f, stderr=f, env={"PATH": CLEAN_PATH})
-
-    def wait_listening(self):
-        wait_listening(self.sock, self.proc, timeout=60, log=self.log)
-        return self
-
-    def stop(self) -> int | None:
-        if self.proc.poll() is None:
-            self.proc.terminate()
-        return self.proc.wait(timeout=400)
-
-    def text(self) -> str:
-        return open(self.log).read()
 
 
 @pytest.fixture
@@ -116,16 +56,6 @@ def helpers():
 
 
 # ---- item 2: the documented upgrade ------------------------------------------------------------
-def version_all(prefix) -> list[str]:
-    """VERSION through every plugin link of `prefix`: what each failing one answered."""
-    failed = []
-    for plugin in PLUGIN_LINKS:
-        rc, out, err = exec_plugin(prefix, plugin, "VERSION", {"cniVersion": "1.0.0"}, CNM_HELPER_SOCKET="off")
-        if rc != 0 or b"supportedVersions" not in out:
-            failed.append(f"{plugin}: rc={rc} {out[-300:]!r} {err[-300:]!r}")
-    return failed
-
-
 def test_upgrade_keeps_the_plugins_and_the_edited_conflist(node, release_a, release_b):
     """Issue 17 item 2: install A, edit the installed conflist (the node's pod CIDR), install B
     with the same command. Before: install.sh uninstalled A first, then refused the edited
@@ -315,7 +245,7 @@ def test_adds_and_dels_through_an_upgrade(node, release_a, release_b, netns, tmp
     assert not loops.failures, "\n".join(loops.failures[:10])
     assert min(loops.done) >= 4
     assert node.installed_build() == build_id(release_b)
-    bundles = [p for p in os.listdir(node.prefix / ".cnm-cni") if p != "current"]
+    bundles = [p for p in os.listdir(node.prefix / ".cnm-cni") if p not in ("current", "manifest", "lock")]
     assert len(bundles) <= 3, bundles  # the current one, the one it replaced, one still in use at most
 
 

@@ -13,7 +13,7 @@ from typing import Optional
 from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictInt, StrictStr, ValidationError, model_validator
 
 from ...cni.errors import INVALID_CONFIG, CNIError
-from ...cni.request import Request
+from ...cni.request import IFNAME_RULE, Request, valid_interface_name
 
 DEFAULT_BRIDGE = "cnm0"
 MAC_RE = re.compile(r"^([0-9A-Fa-f]{2}[:-]){5}[0-9A-Fa-f]{2}$")
@@ -75,9 +75,8 @@ class BridgeConfig(BaseModel):
 
     @model_validator(mode="after")
     def _consistent(self) -> "BridgeConfig":
-        name = self.bridge
-        if not name or len(name.encode()) > 15 or name in (".", "..") or any(c in name for c in "/: \t\n"):
-            raise ValueError("bridge: must be a valid interface name (1-15 bytes, no '/', ':' or spaces)")
+        if not valid_interface_name(self.bridge):
+            raise ValueError(f"bridge: {self.bridge!r} is not a valid interface name: {IFNAME_RULE}")
         if self.hairpinMode and self.promiscMode:
             raise ValueError("hairpinMode, promiscMode: cannot set hairpin mode and promiscuous mode at the same time")
         if self.disableContainerInterface and self.ipam_type:

@@ -19,7 +19,7 @@ from ...cni.result import DNS, Interface, IPConfig, Result, Route
 from ...cnm.model import Endpoint, owner_tag
 from ..base import RESUMED_KEY, Context, Driver
 from . import config as bridge_config
-from . import ipam, localnet, ports, standby
+from . import ipam, localnet, ports, shared, standby
 
 HOST_VETH_PREFIX = "cnm"
 IPV6_MIN_MTU = 1280  # a link with a smaller MTU has no IPv6 state at all
@@ -193,7 +193,7 @@ class BridgeDriver(Driver):
 
                     owner = ctx.owner(endpoint)
                     publishes_ports = any(ports.is_port(e) for e in elements)
-                    self._route_localnet(ctx, conf, endpoint.id, elements, undo)
+                    self._route_localnet(ctx, conf, ctx.owner(endpoint), elements, undo)
                     with ctx.locked("ports") if publishes_ports else nullcontext():
                         if publishes_ports:  # again, now that no other ADD can publish meanwhile
                             self._ports_free(ctx, conf, endpoint)
@@ -207,8 +207,12 @@ class BridgeDriver(Driver):
                             if endpoint.id in self._stale_owners:
                                 self._stale_owners.discard(endpoint.id)
                                 stale = nft.owned(owner)
-                            nft.commit(add=installed, remove=stale, owner=owner)
-                        undo.callback(_remove_elements, installed, owner)
+                            bridges = shared.touches(installed) or shared.touches(stale)
+                            with ctx.locked(shared.LOCK) if bridges else nullcontext():
+                                nft.commit(add=installed, remove=shared.own(stale), owner=owner)
+                                if shared.touches(stale):
+                                    shared.settle(shared.bridges_of(stale))
+                        undo.callback(_remove_elements, installed, owner, (), ctx.locked)
                         if claim.held:
                             waits = [e for e in elements if ports.is_port(e) and ports.slot(e) in claim.held]
                             with kernel_errors("enlist the published ports a sibling holds"):
@@ -383,15 +387,15 @@ class BridgeDriver(Driver):
             if 6 in families:
                 sysctl.ensure("net/ipv6/conf/all/forwarding", "1")
 
-    def _route_localnet(self, ctx: Context, conf, endpoint_id: str, elements, undo: ExitStack) -> None:
+    def _route_localnet(self, ctx: Context, conf, owner: str, elements, undo: ExitStack) -> None:
         """127.0.0.1:hostPort from the host: DNAT in output re-routes the packet to the
         bridge, which the kernel allows for a 127/8 source only with route_localnet; on
         only while an endpoint needs it (localnet.py)."""
         if not localnet.needed_by(elements):
             return
         with kernel_errors(f"enable route_localnet on {conf.bridge!r}"), ctx.locked("localnet"):
-            localnet.acquire(ctx.env, conf.bridge, endpoint_id)
-        undo.callback(_release_localnet, ctx, endpoint_id, conf.bridge)
+            localnet.acquire(ctx.env, conf.bridge, owner)
+        undo.callback(_release_localnet, ctx, owner, conf.bridge)
 
     # ---- DEL ------------------------------------------------------------------------------
     def leave(self, ctx: Context, network, endpoint: Endpoint, sandbox) -> None:
@@ -417,7 +421,7 @@ class BridgeDriver(Driver):
                 _flush_udp(ctx, remove)
             if localnet.needed_by(recorded):
                 with kernel_errors("restore route_localnet"):
-                    _release_localnet(ctx, endpoint.id, endpoint.data.get("bridge"))
+                    _release_localnet(ctx, ctx.owner(endpoint), endpoint.data.get("bridge"))
         _fault(ctx.env, "del", "nft")
         rec = endpoint.data.get("ipam")
         if rec:
@@ -438,10 +442,10 @@ class BridgeDriver(Driver):
         with kernel_errors("remove nftables entries"):
             owned = nft.owned(owner) + nft.owned(endpoint_id)  # ours, and an older version's untagged
             if owned:
-                _remove_elements(owned, owner)
+                _remove_elements(owned, owner, (), ctx.locked)
                 _flush_udp(ctx, owned)
         with kernel_errors("restore route_localnet"):
-            _release_localnet(ctx, endpoint_id, None)  # (its bridge is not known without a record)
+            _release_localnet(ctx, owner, None)  # (its bridge is not known without a record)
         ipam_conf = ctx.request.config.get("ipam")
         ipam_type = ipam_conf.get("type") if isinstance(ipam_conf, dict) else None
         if isinstance(ipam_type, str) and ipam_type and not elsewhere:
@@ -490,15 +494,15 @@ class BridgeDriver(Driver):
         if conf.ipam_type and ipam.speaks_status(request, conf.ipam_type):
             ipam.gc(request, conf.ipam_type, valid | ipam.held_by(remaining))
 
-    def orphans(self, store_id: str, endpoints) -> list:
+    def orphans(self, ctx: Context, endpoints) -> list:
         from . import sweep
 
-        return sweep.orphans(store_id, endpoints)
+        return sweep.orphans(ctx, endpoints)
 
-    def remove_orphan(self, orphan, store_id: str) -> None:
+    def remove_orphan(self, ctx: Context, orphan) -> None:
         from . import sweep
 
-        sweep.remove(orphan, store_id)
+        sweep.remove(ctx, orphan)
 
 
 def _ipv6_addr_gen_mode(conf, families: set[int]) -> int | None:
@@ -553,10 +557,9 @@ def expected_elements(conf, request: Request, data: dict, host_name: str, mac: s
     if mappings:
         elements.extend(ports.elements(mappings, addrs, note=container_note(request.container_id)))
     if conf.isolateNetworks:
-        for ip, subnet in addrs:
-            elements.extend(_nft().isolate(ip, subnet))
+        elements.extend(_nft().isolate(conf.bridge, host_name))
     if not conf.icc:
-        elements.extend(_nft().no_icc(host_name))
+        elements.extend(_nft().no_icc(conf.bridge, host_name))
         published = ports.families(mappings, addrs) if mappings else set()
         for ip, subnet in addrs:
             if ipaddress.ip_address(ip).version in published:
@@ -625,9 +628,9 @@ def _delete_link_unless_owned_by_another(name: str, owner: str) -> str | None:
     return None
 
 
-def _release_localnet(ctx: Context, endpoint_id: str, bridge: str | None) -> None:
+def _release_localnet(ctx: Context, owner: str, bridge: str | None) -> None:
     with ctx.locked("localnet"):  # acquire and release of one bridge must not interleave
-        localnet.release(ctx.env, endpoint_id, bridge)
+        localnet.release(ctx.env, owner, bridge)
 
 
 def _owned_quietly(owner: str) -> list:
@@ -659,13 +662,13 @@ def _release(ctx: Context, endpoint: Endpoint, recorded: list, publishes: bool) 
                     if e.owner not in gone}
     heirs = [ports.Heir(e.owner, (e.published_at, "", e.owner), e.elements) for e in enlisted.values()]
     heirs += [h for h in _siblings(ctx, endpoint) if h.owner not in enlisted]  # (recorded by an older build)
-    for shared in (waited, True):
-        remove, handover = ports.release(recorded, owner, heirs, shared=shared)
+    for shared_keys in (waited, True):
+        remove, handover = ports.release(recorded, owner, heirs, shared=shared_keys)
         try:
             if remove or handover:  # (a half-done ADD may have enlisted, and installed nothing)
-                _remove_elements(remove, owner, [(heir.owner, els) for heir, els in handover])
+                _remove_elements(remove, owner, [(heir.owner, els) for heir, els in handover], ctx.locked)
         except nft.NftError as exc:
-            if shared or "File exists" not in str(exc):
+            if shared_keys or "File exists" not in str(exc):
                 raise
             continue
         for heir, els in handover:
@@ -711,9 +714,19 @@ def _same_container(ctx: Context, endpoint: Endpoint):
     return same
 
 
-def _remove_elements(elements, owner: str, handover=()) -> None:
+def _remove_elements(elements, owner: str, handover=(), locked=None) -> None:
     """Remove `elements`; in the same transaction the first heir installs the published
-    ports it takes over (so the port never goes unanswered), further heirs after it."""
+    ports it takes over (so the port never goes unanswered), further heirs after it.
+    Elements a bridge's endpoints share are left to shared.settle (under `locked`(LOCK))."""
+    if shared.touches(elements):
+        with locked(shared.LOCK) if locked is not None else nullcontext():
+            _remove_own_elements(shared.own(elements), owner, handover)
+            shared.settle(shared.bridges_of(elements))
+        return
+    _remove_own_elements(elements, owner, handover)
+
+
+def _remove_own_elements(elements, owner: str, handover=()) -> None:
     from ...linux import nft
 
     if not handover:

@@ -112,8 +112,9 @@ def requested(request: Request, default_host_ip: str = "") -> list[Mapping]:
 def host_address(text: str):
     """A host address to publish on (hostIP, hostBindingIP), read exactly; ValueError saying
     why not for what is no address (surrounding space included), an IPv6 zone
-    (`fe80::1%eth0`: nftables has no syntax for one) and an IPv4-mapped IPv6 address (an
-    IPv6 binding that no packet ever matches: IPv4 packets to that address are IPv4)."""
+    (`fe80::1%eth0`: nftables has no syntax for one), an IPv4-mapped IPv6 address (an
+    IPv6 binding that no packet ever matches: IPv4 packets to that address are IPv4) and ::1
+    (never answered: the reference portmap accepts it and answers nothing either)."""
     try:
         ip = ipaddress.ip_address(text)
     except ValueError:
@@ -122,6 +123,9 @@ def host_address(text: str):
         raise ValueError("has an IPv6 zone, which nftables cannot match; publish on the address alone")
     if ip.version == 6 and ip.ipv4_mapped is not None:
         raise ValueError(f"is an IPv4-mapped IPv6 address, which no packet matches; use {ip.ipv4_mapped}")
+    if ip.version == 6 and ip.is_loopback:
+        raise ValueError("is the IPv6 loopback address, which the kernel never lets leave lo for a container "
+                         "(IPv6 has no route_localnet); use 127.0.0.1")
     return ip
 
 

@@ -1,5 +1,6 @@
 """What a sweep finds of the bridge driver's kind (Driver.orphans): host veths, nftables
-elements and cnm-ipam leases that no endpoint record of the store owns.
+elements, route_localnet users (localnet.py) and cnm-ipam leases that no endpoint record of
+the store owns.
 
 Veths carry their owner tag (`<endpoint id>@<store tag>`) as their alias, nft elements as
 their comment; only those with this store's tag are removable. Leases carry no tag: a lease
@@ -15,28 +16,38 @@ import json
 import re
 
 from ...cnm.model import STORE_TAG_LEN, Endpoint, parse_owner_tag
-from ..base import Orphan
+from ..base import Context, Orphan
+from . import localnet, shared
 
 HOST_VETH = re.compile(r"^cnm[0-9a-f]{12}$")  # driver.host_veth_name()
 UNTAGGED_OWNER = re.compile(r"^[0-9a-f]{24}$")  # an endpoint id: the owner an older version wrote
 
 
-def orphans(store_id: str, endpoints: list[Endpoint]) -> list[Orphan]:
-    tag = store_id[:STORE_TAG_LEN]
+def orphans(ctx: Context, endpoints: list[Endpoint]) -> list[Orphan]:
+    tag = ctx.store_id[:STORE_TAG_LEN]
     ids = {ep.id for ep in endpoints}
-    return _veths(tag, ids) + _elements(tag, ids) + _foreign_leases(endpoints)
+    return _veths(tag, ids) + _elements(tag, ids) + _localnet_users(ctx, tag, ids) + _foreign_leases(endpoints)
 
 
-def remove(orphan: Orphan, store_id: str) -> None:
+def remove(ctx: Context, orphan: Orphan) -> None:
     from ...linux import links, nft, veth
 
     if orphan.kind == "veth":
         with links.rtnl() as ipr:
             owner = parse_owner_tag(veth.alias(ipr, orphan.name) or "")
-            if owner is not None and owner[1] == store_id[:STORE_TAG_LEN]:  # still ours
+            if owner is not None and owner[1] == ctx.store_id[:STORE_TAG_LEN]:  # still ours
                 veth.delete(ipr, orphan.name)
     elif orphan.kind == "nft":
-        nft.commit(remove=orphan.targets, owner=orphan.name)
+        if shared.touches(orphan.targets):  # a bridge's shared elements stay while it has endpoints
+            with ctx.locked(shared.LOCK):
+                nft.commit(remove=shared.own(orphan.targets), owner=orphan.name)
+                shared.settle(shared.bridges_of(orphan.targets))
+        else:
+            nft.commit(remove=orphan.targets, owner=orphan.name)
+    elif orphan.kind == "localnet":
+        bridge, owner = orphan.targets
+        with ctx.locked("localnet"):  # as the driver's acquire and release
+            localnet.release(ctx.env, owner, bridge)
 
 
 def _veths(tag: str, ids: set[str]) -> list[Orphan]:
@@ -87,6 +98,19 @@ def _elements(tag: str, ids: set[str]) -> list[Orphan]:
     out += [Orphan("nft", owner, f"{n} element(s) without a store tag (an older version's): not provably this "
                                  f"store's, kept", False) for owner, n in sorted(untagged.items())]
     return out
+
+
+def _localnet_users(ctx: Context, tag: str, ids: set[str]) -> list[Orphan]:
+    """Endpoints of this store recorded as needing route_localnet on a bridge of this netns
+    (an ADD that died before its record, a record lost): released, the knob restored after
+    the last."""
+    found = []
+    for bridge, owner in localnet.users(ctx.env):
+        parsed = parse_owner_tag(owner)
+        if parsed is not None and parsed[1] == tag and parsed[0] not in ids:
+            found.append(Orphan("localnet", f"{bridge}/{owner}", f"route_localnet on {bridge} for endpoint "
+                                f"{parsed[0]}, which has no record", True, parsed[0], [bridge, owner]))
+    return found
 
 
 def _foreign_leases(endpoints: list[Endpoint]) -> list[Orphan]:
