@@ -6,6 +6,7 @@ backend can stand behind it later.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import sqlite3
@@ -181,6 +182,8 @@ class Store:
         from ..linux.fs import make_dirs
 
         make_dirs(self.directory, 0o700)
+        if not os.path.exists(self.path):
+            self.id(create=True)  # a new store's id is random (see _first_id)
         old = os.umask(0o077)  # the db, -wal and -shm files are created 0600
         try:
             conn = sqlite3.connect(self.path, timeout=BUSY_TIMEOUT_S, isolation_level=None, check_same_thread=False)
@@ -277,7 +280,7 @@ class Store:
         tmp = f"{path}.{os.getpid()}.{uuid.uuid4().hex[:8]}"
         fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
         try:
-            os.write(fd, (uuid.uuid4().hex + "\n").encode())
+            os.write(fd, (self._first_id() + "\n").encode())
             os.fsync(fd)
         finally:
             os.close(fd)
@@ -288,6 +291,14 @@ class Store:
         finally:
             os.unlink(tmp)
         return _read_id(path)
+
+    def _first_id(self) -> str:
+        """Random; for a database written before the id file existed, the id that build
+        derived from the directory's inode, so the objects it tagged stay this store's."""
+        if os.path.exists(self.path):
+            st = os.stat(self.directory)
+            return hashlib.sha256(f"cnm-store:{st.st_dev}:{st.st_ino}".encode()).hexdigest()[:32]
+        return uuid.uuid4().hex
 
     @contextmanager
     def read_only(self) -> Iterator["Transaction | None"]:

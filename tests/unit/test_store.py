@@ -303,3 +303,36 @@ def test_writers_in_one_process_run_one_at_a_time(store):
     assert all(order[k][0] == "in" and order[k + 1] == ("out", order[k][1]) for k in range(0, len(order), 2))
     with store.transaction(write=False) as tx:
         assert {n.name for n in tx.list_networks()} >= {f"n{i}" for i in range(20)}
+
+
+def test_store_id_is_kept_in_the_state_dir_and_never_reused(tmp_path):
+    """Attack on issue 20's fixes: the id was derived from the directory's inode, which a new
+    directory made where a deleted store was may get again (then its sweeps took the old
+    store's leftovers for its own), and which a restore from a copy changes."""
+    import hashlib
+    import shutil
+
+    from cni_plugins.cnm.store import Store
+
+    directory = tmp_path / "state"
+    store = Store(str(directory))
+    with store.transaction() as tx:
+        tx.meta("schema_version")
+    first = store.id()
+    assert first and Store(str(directory)).id(create=False) == first
+    st = os.stat(directory)
+    derived = hashlib.sha256(f"cnm-store:{st.st_dev}:{st.st_ino}".encode()).hexdigest()[:32]
+    assert first != derived
+    copy = tmp_path / "copy"
+    shutil.copytree(directory, copy)
+    assert Store(str(copy)).id() == first  # a restored copy is the same store
+    shutil.rmtree(directory)
+    assert Store(str(directory)).id() != first  # a new store where one was deleted is another
+
+    legacy = tmp_path / "legacy"
+    store = Store(str(legacy))
+    with store.transaction() as tx:
+        tx.meta("schema_version")
+    os.unlink(legacy / "store-id")  # as a build that derived the id from the inode left it
+    st = os.stat(legacy)
+    assert store.id() == hashlib.sha256(f"cnm-store:{st.st_dev}:{st.st_ino}".encode()).hexdigest()[:32]
