@@ -19,6 +19,8 @@ from bridge_support import Lab, sh
 from conftest import BIN, exec_plugin, unique
 from ports_support import OUTSIDE_V4, UPLINK_V4, ask, nft_map_elements, outside_host, reach, servers  # noqa: F401
 from test_helper import start_helper
+import test_ports_networks as two_networks
+from test_ports_networks import answering  # noqa: F401 (a fixture)
 
 CNMCTL = os.path.join(BIN, "cnmctl")
 OUT_PORT = 7000  # the outside server, which answers with the source address it saw
@@ -279,4 +281,33 @@ def test_stores_sharing_the_tables_keep_theirs(lab, servers, tmp_path, capsys):
         assert proc.wait(timeout=60) == 0
     a.delete_all()
     b.delete_all()
+    assert_all_gone(lab)
+
+
+def test_port_published_on_two_networks_comes_back_for_the_first(lab, answering):
+    """Issue 21 item 5, with the ports handover rule: a container publishing one host port on
+    two networks records it on both, but only the endpoint that published first holds it.
+    After a flush, `cnmctl gc` puts it back for that one (once), and the DEL handover still
+    passes it to the other."""
+    lab.outside = outside_host(lab)
+    ns = lab.container()
+    a, b = two_networks.network(lab, 1), two_networks.network(lab, 2)
+    _, ip_a = two_networks.attach(lab, a, ns, "eth0")
+    _, ip_b = two_networks.attach(lab, b, ns, "eth1")
+    answering(ns, ip_a, ip_b)
+    assert two_networks.who_answers(lab) == ip_a
+    first = {two_networks.endpoint_of(lab, a, "eth0")}
+    assert two_networks.owners(lab) == first
+
+    sh("nft", "flush", "ruleset", ns=lab.host)
+    assert two_networks.owners(lab) == set()
+    store = Store(lab, "unused", "10.239.0.0/24", 1)  # for cnmctl with the lab's store
+    gc = store.cnmctl("gc", "--format", "json")
+    assert gc.returncode == 0 and json.loads(gc.stdout)["restored"], gc.stdout
+    assert two_networks.owners(lab) == first
+    assert two_networks.who_answers(lab) == ip_a
+
+    assert lab.run("DEL", a, ns, cid="c1", ifname="eth0").rc == 0
+    assert two_networks.who_answers(lab) == ip_b
+    assert lab.run("DEL", b, ns, cid="c1", ifname="eth1").rc == 0
     assert_all_gone(lab)
