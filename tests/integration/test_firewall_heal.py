@@ -12,6 +12,7 @@ import json
 import os
 import subprocess
 import time
+from types import SimpleNamespace
 
 import pytest
 
@@ -39,8 +40,10 @@ def lab(netns, cnm_env, tmp_path):
 class Store:
     """One store's pods on its own network (bridge, subnet, host port) in the lab's host netns."""
 
-    def __init__(self, lab: Lab, name: str, subnet: str, host_port: int, state_dir: str | None = None):
+    def __init__(self, lab: Lab, name: str, subnet: str, host_port: int, state_dir: str | None = None,
+                 host: str = ""):
         self.lab = lab
+        self.host = host or lab.host  # the netns the plugin runs in (the pods' "host")
         self.env = dict(lab.env, CNM_STATE_DIR=state_dir) if state_dir else lab.env
         self.subnet = subnet
         self.host_port = host_port
@@ -60,7 +63,7 @@ class Store:
 
     def run(self, command: str, cid: str, publish: bool = True):
         return exec_plugin("cnm-bridge", command, self.conf(publish), self.env, container_id=cid,
-                           netns=self.pods.get(cid, ""), ifname="eth0", host_netns=self.lab.host)
+                           netns=self.pods.get(cid, ""), ifname="eth0", host_netns=self.host)
 
     def add(self, cid: str, publish: bool = True) -> None:
         self.pods[cid] = self.lab.container()
@@ -74,7 +77,7 @@ class Store:
 
     def cnmctl(self, *args: str) -> subprocess.CompletedProcess:
         env = dict(self.env, NETCONFPATH=str(self.lab.confdir))
-        return subprocess.run(["nsenter", f"--net={self.lab.host}", "--", CNMCTL, *args], env=env,
+        return subprocess.run(["nsenter", f"--net={self.host}", "--", CNMCTL, *args], env=env,
                               capture_output=True, text=True, timeout=120)
 
     def owner_tag(self) -> str:
@@ -117,6 +120,20 @@ def wait_for(lab: Lab, wanted: tuple) -> float:
     return time.monotonic() - start
 
 
+def owners_in(host: str) -> set[str]:
+    """The endpoint ids our tables in netns `host` hold elements of (sets and maps)."""
+    view = SimpleNamespace(host=host)
+    comments = [c for *_, c in Lab.nft_elements(view)] + [m[-1] for m in nft_map_elements(view)]
+    return {c.split()[0].split("@")[0] for c in comments if c}
+
+
+def owners_in_store(store: Store, cid: str) -> str:
+    """The endpoint id of `cid`'s eth0 on `store`'s network."""
+    from cni_plugins.cnm.model import endpoint_id
+
+    return endpoint_id(store.network, cid, "eth0")
+
+
 def stale_errors(store: Store) -> list[str]:
     proc = store.cnmctl("doctor", "-f", "json")
     return [f["message"] for f in json.loads(proc.stdout)
@@ -141,6 +158,13 @@ def test_next_add_restores_the_pods_a_flush_broke(lab, servers):
     assert works(lab, outside, store, "c1")
     owners = {c.split()[0].split("@")[0] for *_, c in lab.nft_elements()}
     assert len(owners) == 2  # c1's and c2's, both there
+    assert not stale_errors(store)
+
+    sh("nft", "flush", "ruleset", ns=lab.host)  # and a DEL declares them again too
+    assert store.run("DEL", "c2", publish=False).rc == 0
+    del store.pods["c2"]
+    assert works(lab, outside, store, "c1")
+    assert {c.split()[0].split("@")[0] for *_, c in lab.nft_elements()} == owners - {owners_in_store(store, "c2")}
     assert not stale_errors(store)
     store.delete_all()
     assert_all_gone(lab)
@@ -310,4 +334,54 @@ def test_port_published_on_two_networks_comes_back_for_the_first(lab, answering)
     assert lab.run("DEL", a, ns, cid="c1", ifname="eth0").rc == 0
     assert two_networks.who_answers(lab) == ip_b
     assert lab.run("DEL", b, ns, cid="c1", ifname="eth1").rc == 0
+    assert_all_gone(lab)
+
+
+def test_a_store_used_from_another_netns_never_puts_its_pods_there(lab, servers, tmp_path):
+    """Issue 21 item 5, the restore's bound: a store's records say which elements its pods
+    need, not in which network namespace. One store with a pod in netns H1 and another in H2:
+    re-declaring the tables in H2 (the first ADD there), `cnmctl gc` run in H2 and the helper
+    watching H2 each put back in H2 only the pod that lives there (its host veth is there),
+    never H1's pod's elements (they came along into H2 before); H1 keeps working throughout."""
+    outside = outside_host(lab)
+    servers.start(outside, "out", f"tcp:{OUT_PORT}")
+    here = Store(lab, "heal", "10.250.0.0/24", 8080)
+    here.add("c1")
+    servers.start(here.pods["c1"], "c1", "tcp:80")
+    c1 = owners_in(lab.host)
+    assert len(c1) == 1 and works(lab, outside, here, "c1")
+
+    h2 = lab.netns("cnmh")
+    there = Store(lab, "healo", "10.251.0.0/24", 8081, host=h2)  # the same store (lab.env's)
+    there.add("d1")  # the first ADD in H2 declares our tables there
+    d1 = owners_in(h2)
+    assert len(d1) == 1 and not d1 & c1, (d1, c1)
+
+    sh("nft", "flush", "ruleset", ns=h2)
+    assert not any(e.startswith("lost nft-missing") and "c1/eth0" in e for e in stale_errors(there))
+    gc = there.cnmctl("gc", "--format", "json")
+    assert gc.returncode == 0 and json.loads(gc.stdout)["restored"], gc.stdout
+    assert owners_in(h2) == d1
+    assert owners_in(lab.host) == c1 and works(lab, outside, here, "c1")
+
+    helper_dir = tmp_path / "helper"
+    helper_dir.mkdir()
+    proc, sock = start_helper(helper_dir)
+    try:
+        there.env = dict(there.env, CNM_HELPER_SOCKET=sock)
+        r = exec_plugin("cnm-bridge", "STATUS", dict(there.conf(), cniVersion="1.1.0"), there.env, host_netns=h2)
+        assert r.rc == 0, r  # served in H2: the helper watches the store there
+        sh("nft", "flush", "ruleset", ns=h2)
+        deadline = time.monotonic() + RESTORE_DEADLINE_S
+        while not owners_in(h2):  # d1's and any of c1's come back in the same transaction
+            assert time.monotonic() < deadline, "not restored"
+            time.sleep(0.01)
+        assert owners_in(h2) == d1
+    finally:
+        proc.terminate()
+        assert proc.wait(timeout=60) == 0
+    assert owners_in(lab.host) == c1 and works(lab, outside, here, "c1")
+    there.delete_all()
+    assert owners_in(h2) == set()
+    here.delete_all()
     assert_all_gone(lab)

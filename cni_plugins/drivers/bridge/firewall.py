@@ -7,12 +7,14 @@ firewall reload, a deleted table or a flushed chain it is put back from there by
   - `cnmctl gc` (Driver.losses / Driver.restore, which `cnmctl doctor` reports),
   - the resident helper, which watches nftables (cli/nftwatch.py),
 and STATUS says 51 until it is. Only elements are added, and only where their key is free:
-nothing present is removed or replaced, whoever's it is.
+nothing present is removed or replaced, whoever's it is. And only for endpoints whose host
+veth is in the network namespace being restored: a store also used from another namespace,
+or a sweep run in the wrong one, never puts its pods' elements where they do not live.
 """
 
 from __future__ import annotations
 
-from ...cnm.model import READY, Endpoint, owner_tag
+from ...cnm.model import READY, STORE_TAG_LEN, Endpoint, owner_tag, parse_owner_tag
 from ..base import Loss
 from . import ports, shared
 from .driver import recorded_elements
@@ -25,7 +27,8 @@ def expected_state(store_id: str, endpoints) -> list[tuple[str, list]]:
     two of its networks, see ports.py) is installed for one of them: the active one that
     published earliest, whom a DEL's handover would have chosen (a kept, inactive endpoint
     only when no active one records it)."""
-    live = [ep for ep in endpoints if ep.phase == READY and ep.driver == "bridge" and ep.data.get("nft")]
+    live = _here(store_id, [ep for ep in endpoints
+                            if ep.phase == READY and ep.driver == "bridge" and ep.data.get("nft")])
     recorded = {ep.id: recorded_elements(ep) for ep in live}
     holder: dict[tuple[str, str], str] = {}
     for ep in sorted(live, key=_seniority):
@@ -37,6 +40,26 @@ def expected_state(store_id: str, endpoints) -> list[tuple[str, list]]:
         elements = [e for e in recorded[ep.id]
                     if not ports.is_port(e) or holder[(ep.container_id, ports.slot(e))] == ep.id]
         out.append((owner_tag(store_id, ep.id) if store_id else ep.id, elements))
+    return out
+
+
+def _here(store_id: str, endpoints: list[Endpoint]) -> list[Endpoint]:
+    """The endpoints whose host veth is in this network namespace, its alias naming them (or
+    no alias, or the bare endpoint id: an older version's veth)."""
+    if not endpoints:
+        return []
+    from ...linux import links
+
+    with links.rtnl() as ipr:
+        aliases = {link.get_attr("IFLA_IFNAME"): link.get_attr("IFLA_IFALIAS") or "" for link in ipr.get_links()}
+    out = []
+    for ep in endpoints:
+        alias = aliases.get(ep.data.get("host_veth"))
+        if alias is None:
+            continue
+        owner = parse_owner_tag(alias)
+        if alias in ("", ep.id) or owner == (ep.id, store_id[:STORE_TAG_LEN]):
+            out.append(ep)
     return out
 
 
