@@ -20,6 +20,7 @@ from bridge_support import Lab, sh
 from conftest import BIN, exec_plugin, unique
 from ports_support import OUTSIDE_V4, UPLINK_V4, ask, nft_map_elements, outside_host, reach, servers  # noqa: F401
 from test_helper import start_helper
+from test_helper_memory import quiet
 import test_ports_networks as two_networks
 from test_ports_networks import answering  # noqa: F401 (a fixture)
 
@@ -385,3 +386,38 @@ def test_a_store_used_from_another_netns_never_puts_its_pods_there(lab, servers,
     assert owners_in(h2) == set()
     here.delete_all()
     assert_all_gone(lab)
+
+
+def test_helper_lets_go_of_a_namespace_it_no_longer_serves(netns, cnm_env, tmp_path):
+    """The firewall watch holds a netlink socket in each host netns it served, which keeps
+    that namespace alive: once the namespace is deleted and nothing else holds it, the watch
+    lets go (within its housekeeping period) and the kernel frees it. Seen by a veth whose
+    other end was in it: it goes only when the namespace really does. No socket stays open."""
+    helper_dir = tmp_path / "helper"
+    helper_dir.mkdir()
+    proc, sock = start_helper(helper_dir)
+    try:
+        gone, witness = netns("cnmh"), netns("cnmw")
+        peer = unique("cnw")
+        sh("ip", "link", "add", peer, "type", "veth", "peer", "name", "cnw0", "netns", gone, ns=witness)
+        conf = {"cniVersion": "1.1.0", "name": unique("healns", 30), "type": "cnm-bridge", "bridge": unique("cnb"),
+                "ipam": {"type": "cnm-ipam", "dataDir": str(tmp_path / "ipam"),
+                         "ranges": [[{"subnet": "10.252.0.0/24"}]]}}
+        env = dict(cnm_env, CNM_HELPER_SOCKET=sock)
+        for host in (witness, gone):  # the first opens what the store keeps open, and a monitor
+            r = exec_plugin("cnm-bridge", "STATUS", conf, env, host_netns=host)
+            assert r.rc == 0, r
+            if host == witness:
+                _, fds_before = quiet(proc.pid)
+        _, fds_serving = quiet(proc.pid)
+        assert fds_serving == fds_before + 1  # the watch's monitor socket in that namespace
+
+        sh("ip", "netns", "del", os.path.basename(gone))
+        deadline = time.monotonic() + 60  # a poll bound (housekeeping runs every 10 s)
+        while peer in sh("ip", "-o", "link", "show", ns=witness).stdout:
+            assert time.monotonic() < deadline, "the deleted namespace is still held"
+            time.sleep(0.2)
+        assert quiet(proc.pid)[1] == fds_before
+    finally:
+        proc.terminate()
+        assert proc.wait(timeout=60) == 0
