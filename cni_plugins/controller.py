@@ -97,7 +97,8 @@ class Controller:
         return None
 
     def _context(self, node: Node, request: Request, fd: int | None, peers: tuple = ()) -> Context:
-        return Context(request, fd, request.env, peers, store_id=node.store_id, node_lock=node.node_lock)
+        return Context(request, fd, request.env, peers, store_id=node.store_id, node_lock=node.node_lock,
+                       live_endpoints=node.live_endpoints)
 
     @staticmethod
     def _ensure_network(tx, request: Request, driver: Driver, options: dict) -> Network:

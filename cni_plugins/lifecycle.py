@@ -47,7 +47,7 @@ def context_for(node: Node, endpoint: Endpoint, request: Request, sandbox: Sandb
     attachment (a delegated IPAM releases by those) and the sandbox's pin as CNI_NETNS."""
     from .cnm.model import endpoint_id
 
-    extra = dict(store_id=node.store_id, node_lock=node.node_lock)
+    extra = dict(store_id=node.store_id, node_lock=node.node_lock, live_endpoints=node.live_endpoints)
     own = endpoint_id(request.network, request.container_id, request.ifname)
     if request.command in ("DEL", "CHECK") and endpoint.id == own:
         return Context(request, fd, request.env, peers, **extra)

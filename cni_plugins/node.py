@@ -12,9 +12,19 @@ from .cni.errors import INVALID_CONFIG, NOT_AVAILABLE, TRY_AGAIN_LATER, CNIError
 from .cni.paths import state_path_problem
 from .cnm import pins
 from .cnm.locks import KeyedLocks, LockTimeout
+from .cnm.model import READY, Endpoint
 from .cnm.store import Store, StoreError, state_dir
 
 NODE_LOCK_FILE = "node.lock"
+_observer = None  # observe(): called with the Node of every command
+
+
+def observe(callback) -> None:
+    """Have `callback(node)` called with the store of every command as it opens it, in the
+    command's thread (the resident helper learns which stores it serves in which network
+    namespace: cli/nftwatch.py); None stops it. It must be cheap and must not raise."""
+    global _observer
+    _observer = callback
 
 
 class Node:
@@ -31,7 +41,10 @@ class Node:
         problem = None if directory is None else state_path_problem(directory)
         if problem:
             raise CNIError(INVALID_CONFIG, "invalid stateDir", f"stateDir={problem}")
-        return cls(state_dir(directory, request.env), request.env)
+        node = cls(state_dir(directory, request.env), request.env)
+        if _observer is not None:
+            _observer(node)
+        return node
 
     @property
     def store_id(self) -> str:
@@ -62,6 +75,11 @@ class Node:
             raise CNIError(NOT_AVAILABLE, "CNM store unavailable", str(exc)) from None
         except sqlite3.Error as exc:
             raise CNIError(NOT_AVAILABLE, "CNM store unavailable", f"{self.store.path}: {exc}") from None
+
+    def live_endpoints(self) -> list[Endpoint]:
+        """The endpoints whose ADD completed (READY), as the store holds them now."""
+        with self.transaction(write=False) as tx:
+            return [ep for ep in tx.list_endpoints() if ep.phase == READY]
 
     @contextmanager
     def sandbox_lock(self, key: str) -> Iterator[None]:

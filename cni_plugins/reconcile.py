@@ -12,6 +12,9 @@
   pin       a file in this store's own pin directory that no sandbox records: unmounted
   <driver>  a driver's orphans (Driver.orphans): for the bridge, host veths and nft
             elements tagged with this store's id that no endpoint owns
+  <loss>    what live endpoints need and the kernel lost (Driver.losses): for the bridge,
+            our nftables layout and elements after a flush or a deleted table or chain;
+            put back from the records (Driver.restore), never removed
   unknown   (report only) a sandbox whose liveness cannot be judged from here
   foreign   (report only) what cannot be proven this store's: a `cnm…` veth or nft element
             of an older version or another store, a lease this store did not write
@@ -40,7 +43,7 @@ from .cnm import pins
 from .cnm.locks import sandbox_key
 from .cnm.model import HOST_SANDBOX, READY, Sandbox
 from .cnm.store import StoreError
-from .drivers.base import Orphan
+from .drivers.base import Loss, Orphan
 from .liveness import ABANDONED, DEAD, UNKNOWN, Judge
 from .node import Node
 
@@ -56,6 +59,11 @@ class Action:
     @property
     def report_only(self) -> bool:
         return self.kind in ("unknown", "foreign", "busy")
+
+    @property
+    def restores(self) -> bool:
+        """A loss (put back), not something stale (removed)."""
+        return bool(self.targets) and isinstance(self.targets[-1], Loss)
 
 
 @dataclass
@@ -73,7 +81,9 @@ class Report:
         def view(a: Action) -> dict:
             return {k: v for k, v in asdict(a).items() if k != "targets"}
 
-        return {"removed": [view(a) for a in self.actions if not a.error and not a.report_only],
+        done = [a for a in self.actions if not a.error and not a.report_only]
+        return {"removed": [view(a) for a in done if not a.restores],
+                "restored": [view(a) for a in done if a.restores],
                 "kept": [view(a) for a in self.actions if a.report_only],
                 "errors": [view(a) for a in self.errors]}
 
@@ -131,6 +141,12 @@ def plan(node: Node, kernel: bool = True) -> list[Action]:
                 continue
             actions += [Action(o.kind if o.removable else "foreign", o.name, o.detail,
                                targets=[name, o]) for o in found]
+            try:
+                lost = drivers.load(name).losses(store_id, [e for e in endpoints if e.phase == READY])
+            except Exception as exc:  # noqa: BLE001
+                actions.append(Action(name, "*", "looking for what live endpoints lost", lifecycle.describe(exc)))
+                continue
+            actions += [Action(loss.kind, loss.name, loss.detail, targets=[name, loss]) for loss in lost]
     return actions
 
 
@@ -148,12 +164,47 @@ def apply(node: Node, actions: list[Action], request: Request | None = None) -> 
     """Perform `actions` (from plan()); each is judged again under the lock that makes it safe."""
     report = Report()
     request = request or lifecycle.sweep_request(node.env)
+    restored: set[str] = set()  # drivers whose losses were put back (all at once)
     for action in actions:
         try:
-            _apply_one(node, action, request, report)
+            if action.restores:
+                _restore_once(node, action, restored, report)
+            else:
+                _apply_one(node, action, request, report)
         except Exception as exc:  # noqa: BLE001 -- one failure must not stop the sweep
             report.add(action.kind, action.name, action.detail, lifecycle.describe(exc))
     return report
+
+
+def _restore_once(node: Node, action: Action, restored: set[str], report: Report) -> None:
+    """The first loss of a driver puts back all of that driver's (one transaction, from the
+    records read under the store's write lock: no ADD or DEL records meanwhile); the report
+    lists what was really put back (something else, e.g. the helper, may have been first)."""
+    driver_name = action.targets[0]
+    if driver_name in restored:
+        return
+    restored.add(driver_name)
+    for loss in _restore_driver(node, driver_name):
+        report.actions.append(Action(loss.kind, loss.name, loss.detail, targets=[driver_name, loss]))
+
+
+def _restore_driver(node: Node, driver_name: str) -> list[Loss]:
+    with node.transaction() as tx:
+        endpoints = [e for e in tx.list_endpoints() if e.phase == READY]
+        return drivers.load(driver_name).restore(node.store_id, endpoints, node.node_lock)
+
+
+def restore_lost(node: Node) -> list[Loss] | None:
+    """What the live endpoints of `node`'s store lost in this network namespace's kernel,
+    put back from their records; nothing is removed (the resident helper's firewall watch,
+    cli/nftwatch.py). None when the store does not exist (any more)."""
+    with node.store.read_only() as tx:
+        if tx is None:
+            return None
+    out: list[Loss] = []
+    for name in sorted(drivers.DRIVERS):
+        out += _restore_driver(node, name)
+    return out
 
 
 def _apply_one(node: Node, action: Action, request: Request, report: Report) -> None:

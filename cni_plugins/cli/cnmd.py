@@ -789,6 +789,35 @@ def preload() -> None:
     tune_gc()
 
 
+def start_firewall_watch(helper: Helper):
+    """Our nftables tables put back within a second of a flush, in every namespace and store
+    the helper serves (cli/nftwatch.py); from the start, the default store in the helper's
+    own netns, if there is one (pods from before this helper started)."""
+    from .. import node
+    from ..cnm.store import state_dir
+    from .nftwatch import FirewallWatch
+
+    try:
+        watch = FirewallWatch(helper.home, log)
+        watch.start()
+    except Exception as exc:  # noqa: BLE001 -- the helper serves without it
+        log(f"no firewall watch: {type(exc).__name__}: {exc}")
+        return None
+    node.observe(watch.note)
+    default = node.Node(state_dir(None, os.environ), os.environ)
+    if os.path.exists(default.store.path):
+        watch.note(default)
+    return watch
+
+
+def stop_firewall_watch(watch) -> None:
+    from .. import node
+
+    node.observe(None)
+    if watch is not None:
+        watch.stop()
+
+
 def serve(socket_path: str | None = None, ready=None) -> int:
     """Run the helper until SIGTERM/SIGINT. The hook `cnmctl daemon` calls.
 
@@ -813,6 +842,7 @@ def serve(socket_path: str | None = None, ready=None) -> int:
     store.keep_connections()  # many commands per process: no open + WAL checkpoint per command
     disk.keep_index()  # each lease directory's leases kept, exact by inotify: no scan per command
     helper = Helper(sock)
+    watch = start_firewall_watch(helper)
     if threading.current_thread() is threading.main_thread():
         signal.signal(signal.SIGTERM, helper.stop)
         signal.signal(signal.SIGINT, helper.stop)
@@ -832,6 +862,7 @@ def serve(socket_path: str | None = None, ready=None) -> int:
             ready(path)
         helper.serve_forever()
     finally:
+        stop_firewall_watch(watch)
         helper.close()
         if path is not None:
             remove_own_name(path, bound)

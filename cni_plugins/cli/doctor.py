@@ -285,6 +285,11 @@ def check_stale(state_dir: str) -> Iterator[Finding]:
         return
     removable = [i for i in items if i.removable]
     for item in removable:
+        if item.restores:
+            yield Finding("stale", "error", f"lost {item.kind} {item.name}: {item.why}",
+                          "`cnmctl gc` puts it back from the store (so does the resident helper by itself, "
+                          "and the next ADD or DEL when the table itself is gone)")
+            continue
         yield Finding("stale", "error", f"stale {item.kind} {item.name}: {item.why}",
                       "`cnmctl gc` removes it (node-wide reconcile); or DEL the attachment through the runtime")
     for item in items:
@@ -294,7 +299,8 @@ def check_stale(state_dir: str) -> Iterator[Finding]:
         elif not item.removable:
             yield ok("stale", f"{item.kind} {item.name}: {item.why}")
     if not removable:
-        yield ok("stale", "no stale sandboxes, endpoints, pins, veths or nftables elements")
+        yield ok("stale", "no stale sandboxes, endpoints, pins, veths or nftables elements; no nftables "
+                          "element or rule of a live endpoint missing")
 
 
 def stale_state(state_dir: str):

@@ -2,8 +2,10 @@
 
 Removes what is provably this store's and provably stale -- endpoints of vanished or
 abandoned network namespaces, what crashed commands left, empty sandboxes, this store's
-pins, veths and nft elements without a record -- and lists what it kept and why
-(sandboxes it cannot judge from here, objects of older versions or other stores).
+pins, veths and nft elements without a record -- puts back what live endpoints lost (our
+nftables layout and elements after a flush, a deleted table or chain: `restored`), and lists
+what it kept and why (sandboxes it cannot judge from here, objects of older versions or
+other stores).
 Store: $CNM_STATE_DIR (default /var/lib/cni/cnm); pins: $CNM_RUN_DIR/netns/<store>
 (default /run/cnm); veths and nft elements: the network namespace cnmctl runs in.
 Exit 0 when everything stale was removed, 1 when some removal failed (listed).

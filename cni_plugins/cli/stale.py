@@ -1,5 +1,5 @@
-"""Read-only view of stale state: exactly what a node-wide `cnmctl gc` would do
-(reconcile.plan()), for `cnmctl doctor`."""
+"""Read-only view of stale state and of what live endpoints lost: exactly what a node-wide
+`cnmctl gc` would do (reconcile.plan()), for `cnmctl doctor`."""
 
 from __future__ import annotations
 
@@ -13,6 +13,7 @@ class Stale:
     name: str
     why: str
     removable: bool  # False: reported only (never removed by `cnmctl gc`)
+    restores: bool = False  # a loss of live endpoints, which `cnmctl gc` puts back
 
 
 def scan(state_dir: str, env=None) -> list[Stale]:
@@ -20,4 +21,5 @@ def scan(state_dir: str, env=None) -> list[Stale]:
     from ..reconcile import plan
 
     env = os.environ if env is None else env
-    return [Stale(a.kind, a.name, a.error or a.detail, not a.report_only) for a in plan(Node(state_dir, env))]
+    return [Stale(a.kind, a.name, a.error or a.detail, not a.report_only, a.restores)
+            for a in plan(Node(state_dir, env))]

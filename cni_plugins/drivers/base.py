@@ -32,6 +32,9 @@ class Context:
     # node_lock(name): a context manager serialising one kind of node-wide work across
     # every store and process (e.g. "ports": check-then-publish of host ports)
     node_lock: Callable[[str], ContextManager[None]] | None = None
+    # The store's live (READY) endpoints, read when called: for work that must put back
+    # what they all need (nft.commit re-declaring our tables after a flush)
+    live_endpoints: Callable[[], list[Endpoint]] | None = None
 
     def owner(self, endpoint: Endpoint) -> str:
         """The tag `endpoint`'s kernel objects carry (nft comments, veth alias)."""
@@ -82,6 +85,19 @@ class Orphan:
     removable: bool
     owner: str = ""  # the endpoint id it is tagged with (re-checked before removal)
     targets: list = field(default_factory=list)
+
+
+@dataclass
+class Loss:
+    """Something live endpoints of the store need in the kernel and no longer have (our
+    nftables flushed by a firewall reload, a table or chain deleted), found by a sweep
+    (Driver.losses). `cnmctl doctor` and STATUS report it; `cnmctl gc`, the resident helper
+    and the store's next command that re-declares the tables put it back from the records."""
+
+    kind: str  # e.g. nft-layout, nft-missing
+    name: str
+    detail: str
+    owner: str = ""  # the endpoint id whose record it restores ("" for what all share)
 
 
 class Driver:
@@ -158,4 +174,16 @@ class Driver:
         """Remove a removable orphan; the caller holds the store's write lock and has checked
         that no endpoint record owns it."""
         return None
+
+    def losses(self, store_id: str, endpoints: list[Endpoint]) -> list[Loss]:
+        """Sweeps: what this driver's live endpoints of the store need in this network
+        namespace and do not have (read-only)."""
+        return []
+
+    def restore(self, store_id: str, endpoints: list[Endpoint],
+                node_lock: Callable[[str], ContextManager[None]]) -> list[Loss]:
+        """Put back all that losses() finds (adding only: nothing present is removed or
+        replaced); the caller holds the store's write lock and read `endpoints` under it.
+        Returns what was put back."""
+        return []
 

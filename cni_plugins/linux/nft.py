@@ -32,6 +32,12 @@ layout's marker (an empty set named layout_<digest>) in the same transaction; on
 flushed and refilled with the same static rules — with the same elements. Removal is
 "add, then delete" inside the same transaction, which succeeds whether or not the element
 existed (nft 1.0.6 has no `destroy`), so DEL stays idempotent.
+
+Self-healing: a flushed ruleset (a firewall reload) or a deleted table takes every
+endpoint's elements with it. Whoever declares the layout again also puts back the elements
+its caller says live endpoints need (commit()'s `restore`, restore()); audit() tells what is
+missing. The caller knows them (the store's records); this module only compares and adds,
+and never removes or replaces an element it did not own.
 """
 
 from __future__ import annotations
@@ -42,7 +48,7 @@ import json
 import os
 import zlib
 from dataclasses import dataclass
-from typing import Any, Iterable
+from typing import Any, Callable, Iterable
 
 NFT = "nft"
 TABLE = "cnm"
@@ -550,14 +556,20 @@ def add_commands(elements: Iterable[Element], owner: str) -> list[dict]:
     return [_element_cmd("add", e, owner) for e in elements]
 
 
-def commit(add: Iterable[Element] = (), remove: Iterable[Element] = (), owner: str = "") -> None:
+Wanted = list[tuple[str, list[Element]]]  # [(owner, the elements it needs)]
+
+
+def commit(add: Iterable[Element] = (), remove: Iterable[Element] = (), owner: str = "",
+           live: Callable[[], Wanted] | None = None) -> None:
     """One transaction: add `add`, remove `remove`, in tables whose layout is current.
 
     Re-declaring the layout (flushing and refilling the base chains) costs the kernel
     ~15 ms, a hundred times adding elements, so the first attempt only checks the
     layout's marker (see _layout_current) in the same transaction; when the table is
-    missing or its layout is another (first use, an upgrade, a table deleted by hand), the
-    transaction is rolled back whole and repeated with the full declaration."""
+    missing or its layout is another (first use, an upgrade, a table deleted by hand, a
+    flushed ruleset), the transaction is rolled back whole and repeated with the full
+    declaration, and with what `live()` says live owners need that is missing (called only
+    then: the caller's live endpoints, whose elements a flush took too)."""
     add, remove = list(add), list(remove)
     if not add and not remove:
         return
@@ -575,7 +587,21 @@ def commit(add: Iterable[Element] = (), remove: Iterable[Element] = (), owner: s
     except NftError as exc:
         if "No such file or directory" not in str(exc):
             raise
-    run([cmd for family in families for cmd in declare(family, _stale_markers(family))] + changes)
+    wanted = live() if live is not None else []
+    damage = audit(wanted, families)
+    for family in families:  # (whatever the listing says: the check failed, so declare it)
+        damage.layout.setdefault(family, "its layout check failed")
+    try:
+        run(_declare_commands(damage) + changes + _element_commands(damage))
+        return
+    except NftError as exc:
+        if not damage.missing or "File exists" not in str(exc):
+            raise
+    # A key this command adds is one a live owner lost (a host port the flush freed): the
+    # live owner gets it back first; this command then fails on the taken key, as it would
+    # have had the flush never happened.
+    restore(wanted, families)
+    run(check + changes)
 
 
 def owned(owner: str) -> list[Element]:
@@ -637,6 +663,94 @@ def repair(family: str) -> bool:
     return True
 
 
+@dataclass
+class Damage:
+    """What our tables lack against what they should hold (audit()): per family, why its
+    layout must be declared again (table missing, another build's layout, a base chain's
+    rules changed), and the missing elements of each owner."""
+
+    layout: dict[str, str]  # family -> why
+    stale_markers: dict[str, list[str]]  # family -> marker sets of other layouts, deleted on declaring
+    missing: Wanted  # [(owner, its elements the kernel lacks)]
+
+    def __bool__(self) -> bool:
+        return bool(self.layout or self.missing)
+
+
+def audit(wanted: Wanted, families: Iterable[str] = ()) -> Damage:
+    """Compare our tables with `wanted` [(owner, elements)]: one listing per family of
+    `families` and of the wanted elements. An element counts as present when an element of
+    the same key is (whoever's: a key is never taken from another owner)."""
+    families = sorted(set(families) | {e.family for _, els in wanted for e in els})
+    damage = Damage({}, {}, [])
+    present: set[str] = set()
+    for family in families:
+        try:
+            data = list_json(["list", "table", family, TABLE])
+        except NftError as exc:
+            if "No such file or directory" not in str(exc):
+                raise
+            damage.layout[family] = f"table {family} {TABLE} is missing"
+            continue
+        present.update(e.ident() for e, _ in _parse_elements(family, data))
+        sets = [item["set"]["name"] for item in data if "set" in item]
+        damage.stale_markers[family] = [n for n in sets if n.startswith(LAYOUT_SET) and n != marker(family)]
+        why = _layout_problem(family, data)
+        if why:
+            damage.layout[family] = why
+    for owner, elements in wanted:
+        gone = [e for e in elements if e.ident() not in present]
+        if gone:
+            damage.missing.append((owner, gone))
+    return damage
+
+
+def _layout_problem(family: str, data: list[dict]) -> str:
+    """Why the listing `data` of our table of `family` is not the layout ("" when it is)."""
+    names = {item["set"]["name"] for item in data if "set" in item}
+    if marker(family) not in names:
+        return f"table {family} {TABLE} has another layout (an upgrade, or sets deleted by hand)"
+    counts: dict[str, int] = {}
+    chains = {item["chain"]["name"] for item in data if "chain" in item}
+    for item in data:
+        if "rule" in item:
+            counts[item["rule"]["chain"]] = counts.get(item["rule"]["chain"], 0) + 1
+    for name, (_, rules) in LAYOUT[family]["chains"].items():
+        if name not in chains:
+            return f"chain {family} {TABLE} {name} is missing"
+        if counts.get(name, 0) != len(rules):
+            return f"chain {family} {TABLE} {name} does not hold our rules (flushed or edited)"
+    return ""
+
+
+def _declare_commands(damage: Damage) -> list[dict]:
+    return [cmd for family in sorted(damage.layout) for cmd in declare(family, damage.stale_markers.get(family, ()))]
+
+
+def _element_commands(damage: Damage) -> list[dict]:
+    return [cmd for owner, elements in damage.missing for cmd in add_commands(elements, owner)]
+
+
+def restore(wanted: Wanted, families: Iterable[str] = ()) -> Damage:
+    """Put back what audit() finds lacking, in one transaction: the layout declared again
+    where it is not whole, then the missing elements added (nothing present is removed or
+    replaced). Returns what it put back (falsy: nothing lacked). A key taken between the
+    listing and the transaction (a command publishing the same port) fails the
+    transaction: listed and tried once more."""
+    families = list(families)
+    for attempt in (1, 2):
+        damage = audit(wanted, families)
+        if not damage:
+            return damage
+        try:
+            run(_declare_commands(damage) + _element_commands(damage))
+            return damage
+        except NftError as exc:
+            if attempt == 2 or "File exists" not in str(exc):
+                raise
+    return damage
+
+
 def elements_with_comments(family: str) -> list[tuple[Element, str]]:
     """Every element of our table of `family` with its comment (its owner): for sweeps."""
     return _elements(family)
@@ -653,6 +767,10 @@ def _elements(family: str, maps: list[str] | None = None) -> list[tuple[Element,
         if "No such file or directory" in str(exc):
             return []
         raise
+    return _parse_elements(family, data)
+
+
+def _parse_elements(family: str, data: list[dict]) -> list[tuple[Element, str]]:
     out = []
     for item in data:
         s = item.get("set") or item.get("map")

@@ -209,7 +209,8 @@ class BridgeDriver(Driver):
                                 stale = nft.owned(owner)
                             bridges = shared.touches(installed) or shared.touches(stale)
                             with ctx.locked(shared.LOCK) if bridges else nullcontext():
-                                nft.commit(add=installed, remove=shared.own(stale), owner=owner)
+                                nft.commit(add=installed, remove=shared.own(stale), owner=owner,
+                                           live=_live_state(ctx))
                                 if shared.touches(stale):
                                     shared.settle(shared.bridges_of(stale))
                         undo.callback(_remove_elements, installed, owner, (), ctx.locked)
@@ -442,7 +443,7 @@ class BridgeDriver(Driver):
         with kernel_errors("remove nftables entries"):
             owned = nft.owned(owner) + nft.owned(endpoint_id)  # ours, and an older version's untagged
             if owned:
-                _remove_elements(owned, owner, (), ctx.locked)
+                _remove_elements(owned, owner, (), ctx.locked, _live_state(ctx))
                 _flush_udp(ctx, owned)
         with kernel_errors("restore route_localnet"):
             _release_localnet(ctx, owner, None)  # (its bridge is not known without a record)
@@ -503,6 +504,16 @@ class BridgeDriver(Driver):
         from . import sweep
 
         sweep.remove(ctx, orphan)
+
+    def losses(self, store_id: str, endpoints) -> list:
+        from . import firewall
+
+        return firewall.losses(store_id, endpoints)
+
+    def restore(self, store_id: str, endpoints, node_lock) -> list:
+        from . import firewall
+
+        return firewall.restore(store_id, endpoints, node_lock)
 
 
 def _ipv6_addr_gen_mode(conf, families: set[int]) -> int | None:
@@ -666,7 +677,8 @@ def _release(ctx: Context, endpoint: Endpoint, recorded: list, publishes: bool) 
         remove, handover = ports.release(recorded, owner, heirs, shared=shared_keys)
         try:
             if remove or handover:  # (a half-done ADD may have enlisted, and installed nothing)
-                _remove_elements(remove, owner, [(heir.owner, els) for heir, els in handover], ctx.locked)
+                _remove_elements(remove, owner, [(heir.owner, els) for heir, els in handover], ctx.locked,
+                                 _live_state(ctx))
         except nft.NftError as exc:
             if shared_keys or "File exists" not in str(exc):
                 raise
@@ -714,30 +726,46 @@ def _same_container(ctx: Context, endpoint: Endpoint):
     return same
 
 
-def _remove_elements(elements, owner: str, handover=(), locked=None) -> None:
+def _remove_elements(elements, owner: str, handover=(), locked=None, live=None) -> None:
     """Remove `elements`; in the same transaction the first heir installs the published
     ports it takes over (so the port never goes unanswered), further heirs after it.
-    Elements a bridge's endpoints share are left to shared.settle (under `locked`(LOCK))."""
+    Elements a bridge's endpoints share are left to shared.settle (under `locked`(LOCK)).
+    (`live`: see _live_state.)"""
     if shared.touches(elements):
         with locked(shared.LOCK) if locked is not None else nullcontext():
-            _remove_own_elements(shared.own(elements), owner, handover)
+            _remove_own_elements(shared.own(elements), owner, handover, live)
             shared.settle(shared.bridges_of(elements))
         return
-    _remove_own_elements(elements, owner, handover)
+    _remove_own_elements(elements, owner, handover, live)
 
 
-def _remove_own_elements(elements, owner: str, handover=()) -> None:
+def _remove_own_elements(elements, owner: str, handover=(), live=None) -> None:
     from ...linux import nft
 
     if not handover:
-        nft.commit(remove=elements, owner=owner)
+        nft.commit(remove=elements, owner=owner, live=live)
         return
     # The removal's add-then-delete writes the heir's name into a comment that is deleted
     # at once: which owner commit() is given only matters for the elements it adds.
     (heir, taken), *more = handover
-    nft.commit(add=taken, remove=elements, owner=heir)
+    nft.commit(add=taken, remove=elements, owner=heir, live=live)
     for heir, taken in more:
-        nft.commit(add=taken, owner=heir)
+        nft.commit(add=taken, owner=heir, live=live)
+
+
+def _live_state(ctx: Context):
+    """For nft.commit: what the store's live endpoints need, should the commit find our
+    tables gone (a flushed ruleset takes every endpoint's elements, not only this one's).
+    Called only then: the common commit reads nothing."""
+    if ctx.live_endpoints is None:
+        return None
+
+    def live():
+        from .firewall import expected_state
+
+        return expected_state(ctx.store_id, ctx.live_endpoints())
+
+    return live
 
 
 def _unwind(stack: ExitStack) -> None:

@@ -50,19 +50,24 @@ def missing_rules(endpoints: list[Endpoint], recorded_elements) -> str | None:
 
 
 def _missing_rules(endpoints: list[Endpoint], recorded_elements) -> str | None:
+    """What audit() finds lacking for `endpoints`: the same judgement `cnmctl doctor` and
+    `cnmctl gc` make (firewall.py), for one network."""
     from ...linux import nft
 
-    wanted = {}
-    for ep in endpoints:
-        for element in recorded_elements(ep):
-            wanted.setdefault(element.ident(), (element, ep))
-    if not wanted:
+    wanted = [(ep.id, recorded_elements(ep)) for ep in endpoints]
+    if not any(elements for _, elements in wanted):
         return None
     try:
-        gone = nft.missing(e for e, _ in wanted.values())
+        damage = nft.audit(wanted)
     except nft.NftError as exc:
         return f"cannot read nftables: {exc}"
-    if not gone:
+    if not damage:
         return None
-    owners = sorted({wanted[e.ident()][1].container_id for e in gone})
-    return f"{len(gone)} nftables entries of ours are missing ({gone[0]} ...); containers affected: {', '.join(owners)}"
+    problems = list(damage.layout.values())
+    if damage.missing:
+        by_id = {ep.id: ep for ep in endpoints}
+        gone = {e.ident(): e for _, elements in damage.missing for e in elements}
+        owners = sorted({by_id[owner].container_id for owner, _ in damage.missing})
+        problems.append(f"{len(gone)} nftables entries of ours are missing ({next(iter(gone.values()))} ...); "
+                        f"containers affected: {', '.join(owners)}")
+    return "; ".join(problems) + "; `cnmctl gc` puts them back from the store"
