@@ -188,19 +188,11 @@ def cookie(fd: int) -> int | None:
     has no SO_NETNS_COOKIE."""
     import socket
     import struct
-    import threading
 
-    box: list = []
-
-    def read() -> None:  # in a thread of its own: setns changes only the calling thread
-        try:
-            setns(fd)
-            with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as s:
-                box.append(struct.unpack("Q", s.getsockopt(socket.SOL_SOCKET, SO_NETNS_COOKIE, 8))[0])
-        except OSError:
-            box.append(None)
-
-    thread = threading.Thread(target=read, name="cnm-cookie")
-    thread.start()
-    thread.join()
-    return box[0] if box else None
+    try:
+        with entered(fd):  # a socket belongs to the netns it is made in
+            sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+        with sock:
+            return struct.unpack("Q", sock.getsockopt(socket.SOL_SOCKET, SO_NETNS_COOKIE, 8))[0]
+    except OSError:
+        return None
