@@ -141,7 +141,7 @@ def check_bridge_ports(bridges: list[str]) -> Iterator[Finding]:
             for name in bridges:
                 index = links.link_index(ipr, name)
                 if index is not None:  # (else made by the network's next ADD)
-                    counts[name] = len(ipr.get_links(master=index))
+                    counts[name] = len(ipr.iproute.get_links(master=index))
     except Exception as exc:  # not root, no netlink: a finding, not a traceback
         yield Finding("bridge", "warning", f"bridge ports not counted: {type(exc).__name__}: {exc}",
                       "run cnmctl doctor as root in the host network namespace")

@@ -30,7 +30,7 @@ class HostDriver(Driver):
         result = Result()
         with links.rtnl() as ipr:
             position: dict[int, int] = {}
-            for link in sorted(ipr.get_links(), key=lambda l: l["index"]):
+            for link in sorted(ipr.iproute.get_links(), key=lambda l: l["index"]):
                 if link["ifi_type"] == 772:  # ARPHRD_LOOPBACK
                     continue
                 position[link["index"]] = len(result.interfaces)

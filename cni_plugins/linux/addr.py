@@ -26,15 +26,14 @@ def add_address(ipr, index: int, cidr: str, nodad: bool = False) -> bool:
     """Add `cidr` (an interface address like 10.0.0.5/24); EEXIST is fine. True when it was
     added, False when the link had it already."""
     iface = ipaddress.ip_interface(cidr)
-    kwargs = {"index": index, "address": str(iface.ip), "prefixlen": iface.network.prefixlen}
+    broadcast = flags = None
     if iface.version == 4:
-        kwargs["broadcast"] = str(iface.network.broadcast_address) if iface.network.prefixlen < 31 else None
-        if kwargs["broadcast"] is None:
-            del kwargs["broadcast"]
+        if iface.network.prefixlen < 31:
+            broadcast = str(iface.network.broadcast_address)
     elif nodad:
-        kwargs["flags"] = IFA_F_NODAD
+        flags = IFA_F_NODAD
     try:
-        ipr.addr("add", **kwargs)
+        ipr.add_address(index, str(iface.ip), iface.network.prefixlen, broadcast=broadcast, flags=flags)
         return True
     except NetlinkError as exc:
         if exc.code != errno.EEXIST:
@@ -63,7 +62,7 @@ def primary_ipv4(ifname: str) -> str | None:
 def del_address(ipr, index: int, cidr: str) -> None:
     iface = ipaddress.ip_interface(cidr)
     try:
-        ipr.addr("del", index=index, address=str(iface.ip), prefixlen=iface.network.prefixlen)
+        ipr.iproute.addr("del", index=index, address=str(iface.ip), prefixlen=iface.network.prefixlen)
     except NetlinkError as exc:
         if exc.code not in (errno.EADDRNOTAVAIL, errno.ENOENT, errno.ENODEV):
             raise AddrError(f"could not remove address {cidr}: {_reason(exc)}") from None
@@ -75,7 +74,7 @@ def addresses(ipr, index: int, family: int | None = None) -> list[str]:
     kwargs = {"index": index}
     if family is not None:
         kwargs["family"] = socket.AF_INET if family == 4 else socket.AF_INET6
-    for msg in ipr.get_addr(**kwargs):
+    for msg in ipr.iproute.get_addr(**kwargs):
         ip = msg.get_attr("IFA_ADDRESS")
         if msg["family"] == socket.AF_INET6 and ipaddress.ip_address(ip).is_link_local:
             continue
@@ -83,19 +82,14 @@ def addresses(ipr, index: int, family: int | None = None) -> list[str]:
     return out
 
 
-def add_route(ipr, index: int, dst: str, gateway: str | None = None, **extra) -> None:
+def add_route(ipr, index: int, dst: str, gateway: str | None = None, priority: int | None = None) -> None:
     """Add a main-table route through link `index`, as the reference plugins do: without
     NLM_F_EXCL, so a route to the same destination through another gateway or link (a
     container's second network's default route) is installed beside it, not refused; EEXIST
     then means this very route is there already, which is fine."""
     net = ipaddress.ip_network(dst, strict=False)
-    kwargs = {"dst": str(net.network_address), "dst_len": net.prefixlen, "oif": index}
-    kwargs["family"] = socket.AF_INET if net.version == 4 else socket.AF_INET6
-    if gateway:
-        kwargs["gateway"] = gateway
-    kwargs.update({k: v for k, v in extra.items() if v is not None})
     try:
-        ipr.route("prepend", **kwargs)
+        ipr.add_route(str(net.network_address), net.prefixlen, index, gateway=gateway, priority=priority, prepend=True)
     except NetlinkError as exc:
         if exc.code != errno.EEXIST:
             via = f" via {gateway}" if gateway else ""
@@ -107,7 +101,7 @@ def routes(ipr, index: int) -> list[tuple[str, str | None]]:
     nexthops of multipath routes (IPv6 routes of two links with the same key are one)."""
     out = []
     for fam in (socket.AF_INET, socket.AF_INET6):
-        for msg in ipr.get_routes(family=fam, table=RT_TABLE_MAIN):
+        for msg in ipr.iproute.get_routes(family=fam, table=RT_TABLE_MAIN):
             dst = msg.get_attr("RTA_DST") or ("0.0.0.0" if fam == socket.AF_INET else "::")
             cidr = str(ipaddress.ip_network(f"{dst}/{msg['dst_len']}", strict=False))
             hops = msg.get_attr("RTA_MULTIPATH")

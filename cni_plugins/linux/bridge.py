@@ -47,7 +47,7 @@ def ensure_bridge(ipr, name: str, mtu: int = 0, promisc: bool = False, vlan_filt
         if vlan_filtering:  # in the same message: a kernel without VLAN filtering creates nothing
             kwargs["br_vlan_filtering"] = 1
         try:
-            ipr.link("add", **kwargs)
+            ipr.iproute.link("add", **kwargs)
         except NetlinkError as exc:
             if exc.code != errno.EEXIST:
                 raise BridgeError(f"could not add bridge {name!r}: {_reason(exc)}") from None
@@ -61,14 +61,14 @@ def ensure_bridge(ipr, name: str, mtu: int = 0, promisc: bool = False, vlan_filt
     changed = False
     try:
         if vlan_filtering and not vlan_filtering_on(link):
-            ipr.link("set", index=index, kind="bridge", br_vlan_filtering=1)
+            ipr.iproute.link("set", index=index, kind="bridge", br_vlan_filtering=1)
             changed = True
         if promisc and not link["flags"] & IFF_PROMISC:
-            ipr.link("set", index=index, flags=IFF_PROMISC, mask=IFF_PROMISC)
+            ipr.iproute.link("set", index=index, flags=IFF_PROMISC, mask=IFF_PROMISC)
             changed = True
         pin = _pin_key(ipr, index, mac)
         if pin is None or pin not in _pinned:
-            ipr.link("set", index=index, address=mac)  # pin: addr_assign_type=set
+            ipr.set_link(index, address=mac)  # pin: addr_assign_type=set
             if pin is not None:
                 if len(_pinned) >= _PINNED_MAX:
                     _pinned.clear()
@@ -76,7 +76,7 @@ def ensure_bridge(ipr, name: str, mtu: int = 0, promisc: bool = False, vlan_filt
         # we own this bridge's routes: no router advertisements
         sysctl.try_ensure(f"net/ipv6/conf/{name}/accept_ra", "0")
         if not link["flags"] & links.IFF_UP:
-            ipr.link("set", index=index, state="up")
+            ipr.set_link(index, up=True)
             changed = True
     except NetlinkError as exc:
         raise BridgeError(f"could not configure bridge {name!r}: {_reason(exc)}") from None
@@ -179,7 +179,7 @@ def set_port_flags(ipr, port_index: int, bridge_index: int, hairpin: bool = Fals
     if isolated:
         flags["isolated"] = 1
     try:
-        ipr.brport("set", index=port_index, **flags)
+        ipr.iproute.brport("set", index=port_index, **flags)
     except NetlinkError as exc:
         raise BridgeError(f"could not attach port {port_index} to bridge {bridge_index}: {_reason(exc)}") from None
 
@@ -189,14 +189,14 @@ def set_port_vlans(ipr, port_index: int, access: int = 0, trunk: tuple[int, ...]
     try:
         if not keep_default:
             try:
-                ipr.vlan_filter("del", index=port_index, vlan_info={"vid": 1})
+                ipr.iproute.vlan_filter("del", index=port_index, vlan_info={"vid": 1})
             except NetlinkError as exc:
                 if exc.code not in (errno.ENOENT, errno.EINVAL):
                     raise
         if access:
-            ipr.vlan_filter("add", index=port_index, vlan_info={"vid": access, "flags": BRIDGE_VLAN_FLAGS_ACCESS})
+            ipr.iproute.vlan_filter("add", index=port_index, vlan_info={"vid": access, "flags": BRIDGE_VLAN_FLAGS_ACCESS})
         for vid in trunk:
-            ipr.vlan_filter("add", index=port_index, vlan_info={"vid": vid})
+            ipr.iproute.vlan_filter("add", index=port_index, vlan_info={"vid": vid})
     except NetlinkError as exc:
         raise BridgeError(f"could not set VLANs on port {port_index}: {_reason(exc)}") from None
 

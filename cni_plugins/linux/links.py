@@ -19,9 +19,9 @@ RT_SCOPE_HOST = 254
 
 
 def rtnl(netns_fd: int | None = None) -> Rtnl:
-    """An rtnetlink socket bound to `netns_fd` (or to this thread's netns), with IPRoute's
-    call style: the requests of an ADD/CHECK/DEL on its own socket, the rest through a
-    pyroute2 IPRoute opened when first needed (linux/rtnl.py). Use it in a `with` block."""
+    """An rtnetlink socket bound to `netns_fd` (or to this thread's netns): the requests of an
+    ADD/CHECK/DEL as its methods, the rest through its `iproute`, a pyroute2 IPRoute opened
+    when first needed (linux/rtnl.py). Use it in a `with` block."""
     return Rtnl(netns_fd)
 
 
@@ -48,7 +48,7 @@ def ioctl_mac(sock, name: str) -> str:
 
 def link_index(ipr, name: str) -> int | None:
     try:
-        found = ipr.link_lookup(ifname=name)
+        found = ipr.iproute.link_lookup(ifname=name)
     except NetlinkError:
         return None
     return found[0] if found else None
@@ -57,10 +57,9 @@ def link_index(ipr, name: str) -> int | None:
 def get_link(ipr, name: str):
     """The link named `name` (one RTM_GETLINK by name), None when there is none."""
     try:
-        found = ipr.link("get", ifname=name)
+        return ipr.get_link(ifname=name)
     except NetlinkError:
         return None
-    return found[0] if found else None
 
 
 def is_up(link) -> bool:
@@ -71,14 +70,14 @@ def set_up(ipr, name: str, up: bool = True) -> None:
     idx = link_index(ipr, name)
     if idx is None:
         raise LookupError(f"link {name} not found")
-    ipr.link("set", index=idx, state="up" if up else "down")
+    ipr.set_link(idx, up=up)
 
 
 def addresses(ipr, index: int | None = None) -> list[tuple[int, str, int, int]]:
     """(ifindex, address, prefixlen, scope) of every address, optionally of one link."""
     kwargs = {"index": index} if index is not None else {}
     out = []
-    for msg in ipr.get_addr(**kwargs):
+    for msg in ipr.iproute.get_addr(**kwargs):
         out.append((msg["index"], msg.get_attr("IFA_ADDRESS"), msg["prefixlen"], msg["scope"]))
     return out
 
@@ -91,7 +90,7 @@ def default_routes(ipr) -> list[tuple[int, str, int]]:
     """(family 4|6, gateway, oif) of the main table's default routes."""
     out = []
     for fam in (socket.AF_INET, socket.AF_INET6):
-        for msg in ipr.get_routes(family=fam, table=254):
+        for msg in ipr.iproute.get_routes(family=fam, table=254):
             if msg["dst_len"] != 0:
                 continue
             gw = msg.get_attr("RTA_GATEWAY")

@@ -1,23 +1,24 @@
-"""rtnetlink for the requests an ADD, CHECK and DEL send: pyroute2's messages on a plain socket.
+"""rtnetlink: the requests of an ADD, CHECK and DEL on a socket of our own, pyroute2's IPRoute
+for the rest.
 
-pyroute2 0.9's IPRoute is a synchronous face on asyncio: opening one costs ~160 µs, and each
-call starts the event loop and runs the request through a generic argument pipeline,
-~130-400 µs per request (measured in a helper ADD: 2 sockets and 9 requests were ~2.5 ms of
-its ~7 ms). `Rtnl` serves the few request shapes of that path itself: it builds pyroute2's
-own message classes (ifinfmsg, ifaddrmsg, rtmsg) with the fields IPRoute would set (the
-bytes are compared in tests/unit/test_rtnl.py), sends them on its own socket, and parses
-the answer with pyroute2's marshal, whose NetlinkError it raises. Every other call (dumps,
-bridge port flags, VLANs, lookups...) goes unchanged to a pyroute2 IPRoute in the same
-netns, opened on first use, so callers see one IPRoute-like object.
+`Rtnl` has one method per request the project makes itself (get, delete, set a link; create
+a veth; add an address; add a route). Each builds pyroute2's own message class (ifinfmsg,
+ifaddrmsg, rtmsg) with the fields IPRoute would set (tests/unit/test_rtnl.py compares the
+bytes), sends it on a plain socket and parses the answer with pyroute2's marshal, whose
+NetlinkError it raises. pyroute2 0.9's IPRoute is a synchronous face on asyncio with a
+generic argument pipeline: opening one and each call through it cost more than the request
+itself. Every other request (dumps, bridge creation,
+port flags, VLANs, lookups, address deletion) goes to `Rtnl.iproute`, a pyroute2 IPRoute in
+the same netns opened on first use: callers name it, nothing falls through.
 
-A new veth is not echoed (NLM_F_ECHO): parsing the ~1.5 KiB link message pyroute2 makes of
-the echo was ~0.4 ms of a ~3.5 ms helper ADD, while the three facts wanted from it (the host
-end's index and MAC, the peer's index) are three ioctls (linux/links.py).
+A new veth is not echoed (NLM_F_ECHO): pyroute2's parse of the link message is dearer than
+the three facts wanted from it (the host end's index and MAC, the peer's index), which are
+three ioctls (linux/links.py).
 
 IPv4 knobs of a link (arp_notify), and IPv6's address generation mode, are set in the same
 RTM_NEWLINK that brings it up (`set_link`), not through /proc/sys: a new netns's
 /proc/sys/net/ipv4 is a lookup that walks one dentry per netns on the node (see
-linux/sysctl.py), ~1 ms with 1,000 pods.
+linux/sysctl.py).
 """
 
 from __future__ import annotations
@@ -44,24 +45,20 @@ RTN_UNICAST = 1
 CREATE = NLM_F_ACK | NLM_F_CREATE | NLM_F_EXCL  # IPRoute's flags for "add"
 PREPEND = NLM_F_ACK | NLM_F_CREATE  # `ip route prepend`: beside a route of the same key, not EEXIST
 RECV_SIZE = 65536  # one datagram: a link message is a few KiB
+IFLA_ADDRESS = 1
 IFLA_AF_SPEC = 26
 IFLA_IFALIAS = 20
 IPV4_DEVCONF = {"arp_notify": 22}  # include/uapi/linux/ip.h: IPV4_DEVCONF_*, the knobs set here
 IFLA_INET6_ADDR_GEN_MODE = 8  # include/uapi/linux/if_link.h
 IN6_ADDR_GEN_MODE_NONE = 1  # no link-local (nor any SLAAC) address of its own
 
-# The keyword sets served here; anything else is IPRoute's.
-_VETH_KEYS = {"ifname", "kind", "peer", "mtu", "master", "address", "state"}
-_PEER_KEYS = {"ifname", "net_ns_fd", "mtu", "address"}
-_ADDR_KEYS = {"index", "address", "prefixlen", "broadcast", "flags"}
-_ROUTE_KEYS = {"dst", "dst_len", "oif", "family", "gateway", "priority"}
-
 
 class Rtnl:
-    """An rtnetlink socket in one netns with IPRoute's call style (see the module doc)."""
+    """An rtnetlink socket in one netns: the project's own requests as methods, and
+    `iproute` (pyroute2's IPRoute in the same netns) for everything else (see the module doc)."""
 
     def __init__(self, netns_fd: int | None = None):
-        self._ipr = None
+        self._iproute = None
         if netns_fd is None:
             self._sock = _socket()
         else:
@@ -74,9 +71,9 @@ class Rtnl:
         return self._sock.fileno()
 
     def close(self) -> None:
-        if self._ipr is not None:
-            self._ipr.close()
-            self._ipr = None
+        if self._iproute is not None:
+            self._iproute.close()
+            self._iproute = None
         self._sock.close()
 
     def __enter__(self) -> "Rtnl":
@@ -86,59 +83,74 @@ class Rtnl:
         self.close()
 
     @property
-    def ipr(self):
-        """pyroute2's IPRoute in this socket's netns, for every request not served here."""
-        if self._ipr is None:
+    def iproute(self):
+        """pyroute2's IPRoute in this socket's netns (whichever netns the calling thread is in
+        by then), for every request without a method here. Opened on first use, closed with
+        this object."""
+        if self._iproute is None:
             from pyroute2.iproute.linux import IPRoute
 
             fd = socket_netns(self._sock.fileno())
             try:
                 with netns.entered(fd):
-                    self._ipr = IPRoute()
+                    self._iproute = IPRoute()
             finally:
                 os.close(fd)
-        return self._ipr
+        return self._iproute
 
-    def __getattr__(self, name: str):  # only names this class does not define
-        if name.startswith("_"):
-            raise AttributeError(name)
-        return getattr(self.ipr, name)
+    # ---- the requests served on this socket ------------------------------------------------
+    def get_link(self, *, ifname: str | None = None, index: int = 0):
+        """The link named `ifname` or numbered `index` (one RTM_GETLINK), as pyroute2's
+        ifinfmsg; NetlinkError (ENODEV) when there is none."""
+        [link] = self._request(_link_msg(ifname, index), RTM_GETLINK)
+        return link
 
-    # ---- the requests served here ---------------------------------------------------------
-    def link(self, command: str, **kw):
-        keys = kw.keys()
-        if command in ("get", "del") and len(kw) == 1 and ("ifname" in kw or "index" in kw):
-            return self.request(_ifinfmsg(kw), RTM_GETLINK if command == "get" else RTM_DELLINK)
-        if command == "set" and keys == {"index", "state"} and kw["state"] in ("up", "down"):
-            return self.set_link(kw["index"], up=kw["state"] == "up")
-        if command == "set" and keys == {"index", "address"}:  # a bridge's MAC pinned (linux/bridge.py)
-            msg = _ifinfmsg({"index": kw["index"]})
-            msg["attrs"].append(("IFLA_ADDRESS", kw["address"]))
-            return self.request(msg, RTM_NEWLINK)
-        if (
-            command == "add"
-            and kw.get("kind") == "veth"
-            and keys <= _VETH_KEYS
-            and isinstance(kw.get("peer"), dict)
-            and kw["peer"].keys() <= _PEER_KEYS
-            and kw.get("state", "up") == "up"
-        ):
-            return self.request(_veth(kw), RTM_NEWLINK, CREATE)
-        return self.ipr.link(command, **kw)
+    def del_link(self, *, ifname: str | None = None, index: int = 0) -> None:
+        """Delete the link named `ifname` or numbered `index` (a veth: both ends);
+        NetlinkError (ENODEV) when there is none."""
+        self._request(_link_msg(ifname, index), RTM_DELLINK)
 
-    def set_link(self, index: int, *, up: bool | None = None, ipv4_conf: dict[str, int] | None = None,
-                 ipv6_addr_gen_mode: int | None = None, ifalias: str | None = None) -> list:
-        """One RTM_NEWLINK: the link up or down (None: unchanged), IPv4 devconf knobs
-        (`IPV4_DEVCONF` names), which the kernel applies as net.ipv4.conf.<link>.<knob>, and
-        the IPv6 address generation mode (`ip link set ... addrgenmode`; IN6_ADDR_GEN_MODE_*).
-        The kernel applies the flags before the rest: a link coming up here must have no
-        carrier yet (a veth whose peer is down) for the mode to govern its first addresses."""
-        msg = _devconf_link()
+    def add_veth(self, ifname: str, peer: str, *, peer_netns_fd: int | None = None, mtu: int = 0,
+                 peer_address: str | None = None, master: int = 0, up: bool = False) -> None:
+        """Create veth `ifname` here and its peer `peer` in `peer_netns_fd` (default: here), in
+        one RTM_NEWLINK (create, exclusive: EEXIST when either name is taken). `mtu` (0: the
+        kernel's) is both ends'; `master` makes this end a port of that bridge, `up` brings
+        it up; the peer stays down. Not echoed: the ends' indexes and MACs are ioctls."""
+        msg = _link_msg(ifname, 0)
+        if up:
+            msg["flags"] = msg["change"] = IFF_UP
+        peer_attrs = [("IFLA_IFNAME", peer)]
+        if peer_netns_fd is not None:
+            peer_attrs.append(("IFLA_NET_NS_FD", peer_netns_fd))
+        if mtu:
+            peer_attrs.append(("IFLA_MTU", mtu))
+            msg["attrs"].append(("IFLA_MTU", mtu))
+        if peer_address:
+            peer_attrs.append(("IFLA_ADDRESS", peer_address))
+        if master:
+            msg["attrs"].append(("IFLA_MASTER", master))
+        peer_msg = {"attrs": peer_attrs, "index": 0, "flags": 0, "change": 0}
+        info = [("IFLA_INFO_KIND", "veth"), ("IFLA_INFO_DATA", {"attrs": [("VETH_INFO_PEER", peer_msg)]})]
+        msg["attrs"].append(("IFLA_LINKINFO", {"attrs": info}))
+        self._request(msg, RTM_NEWLINK, CREATE)
+
+    def set_link(self, index: int, *, up: bool | None = None, address: str | None = None,
+                 ipv4_conf: dict[str, int] | None = None, ipv6_addr_gen_mode: int | None = None,
+                 ifalias: str | None = None) -> None:
+        """One RTM_NEWLINK on link `index`: up or down (None: unchanged), its MAC `address`,
+        its alias, IPv4 devconf knobs (`IPV4_DEVCONF` names), which the kernel applies as
+        net.ipv4.conf.<link>.<knob>, and the IPv6 address generation mode (`ip link set ...
+        addrgenmode`; IN6_ADDR_GEN_MODE_*). The kernel applies the flags before the rest: a
+        link coming up here must have no carrier yet (a veth whose peer is down) for the mode
+        to govern its first addresses."""
+        msg = _setlinkmsg()
         msg["index"] = index
         if up is not None:
             msg["flags"] = IFF_UP if up else 0
             msg["change"] = IFF_UP
         msg["attrs"] = []
+        if address is not None:
+            msg["attrs"].append(("IFLA_ADDRESS", address))
         if ifalias is not None:
             msg["attrs"].append(("IFLA_IFALIAS", ifalias))
         families = []
@@ -148,24 +160,52 @@ class Rtnl:
             families.append(("AF_INET6", {"attrs": [("IFLA_INET6_ADDR_GEN_MODE", ipv6_addr_gen_mode)]}))
         if families:
             msg["attrs"].append(("IFLA_AF_SPEC", {"attrs": families}))
-        return self.request(msg, RTM_NEWLINK)
+        self._request(msg, RTM_NEWLINK)
 
-    def addr(self, command: str, **kw):
-        keys = kw.keys()
-        if command == "add" and keys <= _ADDR_KEYS and {"index", "address", "prefixlen"} <= keys:
-            return self.request(_address(kw), RTM_NEWADDR, CREATE)
-        return self.ipr.addr(command, **kw)
+    def add_address(self, index: int, address: str, prefixlen: int, *, broadcast: str | None = None,
+                    flags: int | None = None) -> None:
+        """Add `address`/`prefixlen` to link `index` (create, exclusive: EEXIST when the link
+        has it). `flags` (IFA_F_*) go in IFA_FLAGS only, as IPRoute sends them."""
+        v6 = ":" in address
+        msg = ifaddrmsg()
+        msg["family"] = socket.AF_INET6 if v6 else socket.AF_INET
+        msg["prefixlen"] = prefixlen
+        msg["index"] = index
+        attrs = [("IFA_ADDRESS", address)]
+        if broadcast:
+            attrs.append(("IFA_BROADCAST", broadcast))
+        if not v6:
+            attrs.append(("IFA_LOCAL", address))
+        if flags is not None:
+            attrs.append(("IFA_FLAGS", flags))
+        msg["attrs"] = attrs
+        self._request(msg, RTM_NEWADDR, CREATE)
 
-    def route(self, command: str, **kw):
-        """"add" as IPRoute's; "prepend" as `ip route prepend` (no NLM_F_EXCL: a route to the
-        same destination with the same metric through another nexthop is added beside it,
-        first for IPv4, as a multipath nexthop for IPv6; only an identical one is EEXIST)."""
-        keys = kw.keys()
-        if command in ("add", "prepend") and keys <= _ROUTE_KEYS and {"dst", "dst_len", "oif", "family"} <= keys:
-            return self.request(_route(kw), RTM_NEWROUTE, CREATE if command == "add" else PREPEND)
-        return self.ipr.route(command, **kw)
+    def add_route(self, dst: str, dst_len: int, oif: int, *, gateway: str | None = None,
+                  priority: int | None = None, prepend: bool = False) -> None:
+        """Add a static unicast route of the main table to `dst`/`dst_len` through link `oif`
+        (the family is `dst`'s). Exclusive, as IPRoute's "add" (EEXIST when the table has a
+        route of that key); with `prepend`, as `ip route prepend`: a route to the same
+        destination with the same metric through another nexthop is added beside it, first
+        for IPv4, as a multipath nexthop for IPv6; only an identical one is EEXIST."""
+        msg = rtmsg()
+        msg["family"] = socket.AF_INET6 if ":" in dst else socket.AF_INET
+        msg["dst_len"] = dst_len
+        msg["table"] = RT_TABLE_MAIN
+        msg["proto"] = RTPROT_STATIC
+        msg["type"] = RTN_UNICAST
+        attrs = []
+        if dst_len:
+            attrs.append(("RTA_DST", dst))
+        attrs.append(("RTA_OIF", oif))
+        if gateway:
+            attrs.append(("RTA_GATEWAY", gateway))
+        if priority is not None:
+            attrs.append(("RTA_PRIORITY", priority))
+        msg["attrs"] = attrs
+        self._request(msg, RTM_NEWROUTE, PREPEND if prepend else CREATE)
 
-    def request(self, msg, msg_type: int, flags: int = NLM_F_ACK) -> list:
+    def _request(self, msg, msg_type: int, flags: int = NLM_F_ACK) -> list:
         """Send `msg` and return the messages answered before its ACK; NetlinkError on error.
 
         Every request asks for an ACK, as IPRoute's do, so the answer always ends with one
@@ -194,7 +234,7 @@ class Rtnl:
 
 class _Marshal(Marshal):
     """pyroute2's parser for the answers to the requests served here, mapped as MarshalRtnl maps
-    them (whose module imports pyroute2's socket layer and asyncio: ~20 ms of an in-process exec)."""
+    them (whose module imports pyroute2's socket layer and asyncio)."""
 
     msg_map = {
         RTM_NEWLINK: ifinfmsg,
@@ -205,14 +245,18 @@ class _Marshal(Marshal):
     }
 
 
-class _devconf_link(nlmsg):
-    """An ifinfomsg whose IFLA_AF_SPEC sets IPv4 devconf the way the kernel takes it
-    (inet_set_link_af): AF_INET > IFLA_INET_CONF > one u32 per knob, typed by its index;
-    and IPv6's address generation mode (inet6_set_link_af): AF_INET6 > one u8.
+class _setlinkmsg(nlmsg):
+    """The ifinfomsg of `Rtnl.set_link`: its IFLA_AF_SPEC sets IPv4 devconf the way the kernel
+    takes it (inet_set_link_af): AF_INET > IFLA_INET_CONF > one u32 per knob, typed by its
+    index; and IPv6's address generation mode (inet6_set_link_af): AF_INET6 > one u8.
     pyroute2's ifinfmsg knows only the dump layout (one flat struct), which a set rejects."""
 
     fields = ifinfmsg.fields
-    nla_map = ((IFLA_IFALIAS, "IFLA_IFALIAS", "asciiz"), (IFLA_AF_SPEC, "IFLA_AF_SPEC", "af_spec"))
+    nla_map = (
+        (IFLA_ADDRESS, "IFLA_ADDRESS", "l2addr"),
+        (IFLA_IFALIAS, "IFLA_IFALIAS", "asciiz"),
+        (IFLA_AF_SPEC, "IFLA_AF_SPEC", "af_spec"),
+    )
 
     class af_spec(nla):
         nla_map = ((socket.AF_INET, "AF_INET", "inet"), (socket.AF_INET6, "AF_INET6", "inet6"))
@@ -251,68 +295,11 @@ def _socket() -> socket.socket:
     return sock
 
 
-def _ifinfmsg(kw: dict) -> ifinfmsg:
+def _link_msg(ifname: str | None, index: int) -> ifinfmsg:
+    """An ifinfomsg naming a link by `ifname` or by `index` (exactly one)."""
+    if (ifname is None) == (not index):
+        raise TypeError("name a link by ifname or by index")
     msg = ifinfmsg()
-    msg["index"] = kw.get("index", 0)
-    attrs = []
-    if "ifname" in kw:
-        attrs.append(("IFLA_IFNAME", kw["ifname"]))
-    msg["attrs"] = attrs
-    return msg
-
-
-def _veth(kw: dict) -> ifinfmsg:
-    peer = kw["peer"]
-    peer_attrs = [("IFLA_IFNAME", peer["ifname"])]
-    if "net_ns_fd" in peer:
-        peer_attrs.append(("IFLA_NET_NS_FD", peer["net_ns_fd"]))
-    if "mtu" in peer:
-        peer_attrs.append(("IFLA_MTU", peer["mtu"]))
-    if "address" in peer:
-        peer_attrs.append(("IFLA_ADDRESS", peer["address"]))
-    msg = _ifinfmsg({"ifname": kw["ifname"]})
-    if "state" in kw:
-        msg["flags"] = msg["change"] = IFF_UP
-    for key, nla in (("mtu", "IFLA_MTU"), ("master", "IFLA_MASTER"), ("address", "IFLA_ADDRESS")):
-        if key in kw:
-            msg["attrs"].append((nla, kw[key]))
-    peer_msg = {"attrs": peer_attrs, "index": 0, "flags": 0, "change": 0}
-    info = [("IFLA_INFO_KIND", "veth"), ("IFLA_INFO_DATA", {"attrs": [("VETH_INFO_PEER", peer_msg)]})]
-    msg["attrs"].append(("IFLA_LINKINFO", {"attrs": info}))
-    return msg
-
-
-def _address(kw: dict) -> ifaddrmsg:
-    v6 = ":" in kw["address"]
-    msg = ifaddrmsg()
-    msg["family"] = socket.AF_INET6 if v6 else socket.AF_INET
-    msg["prefixlen"] = kw["prefixlen"]
-    msg["index"] = kw["index"]
-    attrs = [("IFA_ADDRESS", kw["address"])]
-    if kw.get("broadcast"):
-        attrs.append(("IFA_BROADCAST", kw["broadcast"]))
-    if not v6:
-        attrs.append(("IFA_LOCAL", kw["address"]))
-    if "flags" in kw:  # in IFA_FLAGS only (32 bits), as IPRoute sends them
-        attrs.append(("IFA_FLAGS", kw["flags"]))
-    msg["attrs"] = attrs
-    return msg
-
-
-def _route(kw: dict) -> rtmsg:
-    msg = rtmsg()
-    msg["family"] = kw["family"]
-    msg["dst_len"] = kw["dst_len"]
-    msg["table"] = RT_TABLE_MAIN
-    msg["proto"] = RTPROT_STATIC
-    msg["type"] = RTN_UNICAST
-    attrs = []
-    if kw["dst_len"]:
-        attrs.append(("RTA_DST", kw["dst"]))
-    attrs.append(("RTA_OIF", kw["oif"]))
-    if kw.get("gateway"):
-        attrs.append(("RTA_GATEWAY", kw["gateway"]))
-    if kw.get("priority") is not None:
-        attrs.append(("RTA_PRIORITY", kw["priority"]))
-    msg["attrs"] = attrs
+    msg["index"] = index
+    msg["attrs"] = [("IFLA_IFNAME", ifname)] if ifname is not None else []
     return msg

@@ -37,19 +37,9 @@ def create_pair(
     with `up` it is up: the kernel applies both before the request returns, and a failure
     to enslave fails the request and leaves no link behind. (The new ends' indexes and
     MACs: links.ioctl_index, links.ioctl_mac.)"""
-    peer: dict = {"ifname": peer_name, "net_ns_fd": peer_netns_fd}
-    kwargs: dict = {"ifname": host_name, "kind": "veth", "peer": peer}
-    if mtu:
-        kwargs["mtu"] = mtu
-        peer["mtu"] = mtu
-    if peer_mac:
-        peer["address"] = peer_mac
-    if master:
-        kwargs["master"] = master
-    if up:
-        kwargs["state"] = "up"
     try:
-        ipr.link("add", **kwargs)
+        ipr.add_veth(host_name, peer_name, peer_netns_fd=peer_netns_fd, mtu=mtu, peer_address=peer_mac or None,
+                     master=master, up=up)
     except NetlinkError as exc:
         reason = exc.args[1] if len(exc.args) > 1 else str(exc)
         if exc.code == errno.EEXIST:
@@ -69,7 +59,7 @@ def delete(ipr, name: str) -> bool:
 
     One RTM_DELLINK by name: no lookup first, a missing link answers ENODEV."""
     try:
-        ipr.link("del", ifname=name)
+        ipr.del_link(ifname=name)
     except NetlinkError as exc:
         if exc.code in (errno.ENODEV, errno.ENOENT):
             return False
@@ -80,13 +70,9 @@ def delete(ipr, name: str) -> bool:
 def alias(ipr, name: str) -> str | None:
     """The alias of link `name` (None: no alias, or no such link)."""
     try:
-        links = ipr.link("get", ifname=name)
+        link = ipr.get_link(ifname=name)
     except NetlinkError as exc:
         if exc.code in (errno.ENODEV, errno.ENOENT):
             return None
         raise
-    for link in links:
-        value = link.get_attr("IFLA_IFALIAS")
-        if value:
-            return value
-    return None
+    return link.get_attr("IFLA_IFALIAS") or None

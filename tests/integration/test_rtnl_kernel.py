@@ -1,6 +1,6 @@
-"""linux.rtnl on the kernel: the requests it serves itself do what IPRoute's did (checked with
-`ip`), a new veth's index, MAC and peer's index are read by ioctl (no echo to parse),
-errors are pyroute2's NetlinkError with the kernel's code, and everything else goes to an
+"""linux.rtnl on the kernel: each explicit method of Rtnl does what the IPRoute call it replaces
+did (checked with `ip`), a new veth's index, MAC and peer's index are read by ioctl (no echo to
+parse), errors are pyroute2's NetlinkError with the kernel's code, and `Rtnl.iproute` is an
 IPRoute in the socket's own netns, whichever netns the calling thread is in by then.
 Each case runs in throwaway netns."""
 
@@ -39,17 +39,19 @@ def test_veth_is_created_configured_and_found_by_ioctl(netns):
         fd = nsmod.open_netns(container)
         try:
             with Rtnl() as r, Rtnl(fd) as c:
-                answer = r.link("add", ifname="cnmrv0", kind="veth", mtu=1400, master=bridge,
-                                peer={"ifname": "eth0", "net_ns_fd": fd, "mtu": 1400, "address": "02:42:0a:00:00:07"})
+                answer = r.add_veth("cnmrv0", "eth0", peer_netns_fd=fd, mtu=1400, peer_address="02:42:0a:00:00:07",
+                                    master=bridge)
+                with pytest.raises(NetlinkError) as taken:  # create, exclusive
+                    r.add_veth("cnmrv0", "eth9", peer_netns_fd=fd)
                 found = links.ioctl_index(r, "cnmrv0"), links.ioctl_mac(r, "cnmrv0"), links.ioctl_index(c, "eth0")
                 with pytest.raises(OSError) as gone:
                     links.ioctl_index(c, "cnmrv0")  # the host end is not in the container's netns
-                return answer, found, gone.value.errno
+                return answer, found, gone.value.errno, taken.value.code
         finally:
             os.close(fd)
 
-    answer, (index, mac, peer_index), missing = in_netns(host, go)
-    assert answer == [] and missing == errno.ENODEV
+    answer, (index, mac, peer_index), missing, exists = in_netns(host, go)
+    assert answer is None and missing == errno.ENODEV and exists == errno.EEXIST
     end = ip_json(host, "-d", "link", "show", "dev", "cnmrv0")[0]
     assert (index, mac) == (end["ifindex"], end["address"])
     assert end["master"] == "cnmrbr" and end["mtu"] == 1400 and "UP" not in end["flags"]
@@ -69,21 +71,26 @@ def test_container_side_requests(netns):
 
     def go():
         with Rtnl() as r:
-            [link] = r.link("get", ifname="eth0")
-            assert link["index"] == index
-            r.link("set", index=index, state="up")
-            r.link("set", index=peer, state="up")  # a carrier for the routes
-            r.addr("add", index=index, address="10.251.3.5", prefixlen=24, broadcast="10.251.3.255")
-            r.addr("add", index=index, address="fd00:251::5", prefixlen=64, flags=0x02)  # IFA_F_NODAD
-            r.route("add", dst="0.0.0.0", dst_len=0, oif=index, family=2, gateway="10.251.3.1")
-            r.route("add", dst="10.252.0.0", dst_len=16, oif=index, family=2, priority=7)
+            link = r.get_link(ifname="eth0")
+            assert link["index"] == index and r.get_link(index=index).get_attr("IFLA_IFNAME") == "eth0"
+            r.set_link(index, up=True)
+            r.set_link(peer, up=True)  # a carrier for the routes
+            r.add_address(index, "10.251.3.5", 24, broadcast="10.251.3.255")
+            r.add_address(index, "fd00:251::5", 64, flags=0x02)  # IFA_F_NODAD
+            r.add_route("0.0.0.0", 0, index, gateway="10.251.3.1")
+            r.add_route("10.252.0.0", 16, index, priority=7)
+            r.add_route("fd00:252::", 48, index, gateway="fd00:251::1")
             with pytest.raises(NetlinkError) as exists:
-                r.addr("add", index=index, address="10.251.3.5", prefixlen=24)
+                r.add_address(index, "10.251.3.5", 24)
+            with pytest.raises(NetlinkError) as route_exists:
+                r.add_route("10.252.0.0", 16, index, priority=7)
             with pytest.raises(NetlinkError) as missing:
-                r.link("get", ifname="nosuchlink")
-            return exists.value.code, missing.value.code
+                r.get_link(ifname="nosuchlink")
+            with pytest.raises(NetlinkError) as missing_index:
+                r.get_link(index=99999)
+            return exists.value.code, route_exists.value.code, missing.value.code, missing_index.value.code
 
-    assert in_netns(ns, go) == (errno.EEXIST, errno.ENODEV)
+    assert in_netns(ns, go) == (errno.EEXIST, errno.EEXIST, errno.ENODEV, errno.ENODEV)
     assert "UP" in ip_json(ns, "link", "show", "dev", "eth0")[0]["flags"]
     addrs = {(a["local"], a["prefixlen"]): a for a in ip_json(ns, "addr", "show", "dev", "eth0")[0]["addr_info"]}
     assert addrs[("10.251.3.5", 24)]["broadcast"] == "10.251.3.255"
@@ -91,6 +98,36 @@ def test_container_side_requests(netns):
     routes = {r["dst"]: r for r in ip_json(ns, "route", "show", "dev", "eth0")}
     assert routes["default"]["gateway"] == "10.251.3.1" and routes["default"]["protocol"] == "static"
     assert routes["10.252.0.0/16"]["metric"] == 7
+    route6 = ip_json(ns, "-6", "route", "show", "fd00:252::/48")[0]
+    assert route6["gateway"] == "fd00:251::1" and route6["dev"] == "eth0" and route6["protocol"] == "static"
+
+
+def test_prepend_adds_beside_a_route_of_the_same_key(netns):
+    """add_route(prepend=True) is `ip route prepend`: a second nexthop to the same destination and
+    metric is installed, not refused; an identical route is EEXIST; a plain add of the same key is
+    EEXIST."""
+    ns = netns("cnmrc")
+    for a, b in (("cnmra0", "cnmra1"), ("cnmrb0", "cnmrb1")):
+        ip(ns, "link", "add", a, "type", "veth", "peer", "name", b)
+        for end in (a, b):
+            ip(ns, "link", "set", end, "up")
+    ip(ns, "addr", "add", "10.251.5.2/24", "dev", "cnmra0")
+    ip(ns, "addr", "add", "10.251.6.2/24", "dev", "cnmrb0")
+    first, second = (ip_json(ns, "link", "show", "dev", n)[0]["ifindex"] for n in ("cnmra0", "cnmrb0"))
+
+    def go():
+        with Rtnl() as r:
+            r.add_route("0.0.0.0", 0, first, gateway="10.251.5.1", prepend=True)
+            r.add_route("0.0.0.0", 0, second, gateway="10.251.6.1", prepend=True)
+            with pytest.raises(NetlinkError) as same:
+                r.add_route("0.0.0.0", 0, second, gateway="10.251.6.1", prepend=True)
+            with pytest.raises(NetlinkError) as exclusive:
+                r.add_route("0.0.0.0", 0, first, gateway="10.251.5.1")
+            return same.value.code, exclusive.value.code
+
+    assert in_netns(ns, go) == (errno.EEXIST, errno.EEXIST)
+    defaults = {(r["dev"], r["gateway"]) for r in ip_json(ns, "route", "show", "default")}
+    assert defaults == {("cnmra0", "10.251.5.1"), ("cnmrb0", "10.251.6.1")}
 
 
 def test_set_link_up_with_ipv4_devconf(netns):
@@ -102,7 +139,10 @@ def test_set_link_up_with_ipv4_devconf(netns):
         with Rtnl() as r:
             r.set_link(index, up=True, ipv4_conf={"arp_notify": 1})
             r.set_link(peer, ipv4_conf={"arp_notify": 0})
-            r.link("set", index=peer, address="02:42:0a:00:00:09")  # as a bridge's MAC is pinned
+            r.set_link(peer, address="02:42:0a:00:00:09")  # as a bridge's MAC is pinned
+            r.set_link(peer, ifalias="cnm owner tag")
+            r.set_link(index, up=False)
+            r.set_link(index, up=True)
             with pytest.raises(NetlinkError) as missing:
                 r.set_link(99999, up=True)
             return missing.value.code
@@ -115,6 +155,7 @@ def test_set_link_up_with_ipv4_devconf(netns):
     assert "UP" in ip_json(ns, "link", "show", "dev", "eth0")[0]["flags"]
     peer_link = ip_json(ns, "link", "show", "dev", "eth1")[0]
     assert "UP" not in peer_link["flags"] and peer_link["address"] == "02:42:0a:00:00:09"
+    assert peer_link["ifalias"] == "cnm owner tag"
 
 
 def test_set_link_ipv6_addr_gen_mode(netns):
@@ -143,22 +184,27 @@ def test_set_link_ipv6_addr_gen_mode(netns):
     assert in_netns(ns, lambda: open("/proc/sys/net/ipv4/conf/eth0/arp_notify").read().strip()) == "1"
 
 
-def test_delete_by_name(netns):
+def test_delete_by_name_and_by_index(netns):
     ns = netns("cnmrc")
     ip(ns, "link", "add", "cnmrv0", "type", "veth", "peer", "name", "cnmrv1")
+    ip(ns, "link", "add", "cnmrw0", "type", "veth", "peer", "name", "cnmrw1")
+    by_index = ip_json(ns, "link", "show", "dev", "cnmrw1")[0]["ifindex"]
 
     def go():
         with Rtnl() as r:
-            r.link("del", ifname="cnmrv0")
+            r.del_link(ifname="cnmrv0")
+            r.del_link(index=by_index)
             with pytest.raises(NetlinkError) as gone:
-                r.link("del", ifname="cnmrv0")
-            return gone.value.code
+                r.del_link(ifname="cnmrv0")
+            with pytest.raises(NetlinkError) as gone_index:
+                r.del_link(index=by_index)
+            return gone.value.code, gone_index.value.code
 
-    assert in_netns(ns, go) == errno.ENODEV
-    assert [link["ifname"] for link in ip_json(ns, "link", "show")] == ["lo"]  # both ends gone
+    assert in_netns(ns, go) == (errno.ENODEV, errno.ENODEV)
+    assert [link["ifname"] for link in ip_json(ns, "link", "show")] == ["lo"]  # both ends of both gone
 
 
-def test_other_requests_go_to_iproute_in_the_sockets_netns(netns):
+def test_iproute_is_in_the_sockets_netns(netns):
     """The IPRoute is opened on first use, in the netns the socket was made in, even when the
     calling thread has moved elsewhere meanwhile (as a helper worker does)."""
     mine, elsewhere = netns("cnmrc"), netns("cnmro")
@@ -174,7 +220,7 @@ def test_other_requests_go_to_iproute_in_the_sockets_netns(netns):
         finally:
             os.close(fd)
         try:
-            seen = sorted(m.get_attr("IFA_ADDRESS") for m in r.get_addr(family=2))
+            seen = sorted(m.get_attr("IFA_ADDRESS") for m in r.iproute.get_addr(family=2))
             return seen, r.fileno() >= 0
         finally:
             r.close()

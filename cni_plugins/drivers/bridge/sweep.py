@@ -56,7 +56,7 @@ def _veths(tag: str, ids: set[str]) -> list[Orphan]:
     found = []
     prefixes = {i[:12] for i in ids}
     with links.rtnl() as ipr:
-        for link in ipr.get_links():
+        for link in ipr.iproute.get_links():
             name = link.get_attr("IFLA_IFNAME") or ""
             if not HOST_VETH.fullmatch(name):
                 continue
