@@ -62,7 +62,7 @@ PRELOAD = (
     "cni_plugins.ipam.plugin",
     "cni_plugins.ipam.disk",
     "cni_plugins.linux.links",
-    "pyroute2.iproute.linux",  # IPRoute: the requests linux/rtnl.py hands on
+    "pyroute2.iproute.linux",  # IPRoute: Rtnl.iproute, the requests linux/rtnl.py has no method for
     "pydantic",
 )
 

@@ -20,7 +20,7 @@ def test_our_imports_skip_the_package_init():
                "print('pyroute2.ndb.main' in sys.modules, 'pyroute2.conntrack' in sys.modules, "
                "'pyroute2.iproute.linux' in sys.modules, 'pyroute2.netlink.rtnl.ifinfmsg' in sys.modules)")
     assert proc.returncode == 0, proc.stderr
-    # IPRoute itself is imported only when a request not served by linux/rtnl.py needs it
+    # IPRoute itself is imported only when Rtnl.iproute is first asked for (linux/rtnl.py)
     assert proc.stdout.split() == ["False", "False", "False", "True"]
 
 
