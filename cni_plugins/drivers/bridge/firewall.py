@@ -51,7 +51,7 @@ def _here(store_id: str, endpoints: list[Endpoint]) -> list[Endpoint]:
     from ...linux import links
 
     with links.rtnl() as ipr:
-        aliases = {link.get_attr("IFLA_IFNAME"): link.get_attr("IFLA_IFALIAS") or "" for link in ipr.get_links()}
+        aliases = {link.get_attr("IFLA_IFNAME"): link.get_attr("IFLA_IFALIAS") or "" for link in ipr.iproute.get_links()}
     out = []
     for ep in endpoints:
         alias = aliases.get(ep.data.get("host_veth"))
