@@ -471,10 +471,10 @@ def main(argv: list[str] | None = None) -> int:
         module, attr = ENTRY_POINTS[name]
         return getattr(importlib.import_module(module), attr)() or 0
     env = environ()
-    if not env.get("CNI_COMMAND"):  # the about line, as plugin.main prints it
-        from .plugin import main as usage
+    if not env.get("CNI_COMMAND"):  # unset or empty, as Go's skel: the about line
+        from .plugin import about
 
-        return usage(argv)
+        return about(argv[0])
     code = run(name, env)
     if served_by_helper:
         # Nothing of ours is left to flush or close but stdout (done): skip the interpreter's

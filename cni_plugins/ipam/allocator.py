@@ -9,7 +9,8 @@ from dataclasses import dataclass
 from typing import Iterable, Sequence
 
 from ..cni.errors import IPAM_FAILURE, CNIError
-from .disk import LeaseDir, Leases
+from .disk import LeaseDir
+from .leases import Leases
 from .ranges import IP, Range, RangeSet
 
 

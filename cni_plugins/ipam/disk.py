@@ -11,7 +11,8 @@ descriptor of the network directory (dir_fd), so a name can never escape it.
 Who holds which address (`Leases`) is read under the flock: a one-shot process
 lists the directory and reads every lease file, once per locked section. A
 long-lived process (the helper, after `keep_index()`) keeps it per directory,
-exact by an inotify watch (index.py), and re-reads only the files that changed.
+exact by an inotify watch (index.py), and re-reads only the files that changed. The
+lease file format and `Leases` are in leases.py, below both.
 """
 
 from __future__ import annotations
@@ -24,12 +25,12 @@ from typing import Iterator
 
 from ..cni.paths import state_path_problem
 from ..linux.fs import make_dirs
+from .leases import Leases, owner_text, parse_owner, scan
 from .ranges import IP
 
 DEFAULT_DATA_DIR = "/var/lib/cni/networks"
 LAST_RESERVED_PREFIX = "last_reserved_ip."
 LOCK_NAME = "lock"
-LINE_BREAK = "\r\n"
 DIR_MODE = 0o755  # host-local's mode, so Go can share the directory
 FILE_MODE = 0o600
 
@@ -56,115 +57,6 @@ def lease_dir_path(data_dir: str, network: str) -> str:
     if os.path.dirname(path) != root:
         raise PathError(f"network name {network!r} leaves dataDir")
     return path
-
-
-def is_lease_name(name: str) -> bool:
-    """ip_of_name(name) is not None, without parsing: a canonical dotted quad by string checks,
-    anything with a colon (IPv6, rare) by ip_of_name."""
-    if not name or name[0] not in _FIRST_CHARS:
-        return False
-    if ":" in name:
-        return ip_of_name(name) is not None
-    parts = name.split(".")
-    if len(parts) != 4:
-        return False
-    for part in parts:
-        if not (0 < len(part) <= 3 and part.isascii() and part.isdigit()):
-            return False
-        if part[0] == "0" and len(part) > 1 or int(part) > 255:
-            return False
-    return True
-
-
-_FIRST_CHARS = "0123456789abcdefABCDEF:"
-
-
-def ip_of_name(name: str) -> IP | None:
-    """The address a lease file is named after, None for lock/last_reserved/other files."""
-    if not name or name[0] not in _FIRST_CHARS:
-        return None
-    try:
-        addr = ipaddress.ip_address(name)
-    except ValueError:
-        return None
-    return addr if str(addr) == name else None
-
-
-def owner_text(container_id: str, ifname: str) -> str:
-    return container_id.strip() + LINE_BREAK + ifname
-
-
-def parse_owner(content: str) -> tuple[str, str | None]:
-    """(containerID, ifname) of a lease; ifname None for a legacy file holding only the id."""
-    text = content.strip()
-    if LINE_BREAK in text:
-        cid, ifname = text.split(LINE_BREAK, 1)
-        return cid, ifname
-    return text, None
-
-
-class Leases:
-    """Who holds which address in one directory: lease file name -> (containerID, ifname or
-    None for a legacy file), also grouped by container id. Names are canonical addresses
-    (is_lease_name); files that cannot be read (a symlink, a directory) are not leases."""
-
-    __slots__ = ("owners", "by_id", "_addrs")
-
-    def __init__(self) -> None:
-        self.owners: dict[str, tuple[str, str | None]] = {}
-        self.by_id: dict[str, dict[str, str | None]] = {}
-        self._addrs: dict[str, IP] = {}
-
-    def __contains__(self, name: str) -> bool:
-        return name in self.owners
-
-    def __len__(self) -> int:
-        return len(self.owners)
-
-    def put(self, name: str, owner: tuple[str, str | None]) -> None:
-        self.discard(name)
-        self.owners[name] = owner
-        self.by_id.setdefault(owner[0], {})[name] = owner[1]
-
-    def discard(self, name: str) -> None:
-        owner = self.owners.pop(name, None)
-        if owner is not None:
-            held = self.by_id[owner[0]]
-            del held[name]
-            if not held:
-                del self.by_id[owner[0]]
-
-    def held_by(self, container_id: str) -> dict[str, str | None]:
-        """The leases of a (stripped) container id: name -> ifname (None: legacy file)."""
-        return self.by_id.get(container_id, {})
-
-    def addr(self, name: str) -> IP:
-        """The address of a lease name (parsed once)."""
-        addr = self._addrs.get(name)
-        if addr is None:
-            addr = self._addrs[name] = ip_of_name(name)
-            if len(self._addrs) > 2 * len(self.owners) + 64:  # names long gone
-                self._addrs = {n: a for n, a in self._addrs.items() if n in self.owners}
-        return addr
-
-    def update_from(self, store: "LeaseDir", name: str) -> None:
-        """Re-read one name of the directory."""
-        data = store._read(name) if is_lease_name(name) else None
-        if data is None:
-            self.discard(name)
-        else:
-            self.put(name, parse_owner(data.decode(errors="replace")))
-
-
-def scan(store: "LeaseDir") -> Leases:
-    """Every lease of the directory: list it, read each file named like an address."""
-    leases = Leases()
-    for name in store.names():
-        if is_lease_name(name):
-            data = store._read(name)
-            if data is not None:
-                leases.put(name, parse_owner(data.decode(errors="replace")))
-    return leases
 
 
 _index_enabled = False
@@ -311,9 +203,7 @@ class LeaseDir:
         except FileNotFoundError:
             return False
 
-    def read(self, name: str) -> bytes | None:
-        """A file of this directory (None when absent or unreadable)."""
-        return self._read(name)
+    read = _read  # a file of this directory, None when absent or unreadable (leases.LeaseFiles)
 
     def write_atomic(self, name: str, data: bytes) -> None:
         """Replace `name` by a complete new file (temp file + rename)."""

@@ -1,7 +1,7 @@
 """The helper's lease index: each lease directory's Leases, kept exact by inotify.
 
 A one-shot cnm-ipam reads every lease file of the directory under the flock
-(disk.scan): ~3 syscalls and a parse per lease, 6 ms of an ADD with 1,000 pods.
+(leases.scan): ~3 syscalls and a parse per lease, 6 ms of an ADD with 1,000 pods.
 The helper (cnmd, after disk.keep_index()) keeps the Leases of each directory
 it served and an inotify watch on it, and under the flock only drains the
 watch and re-reads the files it names.
@@ -28,7 +28,7 @@ import threading
 from collections import OrderedDict
 
 from ..linux import inotify
-from .disk import LeaseDir, Leases, scan
+from .leases import LeaseFiles, Leases, scan
 
 MAX_DIRS = 16
 
@@ -46,7 +46,7 @@ class DirIndex:
         self.rescans = 0  # full scans (the first one included)
         self.rereads = 0  # files re-read for an event
 
-    def sync(self, store: LeaseDir) -> None:
+    def sync(self, store: LeaseFiles) -> None:
         """Make `leases` the directory's state (the caller holds the flock and `lock`)."""
         if self.leases is not None and self.watch is not None:
             names: set[str] | None = set()
@@ -98,7 +98,7 @@ _lock = threading.Lock()
 _indexes: "OrderedDict[tuple[int, int], DirIndex]" = OrderedDict()
 
 
-def acquire(store: LeaseDir) -> DirIndex | None:
+def acquire(store: LeaseFiles) -> DirIndex | None:
     """The directory's index, synced, held for the caller until its release(); None when the
     directory gets no index (its filesystem, no inotify instance left): scan instead.
     The caller holds the directory's flock."""

@@ -22,7 +22,8 @@ from contextlib import contextmanager
 from typing import Iterable, Iterator, Sequence
 
 from ..linux.fs import make_dirs
-from .disk import DIR_MODE, LeaseDir, PathError, ip_of_name, is_lease_name
+from .disk import DIR_MODE, LeaseDir, PathError
+from .leases import ip_of_name, is_lease_name
 from .ranges import Net, RangeSet, make_range
 
 POOL_FILE = "cnm-pool.json"

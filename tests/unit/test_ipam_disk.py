@@ -8,7 +8,8 @@ import os
 import pytest
 
 from cni_plugins.cli.plugin import handle
-from cni_plugins.ipam.disk import LeaseDir, PathError, ip_of_name, lease_dir_path, parse_owner
+from cni_plugins.ipam.disk import LeaseDir, PathError, lease_dir_path
+from cni_plugins.ipam.leases import ip_of_name, parse_owner
 
 
 def run(command: str, conf: dict, cid: str = "c1", ifname: str = "eth0"):

@@ -17,7 +17,8 @@ from hypothesis import strategies as st
 
 from cni_plugins.cli.plugin import handle
 from cni_plugins.ipam import disk, index
-from cni_plugins.ipam.disk import LeaseDir, ip_of_name, is_lease_name, scan
+from cni_plugins.ipam.disk import LeaseDir
+from cni_plugins.ipam.leases import ip_of_name, is_lease_name, scan
 
 # Another process changes the directory under the flock, as Go host-local does.
 WRITER = textwrap.dedent("""

@@ -20,8 +20,9 @@ from ...cnm.model import Endpoint, owner_tag
 from ..base import RESUMED_KEY, Context, Driver
 from . import config as bridge_config
 from . import ipam, localnet, ports, shared, standby
+from .endpoint import addresses, container_note, expected_elements, host_veth_name, recorded_elements, route_gateway
+from .errors import kernel_errors
 
-HOST_VETH_PREFIX = "cnm"
 IPV6_MIN_MTU = 1280  # a link with a smaller MTU has no IPv6 state at all
 FAULT_ENV = "CNM_FAULT"  # tests only: see cni_plugins/faults.py
 
@@ -31,51 +32,6 @@ def _fault(env, command: str, step: str) -> None:
         from ...faults import crash_point
 
         crash_point(env, command, step)
-
-
-def host_veth_name(endpoint_id: str) -> str:
-    """The host end of an endpoint's veth: derived from the endpoint id, 15 bytes."""
-    return HOST_VETH_PREFIX + endpoint_id[:12]
-
-
-class kernel_errors:
-    """`with kernel_errors("do x"):` kernel/tool failures become CNI errors (code 100) that say
-    what we were doing. A class, not a generator: it wraps each kernel step of every ADD, and
-    the error types are imported only when one is raised."""
-
-    __slots__ = ("what",)
-
-    def __init__(self, what: str):
-        self.what = what
-
-    def __enter__(self) -> None:
-        return None
-
-    def __exit__(self, kind, exc, tb) -> bool:
-        if exc is None or isinstance(exc, CNIError) or not isinstance(exc, Exception):
-            return False
-        reason = _kernel_failure(exc)
-        if reason is None:
-            return False
-        raise CNIError(PLUGIN_FAILURE, f"failed to {self.what}", reason) from None
-
-
-def _kernel_failure(exc: Exception) -> str | None:
-    """What a kernel/tool failure says; None for any other exception (a bug: not converted)."""
-    from ...linux.addr import AddrError  # first: cni_plugins.linux prepares the pyroute2 import
-    from ...linux.bridge import BridgeError
-    from ...linux.conntrack import ConntrackError
-    from ...linux.nft import NftError
-    from ...linux.veth import VethError
-    from pyroute2.netlink.exceptions import NetlinkError
-
-    if isinstance(exc, (AddrError, BridgeError, ConntrackError, NftError, VethError)):
-        return str(exc)
-    if isinstance(exc, NetlinkError):
-        return exc.args[1] if len(exc.args) > 1 else str(exc)
-    if isinstance(exc, OSError):
-        return str(exc)
-    return None
 
 
 class BridgeDriver(Driver):
@@ -534,64 +490,6 @@ def _ipv6_addr_gen_mode(conf, families: set[int]) -> int | None:
     return rtnl.IN6_ADDR_GEN_MODE_NONE
 
 
-def route_gateway(route: Route, ips: list[IPConfig]) -> str | None:
-    """As the reference plugins: a route without gw goes via the gateway of its family's IP."""
-    if route.gw:
-        return route.gw
-    for ip in ips:
-        if ip.family == route.family and ip.gateway:
-            return ip.gateway
-    return None
-
-
-def addresses(ips: list) -> list[tuple[str, str]]:
-    """(address, subnet) of the endpoint's recorded IPs."""
-    out = []
-    for ip in ips:
-        cidr = ip["address"] if isinstance(ip, dict) else ip.address
-        out.append((str(ipaddress.ip_interface(cidr).ip), cidr))
-    return out
-
-
-def expected_elements(conf, request: Request, data: dict, host_name: str, mac: str) -> list:
-    """The nft elements an endpoint needs: masquerade, MAC check, published ports and
-    their hairpin masquerade, isolation. Computed from the config + request + record, so
-    CHECK can compare them with the kernel too."""
-    mappings = ports.requested(request, conf.hostBindingIP)
-    addrs = addresses(data.get("ips", []))
-    elements = []
-    if conf.ipMasq:
-        for ip, subnet in addrs:
-            elements.extend(_nft().masquerade(ip, subnet))
-    if conf.macspoofchk and mac:
-        elements.extend(_nft().mac_spoof_check(host_name, mac))
-    if mappings:
-        elements.extend(ports.elements(mappings, addrs, note=container_note(request.container_id)))
-    if conf.isolateNetworks:
-        elements.extend(_nft().isolate(conf.bridge, host_name))
-    if not conf.icc:
-        elements.extend(_nft().no_icc(conf.bridge, host_name))
-        published = ports.families(mappings, addrs) if mappings else set()
-        for ip, subnet in addrs:
-            if ipaddress.ip_address(ip).version in published:
-                elements.extend(_nft().noicc_published(ip, subnet))
-    return elements
-
-
-def container_note(container_id: str) -> str:
-    """What a published port's element comment carries after its owner: the container id (to
-    name it in a conflict, and to know it again from another store), cut to fit a comment."""
-    return container_id[:96]
-
-
-def _nft():
-    """linux/nft, loaded by the first element that needs it: a plain endpoint (no NAT, ports,
-    isolation or MAC check) never loads it (~3 ms of an in-process ADD or DEL)."""
-    from ...linux import nft
-
-    return nft
-
-
 def _flush_udp(ctx: Context, elements) -> None:
     """UDP conntrack entries of the published ports in `elements` (ADD: flows that began
     before the port was published; DEL: flows still steered to the gone container).
@@ -612,10 +510,6 @@ def _flush_udp(ctx: Context, elements) -> None:
 
                     message(ctx.env, ctx.request.config, "error", f"UDP conntrack entries not flushed: {exc}",
                             command=ctx.request.command, container=ctx.request.container_id)
-
-
-def recorded_elements(endpoint: Endpoint) -> list:
-    return [_nft().Element(*entry) for entry in endpoint.data.get("nft") or ()]
 
 
 def _delete_link(name: str) -> None:

@@ -17,7 +17,7 @@ from __future__ import annotations
 from ...cnm.model import READY, STORE_TAG_LEN, Endpoint, owner_tag, parse_owner_tag
 from ..base import Loss
 from . import ports, shared
-from .driver import recorded_elements
+from .endpoint import recorded_elements
 
 
 def expected_state(store_id: str, endpoints) -> list[tuple[str, list]]:

@@ -19,7 +19,7 @@ from ...cnm.model import STORE_TAG_LEN, Endpoint, parse_owner_tag
 from ..base import Context, Orphan
 from . import localnet, shared
 
-HOST_VETH = re.compile(r"^cnm[0-9a-f]{12}$")  # driver.host_veth_name()
+HOST_VETH = re.compile(r"^cnm[0-9a-f]{12}$")  # endpoint.host_veth_name()
 UNTAGGED_OWNER = re.compile(r"^[0-9a-f]{24}$")  # an endpoint id: the owner an older version wrote
 
 
