@@ -111,34 +111,22 @@ def sockets_in(netns_fd: int) -> list[str]:
     """Sockets that live in the netns (a socket keeps its netns alive, and its owner may have
     left it: a process that entered it, opened a listening socket and came back), as
     "<table>: <count>"; netlink sockets of the kernel itself (port 0) are not counted."""
-    import threading
-
-    from .netns import setns
+    from .netns import entered
 
     found: list[str] = []
-    failure: list[BaseException] = []
-
-    def count() -> None:  # in a thread of its own: setns changes only the calling thread
-        try:
-            setns(netns_fd)
-            for table in SOCKET_TABLES:
-                try:
-                    with open(f"/proc/thread-self/net/{table}") as f:
-                        rows = f.read().splitlines()[1:]
-                except OSError:
-                    continue
-                if table == "netlink":
-                    rows = [r for r in rows if len(r.split()) > 2 and r.split()[2] != "0"]
-                if rows:
-                    found.append(f"{table}: {len(rows)}")
-        except BaseException as exc:  # handed to the caller
-            failure.append(exc)
-
-    thread = threading.Thread(target=count, name="cnm-sockets")
-    thread.start()
-    thread.join()
-    if failure:
-        raise failure[0]
+    # On this thread, and back before returning: a thread of its own that ended in the netns
+    # could linger there for a moment as a task, which the next sweep would take for a user.
+    with entered(netns_fd):
+        for table in SOCKET_TABLES:
+            try:
+                with open(f"/proc/thread-self/net/{table}") as f:
+                    rows = f.read().splitlines()[1:]
+            except OSError:
+                continue
+            if table == "netlink":
+                rows = [r for r in rows if len(r.split()) > 2 and r.split()[2] != "0"]
+            if rows:
+                found.append(f"{table}: {len(rows)}")
     return found
 
 
