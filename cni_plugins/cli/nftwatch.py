@@ -5,7 +5,7 @@ without waiting for any pod command.
 The helper learns, from the commands it serves, which stores are used in which network
 namespace (the caller's "host": node.observe(), one stat and one set lookup per command).
 For each such namespace it holds a monitor of the kernel's nftables announcements
-(linux/nftmonitor.py), all read by one thread. A change to the structure of our tables
+(linux/nft/monitor.py), all read by one thread. A change to the structure of our tables
 there is debounced briefly (a reload is a burst: the flush, then the firewall's own
 tables), then, in that namespace, every store served there puts back the layout and its
 live endpoints' elements from its records (reconcile.restore_lost: adding only, under the
@@ -92,7 +92,7 @@ class FirewallWatch:
                 return
             place = self._places.get(key)
             if place is None:
-                from ..linux.nftmonitor import Monitor
+                from ..linux.nft.monitor import Monitor
 
                 self._known.add((*key, directory))  # also when the monitor fails: tried once
                 place = _Place(ident, Monitor(), ident == self.home)  # in this thread's netns

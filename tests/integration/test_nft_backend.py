@@ -11,7 +11,8 @@ import subprocess
 
 import pytest
 
-from cni_plugins.linux import libnft, nft
+from cni_plugins.linux import nft
+from cni_plugins.linux.nft import backend as nft_backend, libnftables
 from conftest import in_netns
 
 BACKENDS = ("libnftables", "exec")
@@ -46,14 +47,11 @@ def markers(ns: str, family: str = "inet") -> list[str]:
 
 
 @pytest.fixture
-def use_backend(monkeypatch):
+def use_backend():
     def choose(name: str):
-        if name == "exec":
-            monkeypatch.setenv(nft.BACKEND_ENV, "exec")
-        else:
-            monkeypatch.delenv(nft.BACKEND_ENV, raising=False)
-        assert nft.backend() == name
-    return choose
+        assert nft_backend.choose(name).name == name
+    yield choose
+    nft_backend.choose(None)
 
 
 def sample() -> tuple[list, list]:
@@ -64,7 +62,7 @@ def sample() -> tuple[list, list]:
 
 
 def test_the_library_is_on_this_node():
-    assert libnft.library() is not None  # CI installs nftables (libnftables1): the fast path is tested
+    assert libnftables.library() is not None  # CI installs nftables (libnftables1): the fast path is tested
 
 
 def test_both_backends_program_the_same_tables(netns, use_backend):
@@ -150,3 +148,20 @@ def test_flushed_chain_is_reported_and_repaired_not_created(netns, use_backend):
     assert rules(ns) == full and in_netns(ns, nft.drifted_chains, ["inet"]) == []
     assert in_netns(ns, nft.can_create, ports[:1]) is False  # elements kept
     assert in_netns(ns, nft.repair, "inet") is False  # nothing to do
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_failures_are_typed_by_the_backend(netns, use_backend, backend):
+    """Issue 13 item 3: the backend turns nft's messages into typed errors, the same for
+    both (callers matched message strings): a missing table is NftNotFound, a key another
+    owner holds is NftExists (removal by value of a published port now someone else's)."""
+    use_backend(backend)
+    ns = netns("cnmtnft")
+    with pytest.raises(nft.NftNotFound):
+        in_netns(ns, nft.list_json, ["list", "table", "inet", nft.TABLE])
+    in_netns(ns, lambda: nft.commit(add=nft.published_port("tcp", None, 8080, "10.61.0.2", 80), owner="ep1"))
+    with pytest.raises(nft.NftExists):
+        in_netns(ns, lambda: nft.commit(remove=nft.published_port("tcp", None, 8080, "10.61.0.3", 80), owner="ep2"))
+    with pytest.raises(nft.NftError) as failed:
+        in_netns(ns, nft.run, [{"add": {"set": {"family": "inet", "table": nft.TABLE, "name": "x", "type": "nonsense"}}}])
+    assert not isinstance(failed.value, (nft.NftNotFound, nft.NftExists)), failed.value

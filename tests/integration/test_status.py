@@ -72,16 +72,39 @@ def test_store_read_only(lab):
     assert lab.run("DEL", conf, c, cid="c1").rc == 0
 
 
-def test_bridge_nft_missing(lab, tmp_path):
-    conf = confs(lab)["cnm-bridge"]
+def path_without_nft(tmp_path) -> dict:
     bin_dir = tmp_path / "bin-without-nft"
     bin_dir.mkdir()
     (bin_dir / "nsenter").symlink_to(shutil.which("nsenter"))  # the test runs the plugin through it
-    no_nft = {"PATH": str(bin_dir)}
-    r = status(lab, conf, no_nft)
+    return {"PATH": str(bin_dir)}
+
+
+@pytest.mark.parametrize("keys", [{"ipMasq": True}, {"macspoofchk": True}, {"isolateNetworks": True},
+                                  {"icc": False}, {"capabilities": {"portMappings": True}}])
+def test_bridge_nft_missing(lab, tmp_path, keys):
+    """Issue 13 item 3: STATUS asks the nftables backend, for every option that programs
+    nftables (it checked the nft binary, for ipMasq and macspoofchk only). The nft binary
+    backend (CNM_NFT=exec) without nft on PATH cannot serve the ADD: 50."""
+    conf = lab.conf(version="1.1.0", **keys)
+    r = status(lab, conf, dict(path_without_nft(tmp_path), CNM_NFT="exec"))
     assert code(r) == 50 and "nft" in r.json["msg"], r
-    # without ipMasq/macspoofchk nothing needs nft
-    assert status(lab, dict(conf, ipMasq=False), no_nft).rc == 0
+    assert "PATH" in r.json["details"], r
+
+
+def test_bridge_nft_binary_not_needed(lab, tmp_path):
+    """Issue 13 item 3: with libnftables (the backend wherever the node has it) the nft binary
+    is not needed: STATUS says ready, and the ADD it promises works."""
+    conf = lab.conf(version="1.1.0", ipMasq=True, isolateNetworks=True, icc=False)
+    no_nft = path_without_nft(tmp_path)
+    assert status(lab, conf, no_nft).rc == 0
+    # a network that programs no nftables needs no backend
+    assert status(lab, lab.conf(version="1.1.0"), dict(no_nft, CNM_NFT="exec")).rc == 0
+    c = lab.container()
+    r = exec_plugin("cnm-bridge", "ADD", conf, lab.env, container_id="c1", netns=c, ifname="eth0", host_netns=lab.host,
+                    extra_env=dict(IN_PROCESS, **no_nft))
+    assert r.rc == 0, r
+    assert lab.nft_elements(), "the ADD programmed nftables without the nft binary"
+    assert lab.run("DEL", conf, c, cid="c1").rc == 0
 
 
 def test_bridge_range_exhausted(lab):

@@ -429,7 +429,7 @@ class BridgeDriver(Driver):
         from .health import require_nft
 
         conf = self._conf(request)
-        require_nft(conf)
+        require_nft(conf, request)
         if conf.ipam_type:
             # Delegated only to an IPAM that knows STATUS, i.e. speaks 1.1.0; one that does not
             # cannot serve an ADD of this (1.1.0) config either, which require_version says.
@@ -573,8 +573,8 @@ def _release(ctx: Context, endpoint: Endpoint, recorded: list, publishes: bool) 
             if remove or handover:  # (a half-done ADD may have enlisted, and installed nothing)
                 _remove_elements(remove, owner, [(heir.owner, els) for heir, els in handover], ctx.locked,
                                  _live_state(ctx))
-        except nft.NftError as exc:
-            if shared_keys or "File exists" not in str(exc):
+        except nft.NftExists:
+            if shared_keys:
                 raise
             continue
         for heir, els in handover:

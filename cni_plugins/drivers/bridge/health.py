@@ -2,23 +2,30 @@
 
 from __future__ import annotations
 
-import shutil
-
 from ...cni.errors import NOT_AVAILABLE, CNIError
 from ...cnm.model import Endpoint
 
 
-def needs_nft(conf) -> bool:
-    return bool(conf.ipMasq or conf.macspoofchk)
+def needs_nft(conf, request) -> bool:
+    """Would an ADD of this network program nftables: every option expected_elements turns
+    into elements (published ports: the network takes portMappings from the runtime)."""
+    capabilities = request.config.get("capabilities")
+    ports = (isinstance(capabilities, dict) and capabilities.get("portMappings") is True) \
+        or bool(request.runtime_config("portMappings"))
+    return bool(conf.ipMasq or conf.macspoofchk or conf.isolateNetworks or not conf.icc or ports)
 
 
-def require_nft(conf) -> None:
-    """Code 50 when this config's ADD would program nftables and no nft can be run."""
-    from ...linux import nft
+def require_nft(conf, request) -> None:
+    """Code 50 when this network's ADD would program nftables and the backend cannot."""
+    from ...linux.nft import backend
 
-    if needs_nft(conf) and shutil.which(nft.NFT) is None:
-        raise CNIError(NOT_AVAILABLE, "nft not found",
-                       "ipMasq/macspoofchk need nftables: install nft (the nftables package) on PATH")
+    if not needs_nft(conf, request):
+        return
+    problem = backend.current().problem()
+    if problem is not None:
+        raise CNIError(NOT_AVAILABLE, "nftables is not usable",
+                       f"{problem}: ipMasq, macspoofchk, published ports, isolateNetworks and icc=false "
+                       "need nftables (the nftables package: libnftables or nft on PATH)")
 
 
 # (netns identity, endpoints' fingerprint) -> the nftables generation they were last found complete in
@@ -32,10 +39,11 @@ def missing_rules(endpoints: list[Endpoint], recorded_elements) -> str | None:
 
     Reading our tables back costs ~0.5 ms per pod (listing, JSON, comparing), and runtimes
     ask STATUS every few seconds per network (containerd 2.x). The kernel numbers its
-    nftables transactions (linux/nftgen.py): when neither that number nor this network's
+    nftables transactions (linux/nft/generation.py): when neither that number nor this network's
     endpoints changed since all were found in place, they still are; the resident helper
     then answers without reading anything."""
-    from ...linux import netns, nftgen
+    from ...linux import netns
+    from ...linux.nft import generation as nftgen
 
     key = (netns.identity_of(netns.SELF), tuple((ep.id, len(ep.data.get("nft") or ())) for ep in endpoints))
     generation = nftgen.generation()

@@ -4,7 +4,7 @@ that the host reaches at 127.0.0.1, and put back to the value found after the la
 Why it is needed: 127.0.0.1:hostPort from the host is DNATed in the output hook and
 re-routed to the bridge, which the kernel allows for a 127/8 source only with
 route_localnet on that bridge. Why not longer: the knob also lets the bridge accept
-packets *to* and *from* 127/8; linux/nft.py drops those, and this keeps the knob off
+packets *to* and *from* 127/8; linux/nft/layout.py drops those, and this keeps the knob off
 whenever nothing needs it.
 
 Who needs it, kept where any process can see it (not in a helper's memory), beside the

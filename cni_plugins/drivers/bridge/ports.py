@@ -2,7 +2,7 @@
 
 A mapping becomes two map elements per container address family (the DNAT
 address and port under the key l4proto . host address . host port, see
-linux/nft.py), plus one hairpin element per container address. The nft maps are
+linux/nft/layout.py), plus one hairpin element per container address. The nft maps are
 the truth about which host ports are taken: a new mapping is compared with the
 published ports of its family before anything changes (the controller's store
 transaction serialises ADDs, so nothing slips in between), and refused naming

@@ -1,4 +1,4 @@
-"""nftables elements that the endpoints of one bridge share (linux/nft.py SHARED_SETS).
+"""nftables elements that the endpoints of one bridge share (linux/nft/elements.py SHARED_SETS).
 
 isolateNetworks and icc=false are properties of a bridge for the routed path (the kernel's
 forward hook sees the bridge, not the port a packet came from), so they are elements
