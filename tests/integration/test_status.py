@@ -80,7 +80,8 @@ def path_without_nft(tmp_path) -> dict:
 
 
 @pytest.mark.parametrize("keys", [{"ipMasq": True}, {"macspoofchk": True}, {"isolateNetworks": True},
-                                  {"icc": False}, {"capabilities": {"portMappings": True}}])
+                                  {"icc": False}, {"capabilities": {"portMappings": True}}],
+                         ids=["ipMasq", "macspoofchk", "isolateNetworks", "icc-false", "portMappings"])
 def test_bridge_nft_missing(lab, tmp_path, keys):
     """Issue 13 item 3: STATUS asks the nftables backend, for every option that programs
     nftables (it checked the nft binary, for ipMasq and macspoofchk only). The nft binary
