@@ -165,3 +165,13 @@ def test_failures_are_typed_by_the_backend(netns, use_backend, backend):
     with pytest.raises(nft.NftError) as failed:
         in_netns(ns, nft.run, [{"add": {"set": {"family": "inet", "table": nft.TABLE, "name": "x", "type": "nonsense"}}}])
     assert not isinstance(failed.value, (nft.NftNotFound, nft.NftExists)), failed.value
+
+
+def test_no_nft_binary_is_unavailable(use_backend, monkeypatch, tmp_path):
+    """Issue 13 item 3: the binary backend without `nft` says so with its own type (the
+    sweep matched "cannot run" in the message to skip a node without nftables)."""
+    use_backend("exec")
+    monkeypatch.setenv("PATH", str(tmp_path))
+    assert nft_backend.current().problem() is not None
+    with pytest.raises(nft.NftUnavailable):
+        nft.list_json(["list", "tables"])

@@ -81,10 +81,8 @@ def _elements(tag: str, ids: set[str]) -> list[Orphan]:
     for family in nft.LAYOUT:
         try:
             found = nft.elements_with_comments(family)
-        except nft.NftError as exc:
-            if "cannot run" in str(exc):  # no nftables at all: nothing of ours can exist
-                continue
-            raise
+        except nft.NftUnavailable:  # no nftables at all: nothing of ours can exist
+            continue
         for element, comment in found:
             text = nft.owner_of(comment or "")
             owner = parse_owner_tag(text)

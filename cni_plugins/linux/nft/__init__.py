@@ -10,7 +10,7 @@
 This package's names are what the rest of the project uses.
 """
 
-from .backend import NftError, NftExists, NftNotFound
+from .backend import NftError, NftExists, NftNotFound, NftUnavailable
 from .elements import (SHARED_SETS, Element, Wanted, add_commands, binding_of, hairpin, isolate,
                        mac_spoof_check, masquerade, no_icc, noicc_published, owner_of, port_elements,
                        published_port)
@@ -19,7 +19,7 @@ from .tables import (Damage, audit, can_create, commit, drifted_chains, elements
                      missing, owned, published, repair, restore, run, set_elements)
 
 __all__ = [
-    "NftError", "NftExists", "NftNotFound",
+    "NftError", "NftExists", "NftNotFound", "NftUnavailable",
     "SHARED_SETS", "Element", "Wanted", "add_commands", "binding_of", "hairpin", "isolate", "mac_spoof_check",
     "masquerade", "no_icc", "noicc_published", "owner_of", "port_elements", "published_port",
     "LAYOUT", "LAYOUT_SET", "TABLE", "declare", "marker",

@@ -5,7 +5,8 @@ The backend is chosen once per process (current()). Both take the same input (a 
 document of commands, or one listing command in nft syntax), print the same JSON and fail
 with the same messages; this module is the only place that reads those messages, and turns
 them into typed errors: NftNotFound (ENOENT: a table, set or element that is not there),
-NftExists (EEXIST: a key that is taken), NftError (anything else).
+NftExists (EEXIST: a key that is taken), NftUnavailable (nft cannot be run at all), NftError
+(anything else).
 """
 
 from __future__ import annotations
@@ -29,6 +30,10 @@ class NftNotFound(NftError):
 
 class NftExists(NftError):
     """A key the command adds is taken (EEXIST)."""
+
+
+class NftUnavailable(NftError):
+    """nft cannot be run here at all (no binary, the library fails): nothing of ours exists."""
 
 
 class NftNotFoundAndExists(NftNotFound, NftExists):
@@ -91,7 +96,7 @@ class Library(Backend):
         try:
             outcome = libnftables.run(document if document is not None else command.encode())
         except OSError as exc:
-            raise NftError(f"cannot run libnftables: {exc}") from None
+            raise NftUnavailable(f"cannot run libnftables: {exc}") from None
         return _outcome(outcome)
 
 
@@ -112,7 +117,7 @@ class Binary(Backend):
         try:
             proc = subprocess.run(argv, input=document, capture_output=True, timeout=TIMEOUT_S)
         except (OSError, subprocess.SubprocessError) as exc:
-            raise NftError(f"cannot run nft: {exc}") from None
+            raise NftUnavailable(f"cannot run nft: {exc}") from None
         return _outcome(proc)
 
 
