@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 
 NFT = "nft"
 TIMEOUT_S = 60
@@ -106,6 +105,8 @@ class Binary(Backend):
     name = "exec"
 
     def problem(self) -> str | None:
+        import shutil  # (only STATUS asks; shutil is a few ms of a plugin exec's imports)
+
         if shutil.which(NFT) is None:
             return f"{NFT} not found on PATH (and libnftables is not in use)"
         return None
