@@ -553,7 +553,7 @@ def _release(ctx: Context, endpoint: Endpoint, recorded: list, publishes: bool) 
     """Remove the endpoint's elements, handing each published port it frees to the
     earliest-published endpoint of the same container that waits for it: a sibling of this
     store (its record) or of another store (enlisted, standby.py); returns what it removed.
-    Removal by value clashes ("File exists") with a key another endpoint holds (this one
+    Removal by value clashes (NftExists) with a key another endpoint holds (this one
     waited for it, or another store put its own back after a flush): then only the
     published ports the kernel says are this endpoint's are removed."""
     from ...linux import nft
