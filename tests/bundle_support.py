@@ -11,12 +11,25 @@ import os
 import subprocess
 from pathlib import Path
 
+import pytest
+
 from conftest import ROOT, wait_listening
 
 CLEAN_PATH = "/usr/sbin:/usr/bin:/sbin:/bin"
 CONFLIST = os.path.join(ROOT, "conf", "containerd", "10-cnm.conflist")
 PLUGIN_LINKS = ("cnm-bridge", "cnm-host", "cnm-none", "cnm-container", "cnm-ipam", "loopback")
 _built: dict[str, Path] = {}  # label -> release dir, shared by every test module of the session
+
+
+# Fixtures of the bundle tests (imported by their modules): the builds, made once per session.
+@pytest.fixture(scope="module")
+def release_a(tmp_path_factory):
+    return build("A", tmp_path_factory)
+
+
+@pytest.fixture(scope="module")
+def release_b(tmp_path_factory):
+    return build("B", tmp_path_factory)
 
 
 def build(label: str, tmp_path_factory, revision: str | None = None) -> Path:

@@ -17,21 +17,12 @@ import time
 
 import pytest
 
+from bundle_support import release_a, release_b  # noqa: F401 (fixtures)
 from bundle_support import CLEAN_PATH, Helper, Node, build, build_id, exec_plugin, run_script
 from cni_plugins.cli import handover
 from conftest import unique
 
 pytestmark = pytest.mark.slow
-
-
-@pytest.fixture(scope="module")
-def release_a(tmp_path_factory):
-    return build("A", tmp_path_factory)
-
-
-@pytest.fixture(scope="module")
-def release_b(tmp_path_factory):
-    return build("B", tmp_path_factory)
 
 
 @pytest.fixture

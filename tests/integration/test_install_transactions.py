@@ -14,20 +14,11 @@ import subprocess
 
 import pytest
 
+from bundle_support import release_a, release_b  # noqa: F401 (fixtures)
 from bundle_support import CONFLIST, Helper, Node, build, build_id, run_script, snapshot, version_all
 
 pytestmark = pytest.mark.slow
 BEFORE_VERSIONED_BUNDLES = "092684e^"  # the last commit whose install.sh uninstalls first
-
-
-@pytest.fixture(scope="module")
-def release_a(tmp_path_factory):
-    return build("A", tmp_path_factory)
-
-
-@pytest.fixture(scope="module")
-def release_b(tmp_path_factory):
-    return build("B", tmp_path_factory)
 
 
 @pytest.fixture(scope="module")

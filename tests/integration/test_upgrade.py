@@ -16,21 +16,12 @@ import threading
 
 import pytest
 
+from bundle_support import release_a, release_b  # noqa: F401 (fixtures)
 from bundle_support import (CLEAN_PATH, CONFLIST, PLUGIN_LINKS, Helper, Node, build, build_id, exec_plugin, run_script,
                             snapshot, version_all)
 from conftest import unique
 
 pytestmark = pytest.mark.slow
-
-
-@pytest.fixture(scope="module")
-def release_a(tmp_path_factory):
-    return build("A", tmp_path_factory)
-
-
-@pytest.fixture(scope="module")
-def release_b(tmp_path_factory):
-    return build("B", tmp_path_factory)
 
 
 @pytest.fixture
