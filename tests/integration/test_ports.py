@@ -5,12 +5,9 @@ removal with no netns and no prevResult. Everything runs in the lab's throwaway 
 
 from __future__ import annotations
 
-import os
-import time
-
 import pytest
 
-from bridge_support import Lab, sh, with_prev
+from bridge_support import Lab, delete_nft_element, sh, with_prev
 from ports_support import OUTSIDE_V4, UPLINK_V4, UPLINK_V6, servers, ask, nft_map_elements, outside_host, reach  # servers: a fixture
 
 
@@ -186,18 +183,9 @@ def test_check_finds_a_missing_published_port(lab):
                       dual=False)
     run = lab.run("CHECK", with_prev(more, out), ns)
     assert run.rc != 0 and run.json["code"] == 103 and "8090" in run.json["details"], run
-    sh("nft", "delete", "element", "inet", "cnm", "ports4_any_addr", "{ tcp . 8080 }", ns=lab.host)
-    if os.environ.get("CNM_TEST_HELPER"):
-        # The resident helper serves this host netns and watches its nftables: it puts the
-        # port back (self-healing firewall), and CHECK then finds it in place.
-        for _ in range(200):
-            if "8080" in sh("nft", "list", "map", "inet", "cnm", "ports4_any_addr", ns=lab.host).stdout:
-                break
-            time.sleep(0.05)
-        assert lab.run("CHECK", with_prev(conf, out), ns).rc == 0
-    else:
-        run = lab.run("CHECK", with_prev(conf, out), ns)
-        assert run.rc != 0 and run.json["code"] == 103 and "ports4_any_addr" in run.json["details"], run
+    delete_nft_element(lab.host, "map", "ports4_any_addr", "tcp . 8080")
+    run = lab.run("CHECK", with_prev(conf, out), ns)
+    assert run.rc != 0 and run.json["code"] == 103 and "ports4_any_addr" in run.json["details"], run
     assert lab.run("DEL", conf, ns).rc == 0
     assert_all_gone(lab)
 
