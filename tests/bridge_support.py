@@ -21,22 +21,22 @@ def sh(*argv: str, ns: str = "", check: bool = True) -> subprocess.CompletedProc
     return subprocess.run(cmd, capture_output=True, text=True, check=check, timeout=60)
 
 
-def delete_nft_element(host: str, kind: str, name: str, element: str) -> None:
+def delete_nft_element(host: str, family: str, name: str, element: str) -> None:
     """Delete one element of our table by hand, for good.
 
     Through the resident helper, its firewall watch may still have a restore pending from the
     structural change the test's first ADD made (the table created: debounced, at most
     MAX_DELAY_S later). Element deletions do not wake it, so once that restore is past the
-    element stays deleted: delete until it stays gone for a second."""
+    element stays deleted: delete until a second later there is nothing left to delete."""
+    sh("nft", "delete", "element", family, "cnm", name, "{", element, "}", ns=host)
+    if not os.environ.get("CNM_TEST_HELPER"):
+        return
     for _ in range(20):
-        sh("nft", "delete", "element", "inet", "cnm", name, "{", element, "}", ns=host, check=False)
-        if not os.environ.get("CNM_TEST_HELPER"):
-            return
         time.sleep(1.0)
-        listing = sh("nft", "-j", "list", kind, "inet", "cnm", name, ns=host).stdout
-        if element.split(" . ")[-1].strip() not in listing:
+        again = sh("nft", "delete", "element", family, "cnm", name, "{", element, "}", ns=host, check=False)
+        if again.returncode != 0:
             return
-    raise AssertionError(f"{name} {element} keeps coming back")
+    raise AssertionError(f"{family} cnm {name} {element} keeps coming back")
 
 
 class Lab:

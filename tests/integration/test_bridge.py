@@ -339,7 +339,7 @@ def test_check_names_the_first_mismatch(hl_lab):
     missing = lab.run("CHECK", conf, ns)
     assert missing.rc == 1 and missing.json["msg"] == "Required prevResult missing"
     # nft entry removed by hand
-    delete_nft_element(lab.host, "set", "masq4", "10.250.0.2")
+    delete_nft_element(lab.host, "inet", "masq4", "10.250.0.2")
     bad = lab.run("CHECK", with_prev(conf, out), ns)
     assert bad.rc == 1 and "nftables" in bad.json["msg"], bad
     sh("ip", "link", "del", "eth0", ns=ns)

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import pytest
 
-from bridge_support import Lab, sh, with_prev
+from bridge_support import Lab, delete_nft_element, with_prev
 from conftest import unique
 from ports_support import OUTSIDE_V4, UPLINK_V4, servers, ask, nft_map_elements, outside_host, reach  # servers: a fixture
 
@@ -46,7 +46,7 @@ def test_icc_false_separates_containers_of_one_bridge(lab, servers):
     assert ("bridge", "noicc") in {(e[0], e[1]) for e in lab.nft_elements()}
     assert lab.run("CHECK", with_prev(conf, r1), ns1, cid="c1").rc == 0
     host_veth = r1["interfaces"][1]["name"]
-    sh("nft", "delete", "element", "bridge", "cnm", "noicc", f"{{ {host_veth} }}", ns=lab.host)
+    delete_nft_element(lab.host, "bridge", "noicc", host_veth)
     run = lab.run("CHECK", with_prev(conf, r1), ns1, cid="c1")
     assert run.rc != 0 and run.json["code"] == 103 and "noicc" in run.json["details"], run
     assert lab.run("DEL", conf, ns1, cid="c1").rc == 0
@@ -98,7 +98,7 @@ def test_isolate_networks(lab, servers):
     assert reach(outside, "tcp", UPLINK_V4, 8080) == f"a {OUTSIDE_V4}"
     assert reach(nsa, "tcp", UPLINK_V4, 8080).startswith("a ")  # hairpin within its own network
     assert lab.run("CHECK", with_prev(iso, ra), nsa, cid="ca").rc == 0
-    sh("nft", "delete", "element", "inet", "cnm", "iso_bridges", f"{{ {lab.bridge} . {lab.bridge} }}", ns=lab.host)
+    delete_nft_element(lab.host, "inet", "iso_bridges", f"{lab.bridge} . {lab.bridge}")
     run = lab.run("CHECK", with_prev(iso, ra), nsa, cid="ca")
     assert run.rc != 0 and run.json["code"] == 103 and "iso_bridges" in run.json["details"], run
     assert lab.run("DEL", iso, "", cid="ca").rc == 0

@@ -183,7 +183,7 @@ def test_check_finds_a_missing_published_port(lab):
                       dual=False)
     run = lab.run("CHECK", with_prev(more, out), ns)
     assert run.rc != 0 and run.json["code"] == 103 and "8090" in run.json["details"], run
-    delete_nft_element(lab.host, "map", "ports4_any_addr", "tcp . 8080")
+    delete_nft_element(lab.host, "inet", "ports4_any_addr", "tcp . 8080")
     run = lab.run("CHECK", with_prev(conf, out), ns)
     assert run.rc != 0 and run.json["code"] == 103 and "ports4_any_addr" in run.json["details"], run
     assert lab.run("DEL", conf, ns).rc == 0
