@@ -7,7 +7,8 @@ ROOT=$(cd "$(dirname "$0")/.." && pwd)
 # containerd, runc, busybox-static: the CRI end-to-end test (tests/e2e/test_cri.py) runs a private containerd.
 # libpython3.11: PyInstaller bundles it (packaging/build.sh); systemd-socket-activate (systemd): the
 # bundle test's socket activation; time (GNU time): bench/ measures a plugin exec's peak RSS with it.
-APT_PACKAGES=(python3 python3-venv iproute2 nftables conntrack iputils-ping containernetworking-plugins kmod containerd runc busybox-static libpython3.11 systemd time)
+# etcd-server: the overlay's tests run throwaway etcd clusters (tests/etcd_support.py); openssl: their TLS certs.
+APT_PACKAGES=(python3 python3-venv iproute2 nftables conntrack iputils-ping containernetworking-plugins kmod containerd runc busybox-static libpython3.11 systemd time etcd-server openssl)
 
 . "$ROOT/scripts/apt-install.sh"
 apt_install "${APT_PACKAGES[@]}"
