@@ -1,0 +1,223 @@
+"""Per-node subnet leases in etcd (as flannel's): one `hostSubnetLength` subnet of the
+network's `subnet` per node, claimed with a create-if-absent transaction and bound to an etcd
+lease the resident helper keeps alive.
+
+Layout under the store's prefix, per network:
+    <prefix>/overlay/<network>/subnets/<a.b.c.d>-<len>  ->  {"node", "vtepIP", "vtepMAC"}
+The key names the subnet, so etcd itself guarantees that no two nodes hold the same one:
+a create succeeds only while the key is absent, and the key goes only with its lease.
+
+A node takes back its own subnet: first the record that still names it (its lease may be
+gone or unknown: the record is re-bound to a new lease by compare-and-swap), else the subnet it
+held last (kept on disk by the caller) when it is free, else a free one. Records are read with
+suspicion: whatever does not parse, lies outside the network's subnet or is too big is
+skipped (and reported) — never trusted, never fatal.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import itertools
+import ipaddress
+import json
+import re
+from dataclasses import dataclass
+
+from . import etcd
+
+MAX_RECORD = 1024  # bytes: a record is ~100; anything bigger is not ours
+MAC_RE = re.compile(r"^[0-9a-f]{2}(:[0-9a-f]{2}){5}$")
+
+
+class Exhausted(Exception):
+    """Every subnet of the network is held by another node."""
+
+
+class Conflict(Exception):
+    """This node's subnet is held by another node (it lost its lease and the subnet was taken)."""
+
+
+@dataclass(frozen=True)
+class Record:
+    """One node's lease: its subnet and its VXLAN endpoint."""
+
+    subnet: ipaddress.IPv4Network | ipaddress.IPv6Network
+    node: str
+    vtep_ip: str
+    vtep_mac: str
+    lease: int = 0  # the etcd lease the key is bound to
+    revision: int = 0  # the key's mod_revision
+
+    def value(self) -> bytes:
+        return json.dumps({"node": self.node, "vtepIP": self.vtep_ip, "vtepMAC": self.vtep_mac},
+                          sort_keys=True).encode()
+
+    def with_lease(self, lease: int, revision: int = 0) -> "Record":
+        return Record(self.subnet, self.node, self.vtep_ip, self.vtep_mac, lease, revision)
+
+
+@dataclass(frozen=True)
+class Layout:
+    """Where one network's leases live, and what a valid one looks like."""
+
+    prefix: str  # the store's prefix, e.g. "/cnm"
+    network: str
+    subnet: ipaddress.IPv4Network | ipaddress.IPv6Network
+    host_length: int
+
+    @property
+    def directory(self) -> bytes:
+        return f"{self.prefix.rstrip('/')}/overlay/{self.network}/subnets/".encode()
+
+    def key(self, subnet) -> bytes:
+        return self.directory + f"{subnet.network_address}-{subnet.prefixlen}".encode()
+
+    def subnets(self):
+        return self.subnet.subnets(new_prefix=self.host_length)
+
+    def count(self) -> int:
+        return 1 << (self.host_length - self.subnet.prefixlen)
+
+    def parse(self, kv: etcd.KeyValue) -> tuple[Record | None, str]:
+        """The record `kv` holds, or (None, why it is not one)."""
+        if not kv.key.startswith(self.directory):
+            return None, "outside the network's directory"
+        name = kv.key[len(self.directory):].decode("utf-8", errors="replace")
+        address, _, length = name.partition("-")
+        try:
+            subnet = ipaddress.ip_network(f"{address}/{length}")
+        except ValueError:
+            return None, f"key {name!r} does not name a subnet"
+        inside = subnet.version == self.subnet.version and subnet.subnet_of(self.subnet)
+        if not inside or subnet.prefixlen != self.host_length:
+            return None, f"subnet {subnet} is not a /{self.host_length} of {self.subnet}"
+        if len(kv.value) > MAX_RECORD:
+            return None, f"record of {len(kv.value)} bytes (at most {MAX_RECORD})"
+        try:
+            data = json.loads(kv.value)
+            node, vtep_ip, vtep_mac = data["node"], data["vtepIP"], data["vtepMAC"]
+        except (ValueError, TypeError, KeyError):
+            return None, "not a JSON record with node, vtepIP and vtepMAC"
+        if not (isinstance(node, str) and isinstance(vtep_ip, str) and isinstance(vtep_mac, str)) or not node:
+            return None, "node, vtepIP and vtepMAC must be strings"
+        try:
+            vtep = ipaddress.ip_address(vtep_ip)
+        except ValueError:
+            return None, f"vtepIP {vtep_ip!r} is not an address"
+        if vtep.version == self.subnet.version and vtep in self.subnet:
+            return None, f"vtepIP {vtep} lies in the overlay's own subnet {self.subnet}"
+        if vtep.is_multicast or vtep.is_unspecified or vtep.is_loopback:
+            return None, f"vtepIP {vtep} is not a unicast address"
+        if not MAC_RE.match(vtep_mac) or int(vtep_mac[:2], 16) & 1:
+            return None, f"vtepMAC {vtep_mac!r} is not a unicast MAC"
+        return Record(subnet, node, str(vtep), vtep_mac, kv.lease, kv.mod_revision), ""
+
+
+def read_all(client: etcd.Client, layout: Layout) -> tuple[list[Record], list[str], int]:
+    """Every valid record of the network; the reasons the others were skipped; the revision."""
+    kvs, revision = client.list_prefix(layout.directory)
+    records, skipped = parse_all(layout, kvs)
+    return records, skipped, revision
+
+
+def parse_all(layout: Layout, kvs) -> tuple[list[Record], list[str]]:
+    records, skipped = [], []
+    for kv in kvs:
+        record, why = layout.parse(kv)
+        if record is None:
+            skipped.append(f"{kv.key[:200].decode('utf-8', errors='replace')}: {why}")
+        else:
+            records.append(record)
+    return records, skipped
+
+
+def claim(client: etcd.Client, layout: Layout, mine: Record, ttl: int, last: str = "",
+          lease: int = 0) -> Record:
+    """This node's lease (`mine` gives node, vtepIP and vtepMAC; its subnet is ignored): its
+    own record taken back, else `last` (the subnet it held before) if free, else a free one.
+    `lease`: the etcd lease it believes it holds (reused while alive). Raises Exhausted,
+    etcd.EtcdError."""
+    for _ in range(3 * layout.count() + 10):  # each round loses only to another node's write
+        kvs, _ = client.list_prefix(layout.directory)
+        records, _ = parse_all(layout, kvs)
+        own = [r for r in records if r.node == mine.node]
+        if own:
+            record = min(own, key=lambda r: (str(r.subnet) != last, r.revision))
+            kept = _adopt(client, layout, record, mine, ttl, lease)
+            if kept is not None:
+                return kept
+            continue
+        taken = {kv.key for kv in kvs}  # (a key that is not a valid record still holds its subnet)
+        # (the first few free ones are enough to choose from: a /8 holds 65536 /24s)
+        free = list(itertools.islice((s for s in layout.subnets() if layout.key(s) not in taken), 64))
+        if not free:
+            raise Exhausted(f"every /{layout.host_length} of {layout.subnet} is held by another node")
+        subnet = _pick(free, mine.node, last)
+        if lease == 0 or client.keepalive(lease) == 0:
+            lease = client.grant(ttl)
+        record = Record(subnet, mine.node, mine.vtep_ip, mine.vtep_mac, lease)
+        created, current = client.create(layout.key(subnet), record.value(), lease)
+        if created:
+            return record.with_lease(lease, client.get(layout.key(subnet)).mod_revision)
+        if current is not None:
+            theirs, _ = layout.parse(current)
+            if theirs is not None and theirs.node == mine.node:  # our own create, retried
+                return theirs
+    raise etcd.EtcdError(f"no subnet of {layout.subnet} could be claimed: every try lost to another node")
+
+
+def _adopt(client: etcd.Client, layout: Layout, record: Record, mine: Record, ttl: int,
+           lease: int) -> Record | None:
+    """Keep this node's existing record: on its own lease while that lives (rewritten only if
+    the VTEP changed), else re-bound to a live lease (compare-and-swap: None when it moved)."""
+    wanted = Record(record.subnet, mine.node, mine.vtep_ip, mine.vtep_mac)
+    alive = record.lease != 0 and client.keepalive(record.lease) > 0
+    if alive and wanted.value() == record.value():
+        return record
+    if not alive:
+        lease = lease if lease and lease != record.lease and client.keepalive(lease) > 0 else client.grant(ttl)
+    else:
+        lease = record.lease
+    if not client.replace(layout.key(record.subnet), record.revision, wanted.value(), lease):
+        return None
+    return wanted.with_lease(lease, client.get(layout.key(record.subnet)).mod_revision)
+
+
+def _pick(free: list, node: str, last: str):
+    """`last` if free; else a free subnet chosen by the node's name, so that nodes claiming at
+    once mostly try different ones (a collision only costs another round)."""
+    for subnet in free:
+        if str(subnet) == last:
+            return subnet
+    digest = int.from_bytes(hashlib.sha256(node.encode()).digest()[:8], "big")
+    return free[digest % len(free)]
+
+
+def release(client: etcd.Client, layout: Layout, record: Record) -> None:
+    """Give the subnet up (only while the key still holds this node's record)."""
+    current = client.get(layout.key(record.subnet))
+    if current is None:
+        return
+    theirs, _ = layout.parse(current)
+    if theirs is not None and theirs.node == record.node:
+        client.call("/v3/kv/txn", {
+            "compare": [{"key": etcd.b64(current.key), "target": "MOD", "result": "EQUAL",
+                         "mod_revision": str(current.mod_revision)}],
+            "success": [{"request_delete_range": {"key": etcd.b64(current.key)}}],
+        })
+        if current.lease:
+            client.revoke(current.lease)
+
+
+def node_identity(configured: str = "", machine_id: str = "/etc/machine-id") -> str:
+    """`nodeName`, else the machine id (a restarted node is the same node)."""
+    if configured:
+        return configured
+    try:
+        with open(machine_id, encoding="ascii") as f:
+            ident = f.read().strip()
+    except (OSError, UnicodeDecodeError):
+        ident = ""
+    if not ident:
+        raise ValueError(f"no nodeName configured and {machine_id} is empty or unreadable")
+    return ident
