@@ -11,6 +11,7 @@ PLUGIN_TYPES = {
     "cnm-none": "null",
     "loopback": "null",  # cnm-none installed in containerd's loopback slot
     "cnm-container": "container",
+    "cnm-overlay": "overlay",
 }
 
 # driver name -> "module:class"; imported only when a command needs the driver.
@@ -19,6 +20,7 @@ DRIVERS = {
     "host": "cni_plugins.drivers.host:HostDriver",
     "bridge": "cni_plugins.drivers.bridge:BridgeDriver",
     "container": "cni_plugins.drivers.container:ContainerDriver",
+    "overlay": "cni_plugins.drivers.overlay.driver:OverlayDriver",
 }
 
 

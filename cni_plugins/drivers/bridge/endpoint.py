@@ -39,6 +39,11 @@ def addresses(ips: list) -> list[tuple[str, str]]:
     return out
 
 
+# endpoint.data[MASQUERADE_EXCEPT]: the prefix ipMasq leaves alone when it is wider than the
+# endpoint's own subnet (an overlay's cluster-wide subnet: pod to pod keeps its source).
+MASQUERADE_EXCEPT = "masqueradeExcept"
+
+
 def expected_elements(conf, request: Request, data: dict, host_name: str, mac: str) -> list:
     """The nft elements an endpoint needs: masquerade, MAC check, published ports and
     their hairpin masquerade, isolation. Computed from the config + request + record, so
@@ -48,7 +53,7 @@ def expected_elements(conf, request: Request, data: dict, host_name: str, mac: s
     elements = []
     if conf.ipMasq:
         for ip, subnet in addrs:
-            elements.extend(_nft().masquerade(ip, subnet))
+            elements.extend(_nft().masquerade(ip, data.get(MASQUERADE_EXCEPT) or subnet))
     if conf.macspoofchk and mac:
         elements.extend(_nft().mac_spoof_check(host_name, mac))
     if mappings:

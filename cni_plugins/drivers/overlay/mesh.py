@@ -1,0 +1,120 @@
+"""One overlay network on this node, brought in line with etcd: the lease claimed (or kept),
+the VXLAN device as configured, and the mesh programmed from a fresh list of the other
+nodes' records. The resident helper runs it when it starts and after every reconnect; an ADD
+runs it once when no helper keeps the lease fresh.
+
+`settings` is what the network's config says about the overlay (saved in the node's state
+file, so the helper can serve the network without its conflist).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import ipaddress
+import time
+from dataclasses import dataclass
+
+from . import etcd, lease, state
+
+SETTINGS_KEYS = ("subnet", "hostSubnetLength", "vni", "port", "underlayInterface", "underlayAddress", "mtu",
+                 "nodeName", "leaseTTL")
+
+
+class MtuTooLarge(Exception):
+    pass
+
+
+def settings_of(conf) -> dict:
+    """The overlay part of a validated OverlayConfig, as saved in the state file."""
+    settings = {k: getattr(conf, k) for k in SETTINGS_KEYS}
+    settings["store"] = conf.store.model_dump()
+    settings["name"] = conf.name
+    return settings
+
+
+def client_of(settings: dict, timeout: float = etcd.DEFAULT_TIMEOUT) -> etcd.Client:
+    store = settings["store"]
+    tls = etcd.TLS(store.get("caFile", ""), store.get("certFile", ""), store.get("keyFile", ""))
+    return etcd.Client(store["endpoints"], tls, timeout=timeout)
+
+
+def layout_of(settings: dict) -> lease.Layout:
+    return lease.Layout(settings["store"].get("prefix") or "/cnm", settings["name"],
+                        ipaddress.ip_network(settings["subnet"]), settings["hostSubnetLength"])
+
+
+def device_names(network: str) -> tuple[str, str]:
+    tag = hashlib.sha256(network.encode()).hexdigest()[:8]
+    return f"cnmov{tag}", f"cnmvx{tag}"
+
+
+def vtep_mac(node: str, network: str) -> str:
+    """The node's VTEP MAC on `network`: derived from both (locally administered, unicast), so
+    a recreated device has the same MAC and the records of the other nodes stay right."""
+    octets = bytearray(hashlib.sha256(f"{node}\0{network}".encode()).digest()[:6])
+    octets[0] = (octets[0] & 0xFE) | 0x02
+    return ":".join(f"{o:02x}" for o in octets)
+
+
+@dataclass
+class Outcome:
+    data: dict  # what was written to the state file
+    skipped: list[str]  # records ignored, with why
+    changed: int = 0
+    removed: int = 0
+
+
+def local_underlay(settings: dict) -> tuple[str, int, str, int]:
+    from ...linux import links, vxlan
+
+    with links.rtnl() as ipr:
+        return vxlan.underlay(ipr, settings.get("underlayInterface", ""), settings.get("underlayAddress", ""))
+
+
+def mtu_of(settings: dict, underlay_mtu: int) -> int:
+    from ...linux.vxlan import VXLAN_OVERHEAD
+
+    most = underlay_mtu - VXLAN_OVERHEAD
+    mtu = settings.get("mtu") or most
+    if mtu > most:
+        raise MtuTooLarge(f"mtu: {mtu} does not fit the underlay (MTU {underlay_mtu}): at most {most}")
+    return mtu
+
+
+def converge(settings: dict, state_dir: str, client: etcd.Client | None = None,
+             records: list | None = None) -> Outcome:
+    """Claim (or keep) the lease, ensure the device, program the mesh from a fresh list (or
+    from `records`, a list the caller just read), save the state file."""
+    from ...linux import links, vxlan
+
+    network = settings["name"]
+    node = lease.node_identity(settings.get("nodeName", ""))
+    ul_name, ul_index, ul_ip, ul_mtu = local_underlay(settings)
+    mtu = mtu_of(settings, ul_mtu)
+    cached = state.read(state_dir, network) or {}
+    layout = layout_of(settings)
+    client = client or client_of(settings)
+    mine = lease.Record(layout.subnet, node, ul_ip, vtep_mac(node, network))
+    held = lease.claim(client, layout, mine, settings["leaseTTL"], last=cached.get("subnet", ""),
+                       lease=int(cached.get("lease", 0)) if cached.get("node") == node else 0)
+    skipped: list[str] = []
+    if records is None:
+        records, skipped, _ = lease.read_all(client, layout)
+    _, vx_name = device_names(network)
+    others = [vxlan.Peer(str(r.subnet), r.vtep_ip, r.vtep_mac) for r in records
+              if r.node != node and r.subnet != held.subnet and r.vtep_ip != ul_ip]
+    with links.rtnl() as ipr:
+        index = vxlan.ensure_device(ipr, vx_name, settings["vni"], settings["port"], ul_ip, ul_index,
+                                    mine.vtep_mac, mtu, str(held.subnet.network_address), alias_of(network))
+        changed, removed = vxlan.sync(ipr, index, others)
+    data = {
+        "subnet": str(held.subnet), "lease": held.lease, "node": node, "vtepIP": ul_ip, "vtepMAC": mine.vtep_mac,
+        "underlay": ul_name, "mtu": mtu, "confirmed": time.time(), "settings": settings,
+    }
+    state.write(state_dir, network, data)
+    return Outcome(data, skipped, changed, removed)
+
+
+def alias_of(network: str) -> str:
+    """The VXLAN device's alias: says whose it is (cnmctl gc removes those of gone networks)."""
+    return f"cnm-overlay:{network}"

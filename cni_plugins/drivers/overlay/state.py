@@ -1,0 +1,88 @@
+"""This node's overlay networks on disk: one file per network under <stateDir>/overlay/,
+holding the lease the node holds (subnet, etcd lease id, VTEP), what the underlay allows
+(MTU), when the lease was last confirmed with etcd, and the store settings to reach etcd
+with (endpoints and file paths only: never a secret).
+
+An ADD reads it and nothing else when the lease is fresh (the resident helper refreshes it
+while it keeps the lease alive): no etcd round trip on the hot path. The helper lists these
+files to know which networks it serves.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import time
+
+from ...linux.fs import make_dirs
+
+DIRECTORY = "overlay"
+
+
+def directory(state_dir: str) -> str:
+    return os.path.join(state_dir, DIRECTORY)
+
+
+def ipam_dir(state_dir: str) -> str:
+    """The pods' address leases (cnm-ipam, host-local's format), node-local like the rest."""
+    return os.path.join(directory(state_dir), "ipam")
+
+
+def path(state_dir: str, network: str) -> str:
+    # (a network name is a CNI name, but the file name need not trust that)
+    tag = hashlib.sha256(network.encode()).hexdigest()[:16]
+    return os.path.join(directory(state_dir), f"{tag}.json")
+
+
+def read(state_dir: str, network: str) -> dict | None:
+    return read_file(path(state_dir, network), network)
+
+
+def read_file(file: str, network: str | None = None) -> dict | None:
+    try:
+        with open(file, encoding="utf-8") as f:
+            data = json.load(f)
+    except (OSError, ValueError):
+        return None
+    if not isinstance(data, dict) or (network is not None and data.get("network") != network):
+        return None
+    return data
+
+
+def write(state_dir: str, network: str, data: dict) -> None:
+    """Atomically (a reader sees the old file or the new one)."""
+    make_dirs(directory(state_dir), 0o700)
+    final = path(state_dir, network)
+    tmp = f"{final}.{os.getpid()}.tmp"
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600)
+    with os.fdopen(fd, "w", encoding="utf-8") as f:
+        json.dump(dict(data, network=network), f, sort_keys=True)
+    os.replace(tmp, final)
+
+
+def remove(state_dir: str, network: str) -> bool:
+    try:
+        os.unlink(path(state_dir, network))
+        return True
+    except FileNotFoundError:
+        return False
+
+
+def all_networks(state_dir: str) -> list[dict]:
+    try:
+        names = sorted(os.listdir(directory(state_dir)))
+    except OSError:
+        return []
+    found = []
+    for name in names:
+        if name.endswith(".json"):
+            data = read_file(os.path.join(directory(state_dir), name))
+            if data is not None and isinstance(data.get("network"), str):
+                found.append(data)
+    return found
+
+
+def fresh(data: dict, ttl: int) -> bool:
+    """Confirmed with etcd within half the lease's TTL (the helper refreshes it every third)."""
+    return time.time() - float(data.get("confirmed", 0)) < ttl / 2

@@ -1,0 +1,163 @@
+"""Simulated nodes for the overlay tests: an underlay bridge in a netns of its own, and per
+node a netns plugged into it (eth0, 192.168.<k>.<i>/24), with its own state and run dirs,
+its own IPAM data and its own node name. Pods are netns attached through the node's plugin.
+Every object is unique and removed afterwards."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+
+from conftest import BIN, GO_PLUGINS, exec_plugin, unique
+
+
+def sh(*argv: str, ns: str = "", check: bool = True) -> subprocess.CompletedProcess:
+    cmd = list(argv)
+    if ns:
+        cmd = ["nsenter", f"--net={ns}", "--"] + cmd
+    return subprocess.run(cmd, capture_output=True, text=True, check=check, timeout=60)
+
+
+class SimNode:
+    def __init__(self, world: "World", index: int, tmp):
+        self.world = world
+        self.name = f"node{index}"
+        self.address = f"{world.underlay_net}.{index + 1}"
+        self.host = world.netns("cnmn")
+        self.dir = tmp / self.name
+        self.env = {
+            "PATH": os.environ.get("PATH", "/usr/sbin:/usr/bin:/sbin:/bin"),
+            "CNI_PATH": f"{BIN}:{GO_PLUGINS}",
+            "CNM_STATE_DIR": str(self.dir / "state"),
+            "CNM_RUN_DIR": str(self.dir / "run"),
+            "CNM_LOG_FILE": str(self.dir / "cnm-cni.log"),
+            "CNM_HELPER_SOCKET": "off",
+        }
+        port = unique("u")
+        sh("ip", "link", "add", port, "netns", world.underlay_ns.rsplit("/", 1)[1], "type", "veth",
+           "peer", "name", "eth0", "netns", self.host.rsplit("/", 1)[1])
+        sh("ip", "link", "set", port, "master", world.bridge, "up", ns=world.underlay_ns)
+        sh("ip", "addr", "add", f"{self.address}/24", "dev", "eth0", ns=self.host)
+        sh("ip", "link", "set", "eth0", "up", ns=self.host)
+        sh("ip", "link", "set", "lo", "up", ns=self.host)
+        self.pods: list[tuple[str, str, str]] = []  # (netns, container id, address)
+
+    def conf(self, **keys) -> dict:
+        conf = {"cniVersion": "1.1.0", "name": self.world.network, "type": "cnm-overlay",
+                "subnet": self.world.subnet, "nodeName": self.name, "underlayInterface": "eth0",
+                "leaseTTL": self.world.ttl, "store": {"endpoints": self.world.endpoints(), "prefix": self.world.prefix}}
+        conf.update(keys)
+        return conf
+
+    def run(self, command: str, conf=None, netns: str = "", cid: str = "", ifname: str = "eth0"):
+        return exec_plugin("cnm-overlay", command, conf or self.conf(), self.env, container_id=cid, netns=netns,
+                           ifname=ifname if cid else "", host_netns=self.host)
+
+    def add_pod(self, **keys) -> tuple[str, str, str]:
+        ns = self.world.netns("cnmp")
+        cid = unique("c", 30)
+        run = self.run("ADD", self.conf(**keys), ns, cid)
+        assert run.rc == 0, run
+        address = run.json["ips"][0]["address"].split("/")[0]
+        pod = (ns, cid, address)
+        self.pods.append(pod)
+        return pod
+
+    def del_pod(self, pod, **keys) -> None:
+        run = self.run("DEL", self.conf(**keys), pod[0], pod[1])
+        assert run.rc == 0, run
+        self.pods.remove(pod)
+
+    def state(self) -> dict:
+        from cni_plugins.drivers.overlay import state
+
+        return state.read(self.env["CNM_STATE_DIR"], self.world.network)
+
+    def routes(self) -> list[dict]:
+        return json.loads(sh("ip", "-4", "-j", "route", "show", ns=self.host).stdout or "[]")
+
+    def cleanup(self) -> None:
+        for pod in list(self.pods):
+            self.run("DEL", self.conf(), pod[0], pod[1])
+
+
+class World:
+    """An underlay bridge, nodes on it, one overlay network (its name, subnet and etcd prefix
+    unique to the test)."""
+
+    def __init__(self, netns_factory, tmp, cluster, ttl: int = 5, subnet: str = "10.250.0.0/16"):
+        self.netns = netns_factory
+        self.tmp = tmp
+        self.cluster = cluster
+        self.ttl = ttl
+        self.subnet = subnet
+        self.network = unique("ovnet", 30)
+        self.prefix = f"/{unique('cnmt')}"
+        self.underlay_net = f"192.168.{100 + os.getpid() % 100}"
+        self.underlay_ns = netns_factory("cnmu")
+        self.bridge = "ub"
+        sh("ip", "link", "add", self.bridge, "type", "bridge", ns=self.underlay_ns)
+        sh("ip", "link", "set", self.bridge, "up", ns=self.underlay_ns)
+        self.nodes: list[SimNode] = []
+
+    def endpoints(self) -> list[str]:
+        return self.cluster.endpoints
+
+    def add_node(self) -> SimNode:
+        node = SimNode(self, len(self.nodes), self.tmp)
+        self.nodes.append(node)
+        return node
+
+    def cleanup(self) -> None:
+        for node in self.nodes:
+            try:
+                node.cleanup()
+            except Exception:
+                pass
+
+
+def ping(ns: str, address: str, size: int | None = None, df: bool = False) -> bool:
+    argv = ["ping", "-4", "-c", "1", "-W", "2"]
+    if size is not None:
+        argv += ["-s", str(size)]
+    if df:
+        argv += ["-M", "do"]
+    return sh(*argv, address, ns=ns, check=False).returncode == 0
+
+
+SERVER = """
+import socket, sys
+s = socket.socket()
+s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+s.bind(("0.0.0.0", int(sys.argv[1])))
+s.listen(1)
+s.settimeout(20)
+print("ready", flush=True)
+c, peer = s.accept()
+c.sendall(peer[0].encode())
+c.close()
+"""
+CLIENT = """
+import socket, sys
+c = socket.create_connection((sys.argv[1], int(sys.argv[2])), timeout=10)
+print(c.recv(100).decode())
+"""
+
+
+def tcp_source(server_ns: str, server_ip: str, client_ns: str, port: int = 5555) -> str:
+    """Connect over TCP from `client_ns` to a server in `server_ns`; the source address the
+    server saw."""
+    import sys
+
+    server = subprocess.Popen(["nsenter", f"--net={server_ns}", "--", sys.executable, "-c", SERVER, str(port)],
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        assert server.stdout.readline().strip() == "ready", server.stderr.read()
+        out = sh(sys.executable, "-c", CLIENT, server_ip, str(port), ns=client_ns).stdout.strip()
+        server.wait(timeout=30)
+        return out
+    finally:
+        if server.poll() is None:
+            server.kill()
+            server.wait()
