@@ -35,6 +35,10 @@ class Context:
     # The store's live (READY) endpoints, read when called: for work that must put back
     # what they all need (nft.commit re-declaring our tables after a flush)
     live_endpoints: Callable[[], list[Endpoint]] | None = None
+    # The driver's own plan for this command: Driver.plan() computes it once (parsed config,
+    # requested ports), create_endpoint() and join() read and complete it. Never persisted:
+    # what teardown needs goes to endpoint.data; a driver keeps nothing on self.
+    plan: Any = None
 
     def owner(self, endpoint: Endpoint) -> str:
         """The tag `endpoint`'s kernel objects carry (nft comments, veth alias)."""

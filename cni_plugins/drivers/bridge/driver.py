@@ -12,6 +12,7 @@ from __future__ import annotations
 import ipaddress
 import time
 from contextlib import ExitStack, nullcontext
+from dataclasses import dataclass, field
 
 from ...cni.errors import CHECK_FAILED, CONFLICT, PLUGIN_FAILURE, CNIError
 from ...cni.request import Request
@@ -34,6 +35,17 @@ def _fault(env, command: str, step: str) -> None:
         crash_point(env, command, step)
 
 
+@dataclass
+class AddPlan:
+    """One ADD's plan (ctx.plan), computed once by plan(): the parsed config and the requested
+    port mappings; create_endpoint() adds what the kernel holds of those ports, for join()."""
+
+    conf: bridge_config.BridgeConfig
+    mappings: list
+    held: set = field(default_factory=set)  # slots a sibling publishes: recorded, not installed
+    stale: bool = False  # our own elements of a lost record are there: join replaces them
+
+
 class BridgeDriver(Driver):
     name = "bridge"
     uses_host_netns = False
@@ -41,19 +53,9 @@ class BridgeDriver(Driver):
     # independent, and each waits for the kernel (controller._overlapped).
     leave_overlaps_delete = True
 
-    def __init__(self):
-        self._cached: tuple[Request, bridge_config.BridgeConfig] | None = None
-        self._stale_owners: set[str] = set()
-        self._claims: dict[str, ports.Claim] = {}  # endpoint id -> what siblings hold of its ports (one ADD)
-
-    def _conf(self, request: Request) -> bridge_config.BridgeConfig:
-        if self._cached is None or self._cached[0] is not request:
-            self._cached = (request, bridge_config.load(request))
-        return self._cached[1]
-
     # ---- config ---------------------------------------------------------------------------
     def network_options(self, request: Request) -> dict:
-        conf = self._conf(request)
+        conf = bridge_config.load(request)
         if request.command == "ADD":
             bridge_config.requested_mac(request)  # refuse a bad MAC before anything changes
             ports.requested(request, conf.hostBindingIP)  # and bad portMappings
@@ -62,14 +64,16 @@ class BridgeDriver(Driver):
     # ---- ADD ------------------------------------------------------------------------------
     def plan(self, ctx: Context, network, endpoint: Endpoint) -> None:
         """What teardown needs, recorded with the intent: the host veth's name, the bridge,
-        the IPAM call (DEL releases exactly what this ADD's IPAM call reserves)."""
-        conf = self._conf(ctx.request)
+        the IPAM call (DEL releases exactly what this ADD's IPAM call reserves). What the
+        rest of the ADD needs goes to ctx.plan."""
+        conf = bridge_config.load(ctx.request)
+        ctx.plan = AddPlan(conf, ports.requested(ctx.request, conf.hostBindingIP))
         endpoint.data.update(bridge=conf.bridge, host_veth=host_veth_name(endpoint.id), partial=True)
         if conf.ipam_type:
             endpoint.data["ipam"] = ipam.record(ctx.request, conf.ipam_type)
 
     def create_endpoint(self, ctx: Context, network, endpoint: Endpoint) -> None:
-        conf = self._conf(ctx.request)
+        conf = ctx.plan.conf
         if not conf.ipam_type:
             return
         try:
@@ -91,34 +95,33 @@ class BridgeDriver(Driver):
         endpoint.data["routes"] = [r.model_dump(exclude_none=True) for r in routes]
         endpoint.data["ipam_dns"] = result.dns.model_dump()
         try:
-            self._ports_free(ctx, conf, endpoint)  # early: refused before any kernel change
+            self._ports_free(ctx, ctx.plan, endpoint)  # early: refused before any kernel change
         except BaseException:
             self._release_quietly(ctx, endpoint)
             raise
         _fault(ctx.env, "add", "ipam")
 
-    def _ports_free(self, ctx: Context, conf, endpoint: Endpoint) -> None:
-        """Refuse host ports another container publishes, before any kernel change; note the
-        ones this container already publishes on another network (join leaves them)."""
-        self._claims.clear()
-        mappings = ports.requested(ctx.request, conf.hostBindingIP)
-        if not mappings:
+    def _ports_free(self, ctx: Context, plan: AddPlan, endpoint: Endpoint) -> None:
+        """Refuse host ports another container publishes, before any kernel change; note in
+        `plan` the ones this container already publishes on another network (join leaves them)."""
+        plan.held = set()
+        if not plan.mappings:
             return
         siblings = frozenset(p.id for p in ctx.peers if p.container_id == endpoint.container_id)
         with kernel_errors("read the published ports"):
-            claim = ports.ensure_free(mappings, addresses(endpoint.data.get("ips", [])), ctx.owner(endpoint),
+            claim = ports.ensure_free(plan.mappings, addresses(endpoint.data.get("ips", [])), ctx.owner(endpoint),
                                       siblings, _same_container(ctx, endpoint))
         if claim.stale:  # our own leftovers (a record lost in a crash): the ADD replaces them
-            self._stale_owners.add(endpoint.id)
-        if claim.held:
-            self._claims[endpoint.id] = claim
+            plan.stale = True
+        plan.held = claim.held
         endpoint.data[ports.PUBLISHED_AT] = time.time_ns()  # orders a handover between siblings
 
     def join(self, ctx: Context, network, endpoint: Endpoint, sandbox) -> Result:
         from ...linux import links
 
         request = ctx.request
-        conf = self._conf(request)
+        plan = ctx.plan
+        conf = plan.conf
         # Chosen here unless requested (random, locally administered, as the kernel would),
         # so the container end need not be looked up after its creation.
         mac = bridge_config.requested_mac(request) or bridge_config.random_mac()
@@ -131,7 +134,7 @@ class BridgeDriver(Driver):
                 br = self._bridge(ipr, conf)
                 # A published port reached from its own container: with br_netfilter on, the
                 # DNAT happens at the bridge and the frame goes back out the port it came from.
-                publishes = bool(ips) and bool(ports.requested(request, conf.hostBindingIP))
+                publishes = bool(ips) and bool(plan.mappings)
                 hairpin = conf.hairpinMode or (publishes and not conf.promiscMode)
                 # The host end comes up only after its IPv6 is off and its port flags and VLANs are set.
                 host_index, host_mac, container_index = self._veth(ipr, cipr, ctx, conf, endpoint, host_name, mac, br["index"], undo)
@@ -152,17 +155,14 @@ class BridgeDriver(Driver):
                     self._route_localnet(ctx, conf, ctx.owner(endpoint), elements, undo)
                     with ctx.locked("ports") if publishes_ports else nullcontext():
                         if publishes_ports:  # again, now that no other ADD can publish meanwhile
-                            self._ports_free(ctx, conf, endpoint)
+                            self._ports_free(ctx, plan, endpoint)
                         # A port a sibling publishes stays its own; this endpoint's element is
                         # only recorded, for the handover when the sibling goes (ports.release),
                         # and enlisted, for a sibling's store that cannot read that record.
-                        claim = self._claims.pop(endpoint.id, ports.Claim())
-                        installed = ports.installable(elements, claim.held)
+                        held = plan.held
+                        installed = ports.installable(elements, held)
                         with kernel_errors("program nftables"):
-                            stale = []
-                            if endpoint.id in self._stale_owners:
-                                self._stale_owners.discard(endpoint.id)
-                                stale = nft.owned(owner)
+                            stale = nft.owned(owner) if plan.stale else []
                             bridges = shared.touches(installed) or shared.touches(stale)
                             with ctx.locked(shared.LOCK) if bridges else nullcontext():
                                 nft.commit(add=installed, remove=shared.own(stale), owner=owner,
@@ -170,8 +170,8 @@ class BridgeDriver(Driver):
                                 if shared.touches(stale):
                                     shared.settle(shared.bridges_of(stale))
                         undo.callback(_remove_elements, installed, owner, (), ctx.locked)
-                        if claim.held:
-                            waits = [e for e in elements if ports.is_port(e) and ports.slot(e) in claim.held]
+                        if held:
+                            waits = [e for e in elements if ports.is_port(e) and ports.slot(e) in held]
                             with kernel_errors("enlist the published ports a sibling holds"):
                                 undo.callback(_withdraw, ctx, owner)
                                 standby.enlist(ctx.env, owner, container_note(endpoint.container_id),
@@ -418,7 +418,7 @@ class BridgeDriver(Driver):
     def check(self, ctx: Context, network, endpoint: Endpoint, sandbox, prev: Result | None) -> None:
         if prev is None:
             raise CNIError(CHECK_FAILED, "Required prevResult missing")
-        conf = self._conf(ctx.request)
+        conf = bridge_config.load(ctx.request)
         if conf.ipam_type:
             ipam.delegate("CHECK", ctx.request, conf.ipam_type)
         from .check import verify
@@ -428,7 +428,7 @@ class BridgeDriver(Driver):
     def status(self, request: Request) -> None:
         from .health import require_nft
 
-        conf = self._conf(request)
+        conf = bridge_config.load(request)
         require_nft(conf, request)
         if conf.ipam_type:
             # Delegated only to an IPAM that knows STATUS, i.e. speaks 1.1.0; one that does not
@@ -447,7 +447,7 @@ class BridgeDriver(Driver):
         controller. The leases of endpoints that stay (a kept endpoint's address is still the
         shared stack's, though its container is gone from the runtime's list) are added to the
         list the IPAM gets."""
-        conf = self._conf(request)
+        conf = bridge_config.load(request)
         if conf.ipam_type and ipam.speaks_status(request, conf.ipam_type):
             ipam.gc(request, conf.ipam_type, valid | ipam.held_by(remaining))
 
