@@ -37,9 +37,7 @@ PASSED = ("cniVersion", "name", "runtimeConfig", "capabilities", "prevResult", "
 class OverlayDriver(Driver):
     name = "overlay"
     leave_overlaps_delete = True
-
-    def __init__(self):
-        self._bridge = BridgeDriver()
+    _bridge = BridgeDriver()  # keeps nothing between calls: one serves every request
 
     # ---- config -------------------------------------------------------------------------
     def network_options(self, request: Request) -> dict:
@@ -59,7 +57,9 @@ class OverlayDriver(Driver):
         endpoint.data[BRIDGE_REQUEST_KEY] = breq.stdin.decode()
         endpoint.data[MASQUERADE_EXCEPT] = conf.subnet
         endpoint.data["overlay"] = {"subnet": held["subnet"], "node": held.get("node", "")}
-        self._bridge.plan(_as_bridge(ctx, breq), network, endpoint)
+        bctx = _as_bridge(ctx, breq)
+        self._bridge.plan(bctx, network, endpoint)
+        ctx.plan = bctx.plan  # the bridge's ADD plan, for create_endpoint and join (_as_bridge copies it)
 
     def create_endpoint(self, ctx: Context, network, endpoint: Endpoint) -> None:
         self._bridge.create_endpoint(_as_bridge(ctx, _recorded(ctx.request, endpoint)), network, endpoint)
