@@ -12,6 +12,7 @@ PLUGIN_TYPES = {
     "loopback": "null",  # cnm-none installed in containerd's loopback slot
     "cnm-container": "container",
     "cnm-overlay": "overlay",
+    "cnm-macvlan": "macvlan",
 }
 
 # driver name -> "module:class"; imported only when a command needs the driver.
@@ -21,6 +22,7 @@ DRIVERS = {
     "bridge": "cni_plugins.drivers.bridge:BridgeDriver",
     "container": "cni_plugins.drivers.container:ContainerDriver",
     "overlay": "cni_plugins.drivers.overlay.driver:OverlayDriver",
+    "macvlan": "cni_plugins.drivers.macvlan:MacvlanDriver",
 }
 
 

@@ -47,7 +47,12 @@ PREPEND = NLM_F_ACK | NLM_F_CREATE  # `ip route prepend`: beside a route of the 
 RECV_SIZE = 65536  # one datagram: a link message is a few KiB
 IFLA_ADDRESS = 1
 IFLA_AF_SPEC = 26
+IFLA_IFNAME = 3
+IFLA_MTU = 4
+IFLA_LINK = 5
+IFLA_LINKINFO = 18
 IFLA_IFALIAS = 20
+IFLA_NET_NS_FD = 28
 IPV4_DEVCONF = {"arp_notify": 22}  # include/uapi/linux/ip.h: IPV4_DEVCONF_*, the knobs set here
 IFLA_INET6_ADDR_GEN_MODE = 8  # include/uapi/linux/if_link.h
 IN6_ADDR_GEN_MODE_NONE = 1  # no link-local (nor any SLAAC) address of its own
@@ -133,6 +138,37 @@ class Rtnl:
         info = [("IFLA_INFO_KIND", "veth"), ("IFLA_INFO_DATA", {"attrs": [("VETH_INFO_PEER", peer_msg)]})]
         msg["attrs"].append(("IFLA_LINKINFO", {"attrs": info}))
         self._request(msg, RTM_NEWLINK, CREATE)
+
+    def add_macvlan(self, ifname: str, master: int, mode: int, *, mtu: int = 0, address: str | None = None,
+                    bc_queue_len: int = 0) -> None:
+        """Create macvlan `ifname` on link `master` (this netns), down, in macvlan `mode`
+        (MACVLAN_MODE_*); `mtu` 0 and `bc_queue_len` 0: the kernel's (the master's MTU, its
+        default broadcast queue). Exclusive (EEXIST when the name is taken)."""
+        msg = _newmacvlanmsg()
+        attrs = [("IFLA_IFNAME", ifname), ("IFLA_LINK", master)]
+        if mtu:
+            attrs.append(("IFLA_MTU", mtu))
+        if address:
+            attrs.append(("IFLA_ADDRESS", address))
+        data = [("IFLA_MACVLAN_MODE", mode)]
+        if bc_queue_len:
+            data.append(("IFLA_MACVLAN_BC_QUEUE_LEN", bc_queue_len))
+        attrs.append(("IFLA_LINKINFO", {"attrs": [("IFLA_INFO_KIND", "macvlan"), ("IFLA_INFO_DATA", {"attrs": data})]}))
+        msg["attrs"] = attrs
+        self._request(msg, RTM_NEWLINK, CREATE)
+
+    def move_link(self, index: int, netns_fd: int | None, ifname: str, *, alias: str | None = None) -> None:
+        """One RTM_NEWLINK on link `index`: into netns `netns_fd` (None: stays here), renamed
+        `ifname` there, tagged with `alias` (the kernel moves, then renames, then sets the alias;
+        EEXIST when `ifname` is taken there, and then nothing changed)."""
+        msg = _movelinkmsg()
+        msg["index"] = index
+        msg["attrs"] = [("IFLA_IFNAME", ifname)]
+        if netns_fd is not None:
+            msg["attrs"].append(("IFLA_NET_NS_FD", netns_fd))
+        if alias is not None:
+            msg["attrs"].append(("IFLA_IFALIAS", alias))
+        self._request(msg, RTM_NEWLINK)
 
     def set_link(self, index: int, *, up: bool | None = None, address: str | None = None,
                  ipv4_conf: dict[str, int] | None = None, ipv6_addr_gen_mode: int | None = None,
@@ -269,6 +305,37 @@ class _setlinkmsg(nlmsg):
 
         class inet6(nla):
             nla_map = ((IFLA_INET6_ADDR_GEN_MODE, "IFLA_INET6_ADDR_GEN_MODE", "uint8"),)
+
+
+class _newmacvlanmsg(nlmsg):
+    """The ifinfomsg of `Rtnl.add_macvlan`: pyroute2's macvlan data lacks the broadcast queue
+    length (IFLA_MACVLAN_BC_QUEUE_LEN, kernel 5.11)."""
+
+    fields = ifinfmsg.fields
+    nla_map = (
+        (IFLA_ADDRESS, "IFLA_ADDRESS", "l2addr"),
+        (IFLA_IFNAME, "IFLA_IFNAME", "asciiz"),
+        (IFLA_MTU, "IFLA_MTU", "uint32"),
+        (IFLA_LINK, "IFLA_LINK", "uint32"),
+        (IFLA_LINKINFO, "IFLA_LINKINFO", "linkinfo"),
+    )
+
+    class linkinfo(nla):
+        nla_map = ((1, "IFLA_INFO_KIND", "asciiz"), (2, "IFLA_INFO_DATA", "macvlan"))
+
+        class macvlan(nla):
+            nla_map = ((1, "IFLA_MACVLAN_MODE", "uint32"), (7, "IFLA_MACVLAN_BC_QUEUE_LEN", "uint32"))
+
+
+class _movelinkmsg(nlmsg):
+    """The ifinfomsg of `Rtnl.move_link`."""
+
+    fields = ifinfmsg.fields
+    nla_map = (
+        (IFLA_IFNAME, "IFLA_IFNAME", "asciiz"),
+        (IFLA_IFALIAS, "IFLA_IFALIAS", "asciiz"),
+        (IFLA_NET_NS_FD, "IFLA_NET_NS_FD", "uint32"),
+    )
 
 
 @functools.cache

@@ -1,0 +1,274 @@
+"""The macvlan driver: endpoint = a macvlan of the master, moved into the sandbox.
+
+ADD: create_endpoint reserves addresses (IPAM); join creates the macvlan where its master
+is, named from the endpoint id, then moves it into the container, renamed and tagged with
+its owner, in one request (a crash before the move leaves a link a sweep can prove ours),
+then addresses, up (arp_notify: a gratuitous ARP), routes. DEL removes what carries the
+owner tag and releases the lease from the recorded IPAM call; with the netns or the master
+gone the kernel has removed the macvlan already.
+"""
+
+from __future__ import annotations
+
+from ...cni.errors import CHECK_FAILED, NOT_AVAILABLE, CNIError
+from ...cni.request import Request
+from ...cni.result import DNS, Interface, IPConfig, Result, Route
+from ...cnm.model import Endpoint
+from .. import delegated_ipam as ipam
+from ..base import Context, Driver
+from . import config as mv_config
+from .kernel import kernel_errors, link_name, remove_links
+
+FAULT_ENV = "CNM_FAULT"  # tests only: see cni_plugins/faults.py
+
+
+def _fault(env, command: str, step: str) -> None:
+    """The shared step names: ipam (leased), veth (our link made), addresses (moved into the
+    container), nft (configured); on DEL veth (links removed), nft, ipam (released)."""
+    if FAULT_ENV in env:
+        from ...faults import crash_point
+
+        crash_point(env, command, step)
+
+
+class MacvlanDriver(Driver):
+    name = "macvlan"
+
+    # ---- config ---------------------------------------------------------------------------
+    def network_options(self, request: Request) -> dict:
+        conf = mv_config.load(request)
+        options = {"master": conf.master, "mode": conf.mode}
+        if request.command == "ADD":
+            mv_config.requested_mac(request, conf)  # refused before anything changes
+            if not conf.master and not conf.linkInContainer:
+                from ...linux import links
+                from .kernel import default_master
+
+                with kernel_errors("find the default route's interface"), links.rtnl() as ipr:
+                    options["master"] = default_master(ipr)
+        if conf.linkInContainer:
+            options["linkInContainer"] = True
+        return options
+
+    # ---- ADD ------------------------------------------------------------------------------
+    def plan(self, ctx: Context, network, endpoint: Endpoint) -> None:
+        conf = mv_config.load(ctx.request)
+        data = endpoint.data
+        data.update(master=network.options.get("master") or conf.master, mode=conf.mode, link=link_name(endpoint.id),
+                    partial=True)
+        if conf.linkInContainer:
+            data["in_container"] = True
+        mac = mv_config.requested_mac(ctx.request, conf)
+        if not mac and conf.mode != "passthru":  # (passthru: the master's own MAC, by the kernel)
+            mac = mv_config.endpoint_mac(endpoint.id)
+        data["mac"] = mac
+        if conf.ipam_type:
+            data["ipam"] = ipam.record(ctx.request, conf.ipam_type)
+
+    def create_endpoint(self, ctx: Context, network, endpoint: Endpoint) -> None:
+        conf = mv_config.load(ctx.request)
+        if not conf.ipam_type:
+            return
+        try:
+            result = ipam.add(ctx.request, conf.ipam_type)
+        except BaseException:
+            if not ipam.undoes_failed_add(conf.ipam_type):
+                _release_quietly(ctx, endpoint)
+            raise
+        if not result.ips:
+            _release_quietly(ctx, endpoint)
+            from ...cni.errors import IPAM_FAILURE
+
+            raise CNIError(IPAM_FAILURE, "IPAM plugin returned missing IP config")
+        endpoint.data["ips"] = [IPConfig(address=ip.address, gateway=ip.gateway, interface=0)
+                                .model_dump(exclude_none=True) for ip in result.ips]
+        endpoint.data["routes"] = [r.model_dump(exclude_none=True) for r in result.routes]
+        _fault(ctx.env, "add", "ipam")
+
+    def join(self, ctx: Context, network, endpoint: Endpoint, sandbox) -> Result:
+        from ...linux import links, macvlan
+        from .kernel import create_error, default_master, usable_master
+
+        request = ctx.request
+        conf = mv_config.load(request)
+        data = endpoint.data
+        in_container = bool(data.get("in_container"))
+        ips = [IPConfig(**d) for d in data.get("ips", [])]
+        routes = [Route(**d) for d in data.get("routes", [])]
+        owner = ctx.owner(endpoint)
+        try:
+            with links.rtnl() as ipr, links.rtnl(ctx.netns_fd) as cipr:
+                where = cipr if in_container else ipr
+                place = f"the container's network namespace {request.netns}" if in_container else \
+                    "the host's network namespace"
+                with kernel_errors(f"read the master in {place}"):
+                    if not data.get("master"):
+                        data["master"] = default_master(where)
+                    master = usable_master(where, data["master"], place, conf.mtu)
+                with kernel_errors(f"create the macvlan on {data['master']!r}"):
+                    index = self._create(where, ctx, endpoint, master["index"], conf, create_error)
+                _fault(ctx.env, "add", "veth")
+                with kernel_errors(f"move the macvlan into {request.netns} as {request.ifname}"):
+                    try:
+                        macvlan.move(where, index, None if in_container else ctx.netns_fd, request.ifname, owner)
+                    except macvlan.NameTaken:
+                        from ...cni.errors import CONFLICT
+
+                        raise CNIError(CONFLICT, f"container interface name provided ({request.ifname}) already "
+                                                 f"exists", f"{request.ifname} exists in {request.netns}") from None
+                _fault(ctx.env, "add", "addresses")
+                self._configure(cipr, ctx, ips, routes)
+                mac = links.ioctl_mac(cipr, request.ifname)
+                _fault(ctx.env, "add", "nft")
+        except BaseException:
+            try:
+                remove_links(endpoint.id, owner, request.ifname, ctx.netns_fd, in_container, True)
+            except Exception:
+                pass
+            raise
+        data["mac"] = mac
+        data.pop("partial", None)
+        dns = DNS(**conf.dns.model_dump(exclude_none=True)) if conf.dns is not None else DNS()
+        return Result(interfaces=[Interface(name=request.ifname, mac=mac, sandbox=request.netns)],
+                      ips=ips, routes=routes, dns=dns)
+
+    def _create(self, ipr, ctx, endpoint, master_index: int, conf, create_error) -> int:
+        """The macvlan, down, named from the endpoint id; a link of that name left by an ADD of
+        this endpoint that died (tagged as its own, or untagged) is replaced, another's is a
+        conflict."""
+        from pyroute2.netlink.exceptions import NetlinkError
+
+        from ...cni.errors import CONFLICT
+        from ...linux import macvlan
+
+        name, data = endpoint.data["link"], endpoint.data
+        for attempt in (1, 2):
+            try:
+                return macvlan.create(ipr, name, master_index, data["mode"], conf.mtu, data.get("mac", ""),
+                                      conf.bcqueuelen)
+            except macvlan.NameTaken:
+                if attempt == 2 or not macvlan.delete_if_ours(ipr, name, ctx.owner(endpoint), True):
+                    raise CNIError(CONFLICT, f"link name {name} is taken",
+                                   f"{name} is not tagged as endpoint {ctx.owner(endpoint)}'s: is this network, "
+                                   f"container and ifname attached through another CNM store (stateDir)?") from None
+            except NetlinkError as exc:
+                raise create_error(exc, data["master"], data["mode"]) from None
+        raise AssertionError("unreachable")
+
+    def _configure(self, cipr, ctx, ips: list[IPConfig], routes: list[Route]) -> None:
+        """Addresses first, then up with arp_notify: the kernel announces the address (a
+        gratuitous ARP) as the link comes up; then routes (they need the link up)."""
+        from ...linux import addr, links, sysctl
+
+        ifname = ctx.request.ifname
+        with kernel_errors(f"configure {ifname} in {ctx.request.netns}"):
+            index = links.ioctl_index(cipr, ifname)
+            families = {ip.family for ip in ips}
+            if 6 in families:  # IPv6 devconf has no netlink setter; announce (NA) as the reference does
+                sysctl.try_write_all([(f"ipv6/conf/{ifname}/ndisc_notify", "1")], ctx.netns_fd)
+            if 4 in families:
+                cipr.set_link(index, ipv4_conf={"arp_notify": 1})
+            for ip in ips:
+                addr.add_address(cipr, index, ip.address, nodad=True)
+            cipr.set_link(index, up=True)
+            for route in routes:
+                addr.add_route(cipr, index, route.dst, _route_gateway(route, ips), priority=route.priority)
+
+    # ---- DEL ------------------------------------------------------------------------------
+    def leave(self, ctx: Context, network, endpoint: Endpoint, sandbox) -> None:
+        with kernel_errors("delete the macvlan"):
+            remove_links(endpoint.id, ctx.owner(endpoint), endpoint.ifname, ctx.netns_fd,
+                         bool(endpoint.data.get("in_container")), True)
+        _fault(ctx.env, "del", "veth")
+
+    def delete_endpoint(self, ctx: Context, network, endpoint: Endpoint) -> None:
+        _fault(ctx.env, "del", "nft")
+        rec = endpoint.data.get("ipam")
+        if rec:
+            ipam.release_recorded(rec, ctx.request)
+        _fault(ctx.env, "del", "ipam")
+
+    def delete_unrecorded(self, ctx: Context, endpoint_id: str) -> None:
+        """DEL with no record: remove what is tagged as this attachment's (the not-yet-moved
+        link is named from its id), and ask the IPAM to release the attachment."""
+        conf = mv_config.load(ctx.request)
+        with kernel_errors("delete the macvlan"):
+            remove_links(endpoint_id, ctx.owner_of(endpoint_id), ctx.request.ifname, ctx.netns_fd,
+                         conf.linkInContainer, True)
+        if conf.ipam_type:
+            ipam.delegate("DEL", ctx.request, conf.ipam_type)
+
+    # ---- CHECK / STATUS / GC / sweeps -----------------------------------------------------
+    def check(self, ctx: Context, network, endpoint: Endpoint, sandbox, prev: Result | None) -> None:
+        if prev is None:
+            raise CNIError(CHECK_FAILED, "Required prevResult missing")
+        conf = mv_config.load(ctx.request)
+        if conf.ipam_type:
+            ipam.delegate("CHECK", ctx.request, conf.ipam_type)
+        from .check import verify
+
+        verify(ctx, conf, endpoint, prev)
+
+    def status(self, request: Request) -> None:
+        """50 when no ADD can work now: the master is missing or down (linkInContainer: its
+        master is in each container, not checked here), or the IPAM cannot serve."""
+        from ...linux import links
+
+        conf = mv_config.load(request)
+        if not conf.linkInContainer:
+            with kernel_errors("read the master"), links.rtnl() as ipr:
+                name = conf.master
+                if not name:
+                    from .kernel import default_master
+
+                    try:
+                        name = default_master(ipr)
+                    except CNIError as err:
+                        raise CNIError(NOT_AVAILABLE, "no master interface", err.details) from None
+                problem = master_problem(ipr, name)
+            if problem:
+                raise CNIError(NOT_AVAILABLE, problem, "macvlan endpoints need their master up")
+        if conf.ipam_type:
+            ipam.require_version(request, conf.ipam_type)
+            ipam.delegate("STATUS", request, conf.ipam_type)
+
+    def gc(self, request: Request, valid, remaining) -> None:
+        conf = mv_config.load(request)
+        if conf.ipam_type and ipam.speaks_status(request, conf.ipam_type):
+            ipam.gc(request, conf.ipam_type, valid | ipam.held_by(remaining))
+
+    def orphans(self, ctx: Context, endpoints) -> list:
+        from .sweep import orphans
+
+        return orphans(ctx, endpoints)
+
+    def remove_orphan(self, ctx: Context, orphan) -> None:
+        from .sweep import remove
+
+        remove(ctx, orphan)
+
+
+def master_problem(ipr, name: str) -> str | None:
+    """Why master `name` cannot carry traffic (missing, down), or None."""
+    from ...linux import links
+
+    link = links.get_link(ipr, name)
+    if link is None:
+        return f"master interface {name!r} does not exist"
+    if not links.is_up(link):
+        return f"master interface {name!r} is down"
+    return None
+
+
+def _route_gateway(route: Route, ips: list[IPConfig]) -> str | None:
+    """As the reference plugins: a route without gw goes via the gateway of its family's IP."""
+    if route.gw:
+        return route.gw
+    return next((ip.gateway for ip in ips if ip.family == route.family and ip.gateway), None)
+
+
+def _release_quietly(ctx: Context, endpoint: Endpoint) -> None:
+    try:
+        ipam.release_recorded(endpoint.data["ipam"], ctx.request)
+    except Exception:
+        pass
