@@ -104,6 +104,8 @@ def endpoint_view(ep: Endpoint) -> dict[str, Any]:
         "Ports": ports if isinstance(ports, list) else [],
         "HostVeth": ep.data.get("host_veth", ""),
         "Bridge": ep.data.get("bridge", ""),
+        "Master": ep.data.get("master", ""),  # cnm-macvlan: the link it hangs off, and its mode
+        "Mode": ep.data.get("mode", ""),
         "CNIVersion": config.get("cniVersion", ""),
     }
 

@@ -94,10 +94,10 @@ def cmd_endpoint_ls(opts) -> int:
         emit_json(eps)
         return 0
     rows = [[e["EndpointID"][:12], e["Network"], e["ContainerID"], e["IfName"], e["Driver"],
-             _endpoint_state(e), e["IPs"], e["MacAddress"], e["HostVeth"], e["Sandbox"]]
+             _endpoint_state(e), e["IPs"], e["MacAddress"], _endpoint_link(e), e["Sandbox"]]
             for e in eps]
     sys.stdout.write(render(["endpoint", "network", "container", "ifname", "driver", "state", "ips", "mac",
-                             "host veth", "sandbox"], rows))
+                             "host link", "sandbox"], rows))
     return 0
 
 
@@ -171,6 +171,13 @@ def _missing_action(parser) -> int:
     parser.print_usage(sys.stderr)
     sys.stderr.write(f"{parser.prog}: error: an action is required\n")
     return 2
+
+
+def _endpoint_link(view: dict) -> str:
+    """What the endpoint hangs off on the host: its host veth, or its macvlan master and mode."""
+    if view.get("Master"):
+        return f"{view['Master']} ({view['Mode']})"
+    return view["HostVeth"]
 
 
 def _endpoint_state(view: dict) -> str:

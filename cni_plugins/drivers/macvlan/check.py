@@ -8,7 +8,7 @@ import ipaddress
 from ...cni.errors import CHECK_FAILED, CNIError
 from ...cni.result import IPConfig, Result, Route
 from ...cnm.model import Endpoint
-from .kernel import kernel_errors
+from .kernel import kernel_errors, route_gateway
 
 
 def fail(msg: str, details: str = "") -> None:
@@ -17,7 +17,6 @@ def fail(msg: str, details: str = "") -> None:
 
 def verify(ctx, conf, endpoint: Endpoint, prev: Result) -> None:
     from ...linux import addr, links, macvlan
-    from .driver import _route_gateway
 
     request = ctx.request
     data = endpoint.data
@@ -60,6 +59,6 @@ def verify(ctx, conf, endpoint: Endpoint, prev: Result) -> None:
                     fail(f"address {ip.address} missing on {request.ifname}")
             have_routes = set(addr.routes(cipr, link["index"]))
             for route in routes + list(prev.routes):
-                want = (str(ipaddress.ip_network(route.dst, strict=False)), _route_gateway(route, ips))
+                want = (str(ipaddress.ip_network(route.dst, strict=False)), route_gateway(route, ips))
                 if want not in have_routes:
                     fail(f"route {want[0]} via {want[1] or 'link'} missing on {request.ifname}")

@@ -17,7 +17,7 @@ from ...cnm.model import Endpoint
 from .. import delegated_ipam as ipam
 from ..base import Context, Driver
 from . import config as mv_config
-from .kernel import kernel_errors, link_name, remove_links
+from .kernel import kernel_errors, link_name, remove_links, route_gateway
 
 FAULT_ENV = "CNM_FAULT"  # tests only: see cni_plugins/faults.py
 
@@ -110,6 +110,8 @@ class MacvlanDriver(Driver):
                 _fault(ctx.env, "add", "veth")
                 with kernel_errors(f"move the macvlan into {request.netns} as {request.ifname}"):
                     try:
+                        if _exists(cipr, request.ifname):  # (the kernel would move it, then refuse the name)
+                            raise macvlan.NameTaken(request.ifname)
                         macvlan.move(where, index, None if in_container else ctx.netns_fd, request.ifname, owner)
                     except macvlan.NameTaken:
                         from ...cni.errors import CONFLICT
@@ -172,7 +174,7 @@ class MacvlanDriver(Driver):
                 addr.add_address(cipr, index, ip.address, nodad=True)
             cipr.set_link(index, up=True)
             for route in routes:
-                addr.add_route(cipr, index, route.dst, _route_gateway(route, ips), priority=route.priority)
+                addr.add_route(cipr, index, route.dst, route_gateway(route, ips), priority=route.priority)
 
     # ---- DEL ------------------------------------------------------------------------------
     def leave(self, ctx: Context, network, endpoint: Endpoint, sandbox) -> None:
@@ -260,11 +262,14 @@ def master_problem(ipr, name: str) -> str | None:
     return None
 
 
-def _route_gateway(route: Route, ips: list[IPConfig]) -> str | None:
-    """As the reference plugins: a route without gw goes via the gateway of its family's IP."""
-    if route.gw:
-        return route.gw
-    return next((ip.gateway for ip in ips if ip.family == route.family and ip.gateway), None)
+def _exists(ipr, name: str) -> bool:
+    from ...linux import links
+
+    try:
+        links.ioctl_index(ipr, name)
+    except OSError:
+        return False
+    return True
 
 
 def _release_quietly(ctx: Context, endpoint: Endpoint) -> None:

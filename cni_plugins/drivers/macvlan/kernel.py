@@ -113,9 +113,10 @@ def create_error(exc, master: str, mode: str) -> CNIError:
 
 def remove_links(endpoint_id: str, owner: str, ifname: str, netns_fd: int | None, in_container: bool,
                  untagged_too: bool) -> None:
-    """Every link an endpoint may have left: its not-yet-moved link (named from its id) where it
-    was made, and the container's interface when it carries this endpoint's owner tag. The
-    netns gone: the kernel removed what was in it."""
+    """Every link an endpoint may have left: its link named from its id where it was made, or in
+    the container (a move whose rename failed: the kernel moves first), and the container's
+    interface when it carries this endpoint's owner tag. The netns gone: the kernel removed
+    what was in it."""
     from ...linux import links, macvlan
 
     name = link_name(endpoint_id)
@@ -125,7 +126,13 @@ def remove_links(endpoint_id: str, owner: str, ifname: str, netns_fd: int | None
     if netns_fd is None:
         return
     with links.rtnl(netns_fd) as cipr:
-        if in_container:
-            macvlan.delete_if_ours(cipr, name, owner, untagged_too)
+        macvlan.delete_if_ours(cipr, name, owner, untagged_too)
         if ifname:
             macvlan.delete_if_ours(cipr, ifname, owner, False)
+
+
+def route_gateway(route, ips) -> str | None:
+    """As the reference plugins: a route without gw goes via the gateway of its family's IP."""
+    if route.gw:
+        return route.gw
+    return next((ip.gateway for ip in ips if ip.family == route.family and ip.gateway), None)

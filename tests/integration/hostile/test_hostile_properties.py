@@ -214,7 +214,7 @@ def test_any_input_gives_one_valid_answer_many_examples(tmp_path_factory):
 
 PLUGIN_EXAMPLES = int(os.environ.get("CNM_HOSTILE_EXAMPLES", "2000"))
 MEMORY_CAP = 4 << 30  # address space of this test process while the property runs
-PLUGINS = ["cnm-bridge", "cnm-ipam", "cnm-container", "cnm-none", "cnm-host"]
+PLUGINS = ["cnm-bridge", "cnm-ipam", "cnm-container", "cnm-none", "cnm-host", "cnm-macvlan"]
 
 # Strings that try to leave a directory, reach a device, or break a name.
 EVIL = ["..", ".", "../../etc", "a/../../b", "/", "x" * 16, "x" * 300, "a b", "a\nb", "a\0b", "é" * 8,
@@ -288,6 +288,13 @@ def plugin_keys(plugin: str, base: str) -> dict:
         })
     elif plugin == "cnm-ipam":
         common.update({"ipam": never_default, "dns": json_values})
+    elif plugin == "cnm-macvlan":
+        common.update({
+            "master": names(["lo", "cnmfuzz0"]), "ipam": never_default, "dns": json_values,
+            "mode": mostly(st.sampled_from(["bridge", "private", "vepa", "passthru"]), evil_text),
+            "mtu": st.one_of(st.integers(-1, 70000), json_values), "mac": mostly(st.just("02:00:00:00:00:05"), evil_text),
+            "linkInContainer": json_values, "bcqueuelen": st.one_of(st.integers(-1, 2**33), json_values),
+        })
     elif plugin == "cnm-container":
         common.update({"container": names(["c2", "owner"])})
     return common
