@@ -110,7 +110,7 @@ def test_inspect_exit_codes(lab):
         assert helped.returncode == 0 and "usage: cnmctl" in helped.stdout, command
     # An empty node (no store yet) lists nothing and creates nothing.
     assert cnmctl(lab, "endpoint", "ls").stdout.split() == "ENDPOINT NETWORK CONTAINER IFNAME DRIVER STATE IPS MAC " \
-                                                          "HOST VETH SANDBOX".split()
+                                                          "HOST LINK SANDBOX".split()
     assert not os.path.exists(lab.env["CNM_STATE_DIR"])
 
 
