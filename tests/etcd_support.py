@@ -116,6 +116,11 @@ class Cluster:
             m.proc.wait(timeout=30)
 
     def restart(self, m: Member) -> None:
+        for sock in (f"{m.name}c:1", f"{m.name}p:1"):  # a killed member leaves its sockets behind
+            try:
+                os.unlink(os.path.join(self.root, sock))
+            except FileNotFoundError:
+                pass
         self.start_member(m, state="existing")
 
     def logs(self) -> str:

@@ -78,8 +78,11 @@ class SimNode:
         return json.loads(sh("ip", "-4", "-j", "route", "show", ns=self.host).stdout or "[]")
 
     def cleanup(self) -> None:
-        for pod in list(self.pods):
-            self.run("DEL", self.conf(), pod[0], pod[1])
+        try:
+            for pod in list(self.pods):
+                self.run("DEL", self.conf(), pod[0], pod[1])
+        finally:
+            stop_helper(self)
 
 
 class World:
@@ -161,3 +164,68 @@ def tcp_source(server_ns: str, server_ip: str, client_ns: str, port: int = 5555)
         if server.poll() is None:
             server.kill()
             server.wait()
+
+
+def start_helper(node: SimNode) -> None:
+    """The node's own resident helper (cnmd) in its netns, with its state dir: it serves the
+    node's plugin execs and keeps its overlay lease and mesh."""
+    import time
+
+    from conftest import wait_listening
+
+    sock = str(node.dir / "cnmd.sock")
+    node.dir.mkdir(parents=True, exist_ok=True)
+    log = open(node.dir / "cnmd.log", "ab")
+    env = {k: v for k, v in node.env.items() if k != "CNM_HELPER_SOCKET"}
+    node.helper = subprocess.Popen(["nsenter", f"--net={node.host}", "--", os.path.join(BIN, "cnmd"), "--socket",
+                                    sock], env=env, stdout=log, stderr=log)
+    log.close()
+    wait_listening(sock, node.helper, log=str(node.dir / "cnmd.log"))
+    node.env["CNM_HELPER_SOCKET"] = sock
+    node.helper_started = time.monotonic()
+
+
+def stop_helper(node: SimNode, kill: bool = False) -> None:
+    proc = getattr(node, "helper", None)
+    if proc is not None and proc.poll() is None:
+        proc.kill() if kill else proc.terminate()
+        proc.wait(timeout=30)
+    node.env["CNM_HELPER_SOCKET"] = "off"
+
+
+def helper_log(node: SimNode) -> str:
+    try:
+        return (node.dir / "cnmd.log").read_text()
+    except OSError:
+        return ""
+
+
+def mesh_of(node: SimNode) -> dict[str, str]:
+    """subnet -> VTEP IP of the remote nodes the kernel's mesh on `node` holds (route,
+    neighbour and FDB entry all present)."""
+    from cni_plugins.drivers.overlay.mesh import device_names
+
+    _, vx = device_names(node.world.network)
+    routes = json.loads(sh("ip", "-4", "-j", "route", "show", "dev", vx, ns=node.host, check=False).stdout or "[]")
+    neigh = json.loads(sh("ip", "-4", "-j", "neigh", "show", "dev", vx, ns=node.host, check=False).stdout or "[]")
+    fdb = json.loads(sh("bridge", "-j", "fdb", "show", "dev", vx, ns=node.host, check=False).stdout or "[]")
+    macs = {n["dst"]: n.get("lladdr") for n in neigh if "PERMANENT" in n.get("state", [])}
+    vteps = {f["mac"]: f.get("dst") for f in fdb if f.get("dst")}
+    found = {}
+    for r in routes:
+        if r.get("gateway") and "onlink" in r.get("flags", []):
+            mac = macs.get(r["gateway"])
+            if mac and vteps.get(mac):
+                found[r["dst"]] = vteps[mac]
+    return found
+
+
+def wait_for(predicate, timeout: float = 30, what: str = "") -> None:
+    """Until predicate() is true (polling); fails after `timeout` seconds (generous: no speed
+    is asserted here, bench/ measures it)."""
+    import time
+
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        assert time.monotonic() < deadline, f"timed out waiting for {what or predicate}"
+        time.sleep(0.05)

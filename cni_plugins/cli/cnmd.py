@@ -818,6 +818,14 @@ def stop_firewall_watch(watch) -> None:
         watch.stop()
 
 
+def start_overlay_mesh(helper: Helper):
+    """The lease and mesh of every cnm-overlay network this node is on (cli/overlaymesh.py)."""
+    from ..cnm.store import state_dir
+    from .overlaymesh import start
+
+    return start(helper.home, log, state_dir(None, os.environ))
+
+
 def serve(socket_path: str | None = None, ready=None) -> int:
     """Run the helper until SIGTERM/SIGINT. The hook `cnmctl daemon` calls.
 
@@ -843,6 +851,7 @@ def serve(socket_path: str | None = None, ready=None) -> int:
     disk.keep_index()  # each lease directory's leases kept, exact by inotify: no scan per command
     helper = Helper(sock)
     watch = start_firewall_watch(helper)
+    overlay = start_overlay_mesh(helper)
     if threading.current_thread() is threading.main_thread():
         signal.signal(signal.SIGTERM, helper.stop)
         signal.signal(signal.SIGINT, helper.stop)
@@ -863,6 +872,8 @@ def serve(socket_path: str | None = None, ready=None) -> int:
         helper.serve_forever()
     finally:
         stop_firewall_watch(watch)
+        if overlay is not None:
+            overlay.stop()
         helper.close()
         if path is not None:
             remove_own_name(path, bound)

@@ -18,6 +18,15 @@ import time
 from ...linux.fs import make_dirs
 
 DIRECTORY = "overlay"
+_observer = None  # observe()
+
+
+def observe(callback) -> None:
+    """Have `callback(state_dir, network)` called after every write of a network's file, in
+    the writing thread (the resident helper starts keeping a network's lease and mesh the
+    moment an ADD claims it); None stops it. It must be cheap and must not raise."""
+    global _observer
+    _observer = callback
 
 
 def directory(state_dir: str) -> str:
@@ -59,6 +68,8 @@ def write(state_dir: str, network: str, data: dict) -> None:
     with os.fdopen(fd, "w", encoding="utf-8") as f:
         json.dump(dict(data, network=network), f, sort_keys=True)
     os.replace(tmp, final)
+    if _observer is not None:
+        _observer(state_dir, network)
 
 
 def remove(state_dir: str, network: str) -> bool:

@@ -1,0 +1,276 @@
+"""The resident helper's overlay mesh: for every cnm-overlay network this node is on, keep the
+node's subnet lease alive and the VXLAN mesh in line with etcd, without waiting for any pod
+command.
+
+Which networks: the state files (drivers/overlay/state.py) of the default store at start, and
+every one a command writes in the helper's own network namespace (the ADD that claims a lease
+writes it). Per network two threads:
+  - the keeper refreshes the etcd lease every leaseTTL/3 and stamps the state file (an ADD
+    then trusts the file and asks etcd nothing); a lease found gone wakes the watcher;
+  - the watcher converges (lease claimed or kept, device, mesh from a fresh list), then
+    follows a watch of the network's prefix from the list's revision, applying each change
+    to the kernel. A broken or compacted watch, or etcd unreachable, means: wait (at most a
+    second), converge again from a fresh list.
+Hostile records are skipped with a log line. Nothing here ever stops the helper.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import threading
+import time
+
+RETRY_S = (0.1, 0.2, 0.5, 1.0)  # waits between failed converges (the last repeats)
+
+
+class NetworkAgent:
+    def __init__(self, state_dir: str, network: str, log):
+        self.state_dir = state_dir
+        self.network = network
+        self.log = log
+        self.stop_event = threading.Event()
+        self.lock = threading.Lock()  # kernel programming: one at a time
+        self._watch = None
+        self._reconverge = threading.Event()
+        self._records: dict[bytes, object] = {}
+        self.converged = threading.Event()  # (set after each successful converge: for tests and doctor)
+        self._watcher = threading.Thread(target=self._watch_loop, name=f"cnmd-overlay-{network[:20]}", daemon=True)
+        self._keeper = threading.Thread(target=self._keep_loop, name=f"cnmd-lease-{network[:20]}", daemon=True)
+
+    def start(self) -> None:
+        self._watcher.start()
+        self._keeper.start()
+
+    def stop(self) -> None:
+        self.stop_event.set()
+        self._close_watch()
+        for t in (self._watcher, self._keeper):
+            if t.is_alive():
+                t.join(timeout=10)
+
+    def alive(self) -> bool:
+        return self._watcher.is_alive()
+
+    def _close_watch(self) -> None:
+        watch = self._watch
+        if watch is not None:
+            watch.close()
+
+    def _settings(self) -> dict | None:
+        from ..drivers.overlay import state
+
+        data = state.read(self.state_dir, self.network)
+        return (data or {}).get("settings")
+
+    # ---- watcher ------------------------------------------------------------------------
+    def _watch_loop(self) -> None:
+        from ..drivers.overlay import etcd
+
+        failures = 0
+        while not self.stop_event.is_set():
+            settings = self._settings()
+            if settings is None:
+                return  # the network is gone from this node
+            try:
+                revision = self._converge(settings)
+                failures = 0
+                self._follow(settings, revision)
+            except etcd.Compacted:
+                self.log(f"overlay {self.network}: watch compacted; listing again")
+                continue
+            except etcd.EtcdError as exc:
+                if not self.stop_event.is_set():
+                    if failures == 0:
+                        self.log(f"overlay {self.network}: {exc}; retrying")
+                    failures += 1
+            except Exception as exc:  # noqa: BLE001 -- a bug or a kernel refusal: logged, retried
+                if failures == 0:
+                    self.log(f"overlay {self.network}: {type(exc).__name__}: {exc}; retrying")
+                failures += 1
+            if failures:
+                self.stop_event.wait(RETRY_S[min(failures, len(RETRY_S)) - 1])
+
+    def _converge(self, settings: dict) -> int:
+        from ..drivers.overlay import lease, mesh
+
+        client = mesh.client_of(settings)
+        layout = mesh.layout_of(settings)
+        kvs, revision = client.list_prefix(layout.directory)
+        records, skipped = lease.parse_all(layout, kvs)
+        for why in skipped:
+            self.log(f"overlay {self.network}: ignored record {why}")
+        with self.lock:
+            self._reconverge.clear()
+            outcome = mesh.converge(settings, self.state_dir, client, records)
+            self._records = {layout.key(r.subnet): r for r in records}
+        if outcome.changed or outcome.removed:
+            self.log(f"overlay {self.network}: mesh converged ({outcome.changed} nodes added or changed, "
+                     f"{outcome.removed} removed)")
+        self.converged.set()
+        return revision
+
+    def _follow(self, settings: dict, revision: int) -> None:
+        from ..drivers.overlay import etcd, mesh
+
+        client = mesh.client_of(settings)
+        layout = mesh.layout_of(settings)
+        watch = client.watch(layout.directory, etcd.prefix_end(layout.directory), start_revision=revision + 1)
+        watch.set_timeout(None)
+        self._watch = watch
+        try:
+            if self.stop_event.is_set() or self._reconverge.is_set():
+                return
+            for events in watch:
+                if self.stop_event.is_set() or self._reconverge.is_set():
+                    return
+                if events:
+                    self._apply(settings, layout, events)
+            if not self.stop_event.is_set():
+                raise etcd.Unavailable("watch stream ended")
+        finally:
+            self._watch = None
+            watch.close()
+
+    def _apply(self, settings: dict, layout, events) -> None:
+        from ..drivers.overlay import mesh, state
+        from ..linux import links, vxlan
+
+        own = (state.read(self.state_dir, self.network) or {})
+        own_key = layout.key(ipaddress.ip_network(own["subnet"])) if own.get("subnet") else None
+        for event in events:
+            if event.kind == "DELETE":
+                self._records.pop(event.kv.key, None)
+                if event.kv.key == own_key:  # our own lease went (expired, deleted): claim again
+                    self._reconverge.set()
+                continue
+            record, why = layout.parse(event.kv)
+            if record is None:
+                self.log(f"overlay {self.network}: ignored record "
+                         f"{event.kv.key[:200].decode('utf-8', errors='replace')}: {why}")
+                self._records.pop(event.kv.key, None)
+                continue
+            self._records[event.kv.key] = record
+            if event.kv.key == own_key and record.node != own.get("node"):
+                self.log(f"overlay {self.network}: subnet {record.subnet} is now held by node {record.node!r}")
+                self._reconverge.set()
+        if self._reconverge.is_set():
+            self._close_watch()
+            return
+        node = own.get("node")
+        peers = [vxlan.Peer(str(r.subnet), r.vtep_ip, r.vtep_mac) for r in self._records.values()
+                 if r.node != node and str(r.subnet) != own.get("subnet") and r.vtep_ip != own.get("vtepIP")]
+        _, vx_name = mesh.device_names(self.network)
+        with self.lock, links.rtnl() as ipr:
+            index = links.link_index(ipr, vx_name)
+            if index is None:  # the device was deleted: converge recreates it
+                self._reconverge.set()
+                self._close_watch()
+                return
+            changed, removed = vxlan.sync(ipr, index, peers)
+        if changed or removed:
+            self.log(f"overlay {self.network}: mesh updated ({changed} added or changed, {removed} removed)")
+
+    # ---- keeper -------------------------------------------------------------------------
+    def _keep_loop(self) -> None:
+        from ..drivers.overlay import etcd, mesh, state
+
+        warned = False
+        while True:
+            settings = self._settings()
+            if settings is None:
+                return
+            if self.stop_event.wait(max(settings.get("leaseTTL", 60) / 3, 0.5)):
+                return
+            data = state.read(self.state_dir, self.network) or {}
+            if not data.get("lease"):
+                continue
+            try:
+                ttl = mesh.client_of(settings, timeout=2).keepalive(int(data["lease"]))
+            except etcd.EtcdError as exc:
+                if not warned:
+                    self.log(f"overlay {self.network}: lease not refreshed: {exc}")
+                    warned = True
+                continue
+            warned = False
+            if ttl <= 0:
+                self.log(f"overlay {self.network}: lease {data['lease']} is gone; claiming again")
+                self._reconverge.set()
+                self._close_watch()
+                continue
+            with self.lock:
+                current = state.read(self.state_dir, self.network) or {}
+                if current.get("lease") == data["lease"]:
+                    state.write(self.state_dir, self.network, dict(current, confirmed=time.time()))
+
+
+class OverlayMesh:
+    """Every overlay network of this node the helper knows of: those in its default store at
+    start, and each one a command in the helper's own netns writes the state file of. No
+    thread of its own: a network's agent starts when its file appears (the first ADD that
+    claims its lease) and ends when the file is gone."""
+
+    def __init__(self, home, log):
+        self.home = home
+        self.log = log
+        self._agents: dict[tuple[str, str], NetworkAgent] = {}
+        self._lock = threading.Lock()
+        self._stopped = False
+
+    def scan(self, directory: str) -> None:
+        from ..drivers.overlay import state
+
+        for data in state.all_networks(directory):
+            if isinstance(data.get("settings"), dict):
+                self.serve(directory, data["network"])
+
+    def written(self, directory: str, network: str) -> None:
+        """drivers/overlay/state.observe()'s callback, in the writing thread."""
+        key = (directory, network)
+        agent = self._agents.get(key)
+        if agent is not None and agent.alive():
+            return
+        try:
+            from ..linux import netns
+
+            if netns.own_identity() != self.home:
+                return  # the mesh is programmed in the helper's own netns only
+        except OSError:
+            return
+        self.serve(directory, network)
+
+    def serve(self, directory: str, network: str) -> None:
+        key = (directory, network)
+        with self._lock:
+            if self._stopped:
+                return
+            agent = self._agents.get(key)
+            if agent is not None and agent.alive():
+                return
+            agent = NetworkAgent(directory, network, self.log)
+            self._agents[key] = agent
+            agent.start()
+        self.log(f"overlay {network}: keeping this node's lease and mesh (store {directory})")
+
+    def stop(self) -> None:
+        from ..drivers.overlay import state
+
+        state.observe(None)
+        with self._lock:
+            self._stopped = True
+            agents = list(self._agents.values())
+            self._agents.clear()
+        for agent in agents:
+            agent.stop()
+
+
+def start(home, log, default_dir: str) -> OverlayMesh | None:
+    from ..drivers.overlay import state
+
+    try:
+        mesh = OverlayMesh(home, log)
+        state.observe(mesh.written)
+        mesh.scan(default_dir)
+        return mesh
+    except Exception as exc:  # noqa: BLE001 -- the helper serves without it
+        log(f"no overlay mesh: {type(exc).__name__}: {exc}")
+        return None
