@@ -44,10 +44,13 @@ class Cluster:
     """`size` members (unix sockets), or a TLS single member on loopback TCP (`tls`: a dict of
     cert paths: ca, server_cert, server_key) that asks clients for certificates."""
 
-    def __init__(self, size: int = 1, tls: dict | None = None, port: int = 0):
+    def __init__(self, size: int = 1, tls: dict | None = None, port: int = 0, address: str = "127.0.0.1",
+                 netns: str = ""):
         self.root = tempfile.mkdtemp(prefix="cnm-etcd-")
         self.tls = tls
         self.port = port
+        self.address = address  # the TLS member's client address, in `netns` if given
+        self.netns = netns
         self.members = [Member(f"m{i}", os.path.join(self.root, f"m{i}")) for i in range(size)]
         for m in self.members:
             os.makedirs(m.directory)
@@ -56,7 +59,7 @@ class Cluster:
     @property
     def endpoints(self) -> list[str]:
         if self.tls:
-            return [f"https://127.0.0.1:{self.port}"]
+            return [f"https://{self.address}:{self.port}"]
         return [m.client_url for m in self.members]
 
     def _args(self, m: Member, state: str) -> list[str]:
@@ -68,7 +71,7 @@ class Cluster:
                 "--heartbeat-interval", "100", "--election-timeout", "1000",
                 "--snapshot-count", "10000", "--log-level", "warn", "--logger", "zap"]
         if self.tls:
-            url = f"https://127.0.0.1:{self.port}"
+            url = f"https://{self.address}:{self.port}"
             args += ["--listen-client-urls", url, "--advertise-client-urls", url,
                      "--trusted-ca-file", self.tls["ca"], "--cert-file", self.tls["server_cert"],
                      "--key-file", self.tls["server_key"], "--client-cert-auth"]
@@ -78,7 +81,8 @@ class Cluster:
 
     def start_member(self, m: Member, state: str = "new") -> None:
         log = open(os.path.join(m.directory, "log"), "ab")
-        m.proc = subprocess.Popen(self._args(m, state), cwd=self.root, stdout=log, stderr=log,
+        wrap = ["nsenter", f"--net={self.netns}", "--"] if self.netns else []
+        m.proc = subprocess.Popen(wrap + self._args(m, state), cwd=self.root, stdout=log, stderr=log,
                                   stdin=subprocess.DEVNULL)
         log.close()
 

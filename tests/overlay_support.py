@@ -85,6 +85,11 @@ class SimNode:
             stop_helper(self)
 
 
+def underlay_net() -> str:
+    """The /24 (first three octets) of this test process's underlays (each in its own netns)."""
+    return f"192.168.{100 + os.getpid() % 100}"
+
+
 class World:
     """An underlay bridge, nodes on it, one overlay network (its name, subnet and etcd prefix
     unique to the test)."""
@@ -97,11 +102,15 @@ class World:
         self.subnet = subnet
         self.network = unique("ovnet", 30)
         self.prefix = f"/{unique('cnmt')}"
-        self.underlay_net = f"192.168.{100 + os.getpid() % 100}"
+        self.underlay_net = underlay_net()
         self.underlay_ns = netns_factory("cnmu")
         self.bridge = "ub"
         sh("ip", "link", "add", self.bridge, "type", "bridge", ns=self.underlay_ns)
         sh("ip", "link", "set", self.bridge, "up", ns=self.underlay_ns)
+        sh("ip", "link", "set", "lo", "up", ns=self.underlay_ns)
+        # The underlay's own address: a service on the underlay (etcd over TCP) listens there.
+        self.service_address = f"{self.underlay_net}.254"
+        sh("ip", "addr", "add", f"{self.service_address}/24", "dev", self.bridge, ns=self.underlay_ns)
         self.nodes: list[SimNode] = []
 
     def endpoints(self) -> list[str]:
