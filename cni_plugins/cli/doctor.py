@@ -156,6 +156,26 @@ def check_bridge_ports(bridges: list[str]) -> Iterator[Finding]:
                                  "leftover ports of containers that are gone")
 
 
+def check_driver_health(state_dir: str) -> Iterator[Finding]:
+    """Each driver's word on its networks in use (Driver.health: a macvlan master down...)."""
+    from .. import drivers
+
+    try:
+        snap = views.snapshot(state_dir)
+    except RunnerError:
+        return
+    for net in snap.networks:
+        endpoints = [ep for ep in snap.endpoints if ep.network == net.name]
+        if not endpoints or net.driver not in drivers.DRIVERS:
+            continue
+        problems = drivers.load(net.driver).health(net, endpoints)
+        for problem in problems:
+            yield Finding("network", "error", problem,
+                          "bring the link up (ip link set DEV up) or restore it; the endpoints need it to carry traffic")
+        if not problems:
+            yield ok("network", f"network {net.name} ({net.driver}): nothing its driver checks is wrong")
+
+
 def bridges_in_use(state_dir: str) -> list[str]:
     try:
         snap = views.snapshot(state_dir)
@@ -410,6 +430,7 @@ def run_checks(state_dir: str, conf_dir: str) -> list[Finding]:
     findings += check_br_netfilter()
     findings += check_conntrack(udp_publishing_endpoints(state_dir))
     findings += check_bridge_ports(bridges_in_use(state_dir))
+    findings += check_driver_health(state_dir)
     findings += check_state_dir(state_dir)
     findings += check_log()
     findings += check_configs(conf_dir)

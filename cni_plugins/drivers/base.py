@@ -163,6 +163,11 @@ class Driver:
         """STATUS 51: what existing endpoints of this network have lost (None: nothing)."""
         return None
 
+    def health(self, network: Network, endpoints: list[Endpoint]) -> list[str]:
+        """`cnmctl doctor`: what keeps this network's endpoints from working now, one sentence
+        each (e.g. the link they hang off is down); read-only, [] when nothing."""
+        return []
+
     def gc(self, request: Request, valid, remaining: list[Endpoint]) -> None:
         """CNI GC beyond the endpoints (the controller collected those): e.g. forward it to the
         IPAM. `remaining`: the network's endpoints still recorded after that (kept for the

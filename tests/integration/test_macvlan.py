@@ -361,3 +361,45 @@ def _cnmctl(lab, *argv):
 
     return subprocess.run(["nsenter", f"--net={lab.host}", "--", os.path.join(BIN, "cnmctl"), *argv],
                           env=dict(lab.env), capture_output=True, text=True, timeout=120)
+
+
+def test_doctor_flags_a_missing_or_down_master(lab):
+    """Item 4: `cnmctl doctor` reports a down, then a missing, master of a network in use."""
+    conf = lab.conf()
+    c = lab.container()
+    lab.add(conf, c)
+
+    def network_findings():
+        proc = _cnmctl(lab, "doctor", "--format", "json")
+        return [f for f in json.loads(proc.stdout) if f["check"] == "network"], proc.returncode
+
+    found, rc = network_findings()
+    assert [f["severity"] for f in found] == ["ok"], found
+    sh("ip", "link", "set", lab.master, "down", ns=lab.host)
+    found, rc = network_findings()
+    assert rc == 1 and found[0]["severity"] == "error" and "down" in found[0]["message"], found
+    sh("ip", "link", "del", lab.master, ns=lab.host)
+    found, rc = network_findings()
+    assert rc == 1 and "does not exist" in found[0]["message"], found
+    assert lab.run("DEL", conf, c).rc == 0
+    lab.assert_nothing_left(c)
+
+
+def test_host_reaches_its_containers_only_through_a_macvlan_of_its_own(lab):
+    """docs/operators.md "macvlan": the node cannot reach its macvlan containers through the
+    master; the documented workaround (a bridge-mode macvlan of the host's own) works."""
+    sh("ip", "addr", "add", "10.251.0.2/24", "dev", lab.master, ns=lab.host)
+    conf = lab.conf()
+    c = lab.container()
+    r = lab.add(conf, c)
+    assert lab.ping(lab.host, PEER)
+    assert not lab.ping(lab.host, address_of(r))
+    shim = unique("mvh")
+    sh("ip", "link", "add", shim, "link", lab.master, "type", "macvlan", "mode", "bridge", ns=lab.host)
+    sh("ip", "addr", "add", "10.251.0.240/32", "dev", shim, ns=lab.host)
+    sh("ip", "link", "set", shim, "up", ns=lab.host)
+    sh("ip", "route", "add", f"{address_of(r)}/32", "dev", shim, ns=lab.host)
+    assert lab.ping(lab.host, address_of(r))
+    assert lab.run("DEL", conf, c).rc == 0
+    sh("ip", "link", "del", shim, ns=lab.host)
+    lab.assert_nothing_left(c)

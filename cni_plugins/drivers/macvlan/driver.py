@@ -234,6 +234,22 @@ class MacvlanDriver(Driver):
             ipam.require_version(request, conf.ipam_type)
             ipam.delegate("STATUS", request, conf.ipam_type)
 
+    def health(self, network, endpoints) -> list[str]:
+        """The masters of the network's endpoints (in this netns) that are missing or down."""
+        from ...linux import links
+
+        masters = sorted({ep.data.get("master") for ep in endpoints
+                          if ep.data.get("master") and not ep.data.get("in_container")})
+        problems = []
+        with links.rtnl() as ipr:
+            for name in masters:
+                problem = master_problem(ipr, name)
+                if problem:
+                    count = sum(ep.data.get("master") == name for ep in endpoints)
+                    problems.append(f"{problem}: {count} endpoint(s) of network {network.name!r} have no "
+                                    f"connectivity")
+        return problems
+
     def gc(self, request: Request, valid, remaining) -> None:
         conf = mv_config.load(request)
         if conf.ipam_type and ipam.speaks_status(request, conf.ipam_type):
