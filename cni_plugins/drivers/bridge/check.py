@@ -13,6 +13,7 @@ import ipaddress
 from ...cni.errors import CHECK_FAILED, CNIError
 from ...cni.result import IPConfig, Result, Route
 from ...cnm.model import Endpoint
+from ...linux import addr, bridge, links, veth
 from .endpoint import expected_elements, host_veth_name, recorded_elements, route_gateway
 from .errors import kernel_errors
 
@@ -22,8 +23,6 @@ def fail(msg: str, details: str = "") -> None:
 
 
 def verify(ctx, conf, endpoint: Endpoint, prev: Result) -> None:
-    from ...linux import addr, bridge, links, veth
-
     request = ctx.request
     data = endpoint.data
     bridge_name = data.get("bridge") or conf.bridge

@@ -14,6 +14,7 @@ from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictInt, Strict
 
 from ...cni.errors import INVALID_CONFIG, CNIError
 from ...cni.request import IFNAME_RULE, Request, valid_interface_name
+from .ports import host_address
 
 DEFAULT_BRIDGE = "cnm0"
 MAC_RE = re.compile(r"^([0-9A-Fa-f]{2}[:-]){5}[0-9A-Fa-f]{2}$")
@@ -82,8 +83,6 @@ class BridgeConfig(BaseModel):
         if self.disableContainerInterface and self.ipam_type:
             raise ValueError("disableContainerInterface: cannot be used together with IPAM (the interface stays down)")
         if self.hostBindingIP:
-            from .ports import host_address
-
             try:
                 host_address(self.hostBindingIP)
             except ValueError as exc:

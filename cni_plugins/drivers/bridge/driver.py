@@ -17,10 +17,14 @@ from dataclasses import dataclass, field
 from ...cni.errors import CHECK_FAILED, CONFLICT, PLUGIN_FAILURE, CNIError
 from ...cni.request import Request
 from ...cni.result import DNS, Interface, IPConfig, Result, Route
+from ...cni.log import message
 from ...cnm.model import Endpoint, owner_tag
+from ...faults import crash_point
+from ...linux import addr, bridge, conntrack, links, rtnl, sysctl, veth
 from ..base import RESUMED_KEY, Context, Driver
 from . import config as bridge_config
-from . import ipam, localnet, ports, shared, standby
+from . import firewall, health, ipam, localnet, ports, shared, standby, sweep
+from .check import verify
 from .endpoint import addresses, container_note, expected_elements, host_veth_name, recorded_elements, route_gateway
 from .errors import kernel_errors
 
@@ -30,8 +34,6 @@ FAULT_ENV = "CNM_FAULT"  # tests only: see cni_plugins/faults.py
 
 def _fault(env, command: str, step: str) -> None:
     if FAULT_ENV in env:  # one dict lookup when unset
-        from ...faults import crash_point
-
         crash_point(env, command, step)
 
 
@@ -117,8 +119,6 @@ class BridgeDriver(Driver):
         endpoint.data[ports.PUBLISHED_AT] = time.time_ns()  # orders a handover between siblings
 
     def join(self, ctx: Context, network, endpoint: Endpoint, sandbox) -> Result:
-        from ...linux import links
-
         request = ctx.request
         plan = ctx.plan
         conf = plan.conf
@@ -201,8 +201,6 @@ class BridgeDriver(Driver):
         )
 
     def _bridge(self, ipr, conf):
-        from ...linux import bridge
-
         with kernel_errors(f"create bridge {conf.bridge!r}"):
             return bridge.ensure_bridge(ipr, conf.bridge, conf.mtu, conf.promiscMode, conf.vlan_filtering)
 
@@ -213,8 +211,6 @@ class BridgeDriver(Driver):
         else is wrong), else a host end of this very endpoint left by an ADD that died (tagged
         with its owner, or untagged: replaced), else another's host end (another store's endpoint of the same
         network, container and ifname; or not ours at all): a CONFLICT, it is left alone."""
-        from ...linux import links, veth
-
         request = ctx.request
         with kernel_errors(f"create veth pair {host_name}/{request.ifname}"):
             try:
@@ -255,8 +251,6 @@ class BridgeDriver(Driver):
 
     def _container_side(self, cipr, ctx, conf, ips, routes, index: int) -> None:
         """DAD off (unless enabledad) before any IPv6 address, link up with arp_notify, addresses, routes."""
-        from ...linux import addr, sysctl
-
         ifname = ctx.request.ifname
         with kernel_errors(f"configure {ifname} in {ctx.request.netns}"):
             families = {ip.family for ip in ips}
@@ -284,8 +278,6 @@ class BridgeDriver(Driver):
         gets a link-local address, fe80::/64 and ff00::/8 routes beside those of every other
         port, DAD and MLD on the bridge: ~5 ms of kernel work per ADD (and DEL) with 1,000
         pods on the node, growing with them. (Best effort: a kernel without IPv6 has no knob.)"""
-        from ...linux import bridge, sysctl
-
         with kernel_errors(f"attach the host veth to bridge {conf.bridge!r}"):
             sysctl.try_write_under("ipv6/conf", [(f"{host_name}/disable_ipv6", "1")])
             bridge.set_port_flags(ipr, host_index, bridge_index, hairpin=hairpin, isolated=conf.portIsolation)
@@ -301,8 +293,6 @@ class BridgeDriver(Driver):
 
         With `vlan` the bridge itself joins that VLAN untagged (the reference plugin adds a
         `<bridge>.<vlan>` veth for this instead; the result then lists no 4th interface)."""
-        from ...linux import addr, bridge, sysctl
-
         families = set()
         with kernel_errors(f"set the gateway address on bridge {conf.bridge!r}"):
             if conf.vlan:
@@ -421,15 +411,11 @@ class BridgeDriver(Driver):
         conf = bridge_config.load(ctx.request)
         if conf.ipam_type:
             ipam.delegate("CHECK", ctx.request, conf.ipam_type)
-        from .check import verify
-
         verify(ctx, conf, endpoint, prev)
 
     def status(self, request: Request) -> None:
-        from .health import require_nft
-
         conf = bridge_config.load(request)
-        require_nft(conf, request)
+        health.require_nft(conf, request)
         if conf.ipam_type:
             # Delegated only to an IPAM that knows STATUS, i.e. speaks 1.1.0; one that does not
             # cannot serve an ADD of this (1.1.0) config either, which require_version says.
@@ -438,9 +424,7 @@ class BridgeDriver(Driver):
 
     def degraded(self, request: Request, endpoints) -> str | None:
         """STATUS 51: what existing endpoints of this network have lost (None: nothing)."""
-        from .health import missing_rules
-
-        return missing_rules(list(endpoints), recorded_elements)
+        return health.missing_rules(list(endpoints), recorded_elements)
 
     def gc(self, request: Request, valid, remaining) -> None:
         """Forward GC to the IPAM (R47) if it knows GC; our own endpoints were collected by the
@@ -452,23 +436,15 @@ class BridgeDriver(Driver):
             ipam.gc(request, conf.ipam_type, valid | ipam.held_by(remaining))
 
     def orphans(self, ctx: Context, endpoints) -> list:
-        from . import sweep
-
         return sweep.orphans(ctx, endpoints)
 
     def remove_orphan(self, ctx: Context, orphan) -> None:
-        from . import sweep
-
         sweep.remove(ctx, orphan)
 
     def losses(self, store_id: str, endpoints) -> list:
-        from . import firewall
-
         return firewall.losses(store_id, endpoints)
 
     def restore(self, store_id: str, endpoints, node_lock) -> list:
-        from . import firewall
-
         return firewall.restore(store_id, endpoints, node_lock)
 
 
@@ -481,8 +457,6 @@ def _ipv6_addr_gen_mode(conf, families: set[int]) -> int | None:
     None (unchanged) when the endpoint has IPv6 or no address at all (no IPAM: its addressing,
     SLAAC included, is someone else's), or the link has no IPv6 state to set: the kernel has
     no IPv6, or the MTU is below IPv6's minimum (then the kernel refuses the set)."""
-    from ...linux import rtnl
-
     if conf.ipv6LinkLocal or families != {4} or not rtnl.kernel_has_ipv6():
         return None
     if conf.mtu and conf.mtu < IPV6_MIN_MTU:
@@ -494,7 +468,7 @@ def _flush_udp(ctx: Context, elements) -> None:
     """UDP conntrack entries of the published ports in `elements` (ADD: flows that began
     before the port was published; DEL: flows still steered to the gone container).
     Best effort: a failure is logged, never the command's (a DEL must not stick on it)."""
-    from ...linux import conntrack, nft
+    from ...linux import nft
 
     done = set()
     for e in elements:
@@ -506,15 +480,11 @@ def _flush_udp(ctx: Context, elements) -> None:
                 try:
                     conntrack.flush_udp_port(*wanted)
                 except conntrack.ConntrackError as exc:
-                    from ...cni.log import message
-
                     message(ctx.env, ctx.request.config, "error", f"UDP conntrack entries not flushed: {exc}",
                             command=ctx.request.command, container=ctx.request.container_id)
 
 
 def _delete_link(name: str) -> None:
-    from ...linux import links, veth
-
     with links.rtnl() as ipr:
         veth.delete(ipr, name)
 
@@ -523,8 +493,6 @@ def _delete_link_unless_owned_by_another(name: str, owner: str) -> str | None:
     """Delete link `name` unless its alias names another owner (a veth without an alias:
     made by an older version, or by an ADD that stopped before tagging it); return that
     other owner when it stays."""
-    from ...linux import links, veth
-
     with links.rtnl() as ipr:
         alias = veth.alias(ipr, name)
         if alias is not None and alias != owner:
@@ -608,8 +576,6 @@ def _same_container(ctx: Context, endpoint: Endpoint):
         if container != note or ctx.netns_fd is None:
             return False
         if not found:
-            from ...linux import links
-
             with links.rtnl(ctx.netns_fd) as cipr:
                 found.append({ipaddress.ip_address(a) for _, a, _, _ in links.addresses(cipr) if a})
         try:
@@ -655,9 +621,7 @@ def _live_state(ctx: Context):
         return None
 
     def live():
-        from .firewall import expected_state
-
-        return expected_state(ctx.store_id, ctx.live_endpoints())
+        return firewall.expected_state(ctx.store_id, ctx.live_endpoints())
 
     return live
 

@@ -4,12 +4,16 @@ driver was doing."""
 from __future__ import annotations
 
 from ...cni.errors import PLUGIN_FAILURE, CNIError
+from ...linux.addr import AddrError
+from ...linux.bridge import BridgeError
+from ...linux.conntrack import ConntrackError
+from ...linux.links import NetlinkError
+from ...linux.veth import VethError
 
 
 class kernel_errors:
     """`with kernel_errors("do x"):` kernel/tool failures become CNI errors (code 100) that say
-    what we were doing. A class, not a generator: it wraps each kernel step of every ADD, and
-    the error types are imported only when one is raised."""
+    what we were doing. A class, not a generator: it wraps each kernel step of every ADD."""
 
     __slots__ = ("what",)
 
@@ -30,12 +34,7 @@ class kernel_errors:
 
 def _kernel_failure(exc: Exception) -> str | None:
     """What a kernel/tool failure says; None for any other exception (a bug: not converted)."""
-    from ...linux.addr import AddrError  # first: cni_plugins.linux prepares the pyroute2 import
-    from ...linux.bridge import BridgeError
-    from ...linux.conntrack import ConntrackError
-    from ...linux.nft import NftError
-    from ...linux.veth import VethError
-    from pyroute2.netlink.exceptions import NetlinkError
+    from ...linux.nft import NftError  # (nftables: loaded only by what programs it)
 
     if isinstance(exc, (AddrError, BridgeError, ConntrackError, NftError, VethError)):
         return str(exc)

@@ -15,6 +15,7 @@ or a sweep run in the wrong one, never puts its pods' elements where they do not
 from __future__ import annotations
 
 from ...cnm.model import READY, STORE_TAG_LEN, Endpoint, owner_tag, parse_owner_tag
+from ...linux import links
 from ..base import Loss
 from . import ports, shared
 from .endpoint import recorded_elements
@@ -48,7 +49,6 @@ def _here(store_id: str, endpoints: list[Endpoint]) -> list[Endpoint]:
     no alias, or the bare endpoint id: an older version's veth)."""
     if not endpoints:
         return []
-    from ...linux import links
 
     with links.rtnl() as ipr:
         aliases = {link.get_attr("IFLA_IFNAME"): link.get_attr("IFLA_IFALIAS") or "" for link in ipr.iproute.get_links()}

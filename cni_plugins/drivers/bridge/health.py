@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from ...cni.errors import NOT_AVAILABLE, CNIError
 from ...cnm.model import Endpoint
+from ...linux import netns
 
 
 def needs_nft(conf, request) -> bool:
@@ -42,7 +43,6 @@ def missing_rules(endpoints: list[Endpoint], recorded_elements) -> str | None:
     nftables transactions (linux/nft/generation.py): when neither that number nor this network's
     endpoints changed since all were found in place, they still are; the resident helper
     then answers without reading anything."""
-    from ...linux import netns
     from ...linux.nft import generation as nftgen
 
     key = (netns.identity_of(netns.SELF), tuple((ep.id, len(ep.data.get("nft") or ())) for ep in endpoints))

@@ -31,6 +31,8 @@ import os
 from collections.abc import Iterable, Mapping
 
 from ...cnm import pins
+from ...linux import netns, sysctl
+from ...linux.fs import make_dirs
 
 SUBDIR = "route_localnet"
 FOUND = "found"
@@ -45,8 +47,6 @@ def _key(bridge: str) -> str:
 
 def directory(env: Mapping[str, str]) -> str:
     """The markers of the network namespace this thread is in."""
-    from ...linux import netns
-
     identity = netns.own_identity()
     return os.path.join(pins.run_dir(env), SUBDIR, f"{identity.dev}-{identity.ino}")
 
@@ -67,9 +67,6 @@ def needed_by(elements: Iterable) -> bool:
 def acquire(env: Mapping[str, str], bridge: str, owner: str) -> None:
     """Record that `owner` (an endpoint's owner tag) needs route_localnet on `bridge`, then
     turn it on."""
-    from ...linux import sysctl
-    from ...linux.fs import make_dirs
-
     own = os.path.join(directory(env), bridge)
     users = os.path.join(own, USERS)
     if not os.path.isdir(users):  # the first user: remember what to put back
@@ -131,8 +128,6 @@ def users(env: Mapping[str, str]) -> list[tuple[str, str]]:
 
 
 def _restore(found_file: str, bridge: str) -> None:
-    from ...linux import sysctl
-
     try:
         with open(found_file) as f:
             value = f.read().strip() or "0"

@@ -26,6 +26,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 
 from ...cnm import pins
+from ...linux import netns
+from ...linux.fs import make_dirs
 
 SUBDIR = "ports"
 
@@ -39,16 +41,12 @@ class Waiting:
 
 
 def _directory(env: Mapping[str, str]) -> str:
-    from ...linux import netns
-
     ns = netns.own_identity()
     return os.path.join(pins.run_dir(env), SUBDIR, f"{ns.dev}-{ns.ino}")
 
 
 def enlist(env: Mapping[str, str], owner: str, container: str, published_at: int, elements: list) -> None:
     """`owner` (an endpoint of `container`) waits to install `elements`."""
-    from ...linux.fs import make_dirs
-
     directory = _directory(env)
     make_dirs(directory, 0o700)
     entry = {"container": container, "published_at": published_at,
@@ -98,8 +96,6 @@ def waiting(env: Mapping[str, str], container: str) -> list[Waiting]:
 
 def took(env: Mapping[str, str], entry: Waiting, installed: list) -> None:
     """`entry` got the keys of `installed`: it waits only for the rest, if any."""
-    from . import ports
-
     got = {ports.slot(e) for e in installed}
     rest = [e for e in entry.elements if ports.slot(e) not in got]
     if not rest:

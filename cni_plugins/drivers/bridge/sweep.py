@@ -16,6 +16,8 @@ import json
 import re
 
 from ...cnm.model import STORE_TAG_LEN, Endpoint, parse_owner_tag
+from ...ipam.disk import DEFAULT_DATA_DIR, LeaseDir, PathError
+from ...linux import links, veth
 from ..base import Context, Orphan
 from . import localnet, shared
 
@@ -30,7 +32,7 @@ def orphans(ctx: Context, endpoints: list[Endpoint]) -> list[Orphan]:
 
 
 def remove(ctx: Context, orphan: Orphan) -> None:
-    from ...linux import links, nft, veth
+    from ...linux import nft
 
     if orphan.kind == "veth":
         with links.rtnl() as ipr:
@@ -51,8 +53,6 @@ def remove(ctx: Context, orphan: Orphan) -> None:
 
 
 def _veths(tag: str, ids: set[str]) -> list[Orphan]:
-    from ...linux import links
-
     found = []
     prefixes = {i[:12] for i in ids}
     with links.rtnl() as ipr:
@@ -114,8 +114,6 @@ def _localnet_users(ctx: Context, tag: str, ids: set[str]) -> list[Orphan]:
 def _foreign_leases(endpoints: list[Endpoint]) -> list[Orphan]:
     """Leases in the cnm-ipam and host-local lease directories this store's endpoints use, held
     by attachments this store has no record of."""
-    from ...ipam.disk import DEFAULT_DATA_DIR, LeaseDir, PathError
-
     dirs: dict[tuple[str, str], set[tuple[str, str]]] = {}
     for ep in endpoints:
         rec = ep.data.get("ipam") or {}
