@@ -436,7 +436,22 @@ def run_checks(state_dir: str, conf_dir: str) -> list[Finding]:
     findings += check_configs(conf_dir)
     findings += check_stale(state_dir)
     findings += check_helper()
+    findings += check_overlay(state_dir)
     return findings
+
+
+def check_overlay(state_dir: str) -> Iterator[Finding]:
+    """Each overlay network of this node: etcd reachable, its lease there, the VXLAN device and
+    MTUs consistent, the kernel's mesh as etcd says (drivers/overlay/view.py)."""
+    from ..drivers.overlay import view
+
+    try:
+        found = view.problems(state_dir)
+    except Exception as exc:  # noqa: BLE001 -- reported
+        yield Finding("overlay", "warning", f"overlay not checked: {type(exc).__name__}: {exc}", "")
+        return
+    for severity, network, message, fix in found:
+        yield Finding("overlay", severity, f"{network}: {message}", fix)
 
 
 def bridge_endpoints_by_family(state_dir: str) -> dict[str, int]:

@@ -53,9 +53,15 @@ def cmd_network_inspect(opts) -> int:
     found, code = [], 0
     for name in opts.names:  # as docker: print what exists, fail on what does not
         try:
-            found.append(views.network_view(name, snap, configured))
+            view = views.network_view(name, snap, configured)
         except views.NotFound as err:
             code = _not_found(err)
+            continue
+        if view["Driver"] == "overlay":  # every node's lease, and whether this node's kernel agrees
+            from ..drivers.overlay import view as overlay
+
+            view["Overlay"] = overlay.report(state_dir_of(opts), name)
+        found.append(view)
     emit_json(found)
     return code
 
