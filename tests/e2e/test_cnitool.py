@@ -76,7 +76,9 @@ def test_shipped_conflist_add_check_del(world, relpath):
     shipped = load_shipped(relpath)
     missing = sorted(t for t in plugin_types(shipped) if not available(t))
     assert not missing, f"{relpath} needs plugins that do not exist: {missing}"
-    exercise(world, adapt(shipped, unique("cnmtool", 30), unique("cnt"), world.node.data_dir, version="1.0.0"))
+    master = world.node.add_uplink() if "cnm-macvlan" in plugin_types(shipped) else None
+    exercise(world, adapt(shipped, unique("cnmtool", 30), unique("cnt"), world.node.data_dir, version="1.0.0",
+                          master=master))
 
 
 PLUGIN_LISTS = {
@@ -84,6 +86,8 @@ PLUGIN_LISTS = {
     "cnm-host": [{"type": "cnm-host"}],
     "cnm-container": [{"type": "cnm-container"}],
     "cnm-bridge": None,  # bridge_conflist()
+    "cnm-macvlan": [{"type": "cnm-macvlan", "master": "<uplink>",
+                     "ipam": {"type": "cnm-ipam", "ranges": [[{"subnet": "10.61.10.0/24"}]]}}],
 }
 
 
@@ -95,6 +99,8 @@ def test_every_plugin_type_add_check_del(world, ptype):
         conflist = bridge_conflist(name, bridge, "10.61.9.0/24", world.node.data_dir)
     else:
         conflist = {"cniVersion": "1.0.0", "name": name, "plugins": PLUGIN_LISTS[ptype]}
+        conflist = adapt(conflist, name, bridge, world.node.data_dir,
+                         master=world.node.add_uplink() if ptype == "cnm-macvlan" else None)
     exercise(world, conflist)
 
 
@@ -117,6 +123,8 @@ def exercise(world: World, conflist: dict) -> None:
     world.cnitool_run("check", name, target, **extra)
     world.cnitool_run("del", name, target, **extra)
     assert world.cache_files(name) == []
+    if "cnm-macvlan" in types:
+        assert sh("ip", "link", "show", ifname, ns=target, check=False).returncode != 0, "macvlan left behind"
     if "cnm-container" in types:
         # The owner is still attached; its DEL, the last member's, takes the sandbox down.
         owner, owner_ns = world.owner

@@ -369,3 +369,34 @@ def test_a_forgotten_failed_del_is_collected_and_its_port_comes_back(net):
     # (their namespaces are gone), a no-op for our plugins by now.
     net.node.cnmctl("gc", net.name)
     assert net.leftovers() == CLEAN
+
+
+def test_macvlan_conflist_containers_on_the_lan(podman, tmp_path, netns):
+    """Issue 15 item 5: podman with the shipped cnm-macvlan list (conf/macvlan.conflist) on a
+    simulated LAN: two containers reach each other and the LAN peer, the peer learns their
+    MACs; `podman rm` leaves no macvlan, lease, record or cache entry."""
+    node = Node(tmp_path / "mvnode", cache_dir=LIBCNI_DIR)
+    try:
+        podman.configure(node)
+        lan = netns("cnml")
+        master = node.add_uplink(lan, "192.168.1.1/24")
+        conflist = adapt(load_shipped("macvlan.conflist"), unique("cnmmv", 30), unique("cnp"), node.data_dir,
+                         master=master)
+        net = Net(podman, node, node.add_network(conflist))
+        a, b = unique("cnma", 30), unique("cnmb", 30)
+        for c in (a, b):
+            net.run("run", "-d", "--network", net.name, "--name", c, IMAGE, "sleep", "300")
+        ip_a, ip_b = net.ip_of(a), net.ip_of(b)
+        assert ip_a.startswith("192.168.1.") and ip_a != ip_b
+        net.run("exec", a, "ping", "-c", "1", "-W", "3", ip_b)
+        net.run("exec", b, "ping", "-c", "1", "-W", "3", "192.168.1.1")
+        net.run("exec", a, "ping", "-c", "1", "-W", "3", "192.168.1.1")
+        neigh = json.loads(sh("ip", "-j", "neigh", "show", ns=lan).stdout or "[]")
+        mac_a = net.run("exec", a, "cat", "/sys/class/net/eth0/address").stdout.strip()
+        assert {n["dst"]: n.get("lladdr") for n in neigh}.get(ip_a) == mac_a
+        net.run("rm", "--force", "--time", "0", a, b)
+        assert net.leftovers() == CLEAN
+        assert [n for n, link in node.links().items() if link.get("linkinfo", {}).get("info_kind") == "macvlan"] == []
+    finally:
+        podman("rm", "--all", "--force", "--time", "0", node=node, check=False)
+        node.cleanup()

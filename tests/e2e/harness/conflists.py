@@ -44,8 +44,9 @@ def random_subnet(first: int = 100, last: int = 199) -> str:
 
 
 def adapt(conflist: dict, name: str, bridge: str, data_dir: str, version: str | None = None,
-          subnet: str | None = None) -> dict:
-    """A shipped list made private to a test: its own network name, bridge, IPAM dir (and pod range)."""
+          subnet: str | None = None, master: str | None = None) -> dict:
+    """A shipped list made private to a test: its own network name, bridge, IPAM dir (and pod range),
+    and its macvlans' `master` (a link of the test's node)."""
     out = copy.deepcopy(conflist)
     out["name"] = name
     if version:
@@ -54,6 +55,8 @@ def adapt(conflist: dict, name: str, bridge: str, data_dir: str, version: str | 
     for plugin in out.get("plugins") or []:
         if "bridge" in plugin:
             plugin["bridge"] = bridge
+        if master and plugin.get("type") == "cnm-macvlan":
+            plugin["master"] = master
         ipam = plugin.get("ipam")
         if isinstance(ipam, dict) and ipam.get("type") in ("cnm-ipam", "host-local"):
             ipam["dataDir"] = data_dir

@@ -77,6 +77,21 @@ class Node:
         self.host = f"/run/netns/{self.netns_name}"
         sh("ip", "link", "set", "lo", "up", ns=self.host)
 
+    def add_uplink(self, lan: str = "", peer: str = "") -> str:
+        """A "physical" link for cnm-macvlan: a veth whose node end (returned, up) is the master;
+        its other end goes to netns `lan` with address `peer` (CIDR) when given."""
+        name, other = unique("up"), unique("ln")
+        sh("ip", "link", "add", name, "type", "veth", "peer", "name", other, ns=self.host)
+        if lan:
+            sh("ip", "link", "set", other, "netns", lan, ns=self.host)
+            sh("ip", "link", "set", other, "up", ns=lan)
+            if peer:
+                sh("ip", "addr", "add", peer, "dev", other, ns=lan)
+        else:
+            sh("ip", "link", "set", other, "up", ns=self.host)
+        sh("ip", "link", "set", name, "up", ns=self.host)
+        return name
+
     def env(self, **extra: str) -> dict[str, str]:
         """What a runtime hands the plugins of this node: its CNM store and run dir."""
         return base_env(CNM_STATE_DIR=self.state_dir, CNM_RUN_DIR=self.run_dir, **extra)
