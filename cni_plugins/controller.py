@@ -35,6 +35,7 @@ from .cnm.locks import sandbox_key
 from .cnm.model import ADDING, HOST_SANDBOX, READY, Endpoint, Network, Sandbox, endpoint_id
 from .cnm.store import BOOT_KEY, UNKNOWN_BOOT, boot_id
 from .drivers.base import RECORD_KEY, Context, Driver, record_add, recorded_result
+from .drivers.dns import names
 from .linux import netns
 from .liveness import MNTNS_KEY, PIDNS_KEY
 from .node import Node
@@ -136,6 +137,7 @@ class Controller:
     def _add(self, request: Request) -> Result:
         driver = self.driver
         options = driver.network_options(request)
+        options = {**options, **names.options(request)}  # {} unless the network has names
         target = driver.target_container(request) if driver.joins_sandbox else None
         node = Node.of_request(request)
         with ExitStack() as stack:
@@ -264,6 +266,7 @@ class Controller:
             undo.callback(driver.delete_endpoint, ctx, network, endpoint)
             result = driver.join(ctx, network, endpoint, sandbox)
             undo.callback(driver.leave, ctx, network, endpoint, sandbox)
+            names.attach(driver, ctx, network, endpoint, result)
             # A result the requested version cannot carry (0.1/0.2 without an IP) must
             # fail the ADD here, rolled back, not after the commit.
             result.emit(request.version)
@@ -277,6 +280,7 @@ class Controller:
             _unwind(undo)
             _forget_intent(node, endpoint, sandbox if plan.new_sandbox else None)
             raise
+        names.committed(node, request, network, endpoint)  # answerable once the ADD answers
         return result
 
     def _ensure_sandbox(self, node: Node, tx, request: Request, fd: int, identity, driver: Driver):

@@ -826,12 +826,39 @@ def start_overlay_mesh(helper: Helper):
     return start(helper.home, log, state_dir(None, os.environ))
 
 
+def start_name_service():
+    """The name servers of DNS-enabled networks (drivers/dns/): those of the stores noted for
+    this namespace at once, and each network an ADD through this helper names."""
+    try:
+        from ..drivers.dns import names
+        from ..drivers.dns.service import NameService
+
+        service = NameService(log, os.environ)
+        service.start_registered()
+    except Exception as exc:  # noqa: BLE001 -- the helper serves without it
+        log(f"no name service: {type(exc).__name__}: {exc}")
+        return None
+    names.on_commit(service.ensure)
+    return service
+
+
+def stop_name_service(service) -> None:
+    if service is None:
+        return
+    from ..drivers.dns import names
+
+    names.on_commit(None)
+    service.stop()
+
+
 def serve(socket_path: str | None = None, ready=None) -> int:
     """Run the helper until SIGTERM/SIGINT. The hook `cnmctl daemon` calls.
 
     `ready`, if given, is called with the socket path once the helper accepts requests.
     """
     limit_malloc_arenas()  # before the first thread (preload, workers) starts
+    # Before the socket is bound: a restarted helper answers names before it takes a request.
+    names = start_name_service()
     sock = systemd_socket()
     path = None
     takeover = None
@@ -874,6 +901,7 @@ def serve(socket_path: str | None = None, ready=None) -> int:
         stop_firewall_watch(watch)
         if overlay is not None:
             overlay.stop()
+        stop_name_service(names)
         helper.close()
         if path is not None:
             remove_own_name(path, bound)

@@ -437,6 +437,7 @@ def run_checks(state_dir: str, conf_dir: str) -> list[Finding]:
     findings += check_stale(state_dir)
     findings += check_helper()
     findings += check_overlay(state_dir)
+    findings += check_names(state_dir)
     return findings
 
 
@@ -452,6 +453,13 @@ def check_overlay(state_dir: str) -> Iterator[Finding]:
         return
     for severity, network, message, fix in found:
         yield Finding("overlay", severity, f"{network}: {message}", fix)
+
+def check_names(state_dir: str) -> Iterator[Finding]:
+    """A DNS-enabled network whose name server is not running (cli/dnsdoctor.py)."""
+    from .dnsdoctor import problems
+
+    for severity, message, fix in problems(state_dir):
+        yield Finding("dns", severity, message, fix)
 
 
 def bridge_endpoints_by_family(state_dir: str) -> dict[str, int]:

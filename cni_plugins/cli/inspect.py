@@ -106,6 +106,7 @@ def endpoint_view(ep: Endpoint) -> dict[str, Any]:
         "Bridge": ep.data.get("bridge", ""),
         "Master": ep.data.get("master", ""),  # cnm-macvlan: the link it hangs off, and its mode
         "Mode": ep.data.get("mode", ""),
+        "Names": (ep.data.get("dns") or {}).get("names", []),  # on a DNS-enabled network (drivers/dns)
         "CNIVersion": config.get("cniVersion", ""),
     }
 

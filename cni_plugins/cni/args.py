@@ -15,6 +15,7 @@ KNOWN_KEYS = frozenset(
         "IP",
         "MAC",
         "CNM_CONTAINER",
+        "CNM_NAME",  # cnmctl run NAME: the endpoint's name on DNS-enabled networks
     }
 )
 

@@ -367,6 +367,34 @@ class Store:
                 conn.close()
 
 
+class Reader:
+    """A read-only connection a long-lived reader keeps open (the name server): version()
+    changes whenever another connection committed (SQLite's data_version, a read of the
+    WAL index), so such a reader re-reads the store only after a change."""
+
+    def __init__(self, directory: str):
+        self.path = os.path.join(directory, DB_NAME)
+        try:
+            self.conn = sqlite3.connect(f"file:{self.path}?mode=ro", uri=True, timeout=5, isolation_level=None,
+                                        check_same_thread=False)
+        except sqlite3.Error as exc:
+            raise StoreError(f"cannot read store {self.path}: {exc}") from None
+
+    def version(self) -> int:
+        return self.conn.execute("PRAGMA data_version").fetchone()[0]
+
+    @contextmanager
+    def transaction(self) -> Iterator["Transaction"]:
+        self.conn.execute("BEGIN")
+        try:
+            yield Transaction(self.conn)
+        finally:
+            self.conn.execute("ROLLBACK")
+
+    def close(self) -> None:
+        self.conn.close()
+
+
 class Transaction:
     """Every query of the store (nothing outside cnm/ writes SQL)."""
 

@@ -184,6 +184,12 @@ class Driver:
         that no endpoint record owns it."""
         return None
 
+    def name_server_addresses(self, ctx: Context, network: Network, endpoint: Endpoint) -> list[tuple[str, str]]:
+        """Names on the network (config `dnsEnabled`, drivers/dns/): where its name server
+        listens for this joined endpoint, as (gateway address, host interface it is on) per
+        family. [] (the default): the endpoint reaches no gateway on the host, no names."""
+        return []
+
     def losses(self, store_id: str, endpoints: list[Endpoint]) -> list[Loss]:
         """Sweeps: what this driver's live endpoints of the store need in this network
         namespace and do not have (read-only)."""

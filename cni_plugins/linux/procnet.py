@@ -58,3 +58,26 @@ def route_destinations(proc: str = "") -> list[Net]:
     """Destination prefixes of every route of this thread's netns, default routes included."""
     proc = proc or ("/proc/thread-self/net" if os.path.exists("/proc/thread-self/net") else "/proc/self/net")
     return _ipv4_routes(f"{proc}/route") + _ipv6_routes(f"{proc}/ipv6_route")
+
+
+def udp_listeners(port: int, proc: str = "") -> set[str]:
+    """The addresses UDP sockets of this thread's netns are bound to on `port` (any process)."""
+    proc = proc or ("/proc/thread-self/net" if os.path.exists("/proc/thread-self/net") else "/proc/self/net")
+    found: set[str] = set()
+    for name, size in (("udp", 4), ("udp6", 16)):
+        try:
+            with open(f"{proc}/{name}") as f:
+                lines = f.read().splitlines()[1:]
+        except OSError:
+            continue
+        for line in lines:
+            fields = line.split()
+            if len(fields) < 2 or ":" not in fields[1]:
+                continue
+            hex_addr, hex_port = fields[1].split(":")
+            if int(hex_port, 16) != port or len(hex_addr) != size * 2:
+                continue
+            # The kernel prints each 32-bit word of the address in host order.
+            raw = b"".join(int(hex_addr[i:i + 8], 16).to_bytes(4, sys.byteorder) for i in range(0, len(hex_addr), 8))
+            found.add(str(ipaddress.ip_address(raw)))
+    return found

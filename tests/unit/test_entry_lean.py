@@ -13,7 +13,7 @@ import pytest
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 BIN = os.path.join(ROOT, "bin")
 PYTHON = "/usr/bin/python3"  # the interpreter of bin/cnm's shebang
-HEAVY = ("pyroute2", "pydantic")
+HEAVY = ("pyroute2", "pydantic", "dns")  # dns: dnspython, the name server's (cnmd only)
 # Stdlib modules that cost as much (typing ~4.5 ms, dataclasses with inspect ~10 ms of a
 # ~30 ms in-process VERSION): the protocol layer (cni/request, cni/dispatch, cni/log) uses neither.
 HEAVY_STDLIB = ("typing", "dataclasses", "inspect")

@@ -200,6 +200,17 @@ class BridgeDriver(Driver):
             dns=dns,
         )
 
+    def name_server_addresses(self, ctx: Context, network, endpoint: Endpoint) -> list[tuple[str, str]]:
+        """The gateway of each family, on the bridge (only when the bridge is the gateway)."""
+        if not self._conf(ctx.request).is_gateway:
+            return []
+        found = []
+        for ip in endpoint.data.get("ips", []):
+            gateway = ip.get("gateway")
+            if gateway and all(gateway != g for g, _ in found):
+                found.append((gateway, endpoint.data["bridge"]))
+        return found
+
     def _bridge(self, ipr, conf):
         with kernel_errors(f"create bridge {conf.bridge!r}"):
             return bridge.ensure_bridge(ipr, conf.bridge, conf.mtu, conf.promiscMode, conf.vlan_filtering)

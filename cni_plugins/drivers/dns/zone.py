@@ -1,0 +1,82 @@
+"""The names of one network as the store holds them now.
+
+The server asks `Zone.current()` for every query. It costs one read of SQLite's
+data_version while nothing changed; after any commit to the store (an ADD, a DEL, a sweep,
+by this process or another) the network's records are read again. So a name answers as
+soon as its ADD committed and is gone as soon as its DEL did, whoever served the command,
+and nothing needs to tell the server (a notification could be lost; the store cannot).
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import threading
+from dataclasses import dataclass, field
+
+from ...cnm.model import READY
+from ...cnm.store import Reader
+from .names import ENDPOINT_KEY, OPTIONS_KEY
+
+
+@dataclass(frozen=True)
+class Records:
+    """What a network's server answers from (a snapshot)."""
+
+    domain: str = ""
+    upstreams: tuple[str, ...] = ()
+    names: dict[str, tuple[str, ...]] = field(default_factory=dict)  # label -> addresses
+    reverse: dict[str, str] = field(default_factory=dict)  # address -> the endpoint's first name
+    listen: frozenset = frozenset()  # (address, device)
+
+    @property
+    def empty(self) -> bool:
+        return not self.listen
+
+
+def read(tx, network: str) -> Records:
+    """The network's records in a store transaction (empty: no DNS, or no live endpoint)."""
+    net = tx.get_network(network)
+    opts = (net.options.get(OPTIONS_KEY) if net is not None else None) or {}
+    if not opts:
+        return Records()
+    names: dict[str, list[str]] = {}
+    reverse: dict[str, str] = {}
+    listen = set()
+    for ep in tx.list_endpoints(network=network):
+        record = ep.data.get(ENDPOINT_KEY)
+        if ep.phase != READY or not ep.active or not record:
+            continue
+        listen.update((a, d) for a, d in record.get("listen", []))
+        addresses = [str(ipaddress.ip_address(a)) for a in record.get("addresses", [])]
+        for name in record.get("names", []):
+            known = names.setdefault(name, [])
+            known += [a for a in addresses if a not in known]
+        if record.get("names"):
+            for address in addresses:
+                reverse.setdefault(address, record["names"][0])
+    return Records(opts["domain"], tuple(opts.get("upstreams", ())),
+                   {k: tuple(v) for k, v in names.items()}, reverse, frozenset(listen))
+
+
+class Zone:
+    """One network's records, re-read after each change of the store."""
+
+    def __init__(self, store_directory: str, network: str):
+        self.network = network
+        self._reader = Reader(store_directory)
+        self._lock = threading.Lock()  # the server's UDP loop and its TCP threads share it
+        self._version: int | None = None
+        self._records = Records()
+
+    def current(self) -> Records:
+        with self._lock:
+            version = self._reader.version()
+            if version != self._version:
+                with self._reader.transaction() as tx:
+                    self._records = read(tx, self.network)
+                self._version = version
+            return self._records
+
+    def close(self) -> None:
+        with self._lock:
+            self._reader.close()
