@@ -10,8 +10,10 @@ import json
 import os
 import socket
 import subprocess
+import threading
 from concurrent.futures import ThreadPoolExecutor
 
+import dns.flags
 import dns.message
 import dns.query
 import dns.rcode
@@ -270,3 +272,75 @@ def test_without_the_helper_state_lets_a_later_server_answer(netns, cnm_env, tmp
 def cnmctl(lab, *args: str) -> subprocess.CompletedProcess:
     return subprocess.run(["nsenter", f"--net={lab.host}", "--", os.path.join(BIN, "cnmctl"), *args],
                           env=dict(lab.env, NETCONFPATH=str(lab.tmp)), capture_output=True, text=True, timeout=120)
+
+
+PARALLEL = 50
+
+
+def test_parallel_adds_then_each_resolves_all_others(lab):
+    """Issue 14 item 6: 50 ADDs at once, then each container resolves all 49 others (A, over
+    UDP), and the name all of them share answers all 50 addresses: truncated over UDP without
+    EDNS, whole over TCP."""
+    conf = lab.dns_conf(dnsDomain="many.test", dnsUpstreams=[])
+    spaces = [lab.container() for _ in range(PARALLEL)]
+
+    def add(i):
+        return lab.add(aliases(conf, f"n{i}", "all"), spaces[i], cid=f"n{i}")
+
+    with ThreadPoolExecutor(8) as pool:
+        results = list(pool.map(add, range(PARALLEL)))
+    ips = [ip_of(r) for r in results]
+    assert len(set(ips)) == PARALLEL
+    gw = lab.gateway()
+
+    def resolve_all(i):
+        wrong = []
+        for j in range(PARALLEL):
+            if j == i:
+                continue
+            reply = dns.query.udp(dns.message.make_query(f"n{j}.many.test.", "A"), gw, timeout=10)
+            if addresses(reply) != [ips[j]]:
+                wrong.append((j, addresses(reply)))
+        return wrong
+
+    with ThreadPoolExecutor(8) as pool:
+        wrong = list(pool.map(lambda i: in_netns(spaces[i], resolve_all, i), range(PARALLEL)))
+    assert wrong == [[]] * PARALLEL
+    udp = query(spaces[0], gw, "all.many.test.")
+    assert udp.flags & dns.flags.TC and not udp.answer
+    assert addresses(query(spaces[0], gw, "all.many.test.", tcp=True)) == sorted(ips)
+    assert addresses(query(spaces[0], gw, "all.many.test.", payload=4096)) == sorted(ips)  # EDNS: fits
+
+
+def test_one_networks_flood_does_not_starve_another(netns, cnm_env, tmp_path):
+    """Issue 14 item 3: while a container floods its network's server, a container of another
+    network gets every answer from its own (each network has a thread of its own)."""
+    lab = DnsLab(netns, cnm_env, tmp_path, "10.251.4.0/24")
+    lab.start_helper()
+    try:
+        conf_a = lab.dns_conf(dnsDomain="a.test", dnsUpstreams=[])
+        conf_b = dict(lab.dns_conf(dnsDomain="b.test", dnsUpstreams=[]), name=lab.network + "b",
+                      bridge=unique("cnb"), ipam=lab.ipam("10.251.5.0/24"))
+        a_ns, b_ns = lab.container(), lab.container()
+        lab.add(aliases(conf_a, "flooder"), a_ns, cid="flooder")
+        b = lab.add(aliases(conf_b, "calm"), b_ns, cid="calm")
+        stop = threading.Event()
+
+        def flood():
+            wire = dns.message.make_query("flooder.a.test.", "A").to_wire()
+            sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+            while not stop.is_set():
+                for _ in range(200):
+                    sock.sendto(wire, ("10.251.4.1", 53))
+            sock.close()
+
+        flooder = threading.Thread(target=in_netns, args=(a_ns, flood))
+        flooder.start()
+        try:
+            for _ in range(100):
+                assert resolve(b_ns, "10.251.5.1", "calm.b.test.") == ("NOERROR", [ip_of(b)])
+        finally:
+            stop.set()
+            flooder.join()
+    finally:
+        lab.stop_helper()
