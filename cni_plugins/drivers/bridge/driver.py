@@ -202,7 +202,8 @@ class BridgeDriver(Driver):
 
     def name_server_addresses(self, ctx: Context, network, endpoint: Endpoint) -> list[tuple[str, str]]:
         """The gateway of each family, on the bridge (only when the bridge is the gateway)."""
-        if not self._conf(ctx.request).is_gateway:
+        conf = ctx.plan.conf if isinstance(ctx.plan, AddPlan) else bridge_config.load(ctx.request)
+        if not conf.is_gateway:
             return []
         found = []
         for ip in endpoint.data.get("ips", []):
