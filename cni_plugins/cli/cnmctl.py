@@ -28,6 +28,7 @@ from ..cni.request import ID_PATTERN
 from ..runtime import conf as confmod
 from ..runtime.errors import RunnerError
 from ..runtime.libcni import CNIRunner, RuntimeConf, cache_dir_from_env
+from . import netnsconf
 
 DEFAULT_NETCONFPATH = "/etc/cni/net.d"
 NETNS_DIR = "/run/netns"
@@ -205,6 +206,10 @@ def cmd_run(opts) -> int:
     if os.path.exists(path):
         raise RunnerError(f"{path} already exists: `cnmctl rm {opts.name}` first")
     rt = env_runtime(path, container_id=opts.name)
+    # NAME is the sandbox's name on DNS-enabled networks (kubelet-style IgnoreUnknown: a
+    # delegated plugin that knows no CNM_NAME ignores it).
+    rt.args = [(k, v) for k, v in rt.args if k not in ("CNM_NAME", "IgnoreUnknown")] + [
+        ("IgnoreUnknown", "1"), ("CNM_NAME", opts.name)]
     publish = [parse_publish(p) for p in opts.publish]
     run = runner()
     if opts.network:
@@ -237,6 +242,10 @@ def cmd_run(opts) -> int:
             sys.stderr.write(f"cnmctl: cleanup after failed ADD: {err}\n")
         nsmod.remove_named(path)
         raise
+    try:
+        netnsconf.write(opts.name, result)
+    except OSError as exc:  # the sandbox works; only `ip netns exec` resolves without it
+        sys.stderr.write(f"cnmctl: warning: {netnsconf.path_of(opts.name)} not written: {exc.strerror}\n")
     print_result(result)
     return 0
 
@@ -274,6 +283,7 @@ def cmd_rm(opts) -> int:
     if errors:
         raise RunnerError("; ".join(errors) + f" ({path} kept for a retry)")
     nsmod.remove_named(path)
+    netnsconf.remove(opts.name)
     return 0
 
 
