@@ -192,3 +192,52 @@ def test_delegated_ipam_sees_the_runtime_environment(bundle, tmp_path, netns):
         helper.terminate()
         assert helper.wait(timeout=60) == 0
     assert "stopped after 2 requests" in log.read_text()
+
+
+def test_bundled_helper_serves_names(bundle, tmp_path, netns):
+    """Issue 14 item 5: the bundle's cnmd serves a DNS-enabled network's names (dnspython and
+    the record types it imports by name are in the bundle): A, AAAA, PTR, from a container."""
+    import dns.message
+    import dns.query
+    import dns.reversename
+
+    from conftest import in_netns
+
+    host, ns = netns(), netns()
+    sock = str(tmp_path / "cnmd.sock")
+    log = tmp_path / "cnmd.log"
+    run_dir = str(tmp_path / "run")
+    with open(log, "wb") as logf:
+        helper = subprocess.Popen(["nsenter", f"--net={host}", "--", str(bundle / "cnm-cni" / "cnmd"), "--socket", sock],
+                                  stdout=logf, stderr=logf, env={"PATH": CLEAN_PATH, "CNM_RUN_DIR": run_dir})
+    try:
+        wait_listening(sock, helper, timeout=60, log=log)
+        name = unique("bn")
+        conf = {"cniVersion": "1.0.0", "name": name, "type": "cnm-bridge", "bridge": unique("cnb"),
+                "isGateway": True, "dnsEnabled": True, "dnsDomain": "bundle.test", "dnsUpstreams": [],
+                "runtimeConfig": {"aliases": {name: ["web"]}},
+                "ipam": {"type": "host-local", "dataDir": str(tmp_path / "ipam"),
+                         "ranges": [[{"subnet": "10.251.9.0/24"}], [{"subnet": "fd59::/64"}]]}}
+        env = {"PATH": CLEAN_PATH, "CNI_PATH": f"{bundle / 'cnm-cni'}:/usr/lib/cni", "CNI_CONTAINERID": unique("c"),
+               "CNI_NETNS": ns, "CNI_IFNAME": "eth0", "CNM_STATE_DIR": str(tmp_path / "st"), "CNM_RUN_DIR": run_dir,
+               "CNM_HELPER_SOCKET": sock, "CNI_COMMAND": "ADD"}
+        proc = subprocess.run(["nsenter", f"--net={host}", "--", str(bundle / "cnm-cni" / "cnm-bridge")],
+                              input=json.dumps(conf).encode(), env=env, capture_output=True, timeout=120, cwd="/")
+        assert proc.returncode == 0, (proc.stdout, proc.stderr)
+        ips = {4 if ":" not in ip["address"] else 6: ip["address"].split("/")[0] for ip in json.loads(proc.stdout)["ips"]}
+
+        def ask(qname, rdtype):
+            reply = dns.query.udp(dns.message.make_query(qname, rdtype), "10.251.9.1", timeout=10)
+            return sorted(r.to_text() for rrset in reply.answer for r in rrset)
+
+        assert in_netns(ns, ask, "web.bundle.test.", "A") == [ips[4]]
+        assert in_netns(ns, ask, "web.bundle.test.", "AAAA") == [ips[6]]
+        assert in_netns(ns, ask, dns.reversename.from_address(ips[4]).to_text(), "PTR") == ["web.bundle.test."]
+        proc = subprocess.run(["nsenter", f"--net={host}", "--", str(bundle / "cnm-cni" / "cnm-bridge")],
+                              input=json.dumps(conf).encode(), env=dict(env, CNI_COMMAND="DEL"), capture_output=True,
+                              timeout=120, cwd="/")
+        assert proc.returncode == 0, (proc.stdout, proc.stderr)
+    finally:
+        helper.terminate()
+        assert helper.wait(timeout=60) == 0
+    assert "dns " in log.read_text() and "Error" not in log.read_text()

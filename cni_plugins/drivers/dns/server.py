@@ -18,6 +18,7 @@ import selectors
 import socket
 import struct
 import threading
+import time
 from concurrent.futures import ThreadPoolExecutor
 
 import dns.exception
@@ -35,6 +36,7 @@ FORWARD_WORKERS = 4
 MAX_PENDING = 256  # forwarded queries waiting at once; beyond, SERVFAIL at once
 MAX_TCP = 16  # TCP connections served at once per network
 TCP_IDLE = 5.0  # a TCP client that sends nothing for this long is dropped
+TCP_LIFETIME = 30.0  # and any connection after this long (a slow sender cannot keep its slot)
 MAX_TCP_QUERIES = 100  # per connection
 UDP_BATCH = 64  # datagrams read per wake before TCP accepts get their turn
 HOUSEKEEPING_S = 5.0  # how often an idle server asks whether its network still has endpoints
@@ -214,11 +216,12 @@ class NetworkServer:
         try:
             conn.setblocking(True)
             conn.settimeout(TCP_IDLE)
+            deadline = time.monotonic() + TCP_LIFETIME
             for _ in range(MAX_TCP_QUERIES):
-                head = _recv_exact(conn, 2)
+                head = _recv_exact(conn, 2, deadline)
                 if head is None:
                     return
-                wire = _recv_exact(conn, struct.unpack("!H", head)[0])
+                wire = _recv_exact(conn, struct.unpack("!H", head)[0], deadline)
                 if wire is None:
                     return
                 records = self._records()
@@ -280,9 +283,11 @@ def _sendto(sock: socket.socket, wire: bytes, peer) -> None:
         pass  # the client is gone, or its buffer full: it asks again
 
 
-def _recv_exact(conn: socket.socket, size: int) -> bytes | None:
+def _recv_exact(conn: socket.socket, size: int, deadline: float) -> bytes | None:
     chunks, got = [], 0
     while got < size:
+        if time.monotonic() > deadline:
+            return None
         chunk = conn.recv(min(size - got, 65536))
         if not chunk:
             return None
