@@ -8,6 +8,7 @@ import os
 import socket
 import subprocess
 import threading
+import time
 
 import dns.flags
 import dns.message
@@ -35,6 +36,12 @@ class DnsLab(Lab):
         self.helper = subprocess.Popen(["nsenter", f"--net={self.host}", "--", os.path.join(BIN, "cnmd"),
                                         "--socket", self.sock], env=self.env, stdout=self.log, stderr=self.log)
         wait_listening(self.sock, self.helper, log=str(self.tmp / "cnmd.log"))
+        # Its socket takes connections a moment before its SIGTERM handler is in place: a test
+        # that stops it at once must wait for that too (its log line says so).
+        ready = f"cnmd[{self.helper.pid}]: serving on"
+        while ready not in (self.tmp / "cnmd.log").read_text():
+            assert self.helper.poll() is None, (self.tmp / "cnmd.log").read_text()
+            time.sleep(0.02)
 
     def stop_helper(self) -> None:
         if self.helper is not None:
