@@ -454,6 +454,7 @@ def check_overlay(state_dir: str) -> Iterator[Finding]:
     for severity, network, message, fix in found:
         yield Finding("overlay", severity, f"{network}: {message}", fix)
 
+
 def check_names(state_dir: str) -> Iterator[Finding]:
     """A DNS-enabled network whose name server is not running (cli/dnsdoctor.py)."""
     from .dnsdoctor import problems
