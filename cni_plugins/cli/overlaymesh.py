@@ -132,33 +132,44 @@ class NetworkAgent:
             watch.close()
 
     def _apply(self, settings: dict, layout, events) -> None:
+        """Each change on its own: one node's three entries added, replaced or removed (the
+        cost of an event does not grow with the number of nodes)."""
         from ..drivers.overlay import mesh, state
         from ..linux import links, vxlan
 
         own = (state.read(self.state_dir, self.network) or {})
         own_key = layout.key(ipaddress.ip_network(own["subnet"])) if own.get("subnet") else None
+
+        def peer(record):
+            if record is None or record.node == own.get("node") or str(record.subnet) == own.get("subnet") \
+                    or record.vtep_ip == own.get("vtepIP"):
+                return None
+            return vxlan.Peer(str(record.subnet), record.vtep_ip, record.vtep_mac)
+
+        changes = []  # (old peer, new peer)
         for event in events:
+            old = self._records.pop(event.kv.key, None)
+            new = None
             if event.kind == "DELETE":
-                self._records.pop(event.kv.key, None)
                 if event.kv.key == own_key:  # our own lease went (expired, deleted): claim again
                     self._reconverge.set()
-                continue
-            record, why = layout.parse(event.kv)
-            if record is None:
-                self.log(f"overlay {self.network}: ignored record "
-                         f"{event.kv.key[:200].decode('utf-8', errors='replace')}: {why}")
-                self._records.pop(event.kv.key, None)
-                continue
-            self._records[event.kv.key] = record
-            if event.kv.key == own_key and record.node != own.get("node"):
-                self.log(f"overlay {self.network}: subnet {record.subnet} is now held by node {record.node!r}")
-                self._reconverge.set()
+            else:
+                new, why = layout.parse(event.kv)
+                if new is None:
+                    self.log(f"overlay {self.network}: ignored record "
+                             f"{event.kv.key[:200].decode('utf-8', errors='replace')}: {why}")
+                else:
+                    self._records[event.kv.key] = new
+                    if event.kv.key == own_key and new.node != own.get("node"):
+                        self.log(f"overlay {self.network}: subnet {new.subnet} is now held by node {new.node!r}")
+                        self._reconverge.set()
+            if peer(old) != peer(new):
+                changes.append((peer(old), peer(new)))
         if self._reconverge.is_set():
             self._close_watch()
             return
-        node = own.get("node")
-        peers = [vxlan.Peer(str(r.subnet), r.vtep_ip, r.vtep_mac) for r in self._records.values()
-                 if r.node != node and str(r.subnet) != own.get("subnet") and r.vtep_ip != own.get("vtepIP")]
+        if not changes:
+            return
         _, vx_name = mesh.device_names(self.network)
         with self.lock, links.rtnl() as ipr:
             index = links.link_index(ipr, vx_name)
@@ -166,9 +177,13 @@ class NetworkAgent:
                 self._reconverge.set()
                 self._close_watch()
                 return
-            changed, removed = vxlan.sync(ipr, index, peers)
-        if changed or removed:
-            self.log(f"overlay {self.network}: mesh updated ({changed} added or changed, {removed} removed)")
+            for old, new in changes:
+                if old is not None:
+                    vxlan.remove_peer(ipr, index, old)
+                if new is not None:
+                    vxlan.add_peer(ipr, index, new)
+        added = sum(new is not None for _, new in changes)
+        self.log(f"overlay {self.network}: mesh updated ({added} added or changed, {len(changes) - added} removed)")
 
     # ---- keeper -------------------------------------------------------------------------
     def _keep_loop(self) -> None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import ipaddress
 import json
+import os
 
 import pytest
 
@@ -136,3 +137,33 @@ def test_ipmasq_spares_the_cluster_subnet(world):
     state.write(a.env["CNM_STATE_DIR"], world.network, data)
     pa2 = a.add_pod(ipMasq=True)
     assert tcp_source(pb[0], pb[2], pa2[0]) == pa2[2]
+
+
+def test_del_of_every_pod_leaves_nothing_but_the_lease_and_device(world):
+    """DEL of every pod: no veth, IPAM lease file or nft element left; the VXLAN device, the
+    bridge and the node's lease stay (the node keeps its subnet)."""
+    n = world.add_node()
+    caps = {"capabilities": {"portMappings": True},
+            "runtimeConfig": {"portMappings": [{"hostPort": 18080, "containerPort": 80, "protocol": "tcp"}]}}
+    pods = [n.add_pod(ipMasq=True, **caps), n.add_pod(ipMasq=True)]
+    from cni_plugins.drivers.overlay import state
+    from cni_plugins.drivers.overlay.mesh import device_names
+
+    ipam = state.ipam_dir(n.env["CNM_STATE_DIR"])
+    leases = lambda: [f for _, _, files in os.walk(ipam) for f in files  # noqa: E731
+                      if f != "lock" and not f.startswith("last_reserved_ip")]
+    nft = lambda: sh("nft", "-j", "list", "ruleset", ns=n.host).stdout  # noqa: E731
+    assert len(leases()) == 2 and "18080" in nft()
+    for pod in list(pods):
+        n.del_pod(pod, ipMasq=True, **(caps if pod is pods[0] else {}))
+    links = {l["ifname"]: l for l in json.loads(sh("ip", "-d", "-j", "link", "show", ns=n.host).stdout)}
+    assert [k for k, l in links.items() if l.get("linkinfo", {}).get("info_kind") == "veth" and k != "eth0"] == []
+    assert leases() == []
+    ruleset = json.loads(nft())["nftables"]
+    elements = [item["set"]["name"] for item in ruleset if "set" in item and item["set"].get("elem")]
+    assert elements == [], elements
+    bridge, vx = device_names(world.network)
+    assert bridge in links and vx in links
+    assert n.state() is not None
+    kvs, _ = world.cluster.client().list_prefix(f"{world.prefix}/overlay/{world.network}/subnets/".encode())
+    assert len(kvs) == 1
