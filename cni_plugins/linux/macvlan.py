@@ -1,5 +1,5 @@
-"""macvlan links: create one on a master, move it into a sandbox, read one back, delete one
-that carries our owner tag."""
+"""macvlan links: create one on a master (in a sandbox's netns), rename and tag it, read one
+back, delete one that carries our owner tag."""
 
 from __future__ import annotations
 
@@ -20,26 +20,26 @@ class NameTaken(MacvlanError):
     """The name is taken where the link was to be created or renamed (EEXIST)."""
 
 
-def create(ipr, name: str, master_index: int, mode: str, mtu: int = 0, mac: str = "", bc_queue_len: int = 0) -> int:
-    """Create macvlan `name` (down) on link `master_index` of ipr's netns; return its index."""
-    from .links import ioctl_index
-
+def create(ipr, name: str, master_index: int, mode: str, netns_fd: int | None = None, mtu: int = 0, mac: str = "",
+           bc_queue_len: int = 0) -> None:
+    """Create macvlan `name` (down) on link `master_index` of ipr's netns, in `netns_fd`
+    (default: ipr's)."""
     try:
-        ipr.add_macvlan(name, master_index, MODES[mode], mtu=mtu, address=mac or None, bc_queue_len=bc_queue_len)
+        ipr.add_macvlan(name, master_index, MODES[mode], netns_fd=netns_fd, mtu=mtu, address=mac or None,
+                        bc_queue_len=bc_queue_len)
     except NetlinkError as exc:
         if exc.code == errno.EEXIST:
             raise NameTaken(f"a link named {name} exists") from None
         raise
-    return ioctl_index(ipr, name)
 
 
-def move(ipr, index: int, netns_fd: int | None, ifname: str, owner: str) -> None:
-    """Link `index` into `netns_fd` (None: rename in place) as `ifname`, tagged `owner`."""
+def rename(ipr, index: int, ifname: str, owner: str) -> None:
+    """Link `index` renamed `ifname` and tagged `owner` (its alias), in one request."""
     try:
-        ipr.move_link(index, netns_fd, ifname, alias=owner)
+        ipr.move_link(index, None, ifname, alias=owner)
     except NetlinkError as exc:
         if exc.code == errno.EEXIST:
-            raise NameTaken(f"{ifname} exists in the container's network namespace") from None
+            raise NameTaken(f"{ifname} exists") from None
         raise
 
 

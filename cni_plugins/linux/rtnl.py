@@ -139,13 +139,16 @@ class Rtnl:
         msg["attrs"].append(("IFLA_LINKINFO", {"attrs": info}))
         self._request(msg, RTM_NEWLINK, CREATE)
 
-    def add_macvlan(self, ifname: str, master: int, mode: int, *, mtu: int = 0, address: str | None = None,
-                    bc_queue_len: int = 0) -> None:
-        """Create macvlan `ifname` on link `master` (this netns), down, in macvlan `mode`
-        (MACVLAN_MODE_*); `mtu` 0 and `bc_queue_len` 0: the kernel's (the master's MTU, its
-        default broadcast queue). Exclusive (EEXIST when the name is taken)."""
+    def add_macvlan(self, ifname: str, master: int, mode: int, *, netns_fd: int | None = None, mtu: int = 0,
+                    address: str | None = None, bc_queue_len: int = 0) -> None:
+        """Create macvlan `ifname` on link `master` (of this netns), down, in macvlan `mode`
+        (MACVLAN_MODE_*), in netns `netns_fd` (default: here; the name is then checked there);
+        `mtu` 0 and `bc_queue_len` 0: the kernel's (the master's MTU, its default broadcast
+        queue). Exclusive (EEXIST when the name is taken)."""
         msg = _newmacvlanmsg()
         attrs = [("IFLA_IFNAME", ifname), ("IFLA_LINK", master)]
+        if netns_fd is not None:
+            attrs.append(("IFLA_NET_NS_FD", netns_fd))
         if mtu:
             attrs.append(("IFLA_MTU", mtu))
         if address:
@@ -160,7 +163,8 @@ class Rtnl:
     def move_link(self, index: int, netns_fd: int | None, ifname: str, *, alias: str | None = None) -> None:
         """One RTM_NEWLINK on link `index`: into netns `netns_fd` (None: stays here), renamed
         `ifname` there, tagged with `alias` (the kernel moves, then renames, then sets the alias;
-        EEXIST when `ifname` is taken there, and then nothing changed)."""
+        a name taken there fails the rename, after the move). A move between netns costs the
+        kernel RCU grace periods (~15 ms): create links where they belong instead."""
         msg = _movelinkmsg()
         msg["index"] = index
         msg["attrs"] = [("IFLA_IFNAME", ifname)]
@@ -318,6 +322,7 @@ class _newmacvlanmsg(nlmsg):
         (IFLA_MTU, "IFLA_MTU", "uint32"),
         (IFLA_LINK, "IFLA_LINK", "uint32"),
         (IFLA_LINKINFO, "IFLA_LINKINFO", "linkinfo"),
+        (IFLA_NET_NS_FD, "IFLA_NET_NS_FD", "uint32"),
     )
 
     class linkinfo(nla):

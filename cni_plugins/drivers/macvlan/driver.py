@@ -1,11 +1,11 @@
-"""The macvlan driver: endpoint = a macvlan of the master, moved into the sandbox.
+"""The macvlan driver: endpoint = a macvlan of the master, in the sandbox's netns.
 
-ADD: create_endpoint reserves addresses (IPAM); join creates the macvlan where its master
-is, named from the endpoint id, then moves it into the container, renamed and tagged with
-its owner, in one request (a crash before the move leaves a link a sweep can prove ours),
-then addresses, up (arp_notify: a gratuitous ARP), routes. DEL removes what carries the
-owner tag and releases the lease from the recorded IPAM call; with the netns or the master
-gone the kernel has removed the macvlan already.
+ADD: create_endpoint reserves addresses (IPAM); join creates the macvlan on its master right
+in the container's netns, named from the endpoint id, then renames it to CNI_IFNAME and tags
+it with its owner in one request (a crash in between leaves a link named as this endpoint's),
+then addresses, up (arp_notify: a gratuitous ARP), routes. DEL removes what is named or
+tagged as the endpoint's and releases the lease from the recorded IPAM call; with the netns
+or the master gone the kernel has removed the macvlan already.
 """
 
 from __future__ import annotations
@@ -23,8 +23,9 @@ FAULT_ENV = "CNM_FAULT"  # tests only: see cni_plugins/faults.py
 
 
 def _fault(env, command: str, step: str) -> None:
-    """The shared step names: ipam (leased), veth (our link made), addresses (moved into the
-    container), nft (configured); on DEL veth (links removed), nft, ipam (released)."""
+    """The shared step names: ipam (leased), veth (the link made, named from the endpoint id),
+    addresses (renamed and tagged), nft (configured); on DEL veth (links removed), nft, ipam
+    (released)."""
     if FAULT_ENV in env:
         from ...faults import crash_point
 
@@ -106,13 +107,11 @@ class MacvlanDriver(Driver):
                         data["master"] = default_master(where)
                     master = usable_master(where, data["master"], place, conf.mtu)
                 with kernel_errors(f"create the macvlan on {data['master']!r}"):
-                    index = self._create(where, ctx, endpoint, master["index"], conf, create_error)
+                    self._create(where, cipr, ctx, endpoint, master["index"], conf, create_error)
                 _fault(ctx.env, "add", "veth")
-                with kernel_errors(f"move the macvlan into {request.netns} as {request.ifname}"):
+                with kernel_errors(f"name the macvlan {request.ifname} in {request.netns}"):
                     try:
-                        if _exists(cipr, request.ifname):  # (the kernel would move it, then refuse the name)
-                            raise macvlan.NameTaken(request.ifname)
-                        macvlan.move(where, index, None if in_container else ctx.netns_fd, request.ifname, owner)
+                        macvlan.rename(cipr, links.ioctl_index(cipr, data["link"]), request.ifname, owner)
                     except macvlan.NameTaken:
                         from ...cni.errors import CONFLICT
 
@@ -124,7 +123,7 @@ class MacvlanDriver(Driver):
                 _fault(ctx.env, "add", "nft")
         except BaseException:
             try:
-                remove_links(endpoint.id, owner, request.ifname, ctx.netns_fd, in_container, True)
+                remove_links(endpoint.id, owner, request.ifname, ctx.netns_fd, True)
             except Exception:
                 pass
             raise
@@ -134,28 +133,29 @@ class MacvlanDriver(Driver):
         return Result(interfaces=[Interface(name=request.ifname, mac=mac, sandbox=request.netns)],
                       ips=ips, routes=routes, dns=dns)
 
-    def _create(self, ipr, ctx, endpoint, master_index: int, conf, create_error) -> int:
-        """The macvlan, down, named from the endpoint id; a link of that name left by an ADD of
-        this endpoint that died (tagged as its own, or untagged) is replaced, another's is a
-        conflict."""
+    def _create(self, ipr, cipr, ctx, endpoint, master_index: int, conf, create_error) -> None:
+        """The macvlan, down, made by `ipr` (the master's netns) right in the container's
+        netns (a move between netns would cost the kernel ~15 ms), named from the endpoint id
+        until it is tagged. A link of that name left there by an ADD of this endpoint that died
+        is replaced; another's is a conflict."""
         from pyroute2.netlink.exceptions import NetlinkError
 
         from ...cni.errors import CONFLICT
         from ...linux import macvlan
 
         name, data = endpoint.data["link"], endpoint.data
+        netns_fd = None if ipr is cipr else ctx.netns_fd
         for attempt in (1, 2):
             try:
-                return macvlan.create(ipr, name, master_index, data["mode"], conf.mtu, data.get("mac", ""),
+                return macvlan.create(ipr, name, master_index, data["mode"], netns_fd, conf.mtu, data.get("mac", ""),
                                       conf.bcqueuelen)
             except macvlan.NameTaken:
-                if attempt == 2 or not macvlan.delete_if_ours(ipr, name, ctx.owner(endpoint), True):
+                if attempt == 2 or not macvlan.delete_if_ours(cipr, name, ctx.owner(endpoint), True):
                     raise CNIError(CONFLICT, f"link name {name} is taken",
-                                   f"{name} is not tagged as endpoint {ctx.owner(endpoint)}'s: is this network, "
-                                   f"container and ifname attached through another CNM store (stateDir)?") from None
+                                   f"{name} in {ctx.request.netns} is not tagged as endpoint {ctx.owner(endpoint)}'s"
+                                   ) from None
             except NetlinkError as exc:
                 raise create_error(exc, data["master"], data["mode"]) from None
-        raise AssertionError("unreachable")
 
     def _configure(self, cipr, ctx, ips: list[IPConfig], routes: list[Route]) -> None:
         """Addresses first, then up with arp_notify: the kernel announces the address (a
@@ -179,8 +179,7 @@ class MacvlanDriver(Driver):
     # ---- DEL ------------------------------------------------------------------------------
     def leave(self, ctx: Context, network, endpoint: Endpoint, sandbox) -> None:
         with kernel_errors("delete the macvlan"):
-            remove_links(endpoint.id, ctx.owner(endpoint), endpoint.ifname, ctx.netns_fd,
-                         bool(endpoint.data.get("in_container")), True)
+            remove_links(endpoint.id, ctx.owner(endpoint), endpoint.ifname, ctx.netns_fd, True)
         _fault(ctx.env, "del", "veth")
 
     def delete_endpoint(self, ctx: Context, network, endpoint: Endpoint) -> None:
@@ -191,12 +190,11 @@ class MacvlanDriver(Driver):
         _fault(ctx.env, "del", "ipam")
 
     def delete_unrecorded(self, ctx: Context, endpoint_id: str) -> None:
-        """DEL with no record: remove what is tagged as this attachment's (the not-yet-moved
-        link is named from its id), and ask the IPAM to release the attachment."""
+        """DEL with no record: remove what is named (not yet tagged) or tagged as this
+        attachment's, and ask the IPAM to release the attachment."""
         conf = mv_config.load(ctx.request)
         with kernel_errors("delete the macvlan"):
-            remove_links(endpoint_id, ctx.owner_of(endpoint_id), ctx.request.ifname, ctx.netns_fd,
-                         conf.linkInContainer, True)
+            remove_links(endpoint_id, ctx.owner_of(endpoint_id), ctx.request.ifname, ctx.netns_fd, True)
         if conf.ipam_type:
             ipam.delegate("DEL", ctx.request, conf.ipam_type)
 
@@ -276,16 +274,6 @@ def master_problem(ipr, name: str) -> str | None:
     if not links.is_up(link):
         return f"master interface {name!r} is down"
     return None
-
-
-def _exists(ipr, name: str) -> bool:
-    from ...linux import links
-
-    try:
-        links.ioctl_index(ipr, name)
-    except OSError:
-        return False
-    return True
 
 
 def _release_quietly(ctx: Context, endpoint: Endpoint) -> None:

@@ -7,7 +7,7 @@ import errno
 
 from ...cni.errors import CONFLICT, INVALID_CONFIG, PLUGIN_FAILURE, CNIError
 
-LINK_PREFIX = "cmv"  # + 12 hex digits of the endpoint id: the link's name before it is moved
+LINK_PREFIX = "cmv"  # + 12 hex digits of the endpoint id: the link's name until it is tagged
 
 
 def link_name(endpoint_id: str) -> str:
@@ -111,22 +111,16 @@ def create_error(exc, master: str, mode: str) -> CNIError:
     return CNIError(PLUGIN_FAILURE, "failed to create the macvlan", reason)
 
 
-def remove_links(endpoint_id: str, owner: str, ifname: str, netns_fd: int | None, in_container: bool,
-                 untagged_too: bool) -> None:
-    """Every link an endpoint may have left: its link named from its id where it was made, or in
-    the container (a move whose rename failed: the kernel moves first), and the container's
-    interface when it carries this endpoint's owner tag. The netns gone: the kernel removed
-    what was in it."""
+def remove_links(endpoint_id: str, owner: str, ifname: str, netns_fd: int | None, untagged_too: bool) -> None:
+    """Every link an endpoint may have left in its container: the macvlan named from its id
+    (an ADD that died before naming it) and the interface that carries its owner tag. The
+    netns gone: the kernel removed what was in it."""
     from ...linux import links, macvlan
 
-    name = link_name(endpoint_id)
-    if not in_container:
-        with links.rtnl() as ipr:
-            macvlan.delete_if_ours(ipr, name, owner, untagged_too)
     if netns_fd is None:
         return
     with links.rtnl(netns_fd) as cipr:
-        macvlan.delete_if_ours(cipr, name, owner, untagged_too)
+        macvlan.delete_if_ours(cipr, link_name(endpoint_id), owner, untagged_too)
         if ifname:
             macvlan.delete_if_ours(cipr, ifname, owner, False)
 

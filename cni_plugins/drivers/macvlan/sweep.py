@@ -1,7 +1,8 @@
-"""What a sweep finds of the macvlan driver's kind (Driver.orphans): macvlans in this
-network namespace named from an endpoint id (made by an ADD that died before moving them
-into the container) that no endpoint record of the store owns. Only those tagged with this
-store are removable; a moved macvlan lives and dies with its container's netns."""
+"""What a sweep finds of the macvlan driver's kind (Driver.orphans): macvlans in this network
+namespace named from an endpoint id that no endpoint record of the store owns. The driver
+makes its macvlans right in the container's netns, where they live and die with it; one in
+the node's netns was put there by hand or by an earlier build that created them there first.
+Only those tagged with this store are removable."""
 
 from __future__ import annotations
 
