@@ -3,7 +3,7 @@
 #   packaging/build.sh [OUTDIR]          (default: dist/ in the checkout)
 # Produces OUTDIR/cnm-cni-VERSION-ARCH/ and OUTDIR/cnm-cni-VERSION-ARCH.tar.gz holding
 #   cnm-cni/cnm            the one multi-call executable (PyInstaller one-dir, _internal/ beside it)
-#   cnm-cni/<type>         links to it: cnm-bridge cnm-host cnm-none cnm-container cnm-macvlan cnm-ipam loopback cnmd cnmctl
+#   cnm-cni/<type>         links to it: cnm-bridge cnm-host cnm-none cnm-container cnm-macvlan cnm-overlay cnm-ipam loopback cnmd cnmctl
 #   install.sh uninstall.sh common.sh conf/ (example conflists, systemd units)
 # Install with: OUTDIR/cnm-cni-VERSION-ARCH/install.sh [--prefix /opt/cni/bin] [--conflist FILE] [--systemd]
 set -euo pipefail
@@ -33,7 +33,7 @@ REL="$OUT/$NAME"
 rm -rf "$REL" "$REL.tar.gz"
 mkdir -p "$REL/conf"
 mv "$WORK/dist/cnm-cni" "$REL/cnm-cni"
-for link in cnm-bridge cnm-host cnm-none cnm-container cnm-macvlan cnm-ipam loopback cnmd cnmctl; do
+for link in cnm-bridge cnm-host cnm-none cnm-container cnm-macvlan cnm-overlay cnm-ipam loopback cnmd cnmctl; do
   ln -s cnm "$REL/cnm-cni/$link"
 done
 cp "$ROOT/packaging/install.sh" "$ROOT/packaging/uninstall.sh" "$ROOT/packaging/common.sh" "$REL/"

@@ -40,7 +40,7 @@ SYSTEMD=0
 SYSTEMD_GIVEN=0
 ENABLE=1
 FORCE=0
-PLUGINS="cnm-bridge cnm-host cnm-none cnm-container cnm-macvlan cnm-ipam"
+PLUGINS="cnm-bridge cnm-host cnm-none cnm-container cnm-macvlan cnm-overlay cnm-ipam"
 DRAIN_TIMEOUT=340  # as cnmd.service's TimeoutStopSec: the longest command a helper may finish
 
 die() { echo "install.sh: $*" >&2; exit 1; }
@@ -237,7 +237,7 @@ cp -a "$HERE/cnm-cni" "$VERSIONS/.staging.$NAME"
 mv -T "$VERSIONS/.staging.$NAME" "$VERSIONS/$NAME"
 # The copy in place runs as a runtime will run it (the prefix may be mounted noexec, the copy
 # short of space): every plugin answers VERSION, the helper its build, before `current` names it.
-for p in cnm-bridge cnm-host cnm-none cnm-container cnm-macvlan cnm-ipam loopback; do
+for p in cnm-bridge cnm-host cnm-none cnm-container cnm-macvlan cnm-overlay cnm-ipam loopback; do
   said=$(printf '{"cniVersion":"1.0.0"}' | env -i PATH=/usr/sbin:/usr/bin:/sbin:/bin CNI_COMMAND=VERSION \
          "$VERSIONS/$NAME/$p" 2>&1) || die "the bundle copied to $VERSIONS/$NAME does not run there ($p VERSION: $said); nothing changed"
   case "$said" in *supportedVersions*) ;; *) die "$VERSIONS/$NAME/$p VERSION answered: $said; nothing changed" ;; esac

@@ -8,6 +8,7 @@ lists are run at 1.0.0 here (the shipped ones also offer 1.1.0 through `cniVersi
 from __future__ import annotations
 
 import base64
+import contextlib
 import json
 import os
 
@@ -77,8 +78,32 @@ def test_shipped_conflist_add_check_del(world, relpath):
     missing = sorted(t for t in plugin_types(shipped) if not available(t))
     assert not missing, f"{relpath} needs plugins that do not exist: {missing}"
     master = world.node.add_uplink() if "cnm-macvlan" in plugin_types(shipped) else None
-    exercise(world, adapt(shipped, unique("cnmtool", 30), unique("cnt"), world.node.data_dir, version="1.0.0",
-                          master=master))
+    conflist = adapt(shipped, unique("cnmtool", 30), unique("cnt"), world.node.data_dir, version="1.0.0",
+                     master=master)
+    if "cnm-overlay" in plugin_types(shipped):
+        with overlay_store(world, conflist):
+            exercise(world, conflist)
+        return
+    exercise(world, conflist)
+
+
+@contextlib.contextmanager
+def overlay_store(world: World, conflist: dict):
+    """A cnm-overlay list made runnable on the test's node: a throwaway etcd (unix socket) as
+    its store, an uplink with an address as its underlay, a node name of its own."""
+    from tests.etcd_support import Cluster
+
+    uplink = world.node.add_uplink()
+    sh("ip", "addr", "add", "192.0.2.10/24", "dev", uplink, ns=world.host)
+    cluster = Cluster(1).start()
+    try:
+        for plugin in conflist["plugins"]:
+            if plugin.get("type") == "cnm-overlay":
+                plugin.update(store={"endpoints": cluster.endpoints, "prefix": f"/{unique('cnmt')}"},
+                              underlayInterface=uplink, nodeName=unique("node"))
+        yield
+    finally:
+        cluster.stop()
 
 
 PLUGIN_LISTS = {
@@ -86,6 +111,7 @@ PLUGIN_LISTS = {
     "cnm-host": [{"type": "cnm-host"}],
     "cnm-container": [{"type": "cnm-container"}],
     "cnm-bridge": None,  # bridge_conflist()
+    "cnm-overlay": [{"type": "cnm-overlay", "subnet": "10.62.0.0/16"}],  # (its store: overlay_store())
     "cnm-macvlan": [{"type": "cnm-macvlan", "master": "<uplink>",
                      "ipam": {"type": "cnm-ipam", "ranges": [[{"subnet": "10.61.10.0/24"}]]}}],
 }
@@ -101,6 +127,10 @@ def test_every_plugin_type_add_check_del(world, ptype):
         conflist = {"cniVersion": "1.0.0", "name": name, "plugins": PLUGIN_LISTS[ptype]}
         conflist = adapt(conflist, name, bridge, world.node.data_dir,
                          master=world.node.add_uplink() if ptype == "cnm-macvlan" else None)
+    if ptype == "cnm-overlay":
+        with overlay_store(world, conflist):
+            exercise(world, conflist)
+        return
     exercise(world, conflist)
 
 
