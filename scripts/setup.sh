@@ -8,7 +8,9 @@ ROOT=$(cd "$(dirname "$0")/.." && pwd)
 # libpython3.11: PyInstaller bundles it (packaging/build.sh); systemd-socket-activate (systemd): the
 # bundle test's socket activation; time (GNU time): bench/ measures a plugin exec's peak RSS with it.
 # etcd-server: the overlay's tests run throwaway etcd clusters (tests/etcd_support.py); openssl: their TLS certs.
-APT_PACKAGES=(python3 python3-venv iproute2 nftables conntrack iputils-ping containernetworking-plugins kmod containerd runc busybox-static libpython3.11 systemd time etcd-server openssl)
+# golang-github-containernetworking-plugin-dnsname (with dnsmasq) and aardvark-dns: the name servers
+# bench/names.py measures ours against.
+APT_PACKAGES=(python3 python3-venv iproute2 nftables conntrack iputils-ping containernetworking-plugins kmod containerd runc busybox-static libpython3.11 systemd time etcd-server openssl golang-github-containernetworking-plugin-dnsname aardvark-dns)
 
 . "$ROOT/scripts/apt-install.sh"
 apt_install "${APT_PACKAGES[@]}"
