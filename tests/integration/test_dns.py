@@ -11,6 +11,7 @@ import os
 import socket
 import subprocess
 import threading
+import time
 from concurrent.futures import ThreadPoolExecutor
 
 import dns.flags
@@ -344,3 +345,23 @@ def test_one_networks_flood_does_not_starve_another(netns, cnm_env, tmp_path):
             flooder.join()
     finally:
         lab.stop_helper()
+
+
+def test_server_lets_go_once_its_network_has_no_endpoint(lab):
+    """Issue 14 item 3: a network whose last endpoint went has its server stopped (its sockets
+    closed: nothing keeps listening, nor holds the namespace) within its housekeeping period;
+    the next ADD starts it again and answers at once."""
+    from cni_plugins.linux import procnet
+
+    conf = lab.dns_conf(dnsUpstreams=[])
+    ns = lab.container()
+    lab.add(aliases(conf, "lonely"), ns, cid="lonely")
+    gw = lab.gateway()
+    assert gw in in_netns(lab.host, procnet.udp_listeners, 53)
+    assert lab.run("DEL", aliases(conf, "lonely"), ns, cid="lonely").rc == 0
+    deadline = time.monotonic() + 60
+    while gw in in_netns(lab.host, procnet.udp_listeners, 53):
+        assert time.monotonic() < deadline, "the server still listens a minute after its last endpoint went"
+        time.sleep(0.5)
+    again = lab.add(aliases(conf, "again"), ns, cid="again")
+    assert resolve(ns, gw, f"again.{lab.network.lower()}.cnm.") == ("NOERROR", [ip_of(again)])

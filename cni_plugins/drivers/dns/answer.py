@@ -24,7 +24,47 @@ import dns.rrset
 
 TTL = 0  # a name is gone the moment its DEL returns: no resolver may keep it
 UDP_DEFAULT = 512
+# The largest UDP answer, whatever EDNS size a client claims: a spoofed query cannot turn into
+# a large answer toward someone else (the size DNS flag day 2020 settled on).
+UDP_MAX = 1232
 REVERSE_ZONES = (dns.name.from_text("in-addr.arpa."), dns.name.from_text("ip6.arpa."))
+
+
+class AnswerCache:
+    """The UDP answers to the queries seen since the records last changed, by the query's bytes
+    but its id: a repeated query is answered with the same bytes (its id put back) and no
+    parsing. Only answers that are the same every time are kept (no name with several
+    addresses: those are shuffled per answer). Used by one thread (the network's UDP loop)."""
+
+    MAX = 4096
+
+    def __init__(self):
+        self._records = None
+        self._answers: dict[bytes, bytes] = {}
+
+    def get(self, records, wire: bytes) -> bytes | None:
+        if records is not self._records or len(wire) < 12:
+            return None
+        body = self._answers.get(wire[2:])
+        return wire[:2] + body if body is not None else None
+
+    def put(self, records, wire: bytes, reply) -> None:
+        if not isinstance(reply, bytes) or len(wire) < 12 or not _cacheable(records, reply):
+            return
+        if records is not self._records:
+            self._records, self._answers = records, {}
+        if len(self._answers) >= self.MAX:
+            self._answers.clear()
+        self._answers[wire[2:]] = reply[2:]
+
+
+def _cacheable(records, reply: bytes) -> bool:
+    """An answer with no name of several addresses (what dnspython built is read back once)."""
+    try:
+        message = dns.message.from_wire(reply)
+    except Exception:  # noqa: BLE001 -- FORMERR and the like: never cached
+        return False
+    return message.rcode() != dns.rcode.FORMERR and all(len(rrset) == 1 for rrset in message.answer)
 
 
 class Forward:
@@ -37,7 +77,7 @@ class Forward:
 
 
 def udp_limit(query: dns.message.Message) -> int:
-    return max(UDP_DEFAULT, min(query.payload, 65535)) if query.edns >= 0 else UDP_DEFAULT
+    return max(UDP_DEFAULT, min(query.payload, UDP_MAX)) if query.edns >= 0 else UDP_DEFAULT
 
 
 def to_wire(response: dns.message.Message, limit: int) -> bytes:

@@ -89,6 +89,7 @@ class NetworkServer:
             self._close_sockets()
             self.zone.close()
             raise
+        self._cache = answer.AnswerCache()
         self._stop = threading.Event()
         self._wake_r, self._wake_w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
         self._tcp_slots = threading.BoundedSemaphore(MAX_TCP)
@@ -166,8 +167,8 @@ class NetworkServer:
         if self._on_idle is None:
             return
         try:
-            empty = self.zone.current().empty
-        except Exception:  # noqa: BLE001 -- the store gone (its directory removed)
+            empty = self.zone.gone() or self.zone.current().empty
+        except Exception:  # noqa: BLE001 -- the store cannot be read any more
             empty = True
         if empty:
             self._on_idle(self)
@@ -191,7 +192,10 @@ class NetworkServer:
             if records is None:
                 reply = answer.servfail(wire)
             else:
-                reply = answer.respond(records, wire, limit=answer.UDP_DEFAULT)
+                reply = self._cache.get(records, wire)
+                if reply is None:
+                    reply = answer.respond(records, wire, limit=answer.UDP_DEFAULT)
+                    self._cache.put(records, wire, reply)
             if isinstance(reply, answer.Forward):
                 self._forward(reply.query, records, lambda wire, s=sock, p=peer: _sendto(s, wire, p),
                               answer.udp_limit(reply.query))

@@ -59,7 +59,7 @@ class NameService:
             if self._servers.get(server.key) is not server:
                 return
             try:
-                empty = server.zone.current().empty  # read again if anything committed since
+                empty = server.zone.gone() or server.zone.current().empty  # re-read if anything committed
             except Exception:  # noqa: BLE001 -- the store is gone
                 empty = True
             if not empty:

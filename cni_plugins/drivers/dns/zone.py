@@ -10,6 +10,7 @@ and nothing needs to tell the server (a notification could be lost; the store ca
 from __future__ import annotations
 
 import ipaddress
+import os
 import threading
 from dataclasses import dataclass, field
 
@@ -76,6 +77,10 @@ class Zone:
                     self._records = read(tx, self.network)
                 self._version = version
             return self._records
+
+    def gone(self) -> bool:
+        """The store was removed (its server would otherwise answer from the open file forever)."""
+        return not os.path.exists(self._reader.path)
 
     def close(self) -> None:
         with self._lock:
