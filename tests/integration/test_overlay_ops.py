@@ -72,3 +72,28 @@ def test_doctor_finds_a_missing_route_and_an_unreachable_store(world):
     sh("ip", "link", "del", vx, ns=a.host)
     doctor = cnmctl(a, "doctor")
     assert f"VXLAN device {vx} is missing" in doctor.stdout, doctor.stdout
+
+
+def test_gc_removes_the_device_of_a_network_the_node_left(world):
+    """`cnmctl gc` removes this store's VXLAN device (and with it the mesh) of an overlay network
+    whose lease file is gone; a device tagged with another store stays (listed as foreign)."""
+    from cni_plugins.drivers.overlay.mesh import device_names
+
+    a, b = world.add_node(), world.add_node()
+    a.add_pod()
+    pod = b.add_pod()
+    b.del_pod(pod)
+    _, vx = device_names(world.network)
+    foreign = "cnmvxforeign0"
+    sh("ip", "link", "add", foreign, "type", "vxlan", "id", "77", "dstport", "4789", "dev", "eth0", ns=b.host)
+    sh("ip", "link", "set", foreign, "alias", f"cnm-overlay:{'0' * 12}:{world.network}", ns=b.host)
+    gc = cnmctl(b, "gc")
+    assert gc.returncode == 0, gc.stdout + gc.stderr
+    assert sh("ip", "link", "show", vx, ns=b.host, check=False).returncode == 0  # the node still holds its lease
+    view = json.loads(cnmctl(b, "network", "inspect", world.network).stdout)[0]
+    os.unlink(view["Overlay"]["StateFile"])
+    gc = cnmctl(b, "gc")
+    assert gc.returncode == 0 and vx in gc.stdout, gc.stdout + gc.stderr
+    assert sh("ip", "link", "show", vx, ns=b.host, check=False).returncode != 0
+    assert sh("ip", "link", "show", foreign, ns=b.host, check=False).returncode == 0
+    assert "another store" in gc.stdout

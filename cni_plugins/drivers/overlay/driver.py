@@ -124,6 +124,39 @@ class OverlayDriver(Driver):
             return f"etcd unreachable: the mesh cannot follow other nodes' leases ({exc})"
         return self._bridge.degraded(request, endpoints)
 
+    def orphans(self, ctx: Context, endpoints) -> list:
+        """VXLAN devices of this store (their alias) on a network it no longer holds a lease on
+        (its state file gone): removable, and their routes, neighbour and FDB entries go with
+        them. Another store's are reported only."""
+        from ...cnm.model import STORE_TAG_LEN
+        from ..base import Orphan
+        from .mesh import parse_alias
+
+        directory = state_dir(None, ctx.env)
+        tag = ctx.store_id[:STORE_TAG_LEN]
+        found = []
+        for name, alias in _vxlan_devices():
+            owner = parse_alias(alias)
+            if owner is None:
+                continue
+            store_tag, network = owner
+            if store_tag != tag:
+                found.append(Orphan("vxlan", name, f"VXLAN device of overlay network {network} of another store",
+                                    removable=False))
+            elif state.read(directory, network) is None:
+                found.append(Orphan("vxlan", name, f"VXLAN device of overlay network {network}, on which this "
+                                                   f"node holds no lease any more", removable=True,
+                                    targets=[alias]))
+        return found
+
+    def remove_orphan(self, ctx: Context, orphan) -> None:
+        from ...linux import links, vxlan
+
+        with links.rtnl() as ipr:
+            link = links.get_link(ipr, orphan.name)
+            if link is not None and link.get_attr("IFLA_IFALIAS") == orphan.targets[0]:  # still that one
+                vxlan.delete_device(ipr, orphan.name)
+
     def gc(self, request: Request, valid, remaining) -> None:
         held = _cached(request)
         if held is not None:
@@ -199,6 +232,19 @@ def _recorded(request: Request, endpoint: Endpoint) -> Request:
 
 def _as_bridge(ctx: Context, breq: Request) -> Context:
     return dataclasses.replace(ctx, request=breq)
+
+
+def _vxlan_devices() -> list[tuple[str, str]]:
+    """(name, alias) of the VXLAN devices of this network namespace."""
+    from ...linux import links
+
+    with links.rtnl() as ipr:
+        found = []
+        for link in ipr.iproute.get_links():
+            info = link.get_attr("IFLA_LINKINFO")
+            if info is not None and info.get_attr("IFLA_INFO_KIND") == "vxlan":
+                found.append((link.get_attr("IFLA_IFNAME"), link.get_attr("IFLA_IFALIAS") or ""))
+        return found
 
 
 def _state_dir(request: Request) -> str:

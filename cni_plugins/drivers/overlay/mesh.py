@@ -14,6 +14,8 @@ import ipaddress
 import time
 from dataclasses import dataclass
 
+from ...cnm.model import STORE_TAG_LEN
+from ...cnm.store import Store
 from . import etcd, lease, state
 
 SETTINGS_KEYS = ("subnet", "hostSubnetLength", "vni", "port", "underlayInterface", "underlayAddress", "mtu",
@@ -105,7 +107,8 @@ def converge(settings: dict, state_dir: str, client: etcd.Client | None = None,
               if r.node != node and r.subnet != held.subnet and r.vtep_ip != ul_ip]
     with links.rtnl() as ipr:
         index = vxlan.ensure_device(ipr, vx_name, settings["vni"], settings["port"], ul_ip, ul_index,
-                                    mine.vtep_mac, mtu, str(held.subnet.network_address), alias_of(network))
+                                    mine.vtep_mac, mtu, str(held.subnet.network_address),
+                                    alias_of(network, Store(state_dir).id()))
         changed, removed = vxlan.sync(ipr, index, others)
     data = {
         "subnet": str(held.subnet), "lease": held.lease, "node": node, "vtepIP": ul_ip, "vtepMAC": mine.vtep_mac,
@@ -115,6 +118,20 @@ def converge(settings: dict, state_dir: str, client: etcd.Client | None = None,
     return Outcome(data, skipped, changed, removed)
 
 
-def alias_of(network: str) -> str:
-    """The VXLAN device's alias: says whose it is (cnmctl gc removes those of gone networks)."""
-    return f"cnm-overlay:{network}"
+ALIAS_PREFIX = "cnm-overlay:"
+
+
+def alias_of(network: str, store_id: str) -> str:
+    """The VXLAN device's alias: whose it is, the store's tag and the network (a sweep removes
+    the devices of this store whose network it no longer holds a lease on)."""
+    return f"{ALIAS_PREFIX}{store_id[:STORE_TAG_LEN]}:{network}"
+
+
+def parse_alias(alias: str) -> tuple[str, str] | None:
+    """(store tag, network) of a device alias of ours; None for anything else."""
+    if not alias.startswith(ALIAS_PREFIX):
+        return None
+    tag, sep, network = alias[len(ALIAS_PREFIX):].partition(":")
+    if not sep or len(tag) != STORE_TAG_LEN or not network:
+        return None
+    return tag, network
