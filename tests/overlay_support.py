@@ -9,7 +9,7 @@ import json
 import os
 import subprocess
 
-from conftest import BIN, GO_PLUGINS, exec_plugin, unique
+from conftest import BIN, GO_PLUGINS, PluginRun, exec_plugin, unique
 
 
 def sh(*argv: str, ns: str = "", check: bool = True) -> subprocess.CompletedProcess:
@@ -20,20 +20,37 @@ def sh(*argv: str, ns: str = "", check: bool = True) -> subprocess.CompletedProc
 
 
 class SimNode:
-    def __init__(self, world: "World", index: int, tmp):
+    """One node. `private`: it also has a mount namespace of its own (a tmpfs on /run and on
+    /var/lib/cni, held by a sleeping process): its plugins, cnmd and pods use the default
+    paths there (/var/lib/cni/cnm, /run/cnm, /run/cnm/cnmd.sock, /run/netns), as on a machine
+    of its own. The test reaches them through /proc/<holder>/root."""
+
+    def __init__(self, world: "World", index: int, tmp, private: bool = False):
         self.world = world
         self.name = f"node{index}"
         self.address = f"{world.underlay_net}.{index + 1}"
         self.host = world.netns("cnmn")
         self.dir = tmp / self.name
+        self.dir.mkdir(parents=True, exist_ok=True)
+        self.holder = None
+        self.wrap = ["nsenter", f"--net={self.host}", "--"]
         self.env = {
             "PATH": os.environ.get("PATH", "/usr/sbin:/usr/bin:/sbin:/bin"),
             "CNI_PATH": f"{BIN}:{GO_PLUGINS}",
-            "CNM_STATE_DIR": str(self.dir / "state"),
-            "CNM_RUN_DIR": str(self.dir / "run"),
             "CNM_LOG_FILE": str(self.dir / "cnm-cni.log"),
             "CNM_HELPER_SOCKET": "off",
         }
+        if private:
+            self.holder = subprocess.Popen(
+                self.wrap + ["unshare", "--mount", "--propagation", "private", "--", "sh", "-c",
+                             "mount -t tmpfs tmpfs /run && mount -t tmpfs tmpfs /var/lib/cni && echo ready "
+                             "&& exec sleep infinity"], stdout=subprocess.PIPE, text=True)
+            assert self.holder.stdout.readline().strip() == "ready"
+            self.wrap = ["nsenter", f"--net={self.host}", f"--mount=/proc/{self.holder.pid}/ns/mnt", "--"]
+            self.state_dir = self.outside("/var/lib/cni/cnm")
+        else:
+            self.env.update(CNM_STATE_DIR=str(self.dir / "state"), CNM_RUN_DIR=str(self.dir / "run"))
+            self.state_dir = self.env["CNM_STATE_DIR"]
         port = unique("u")
         sh("ip", "link", "add", port, "netns", world.underlay_ns.rsplit("/", 1)[1], "type", "veth",
            "peer", "name", "eth0", "netns", self.host.rsplit("/", 1)[1])
@@ -41,7 +58,21 @@ class SimNode:
         sh("ip", "addr", "add", f"{self.address}/24", "dev", "eth0", ns=self.host)
         sh("ip", "link", "set", "eth0", "up", ns=self.host)
         sh("ip", "link", "set", "lo", "up", ns=self.host)
-        self.pods: list[tuple[str, str, str]] = []  # (netns, container id, address)
+        self.pods: list[tuple[str, str, str]] = []  # (netns as the test sees it, container id, address)
+        self._inside: dict[str, str] = {}  # a pod's netns path as the node sees it
+
+    def outside(self, path: str) -> str:
+        """A path of the node's mount namespace, as the test reaches it."""
+        return f"/proc/{self.holder.pid}/root{path}" if self.holder is not None else path
+
+    def pod_netns(self) -> tuple[str, str]:
+        """A fresh netns for a pod: (path for the test, path for the node's plugins)."""
+        if self.holder is None:
+            path = self.world.netns("cnmp")
+            return path, path
+        name = unique("cnmp", 30)
+        subprocess.run(self.wrap + ["ip", "netns", "add", name], check=True, capture_output=True)
+        return self.outside(f"/run/netns/{name}"), f"/run/netns/{name}"
 
     def conf(self, **keys) -> dict:
         conf = {"cniVersion": "1.1.0", "name": self.world.network, "type": "cnm-overlay",
@@ -51,11 +82,20 @@ class SimNode:
         return conf
 
     def run(self, command: str, conf=None, netns: str = "", cid: str = "", ifname: str = "eth0"):
-        return exec_plugin("cnm-overlay", command, conf or self.conf(), self.env, container_id=cid, netns=netns,
-                           ifname=ifname if cid else "", host_netns=self.host)
+        """The plugin as the node's runtime runs it (`netns`: as the test sees it)."""
+        netns = self._inside.get(netns, netns)
+        if self.holder is None:
+            return exec_plugin("cnm-overlay", command, conf or self.conf(), self.env, container_id=cid, netns=netns,
+                               ifname=ifname if cid else "", host_netns=self.host)
+        env = dict(self.env, CNI_COMMAND=command, CNI_CONTAINERID=cid, CNI_NETNS=netns,
+                   CNI_IFNAME=ifname if cid else "", CNI_ARGS="", CNI_PATH=f"{BIN}:{GO_PLUGINS}")
+        proc = subprocess.run(self.wrap + [os.path.join(BIN, "cnm-overlay")], input=json.dumps(conf or self.conf()).encode(),
+                              env=env, capture_output=True, timeout=120)
+        return PluginRun(proc)
 
     def add_pod(self, **keys) -> tuple[str, str, str]:
-        ns = self.world.netns("cnmp")
+        ns, inside = self.pod_netns()
+        self._inside[ns] = inside
         cid = unique("c", 30)
         run = self.run("ADD", self.conf(**keys), ns, cid)
         assert run.rc == 0, run
@@ -63,6 +103,11 @@ class SimNode:
         pod = (ns, cid, address)
         self.pods.append(pod)
         return pod
+
+    def new_netns(self) -> str:
+        ns, inside = self.pod_netns()
+        self._inside[ns] = inside
+        return ns
 
     def del_pod(self, pod, **keys) -> None:
         run = self.run("DEL", self.conf(**keys), pod[0], pod[1])
@@ -72,7 +117,7 @@ class SimNode:
     def state(self) -> dict:
         from cni_plugins.drivers.overlay import state
 
-        return state.read(self.env["CNM_STATE_DIR"], self.world.network)
+        return state.read(self.state_dir, self.world.network)
 
     def routes(self) -> list[dict]:
         return json.loads(sh("ip", "-4", "-j", "route", "show", ns=self.host).stdout or "[]")
@@ -83,6 +128,9 @@ class SimNode:
                 self.run("DEL", self.conf(), pod[0], pod[1])
         finally:
             stop_helper(self)
+            if self.holder is not None:  # its mount namespace, tmpfs and pod netns mounts go with it
+                self.holder.kill()
+                self.holder.wait()
 
 
 def underlay_net() -> str:
@@ -94,7 +142,9 @@ class World:
     """An underlay bridge, nodes on it, one overlay network (its name, subnet and etcd prefix
     unique to the test)."""
 
-    def __init__(self, netns_factory, tmp, cluster, ttl: int = 5, subnet: str = "10.250.0.0/16"):
+    def __init__(self, netns_factory, tmp, cluster, ttl: int = 5, subnet: str = "10.250.0.0/16",
+                 private: bool = False):
+        self.private = private  # each node a mount namespace of its own too
         self.netns = netns_factory
         self.tmp = tmp
         self.cluster = cluster
@@ -117,7 +167,7 @@ class World:
         return self.cluster.endpoints
 
     def add_node(self) -> SimNode:
-        node = SimNode(self, len(self.nodes), self.tmp)
+        node = SimNode(self, len(self.nodes), self.tmp, self.private)
         self.nodes.append(node)
         return node
 
@@ -176,22 +226,27 @@ def tcp_source(server_ns: str, server_ip: str, client_ns: str, port: int = 5555)
 
 
 def start_helper(node: SimNode) -> None:
-    """The node's own resident helper (cnmd) in its netns, with its state dir: it serves the
-    node's plugin execs and keeps its overlay lease and mesh."""
-    import time
-
+    """The node's own resident helper (cnmd) in its namespaces: it serves the node's plugin
+    execs and keeps its overlay lease and mesh."""
     from conftest import wait_listening
 
-    sock = str(node.dir / "cnmd.sock")
-    node.dir.mkdir(parents=True, exist_ok=True)
     log = open(node.dir / "cnmd.log", "ab")
     env = {k: v for k, v in node.env.items() if k != "CNM_HELPER_SOCKET"}
-    node.helper = subprocess.Popen(["nsenter", f"--net={node.host}", "--", os.path.join(BIN, "cnmd"), "--socket",
-                                    sock], env=env, stdout=log, stderr=log)
+    if node.holder is None:
+        sock = str(node.dir / "cnmd.sock")
+        argv = [os.path.join(BIN, "cnmd"), "--socket", sock]
+        reach = sock
+    else:  # the default socket, in the node's own /run
+        sock = "/run/cnm/cnmd.sock"
+        argv = [os.path.join(BIN, "cnmd")]
+        reach = node.outside(sock)
+    node.helper = subprocess.Popen(node.wrap + argv, env=env, stdout=log, stderr=log)
     log.close()
-    wait_listening(sock, node.helper, log=str(node.dir / "cnmd.log"))
-    node.env["CNM_HELPER_SOCKET"] = sock
-    node.helper_started = time.monotonic()
+    wait_listening(reach, node.helper, log=str(node.dir / "cnmd.log"))
+    if node.holder is None:
+        node.env["CNM_HELPER_SOCKET"] = sock
+    else:
+        node.env.pop("CNM_HELPER_SOCKET", None)  # the thin client finds the default socket
 
 
 def stop_helper(node: SimNode, kill: bool = False) -> None:

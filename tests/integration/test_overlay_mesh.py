@@ -1,6 +1,7 @@
 """The overlay across simulated nodes with their own resident helpers (issue 16 items 3, 4, 5,
-7): each node a netns on an underlay bridge the test makes, with its own state dir and its
-own cnmd; etcd a throwaway 3-member cluster on unix sockets."""
+7): each node a network namespace on an underlay bridge the test makes, with a mount namespace
+of its own (its own /run and /var/lib/cni: the default store, run dir and helper socket) and
+its own cnmd; etcd a throwaway 3-member cluster on unix sockets."""
 
 from __future__ import annotations
 
@@ -15,7 +16,7 @@ from tests.overlay_support import World, helper_log, mesh_of, ping, start_helper
 
 @pytest.fixture
 def world(netns, tmp_path, etcd_cluster3):
-    w = World(netns, tmp_path, etcd_cluster3, ttl=3)
+    w = World(netns, tmp_path, etcd_cluster3, ttl=3, private=True)
     yield w
     w.cleanup()
 
@@ -92,8 +93,8 @@ def test_killing_one_etcd_member_during_adds_fails_none(world):
         data = node.state()
         if data is not None:  # stale: the ADD asks etcd again
             data["confirmed"] = 0
-            state.write(node.env["CNM_STATE_DIR"], world.network, data)
-        run = node.run("ADD", node.conf(), world.netns("cnmp"), f"c{len(results)}x{id(node)}")
+            state.write(node.state_dir, world.network, data)
+        run = node.run("ADD", node.conf(), node.new_netns(), f"c{len(results)}x{id(node)}")
         results.append(run)
 
     for i in range(30):
