@@ -33,10 +33,11 @@ def create(ipr, name: str, master_index: int, mode: str, netns_fd: int | None = 
         raise
 
 
-def rename(ipr, index: int, ifname: str, owner: str) -> None:
-    """Link `index` renamed `ifname` and tagged `owner` (its alias), in one request."""
+def rename(ipr, index: int, ifname: str, owner: str, arp_notify: bool = False) -> None:
+    """Link `index` renamed `ifname` and tagged `owner` (its alias), with arp_notify on (a
+    gratuitous ARP when it comes up), in one request."""
     try:
-        ipr.move_link(index, None, ifname, alias=owner)
+        ipr.move_link(index, None, ifname, alias=owner, ipv4_conf={"arp_notify": 1} if arp_notify else None)
     except NetlinkError as exc:
         if exc.code == errno.EEXIST:
             raise NameTaken(f"{ifname} exists") from None

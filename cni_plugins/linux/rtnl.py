@@ -160,11 +160,13 @@ class Rtnl:
         msg["attrs"] = attrs
         self._request(msg, RTM_NEWLINK, CREATE)
 
-    def move_link(self, index: int, netns_fd: int | None, ifname: str, *, alias: str | None = None) -> None:
+    def move_link(self, index: int, netns_fd: int | None, ifname: str, *, alias: str | None = None,
+                  ipv4_conf: dict[str, int] | None = None) -> None:
         """One RTM_NEWLINK on link `index`: into netns `netns_fd` (None: stays here), renamed
         `ifname` there, tagged with `alias` (the kernel moves, then renames, then sets the alias;
-        a name taken there fails the rename, after the move). A move between netns costs the
-        kernel RCU grace periods (~15 ms): create links where they belong instead."""
+        a name taken there fails the rename, after the move), with IPv4 devconf knobs
+        (`IPV4_DEVCONF` names) as set_link. A move between netns costs the kernel RCU grace
+        periods (~15 ms): create links where they belong instead."""
         msg = _movelinkmsg()
         msg["index"] = index
         msg["attrs"] = [("IFLA_IFNAME", ifname)]
@@ -172,6 +174,9 @@ class Rtnl:
             msg["attrs"].append(("IFLA_NET_NS_FD", netns_fd))
         if alias is not None:
             msg["attrs"].append(("IFLA_IFALIAS", alias))
+        if ipv4_conf:
+            spec = [("AF_INET", {"attrs": [("IFLA_INET_CONF", {"attrs": list(ipv4_conf.items())})]})]
+            msg["attrs"].append(("IFLA_AF_SPEC", {"attrs": spec}))
         self._request(msg, RTM_NEWLINK)
 
     def set_link(self, index: int, *, up: bool | None = None, address: str | None = None,
@@ -340,7 +345,9 @@ class _movelinkmsg(nlmsg):
         (IFLA_IFNAME, "IFLA_IFNAME", "asciiz"),
         (IFLA_IFALIAS, "IFLA_IFALIAS", "asciiz"),
         (IFLA_NET_NS_FD, "IFLA_NET_NS_FD", "uint32"),
+        (IFLA_AF_SPEC, "IFLA_AF_SPEC", "af_spec"),
     )
+    af_spec = _setlinkmsg.af_spec
 
 
 @functools.cache

@@ -34,6 +34,9 @@ def _fault(env, command: str, step: str) -> None:
 
 class MacvlanDriver(Driver):
     name = "macvlan"
+    # leave() deletes the macvlan (the kernel takes ~20 ms to unregister a link), and
+    # delete_endpoint() releases the lease: independent, overlapped.
+    leave_overlaps_delete = True
 
     # ---- config ---------------------------------------------------------------------------
     def network_options(self, request: Request) -> dict:
@@ -102,16 +105,27 @@ class MacvlanDriver(Driver):
                 where = cipr if in_container else ipr
                 place = f"the container's network namespace {request.netns}" if in_container else \
                     "the host's network namespace"
-                with kernel_errors(f"read the master in {place}"):
-                    if not data.get("master"):
+                if not data.get("master"):
+                    with kernel_errors(f"read the default route in {place}"):
                         data["master"] = default_master(where)
-                    master = usable_master(where, data["master"], place, conf.mtu)
+
+                def refused(exc) -> CNIError:
+                    """Why the kernel refused: the master looked at closely only now (missing,
+                    a port, a passthru macvlan, a smaller MTU: code 7), else the kernel's word."""
+                    usable_master(where, data["master"], place, conf.mtu)
+                    return create_error(exc, data["master"], data["mode"])
+
                 with kernel_errors(f"create the macvlan on {data['master']!r}"):
-                    self._create(where, cipr, ctx, endpoint, master["index"], conf, create_error)
+                    try:
+                        master_index = links.ioctl_index(where, data["master"])
+                    except OSError as exc:
+                        raise refused(exc) from None
+                    self._create(where, cipr, ctx, endpoint, master_index, conf, refused)
                 _fault(ctx.env, "add", "veth")
                 with kernel_errors(f"name the macvlan {request.ifname} in {request.netns}"):
                     try:
-                        macvlan.rename(cipr, links.ioctl_index(cipr, data["link"]), request.ifname, owner)
+                        macvlan.rename(cipr, links.ioctl_index(cipr, data["link"]), request.ifname, owner,
+                                       arp_notify=bool(ips) and any(ip.family == 4 for ip in ips))
                     except macvlan.NameTaken:
                         from ...cni.errors import CONFLICT
 
@@ -133,7 +147,7 @@ class MacvlanDriver(Driver):
         return Result(interfaces=[Interface(name=request.ifname, mac=mac, sandbox=request.netns)],
                       ips=ips, routes=routes, dns=dns)
 
-    def _create(self, ipr, cipr, ctx, endpoint, master_index: int, conf, create_error) -> None:
+    def _create(self, ipr, cipr, ctx, endpoint, master_index: int, conf, refused) -> None:
         """The macvlan, down, made by `ipr` (the master's netns) right in the container's
         netns (a move between netns would cost the kernel ~15 ms), named from the endpoint id
         until it is tagged. A link of that name left there by an ADD of this endpoint that died
@@ -155,11 +169,11 @@ class MacvlanDriver(Driver):
                                    f"{name} in {ctx.request.netns} is not tagged as endpoint {ctx.owner(endpoint)}'s"
                                    ) from None
             except NetlinkError as exc:
-                raise create_error(exc, data["master"], data["mode"]) from None
+                raise refused(exc) from None
 
     def _configure(self, cipr, ctx, ips: list[IPConfig], routes: list[Route]) -> None:
-        """Addresses first, then up with arp_notify: the kernel announces the address (a
-        gratuitous ARP) as the link comes up; then routes (they need the link up)."""
+        """Addresses first, then up (arp_notify is on: the kernel announces the address, a
+        gratuitous ARP, as the link comes up); then routes (they need the link up)."""
         from ...linux import addr, links, sysctl
 
         ifname = ctx.request.ifname
@@ -168,8 +182,6 @@ class MacvlanDriver(Driver):
             families = {ip.family for ip in ips}
             if 6 in families:  # IPv6 devconf has no netlink setter; announce (NA) as the reference does
                 sysctl.try_write_all([(f"ipv6/conf/{ifname}/ndisc_notify", "1")], ctx.netns_fd)
-            if 4 in families:
-                cipr.set_link(index, ipv4_conf={"arp_notify": 1})
             for ip in ips:
                 addr.add_address(cipr, index, ip.address, nodad=True)
             cipr.set_link(index, up=True)
