@@ -230,6 +230,10 @@ def test_check_finds_what_changed(lab):
     sh("ip", "link", "set", "eth0", "address", "02:11:22:33:44:55", ns=c)
     bad = lab.run("CHECK", prev, c)
     assert bad.json["code"] == 103 and "Mac" in bad.json["msg"], bad
+    sh("ip", "link", "set", "eth0", "address", mac_of(r), ns=c)
+    sh("ip", "link", "set", "eth0", "mtu", "1400", ns=c)
+    bad = lab.run("CHECK", prev, c)
+    assert bad.json["code"] == 103 and "MTU" in bad.json["msg"], bad
     sh("ip", "addr", "flush", "dev", "eth0", ns=c)
     assert lab.run("CHECK", prev, c).json["code"] == 103
     assert lab.run("CHECK", conf, c).json["code"] == 103  # no prevResult
@@ -305,6 +309,8 @@ BAD = {
     "mtu-above-master": (lambda lab: lab.conf(mtu=9000), 7, "MTU"),
     "unknown-mode": (lambda lab: lab.conf(mode="source"), 7, "mode"),
     "bad-master-name": (lambda lab: lab.conf(master="../x"), 7, "master"),
+    # (was code 102 "cannot take another macvlan ... passthru", a wrong lead)
+    "master-not-ethernet": (lambda lab: lab.conf(master="lo"), 7, "Ethernet"),
 }
 
 
@@ -402,4 +408,20 @@ def test_host_reaches_its_containers_only_through_a_macvlan_of_its_own(lab):
     assert lab.ping(lab.host, address_of(r))
     assert lab.run("DEL", conf, c).rc == 0
     sh("ip", "link", "del", shim, ns=lab.host)
+    lab.assert_nothing_left(c)
+
+
+def test_dual_stack_reaches_the_peer_over_ipv4_and_ipv6(lab):
+    """Item 2: IPv6 addresses from IPAM on the macvlan (no DAD wait), ndisc_notify as the
+    reference sets it; the container reaches the LAN peer over both families."""
+    sh("ip", "addr", "add", "fd51::1/64", "dev", _lan_end(lab), "nodad", ns=lab.lan)
+    conf = lab.conf(ipam=lab.ipam("10.251.0.0/24", {"subnet": "fd51::/64", "rangeStart": "fd51::10"},
+                                  rangeStart="10.251.0.10"))
+    c = lab.container()
+    r = lab.add(conf, c)
+    assert sorted(ip["address"].split("/")[0] for ip in r["ips"]) == ["10.251.0.10", "fd51::10"]
+    assert lab.sysctl("net.ipv6.conf.eth0.ndisc_notify", c) == "1"
+    assert lab.ping(c, PEER) and lab.ping(c, "fd51::1")
+    assert lab.run("CHECK", with_prev(conf, r), c).rc == 0
+    assert lab.run("DEL", conf, c).rc == 0
     lab.assert_nothing_left(c)

@@ -7,6 +7,7 @@ import errno
 
 from ...cni.errors import CONFLICT, INVALID_CONFIG, PLUGIN_FAILURE, CNIError
 
+ARPHRD_ETHER = 1
 LINK_PREFIX = "cmv"  # + 12 hex digits of the endpoint id: the link's name until it is tagged
 
 
@@ -74,6 +75,9 @@ def usable_master(ipr, name: str, where: str, mtu: int):
     if master is None:
         raise CNIError(INVALID_CONFIG, "invalid master", f"master interface {name!r} not found in {where} "
                        f"(it must be a link of that network namespace; linkInContainer chooses which)")
+    if master["ifi_type"] != ARPHRD_ETHER:
+        raise CNIError(INVALID_CONFIG, "invalid master", f"master {name!r} is not an Ethernet link: a macvlan "
+                                                         f"needs one (its own MAC on the master's layer 2)")
     holder = master.get_attr("IFLA_MASTER")
     if holder:
         held_by = ipr.get_link(index=holder)
