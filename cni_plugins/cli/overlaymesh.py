@@ -2,9 +2,9 @@
 node's subnet lease alive and the VXLAN mesh in line with etcd, without waiting for any pod
 command.
 
-Which networks: the state files (drivers/overlay/state.py) of the default store at start, and
-every one a command writes in the helper's own network namespace (the ADD that claims a lease
-writes it). Per network two threads:
+Which networks: the state files (drivers/overlay/state.py) of the default store, and every one
+a command writes in the helper's own network namespace (the ADD that claims a lease writes
+it; one that ran in-process is found by the next scan). Per network two threads:
   - the keeper refreshes the etcd lease every leaseTTL/3 and stamps the state file (an ADD
     then trusts the file and asks etcd nothing); a lease found gone wakes the watcher;
   - the watcher converges (lease claimed or kept, device, mesh from a fresh list), then
@@ -21,6 +21,7 @@ import threading
 import time
 
 RETRY_S = (0.1, 0.2, 0.5, 1.0)  # waits between failed converges (the last repeats)
+SCAN_S = 2.0  # how often the known stores are looked at for networks an in-process ADD joined
 
 
 class NetworkAgent:
@@ -219,17 +220,33 @@ class NetworkAgent:
 
 
 class OverlayMesh:
-    """Every overlay network of this node the helper knows of: those in its default store at
-    start, and each one a command in the helper's own netns writes the state file of. No
-    thread of its own: a network's agent starts when its file appears (the first ADD that
-    claims its lease) and ends when the file is gone."""
+    """Every overlay network of this node the helper knows of: a network's agent starts the
+    moment a command in the helper's own netns writes its state file (the ADD that claims the
+    lease), or when a scan of the stores finds the file (every SCAN_S: an ADD that ran
+    in-process, without the helper), and ends when the file is gone."""
 
-    def __init__(self, home, log):
+    def __init__(self, home, log, directories=()):
         self.home = home
         self.log = log
+        self._dirs: set[str] = set(directories)
         self._agents: dict[tuple[str, str], NetworkAgent] = {}
         self._lock = threading.Lock()
         self._stopped = False
+        self._wake = threading.Event()
+        self._scanner = threading.Thread(target=self._scan_loop, name="cnmd-overlay-scan", daemon=True)
+
+    def start(self) -> None:
+        self._scanner.start()
+
+    def _scan_loop(self) -> None:
+        while not self._wake.wait(SCAN_S):
+            with self._lock:
+                dirs = sorted(self._dirs)
+            for directory in dirs:
+                try:
+                    self.scan(directory)
+                except Exception as exc:  # noqa: BLE001 -- logged, tried again
+                    self.log(f"overlay: scan of {directory} failed: {type(exc).__name__}: {exc}")
 
     def scan(self, directory: str) -> None:
         from ..drivers.overlay import state
@@ -251,6 +268,8 @@ class OverlayMesh:
                 return  # the mesh is programmed in the helper's own netns only
         except OSError:
             return
+        with self._lock:
+            self._dirs.add(directory)
         self.serve(directory, network)
 
     def serve(self, directory: str, network: str) -> None:
@@ -270,6 +289,9 @@ class OverlayMesh:
         from ..drivers.overlay import state
 
         state.observe(None)
+        self._wake.set()
+        if self._scanner.is_alive():
+            self._scanner.join(timeout=10)
         with self._lock:
             self._stopped = True
             agents = list(self._agents.values())
@@ -282,9 +304,10 @@ def start(home, log, default_dir: str) -> OverlayMesh | None:
     from ..drivers.overlay import state
 
     try:
-        mesh = OverlayMesh(home, log)
+        mesh = OverlayMesh(home, log, [default_dir])
         state.observe(mesh.written)
         mesh.scan(default_dir)
+        mesh.start()
         return mesh
     except Exception as exc:  # noqa: BLE001 -- the helper serves without it
         log(f"no overlay mesh: {type(exc).__name__}: {exc}")

@@ -142,3 +142,15 @@ def test_a_hostile_record_is_ignored_by_the_helpers(world):
     assert all(n.helper.poll() is None for n in nodes)
     wait_for(full_mesh(world, nodes), what="the mesh unchanged")
     assert ping(nodes[0].pods[0][0], nodes[1].pods[0][2])
+
+
+def test_a_helper_finds_a_network_an_in_process_add_joined(world):
+    """The node's first ADD ran in-process (not through its helper): the helper still finds the
+    network (its scan of the store) and keeps the node's lease and mesh."""
+    nodes = nodes_with_helpers(world, 2)
+    nodes[0].env["CNM_HELPER_SOCKET"] = "off"
+    nodes[0].add_pod()
+    nodes[0].env.pop("CNM_HELPER_SOCKET")
+    nodes[1].add_pod()
+    wait_for(full_mesh(world, nodes), what="the full mesh")
+    assert "keeping this node's lease and mesh" in helper_log(nodes[0])

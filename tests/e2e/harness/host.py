@@ -22,7 +22,7 @@ CONF = os.path.join(ROOT, "conf")
 GO_PLUGINS = "/usr/lib/cni"
 TOOLS_BIN = os.environ.get("CNM_TOOLS_DIR") or os.path.join(ROOT, ".tools", "bin")
 LIBCNI_DIR = "/var/lib/cni"  # libcni's cache (results/) for cnitool, podman and the CRI: not movable
-OUR_TYPES = ("cnm-bridge", "cnm-host", "cnm-none", "cnm-container", "cnm-macvlan", "cnm-ipam")
+OUR_TYPES = ("cnm-bridge", "cnm-host", "cnm-none", "cnm-container", "cnm-macvlan", "cnm-overlay", "cnm-ipam")
 _tools_ready = False
 
 
