@@ -36,7 +36,8 @@ from .cnm.model import ADDING, HOST_SANDBOX, READY, Endpoint, Network, Sandbox, 
 from .cnm.store import BOOT_KEY, UNKNOWN_BOOT, boot_id
 from .drivers.base import RECORD_KEY, Context, Driver, record_add, recorded_result
 from .drivers.dns import names
-from .linux import netns
+from .faults import crash_point
+from .linux import fs, netns, nsusers
 from .liveness import MNTNS_KEY, PIDNS_KEY
 from .node import Node
 
@@ -45,8 +46,6 @@ FAULT_ENV = "CNM_FAULT"  # tests only: see cni_plugins/faults.py
 
 def _fault(env, command: str, step: str) -> None:
     if FAULT_ENV in env:  # one dict lookup when unset
-        from .faults import crash_point
-
         crash_point(env, command, step)
 
 
@@ -309,7 +308,6 @@ class Controller:
         # (a stale sandbox of a reused container id; and "host" names only the host's own)
         while sb_id == HOST_SANDBOX or tx.get_sandbox(sb_id) is not None:
             sb_id = sb_id + "-"
-        from .linux import fs, nsusers
 
         fs.make_dirs(node.pin_dir, 0o700)
         data = {MNTNS_KEY: nsusers.mount_namespace(), PIDNS_KEY: nsusers.pid_namespace(),

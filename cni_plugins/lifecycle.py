@@ -16,14 +16,17 @@ from __future__ import annotations
 
 import json
 import os
+import threading
 from typing import Callable
 
 from . import drivers
 from .cni.errors import PLUGIN_FAILURE, CNIError
 from .cni.request import Request, parse
 from .cnm.locks import sandbox_key
-from .cnm.model import DELETING, READY, Endpoint, Sandbox
+from .cnm.model import DELETING, READY, Endpoint, Sandbox, endpoint_id
 from .drivers.base import RECORD_KEY, RESUMED_KEY, Context
+from .faults import crash_point
+from .linux import links  # noqa: F401 -- before _overlapped's threads: pyroute2's first import is not safe to race
 from .linux import netns
 from .node import Node
 
@@ -45,8 +48,6 @@ def context_for(node: Node, endpoint: Endpoint, request: Request, sandbox: Sandb
     (torn down by the last member's DEL, by GC, by a sweep, or left by a dead ADD) gets its
     ADD replayed: the recorded config and CNI_ARGS, CNI_CONTAINERID/CNI_IFNAME of its own
     attachment (a delegated IPAM releases by those) and the sandbox's pin as CNI_NETNS."""
-    from .cnm.model import endpoint_id
-
     extra = dict(store_id=node.store_id, node_lock=node.node_lock, live_endpoints=node.live_endpoints)
     own = endpoint_id(request.network, request.container_id, request.ifname)
     if request.command in ("DEL", "CHECK") and endpoint.id == own:
@@ -198,8 +199,6 @@ def teardown(node: Node, request: Request, sandbox_id: str, choose: Choose,
 
 def _fault(request: Request, step: str) -> None:
     if request.command == "DEL" and "CNM_FAULT" in request.env:  # tests only: cni_plugins/faults.py
-        from .faults import crash_point
-
         crash_point(request.env, "del", step)
 
 
@@ -279,9 +278,6 @@ def _overlapped(leave, delete) -> None:
     for the kernel; waiting for both at once shortens a DEL). The thread shares this one's
     namespaces (a new thread starts in its creator's netns). leave()'s error wins (it is the
     first step); both always run to the end."""
-    import threading
-
-    from .linux import links  # noqa: F401 -- pyroute2's first import is not safe to race (import cycle)
 
     failure: list[BaseException] = []
 

@@ -22,6 +22,7 @@ import os
 from dataclasses import dataclass
 
 from .cnm.model import Sandbox
+from .linux import netns, nsusers
 
 ALIVE, DEAD, ABANDONED, UNKNOWN = "alive", "dead", "abandoned", "unknown"
 MNTNS_KEY = "mntns"  # sandbox.data: the mount namespace its pin was made in
@@ -42,8 +43,6 @@ class Judge:
     """Judges sandboxes; knows this process's mount namespace for one pass."""
 
     def __init__(self):
-        from .linux import nsusers
-
         self._mount_namespace = nsusers.mount_namespace()
         self._users = None  # nsusers.Users, read once on the first abandonment question
 
@@ -85,8 +84,6 @@ class Judge:
         """What uses the namespace of `sb` besides our pin, or why that cannot be told; ""
         only when, seen from the pid namespace it was made in, no task, descriptor or other
         mount of it is there (reads all of /proc, once per Judge)."""
-        from .linux import nsusers
-
         made_in = sb.data.get(PIDNS_KEY)
         if made_in is None or made_in != nsusers.pid_namespace():
             return "its users cannot be seen from this pid namespace"
@@ -101,8 +98,6 @@ class Judge:
 
 def _sockets(sb: Sandbox) -> list[str]:
     """Sockets in the sandbox's netns (entered through its pin); unreadable: in use."""
-    from .linux import netns, nsusers
-
     try:
         fd = netns.open_netns(sb.pin)
     except OSError:

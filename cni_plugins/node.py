@@ -14,6 +14,7 @@ from .cnm import pins
 from .cnm.locks import KeyedLocks, LockTimeout
 from .cnm.model import READY, Endpoint
 from .cnm.store import Store, StoreError, state_dir
+from .linux import fs
 
 NODE_LOCK_FILE = "node.lock"
 _observer = None  # observe(): called with the Node of every command
@@ -98,8 +99,6 @@ class Node:
     @contextmanager
     def node_lock(self, name: str) -> Iterator[None]:
         """A lock of the whole node (every store): e.g. the host ports being published."""
-        from .linux import fs
-
         directory = pins.run_dir(self.env)
         try:
             fs.make_dirs(directory, 0o700)

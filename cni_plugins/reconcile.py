@@ -44,7 +44,8 @@ from .cnm.locks import sandbox_key
 from .cnm.model import HOST_SANDBOX, READY, Sandbox
 from .cnm.store import StoreError
 from .drivers.base import Loss, Orphan
-from .liveness import ABANDONED, DEAD, UNKNOWN, Judge
+from .linux import netns
+from .liveness import ABANDONED, DEAD, UNKNOWN, Judge, is_namespace
 from .node import Node
 
 
@@ -233,8 +234,6 @@ def _apply_one(node: Node, action: Action, request: Request, report: Report) -> 
             errors = lifecycle.teardown(node, request, "", lifecycle.only(set(action.targets)))
         _report_teardown(report, kind, action.name, action.detail, errors)
     elif kind == "pin":
-        from .linux import netns
-
         with node.transaction() as tx:  # an ADD pins inside its transaction
             if action.name in {sb.pin for sb in tx.list_sandboxes()}:
                 return
@@ -401,8 +400,6 @@ def _still_releasable(sb: Sandbox) -> bool:
 
 
 def _pin_holds(sb: Sandbox) -> bool:
-    from .liveness import is_namespace
-
     return is_namespace(sb.pin, sb.ns_dev, sb.ns_ino)
 
 

@@ -16,6 +16,7 @@ import uuid
 from contextlib import contextmanager
 from typing import Iterator
 
+from ..linux.fs import make_dirs
 from .model import HOST_SANDBOX, Endpoint, Network, Sandbox
 
 SCHEMA_VERSION = 2
@@ -179,8 +180,6 @@ class Store:
         self.path = os.path.join(directory, DB_NAME)
 
     def _connect(self) -> sqlite3.Connection:
-        from ..linux.fs import make_dirs
-
         make_dirs(self.directory, 0o700)
         if not os.path.exists(self.path):
             self.id(create=True)  # a new store's id is random (see _first_id)
@@ -274,7 +273,6 @@ class Store:
         value = _read_id(path)
         if value or not create:
             return value
-        from ..linux.fs import make_dirs
 
         make_dirs(self.directory, 0o700)
         tmp = f"{path}.{os.getpid()}.{uuid.uuid4().hex[:8]}"

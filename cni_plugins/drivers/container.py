@@ -13,6 +13,7 @@ import ipaddress
 from ..cni.errors import CHECK_FAILED, INVALID_CONFIG, CNIError
 from ..cni.request import ID_PATTERN, Request
 from ..cni.result import DNS, Result
+from ..linux import links
 from .base import Driver, recorded_result
 
 CONFIG_KEY = "container"
@@ -73,8 +74,6 @@ class ContainerDriver(Driver):
     @staticmethod
     def _check_kernel(ctx, prev: Result) -> None:
         """prevResult's addresses must be configured in the netns itself."""
-        from ..linux import links
-
         with links.rtnl(ctx.netns_fd) as ipr:
             configured = {
                 (ipaddress.ip_address(addr), plen) for _, addr, plen, _ in links.addresses(ipr)

@@ -8,6 +8,7 @@ or with a changed config, and must still release exactly what ADD reserved.
 from __future__ import annotations
 
 import base64
+import json
 
 from ..cni.errors import NOT_AVAILABLE, PLUGIN_FAILURE, CNIError
 from ..cni.request import Request
@@ -60,8 +61,6 @@ def held_by(endpoints) -> set[tuple[str, str]]:
 
 def gc(request: Request, ipam_type: str, valid: set[tuple[str, str]]) -> None:
     """GC with the request's config, its valid-attachments replaced by `valid`."""
-    import json
-
     config = json.loads(request.stdin)
     config.pop("cni.dev/attachments", None)
     config["cni.dev/valid-attachments"] = [{"containerID": c, "ifname": i} for c, i in sorted(valid)]

@@ -8,11 +8,14 @@ from __future__ import annotations
 import functools
 import json
 import os
+import shutil
 import subprocess
 from typing import Mapping, Sequence
 
 from ..cni.errors import INVALID_CONFIG, NOT_AVAILABLE, PLUGIN_FAILURE, CNIError
+from ..cni.request import parse
 from ..cni.result import Result
+from ..cni.versions import SUPPORTED
 
 IN_PROCESS = "cnm-ipam"
 SPEC_WITH_STATUS = "1.1.0"  # STATUS and GC came with it
@@ -37,8 +40,6 @@ def supported_versions(ipam_type: str, env: Mapping[str, str], cni_path: Sequenc
     """The spec versions IPAM `ipam_type` says it speaks (its VERSION), asked once per binary.
     A plugin that does not answer VERSION cannot serve an ADD either: code 50."""
     if ipam_type == IN_PROCESS:
-        from ..cni.versions import SUPPORTED
-
         return tuple(SUPPORTED)
     binary = find_plugin(ipam_type, cni_path)
     try:
@@ -79,8 +80,6 @@ def _dies_with_us(command: str, binary: str) -> list[str]:
 
 @functools.cache
 def _setpriv() -> str | None:
-    import shutil
-
     return shutil.which("setpriv", path="/usr/bin:/bin:/usr/sbin:/sbin")
 
 
@@ -103,8 +102,7 @@ def execute(
     child_env = dict(env)
     child_env["CNI_COMMAND"] = command
     if ipam_type == IN_PROCESS:
-        from ..cni.request import parse
-        from .plugin import IpamPlugin
+        from .plugin import IpamPlugin  # the in-process cnm-ipam, loaded (as any plugin type) when used
 
         same = parent is not None and parent.command == command and parent.stdin is stdin and parent.env == child_env
         request = parent if same else parse(child_env, stdin)

@@ -25,6 +25,7 @@ from typing import Iterator
 
 from ..cni.paths import state_path_problem
 from ..linux.fs import make_dirs
+from . import index
 from .leases import Leases, owner_text, parse_owner, scan
 from .ranges import IP
 
@@ -65,8 +66,6 @@ _index_enabled = False
 def keep_index(enabled: bool = True) -> None:
     """Keep each lease directory's Leases between commands, exact by inotify (the helper)."""
     global _index_enabled
-    if enabled:
-        from . import index  # noqa: F401  (ctypes and the inotify binding, here and not on import)
     _index_enabled = enabled
 
 
@@ -138,8 +137,6 @@ class LeaseDir:
             return scan(self)
         view = None
         if _index_enabled:
-            from . import index
-
             self._index = index.acquire(self)
             if self._index is not None:
                 view = self._index.leases

@@ -15,6 +15,7 @@ from ..cni.attachments import valid_attachments
 from ..cni.errors import CHECK_FAILED, INVALID_CONFIG, IO_FAILURE, IPAM_FAILURE, NOT_AVAILABLE, CNIError
 from ..cni.request import Request
 from ..cni.result import DNS, IPConfig, Result
+from ..linux.procnet import route_destinations
 from . import allocator, pools, resolvconf
 from .config import IpamConfig, load
 from .disk import LeaseDir
@@ -27,8 +28,6 @@ def _io_error(what: str, exc: OSError) -> CNIError:
 
 
 def _host_routes():
-    from ..linux.procnet import route_destinations
-
     return route_destinations()
 
 

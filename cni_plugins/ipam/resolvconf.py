@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import errno
+import os
+import stat
+
 from ..cni.result import DNS
 
 
@@ -34,10 +38,6 @@ MAX_BYTES = 64 * 1024  # a resolv.conf is a few lines; never read /dev/zero into
 
 def load(path: str) -> DNS:
     """Parse a regular file of at most MAX_BYTES; OSError(EINVAL) for anything else."""
-    import errno
-    import os
-    import stat
-
     fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
     try:
         if not stat.S_ISREG(os.fstat(fd).st_mode):

@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 import errno
+import fcntl
 import ipaddress
 import socket
 
 from pyroute2.netlink.exceptions import NetlinkError
+
+from .links import ifreq
 
 IFA_F_NODAD = 0x02
 RT_TABLE_MAIN = 254
@@ -45,9 +48,6 @@ def primary_ipv4(ifname: str) -> str | None:
     """The primary IPv4 address of link `ifname` in this thread's netns, as a CIDR; None when it
     has none or it cannot be told. Two ioctls, where asking rtnetlink to add an address the link
     has (EEXIST) is a request of pyroute2's to encode and an error to raise: ~0.15 ms an ADD."""
-    import fcntl
-
-    from .links import ifreq
 
     request = ifreq(ifname)
     try:

@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import errno
 import os
+import subprocess
 
 from pyroute2.netlink.exceptions import NetlinkError
+from pyroute2.netlink.rtnl.ifinfmsg import ifinfmsg
 
 from . import links, sysctl
 from .rtnl import socket_netns
@@ -120,7 +122,6 @@ def _seen_again(ipr, name: str, promisc: bool):
         return None
     if (ino, index, mac) not in _pinned:
         return None
-    from pyroute2.netlink.rtnl.ifinfmsg import ifinfmsg
 
     link = ifinfmsg()
     link["index"] = index
@@ -204,8 +205,6 @@ def set_port_vlans(ipr, port_index: int, access: int = 0, trunk: tuple[int, ...]
 def set_self_vlan(name: str, vid: int) -> None:
     """Put the bridge's own interface (where the gateway address lives) into access VLAN `vid`,
     so a gateway on a vlan_filtering bridge talks to the ports of that VLAN."""
-    import subprocess
-
     proc = subprocess.run(
         ["bridge", "vlan", "add", "dev", name, "vid", str(vid), "pvid", "untagged", "self"],
         capture_output=True, text=True, timeout=30,

@@ -9,6 +9,10 @@ from __future__ import annotations
 import errno
 import socket
 
+from pyroute2.conntrack import Conntrack
+from pyroute2.netlink.exceptions import NetlinkError
+from pyroute2.netlink.nfnetlink.nfctsocket import NFCTAttrTuple
+
 
 class ConntrackError(Exception):
     """The conntrack table could not be read or changed; str() says why."""
@@ -20,10 +24,6 @@ def flush_udp_port(port: int, version: int) -> int:
     per entry: the kernel has no filtered flush before 6.3, and an older one would take the
     filter of a flush for "everything"). Returns how many were deleted; an entry gone
     meanwhile is not an error."""
-    from pyroute2.conntrack import Conntrack
-    from pyroute2.netlink.exceptions import NetlinkError
-    from pyroute2.netlink.nfnetlink.nfctsocket import NFCTAttrTuple
-
     family = socket.AF_INET if version == 4 else socket.AF_INET6
     wanted = NFCTAttrTuple(family=family, proto=socket.IPPROTO_UDP, dport=port)
     deleted = 0
@@ -49,8 +49,6 @@ def available() -> str | None:
     """None when this netns's conntrack table can be read through ctnetlink, else why not
     (for `cnmctl doctor`)."""
     try:
-        from pyroute2.conntrack import Conntrack
-
         ct = Conntrack()
         try:
             ct.count()

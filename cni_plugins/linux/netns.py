@@ -9,7 +9,9 @@ import ctypes
 import errno
 import fcntl
 import os
+import socket
 import stat
+import struct
 from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Iterator
@@ -186,9 +188,6 @@ def cookie(fd: int) -> int | None:
     """The netns's cookie: a 64-bit number the kernel never gives another namespace (unlike the
     nsfs inode, which a new namespace may get once the old one is gone). None when the kernel
     has no SO_NETNS_COOKIE."""
-    import socket
-    import struct
-
     try:
         with entered(fd):  # a socket belongs to the netns it is made in
             sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)

@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import os
 
+from .netns import entered
+
 
 def pid_namespace() -> int | None:
     """This process's pid namespace (its inode), or None: which processes /proc shows."""
@@ -111,8 +113,6 @@ def sockets_in(netns_fd: int) -> list[str]:
     """Sockets that live in the netns (a socket keeps its netns alive, and its owner may have
     left it: a process that entered it, opened a listening socket and came back), as
     "<table>: <count>"; netlink sockets of the kernel itself (port 0) are not counted."""
-    from .netns import entered
-
     found: list[str] = []
     # On this thread, and back before returning: a thread of its own that ended in the netns
     # could linger there for a moment as a task, which the next sweep would take for a user.

@@ -11,9 +11,11 @@ cnitool's semantics, for an operator who means it.
 from __future__ import annotations
 
 import dataclasses
+import os
 from dataclasses import asdict, dataclass
 
-from ..cnm.model import Sandbox
+from ..cnm.model import Sandbox, endpoint_id
+from ..cnm.store import DB_NAME, Store, StoreError, state_dir
 from ..liveness import Judge
 from . import cache, liveness
 from .conf import NetworkConfigList
@@ -122,10 +124,6 @@ def _recorded_sandbox(att: cache.CachedAttachment, net: NetworkConfigList, env) 
     """The sandbox (its namespace, pin, where it was made) our store recorded for this
     attachment, when a plugin of ours made it (any store the list's plugins name, else the
     default one)."""
-    import os
-
-    from ..cnm.model import endpoint_id
-    from ..cnm.store import DB_NAME, Store, StoreError, state_dir
 
     dirs = {state_dir(p.get("stateDir") if isinstance(p.get("stateDir"), str) else None, env)
             for p in net.plugins if str(p.get("type", "")).startswith("cnm-")}

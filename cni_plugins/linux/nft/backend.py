@@ -13,6 +13,8 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
+import subprocess
 
 NFT = "nft"
 TIMEOUT_S = 60
@@ -105,15 +107,11 @@ class Binary(Backend):
     name = "exec"
 
     def problem(self) -> str | None:
-        import shutil  # (only STATUS asks; shutil is a few ms of a plugin exec's imports)
-
         if shutil.which(NFT) is None:
             return f"{NFT} not found on PATH (and libnftables is not in use)"
         return None
 
     def _call(self, document: bytes | None, command: str | None) -> bytes:
-        import subprocess
-
         argv = [NFT, "-j", "-f", "-"] if document is not None else [NFT, "-j", *command.split()]
         try:
             proc = subprocess.run(argv, input=document, capture_output=True, timeout=TIMEOUT_S)
