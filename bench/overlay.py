@@ -134,6 +134,25 @@ def convergence(world, rounds) -> tuple[list[float], list[float]]:
     return join, leave
 
 
+def vanish(world, rounds) -> list[float]:
+    """A node's helper killed (the node gone): seconds from then until both others withdrew
+    its routes, minus the lease TTL (target: ≤ 1 s)."""
+    observers = world.nodes[:2]
+    late = []
+    for _ in range(rounds):
+        node = world.add_node()
+        start_helper(node)
+        node.add_pod()
+        subnet = node.state()["subnet"]
+        wait(lambda: all(routed(o, subnet) for o in observers))
+        t0 = time.perf_counter()
+        stop_helper(node, kill=True)
+        wait(lambda: not any(routed(o, subnet) for o in observers), timeout=world.ttl + 30)
+        late.append(time.perf_counter() - t0 - world.ttl)
+        node.pods.clear()
+    return late
+
+
 def fake_records(world, count: int) -> None:
     """`count` other nodes' records (valid: subnets of the network, VTEPs on an unused range)."""
     from cni_plugins.drivers.overlay import mesh
@@ -225,6 +244,9 @@ def main() -> int:
                 f"| new node's ADD done → routed by the others | {ms(median(join))} | {ms(p95(join))} | p95 ≤ 1000 "
                 f"{'ok' if p95(join) <= 1 else 'MISSED'} |",
                 f"| lease revoked → withdrawn by the others | {ms(median(leave))} | {ms(p95(leave))} | |", ""]
+        late = vanish(world, 3)
+        out[-1:-1] = [f"| node gone (helper killed) → withdrawn, beyond its lease TTL ({world.ttl} s) | "
+                      f"{ms(median(late))} | {ms(max(late))} (max) | ≤ 1000 {'ok' if max(late) <= 1 else 'MISSED'} |"]
         few_add, few_conv = scale_rows(world, netns, 10)
         fake_records(world, 200)
         wait(lambda: len(mesh_of(world.nodes[0])) >= 202, timeout=60)

@@ -31,11 +31,11 @@ class StoreConf(BaseModel):
 
     @model_validator(mode="after")
     def _valid(self) -> "StoreConf":
-        from .etcd import _split
+        from .etcd import split_endpoint
 
         for endpoint in self.endpoints:
             try:
-                _split(endpoint)
+                split_endpoint(endpoint)
             except ValueError as exc:
                 raise ValueError(f"store.endpoints: {exc}") from None
         if not self.prefix.startswith("/") or "\0" in self.prefix:

@@ -173,6 +173,7 @@ def node_lease(request: Request, conf: config.OverlayConfig) -> dict:
     settings = mesh.settings_of(conf)
     if cached is not None and state.fresh(cached, conf.leaseTTL) and cached.get("settings") == settings:
         return cached
+    _node(conf)  # code 7 when the node has no identity
     try:
         return mesh.converge(settings, directory).data
     except lease.Exhausted as exc:
@@ -184,14 +185,8 @@ def node_lease(request: Request, conf: config.OverlayConfig) -> dict:
             return cached  # this node's subnet is still its own until its lease expires
         raise CNIError(TRY_AGAIN_LATER, f"network {conf.name}: no subnet lease on this node and etcd is "
                                         f"unreachable", str(exc)) from None
-    except (OSError, ValueError) as exc:
+    except (mesh.SetupError, OSError, ValueError) as exc:
         raise CNIError(PLUGIN_FAILURE, f"network {conf.name}: could not set up the overlay", str(exc)) from None
-    except Exception as exc:
-        from ...linux.vxlan import VxlanError
-
-        if isinstance(exc, VxlanError):
-            raise CNIError(PLUGIN_FAILURE, f"network {conf.name}: could not set up the overlay", str(exc)) from None
-        raise
 
 
 def bridge_request(request: Request, conf: config.OverlayConfig, held: dict) -> Request:

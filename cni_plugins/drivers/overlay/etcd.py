@@ -133,7 +133,7 @@ class Client:
         if not endpoints:
             raise ValueError("no etcd endpoint")
         for endpoint in endpoints:
-            _split(endpoint)  # ValueError for a bad one, now
+            split_endpoint(endpoint)  # ValueError for a bad one, now
         self.endpoints = list(endpoints)
         self.timeout = timeout
         self._tls = tls or TLS()
@@ -146,7 +146,7 @@ class Client:
     def _connect(self, endpoint: str, timeout: float) -> http.client.HTTPConnection:
         if _netns_inode() != self._netns:
             raise WrongNamespace("refusing to reach etcd from another network namespace")
-        scheme, where = _split(endpoint)
+        scheme, where = split_endpoint(endpoint)
         if scheme == "unix":
             return _UnixConnection(where, timeout)
         host, _, port = where.rpartition(":")
@@ -181,14 +181,14 @@ class Client:
                     conn.close()
                     if not fresh and attempt == 0:
                         continue
-                    failures.append(f"{_safe(endpoint)}: {exc}")
+                    failures.append(f"{safe_endpoint(endpoint)}: {exc}")
                     break
                 conns[endpoint] = conn
                 answer = _decode(data)
                 if resp.status != 200:
                     message = answer.get("message") or answer.get("error") or f"HTTP {resp.status}"
                     if _retriable(message):  # this member cannot serve now (no leader, stopping)
-                        failures.append(f"{_safe(endpoint)}: {message}")
+                        failures.append(f"{safe_endpoint(endpoint)}: {message}")
                         break
                     raise EtcdError(f"etcd {path}: {message}")
                 self._preferred = index
@@ -302,12 +302,12 @@ class Client:
                 resp = conn.getresponse()
             except (OSError, http.client.HTTPException) as exc:
                 conn.close()
-                failures.append(f"{_safe(endpoint)}: {exc}")
+                failures.append(f"{safe_endpoint(endpoint)}: {exc}")
                 continue
             if resp.status != 200:
                 message = _decode(resp.read()).get("message", f"HTTP {resp.status}")
                 conn.close()
-                failures.append(f"{_safe(endpoint)}: {message}")
+                failures.append(f"{safe_endpoint(endpoint)}: {message}")
                 continue
             return Watch(conn, resp)
         raise Unavailable("etcd unreachable: " + "; ".join(failures))
@@ -376,7 +376,7 @@ class Watch:
         self._conn.close()
 
 
-def _split(endpoint: str) -> tuple[str, str]:
+def split_endpoint(endpoint: str) -> tuple[str, str]:
     scheme, sep, rest = endpoint.partition("://")
     if not sep or scheme not in ("http", "https", "unix") or not rest:
         raise ValueError(f"{endpoint!r} is not an etcd endpoint (http://host:port, https://host:port, unix:///path)")
@@ -391,7 +391,7 @@ def _split(endpoint: str) -> tuple[str, str]:
     return scheme, rest
 
 
-def _safe(endpoint: str) -> str:
+def safe_endpoint(endpoint: str) -> str:
     """The endpoint without any user:password part (never logged)."""
     scheme, _, rest = endpoint.partition("://")
     return f"{scheme}://{rest.rpartition('@')[2]}"

@@ -26,6 +26,10 @@ class MtuTooLarge(Exception):
     pass
 
 
+class SetupError(Exception):
+    """The kernel refused a step (the underlay, the VXLAN device, a mesh entry)."""
+
+
 def settings_of(conf) -> dict:
     """The overlay part of a validated OverlayConfig, as saved in the state file."""
     settings = {k: getattr(conf, k) for k in SETTINGS_KEYS}
@@ -87,11 +91,16 @@ def converge(settings: dict, state_dir: str, client: etcd.Client | None = None,
              records: list | None = None) -> Outcome:
     """Claim (or keep) the lease, ensure the device, program the mesh from a fresh list (or
     from `records`, a list the caller just read), save the state file."""
+    from pyroute2.netlink.exceptions import NetlinkError
+
     from ...linux import links, vxlan
 
     network = settings["name"]
     node = lease.node_identity(settings.get("nodeName", ""))
-    ul_name, ul_index, ul_ip, ul_mtu = local_underlay(settings)
+    try:
+        ul_name, ul_index, ul_ip, ul_mtu = local_underlay(settings)
+    except vxlan.VxlanError as exc:
+        raise SetupError(str(exc)) from None
     mtu = mtu_of(settings, ul_mtu)
     cached = state.read(state_dir, network) or {}
     layout = layout_of(settings)
@@ -105,11 +114,14 @@ def converge(settings: dict, state_dir: str, client: etcd.Client | None = None,
     _, vx_name = device_names(network)
     others = [vxlan.Peer(str(r.subnet), r.vtep_ip, r.vtep_mac) for r in records
               if r.node != node and r.subnet != held.subnet and r.vtep_ip != ul_ip]
-    with links.rtnl() as ipr:
-        index = vxlan.ensure_device(ipr, vx_name, settings["vni"], settings["port"], ul_ip, ul_index,
-                                    mine.vtep_mac, mtu, str(held.subnet.network_address),
-                                    alias_of(network, Store(state_dir).id()))
-        changed, removed = vxlan.sync(ipr, index, others)
+    try:
+        with links.rtnl() as ipr:
+            index = vxlan.ensure_device(ipr, vx_name, settings["vni"], settings["port"], ul_ip, ul_index,
+                                        mine.vtep_mac, mtu, str(held.subnet.network_address),
+                                        alias_of(network, Store(state_dir).id()))
+            changed, removed = vxlan.sync(ipr, index, others)
+    except (vxlan.VxlanError, NetlinkError) as exc:
+        raise SetupError(f"VXLAN device {vx_name}: {exc}") from None
     data = {
         "subnet": str(held.subnet), "lease": held.lease, "node": node, "vtepIP": ul_ip, "vtepMAC": mine.vtep_mac,
         "underlay": ul_name, "mtu": mtu, "confirmed": time.time(), "settings": settings,

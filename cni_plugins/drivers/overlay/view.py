@@ -28,7 +28,7 @@ def report(state_dir: str, network: str) -> dict | None:
         "Device": vx_name,
         "StateFile": state.path(state_dir, network),
         "LeaseConfirmedAgo": round(time.time() - float(data.get("confirmed", 0)), 1),
-        "Store": {"Endpoints": [etcd._safe(e) for e in settings["store"]["endpoints"]],
+        "Store": {"Endpoints": [etcd.safe_endpoint(e) for e in settings["store"]["endpoints"]],
                   "Prefix": settings["store"].get("prefix", ""), "Reachable": False, "Error": ""},
         "Nodes": [],
         "Ignored": [],
