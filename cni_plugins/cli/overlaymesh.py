@@ -6,7 +6,8 @@ Which networks: the state files (drivers/overlay/state.py) of the default store,
 a command writes in the helper's own network namespace (the ADD that claims a lease writes
 it; one that ran in-process is found by the next scan). Per network two threads:
   - the keeper refreshes the etcd lease every leaseTTL/3 and stamps the state file (an ADD
-    then trusts the file and asks etcd nothing); a lease found gone wakes the watcher;
+    then trusts the file and asks etcd nothing); a lease found gone, or the VXLAN device
+    deleted, wakes the watcher;
   - the watcher converges (lease claimed or kept, device, mesh from a fresh list), then
     follows a watch of the network's prefix from the list's revision, applying each change
     to the kernel. A broken or compacted watch, or etcd unreachable, means: wait (at most a
@@ -217,6 +218,21 @@ class NetworkAgent:
                 current = state.read(self.state_dir, self.network) or {}
                 if current.get("lease") == data["lease"]:
                     state.write(self.state_dir, self.network, dict(current, confirmed=time.time()))
+            if not self._device_present():  # deleted by hand: converge recreates it (same MAC)
+                self.log(f"overlay {self.network}: VXLAN device missing; recreating it")
+                self._reconverge.set()
+                self._close_watch()
+
+    def _device_present(self) -> bool:
+        from ..drivers.overlay import mesh
+        from ..linux import links
+
+        _, vx_name = mesh.device_names(self.network)
+        try:
+            with links.rtnl() as ipr:
+                return links.link_index(ipr, vx_name) is not None
+        except OSError:
+            return True  # (not known: nothing to do)
 
 
 class OverlayMesh:

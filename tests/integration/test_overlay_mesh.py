@@ -154,3 +154,22 @@ def test_a_helper_finds_a_network_an_in_process_add_joined(world):
     nodes[1].add_pod()
     wait_for(full_mesh(world, nodes), what="the full mesh")
     assert "keeping this node's lease and mesh" in helper_log(nodes[0])
+
+
+def test_a_deleted_vxlan_device_is_recreated_with_its_mesh(world):
+    """The node's VXLAN device deleted by hand: its helper recreates it (the same VTEP MAC, so
+    the other nodes' entries stay right) with the whole mesh; pods talk again."""
+    from cni_plugins.drivers.overlay.mesh import device_names
+    from tests.overlay_support import sh
+
+    nodes = nodes_with_helpers(world, 2)
+    pods = [n.add_pod() for n in nodes]
+    wait_for(full_mesh(world, nodes), what="the full mesh")
+    _, vx = device_names(world.network)
+    mac = nodes[0].state()["vtepMAC"]
+    sh("ip", "link", "del", vx, ns=nodes[0].host)
+    assert not ping(pods[1][0], pods[0][2])
+    wait_for(full_mesh(world, nodes), what="the mesh after the device came back")
+    link = __import__("json").loads(sh("ip", "-j", "link", "show", vx, ns=nodes[0].host).stdout)[0]
+    assert link["address"] == mac
+    assert ping(pods[1][0], pods[0][2]) and ping(pods[0][0], pods[1][2])
