@@ -18,7 +18,9 @@ from typing import Any
 
 from ..cnm.model import Endpoint, Network, Sandbox
 from ..cnm.store import Store, StoreError
+from ..drivers import PLUGIN_TYPES
 from ..drivers.base import RECORD_KEY
+from ..liveness import ALIVE, DEAD, Judge
 from ..runtime import conf as confmod
 from ..runtime.errors import RunnerError
 
@@ -194,8 +196,6 @@ def network_view(name: str, snap: Snapshot, configured: dict[str, confmod.Networ
 
 
 def _driver_of(conflist: confmod.NetworkConfigList | None) -> str:
-    from ..drivers import PLUGIN_TYPES
-
     for plugin_type in conflist.types if conflist else []:
         if plugin_type in PLUGIN_TYPES:
             return PLUGIN_TYPES[plugin_type]
@@ -210,8 +210,6 @@ def network_names(snap: Snapshot, configured: dict) -> list[str]:
 def sandbox_state(sb: Sandbox, earlier_boot: bool = False) -> str:
     """"host", "ready", "gone" or "unknown" (cannot be judged from here): the judgement of
     the node-wide reconcile (`cnmctl gc`, cni_plugins/liveness.py)."""
-    from ..liveness import ALIVE, DEAD, Judge
-
     if sb.is_host:
         return "host"
     if earlier_boot:

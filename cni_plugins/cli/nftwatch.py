@@ -24,6 +24,11 @@ import select
 import threading
 import time
 
+from ..linux import netns, nsusers, rtnl
+from ..linux.nft.monitor import Monitor
+from ..node import Node
+from ..reconcile import restore_lost
+
 DEBOUNCE_S = 0.05  # quiet time after the last change before restoring
 MAX_DELAY_S = 0.25  # at the latest this long after the first change, even while changes go on
 RETRY_S = 1.0  # after a restore that failed
@@ -73,8 +78,6 @@ class FirewallWatch:
     def note(self, node) -> None:
         """node.observe()'s callback: the store `node` is used in this thread's netns."""
         try:
-            from ..linux import netns
-
             ident = netns.own_identity()
             if (ident.dev, ident.ino, node.store.directory) in self._known:
                 return
@@ -83,8 +86,6 @@ class FirewallWatch:
             self.log(f"firewall watch: cannot watch {getattr(node.store, 'directory', '?')}: {exc}")
 
     def _add(self, ident, node) -> None:
-        from ..node import Node
-
         key = (ident.dev, ident.ino)
         directory = node.store.directory
         with self._lock:
@@ -92,8 +93,6 @@ class FirewallWatch:
                 return
             place = self._places.get(key)
             if place is None:
-                from ..linux.nft.monitor import Monitor
-
                 self._known.add((*key, directory))  # also when the monitor fails: tried once
                 place = _Place(ident, Monitor(), ident == self.home)  # in this thread's netns
                 self._places[key] = place
@@ -142,9 +141,6 @@ class FirewallWatch:
 
     def _restore(self, place: _Place) -> None:
         """Every store served in `place` puts back what its live endpoints lost there."""
-        from ..linux import netns, rtnl
-        from ..reconcile import restore_lost
-
         since, failed = place.first, False
         place.first = place.due = None
         with self._lock:
@@ -188,7 +184,6 @@ class FirewallWatch:
         foreign = [p for p in places if not p.home]
         if not foreign:
             return
-        from ..linux import nsusers
 
         users = nsusers.Users()
         for place in foreign:

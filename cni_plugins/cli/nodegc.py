@@ -18,12 +18,11 @@ import os
 import sys
 
 from ..cnm.store import state_dir
+from ..node import Node
+from ..reconcile import reconcile_node
 
 
 def run(opts) -> int:
-    from ..node import Node
-    from ..reconcile import reconcile_node
-
     report = reconcile_node(Node(state_dir(None, os.environ), os.environ))
     if getattr(opts, "format", "table") == "json":
         sys.stdout.write(json.dumps(report.as_json(), indent=2) + "\n")

@@ -6,6 +6,9 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass
 
+from ..node import Node
+from ..reconcile import plan
+
 
 @dataclass(frozen=True)
 class Stale:
@@ -17,9 +20,6 @@ class Stale:
 
 
 def scan(state_dir: str, env=None) -> list[Stale]:
-    from ..node import Node
-    from ..reconcile import plan
-
     env = os.environ if env is None else env
     return [Stale(a.kind, a.name, a.error or a.detail, not a.report_only, a.restores)
             for a in plan(Node(state_dir, env))]

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import socket
-
 from ..cni.errors import CHECK_FAILED, INVALID_NETNS, CNIError
 from ..cni.result import Interface, IPConfig, Result, Route
 from ..linux import links, netns

@@ -28,6 +28,7 @@ from dataclasses import dataclass
 from ...cnm import pins
 from ...linux import netns
 from ...linux.fs import make_dirs
+from . import ports
 
 SUBDIR = "ports"
 
