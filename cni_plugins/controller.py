@@ -5,7 +5,7 @@ DEL  = Leave -> delete Endpoint -> drop the Sandbox when no member is left.
 Shared netns (cnm-container): a joiner's ADD adds a member to the sandbox of the
 container it names; a sandbox's endpoints stay (inactive) until its last member
 leaves, then go through their own drivers with their own recorded ADD (lifecycle.py).
-CHECK, GC, STATUS as in DESIGN.md §2.
+CHECK, GC, STATUS.
 
 Locking: the store's write lock is held only for short transactions of the store's own
 reads and writes; the slow work (IPAM, the kernel) runs under the lock of the command's
@@ -57,7 +57,7 @@ class Controller:
 
     # ---- helpers -------------------------------------------------------------------------
     def _guard_host_netns(self, request: Request, fd: int, allow_host: bool) -> None:
-        """R10: refuse the plugin's own netns unless overridden (before anything changes)."""
+        """Refuse the plugin's own netns unless overridden (before anything changes)."""
         if allow_host or truthy(request.env.get("CNI_NETNS_OVERRIDE", "")):
             return
         if netns.identity_of(fd) == netns.own_identity():

@@ -20,7 +20,7 @@
             of an older version or another store, a lease this store did not write
   busy      (report only) a command holds the sandbox's lock: in use, so not stale
 
-Everything a sweep removes is provably this store's and provably dead (DESIGN.md §7):
+Everything a sweep removes is provably this store's and provably dead:
 another store's objects carry another tag, and leases are never swept here: a lease goes
 only with the endpoint (or the intent) that recorded its IPAM call, or through the IPAM's
 own GC when the runtime's valid-attachments list says its attachment is gone.

@@ -113,7 +113,7 @@ def print_result(result: dict) -> None:
 
 # ---- cnitool commands ----------------------------------------------------------------------
 def cmd_cnitool(opts) -> int:
-    if opts.command == "gc" and not opts.network:  # node-wide reconcile (issue 8)
+    if opts.command == "gc" and not opts.network:  # node-wide reconcile
         if opts.all or opts.dry_run:
             raise UsageError("--all and --dry-run need NETWORK")
         from . import nodegc

@@ -1,4 +1,4 @@
-"""CNI_ARGS (`K1=V1;K2=V2`) with Go LoadArgs semantics (cni-spec.md R11)."""
+"""CNI_ARGS (`K1=V1;K2=V2`) with Go LoadArgs semantics."""
 
 from __future__ import annotations
 

@@ -32,7 +32,7 @@ class Plugin:
     def status(self, request: Request) -> None: ...
 
 
-# Commands that only exist from a spec version on (R41, R45, R52).
+# Commands that only exist from a spec version on.
 MIN_VERSION = {"CHECK": "0.4.0", "GC": "1.1.0", "STATUS": "1.1.0"}
 
 

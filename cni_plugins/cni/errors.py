@@ -1,4 +1,4 @@
-"""CNI error objects (cni-spec.md R62-R67)."""
+"""CNI error objects."""
 
 from __future__ import annotations
 
@@ -41,7 +41,7 @@ class CNIError(Exception):
 
     @classmethod
     def from_dict(cls, data: dict) -> "CNIError":
-        """An error object printed by a delegated plugin, passed through unchanged (R67)."""
+        """An error object printed by a delegated plugin, passed through unchanged."""
         return cls(int(data.get("code") or PLUGIN_FAILURE), str(data.get("msg", "")), str(data.get("details", "")))
 
     def __repr__(self) -> str:

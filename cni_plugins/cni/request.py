@@ -1,4 +1,4 @@
-"""One plugin invocation: env + stdin parsed and validated (cni-spec.md R7-R24)."""
+"""One plugin invocation: env + stdin parsed and validated."""
 
 from __future__ import annotations
 
@@ -86,7 +86,7 @@ class Request:
         return self.config.get("type", "")
 
     def runtime_config(self, key: str, default: object = None) -> object:
-        """runtimeConfig[key], matching keys case-insensitively at every depth (R78)."""
+        """runtimeConfig[key], matching keys case-insensitively at every depth."""
         rc = fold_keys(self.config.get("runtimeConfig") or {})
         return rc.get(key.lower(), default) if isinstance(rc, dict) else default
 
@@ -151,7 +151,7 @@ def _reject_constant(name: str):
 
 
 def version_hint(stdin: bytes) -> str:
-    """The version to print an error in when the request could not be parsed (R62).
+    """The version to print an error in when the request could not be parsed.
 
     The config's cniVersion when stdin decodes and names a supported one (missing or
     empty means 0.1.0, as for a parsed request); otherwise the newest version.
@@ -177,7 +177,7 @@ def lenient_config(stdin: bytes) -> dict:
 
 def validate_config(config: dict, command: str) -> None:
     version = config.get("cniVersion")
-    if version is None:  # missing or null: Go decodes both to "" (R12)
+    if version is None:  # missing or null: Go decodes both to ""
         version = ""
     if not isinstance(version, str):
         raise CNIError(DECODE_FAILURE, "invalid cniVersion", f"cniVersion must be a string, got {version!r}")
@@ -206,7 +206,7 @@ def parse(env: Mapping[str, str], stdin: bytes, netns_fd: int | None = None) -> 
     missing = [var for var in REQUIRED_ENV[command] if not env.get(var)]
     if missing:
         raise CNIError(INVALID_ENV, f"required env variables [{','.join(missing)}] missing")
-    if command == "VERSION":  # never refused: it is how runtimes discover what we speak (R42-R44)
+    if command == "VERSION":  # never refused: it is how runtimes discover what we speak
         config = lenient_config(stdin)
     else:
         config = decode_config(stdin, command)

@@ -1,4 +1,4 @@
-"""CNI result models and conversion between spec versions (cni-spec.md §1.6-1.7, R59).
+"""CNI result models and conversion between spec versions.
 
 Internally every result is a `Result` in the newest shape (1.1.0). `Result.parse`
 reads a result of any version (a prevResult, an IPAM result) and `Result.emit`
@@ -158,7 +158,7 @@ class Result(_Model):
 
     # ---- output ------------------------------------------------------------------------
     def emit(self, version: str) -> dict:
-        """The result as a JSON object of exactly `version` (R58, R59)."""
+        """The result as a JSON object of exactly `version`."""
         fam = versions.family(version)
         if fam == "020":
             return self._emit_020(version)

@@ -26,7 +26,7 @@ def family(version: str) -> str:
 
 
 def require_supported(version: str) -> str:
-    """The config's version, checked against ours (R57); empty means 0.1.0 (R12)."""
+    """The config's version, checked against ours; empty means 0.1.0."""
     if version in (None, ""):
         return "0.1.0"
     if not isinstance(version, str) or version not in SUPPORTED:

@@ -1,4 +1,4 @@
-"""CNM objects (libnetwork's model, DESIGN.md §2). Plain data; no kernel, no CNI."""
+"""CNM objects (libnetwork's model). Plain data; no kernel, no CNI."""
 
 from __future__ import annotations
 

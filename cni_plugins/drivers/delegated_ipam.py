@@ -68,7 +68,7 @@ def gc(request: Request, ipam_type: str, valid: set[tuple[str, str]]) -> None:
 
 
 def delegate(command: str, request: Request, ipam_type: str) -> None:
-    """CHECK / STATUS / GC / DEL with the request's own stdin (R68, R73)."""
+    """CHECK / STATUS / GC / DEL with the request's own stdin."""
     client.execute(command, ipam_type, request.stdin, request.env, request.cni_path, request.version)
 
 

@@ -1,6 +1,6 @@
 """How a main plugin (the bridge driver) runs its IPAM: in-process for cnm-ipam,
 else the IPAM binary found on CNI_PATH, executed with the identical stdin and
-the plugin's own environment, only CNI_COMMAND overridden (cni-spec.md R68-R74).
+the plugin's own environment, only CNI_COMMAND overridden.
 """
 
 from __future__ import annotations
@@ -97,7 +97,7 @@ def execute(
 
     `parent`: the main plugin's own Request, when it has this very stdin and env: an
     in-process IPAM running the same command uses it instead of parsing them again.
-    Raises CNIError: a delegate's own error object is passed through unchanged (R67).
+    Raises CNIError: a delegate's own error object is passed through unchanged.
     """
     child_env = dict(env)
     child_env["CNI_COMMAND"] = command

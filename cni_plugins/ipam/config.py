@@ -1,6 +1,6 @@
 """The cnm-ipam configuration: every host-local key plus `defaultAddressPools`.
 
-Read from the whole network config, as host-local does (cni-spec.md §2.2):
+Read from the whole network config, as host-local does:
 range sets come from runtimeConfig.ipRanges, then the legacy single range
 under `ipam`, then `ipam.ranges`; requested IPs from CNI_ARGS `IP`,
 args.cni.ips and runtimeConfig.ips. Keys match case-insensitively (Go's JSON

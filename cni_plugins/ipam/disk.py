@@ -1,4 +1,4 @@
-"""host-local's on-disk lease store, byte for byte (cni-spec.md §2.4).
+"""host-local's on-disk lease store, byte for byte.
 
 <dataDir>/<network>/<ip>                 "containerID\\r\\nifname" (no newline), 0600, O_EXCL
 <dataDir>/<network>/last_reserved_ip.<n> last IP reserved in range set n, 0600

@@ -1,4 +1,4 @@
-"""Address ranges and range sets with host-local's defaults and checks (cni-spec.md §2.2).
+"""Address ranges and range sets with host-local's defaults and checks.
 
 Pure arithmetic on `ipaddress` objects: no files, no CNI errors. A bad range
 raises RangeError(key, message) where `key` is the offending field, so the
@@ -159,7 +159,7 @@ class RangeSet(tuple):
         return ",".join(str(r) for r in self)
 
     def iterate(self, last_reserved: IP | None) -> Iterator[tuple[IP, Range]]:
-        """Candidate addresses in host-local's round-robin order (cni-spec.md R76).
+        """Candidate addresses in host-local's round-robin order.
 
         Start after `last_reserved` when it lies in the set, else at the first
         range's start; walk each range to its end, wrap to the next range (and

@@ -1,4 +1,4 @@
-"""The runtime side of CNI: a runner with libcni's semantics (cni-spec.md §1.4, §4.1, §4.2).
+"""The runtime side of CNI: a runner with libcni's semantics.
 
 conf      load .conflist / legacy .conf files, select the spec version
 cache     libcni's result cache (cniCacheV1) under <cacheDir>/results/

@@ -1,4 +1,4 @@
-"""libcni's result cache (cni-spec.md §4.2), byte-for-byte interchangeable with cnitool's.
+"""libcni's result cache, byte-for-byte interchangeable with cnitool's.
 
 <cacheDir>/results/<network>-<containerID>-<ifname> holds one JSON document:
 {"kind":"cniCacheV1","containerId","config" (base64 of the list's bytes),"ifName",

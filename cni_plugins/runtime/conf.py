@@ -1,4 +1,4 @@
-"""Network configuration files as libcni reads them (cni-spec.md §1.4).
+"""Network configuration files as libcni reads them.
 
 A network is a list (.conflist) of plugin objects under one name and version.
 Legacy single-plugin files (.conf, .json) are upconverted to a one-plugin list.
@@ -51,7 +51,7 @@ def version_key(version: str) -> tuple[int, int, int]:
 
 
 def at_least(version: str, floor: str) -> bool:
-    """libcni's GreaterThanOrEqualTo; an empty version means 0.1.0 (R12)."""
+    """libcni's GreaterThanOrEqualTo; an empty version means 0.1.0."""
     return version_key(version or "0.1.0") >= version_key(floor)
 
 

@@ -1,4 +1,4 @@
-"""Executing one plugin as libcni's invoke package does (cni-spec.md R1-R4, R65).
+"""Executing one plugin as libcni's invoke package does.
 
 The plugin inherits our environment plus the six CNI_* variables (always set, maybe
 empty), gets the config on stdin, and answers on stdout: a result, or an error object.
@@ -49,12 +49,12 @@ class Invocation:
 
 
 def join_args(args: Sequence[tuple[str, str]]) -> str:
-    """CNI_ARGS as libcni builds it: K=V pairs joined by ';', no escaping (R11)."""
+    """CNI_ARGS as libcni builds it: K=V pairs joined by ';', no escaping."""
     return ";".join(f"{k}={v}" for k, v in args)
 
 
 def find_plugin(plugin_type: str, paths: Sequence[str]) -> str:
-    """The first regular file named `plugin_type` in the CNI_PATH directories (R3)."""
+    """The first regular file named `plugin_type` in the CNI_PATH directories."""
     if not paths:
         raise RunnerError("no paths provided")
     if not plugin_type or os.sep in plugin_type:

@@ -1,8 +1,8 @@
-"""A network-list runner with libcni's semantics (cni-spec.md §4.1, §4.2).
+"""A network-list runner with libcni's semantics.
 
 Per plugin it injects `name` and `cniVersion` from the list, `prevResult` when there
-is one, and `runtimeConfig` = the runtime's capability args the plugin declared
-(R20). ADD runs the list in order, feeding each result to the next plugin, and
+is one, and `runtimeConfig` = the runtime's capability args the plugin declared.
+ADD runs the list in order, feeding each result to the next plugin, and
 caches the final result; DEL runs it in reverse with the cached result; CHECK in
 order with the cached result; GC in libcni's two phases; STATUS in order.
 No rollback on a failed ADD: like every runtime, the caller must DEL.
@@ -59,7 +59,7 @@ def build_config(
     capability_args: Mapping[str, Any],
     extra: Mapping[str, Any] | None = None,
 ) -> bytes:
-    """The stdin of one plugin exec. Nothing is removed: `capabilities` passes through (R21)."""
+    """The stdin of one plugin exec. Nothing is removed: `capabilities` passes through."""
     conf = dict(plugin)
     conf["name"] = name
     conf["cniVersion"] = version

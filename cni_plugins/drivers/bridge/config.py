@@ -65,7 +65,7 @@ class BridgeConfig(BaseModel):
     # Keep the kernel's IPv6 link-local address on the container end of an IPv4-only
     # endpoint (by default it gets none: driver._ipv6_addr_gen_mode).
     ipv6LinkLocal: StrictBool = False
-    # Docker's bridge options (issue 5): default host address of published ports
+    # Docker's bridge options: default host address of published ports
     # (host_binding_ipv4), inter-container communication on the bridge (enable_icc),
     # and isolation from the other cnm networks.
     hostBindingIP: StrictStr = ""

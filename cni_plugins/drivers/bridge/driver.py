@@ -81,7 +81,7 @@ class BridgeDriver(Driver):
         try:
             result = ipam.add(ctx.request, conf.ipam_type)
         except BaseException:
-            # R71 says DEL after a failed IPAM ADD too; but an ADD that failed because the
+            # The spec says DEL after a failed IPAM ADD too; but an ADD that failed because the
             # attachment holds a lease already (another store's endpoint of the same network,
             # container and ifname) would then free that one. IPAMs that undo their own failed
             # ADD (all or nothing) get no DEL.
@@ -91,7 +91,7 @@ class BridgeDriver(Driver):
         try:
             ips, routes = ipam.addressing(result, conf.is_gateway, conf.isDefaultGateway)
         except BaseException:
-            self._release_quietly(ctx, endpoint)  # R71: an unusable result
+            self._release_quietly(ctx, endpoint)  # (the spec: DEL after an unusable result)
             raise
         endpoint.data["ips"] = [ip.model_dump(exclude_none=True) for ip in ips]
         endpoint.data["routes"] = [r.model_dump(exclude_none=True) for r in routes]
@@ -439,7 +439,7 @@ class BridgeDriver(Driver):
         return health.missing_rules(list(endpoints), recorded_elements)
 
     def gc(self, request: Request, valid, remaining) -> None:
-        """Forward GC to the IPAM (R47) if it knows GC; our own endpoints were collected by the
+        """Forward GC to the IPAM if it knows GC; our own endpoints were collected by the
         controller. The leases of endpoints that stay (a kept endpoint's address is still the
         shared stack's, though its container is gone from the runtime's list) are added to the
         list the IPAM gets."""
