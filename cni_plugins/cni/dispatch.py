@@ -99,7 +99,9 @@ def _serve(load_plugin, env, stdin: bytes, netns_fd: int | None, event: log.Even
 def load_failure(exc: BaseException, command: str) -> tuple[int, str, str] | None:
     """(code, msg, details) when `exc` comes from loading code, else None: the entry point's
     answer (bin/cnm `load_failure`, which says what each code means), for a module first
-    imported once the command runs."""
+    imported once the command runs. A copy, not shared: the entry points (bin/cnm,
+    packaging/entry.py) must answer when this package itself cannot load, so they import
+    nothing of it, and the package cannot import them (scripts outside it)."""
     tb, last = exc.__traceback__, ""
     loading = isinstance(exc, ImportError)
     while tb is not None:  # a module cut short fails inside the import system (SyntaxError, EOFError, ...)
