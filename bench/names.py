@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import shutil
 import statistics
@@ -272,7 +273,8 @@ def main() -> int:
         for label, samples in costs.items():
             ordered = sorted(samples)
             med[label] = statistics.median(ordered)
-            lines.append(f"| {label} | {med[label] * 1e3:.1f} | {ordered[int(len(ordered) * 0.95) - 1] * 1e3:.1f} |")
+            p95 = ordered[min(len(ordered) - 1, math.ceil(len(ordered) * 0.95) - 1)]
+            lines.append(f"| {label} | {med[label] * 1e3:.1f} | {p95 * 1e3:.1f} |")
         on, offv, go = (med["cnm-bridge + host-local, names on"], med["cnm-bridge + host-local, names off"],
                         med["Go bridge + host-local + dnsname"])
         own = med["cnm-bridge + cnm-ipam, names on"]
@@ -282,6 +284,7 @@ def main() -> int:
         if aardvark is not None:
             aardvark.terminate()
             aardvark.wait(timeout=10)
+            _stop_aardvark(os.path.join(work, "aardvark"))
         for pidfile in _dnsmasq_pidfiles():
             _stop_dnsmasq(pidfile)
         world.close()
@@ -296,6 +299,15 @@ def main() -> int:
         with open(opts.out, "w") as f:
             f.write(text)
     return 0
+
+
+def _stop_aardvark(config_dir: str) -> None:
+    """aardvark-dns `run` forks into the background: its pid is in the config dir."""
+    try:
+        with open(os.path.join(config_dir, "aardvark.pid")) as f:
+            os.kill(int(f.read().strip()), 15)
+    except (OSError, ValueError):
+        pass
 
 
 def _dnsmasq_pidfiles() -> list[str]:

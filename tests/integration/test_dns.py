@@ -365,3 +365,34 @@ def test_server_lets_go_once_its_network_has_no_endpoint(lab):
         time.sleep(0.5)
     again = lab.add(aliases(conf, "again"), ns, cid="again")
     assert resolve(ns, gw, f"again.{lab.network.lower()}.cnm.") == ("NOERROR", [ip_of(again)])
+
+
+@pytest.mark.parametrize("keys, key", [
+    ({"dnsEnabled": "yes"}, "dnsEnabled"),
+    ({"dnsEnabled": True, "dnsDomain": "bad_domain!"}, "dnsDomain"),
+    ({"dnsEnabled": True, "dnsDomain": "a" * 64 + ".test"}, "dnsDomain"),
+    ({"dnsEnabled": True, "dnsDomain": 5}, "dnsDomain"),
+    ({"dnsEnabled": True, "dnsUpstreams": ["not-an-ip"]}, "dnsUpstreams"),
+    ({"dnsEnabled": True, "dnsUpstreams": "10.0.0.1"}, "dnsUpstreams"),
+    ({"dnsDomain": "x.test"}, "dnsDomain"),
+    ({"dnsEnabled": True, "isGateway": False}, "dnsEnabled"),  # no gateway: nowhere to listen
+], ids=["enabled-not-bool", "domain-bad-label", "domain-long-label", "domain-not-string", "upstream-not-ip",
+        "upstreams-not-list", "domain-without-enabled", "no-gateway"])
+def test_bad_names_config_is_code_7_naming_the_key_and_leaves_nothing(netns, cnm_env, tmp_path, keys, key):
+    """Issue 14 item 1: a bad dnsEnabled/dnsDomain/dnsUpstreams is CNI error 7 naming the key,
+    and the ADD leaves nothing behind (no veth, no store record, no lease)."""
+    from cni_plugins.cnm.store import Store
+
+    lab = DnsLab(netns, cnm_env, tmp_path, "10.251.6.0/24")
+    lab.env["CNM_HELPER_SOCKET"] = "off"
+    conf = lab.conf(**{"isGateway": True, **keys})
+    run = lab.run("ADD", conf, lab.container(), cid="bad")
+    assert run.rc != 0 and run.json["code"] == 7, run
+    assert key in run.json["msg"], run
+    assert not [name for name in lab.links() if name.startswith("cnm")]
+    if os.path.exists(os.path.join(lab.env["CNM_STATE_DIR"], "cnm.db")):
+        with Store(lab.env["CNM_STATE_DIR"]).transaction(write=False) as tx:
+            assert tx.list_endpoints() == []
+    leases = os.path.join(lab.data_dir, lab.network)
+    assert not os.path.isdir(leases) or [f for f in os.listdir(leases) if f[0].isdigit()] == []
+

@@ -3,7 +3,7 @@ in every ADD of a DNS-enabled network, in-process too; the server's modules are 
 
 What the server needs is recorded in the store, so a server started later (another helper,
 after a restart) answers from the records alone:
-- network.options[OPTIONS_KEY] = {"domain": ..., "upstreams": [...]} (immutable while
+- network.options[OPTIONS_KEY] = {"domain": ..., "upstreams": [...] or None (the host's)} (immutable while
   endpoints are attached, as every network option);
 - endpoint.data[ENDPOINT_KEY] = {"names": [...], "addresses": [...], "listen": [[address,
   device], ...]}: the endpoint's names, its addresses, and where its network's server listens.
@@ -61,11 +61,12 @@ def options(request) -> dict:
     elif not isinstance(domain, str) or not valid_domain(domain):
         raise CNIError(INVALID_CONFIG, "invalid dnsDomain",
                        f"{domain!r} is not a DNS name (labels of letters, digits and '-', each 1-63 characters)")
-    upstreams = conf.get("dnsUpstreams", [])
-    if not isinstance(upstreams, list):
+    # Absent: the host's resolvers (None); a list, even empty: exactly those (none: no forwarding).
+    upstreams = conf.get("dnsUpstreams", None)
+    if upstreams is not None and not isinstance(upstreams, list):
         raise CNIError(INVALID_CONFIG, "invalid dnsUpstreams", "must be a list of IP addresses")
-    checked = []
-    for item in upstreams:
+    checked = None if upstreams is None else []
+    for item in upstreams or []:
         try:
             checked.append(str(ipaddress.ip_address(item)))
         except (ValueError, TypeError):

@@ -261,10 +261,7 @@ class NetworkServer:
             self._pending.release()
 
     def upstreams(self, records) -> list[str]:
-        """The network's `dnsUpstreams`, else the host's resolvers; never a server of ours."""
-        chosen = list(records.upstreams) if records is not None and records.upstreams else host_resolvers()
-        own = self._own_addresses()
-        return [u for u in chosen if u not in own]
+        return upstreams(records, self._own_addresses())
 
     def _forwarded(self, query, records, tcp: bool, limit: int) -> bytes:
         for upstream in self.upstreams(records):
@@ -278,6 +275,16 @@ class NetworkServer:
                 continue
             return answer.to_wire(reply, limit)
         return answer.servfail_of(query)
+
+
+def upstreams(records, own) -> list[str]:
+    """Where a network forwards: its `dnsUpstreams` (none when the list is empty), else the
+    host's resolvers; never an address a server of ours listens on (`own`)."""
+    if records is not None and records.upstreams is not None:
+        chosen = list(records.upstreams)
+    else:
+        chosen = host_resolvers()
+    return [u for u in chosen if u not in own]
 
 
 def _sendto(sock: socket.socket, wire: bytes, peer) -> None:

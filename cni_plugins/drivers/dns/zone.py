@@ -24,7 +24,7 @@ class Records:
     """What a network's server answers from (a snapshot)."""
 
     domain: str = ""
-    upstreams: tuple[str, ...] = ()
+    upstreams: tuple[str, ...] | None = None  # None: the host's resolvers
     names: dict[str, tuple[str, ...]] = field(default_factory=dict)  # label -> addresses
     reverse: dict[str, str] = field(default_factory=dict)  # address -> the endpoint's first name
     listen: frozenset = frozenset()  # (address, device)
@@ -55,7 +55,8 @@ def read(tx, network: str) -> Records:
         if record.get("names"):
             for address in addresses:
                 reverse.setdefault(address, record["names"][0])
-    return Records(opts["domain"], tuple(opts.get("upstreams", ())),
+    upstreams = opts.get("upstreams")
+    return Records(opts["domain"], None if upstreams is None else tuple(upstreams),
                    {k: tuple(v) for k, v in names.items()}, reverse, frozenset(listen))
 
 
