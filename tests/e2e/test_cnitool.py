@@ -19,7 +19,7 @@ from harness.node import CLEAN, Node
 
 from cni_plugins.cli.cnmctl import cnitool_container_id
 from cni_plugins.linux import netns as nsmod
-from conftest import unique
+from support.common import unique
 
 
 @pytest.fixture(scope="session")

@@ -13,7 +13,7 @@ from harness.host import BIN, sh, wait_for_http
 from harness.node import CLEAN, Node
 
 from cni_plugins.linux import netns as nsmod
-from conftest import unique
+from support.common import unique
 
 
 class Ctl:

@@ -28,7 +28,7 @@ from harness.host import ensure_e2e_tools, wait_for_http
 from harness.image import oci_archive
 from harness.node import CLEAN, Node
 
-from conftest import unique
+from support.common import unique
 
 NAMESPACE = "cnm-e2e"  # containerd namespace of these tests
 IMAGE = "docker.io/library/cnm-busybox:e2e"

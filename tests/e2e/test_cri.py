@@ -27,7 +27,7 @@ from harness.image import oci_archive
 from harness.kubelet import Kubelet
 from harness.node import Node
 
-from conftest import unique
+from support.common import unique
 
 SANDBOX_IMAGE = "registry.test/cnm/pause:e2e"
 # Port publishing (hostPort through the portMappings capability) is issue 5's; until it lands the

@@ -31,7 +31,7 @@ from harness.node import CLEAN, Node
 from cni_plugins.runtime import cache as cachemod
 from cni_plugins.runtime.conf import conflist_from_bytes
 from cni_plugins.runtime.libcni import CNIRunner, RuntimeConf
-from conftest import unique
+from support.common import unique
 
 LOOPBACK_LIST = {"cniVersion": "0.3.1", "name": "cni-loopback", "plugins": [{"type": "loopback"}]}
 ANNOTATIONS = {"io.kubernetes.cri.pod-annotations": {

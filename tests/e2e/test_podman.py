@@ -24,7 +24,7 @@ from harness.host import BIN, LIBCNI_DIR, base_env, ensure_e2e_tools, kill, proc
 from harness.image import rootfs_tar
 from harness.node import CLEAN, Network, Node
 
-from conftest import unique
+from support.common import unique
 
 IMAGE = "localhost/cnm-busybox:e2e"
 # Port publishing (-p, the portMappings capability) is issue 5's. Set to False when it lands.

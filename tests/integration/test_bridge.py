@@ -11,10 +11,10 @@ import time
 
 import pytest
 
-from bridge_support import Lab, delete_nft_element, sh, with_prev
+from support.bridge import Lab, delete_nft_element, sh, with_prev
 from cni_plugins.cni.errors import CONFLICT
 from cni_plugins.cnm.model import endpoint_id
-from conftest import ALL_VERSIONS
+from support.common import ALL_VERSIONS
 
 
 IPAM_TYPES = ["host-local", "cnm-ipam"]  # delegated Go binary, and ours in-process

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import pytest
 
-from bridge_support import Lab
+from support.bridge import Lab
 
 
 @pytest.fixture(params=["host-local", "cnm-ipam"])

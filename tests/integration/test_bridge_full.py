@@ -12,8 +12,8 @@ import subprocess
 
 import pytest
 
-from bridge_support import Lab
-from conftest import BIN, in_netns
+from support.bridge import Lab
+from support.common import BIN, in_netns
 
 MAX_PORTS = 1023
 CNMCTL = os.path.join(BIN, "cnmctl")

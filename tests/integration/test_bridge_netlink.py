@@ -13,7 +13,7 @@ import pytest
 
 from cni_plugins.linux import bridge, links, veth
 from cni_plugins.linux import netns as nsmod
-from conftest import in_netns, unique
+from support.common import in_netns, unique
 
 
 def ip(ns: str, *args: str, check: bool = True) -> subprocess.CompletedProcess:

@@ -11,9 +11,9 @@ import subprocess
 
 import pytest
 
-from bridge_support import Lab, sh
+from support.bridge import Lab, sh
 from cni_plugins.cnm.model import endpoint_id
-from conftest import BIN, exec_plugin, store_id, unique
+from support.common import BIN, exec_plugin, store_id, unique
 
 CNMCTL = os.path.join(BIN, "cnmctl")
 NSENTER = shutil.which("nsenter")  # resolved here: a test may hand cnmctl a PATH without it

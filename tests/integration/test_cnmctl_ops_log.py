@@ -9,7 +9,7 @@ import re
 
 import pytest
 
-from bridge_support import Lab, with_prev
+from support.bridge import Lab, with_prev
 
 
 def lines(path) -> list[str]:

@@ -10,9 +10,9 @@ from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 
-from conftest import pin_names, pin_path
+from support.common import pin_names, pin_path
 
-from bridge_support import Lab, sh, with_prev
+from support.bridge import Lab, sh, with_prev
 
 N = 100
 
@@ -180,7 +180,7 @@ def test_parallel_crashes_between_intent_and_outcome_converge(lab):
                                                            "protocol": "tcp"}]})
 
     def add(i: int, fault: str = ""):
-        from conftest import exec_plugin
+        from support.common import exec_plugin
 
         extra = dict(in_process, CNM_FAULT=fault) if fault else in_process
         return exec_plugin("cnm-bridge", "ADD", conf_of(i), lab.env, container_id=f"c{i}", netns=spaces[i],
@@ -199,7 +199,7 @@ def test_parallel_crashes_between_intent_and_outcome_converge(lab):
     assert_consistent(lab)
 
     def delete(i: int, fault: str = ""):
-        from conftest import exec_plugin
+        from support.common import exec_plugin
 
         extra = dict(in_process, CNM_FAULT=fault) if fault else in_process
         return exec_plugin("cnm-bridge", "DEL", conf_of(i), lab.env, container_id=f"c{i}", netns=spaces[i],

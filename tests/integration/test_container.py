@@ -15,7 +15,7 @@ import time
 
 import pytest
 
-from conftest import unique, pin_names, pin_path
+from support.common import unique, pin_names, pin_path
 
 V = "1.0.0"
 

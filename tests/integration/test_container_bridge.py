@@ -14,8 +14,8 @@ import threading
 
 import pytest
 
-from bridge_support import Lab, sh, with_prev
-from conftest import ROOT, unique
+from support.bridge import Lab, sh, with_prev
+from support.common import ROOT, unique
 from test_container import Servers, connect, join_conf, none_conf, pin_path, pins, records
 
 SUBNET, GATEWAY = "10.251.0.0/24", "10.251.0.1"

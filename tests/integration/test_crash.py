@@ -11,8 +11,8 @@ import os
 
 import pytest
 
-from bridge_support import Lab
-from conftest import exec_plugin, pin_names, pin_path
+from support.bridge import Lab
+from support.common import exec_plugin, pin_names, pin_path
 from cni_plugins.faults import EXIT_CODE, STEPS
 
 IN_PROCESS = {"CNM_HELPER_SOCKET": "off"}  # a fault must kill the plugin process, never the helper
@@ -104,7 +104,7 @@ def our_elements(lab: Lab) -> list:
     """Every element (sets and maps) of our tables in the lab's host netns."""
     import json
 
-    from bridge_support import sh
+    from support.bridge import sh
 
     found = []
     for family in ("inet", "ip", "ip6", "bridge"):

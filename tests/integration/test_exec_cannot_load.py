@@ -14,7 +14,7 @@ import subprocess
 
 import pytest
 
-from conftest import ROOT, unique
+from support.common import ROOT, unique
 
 ENTRY_POINTS = (os.path.join(ROOT, "bin", "cnm"), os.path.join(ROOT, "packaging", "entry.py"))
 SHARED = re.compile(r"# ---- the answer when the code cannot be loaded.*?# ---- end of the shared text\n", re.S)

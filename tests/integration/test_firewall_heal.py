@@ -16,9 +16,9 @@ from types import SimpleNamespace
 
 import pytest
 
-from bridge_support import Lab, sh
-from conftest import BIN, exec_plugin, unique
-from ports_support import OUTSIDE_V4, UPLINK_V4, ask, nft_map_elements, outside_host, reach, servers  # noqa: F401
+from support.bridge import Lab, sh
+from support.common import BIN, exec_plugin, unique
+from support.ports import OUTSIDE_V4, UPLINK_V4, ask, nft_map_elements, outside_host, reach, servers  # noqa: F401
 from test_helper import start_helper
 from test_helper_memory import quiet
 import test_ports_networks as two_networks
@@ -82,7 +82,7 @@ class Store:
                               capture_output=True, text=True, timeout=120)
 
     def owner_tag(self) -> str:
-        from conftest import store_id
+        from support.common import store_id
 
         return "@" + store_id(self.env)[:12]
 

@@ -11,8 +11,8 @@ import subprocess
 
 import pytest
 
-from bridge_support import Lab, sh
-from conftest import BIN, exec_plugin, in_netns, pin_dir, pin_names, pin_path, pin_paths, store_id, unique
+from support.bridge import Lab, sh
+from support.common import BIN, exec_plugin, in_netns, pin_dir, pin_names, pin_path, pin_paths, store_id, unique
 
 
 def pins(lab: Lab) -> list[str]:

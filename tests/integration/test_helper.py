@@ -20,7 +20,7 @@ from concurrent.futures import ThreadPoolExecutor
 import pytest
 
 from cni_plugins.cli import cnmd, thin
-from conftest import BIN, GO_PLUGINS, unique, wait_listening
+from support.common import BIN, GO_PLUGINS, unique, wait_listening
 
 PYTHON = "/usr/bin/python3"  # bin/cnm's shebang interpreter
 
@@ -291,7 +291,7 @@ def test_worker_pool_in_process(tmp_path, netns, monkeypatch):
     from cni_plugins.cli import plugin
     from cni_plugins.cni.dispatch import Response
     from cni_plugins.linux import netns as nsmod
-    from conftest import in_netns
+    from support.common import in_netns
 
     monkeypatch.setattr(cnmd, "KEEP_IDLE", 1)
     monkeypatch.setattr(cnmd, "IDLE_TIMEOUT", 0.3)
@@ -432,7 +432,7 @@ def test_checkout_helper_refuses_once_its_sources_change(tmp_path, monkeypatch):
     once a source in it changed (an edited .py, a new one, a new package), for good."""
     import shutil
 
-    from conftest import ROOT
+    from support.common import ROOT
 
     tree = tmp_path / "checkout"
     shutil.copytree(os.path.join(ROOT, "cni_plugins"), tree / "cni_plugins", ignore=shutil.ignore_patterns("__pycache__"))

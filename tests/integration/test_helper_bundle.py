@@ -15,8 +15,8 @@ import time
 
 import pytest
 
-from bundle_support import CLEAN_PATH, build
-from conftest import unique, wait_listening
+from support.bundle import CLEAN_PATH, build
+from support.common import unique, wait_listening
 
 pytestmark = pytest.mark.slow
 
@@ -201,7 +201,7 @@ def test_bundled_helper_serves_names(bundle, tmp_path, netns):
     import dns.query
     import dns.reversename
 
-    from conftest import in_netns
+    from support.common import in_netns
 
     host, ns = netns(), netns()
     sock = str(tmp_path / "cnmd.sock")

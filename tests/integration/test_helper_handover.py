@@ -16,7 +16,7 @@ import time
 
 import pytest
 
-from conftest import BIN, ROOT, wait_listening
+from support.common import BIN, ROOT, wait_listening
 from cni_plugins.cli import handover, thin
 
 # What every cnmd before the takeover did, reduced to what the takeover relies on: it refuses a

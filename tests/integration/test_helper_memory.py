@@ -16,7 +16,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 
-from conftest import BIN, GO_PLUGINS, unique
+from support.common import BIN, GO_PLUGINS, unique
 from test_helper import env, run, start_helper  # noqa: F401 (env: the same fixture)
 
 # glibc's HEAP_MAX_SIZE: a thread arena's heap is an anonymous mapping of this size, aligned

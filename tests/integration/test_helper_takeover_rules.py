@@ -17,10 +17,10 @@ import time
 
 import pytest
 
-from bundle_support import release_a, release_b  # noqa: F401 (fixtures)
-from bundle_support import CLEAN_PATH, Helper, Node, build, build_id, exec_plugin, run_script
+from support.bundle import release_a, release_b  # noqa: F401 (fixtures)
+from support.bundle import CLEAN_PATH, Helper, Node, build, build_id, exec_plugin, run_script
 from cni_plugins.cli import handover
-from conftest import unique
+from support.common import unique
 
 pytestmark = pytest.mark.slow
 

@@ -18,8 +18,8 @@ import tempfile
 
 import pytest
 
-from bridge_support import Lab
-from conftest import BIN, exec_plugin, wait_listening
+from support.bridge import Lab
+from support.common import BIN, exec_plugin, wait_listening
 
 NOBODY = 65534
 FORGED_ADDRESS = "6.6.6.6"

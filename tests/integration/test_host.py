@@ -16,8 +16,8 @@ import subprocess
 import pytest
 from pyroute2 import IPRoute
 
-from bridge_support import store_rows
-from conftest import pin_names, ALL_VERSIONS, BIN, unique
+from support.bridge import store_rows
+from support.common import pin_names, ALL_VERSIONS, BIN, unique
 
 OLD = ("0.1.0", "0.2.0")
 ARPHRD_LOOPBACK = 772

@@ -14,8 +14,8 @@ import subprocess
 
 import pytest
 
-from bundle_support import release_a, release_b  # noqa: F401 (fixtures)
-from bundle_support import CONFLIST, Helper, Node, build, build_id, run_script, snapshot, version_all
+from support.bundle import release_a, release_b  # noqa: F401 (fixtures)
+from support.bundle import CONFLIST, Helper, Node, build, build_id, run_script, snapshot, version_all
 
 pytestmark = pytest.mark.slow
 BEFORE_VERSIONED_BUNDLES = "092684e^"  # the last commit whose install.sh uninstalls first

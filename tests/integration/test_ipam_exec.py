@@ -8,7 +8,7 @@ import json
 import os
 import subprocess
 
-from conftest import BIN, unique
+from support.common import BIN, unique
 
 
 def plugin_env(cnm_env: dict, command: str, cid: str, ifname: str = "eth0") -> dict:

@@ -13,9 +13,9 @@ import threading
 
 import pytest
 
-from bridge_support import Lab, sh
+from support.bridge import Lab, sh
 from cni_plugins.faults import EXIT_CODE, STEPS
-from conftest import BIN, exec_plugin, pin_names, pin_path, unique, wait_listening
+from support.common import BIN, exec_plugin, pin_names, pin_path, unique, wait_listening
 
 IN_PROCESS = {"CNM_HELPER_SOCKET": "off"}  # a fault must kill the plugin process, never a shared helper
 

@@ -14,8 +14,8 @@ import time
 
 import pytest
 
-from bridge_support import Lab
-from conftest import BIN, unique
+from support.bridge import Lab
+from support.common import BIN, unique
 
 IN_PROCESS = {"CNM_HELPER_SOCKET": "off"}  # the test kills the plugin process, never a shared helper
 HOST_LOCAL = "/usr/lib/cni/host-local"

@@ -16,9 +16,9 @@ import sys
 
 import pytest
 
-from bridge_support import Lab, sh
-from conftest import BIN
-from ports_support import nft_map_elements
+from support.bridge import Lab, sh
+from support.common import BIN
+from support.ports import nft_map_elements
 
 CNMCTL = os.path.join(BIN, "cnmctl")
 NSENTER = shutil.which("nsenter")

@@ -13,7 +13,7 @@ import pytest
 
 from cni_plugins.linux import nft
 from cni_plugins.linux.nft import backend as nft_backend, libnftables
-from conftest import in_netns
+from support.common import in_netns
 
 BACKENDS = ("libnftables", "exec")
 

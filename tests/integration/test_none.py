@@ -10,8 +10,8 @@ import threading
 
 import pytest
 
-from bridge_support import store_rows
-from conftest import ALL_VERSIONS, BIN, GO_PLUGINS, exec_plugin, unique, pin_names, pin_path
+from support.bridge import store_rows
+from support.common import ALL_VERSIONS, BIN, GO_PLUGINS, exec_plugin, unique, pin_names, pin_path
 
 LOOPBACK_MAC = "00:00:00:00:00:00"
 OLD = ("0.1.0", "0.2.0")

@@ -10,8 +10,8 @@ import time
 
 import pytest
 
-from bridge_support import Lab
-from conftest import pin_dir, BIN
+from support.bridge import Lab
+from support.common import pin_dir, BIN
 
 
 def mode(path: str) -> int:

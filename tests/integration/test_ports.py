@@ -7,8 +7,8 @@ from __future__ import annotations
 
 import pytest
 
-from bridge_support import Lab, delete_nft_element, sh, with_prev
-from ports_support import OUTSIDE_V4, UPLINK_V4, UPLINK_V6, servers, ask, nft_map_elements, outside_host, reach  # servers: a fixture
+from support.bridge import Lab, delete_nft_element, sh, with_prev
+from support.ports import OUTSIDE_V4, UPLINK_V4, UPLINK_V6, servers, ask, nft_map_elements, outside_host, reach  # servers: a fixture
 
 
 @pytest.fixture

@@ -19,9 +19,9 @@ import sys
 
 import pytest
 
-from bridge_support import Lab, with_prev
-from conftest import unique
-from ports_support import UPLINK_V4, ask, nft_map_elements, outside_host
+from support.bridge import Lab, with_prev
+from support.common import unique
+from support.ports import UPLINK_V4, ask, nft_map_elements, outside_host
 
 PORT = 18300
 MAPPINGS = [{"hostPort": PORT, "containerPort": 80, "protocol": "tcp"}]
@@ -217,7 +217,7 @@ def cnmctl_gc_of(lab, state_dir: str) -> dict:
     import json
     import os
 
-    from conftest import BIN
+    from support.common import BIN
 
     env = dict(lab.env, CNM_STATE_DIR=state_dir)
     proc = subprocess.run(["nsenter", f"--net={lab.host}", "--", os.path.join(BIN, "cnmctl"), "gc", "--format", "json"],

@@ -17,7 +17,7 @@ import pytest
 from cni_plugins.linux import links
 from cni_plugins.linux import netns as nsmod
 from cni_plugins.linux.rtnl import Rtnl
-from conftest import in_netns
+from support.common import in_netns
 from pyroute2.netlink.exceptions import NetlinkError
 
 

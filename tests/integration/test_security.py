@@ -9,9 +9,9 @@ import sys
 
 import pytest
 
-from bridge_support import Lab, sh
-from conftest import BIN, exec_plugin, pin_names
-from ports_support import OUTSIDE_V4, UPLINK_V4, ask, nft_map_elements, outside_host, reach, servers  # noqa: F401
+from support.bridge import Lab, sh
+from support.common import BIN, exec_plugin, pin_names
+from support.ports import OUTSIDE_V4, UPLINK_V4, ask, nft_map_elements, outside_host, reach, servers  # noqa: F401
 
 GATEWAY = "10.250.0.1"
 

@@ -11,7 +11,7 @@ import sys
 import pytest
 
 from cni_plugins.cli import thin
-from conftest import BIN, ROOT, exec_plugin, unique, wait_listening
+from support.common import BIN, ROOT, exec_plugin, unique, wait_listening
 
 PYTHON = "/usr/bin/python3"  # bin/cnm's interpreter
 
@@ -184,8 +184,8 @@ def test_a_reused_pid_is_not_taken_for_the_caller(monkeypatch):
 
 
 # ---- findings 3 to 6: what a container reaches through the host -------------------------------
-from bridge_support import Lab, sh  # noqa: E402
-from ports_support import ask, nft_map_elements, reach, servers  # noqa: E402,F401  (servers: a fixture)
+from support.bridge import Lab, sh  # noqa: E402
+from support.ports import ask, nft_map_elements, reach, servers  # noqa: E402,F401  (servers: a fixture)
 
 GATEWAY = "10.250.0.1"
 

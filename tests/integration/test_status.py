@@ -8,8 +8,8 @@ import subprocess
 
 import pytest
 
-from bridge_support import Lab, sh
-from conftest import exec_plugin
+from support.bridge import Lab, sh
+from support.common import exec_plugin
 from test_gc import recording_ipam
 
 IN_PROCESS = {"CNM_HELPER_SOCKET": "off"}  # the condition is the plugin process's own (PATH, mounts)

@@ -12,7 +12,7 @@ import pytest
 
 from cni_plugins.linux import netns as nsmod
 from cni_plugins.linux import sysctl
-from conftest import in_netns, unique
+from support.common import in_netns, unique
 
 
 @pytest.fixture

@@ -16,10 +16,10 @@ import threading
 
 import pytest
 
-from bundle_support import release_a, release_b  # noqa: F401 (fixtures)
-from bundle_support import (CLEAN_PATH, CONFLIST, PLUGIN_LINKS, Helper, Node, build, build_id, exec_plugin, run_script,
+from support.bundle import release_a, release_b  # noqa: F401 (fixtures)
+from support.bundle import (CLEAN_PATH, CONFLIST, PLUGIN_LINKS, Helper, Node, build, build_id, exec_plugin, run_script,
                             snapshot, version_all)
-from conftest import unique
+from support.common import unique
 
 pytestmark = pytest.mark.slow
 

@@ -11,8 +11,8 @@ import os
 
 import pytest
 
-from bridge_support import Lab, sh, with_prev
-from conftest import BIN, GO_PLUGINS
+from support.bridge import Lab, sh, with_prev
+from support.common import BIN, GO_PLUGINS
 
 GO_VERSIONS = ("0.2.0", "0.3.1", "0.4.0", "1.0.0")  # Debian's 1.1.1 plugins stop at 1.0.0
 

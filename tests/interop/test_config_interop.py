@@ -11,8 +11,8 @@ import os
 
 import pytest
 
-from bridge_support import Lab
-from conftest import BIN, GO_PLUGINS, exec_plugin
+from support.bridge import Lab
+from support.common import BIN, GO_PLUGINS, exec_plugin
 
 GO_VERSIONS = ("0.2.0", "0.3.1", "0.4.0", "1.0.0")
 

@@ -10,7 +10,7 @@ import subprocess
 
 import pytest
 
-from conftest import BIN, GO_PLUGINS, unique
+from support.common import BIN, GO_PLUGINS, unique
 
 VERSION = "1.0.0"  # the newest version Debian's Go plugins (1.1.1) speak
 

@@ -16,7 +16,7 @@ import subprocess
 
 import pytest
 
-from conftest import BIN, GO_PLUGINS, unique, wait_listening
+from support.common import BIN, GO_PLUGINS, unique, wait_listening
 
 PYTHON = "/usr/bin/python3"  # bin/cnm's shebang interpreter
 VERSION = "1.0.0"  # the newest version Debian's Go plugins speak

@@ -6,9 +6,9 @@ from __future__ import annotations
 
 import pytest
 
-from bridge_support import Lab, sh, with_prev
-from conftest import unique
-from ports_support import OUTSIDE_V4, UPLINK_V4, servers, ask, nft_map_elements, outside_host, reach  # servers: a fixture
+from support.bridge import Lab, sh, with_prev
+from support.common import unique
+from support.ports import OUTSIDE_V4, UPLINK_V4, servers, ask, nft_map_elements, outside_host, reach  # servers: a fixture
 
 
 @pytest.fixture

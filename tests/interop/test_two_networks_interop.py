@@ -10,8 +10,8 @@ from __future__ import annotations
 
 import pytest
 
-from bridge_support import Lab, with_prev
-from conftest import BIN, GO_PLUGINS
+from support.bridge import Lab, with_prev
+from support.common import BIN, GO_PLUGINS
 
 NETWORKS = (("a", "10.251.0.0/24", "fd00:251::/64", "eth0"), ("b", "10.252.0.0/24", "fd00:252::/64", "eth1"))
 

@@ -8,7 +8,7 @@ import json
 import subprocess
 import sys
 
-from conftest import ROOT
+from support.common import ROOT
 
 CODE = """
 import gc, json

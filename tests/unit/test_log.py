@@ -12,7 +12,7 @@ import pytest
 
 from cni_plugins.cni import log
 from cni_plugins.cni.dispatch import dispatch
-from conftest import exec_plugin
+from support.common import exec_plugin
 
 STATUS = {"cniVersion": "1.1.0", "name": "lognet", "type": "cnm-none"}
 

@@ -8,7 +8,7 @@ import sys
 
 import pytest
 
-from conftest import ROOT
+from support.common import ROOT
 
 
 def run(code: str) -> subprocess.CompletedProcess:

@@ -16,7 +16,7 @@ import os
 import subprocess
 from dataclasses import dataclass
 
-from conftest import unique
+from support.common import unique
 
 from .host import BIN, GO_PLUGINS, LIBCNI_DIR, OUR_TYPES, base_env, mounts_under, sh, unmount_under
 

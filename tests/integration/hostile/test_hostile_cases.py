@@ -21,10 +21,10 @@ import subprocess
 
 import pytest
 
-from bridge_support import Lab, sh
+from support.bridge import Lab, sh
 from cni_plugins.cli.plugin import handle
 from cni_plugins.cni.request import MAX_STDIN
-from conftest import BIN
+from support.common import BIN
 
 CONF = {"cniVersion": "1.0.0", "name": "net1", "type": "cnm-none"}
 
