@@ -8,7 +8,6 @@ Slow (PyInstaller builds): marked `slow`.
 
 from __future__ import annotations
 
-import json
 import os
 import re
 import signal
@@ -17,8 +16,8 @@ import time
 
 import pytest
 
-from support.bundle import release_a, release_b  # noqa: F401 (fixtures)
-from support.bundle import CLEAN_PATH, Helper, Node, build, build_id, exec_plugin, run_script
+from support.bundle import helpers, release_a, release_b  # noqa: F401 (fixtures)
+from support.bundle import CLEAN_PATH, Helper, Node, build, build_id, doctor_helper_finding, exec_plugin, run_script
 from cni_plugins.cli import handover
 from support.common import unique
 
@@ -31,30 +30,6 @@ def node(tmp_path):
     yield n
     if n.installed():
         run_script(n.prefix / "cnm-cni" / "uninstall.sh")
-
-
-@pytest.fixture
-def helpers():
-    made: list[Helper] = []
-
-    def start(*args, **kwargs) -> Helper:
-        made.append(Helper(*args, **kwargs))
-        return made[-1]
-
-    yield start
-    for h in made:
-        if h.proc.poll() is None:
-            os.kill(h.proc.pid, signal.SIGCONT)
-        h.stop()
-
-
-def doctor_helper_finding(cnmctl, sock, prefix, tmp_path) -> dict:
-    env = {"PATH": CLEAN_PATH, "CNM_HELPER_SOCKET": str(sock), "CNI_PATH": str(prefix),
-           "NETCONFPATH": str(tmp_path / "no-configs"), "CNM_STATE_DIR": str(tmp_path / "doctor-state")}
-    proc = subprocess.run([str(cnmctl), "doctor", "--format", "json"], capture_output=True, text=True, env=env,
-                          timeout=300)
-    (finding,) = [f for f in json.loads(proc.stdout) if f["check"] == "helper"]
-    return finding
 
 
 def listener_pid(sock) -> int:

@@ -14,7 +14,7 @@ import subprocess
 
 import pytest
 
-from support.bundle import release_a, release_b  # noqa: F401 (fixtures)
+from support.bundle import helpers, release_a, release_b  # noqa: F401 (fixtures)
 from support.bundle import CONFLIST, Helper, Node, build, build_id, run_script, snapshot, version_all
 
 pytestmark = pytest.mark.slow
@@ -39,19 +39,6 @@ def nodes(tmp_path):
     for n in made:
         if n.installed():
             run_script(n.prefix / "cnm-cni" / "uninstall.sh")
-
-
-@pytest.fixture
-def helpers():
-    made: list[Helper] = []
-
-    def start(*args, **kwargs) -> Helper:
-        made.append(Helper(*args, **kwargs))
-        return made[-1]
-
-    yield start
-    for h in made:
-        h.stop()
 
 
 def plain_install(release, node, *extra) -> list[str]:

@@ -16,9 +16,9 @@ import threading
 
 import pytest
 
-from support.bundle import release_a, release_b  # noqa: F401 (fixtures)
-from support.bundle import (CLEAN_PATH, CONFLIST, PLUGIN_LINKS, Helper, Node, build, build_id, exec_plugin, run_script,
-                            snapshot, version_all)
+from support.bundle import helpers, release_a, release_b  # noqa: F401 (fixtures)
+from support.bundle import (CLEAN_PATH, CONFLIST, PLUGIN_LINKS, Helper, Node, build, build_id, doctor_helper_finding,
+                            exec_plugin, run_script, snapshot, version_all)
 from support.common import unique
 
 pytestmark = pytest.mark.slow
@@ -30,20 +30,6 @@ def node(tmp_path):
     yield n
     if n.installed():  # a failed test's install: its helpers too
         run_script(n.prefix / "cnm-cni" / "uninstall.sh")
-
-
-@pytest.fixture
-def helpers():
-    made: list[Helper] = []
-
-    def start(executable, sock, log, daemon=False) -> Helper:
-        h = Helper(executable, sock, log, daemon)
-        made.append(h)
-        return h
-
-    yield start
-    for h in made:
-        h.stop()
 
 
 # ---- item 2: the documented upgrade ------------------------------------------------------------
@@ -275,15 +261,6 @@ def test_helper_handover_under_load(node, release_a, release_b, netns, tmp_path,
 
 
 # ---- item 5: the helper of another build -------------------------------------------------------
-def doctor_helper_finding(cnmctl, sock, prefix, tmp_path) -> dict:
-    env = {"PATH": CLEAN_PATH, "CNM_HELPER_SOCKET": str(sock), "CNI_PATH": str(prefix),
-           "NETCONFPATH": str(tmp_path / "no-configs"), "CNM_STATE_DIR": str(tmp_path / "doctor-state")}
-    proc = subprocess.run([str(cnmctl), "doctor", "--format", "json"], capture_output=True, text=True, env=env,
-                          timeout=300)
-    (finding,) = [f for f in json.loads(proc.stdout) if f["check"] == "helper"]
-    return finding
-
-
 @pytest.mark.parametrize("how", ["cnmd", "cnmctl daemon"])
 def test_new_helper_takes_over_from_another_build(release_a, release_b, tmp_path, helpers, how):
     """Issue 17 item 5: a helper of build A (started by hand or `cnmctl daemon`) holds the socket

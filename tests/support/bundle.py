@@ -8,6 +8,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import signal
 import subprocess
 from pathlib import Path
 
@@ -162,3 +163,30 @@ class Helper:
 
     def text(self) -> str:
         return open(self.log).read()
+
+
+@pytest.fixture
+def helpers():
+    """helpers(executable, sock, log, daemon=False) starts a Helper; every one is stopped
+    afterwards (resumed first, should the test have left it stopped)."""
+    made: list[Helper] = []
+
+    def start(*args, **kwargs) -> Helper:
+        made.append(Helper(*args, **kwargs))
+        return made[-1]
+
+    yield start
+    for h in made:
+        if h.proc.poll() is None:
+            os.kill(h.proc.pid, signal.SIGCONT)
+        h.stop()
+
+
+def doctor_helper_finding(cnmctl, sock, prefix, tmp_path) -> dict:
+    """What `cnmctl doctor` (of an installed `cnmctl`) says of the helper on `sock`."""
+    env = {"PATH": CLEAN_PATH, "CNM_HELPER_SOCKET": str(sock), "CNI_PATH": str(prefix),
+           "NETCONFPATH": str(tmp_path / "no-configs"), "CNM_STATE_DIR": str(tmp_path / "doctor-state")}
+    proc = subprocess.run([str(cnmctl), "doctor", "--format", "json"], capture_output=True, text=True, env=env,
+                          timeout=300)
+    (finding,) = [f for f in json.loads(proc.stdout) if f["check"] == "helper"]
+    return finding
