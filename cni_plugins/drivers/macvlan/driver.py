@@ -56,10 +56,11 @@ class MacvlanDriver(Driver):
 
     # ---- ADD ------------------------------------------------------------------------------
     def plan(self, ctx: Context, network, endpoint: Endpoint) -> None:
+        """What teardown needs, with the intent: the master, the mode, the link's name until it
+        is tagged, the MAC (asked for, or the endpoint's own), the IPAM call."""
         conf = mv_config.load(ctx.request)
         data = endpoint.data
-        data.update(master=network.options.get("master") or conf.master, mode=conf.mode, link=link_name(endpoint.id),
-                    partial=True)
+        data.update(master=network.options.get("master") or conf.master, mode=conf.mode, link=link_name(endpoint.id))
         if conf.linkInContainer:
             data["in_container"] = True
         mac = mv_config.requested_mac(ctx.request, conf)
@@ -142,7 +143,6 @@ class MacvlanDriver(Driver):
                 pass
             raise
         data["mac"] = mac
-        data.pop("partial", None)
         dns = DNS(**conf.dns.model_dump(exclude_none=True)) if conf.dns is not None else DNS()
         return Result(interfaces=[Interface(name=request.ifname, mac=mac, sandbox=request.netns)],
                       ips=ips, routes=routes, dns=dns)
