@@ -1,6 +1,6 @@
 #!/usr/bin/env python3
-"""cnm-overlay measured on simulated nodes (the tests' underlay and etcd: tests/overlay_support.py,
-tests/etcd_support.py), as root:
+"""cnm-overlay measured on simulated nodes (the tests' underlay and etcd: tests/support/overlay.py,
+tests/support/etcd.py), as root:
 
     .venv/bin/python bench/overlay.py [--iterations N] [--out FILE]
 
@@ -29,9 +29,9 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(HERE)
 sys.path[:0] = [ROOT, os.path.join(ROOT, "tests")]
 
-from tests.conftest import NetnsFactory, exec_plugin, unique  # noqa: E402
-from tests.etcd_support import Cluster  # noqa: E402
-from tests.overlay_support import World, mesh_of, sh, start_helper, stop_helper  # noqa: E402
+from support.common import NetnsFactory, exec_plugin, unique  # noqa: E402
+from support.etcd import Cluster  # noqa: E402
+from support.overlay import World, mesh_of, sh, start_helper, stop_helper  # noqa: E402
 
 
 def median(xs):
@@ -177,7 +177,7 @@ def fake_records(world, count: int) -> None:
 def scale_rows(world, netns, iterations) -> list[str]:
     """ADD (fresh lease) and a converge from a fresh list, with the records there now."""
     from cni_plugins.drivers.overlay import mesh
-    from tests.conftest import in_netns
+    from support.common import in_netns
 
     node = world.nodes[0]
     settings = node.state()["settings"]

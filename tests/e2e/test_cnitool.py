@@ -91,7 +91,7 @@ def test_shipped_conflist_add_check_del(world, relpath):
 def overlay_store(world: World, conflist: dict):
     """A cnm-overlay list made runnable on the test's node: a throwaway etcd (unix socket) as
     its store, an uplink with an address as its underlay, a node name of its own."""
-    from tests.etcd_support import Cluster
+    from support.etcd import Cluster
 
     uplink = world.node.add_uplink()
     sh("ip", "addr", "add", "192.0.2.10/24", "dev", uplink, ns=world.host)

@@ -17,8 +17,8 @@ from harness.image import oci_archive
 from harness.kubelet import Kubelet
 from harness.node import CLEAN, Node
 
-from conftest import unique, wait_listening
-from tests.etcd_support import Cluster
+from support.common import unique, wait_listening
+from support.etcd import Cluster
 
 SANDBOX_IMAGE = "registry.test/cnm/pause:e2e"
 

@@ -11,8 +11,8 @@ import threading
 import pytest
 
 from cni_plugins.drivers.overlay import etcd
-from tests.conftest import unique
-from tests.etcd_support import Cluster, etcd_cluster, etcd_cluster3  # noqa: F401 (fixtures)
+from support.common import unique
+from support.etcd import Cluster, etcd_cluster, etcd_cluster3  # noqa: F401 (fixtures)
 
 
 def test_put_get_range_delete(etcd_cluster):

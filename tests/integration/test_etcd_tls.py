@@ -9,9 +9,9 @@ import subprocess
 import pytest
 
 from cni_plugins.drivers.overlay import etcd
-from tests.conftest import unique
-from tests.etcd_support import Cluster, free_port
-from tests.overlay_support import World, underlay_net
+from support.common import unique
+from support.etcd import Cluster, free_port
+from support.overlay import World, underlay_net
 
 
 def openssl(*args, cwd):
@@ -113,7 +113,7 @@ def wait_ready_tls(cluster, pki):
     """Until the member answers a client with a certificate (from the underlay's netns)."""
     import time
 
-    from tests.conftest import in_netns
+    from support.common import in_netns
 
     client = None
 

@@ -9,8 +9,8 @@ import os
 
 import pytest
 
-from tests.etcd_support import etcd_cluster  # noqa: F401 (fixture)
-from tests.overlay_support import World, ping, sh, tcp_source
+from support.etcd import etcd_cluster  # noqa: F401 (fixture)
+from support.overlay import World, ping, sh, tcp_source
 
 
 @pytest.fixture

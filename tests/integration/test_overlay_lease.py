@@ -9,8 +9,8 @@ import threading
 import pytest
 
 from cni_plugins.drivers.overlay import etcd, lease
-from tests.conftest import unique
-from tests.etcd_support import etcd_cluster  # noqa: F401 (fixture)
+from support.common import unique
+from support.etcd import etcd_cluster  # noqa: F401 (fixture)
 
 
 def layout(subnet="10.244.0.0/16", length=24) -> lease.Layout:

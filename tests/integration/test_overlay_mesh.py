@@ -10,8 +10,8 @@ import threading
 
 import pytest
 
-from tests.etcd_support import etcd_cluster3  # noqa: F401 (fixture)
-from tests.overlay_support import World, helper_log, mesh_of, ping, start_helper, stop_helper, tcp_source, wait_for
+from support.etcd import etcd_cluster3  # noqa: F401 (fixture)
+from support.overlay import World, helper_log, mesh_of, ping, start_helper, stop_helper, tcp_source, wait_for
 
 
 @pytest.fixture
@@ -71,7 +71,7 @@ def test_a_vanished_node_is_withdrawn_and_a_restarted_helper_rebuilds(world):
              what="the vanished node's routes withdrawn")
     # node1's helper killed; its mesh entries deleted by hand; a new helper puts them back
     stop_helper(nodes[1], kill=True)
-    from tests.overlay_support import sh
+    from support.overlay import sh
     from cni_plugins.drivers.overlay.mesh import device_names
 
     _, vx = device_names(world.network)
@@ -160,7 +160,7 @@ def test_a_deleted_vxlan_device_is_recreated_with_its_mesh(world):
     """The node's VXLAN device deleted by hand: its helper recreates it (the same VTEP MAC, so
     the other nodes' entries stay right) with the whole mesh; pods talk again."""
     from cni_plugins.drivers.overlay.mesh import device_names
-    from tests.overlay_support import sh
+    from support.overlay import sh
 
     nodes = nodes_with_helpers(world, 2)
     pods = [n.add_pod() for n in nodes]

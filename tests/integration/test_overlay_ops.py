@@ -10,9 +10,9 @@ import subprocess
 
 import pytest
 
-from tests.conftest import BIN
-from tests.etcd_support import etcd_cluster  # noqa: F401 (fixture)
-from tests.overlay_support import World, sh, start_helper, stop_helper, wait_for, mesh_of
+from support.common import BIN
+from support.etcd import etcd_cluster  # noqa: F401 (fixture)
+from support.overlay import World, sh, start_helper, stop_helper, wait_for, mesh_of
 
 
 @pytest.fixture

@@ -9,7 +9,7 @@ import json
 import os
 import subprocess
 
-from conftest import BIN, GO_PLUGINS, PluginRun, exec_plugin, unique
+from support.common import BIN, GO_PLUGINS, PluginRun, exec_plugin, unique
 
 
 def sh(*argv: str, ns: str = "", check: bool = True) -> subprocess.CompletedProcess:
@@ -228,7 +228,7 @@ def tcp_source(server_ns: str, server_ip: str, client_ns: str, port: int = 5555)
 def start_helper(node: SimNode) -> None:
     """The node's own resident helper (cnmd) in its namespaces: it serves the node's plugin
     execs and keeps its overlay lease and mesh."""
-    from conftest import wait_listening
+    from support.common import wait_listening
 
     log = open(node.dir / "cnmd.log", "ab")
     env = {k: v for k, v in node.env.items() if k != "CNM_HELPER_SOCKET"}
