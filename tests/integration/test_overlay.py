@@ -92,6 +92,9 @@ def test_exhausted_subnet_is_code_11_naming_the_network(world):
     c = world.add_node()
     run = c.run("ADD", c.conf(subnet="10.251.0.0/24", hostSubnetLength=25), world.netns("cnmp"), "c9")
     assert run.rc != 0 and run.json["code"] == 11 and world.network in run.json["msg"], run
+    status = c.run("STATUS", c.conf(subnet="10.251.0.0/24", hostSubnetLength=25))
+    assert status.rc != 0 and status.json["code"] == 50 and "exhausted" in status.json["msg"], status
+    assert a.run("STATUS", a.conf(subnet="10.251.0.0/24", hostSubnetLength=25)).rc == 0  # it holds its own
 
 
 def test_add_on_a_leased_node_needs_no_etcd(world):
