@@ -14,6 +14,7 @@ IFF_UP = 0x1
 SIOCGIFFLAGS = 0x8913
 SIOCGIFHWADDR = 0x8927
 SIOCGIFINDEX = 0x8933
+SIOCGIFMTU = 0x8921
 RT_SCOPE_UNIVERSE = 0
 RT_SCOPE_HOST = 254
 
@@ -39,6 +40,10 @@ def ioctl_index(sock, name: str) -> int:
 
 def ioctl_flags(sock, name: str) -> int:
     return struct.unpack_from("H", fcntl.ioctl(sock.fileno(), SIOCGIFFLAGS, ifreq(name)), 16)[0]
+
+
+def ioctl_mtu(sock, name: str) -> int:
+    return struct.unpack_from("i", fcntl.ioctl(sock.fileno(), SIOCGIFMTU, ifreq(name)), 16)[0]
 
 
 def ioctl_mac(sock, name: str) -> str:

@@ -16,7 +16,8 @@ from ...cni.errors import INVALID_CONFIG, CNIError
 from ...cni.request import IFNAME_RULE, Request, valid_interface_name
 
 MODES = ("bridge", "private", "vepa", "passthru")
-MAC_RE = re.compile(r"^([0-9A-Fa-f]{2}[:-]){5}[0-9A-Fa-f]{2}$")
+MAC_RE = re.compile(r"([0-9A-Fa-f]{2}[:-]){5}[0-9A-Fa-f]{2}")  # fullmatch: `$` would pass a trailing "\n"
+MIN_MTU = 68  # the least the kernel takes for an Ethernet link (ETH_MIN_MTU)
 
 
 class IpamRef(BaseModel):
@@ -52,6 +53,8 @@ class MacvlanConfig(BaseModel):
             self.mode = "bridge"
         if self.mode not in MODES:
             raise ValueError(f"mode: unknown macvlan mode {self.mode!r} (one of {', '.join(MODES)})")
+        if 0 < self.mtu < MIN_MTU:
+            raise ValueError(f"mtu: {self.mtu} is below {MIN_MTU}, the least MTU of an Ethernet link")
         return self
 
     @property
@@ -73,7 +76,8 @@ def load(request: Request) -> MacvlanConfig:
 def requested_mac(request: Request, conf: MacvlanConfig) -> str:
     """The container's MAC asked for: the config's `mac`, then CNI_ARGS MAC, args.cni.mac,
     runtimeConfig.mac (the last one set wins); "" when none. Code 7 for one that is not a
-    unicast address (multicast, all-zero): the kernel would refuse it, or a LAN drop it."""
+    unicast address (multicast, all-zero): the kernel would refuse it, or a LAN drop it; and
+    for any in passthru mode, whose macvlan has its master's MAC (the kernel ignores another)."""
     mac, where = conf.mac, "mac"
     if request.cni_args.get("MAC"):
         mac, where = request.cni_args["MAC"], "CNI_ARGS MAC"
@@ -85,13 +89,16 @@ def requested_mac(request: Request, conf: MacvlanConfig) -> str:
         mac, where = request.runtime_config("mac"), "runtimeConfig.mac"
     if not mac:
         return ""
-    if not isinstance(mac, str) or not MAC_RE.match(mac):
+    if not isinstance(mac, str) or not MAC_RE.fullmatch(mac):
         raise CNIError(INVALID_CONFIG, "invalid mac", f"{where}: {mac!r} is not a MAC address")
     mac = mac.replace("-", ":").lower()
     if int(mac[:2], 16) & 1:
         raise CNIError(INVALID_CONFIG, "invalid mac", f"{where}: {mac} is a multicast address")
     if mac == "00:00:00:00:00:00":
         raise CNIError(INVALID_CONFIG, "invalid mac", f"{where}: {mac} is the all-zero address")
+    if conf.mode == "passthru":
+        raise CNIError(INVALID_CONFIG, "invalid mac", f"{where}: {mac} cannot be set in passthru mode: the macvlan "
+                                                      f"takes its master's MAC")
     return mac
 
 

@@ -135,6 +135,7 @@ class MacvlanDriver(Driver):
                 _fault(ctx.env, "add", "addresses")
                 self._configure(cipr, ctx, ips, routes)
                 mac = links.ioctl_mac(cipr, request.ifname)
+                mtu = links.ioctl_mtu(cipr, request.ifname)  # (the master's when unset): what CHECK expects
                 _fault(ctx.env, "add", "nft")
         except BaseException:
             try:
@@ -142,7 +143,7 @@ class MacvlanDriver(Driver):
             except Exception:
                 pass
             raise
-        data["mac"] = mac
+        data["mac"], data["mtu"] = mac, mtu
         dns = DNS(**conf.dns.model_dump(exclude_none=True)) if conf.dns is not None else DNS()
         return Result(interfaces=[Interface(name=request.ifname, mac=mac, sandbox=request.netns)],
                       ips=ips, routes=routes, dns=dns)

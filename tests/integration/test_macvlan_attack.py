@@ -1,0 +1,85 @@
+"""cnm-macvlan attacked as an operator and a pod author would (issue 15, hostile review):
+configs the kernel or the reference plugin refuse, and CHECK after a legitimate change
+of the master. Every test asserts on the kernel (links, MACs, MTUs) and on what is left."""
+
+from __future__ import annotations
+
+import pytest
+
+from bridge_support import sh, with_prev
+from macvlan_support import MacvlanLab
+
+
+@pytest.fixture
+def lab(netns, cnm_env, tmp_path):
+    return MacvlanLab(netns, cnm_env, tmp_path)
+
+
+def assert_refused(lab, run, code: int, word: str, container: str) -> None:
+    assert run.rc != 0 and run.json["code"] == code, run
+    assert word in run.json["msg"] + run.json.get("details", ""), run
+    assert b"Traceback" not in run.stderr
+    assert lab.macvlans() == [] and lab.macvlans(container) == []
+    assert lab.leases() == [] and lab.endpoints() == []
+
+
+@pytest.mark.parametrize("mtu", [1, 67])
+def test_mtu_below_the_kernel_minimum_is_invalid_config(lab, mtu):
+    """Hostile review: an `mtu` below 68 (the least an Ethernet link takes) was sent to the
+    kernel, whose EINVAL came back as code 102 "master cannot take another macvlan ... a
+    passthru macvlan already": a wrong lead. It is code 7 naming the key; 68 works."""
+    c = lab.container()
+    assert_refused(lab, lab.run("ADD", lab.conf(mtu=mtu), c), 7, "mtu", c)
+    ok = lab.run("ADD", lab.conf(mtu=68), c)
+    assert ok.rc == 0, ok
+    assert lab.link("eth0", c)["mtu"] == 68
+    assert lab.run("DEL", lab.conf(mtu=68), c).rc == 0
+    lab.assert_nothing_left(c)
+
+
+@pytest.mark.parametrize("how", ["mac key", "runtimeConfig", "CNI_ARGS"])
+def test_passthru_refuses_a_requested_mac(lab, how):
+    """Hostile review: a passthru macvlan takes its master's MAC (the kernel ignores the
+    address given at creation); a requested MAC was dropped silently and the ADD answered
+    with another MAC than asked for (the reference plugin refuses). It is code 7, and the
+    master keeps its MAC."""
+    mac = "02:aa:bb:cc:dd:01"
+    keys = {"mac key": {"mac": mac}, "runtimeConfig": {"runtimeConfig": {"mac": mac}}, "CNI_ARGS": {}}[how]
+    conf = lab.conf(mode="passthru", **keys)
+    c = lab.container()
+    master_mac = lab.link(lab.master)["address"]
+    r = lab.run("ADD", conf, c, args=f"IgnoreUnknown=1;MAC={mac}" if how == "CNI_ARGS" else "")
+    assert_refused(lab, r, 7, "passthru", c)
+    assert lab.link(lab.master)["address"] == master_mac
+
+
+def test_check_passes_after_the_master_mtu_is_raised_or_lowered(lab):
+    """Hostile review: with `mtu` unset, CHECK wanted the master's MTU of now; raising the
+    master's MTU (the kernel never raises its macvlans' with it) made CHECK of a healthy pod
+    fail with 103, where the reference plugin passes. The kernel lowering the macvlan with
+    its master passes too; the container changing its own MTU still fails."""
+    conf = lab.conf()
+    c = lab.container()
+    r = lab.add(conf, c)
+    prev = with_prev(conf, r)
+    sh("ip", "link", "set", lab.master, "mtu", "9000", ns=lab.host)
+    assert lab.link("eth0", c)["mtu"] == 1500
+    ok = lab.run("CHECK", prev, c)
+    assert ok.rc == 0, ok
+    sh("ip", "link", "set", lab.master, "mtu", "1400", ns=lab.host)
+    assert lab.link("eth0", c)["mtu"] == 1400  # the kernel follows a lower master
+    ok = lab.run("CHECK", prev, c)
+    assert ok.rc == 0, ok
+    sh("ip", "link", "set", "eth0", "mtu", "1300", ns=c)
+    bad = lab.run("CHECK", prev, c)
+    assert bad.rc != 0 and bad.json["code"] == 103 and "MTU" in bad.json["msg"], bad
+    assert lab.run("DEL", conf, c).rc == 0
+    lab.assert_nothing_left(c)
+
+
+def test_mac_with_a_trailing_newline_is_refused(lab):
+    """Hostile review: the MAC pattern's `$` let "02:00:00:00:00:01\\n" through to the kernel
+    and into the record. It is code 7."""
+    c = lab.container()
+    r = lab.run("ADD", lab.conf(runtimeConfig={"mac": "02:00:00:00:00:01\n"}), c)
+    assert_refused(lab, r, 7, "mac", c)
