@@ -136,7 +136,7 @@ class NetworkAgent:
     def _apply(self, settings: dict, layout, events) -> None:
         """Each change on its own: one node's three entries added, replaced or removed (the
         cost of an event does not grow with the number of nodes)."""
-        from ..drivers.overlay import mesh, state
+        from ..drivers.overlay import lease, mesh, state
         from ..linux import links, vxlan
 
         own = (state.read(self.state_dir, self.network) or {})
@@ -158,8 +158,7 @@ class NetworkAgent:
             else:
                 new, why = layout.parse(event.kv)
                 if new is None:
-                    self.log(f"overlay {self.network}: ignored record "
-                             f"{event.kv.key[:200].decode('utf-8', errors='replace')}: {why}")
+                    self.log(f"overlay {self.network}: ignored record {lease.printable_key(event.kv.key)}: {why}")
                 else:
                     self._records[event.kv.key] = new
                     if event.kv.key == own_key and new.node != own.get("node"):

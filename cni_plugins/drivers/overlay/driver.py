@@ -178,10 +178,14 @@ def node_lease(request: Request, conf: config.OverlayConfig) -> dict:
         return mesh.converge(settings, directory).data
     except lease.Exhausted as exc:
         raise CNIError(TRY_AGAIN_LATER, f"network {conf.name}: no free subnet in {conf.subnet}", str(exc)) from None
+    except lease.Conflict as exc:
+        raise CNIError(TRY_AGAIN_LATER, f"network {conf.name}: another machine holds this node's lease",
+                       str(exc)) from None
     except mesh.MtuTooLarge as exc:
         raise CNIError(INVALID_CONFIG, "invalid mtu", str(exc)) from None
     except etcd.EtcdError as exc:
-        if cached is not None and cached.get("settings", {}).get("subnet") == conf.subnet:
+        if cached is not None and cached.get("settings", {}).get("subnet") == conf.subnet \
+                and not state.expired(cached):
             return cached  # this node's subnet is still its own until its lease expires
         raise CNIError(TRY_AGAIN_LATER, f"network {conf.name}: no subnet lease on this node and etcd is "
                                         f"unreachable", str(exc)) from None

@@ -34,7 +34,7 @@ class Exhausted(Exception):
 
 
 class Conflict(Exception):
-    """This node's subnet is held by another node (it lost its lease and the subnet was taken)."""
+    """This node's name holds a live lease from another machine (two machines share the name)."""
 
 
 @dataclass(frozen=True)
@@ -91,6 +91,8 @@ class Layout:
         inside = subnet.version == self.subnet.version and subnet.subnet_of(self.subnet)
         if not inside or subnet.prefixlen != self.host_length:
             return None, f"subnet {subnet} is not a /{self.host_length} of {self.subnet}"
+        if kv.key != self.key(subnet):  # e.g. "-024": a second key for one subnet would let two nodes hold it
+            return None, f"key {name!r} is not the subnet's own key {self.key(subnet).decode()!r}"
         if len(kv.value) > MAX_RECORD:
             return None, f"record of {len(kv.value)} bytes (at most {MAX_RECORD})"
         try:
@@ -106,7 +108,10 @@ class Layout:
             return None, f"vtepIP {vtep_ip!r} is not an address"
         if vtep.version == self.subnet.version and vtep in self.subnet:
             return None, f"vtepIP {vtep} lies in the overlay's own subnet {self.subnet}"
-        if vtep.is_multicast or vtep.is_unspecified or vtep.is_loopback:
+        if vtep.version != 4:  # the underlay is IPv4: the kernel refuses an IPv6 FDB entry, failing the whole mesh
+            return None, f"vtepIP {vtep} is not an IPv4 address"
+        if vtep.is_multicast or vtep.is_unspecified or vtep.is_loopback or vtep == ipaddress.IPv4Address(
+                "255.255.255.255"):
             return None, f"vtepIP {vtep} is not a unicast address"
         if not MAC_RE.match(vtep_mac) or int(vtep_mac[:2], 16) & 1:
             return None, f"vtepMAC {vtep_mac!r} is not a unicast MAC"
@@ -125,10 +130,15 @@ def parse_all(layout: Layout, kvs) -> tuple[list[Record], list[str]]:
     for kv in kvs:
         record, why = layout.parse(kv)
         if record is None:
-            skipped.append(f"{kv.key[:200].decode('utf-8', errors='replace')}: {why}")
+            skipped.append(f"{printable_key(kv.key)}: {why}")
         else:
             records.append(record)
     return records, skipped
+
+
+def printable_key(key: bytes) -> str:
+    """A key as a log line may show it: a hostile key's newlines or escapes must not forge lines."""
+    return repr(key[:200].decode("utf-8", errors="replace"))[1:-1]
 
 
 def claim(client: etcd.Client, layout: Layout, mine: Record, ttl: int, last: str = "",
@@ -172,6 +182,12 @@ def _adopt(client: etcd.Client, layout: Layout, record: Record, mine: Record, tt
     the VTEP changed), else re-bound to a live lease (compare-and-swap: None when it moved)."""
     wanted = Record(record.subnet, mine.node, mine.vtep_ip, mine.vtep_mac)
     alive = record.lease != 0 and client.keepalive(record.lease) > 0
+    if alive and record.lease != lease and record.vtep_ip != mine.vtep_ip:
+        # A live lease we do not hold, for another VTEP: a second machine with our name (a
+        # cloned machine-id, a copied nodeName). Taking it over would put both on one subnet.
+        raise Conflict(f"node name {mine.node!r} holds subnet {record.subnet} from VTEP {record.vtep_ip} on a "
+                       f"live lease this node does not hold: two machines share the name (set nodeName), or "
+                       f"wait for that lease to expire")
     if alive and wanted.value() == record.value():
         return record
     if not alive:

@@ -97,3 +97,10 @@ def all_networks(state_dir: str) -> list[dict]:
 def fresh(data: dict, ttl: int) -> bool:
     """Confirmed with etcd within half the lease's TTL (the helper refreshes it every third)."""
     return time.time() - float(data.get("confirmed", 0)) < ttl / 2
+
+
+def expired(data: dict) -> bool:
+    """Not confirmed with etcd for a whole lease TTL: the lease may have expired and its subnet
+    gone to another node (etcd unreachable from here is no proof it is down for them)."""
+    ttl = (data.get("settings") or {}).get("leaseTTL", 0)
+    return time.time() - float(data.get("confirmed", 0)) >= ttl
