@@ -6,6 +6,7 @@ from __future__ import annotations
 import ipaddress
 import json
 import os
+import time
 
 import pytest
 
@@ -99,7 +100,9 @@ def test_exhausted_subnet_is_code_11_naming_the_network(world):
 
 def test_add_on_a_leased_node_needs_no_etcd(world):
     """The lease file is fresh: ADD reads it and nothing else (etcd is stopped meanwhile).
-    With etcd down and a stale file, ADD still works on the node's own subnet; DEL always."""
+    With etcd down and a stale file, ADD still works on the node's own subnet (while its lease
+    cannot have expired: test_overlay_attack.py); DEL always."""
+    world.ttl = 60
     n = world.add_node()
     first = n.add_pod()
     world.cluster.kill(world.cluster.members[0])
@@ -107,7 +110,7 @@ def test_add_on_a_leased_node_needs_no_etcd(world):
     from cni_plugins.drivers.overlay import state
 
     data = n.state()
-    data["confirmed"] = 0
+    data["confirmed"] = time.time() - 40  # stale (older than leaseTTL/2), not expired
     state.write(n.env["CNM_STATE_DIR"], world.network, data)
     third = n.add_pod()
     subnet = ipaddress.ip_network(n.state()["subnet"])
