@@ -76,8 +76,8 @@ def load(request: Request) -> MacvlanConfig:
 def requested_mac(request: Request, conf: MacvlanConfig) -> str:
     """The container's MAC asked for: the config's `mac`, then CNI_ARGS MAC, args.cni.mac,
     runtimeConfig.mac (the last one set wins); "" when none. Code 7 for one that is not a
-    unicast address (multicast, all-zero): the kernel would refuse it, or a LAN drop it; and
-    for any in passthru mode, whose macvlan has its master's MAC (the kernel ignores another)."""
+    unicast address (multicast, all-zero): the kernel would refuse it, or a LAN drop it. (In
+    passthru mode the kernel ignores it: the macvlan has its master's MAC, as the reference's.)"""
     mac, where = conf.mac, "mac"
     if request.cni_args.get("MAC"):
         mac, where = request.cni_args["MAC"], "CNI_ARGS MAC"
@@ -96,9 +96,6 @@ def requested_mac(request: Request, conf: MacvlanConfig) -> str:
         raise CNIError(INVALID_CONFIG, "invalid mac", f"{where}: {mac} is a multicast address")
     if mac == "00:00:00:00:00:00":
         raise CNIError(INVALID_CONFIG, "invalid mac", f"{where}: {mac} is the all-zero address")
-    if conf.mode == "passthru":
-        raise CNIError(INVALID_CONFIG, "invalid mac", f"{where}: {mac} cannot be set in passthru mode: the macvlan "
-                                                      f"takes its master's MAC")
     return mac
 
 
