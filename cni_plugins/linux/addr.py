@@ -6,12 +6,15 @@ import errno
 import fcntl
 import ipaddress
 import socket
+import time
 
 from pyroute2.netlink.exceptions import NetlinkError
 
 from .links import ifreq
 
 IFA_F_NODAD = 0x02
+IFA_F_DADFAILED = 0x08
+IFA_F_TENTATIVE = 0x40
 RT_TABLE_MAIN = 254
 SIOCGIFADDR = 0x8915
 SIOCGIFNETMASK = 0x891B
@@ -42,6 +45,25 @@ def add_address(ipr, index: int, cidr: str, nodad: bool = False) -> bool:
         if exc.code != errno.EEXIST:
             raise AddrError(f"could not add address {cidr}: {_reason(exc)}") from None
         return False
+
+
+def settle_ipv6(ipr, index: int, timeout: float = 10.0) -> tuple[list[str], list[str]]:
+    """Wait (at most `timeout` s) until duplicate address detection is done for every IPv6
+    address of link `index` (the link up). (failed, still tentative): the addresses another
+    node on the link has, and those whose DAD did not finish in time."""
+    deadline = time.monotonic() + timeout
+    while True:
+        failed, tentative = [], []
+        for msg in ipr.iproute.get_addr(index=index, family=socket.AF_INET6):
+            flags = msg.get_attr("IFA_FLAGS") or msg["flags"]
+            cidr = f"{msg.get_attr('IFA_ADDRESS')}/{msg['prefixlen']}"
+            if flags & IFA_F_DADFAILED:
+                failed.append(cidr)
+            elif flags & IFA_F_TENTATIVE:
+                tentative.append(cidr)
+        if failed or not tentative or time.monotonic() >= deadline:
+            return failed, tentative
+        time.sleep(0.05)
 
 
 def primary_ipv4(ifname: str) -> str | None:

@@ -412,7 +412,7 @@ def test_host_reaches_its_containers_only_through_a_macvlan_of_its_own(lab):
 
 
 def test_dual_stack_reaches_the_peer_over_ipv4_and_ipv6(lab):
-    """Item 2: IPv6 addresses from IPAM on the macvlan (no DAD wait), ndisc_notify as the
+    """Item 2: IPv6 addresses from IPAM on the macvlan (DAD done when ADD answers), ndisc_notify as the
     reference sets it; the container reaches the LAN peer over both families."""
     sh("ip", "addr", "add", "fd51::1/64", "dev", _lan_end(lab), "nodad", ns=lab.lan)
     conf = lab.conf(ipam=lab.ipam("10.251.0.0/24", {"subnet": "fd51::/64", "rangeStart": "fd51::10"},

@@ -4,6 +4,8 @@ of the master. Every test asserts on the kernel (links, MACs, MTUs) and on what 
 
 from __future__ import annotations
 
+import json
+
 import pytest
 
 from bridge_support import sh, with_prev
@@ -93,3 +95,35 @@ def test_mac_with_a_trailing_newline_is_refused(lab):
     c = lab.container()
     r = lab.run("ADD", lab.conf(runtimeConfig={"mac": "02:00:00:00:00:01\n"}), c)
     assert_refused(lab, r, 7, "mac", c)
+
+
+def _lan_end(lab) -> str:
+    return next(n for n in lab.links(lab.lan) if n != "lo")
+
+
+def _tentative(lab, ns: str, dev: str) -> list[str]:
+    out = json.loads(sh("ip", "-6", "-j", "addr", "show", "dev", dev, ns=ns).stdout or "[]")
+    return [a["local"] for a in out[0]["addr_info"] if a.get("tentative") or a.get("dadfailed")]
+
+
+def test_ipv6_address_in_use_on_the_lan_is_refused_not_taken_over(lab):
+    """Hostile review: the macvlan's IPv6 addresses went on with DAD off (nodad) and
+    ndisc_notify on: a container given an address a LAN host already has answered for it at
+    once and announced it (unsolicited NA), taking the live host's traffic. On a LAN, DAD
+    runs and the ADD waits for it, as the reference plugin's (ip.SettleAddresses); an
+    address in use is refused (nothing left: no link, no lease), the host keeps it; a free
+    one is usable (not tentative) when the ADD answers."""
+    taken = "fd00:251::2"
+    sh("ip", "-6", "addr", "add", f"{taken}/64", "dev", _lan_end(lab), "nodad", ns=lab.lan)
+    c = lab.container()
+    only = lambda start: lab.ipam({"subnet": "fd00:251::/64", "rangeStart": start, "rangeEnd": start})  # noqa: E731
+    r = lab.run("ADD", lab.conf(ipam=only(taken)), c)
+    assert_refused(lab, r, 102, taken, c)
+    assert taken not in _tentative(lab, lab.lan, _lan_end(lab))  # the LAN host keeps its address
+    conf = lab.conf(ipam=only("fd00:251::3"))
+    ok = lab.run("ADD", conf, c)
+    assert ok.rc == 0, ok
+    assert _tentative(lab, c, "eth0") == []
+    assert sh("ping", "-6", "-c", "1", "-W", "2", taken, ns=c, check=False).returncode == 0
+    assert lab.run("DEL", conf, c).rc == 0
+    lab.assert_nothing_left(c)

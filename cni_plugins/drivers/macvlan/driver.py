@@ -10,7 +10,7 @@ or the master gone the kernel has removed the macvlan already.
 
 from __future__ import annotations
 
-from ...cni.errors import CHECK_FAILED, NOT_AVAILABLE, CNIError
+from ...cni.errors import CHECK_FAILED, NOT_AVAILABLE, PLUGIN_FAILURE, CNIError
 from ...cni.request import Request
 from ...cni.result import DNS, Interface, IPConfig, Result, Route
 from ...cnm.model import Endpoint
@@ -174,7 +174,8 @@ class MacvlanDriver(Driver):
 
     def _configure(self, cipr, ctx, ips: list[IPConfig], routes: list[Route]) -> None:
         """Addresses first, then up (arp_notify is on: the kernel announces the address, a
-        gratuitous ARP, as the link comes up); then routes (they need the link up)."""
+        gratuitous ARP, as the link comes up); then routes (they need the link up); then the
+        wait for IPv6 DAD."""
         from ...linux import addr, links, sysctl
 
         ifname = ctx.request.ifname
@@ -183,11 +184,29 @@ class MacvlanDriver(Driver):
             families = {ip.family for ip in ips}
             if 6 in families:  # IPv6 devconf has no netlink setter; announce (NA) as the reference does
                 sysctl.try_write_all([(f"ipv6/conf/{ifname}/ndisc_notify", "1")], ctx.netns_fd)
-            for ip in ips:
-                addr.add_address(cipr, index, ip.address, nodad=True)
+            for ip in ips:  # IPv6 with DAD: on a LAN another host may have the address
+                addr.add_address(cipr, index, ip.address)
             cipr.set_link(index, up=True)
             for route in routes:
                 addr.add_route(cipr, index, route.dst, route_gateway(route, ips), priority=route.priority)
+            if 6 in families:
+                self._settle_ipv6(cipr, index, ctx)
+
+    @staticmethod
+    def _settle_ipv6(cipr, index: int, ctx) -> None:
+        """Wait for DAD as the reference plugin does (its addresses usable when ADD answers);
+        an address another LAN host has is refused, never taken over."""
+        from ...cni.errors import CONFLICT
+        from ...linux import addr
+
+        failed, tentative = addr.settle_ipv6(cipr, index)
+        if failed:
+            raise CNIError(CONFLICT, f"address {', '.join(failed)} is in use on the LAN",
+                           f"IPv6 duplicate address detection on {ctx.request.ifname} failed: another node on "
+                           f"the master's link has it; fix the IPAM range")
+        if tentative:
+            raise CNIError(PLUGIN_FAILURE, f"address {', '.join(tentative)} still tentative",
+                           f"IPv6 duplicate address detection on {ctx.request.ifname} did not finish in 10 s")
 
     # ---- DEL ------------------------------------------------------------------------------
     def leave(self, ctx: Context, network, endpoint: Endpoint, sandbox) -> None:
