@@ -834,7 +834,7 @@ def start_name_service():
         from ..drivers.dns.service import NameService
 
         service = NameService(log, os.environ)
-        service.start_registered()
+        service.start()
     except Exception as exc:  # noqa: BLE001 -- the helper serves without it
         log(f"no name service: {type(exc).__name__}: {exc}")
         return None

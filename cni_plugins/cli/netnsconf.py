@@ -1,10 +1,12 @@
 """/etc/netns/<NAME>/resolv.conf for `cnmctl run NAME`: `ip netns exec NAME` bind-mounts it over
 /etc/resolv.conf, so a command run in the sandbox resolves through the network's name server
-(the ADD result's `dns`). Written only when the result names nameservers; removed by
-`cnmctl rm` only when it is the file we wrote (its first line says so)."""
+(the ADD result's `dns`). Written only when the result names nameservers and no file of the
+operator's is there; removed by `cnmctl rm` only when it is the file we wrote (its first line
+says so)."""
 
 from __future__ import annotations
 
+import errno
 import os
 
 ETC_NETNS = "/etc/netns"
@@ -28,11 +30,14 @@ def render(dns: dict) -> str:
 
 
 def write(name: str, result: dict, root: str = ETC_NETNS) -> str | None:
-    """The sandbox's resolv.conf from the result's DNS; None when it names no nameserver."""
+    """The sandbox's resolv.conf from the result's DNS; None when it names no nameserver.
+    FileExistsError when the operator has one there (kept)."""
     dns = result.get("dns") or {}
     if not dns.get("nameservers"):
         return None
     path = path_of(name, root)
+    if os.path.lexists(path) and not ours(path):
+        raise FileExistsError(errno.EEXIST, "a resolv.conf not written by cnmctl is there (kept)")
     os.makedirs(os.path.dirname(path), mode=0o755, exist_ok=True)
     tmp = f"{path}.{os.getpid()}.tmp"
     with open(tmp, "w") as f:
@@ -45,15 +50,18 @@ def write(name: str, result: dict, root: str = ETC_NETNS) -> str | None:
 def remove(name: str, root: str = ETC_NETNS) -> None:
     """Our resolv.conf goes, and the directory with it when nothing else is in it."""
     path = path_of(name, root)
-    try:
-        with open(path) as f:
-            ours = f.readline().rstrip("\n") == MARK
-    except OSError:
-        return
-    if not ours:
+    if not ours(path):
         return
     os.unlink(path)
     try:
         os.rmdir(os.path.dirname(path))
     except OSError:
         pass  # the operator's own files are in it
+
+
+def ours(path: str) -> bool:
+    try:
+        with open(path) as f:
+            return f.readline().rstrip("\n") == MARK
+    except (OSError, UnicodeDecodeError):
+        return False

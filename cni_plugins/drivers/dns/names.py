@@ -24,7 +24,7 @@ OPTIONS_KEY = "dns"
 ENDPOINT_KEY = "dns"
 DEFAULT_TLD = "cnm"
 REGISTRY_DIR = "dns"  # under the run dir: one file per store a helper should serve names of
-_LABEL = re.compile(r"^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$", re.IGNORECASE)
+_LABEL = re.compile(r"^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$", re.IGNORECASE | re.ASCII)  # ASCII: no Kelvin sign as k
 _listener = None  # on_commit(): the resident helper's name service
 
 

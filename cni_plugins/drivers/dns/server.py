@@ -4,7 +4,8 @@ address, is never answered: no open resolver).
 
 Threads, per network (a flood on one network never holds up another's answers):
 - the network's loop: UDP queries answered in turn, TCP connections accepted;
-- TCP connections, each in a thread of its own, at most MAX_TCP at once (more are closed);
+- TCP connections, each in a thread of its own, at most MAX_TCP at once and MAX_TCP_PER_CLIENT
+  from one address (more are closed);
 - forwarding, in a small pool: an upstream that is slow or silent holds up only the queries
   sent to it, each for at most FORWARD_TIMEOUT, and at most MAX_PENDING wait (more: SERVFAIL).
 Every thread is made by the loop's thread or by the thread that made the server, so all of
@@ -35,6 +36,7 @@ FORWARD_TIMEOUT = 2.0  # seconds for one upstream to answer
 FORWARD_WORKERS = 4
 MAX_PENDING = 256  # forwarded queries waiting at once; beyond, SERVFAIL at once
 MAX_TCP = 16  # TCP connections served at once per network
+MAX_TCP_PER_CLIENT = 4  # of which one client address holds at most (one container cannot take all)
 TCP_IDLE = 5.0  # a TCP client that sends nothing for this long is dropped
 TCP_LIFETIME = 30.0  # and any connection after this long (a slow sender cannot keep its slot)
 MAX_TCP_QUERIES = 100  # per connection
@@ -93,6 +95,8 @@ class NetworkServer:
         self._stop = threading.Event()
         self._wake_r, self._wake_w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
         self._tcp_slots = threading.BoundedSemaphore(MAX_TCP)
+        self._tcp_clients: dict[str, int] = {}  # client address -> connections served now
+        self._tcp_clients_lock = threading.Lock()
         self._pending = threading.BoundedSemaphore(MAX_PENDING)
         self._forwarders = ThreadPoolExecutor(FORWARD_WORKERS, thread_name_prefix="cnmd-dns-fwd")
         self._thread = threading.Thread(target=self._run, name=f"cnmd-dns-{network}"[:40], daemon=True)
@@ -105,10 +109,11 @@ class NetworkServer:
     def alive(self) -> bool:
         return self._thread.is_alive() and not self._stop.is_set()
 
-    def current(self, listen) -> bool:
-        """Still what `listen` needs: the same addresses, on the same interfaces (a bridge
-        deleted and made again has a new index: a socket bound to the old one hears nothing)."""
-        if not self.alive or frozenset(tuple(item) for item in listen) != self.listen:
+    def current(self, listen=None) -> bool:
+        """Alive and still what `listen` needs (None: what it listens on now): the same
+        addresses, on the same interfaces (a bridge deleted and made again has a new index: a
+        socket bound to the old one hears nothing)."""
+        if not self.alive or (listen is not None and frozenset(tuple(item) for item in listen) != self.listen):
             return False
         try:
             return all(socket.if_nametoindex(d) == index for d, index in self.devices.items())
@@ -129,6 +134,7 @@ class NetworkServer:
     def _release(self) -> None:
         self._forwarders.shutdown(wait=False, cancel_futures=True)
         self._close_sockets()
+        self.zone.close()
         for fd in (self._wake_r, self._wake_w):
             try:
                 os.close(fd)
@@ -204,19 +210,30 @@ class NetworkServer:
 
     def _accept(self, sock: socket.socket) -> None:
         try:
-            conn, _ = sock.accept()
+            conn, peer = sock.accept()
         except OSError:
             return
-        if not self._tcp_slots.acquire(blocking=False):
-            conn.close()  # too many at once: the client retries
-            return
+        client = peer[0]
+        with self._tcp_clients_lock:
+            held = self._tcp_clients.get(client, 0)
+            if held >= MAX_TCP_PER_CLIENT or not self._tcp_slots.acquire(blocking=False):
+                conn.close()  # too many at once: the client retries
+                return
+            self._tcp_clients[client] = held + 1
         try:
-            threading.Thread(target=self._tcp, args=(conn,), name="cnmd-dns-tcp", daemon=True).start()
+            threading.Thread(target=self._tcp, args=(conn, client), name="cnmd-dns-tcp", daemon=True).start()
         except BaseException:
-            self._tcp_slots.release()
+            self._tcp_done(client)
             conn.close()
 
-    def _tcp(self, conn: socket.socket) -> None:
+    def _tcp_done(self, client: str) -> None:
+        with self._tcp_clients_lock:
+            held = self._tcp_clients.pop(client, 1) - 1
+            if held:
+                self._tcp_clients[client] = held
+            self._tcp_slots.release()
+
+    def _tcp(self, conn: socket.socket, client: str) -> None:
         try:
             conn.setblocking(True)
             conn.settimeout(TCP_IDLE)
@@ -239,7 +256,7 @@ class NetworkServer:
             pass
         finally:
             conn.close()
-            self._tcp_slots.release()
+            self._tcp_done(client)
 
     # ---- forwarding -----------------------------------------------------------------------
     def _forward(self, query, records, send, limit: int) -> None:
