@@ -204,3 +204,24 @@ def test_cnmctl_run_keeps_the_operators_resolv_conf(lab):
 
             nsmod.remove_named(name)
         shutil.rmtree(directory, ignore_errors=True)
+
+
+def test_a_store_made_anew_is_what_the_server_answers_from(lab):
+    """Finding 6: the server kept reading the database file it had opened. Once that file was
+    lost (deleted; the store is made anew by the next ADD, as the store's id file allows), it
+    answered the names of the lost file forever and never those of the new one: stale names,
+    and an ADD whose name never answered. It now reads the file the store's path names."""
+    import os
+
+    conf = lab.dns_conf(dnsUpstreams=[])
+    old_ns, new_ns = lab.container(), lab.container()
+    old = lab.add(aliases(conf, "old"), old_ns, cid="old")
+    domain = f"{lab.network.lower()}.cnm."
+    assert resolve(old_ns, lab.gateway(), "old." + domain) == ("NOERROR", [ip_of(old)])
+    for suffix in ("", "-wal", "-shm"):
+        path = os.path.join(lab.env["CNM_STATE_DIR"], "cnm.db" + suffix)
+        if os.path.exists(path):
+            os.unlink(path)
+    new = lab.add(aliases(conf, "new"), new_ns, cid="new")
+    assert resolve(new_ns, lab.gateway(), "new." + domain) == ("NOERROR", [ip_of(new)])
+    assert resolve(new_ns, lab.gateway(), "old." + domain)[0] == "NXDOMAIN"

@@ -55,7 +55,7 @@ class NameService:
             if old is not None and old.current(listen if exact else None) and (exact or listen <= old.listen):
                 return
             if not exact:
-                listen |= self._records(directory, network).listen
+                listen |= _records(directory, network).listen
             if not listen:
                 return
             server = NetworkServer(directory, network, listen, self.own_addresses, self.log, on_idle=self._idle)
@@ -65,12 +65,6 @@ class NameService:
         if old is not None:  # after the new one is bound (SO_REUSEPORT): no moment without a server
             old.stop()
         self.log(f"dns {network}: serving on {', '.join(a for a, _ in sorted(listen))} (store {directory})")
-
-    def _records(self, directory: str, network: str):
-        """The network's records now (under _lock)."""
-        reader = self._reader(directory)
-        with reader.transaction() as tx:
-            return read(tx, network)
 
     def _reader(self, directory: str) -> Reader:
         reader = self._readers.get(directory)
@@ -177,3 +171,14 @@ class NameService:
             self._readers.clear()
         for server in servers:
             server.stop()
+
+
+def _records(directory: str, network: str):
+    """The network's records now, read with a connection of its own (a store the sweep does
+    not watch, e.g. one of a caller in another namespace, is not kept open)."""
+    reader = Reader(directory)
+    try:
+        with reader.transaction() as tx:
+            return read(tx, network)
+    finally:
+        reader.close()

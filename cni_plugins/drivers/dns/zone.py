@@ -1,7 +1,7 @@
 """The names of one network as the store holds them now.
 
-The server asks `Zone.current()` for every query. It costs one read of SQLite's
-data_version while nothing changed; after any commit to the store (an ADD, a DEL, a sweep,
+The server asks `Zone.current()` for every query. It costs a stat of the database file (one
+made anew is opened again) and one read of SQLite's data_version while nothing changed; after any commit to the store (an ADD, a DEL, a sweep,
 by this process or another) the network's records are read again. So a name answers as
 soon as its ADD committed and is gone as soon as its DEL did, whoever served the command,
 and nothing needs to tell the server (a notification could be lost; the store cannot).
@@ -65,13 +65,21 @@ class Zone:
 
     def __init__(self, store_directory: str, network: str):
         self.network = network
+        self._directory = store_directory
         self._reader = Reader(store_directory)
+        self._file = _identity(self._reader.path)
         self._lock = threading.Lock()  # the server's UDP loop and its TCP threads share it
         self._version: int | None = None
         self._records = Records()
 
     def current(self) -> Records:
         with self._lock:
+            file = _identity(self._reader.path)
+            if file != self._file:  # the database file was lost, or made anew: read the one there now
+                if file is None:
+                    return Records()
+                self._reader.close()
+                self._reader, self._file, self._version = Reader(self._directory), file, None
             version = self._reader.version()
             if version != self._version:
                 with self._reader.transaction() as tx:
@@ -86,3 +94,11 @@ class Zone:
     def close(self) -> None:
         with self._lock:
             self._reader.close()
+
+
+def _identity(path: str) -> tuple[int, int] | None:
+    try:
+        st = os.stat(path)
+    except OSError:
+        return None
+    return st.st_dev, st.st_ino
