@@ -85,9 +85,9 @@ def test_helper_threads_fds_and_malloc_arenas_stay_bounded(tmp_path, env, netns)
             round_of_requests()
         threads, fds = quiet(proc.pid)
         assert fds == warm_fds  # no descriptor left open
-        # Workers are reused: the main thread, the firewall watch, one per request that ran at
-        # once (plus one that read start_helper's probe), however many rounds.
-        assert threads <= 3 + len(pods), threads
+        # Workers are reused: the main thread, the firewall watch, the name service's sweep, one
+        # per request that ran at once (plus one that read start_helper's probe), however many rounds.
+        assert threads <= 4 + len(pods), threads
         assert thread_malloc_heaps(proc.pid) == []  # all threads allocated from the one arena
     finally:
         proc.terminate()
