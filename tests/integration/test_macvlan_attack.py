@@ -127,3 +127,18 @@ def test_ipv6_address_in_use_on_the_lan_is_refused_not_taken_over(lab):
     assert sh("ping", "-6", "-c", "1", "-W", "2", taken, ns=c, check=False).returncode == 0
     assert lab.run("DEL", conf, c).rc == 0
     lab.assert_nothing_left(c)
+
+
+def test_passthru_container_root_sets_the_masters_mac_until_del(lab):
+    """docs/operators.md "macvlan": a passthru container is trusted as the node: a MAC its
+    root sets on its interface becomes the master's (the kernel's passthru), and the
+    endpoint's DEL puts the master's own back."""
+    conf = lab.conf(mode="passthru")
+    c = lab.container()
+    master_mac = lab.link(lab.master)["address"]
+    lab.add(conf, c)
+    sh("ip", "link", "set", "eth0", "address", "02:11:22:33:44:55", ns=c)
+    assert lab.link(lab.master)["address"] == "02:11:22:33:44:55"
+    assert lab.run("DEL", conf, c).rc == 0
+    assert lab.link(lab.master)["address"] == master_mac
+    lab.assert_nothing_left(c)
