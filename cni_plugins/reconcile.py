@@ -167,6 +167,9 @@ def apply(node: Node, actions: list[Action], request: Request | None = None) -> 
     request = request or lifecycle.sweep_request(node.env)
     restored: set[str] = set()  # drivers whose losses were put back (all at once)
     for action in actions:
+        if action.error:  # a step of the plan that failed (a driver's sweep): reported as such
+            report.actions.append(action)
+            continue
         try:
             if action.restores:
                 _restore_once(node, action, restored, report)
@@ -265,7 +268,8 @@ def reconcile_node(node: Node) -> Report:
 def collect_garbage(node: Node, request: Request, valid: set[tuple[str, str]]) -> Report:
     """CNI GC of `request.network`: attachments the runtime did not list go (the runtime's
     word), and what is provably stale anywhere in the store (plan())."""
-    report = apply(node, [a for a in plan(node) if not a.report_only], request)
+    # (a sweep that could not look is `cnmctl gc`'s and doctor's to report, not the GC's error)
+    report = apply(node, [a for a in plan(node) if not a.report_only and not a.error], request)
     with node.transaction(write=False) as tx:
         stale = [e for e in tx.list_endpoints(network=request.network) if (e.container_id, e.ifname) not in valid]
         sandboxes = {sb.id: sb for sb in tx.sandboxes_by_id({e.sandbox for e in stale})}

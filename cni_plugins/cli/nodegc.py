@@ -8,7 +8,8 @@ what it kept and why (sandboxes it cannot judge from here, objects of older vers
 other stores).
 Store: $CNM_STATE_DIR (default /var/lib/cni/cnm); pins: $CNM_RUN_DIR/netns/<store>
 (default /run/cnm); veths and nft elements: the network namespace cnmctl runs in.
-Exit 0 when everything stale was removed, 1 when some removal failed (listed).
+Exit 0 when everything stale was removed, 1 when some removal failed or a sweep could not look
+(listed).
 """
 
 from __future__ import annotations

@@ -309,3 +309,23 @@ def test_doctor_and_gc_after_an_add_killed_before_its_commit(two_pods):
     assert not errors_of(after, "stale"), after.stdout
     assert not [e for e in lab.nft_elements() if ep_id in e[3]]  # the kernel agrees
     assert lab.run("DEL", conf, ns, cid="c3").rc == 0  # what the runtime sends next: a no-op now
+
+
+def test_gc_reports_a_sweep_it_could_not_make(two_pods, tmp_path):
+    """Attack on the plan/apply split (atk22, finding 1): when a driver's sweep fails (here nft
+    cannot be run while live endpoints have published ports), `cnmctl doctor` reports it, but
+    the node-wide `cnmctl gc` said "nothing stale" and exited 0: apply() dropped the plan's
+    failed steps. It lists them as errors and exits 1, as doctor does."""
+    lab, _ = two_pods
+    empty = tmp_path / "bin-without-nft"
+    empty.mkdir()
+    no_nft = {"PATH": str(empty), "CNM_NFT": "exec"}
+    doctor = [f for f in errors_of(cnmctl(lab, "doctor", "-f", "json", **no_nft), "stale")]
+    assert any("NftUnavailable" in f["message"] for f in doctor), doctor
+    gc = cnmctl(lab, "gc", "--format", "json", **no_nft)
+    assert gc.returncode == 1, gc
+    errors = json.loads(gc.stdout)["errors"]
+    assert any(e["kind"] == "bridge" and "NftUnavailable" in e["error"] for e in errors), errors
+    table = cnmctl(lab, "gc", **no_nft)
+    assert table.returncode == 1 and "NftUnavailable" in table.stdout, table
+    assert cnmctl(lab, "gc").returncode == 0  # with nft: nothing stale, nothing failed
