@@ -273,6 +273,7 @@ class Controller:
             endpoint.phase = READY
             _fault(request.env, "add", "before-commit")
             with node.transaction() as tx:
+                names.refuse_shared_gateway(tx, network, endpoint)
                 tx.put_endpoint(endpoint)
                 _fault(request.env, "add", "commit")
         except BaseException:

@@ -225,3 +225,27 @@ def test_a_store_made_anew_is_what_the_server_answers_from(lab):
     new = lab.add(aliases(conf, "new"), new_ns, cid="new")
     assert resolve(new_ns, lab.gateway(), "new." + domain) == ("NOERROR", [ip_of(new)])
     assert resolve(new_ns, lab.gateway(), "old." + domain)[0] == "NXDOMAIN"
+
+
+def test_two_networks_cannot_share_a_gateways_name_server(lab):
+    """Finding 7: two DNS-enabled networks on one bridge with one gateway (ranges split in
+    one subnet) each bound a server to the same address (SO_REUSEPORT), so the kernel handed
+    each query to either: a container got its own network's names about half of the time
+    (SERVFAIL otherwise) and the other network's names the other half. The second network's
+    ADD is now code 7 naming dnsEnabled, and leaves nothing."""
+    ra = lab.ipam({"subnet": V4, "rangeStart": "10.252.0.10", "rangeEnd": "10.252.0.99"})
+    rb = lab.ipam({"subnet": V4, "rangeStart": "10.252.0.100", "rangeEnd": "10.252.0.199"})
+    conf_a = dict(lab.dns_conf(dnsDomain="a.test", dnsUpstreams=[]), ipam=ra)
+    conf_b = dict(lab.dns_conf(dnsDomain="b.test", dnsUpstreams=[]), ipam=rb, name=lab.network + "b")
+    a_ns, b_ns = lab.container(), lab.container()
+    a = lab.add(aliases(conf_a, "alpha"), a_ns, cid="alpha")
+    veths = lab.veths()
+    run = lab.run("ADD", aliases(conf_b, "beta"), b_ns, cid="beta")
+    assert run.rc != 0 and run.json["code"] == 7 and "dnsEnabled" in run.json["msg"], run
+    assert lab.veths() == veths
+    import os
+
+    leases = os.path.join(lab.data_dir, conf_b["name"])
+    assert not os.path.isdir(leases) or [f for f in os.listdir(leases) if f[0].isdigit()] == []
+    for _ in range(20):
+        assert resolve(a_ns, lab.gateway(), "alpha.a.test.") == ("NOERROR", [ip_of(a)])

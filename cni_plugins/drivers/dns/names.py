@@ -126,6 +126,27 @@ def attach(driver, ctx, network, endpoint, result) -> None:
     result.dns.domain = ""
 
 
+def refuse_shared_gateway(tx, network, endpoint) -> None:
+    """In the ADD's commit: another DNS-enabled network whose endpoints have this one's name
+    server address on the same bridge is refused (CNIError 7): one address and port answer for
+    one network (two servers there would each get a share of every network's queries)."""
+    record = endpoint.data.get(ENDPOINT_KEY)
+    if not record:
+        return
+    mine = {tuple(item) for item in record["listen"]}
+    for other in tx.list_networks():
+        if other.name == network.name or not other.options.get(OPTIONS_KEY) or \
+                other.options.get("bridge") != network.options.get("bridge"):
+            continue
+        for ep in tx.list_endpoints(network=other.name):
+            shared = mine & {tuple(item) for item in (ep.data.get(ENDPOINT_KEY) or {}).get("listen", [])}
+            if shared:
+                address, device = sorted(shared)[0]
+                raise CNIError(INVALID_CONFIG, "invalid dnsEnabled",
+                               f"network {other.name!r} serves names on {address} ({device}) already: two "
+                               f"DNS-enabled networks cannot share a bridge's gateway")
+
+
 def registry_path(env, store_directory: str) -> str:
     from ...cnm.pins import run_dir
 
