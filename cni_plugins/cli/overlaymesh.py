@@ -10,8 +10,8 @@ it; one that ran in-process is found by the next scan). Per network two threads:
     deleted, wakes the watcher;
   - the watcher converges (lease claimed or kept, device, mesh from a fresh list), then
     follows a watch of the network's prefix from the list's revision, applying each change
-    to the kernel. A broken or compacted watch, or etcd unreachable, means: wait (at most a
-    second), converge again from a fresh list.
+    to the kernel. A broken or compacted watch, one silent for a lease TTL, or etcd
+    unreachable, means: wait (at most a second), converge again from a fresh list.
 Hostile records are skipped with a log line. Nothing here ever stops the helper.
 """
 
@@ -77,6 +77,8 @@ class NetworkAgent:
                 revision = self._converge(settings)
                 failures = 0
                 self._follow(settings, revision)
+            except etcd.Idle:
+                continue  # quiet for a lease TTL: list again (through a member that answers)
             except etcd.Compacted:
                 self.log(f"overlay {self.network}: watch compacted; listing again")
                 continue
@@ -117,7 +119,10 @@ class NetworkAgent:
         client = mesh.client_of(settings)
         layout = mesh.layout_of(settings)
         watch = client.watch(layout.directory, etcd.prefix_end(layout.directory), start_revision=revision + 1)
-        watch.set_timeout(None)
+        # (a member stopped or cut off from the quorum keeps the stream open and silent: a
+        # node joining or vanishing would never be seen; etcd's progress notifications come
+        # only every 10 minutes)
+        watch.set_timeout(max(float(settings.get("leaseTTL", 60)), 2.0))
         self._watch = watch
         try:
             if self.stop_event.is_set() or self._reconverge.is_set():

@@ -4,20 +4,29 @@ underlay bridge the test makes) and throwaway etcd clusters, as in test_overlay*
 
 from __future__ import annotations
 
+import http.client
 import ipaddress
 import json
+import signal
 
 import pytest
 
 from cni_plugins.drivers.overlay import lease
 from support.common import unique
-from support.etcd import etcd_cluster  # noqa: F401 (fixtures)
+from support.etcd import etcd_cluster, etcd_cluster3  # noqa: F401 (fixtures)
 from support.overlay import World, helper_log, mesh_of, start_helper, wait_for
 
 
 @pytest.fixture
 def world(netns, tmp_path, etcd_cluster):
     w = World(netns, tmp_path, etcd_cluster, ttl=2)
+    yield w
+    w.cleanup()
+
+
+@pytest.fixture
+def world3(netns, tmp_path, etcd_cluster3):
+    w = World(netns, tmp_path, etcd_cluster3, ttl=10)
     yield w
     w.cleanup()
 
@@ -82,6 +91,43 @@ def test_two_machines_with_one_node_name_do_not_share_a_subnet(world):
     assert run.rc != 0 and run.json["code"] == 11 and "another machine" in run.json["msg"], run
     kv = world.cluster.client().get(layout_of(world).key(ipaddress.ip_network(mine["subnet"])))
     assert json.loads(kv.value)["vtepIP"] == a.address
+
+
+def watchers(member) -> int:
+    """How many watches the etcd member serves (its /metrics)."""
+    from cni_plugins.drivers.overlay import etcd
+
+    conn = etcd._UnixConnection(member.client_url[len("unix://"):], 5)
+    try:
+        conn.request("GET", "/metrics")
+        for line in conn.getresponse().read().decode().splitlines():
+            if line.startswith("etcd_debugging_mvcc_watcher_total "):
+                return int(float(line.split()[1]))
+    except (OSError, http.client.HTTPException):
+        pass
+    finally:
+        conn.close()
+    return 0
+
+
+def test_a_wedged_etcd_member_does_not_freeze_the_mesh(world3):
+    """The helper's watch stream is on a member that stops (SIGSTOP: a hung member, or one cut
+    off from the quorum, keeps the connection open and silent). The cluster goes on without
+    it; a node that joins must still be routed to. Before, the watch waited forever."""
+    a = world3.add_node()
+    first = world3.cluster.members[0]
+    start_helper(a)
+    a.add_pod()
+    wait_for(lambda: watchers(first) >= 1, what="the helper's watch on the first member")
+    first.proc.send_signal(signal.SIGSTOP)
+    try:
+        world3.cluster.wait_ready()  # (a new leader, if it was the leader)
+        b = world3.add_node()
+        b.add_pod()
+        wanted = b.state()["subnet"]
+        wait_for(lambda: mesh_of(a).get(wanted) == b.address, timeout=90, what="a to route to b")
+    finally:
+        first.proc.send_signal(signal.SIGCONT)
 
 
 def test_a_hostile_key_cannot_forge_helper_log_lines(world):

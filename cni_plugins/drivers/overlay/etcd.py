@@ -39,6 +39,11 @@ class Unavailable(EtcdError):
     """No endpoint answered."""
 
 
+class Idle(Unavailable):
+    """A watch stream said nothing for its idle timeout (its member may be wedged or cut off
+    from the cluster, which a stream alone never tells): list again."""
+
+
 class Compacted(EtcdError):
     """A watch's start revision was compacted away: list again."""
 
@@ -357,6 +362,8 @@ class Watch:
                     pass
             try:
                 chunk = self._resp.read1(65536)
+            except TimeoutError:
+                raise Idle("watch stream idle") from None
             # (AttributeError, ValueError: closed from another thread, mid-read)
             except (OSError, http.client.HTTPException, ValueError, AttributeError) as exc:
                 raise Unavailable(f"watch stream broken: {exc}") from None
