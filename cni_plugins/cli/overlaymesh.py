@@ -35,6 +35,7 @@ class NetworkAgent:
         self._watch = None
         self._reconverge = threading.Event()
         self._records: dict[bytes, object] = {}
+        self._clients: dict = {}  # _client()
         self.converged = threading.Event()  # (set after each successful converge: for tests and doctor)
         self._watcher = threading.Thread(target=self._watch_loop, name=f"cnmd-overlay-{network[:20]}", daemon=True)
         self._keeper = threading.Thread(target=self._keep_loop, name=f"cnmd-lease-{network[:20]}", daemon=True)
@@ -57,6 +58,18 @@ class NetworkAgent:
         watch = self._watch
         if watch is not None:
             watch.close()
+
+    def _client(self, settings: dict, timeout: float | None = None):
+        """The keeper's client, kept for the agent's life: it remembers the member that last
+        answered, so a hung member costs one timeout, not one per keep-alive (waiting on it
+        every round outlived a short leaseTTL)."""
+        from ..drivers.overlay import etcd, mesh
+
+        key = (repr(settings.get("store")), timeout)
+        client = self._clients.get(key)
+        if client is None:
+            client = self._clients[key] = mesh.client_of(settings, timeout=timeout or etcd.DEFAULT_TIMEOUT)
+        return client
 
     def _settings(self) -> dict | None:
         from ..drivers.overlay import state
@@ -193,7 +206,7 @@ class NetworkAgent:
 
     # ---- keeper -------------------------------------------------------------------------
     def _keep_loop(self) -> None:
-        from ..drivers.overlay import etcd, mesh, state
+        from ..drivers.overlay import etcd, state
 
         warned = False
         while True:
@@ -206,7 +219,7 @@ class NetworkAgent:
             if not data.get("lease"):
                 continue
             try:
-                ttl = mesh.client_of(settings, timeout=2).keepalive(int(data["lease"]))
+                ttl = self._client(settings, timeout=2).keepalive(int(data["lease"]))
             except etcd.EtcdError as exc:
                 if not warned:
                     self.log(f"overlay {self.network}: lease not refreshed: {exc}")

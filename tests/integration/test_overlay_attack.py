@@ -130,6 +130,36 @@ def test_a_wedged_etcd_member_does_not_freeze_the_mesh(world3):
         first.proc.send_signal(signal.SIGCONT)
 
 
+def test_a_wedged_first_member_does_not_cost_a_short_lease(netns, tmp_path, etcd_cluster3):
+    """With the first endpoint hung, every keep-alive of the helper waited for it (a new client
+    per call) before trying the next: with leaseTTL 3 the lease expired between two
+    keep-alives, again and again, and the node re-bound its record every time ("lease ... is
+    gone"). The helper now keeps its client, which remembers the member that answered."""
+    world = World(netns, tmp_path, etcd_cluster3, ttl=3)
+    try:
+        a = world.add_node()
+        start_helper(a)
+        a.add_pod()
+        wait_for(lambda: "keeping this node's lease" in helper_log(a), what="the helper to serve")
+        first = world.cluster.members[0]
+        first.proc.send_signal(signal.SIGSTOP)
+        try:
+            held = a.state()["lease"]
+            stamps = set()
+
+            def kept_five_times():
+                stamps.add(a.state()["confirmed"])
+                return len(stamps) > 6
+
+            wait_for(kept_five_times, timeout=120, what="five keep-alives")
+            assert "is gone" not in helper_log(a), helper_log(a)
+            assert a.state()["lease"] == held
+        finally:
+            first.proc.send_signal(signal.SIGCONT)
+    finally:
+        world.cleanup()
+
+
 def test_a_hostile_key_cannot_forge_helper_log_lines(world):
     """A key with a newline was logged as is: etcd's content wrote lines of its own choosing
     into cnmd's log (and `cnmctl doctor`)."""
