@@ -84,6 +84,7 @@ def test_two_machines_with_one_node_name_do_not_share_a_subnet(world):
     """A cloned machine-id (or a copied nodeName): the second machine took over the first's
     live record ("its own") and both put pods on one subnet. It is refused (code 11) while
     the first's lease lives; the record keeps the first machine's VTEP."""
+    world.ttl = 60  # (a's lease must outlive b's ADD on a loaded machine)
     a, b = world.add_node(), world.add_node()
     a.add_pod()
     mine = a.state()
