@@ -63,6 +63,7 @@ PRELOAD = (
     "cni_plugins.ipam.disk",
     "cni_plugins.linux.links",
     "pyroute2.iproute.linux",  # IPRoute: Rtnl.iproute, the requests linux/rtnl.py has no method for
+    "pyroute2.conntrack",  # the UDP ports' conntrack flush (linux/conntrack.py imports it on use)
     "pydantic",
 )
 

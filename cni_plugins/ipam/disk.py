@@ -25,7 +25,6 @@ from typing import Iterator
 
 from ..cni.paths import state_path_problem
 from ..linux.fs import make_dirs
-from . import index
 from .leases import Leases, owner_text, parse_owner, scan
 from .ranges import IP
 
@@ -66,6 +65,8 @@ _index_enabled = False
 def keep_index(enabled: bool = True) -> None:
     """Keep each lease directory's Leases between commands, exact by inotify (the helper)."""
     global _index_enabled
+    if enabled:
+        from . import index  # noqa: F401  (ctypes and the inotify binding: the helper's, not every exec's)
     _index_enabled = enabled
 
 
@@ -137,6 +138,8 @@ class LeaseDir:
             return scan(self)
         view = None
         if _index_enabled:
+            from . import index
+
             self._index = index.acquire(self)
             if self._index is not None:
                 view = self._index.leases

@@ -9,9 +9,7 @@ from __future__ import annotations
 import errno
 import socket
 
-from pyroute2.conntrack import Conntrack
 from pyroute2.netlink.exceptions import NetlinkError
-from pyroute2.netlink.nfnetlink.nfctsocket import NFCTAttrTuple
 
 
 class ConntrackError(Exception):
@@ -24,6 +22,11 @@ def flush_udp_port(port: int, version: int) -> int:
     per entry: the kernel has no filtered flush before 6.3, and an older one would take the
     filter of a flush for "everything"). Returns how many were deleted; an entry gone
     meanwhile is not an error."""
+    # pyroute2's ctnetlink client brings asyncio and ssl (~40-60 ms of a plugin exec): imported
+    # only by an ADD or DEL that has UDP ports to flush, not on import of every bridge command
+    from pyroute2.conntrack import Conntrack
+    from pyroute2.netlink.nfnetlink.nfctsocket import NFCTAttrTuple
+
     family = socket.AF_INET if version == 4 else socket.AF_INET6
     wanted = NFCTAttrTuple(family=family, proto=socket.IPPROTO_UDP, dport=port)
     deleted = 0
@@ -48,6 +51,8 @@ def flush_udp_port(port: int, version: int) -> int:
 def available() -> str | None:
     """None when this netns's conntrack table can be read through ctnetlink, else why not
     (for `cnmctl doctor`)."""
+    from pyroute2.conntrack import Conntrack
+
     try:
         ct = Conntrack()
         try:
