@@ -74,8 +74,7 @@ undo() {
         if [ -f "$path" ] && [ "$(sha256sum "$path" | cut -d' ' -f1)" = "$extra" ]; then rm -f "$path"
         elif [ -e "$path" ]; then echo "uninstall.sh: keeping $path (changed since install)" >&2; fi ;;
       files:tree) rm -rf "$path" ;;
-      dirs:mkdir) rmdir "$path" 2>/dev/null || true ;;
-      files:mkdir|files:unit|dirs:*) ;;
+      files:mkdir|files:unit) ;;
       *) echo "uninstall.sh: unknown manifest entry '$kind $path'" >&2 ;;
     esac
   done
@@ -85,5 +84,7 @@ if grep -q '^file .*/systemd/' "$KEEP" && [ "$SYSTEMD_UP" = 1 ]; then
   systemctl daemon-reload || true
 fi
 rm -f "$MANIFEST" "$PREFIX/.cnm-cni.manifest"
-undo dirs
+# Created directories, children before parents whatever their order in the manifest (two
+# installs racing into a fresh prefix each record the part of the path they made).
+awk '$1 == "mkdir" { print $2 }' "$KEEP" | sort -r | while read -r path; do rmdir "$path" 2>/dev/null || true; done
 echo "uninstalled cnm-cni from $PREFIX"

@@ -88,6 +88,25 @@ def test_two_installs_at_once_leave_a_working_install(nodes, release_a, release_
         assert snapshot(node.root) == {}, round_
 
 
+def test_uninstall_removes_created_directories_whatever_their_order_in_the_manifest(nodes, release_a):
+    """The race behind an intermittent failure of the test above (one round in six, under load):
+    two installs into a fresh prefix both walk the missing directories; A made `opt` and
+    `opt/cni`, B made `opt/cni/bin`, and the manifest lists B's (the earlier manifest's) before
+    A's. Uninstall undid them in reverse manifest order, so `opt/cni` and `opt` were not empty
+    yet when it tried them, and stayed. The race's manifest is written here directly."""
+    node = nodes()
+    assert node.install(release_a).returncode == 0
+    manifest = node.prefix / ".cnm-cni" / "manifest"
+    lines = manifest.read_text().splitlines()
+    made = [line for line in lines if line.startswith("mkdir ")]
+    assert len(made) >= 3, made  # opt, opt/cni, opt/cni/bin at least
+    deepest_first = sorted(made, key=len, reverse=True)
+    manifest.write_text("\n".join(deepest_first + [line for line in lines if line not in made]) + "\n")
+    proc = node.uninstall()
+    assert proc.returncode == 0, proc.stderr
+    assert snapshot(node.root) == {}
+
+
 # ---- finding 3: back to a bundle from before versioned bundles ----------------------------------
 def test_downgrade_to_a_bundle_before_versioned_bundles(nodes, release_old, release_b):
     """Attack on issue 26, finding 3: OLD's install.sh, the documented edit of the conflist, the
