@@ -15,7 +15,7 @@ from ...cni.result import IPConfig, Result, Route
 from ...cnm.model import Endpoint
 from ...linux import addr, bridge, links, veth
 from .endpoint import expected_elements, host_veth_name, recorded_elements, route_gateway
-from .errors import kernel_errors
+from ..kernel_errors import kernel_errors
 
 
 def fail(msg: str, details: str = "") -> None:

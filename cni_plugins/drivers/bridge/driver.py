@@ -26,7 +26,7 @@ from . import config as bridge_config
 from . import firewall, health, ipam, localnet, ports, shared, standby, sweep
 from .check import verify
 from .endpoint import addresses, container_note, expected_elements, host_veth_name, recorded_elements, route_gateway
-from .errors import kernel_errors
+from ..kernel_errors import kernel_errors
 
 IPV6_MIN_MTU = 1280  # a link with a smaller MTU has no IPv6 state at all
 FAULT_ENV = "CNM_FAULT"  # tests only: see cni_plugins/faults.py

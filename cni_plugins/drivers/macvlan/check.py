@@ -8,7 +8,8 @@ import ipaddress
 from ...cni.errors import CHECK_FAILED, CNIError
 from ...cni.result import IPConfig, Result, Route
 from ...cnm.model import Endpoint
-from .kernel import kernel_errors, route_gateway
+from ..kernel_errors import kernel_errors
+from .kernel import route_gateway
 
 
 def fail(msg: str, details: str = "") -> None:

@@ -17,7 +17,8 @@ from ...cnm.model import Endpoint
 from .. import delegated_ipam as ipam
 from ..base import Context, Driver
 from . import config as mv_config
-from .kernel import kernel_errors, link_name, remove_links, route_gateway
+from ..kernel_errors import kernel_errors
+from .kernel import link_name, remove_links, route_gateway
 
 FAULT_ENV = "CNM_FAULT"  # tests only: see cni_plugins/faults.py
 

@@ -15,33 +15,6 @@ def link_name(endpoint_id: str) -> str:
     return LINK_PREFIX + endpoint_id[:12]
 
 
-class kernel_errors:
-    """`with kernel_errors("do x"):` kernel failures become CNI errors (code 100) saying what
-    the driver was doing; CNIErrors and bugs pass through."""
-
-    def __init__(self, what: str):
-        self.what = what
-
-    def __enter__(self) -> None:
-        return None
-
-    def __exit__(self, kind, exc, tb) -> bool:
-        if exc is None or isinstance(exc, CNIError) or not isinstance(exc, Exception):
-            return False
-        from pyroute2.netlink.exceptions import NetlinkError
-
-        from ...linux.addr import AddrError
-        from ...linux.macvlan import MacvlanError
-
-        if isinstance(exc, NetlinkError):
-            reason = exc.args[1] if len(exc.args) > 1 else str(exc)
-        elif isinstance(exc, (AddrError, MacvlanError, OSError)):
-            reason = str(exc)
-        else:
-            return False
-        raise CNIError(PLUGIN_FAILURE, f"failed to {self.what}", reason) from None
-
-
 def default_master(ipr) -> str:
     """The interface of the first default route (as the reference plugin); code 7 if none."""
     from ...linux import links

@@ -1,14 +1,15 @@
-"""Kernel and tool failures of the bridge driver's steps, as CNI errors that say what the
-driver was doing."""
+"""Kernel and tool failures of a driver's steps, as CNI errors that say what the driver was
+doing (every driver's: the bridge's, the macvlan's, the overlay's through the bridge's)."""
 
 from __future__ import annotations
 
-from ...cni.errors import PLUGIN_FAILURE, CNIError
-from ...linux.addr import AddrError
-from ...linux.bridge import BridgeError
-from ...linux.conntrack import ConntrackError
-from ...linux.links import NetlinkError
-from ...linux.veth import VethError
+from ..cni.errors import PLUGIN_FAILURE, CNIError
+from ..linux.addr import AddrError
+from ..linux.bridge import BridgeError
+from ..linux.conntrack import ConntrackError
+from ..linux.links import NetlinkError
+from ..linux.macvlan import MacvlanError
+from ..linux.veth import VethError
 
 
 class kernel_errors:
@@ -34,9 +35,9 @@ class kernel_errors:
 
 def _kernel_failure(exc: Exception) -> str | None:
     """What a kernel/tool failure says; None for any other exception (a bug: not converted)."""
-    from ...linux.nft import NftError  # (nftables: loaded only by what programs it)
+    from ..linux.nft import NftError  # (nftables: loaded only by what programs it)
 
-    if isinstance(exc, (AddrError, BridgeError, ConntrackError, NftError, VethError)):
+    if isinstance(exc, (AddrError, BridgeError, ConntrackError, MacvlanError, NftError, VethError)):
         return str(exc)
     if isinstance(exc, NetlinkError):
         return exc.args[1] if len(exc.args) > 1 else str(exc)
