@@ -14,23 +14,11 @@ from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictInt, Strict
 
 from ...cni.errors import INVALID_CONFIG, CNIError
 from ...cni.request import IFNAME_RULE, Request, valid_interface_name
+from ..bridge.config import DnsConf, IpamRef  # the same keys mean the same things
 
 MODES = ("bridge", "private", "vepa", "passthru")
 MAC_RE = re.compile(r"([0-9A-Fa-f]{2}[:-]){5}[0-9A-Fa-f]{2}")  # fullmatch: `$` would pass a trailing "\n"
 MIN_MTU = 68  # the least the kernel takes for an Ethernet link (ETH_MIN_MTU)
-
-
-class IpamRef(BaseModel):
-    model_config = ConfigDict(extra="allow")
-    type: StrictStr = ""
-
-
-class DnsConf(BaseModel):
-    model_config = ConfigDict(extra="ignore")
-    nameservers: Optional[list[StrictStr]] = None
-    domain: StrictStr = ""
-    search: Optional[list[StrictStr]] = None
-    options: Optional[list[StrictStr]] = None
 
 
 class MacvlanConfig(BaseModel):
