@@ -73,8 +73,12 @@ def kubes(tmp_path):
 
 
 def routed(node: Node, address: str) -> bool:
-    """The node's kernel routes `address` into the overlay (its VXLAN device)."""
-    out = json.loads(sh("ip", "-j", "route", "get", address, ns=node.host).stdout or "[]")
+    """The node's kernel routes `address` into the overlay (its VXLAN device). Until the mesh
+    has the other node's route the node has none at all (no default route): unreachable."""
+    proc = sh("ip", "-j", "route", "get", address, ns=node.host, check=False)
+    if proc.returncode != 0:
+        return False
+    out = json.loads(proc.stdout or "[]")
     return bool(out) and out[0].get("dev", "").startswith("cnmvx")
 
 
