@@ -528,6 +528,7 @@ class FakeHelper:
         self.sock.bind(self.path)
         self.sock.listen(8)
         self.conns = []
+        self.events: list[str] = []  # what the fake saw: said when a test fails
         self.thread = threading.Thread(target=self.loop, daemon=True)
         self.thread.start()
 
@@ -541,6 +542,7 @@ class FakeHelper:
             try:
                 conn.settimeout(10)
                 fields, fds = cnmd.read_request(conn)
+                self.events.append(f"request with {len(fds)} descriptors")
                 if self.mode == "refuse":
                     conn.sendall(b"NO" + struct.pack("!I", 4) + b"nope")
                 elif self.mode == "claim-then-drop":
@@ -548,10 +550,17 @@ class FakeHelper:
                     conn.close()
                 for fd in fds:
                     os.close(fd)
-            except (OSError, EOFError):
-                pass
+            except (OSError, EOFError) as exc:
+                self.events.append(f"{type(exc).__name__}: {exc}")
 
     def close(self):
+        """Wake the accept (shutdown does, close alone does not) and wait for the thread: none
+        outlives its test holding descriptor numbers that later tests reuse."""
+        try:
+            self.sock.shutdown(socket.SHUT_RDWR)
+        except OSError:
+            pass
+        self.thread.join(10)
         self.sock.close()
         for c in self.conns:
             c.close()
@@ -568,7 +577,7 @@ def test_refusing_or_silent_helper_falls_back(tmp_path, env, netns, mode):
         rc, out, served = run("cnm-none", "ADD", conf, env, socket_path=fake.path, **kw)
         assert rc == 0 and not served, out
         if mode == "silent":
-            assert time.monotonic() - started >= thin.READY_TIMEOUT
+            assert time.monotonic() - started >= thin.READY_TIMEOUT, fake.events
         assert run("cnm-none", "DEL", conf, env, socket_path=fake.path, **kw)[0] == 0
     finally:
         fake.close()
