@@ -120,6 +120,8 @@ class NetworkAgent:
             self._reconverge.clear()
             outcome = mesh.converge(settings, self.state_dir, client, records)
             self._records = {layout.key(r.subnet): r for r in records}
+        for why in outcome.conflicts:
+            self.log(f"overlay {self.network}: duplicate VTEP MAC: {why}")
         if outcome.changed or outcome.removed:
             self.log(f"overlay {self.network}: mesh converged ({outcome.changed} nodes added or changed, "
                      f"{outcome.removed} removed)")
@@ -182,6 +184,8 @@ class NetworkAgent:
                     if event.kv.key == own_key and new.node != own.get("node"):
                         self.log(f"overlay {self.network}: subnet {new.subnet} is now held by node {new.node!r}")
                         self._reconverge.set()
+            if self._shares_mac(event.kv.key, [r for r in (old, new) if peer(r)], own.get("vtepMAC")):
+                self._reconverge.set()  # which record keeps the MAC: converge decides (peers.select)
             if peer(old) != peer(new):
                 changes.append((peer(old), peer(new)))
         if self._reconverge.is_set():
@@ -203,6 +207,13 @@ class NetworkAgent:
                     vxlan.add_peer(ipr, index, new)
         added = sum(new is not None for _, new in changes)
         self.log(f"overlay {self.network}: mesh updated ({added} added or changed, {len(changes) - added} removed)")
+
+    def _shares_mac(self, key: bytes, records, own_mac) -> bool:
+        """One of `records` (another node's, at `key` before and after an event) has a VTEP MAC
+        another record (or this node) has: programming it alone could overwrite an FDB entry."""
+        macs = {r.vtep_mac for r in records}
+        return bool(macs) and (own_mac in macs or any(
+            r.vtep_mac in macs for k, r in self._records.items() if k != key))
 
     # ---- keeper -------------------------------------------------------------------------
     def _keep_loop(self) -> None:

@@ -29,6 +29,11 @@ from dataclasses import dataclass
 from typing import Iterator
 
 DEFAULT_TIMEOUT = 5.0
+# What the client accepts from etcd: 200 nodes' records list in ~100 KiB and a watch message
+# holds a few events. A prefix someone filled with huge or countless keys must not exhaust the
+# helper's memory: a bigger answer is refused whole (a part of a list would drop live nodes).
+MAX_ANSWER = 32 << 20  # bytes, of one answer or one watch message
+MAX_LIST_KEYS = 100_000
 
 
 class EtcdError(Exception):
@@ -42,6 +47,10 @@ class Unavailable(EtcdError):
 class Idle(Unavailable):
     """A watch stream said nothing for its idle timeout (its member may be wedged or cut off
     from the cluster, which a stream alone never tells): list again."""
+
+
+class TooLarge(EtcdError):
+    """An answer (a list, a watch message) beyond MAX_ANSWER bytes or MAX_LIST_KEYS keys."""
 
 
 class Compacted(EtcdError):
@@ -181,13 +190,18 @@ class Client:
                 try:
                     conn.request("POST", path, payload, {"Content-Type": "application/json"})
                     resp = conn.getresponse()
-                    data = resp.read()
+                    data = b"" if (resp.length or 0) > MAX_ANSWER else resp.read(MAX_ANSWER + 1)
+                    too_large = (resp.length or 0) > MAX_ANSWER or len(data) > MAX_ANSWER
                 except (OSError, http.client.HTTPException) as exc:
                     conn.close()
                     if not fresh and attempt == 0:
                         continue
                     failures.append(f"{safe_endpoint(endpoint)}: {exc}")
                     break
+                if too_large:  # (never read to its end: the connection cannot be reused)
+                    conn.close()
+                    raise TooLarge(f"etcd {path}: answer larger than {MAX_ANSWER >> 20} MiB, refused "
+                                   f"(a key prefix filled with huge or countless keys?)")
                 conns[endpoint] = conn
                 answer = _decode(data)
                 if resp.status != 200:
@@ -211,7 +225,8 @@ class Client:
 
     def range(self, key: bytes, range_end: bytes | None = None, revision: int = 0,
               limit: int = 0) -> tuple[list[KeyValue], int]:
-        """The keys in [key, range_end) (only `key` without range_end); and the store's revision."""
+        """The keys in [key, range_end) (only `key` without range_end); and the store's revision.
+        More than `limit` keys there: TooLarge."""
         body: dict = {"key": b64(key)}
         if range_end is not None:
             body["range_end"] = b64(range_end)
@@ -220,10 +235,13 @@ class Client:
         if limit:
             body["limit"] = str(limit)
         answer = self.call("/v3/kv/range", body)
+        if limit and answer.get("more"):
+            raise TooLarge(f"etcd: more than {limit} keys from {key[:100]!r}, refused")
         return [_kv(raw) for raw in answer.get("kvs", [])], _revision(answer)
 
     def list_prefix(self, prefix: bytes) -> tuple[list[KeyValue], int]:
-        return self.range(prefix, prefix_end(prefix))
+        """Every key under `prefix`; TooLarge beyond MAX_LIST_KEYS keys or MAX_ANSWER bytes."""
+        return self.range(prefix, prefix_end(prefix), limit=MAX_LIST_KEYS)
 
     def put(self, key: bytes, value: bytes, lease: int = 0) -> int:
         body = {"key": b64(key), "value": b64(value)}
@@ -324,8 +342,8 @@ class Watch:
     def __init__(self, conn: http.client.HTTPConnection, resp: http.client.HTTPResponse):
         self._conn = conn
         self._resp = resp
-        self._buffer = ""
-        self._decoder = json.JSONDecoder()
+        self._buffer = bytearray()
+        self._scanned = 0  # how much of _buffer holds no newline
         self.revision = 0  # the store's revision as of the last message
 
     def set_timeout(self, seconds: float | None) -> None:
@@ -351,15 +369,18 @@ class Watch:
                 yield events  # (an empty batch: a progress notification)
 
     def _next(self) -> dict | None:
+        """The next message: the gateway ends each with a newline. A message growing beyond
+        MAX_ANSWER is refused (a watch catching up sends many revisions' events as one)."""
         while True:
-            text = self._buffer.lstrip()
-            if text:
-                try:
-                    message, end = self._decoder.raw_decode(text)
-                    self._buffer = text[end:]
-                    return message
-                except json.JSONDecodeError:
-                    pass
+            end = self._buffer.find(b"\n", self._scanned)
+            if end >= 0:
+                line = bytes(self._buffer[:end])
+                del self._buffer[:end + 1]
+                self._scanned = 0
+                if line.strip():
+                    return _decode(line)
+                continue
+            self._scanned = len(self._buffer)  # (a long message: each chunk is searched once)
             try:
                 chunk = self._resp.read1(65536)
             except TimeoutError:
@@ -368,10 +389,13 @@ class Watch:
             except (OSError, http.client.HTTPException, ValueError, AttributeError) as exc:
                 raise Unavailable(f"watch stream broken: {exc}") from None
             if not chunk:
-                return None
-            self._buffer = text + chunk.decode("utf-8", errors="replace")
-            if len(self._buffer) > 64 << 20:
-                raise EtcdError("watch message too large")
+                rest, self._buffer = bytes(self._buffer), bytearray()
+                return _decode(rest) if rest.strip() else None
+            self._buffer += chunk
+            if len(self._buffer) > MAX_ANSWER:
+                self._buffer = bytearray()
+                raise TooLarge(f"etcd watch: a message larger than {MAX_ANSWER >> 20} MiB, refused "
+                               f"(a key prefix filled with huge or countless keys?)")
 
     def close(self) -> None:
         sock = self._conn.sock

@@ -3,19 +3,24 @@ network's `subnet` per node, claimed with a create-if-absent transaction and bou
 lease the resident helper keeps alive.
 
 Layout under the store's prefix, per network:
-    <prefix>/overlay/<network>/subnets/<a.b.c.d>-<len>  ->  {"node", "vtepIP", "vtepMAC"}
+    <prefix>/overlay/<network>/subnets/<a.b.c.d>-<len>  ->  {"node", "vtepIP", "vtepMAC", "machine"}
 The key names the subnet, so etcd itself guarantees that no two nodes hold the same one:
 a create succeeds only while the key is absent, and the key goes only with its lease.
 
 A node takes back its own subnet: first the record that still names it (its lease may be
 gone or unknown: the record is re-bound to a new lease by compare-and-swap), else the subnet it
-held last (kept on disk by the caller) when it is free, else a free one. Records are read with
+held last (kept on disk by the caller) when it is free, else a free one. A node renamed
+(nodeName changed, same machine) keeps its subnet under the new name: a record is its own also
+when it carries the node's `machine` id (random, made once per node store: a name or an
+address alone proves nothing) and its VTEP IP; any other such record is released, so one VTEP
+is never claimed by two records. A lease granted for a bind that then fails is revoked. Records are read with
 suspicion: whatever does not parse, lies outside the network's subnet or is too big is
 skipped (and reported) — never trusted, never fatal.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import itertools
 import ipaddress
@@ -27,6 +32,7 @@ from . import etcd
 
 MAX_RECORD = 1024  # bytes: a record is ~100; anything bigger is not ours
 MAC_RE = re.compile(r"^[0-9a-f]{2}(:[0-9a-f]{2}){5}$")
+MACHINE_RE = re.compile(r"^[0-9a-f]{32}$")
 
 
 class Exhausted(Exception):
@@ -47,13 +53,23 @@ class Record:
     vtep_mac: str
     lease: int = 0  # the etcd lease the key is bound to
     revision: int = 0  # the key's mod_revision
+    machine: str = ""  # the id of the node store that wrote it ("": a record from before ids)
+    created: int = dataclasses.field(default=0, compare=False)  # the key's create_revision
 
     def value(self) -> bytes:
-        return json.dumps({"node": self.node, "vtepIP": self.vtep_ip, "vtepMAC": self.vtep_mac},
-                          sort_keys=True).encode()
+        data = {"node": self.node, "vtepIP": self.vtep_ip, "vtepMAC": self.vtep_mac}
+        if self.machine:
+            data["machine"] = self.machine
+        return json.dumps(data, sort_keys=True).encode()
 
     def with_lease(self, lease: int, revision: int = 0) -> "Record":
-        return Record(self.subnet, self.node, self.vtep_ip, self.vtep_mac, lease, revision)
+        return dataclasses.replace(self, lease=lease, revision=revision)
+
+    def proven_of(self, mine: "Record") -> bool:
+        """Written by `mine`'s machine (its id and its VTEP IP: a cloned store on another
+        machine has the id, not the address) under another node name: `mine` before a rename."""
+        return bool(self.machine) and self.machine == mine.machine and self.vtep_ip == mine.vtep_ip \
+            and self.node != mine.node
 
 
 @dataclass(frozen=True)
@@ -102,6 +118,9 @@ class Layout:
             return None, "not a JSON record with node, vtepIP and vtepMAC"
         if not (isinstance(node, str) and isinstance(vtep_ip, str) and isinstance(vtep_mac, str)) or not node:
             return None, "node, vtepIP and vtepMAC must be strings"
+        machine = data.get("machine", "")
+        if not isinstance(machine, str) or (machine and not MACHINE_RE.match(machine)):
+            return None, "machine must be 32 hex digits"
         try:
             vtep = ipaddress.ip_address(vtep_ip)
         except ValueError:
@@ -115,7 +134,7 @@ class Layout:
             return None, f"vtepIP {vtep} is not a unicast address"
         if not MAC_RE.match(vtep_mac) or int(vtep_mac[:2], 16) & 1:
             return None, f"vtepMAC {vtep_mac!r} is not a unicast MAC"
-        return Record(subnet, node, str(vtep), vtep_mac, kv.lease, kv.mod_revision), ""
+        return Record(subnet, node, str(vtep), vtep_mac, kv.lease, kv.mod_revision, machine, kv.create_revision), ""
 
 
 def read_all(client: etcd.Client, layout: Layout) -> tuple[list[Record], list[str], int]:
@@ -143,20 +162,33 @@ def printable_key(key: bytes) -> str:
 
 def claim(client: etcd.Client, layout: Layout, mine: Record, ttl: int, last: str = "",
           lease: int = 0) -> Record:
-    """This node's lease (`mine` gives node, vtepIP and vtepMAC; its subnet is ignored): its
-    own record taken back, else `last` (the subnet it held before) if free, else a free one.
-    `lease`: the etcd lease it believes it holds (reused while alive). Raises Exhausted,
-    etcd.EtcdError."""
+    """This node's lease (`mine` gives node, vtepIP, vtepMAC and machine; its subnet is
+    ignored): its own record taken back, else `last` (the subnet it held before) if free, else
+    a free one. `lease`: the etcd lease it believes it holds (reused while alive). Raises
+    Exhausted, Conflict, etcd.EtcdError."""
+    grants = _Grants(client, ttl)
+    held = None
+    try:
+        held = _claim(client, layout, mine, last, lease, grants)
+        return held
+    finally:
+        grants.settle(held.lease if held is not None else 0)
+
+
+def _claim(client: etcd.Client, layout: Layout, mine: Record, last: str, lease: int, grants: "_Grants") -> Record:
     for _ in range(3 * layout.count() + 10):  # each round loses only to another node's write
         kvs, _ = client.list_prefix(layout.directory)
         records, _ = parse_all(layout, kvs)
-        own = [r for r in records if r.node == mine.node]
+        own = [r for r in records if r.node == mine.node or r.proven_of(mine)]
         if own:
-            record = min(own, key=lambda r: (str(r.subnet) != last, r.revision))
-            kept = _adopt(client, layout, record, mine, ttl, lease)
-            if kept is not None:
-                return kept
-            continue
+            record = min(own, key=lambda r: (r.node != mine.node, str(r.subnet) != last, r.revision))
+            kept = _adopt(client, layout, record, mine, lease, grants)
+            if kept is None:
+                continue
+            for stale in own:  # this machine under a name it no longer has: one VTEP, one record
+                if stale.subnet != kept.subnet and stale.proven_of(mine):
+                    _release_stale(client, layout, stale, kept.lease)
+            return kept
         taken = {kv.key for kv in kvs}  # (a key that is not a valid record still holds its subnet)
         # (the first few free ones are enough to choose from: a /8 holds 65536 /24s)
         free = list(itertools.islice((s for s in layout.subnets() if layout.key(s) not in taken), 64))
@@ -164,8 +196,8 @@ def claim(client: etcd.Client, layout: Layout, mine: Record, ttl: int, last: str
             raise Exhausted(f"every /{layout.host_length} of {layout.subnet} is held by another node")
         subnet = _pick(free, mine.node, last)
         if lease == 0 or client.keepalive(lease) == 0:
-            lease = client.grant(ttl)
-        record = Record(subnet, mine.node, mine.vtep_ip, mine.vtep_mac, lease)
+            lease = grants.new()
+        record = dataclasses.replace(mine, subnet=subnet, lease=lease)
         created, current = client.create(layout.key(subnet), record.value(), lease)
         if created:
             return record.with_lease(lease, client.get(layout.key(subnet)).mod_revision)
@@ -176,11 +208,39 @@ def claim(client: etcd.Client, layout: Layout, mine: Record, ttl: int, last: str
     raise etcd.EtcdError(f"no subnet of {layout.subnet} could be claimed: every try lost to another node")
 
 
-def _adopt(client: etcd.Client, layout: Layout, record: Record, mine: Record, ttl: int,
-           lease: int) -> Record | None:
+class _Grants:
+    """The leases one claim granted. One its record does not end on would live out its TTL in
+    etcd for nothing (one per failed bind): it is revoked, best effort."""
+
+    def __init__(self, client: etcd.Client, ttl: int):
+        self.client = client
+        self.ttl = ttl
+        self.ids: set[int] = set()
+
+    def new(self) -> int:
+        lease = self.client.grant(self.ttl)
+        self.ids.add(lease)
+        return lease
+
+    def drop(self, lease: int) -> None:
+        if lease in self.ids:
+            self.ids.discard(lease)
+            try:
+                self.client.revoke(lease)
+            except etcd.EtcdError:
+                pass  # (it expires by itself)
+
+    def settle(self, kept: int) -> None:
+        for lease in list(self.ids - {kept}):
+            self.drop(lease)
+
+
+def _adopt(client: etcd.Client, layout: Layout, record: Record, mine: Record, lease: int,
+           grants: _Grants) -> Record | None:
     """Keep this node's existing record: on its own lease while that lives (rewritten only if
-    the VTEP changed), else re-bound to a live lease (compare-and-swap: None when it moved)."""
-    wanted = Record(record.subnet, mine.node, mine.vtep_ip, mine.vtep_mac)
+    the VTEP, the name or the machine id changed), else re-bound to a live lease
+    (compare-and-swap: None when it moved)."""
+    wanted = dataclasses.replace(mine, subnet=record.subnet, lease=0, revision=0)
     alive = record.lease != 0 and client.keepalive(record.lease) > 0
     if alive and record.lease != lease and record.vtep_ip != mine.vtep_ip:
         # A live lease we do not hold, for another VTEP: a second machine with our name (a
@@ -191,12 +251,28 @@ def _adopt(client: etcd.Client, layout: Layout, record: Record, mine: Record, tt
     if alive and wanted.value() == record.value():
         return record
     if not alive:
-        lease = lease if lease and lease != record.lease and client.keepalive(lease) > 0 else client.grant(ttl)
+        lease = lease if lease and lease != record.lease and client.keepalive(lease) > 0 else grants.new()
     else:
         lease = record.lease
     if not client.replace(layout.key(record.subnet), record.revision, wanted.value(), lease):
+        grants.drop(lease)  # (only if granted here: never the lease the node holds)
         return None
     return wanted.with_lease(lease, client.get(layout.key(record.subnet)).mod_revision)
+
+
+def _release_stale(client: etcd.Client, layout: Layout, record: Record, keep: int) -> None:
+    """Delete a record of this machine's former name (only while it is still that one) and
+    revoke its lease unless the node's record now stands on it."""
+    key = layout.key(record.subnet)
+    answer = client.call("/v3/kv/txn", {
+        "compare": [{"key": etcd.b64(key), "target": "MOD", "result": "EQUAL", "mod_revision": str(record.revision)}],
+        "success": [{"request_delete_range": {"key": etcd.b64(key)}}],
+    })
+    if answer.get("succeeded") and record.lease and record.lease != keep:
+        try:
+            client.revoke(record.lease)
+        except etcd.EtcdError:
+            pass  # (it expires by itself; the record is gone already)
 
 
 def _pick(free: list, node: str, last: str):

@@ -12,11 +12,11 @@ from __future__ import annotations
 import hashlib
 import ipaddress
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from ...cnm.model import STORE_TAG_LEN
 from ...cnm.store import Store
-from . import etcd, lease, state
+from . import etcd, lease, peers, state
 
 SETTINGS_KEYS = ("subnet", "hostSubnetLength", "vni", "port", "underlayInterface", "underlayAddress", "mtu",
                  "nodeName", "leaseTTL")
@@ -68,6 +68,7 @@ class Outcome:
     skipped: list[str]  # records ignored, with why
     changed: int = 0
     removed: int = 0
+    conflicts: list[str] = field(default_factory=list)  # records not programmed (peers.select)
 
 
 def local_underlay(settings: dict) -> tuple[str, int, str, int]:
@@ -105,15 +106,15 @@ def converge(settings: dict, state_dir: str, client: etcd.Client | None = None,
     cached = state.read(state_dir, network) or {}
     layout = layout_of(settings)
     client = client or client_of(settings)
-    mine = lease.Record(layout.subnet, node, ul_ip, vtep_mac(node, network))
+    mine = lease.Record(layout.subnet, node, ul_ip, vtep_mac(node, network), machine=state.machine_id(state_dir))
     held = lease.claim(client, layout, mine, settings["leaseTTL"], last=cached.get("subnet", ""),
                        lease=int(cached.get("lease", 0)) if cached.get("node") == node else 0)
     skipped: list[str] = []
     if records is None:
         records, skipped, _ = lease.read_all(client, layout)
     _, vx_name = device_names(network)
-    others = [vxlan.Peer(str(r.subnet), r.vtep_ip, r.vtep_mac) for r in records
-              if r.node != node and r.subnet != held.subnet and r.vtep_ip != ul_ip]
+    wanted, dropped = peers.select(records, node, held.subnet, ul_ip, mine.vtep_mac)
+    others = [vxlan.Peer(str(r.subnet), r.vtep_ip, r.vtep_mac) for r in wanted]
     try:
         with links.rtnl() as ipr:
             index = vxlan.ensure_device(ipr, vx_name, settings["vni"], settings["port"], ul_ip, ul_index,
@@ -127,7 +128,7 @@ def converge(settings: dict, state_dir: str, client: etcd.Client | None = None,
         "underlay": ul_name, "mtu": mtu, "confirmed": time.time(), "settings": settings,
     }
     state.write(state_dir, network, data)
-    return Outcome(data, skipped, changed, removed)
+    return Outcome(data, skipped, changed, removed, [why for _, why in dropped])
 
 
 ALIAS_PREFIX = "cnm-overlay:"

@@ -72,6 +72,34 @@ def write(state_dir: str, network: str, data: dict) -> None:
         _observer(state_dir, network)
 
 
+MACHINE_FILE = "machine-id"
+
+
+def machine_id(state_dir: str) -> str:
+    """This node store's own id (32 hex digits, random, made on first use): written into its
+    lease records, it proves a record is this machine's whatever node name it carries."""
+    file = os.path.join(directory(state_dir), MACHINE_FILE)
+    try:
+        with open(file, encoding="ascii") as f:
+            ident = f.read().strip()
+        if len(ident) == 32 and all(c in "0123456789abcdef" for c in ident):
+            return ident
+    except (OSError, UnicodeDecodeError):
+        pass
+    make_dirs(directory(state_dir), 0o700)
+    ident = os.urandom(16).hex()
+    tmp = f"{file}.{os.getpid()}.tmp"
+    with open(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600), "w", encoding="ascii") as f:
+        f.write(ident + "\n")
+    try:
+        os.link(tmp, file)  # (two first uses at once: the first one's id stands)
+    except FileExistsError:
+        os.unlink(tmp)
+        return machine_id(state_dir)
+    os.unlink(tmp)
+    return ident
+
+
 def remove(state_dir: str, network: str) -> bool:
     try:
         os.unlink(path(state_dir, network))

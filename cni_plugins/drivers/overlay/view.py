@@ -4,9 +4,10 @@ Read-only; never a secret (the store's endpoints without credentials, file paths
 
 from __future__ import annotations
 
+import ipaddress
 import time
 
-from . import etcd, lease, mesh, state
+from . import etcd, lease, mesh, peers, state
 
 TIMEOUT = 2.0
 
@@ -32,6 +33,7 @@ def report(state_dir: str, network: str) -> dict | None:
                   "Prefix": settings["store"].get("prefix", ""), "Reachable": False, "Error": ""},
         "Nodes": [],
         "Ignored": [],
+        "DuplicateMACs": [],
         "Kernel": {},
     }
     kernel, kernel_error = _kernel_peers(vx_name)
@@ -49,10 +51,19 @@ def report(state_dir: str, network: str) -> dict | None:
         return out
     out["Store"]["Reachable"] = True
     out["Ignored"] = skipped
+    try:
+        own_subnet = ipaddress.ip_network(out["Subnet"])
+    except ValueError:
+        own_subnet = None
+    _, dropped = peers.select(records, out["Node"], own_subnet, out["VtepIP"], out["VtepMAC"])
+    out["DuplicateMACs"] = [why for _, why in dropped]
+    left_out = {r.subnet for r, _ in dropped}
     for r in sorted(records, key=lambda r: r.subnet):
         mine = r.node == out["Node"]
         if mine:
             agrees = "self"
+        elif r.subnet in left_out:
+            agrees = "duplicate MAC"
         elif kernel is None:
             agrees = "no device"
         else:
@@ -120,6 +131,10 @@ def problems(state_dir: str) -> list[tuple[str, str, str, str]]:
             for subnet in rep["Kernel"].get("Extra", []):
                 found.append(("warning", network, f"the kernel routes {subnet} into the overlay, but no node "
                                                   f"holds it in etcd", "start cnmd, which removes it"))
+            for why in rep["DuplicateMACs"]:
+                found.append(("warning", network, f"two records in etcd have one VTEP MAC: {why}",
+                              "give the later node its own MAC (its nodeName: the MAC derives from it), or "
+                              "delete the record that is not a node's"))
             for why in rep["Ignored"]:
                 found.append(("warning", network, f"etcd holds a record that is not valid: {why}",
                               "delete it from etcd (it is ignored)"))
