@@ -108,18 +108,17 @@ class NetworkAgent:
                 self.stop_event.wait(RETRY_S[min(failures, len(RETRY_S)) - 1])
 
     def _converge(self, settings: dict) -> int:
-        from ..drivers.overlay import lease, mesh
+        from ..drivers.overlay import mesh
 
         client = mesh.client_of(settings)
         layout = mesh.layout_of(settings)
         kvs, revision = client.list_prefix(layout.directory)
-        records, skipped = lease.parse_all(layout, kvs)
-        for why in skipped:
-            self.log(f"overlay {self.network}: ignored record {why}")
         with self.lock:
             self._reconverge.clear()
-            outcome = mesh.converge(settings, self.state_dir, client, records)
-            self._records = {layout.key(r.subnet): r for r in records}
+            outcome = mesh.converge(settings, self.state_dir, client, kvs)
+            self._records = {layout.key(r.subnet): r for r in outcome.records}
+        for why in outcome.skipped:
+            self.log(f"overlay {self.network}: ignored record {why}")
         for why in outcome.conflicts:
             self.log(f"overlay {self.network}: duplicate VTEP MAC: {why}")
         if outcome.changed or outcome.removed:

@@ -161,24 +161,29 @@ def printable_key(key: bytes) -> str:
 
 
 def claim(client: etcd.Client, layout: Layout, mine: Record, ttl: int, last: str = "",
-          lease: int = 0) -> Record:
+          lease: int = 0, listed: tuple[list, list[Record]] | None = None) -> Record:
     """This node's lease (`mine` gives node, vtepIP, vtepMAC and machine; its subnet is
     ignored): its own record taken back, else `last` (the subnet it held before) if free, else
-    a free one. `lease`: the etcd lease it believes it holds (reused while alive). Raises
+    a free one. `lease`: the etcd lease it believes it holds (reused while alive); `listed`:
+    (key-values, their records) the caller just listed, for the first round. Raises
     Exhausted, Conflict, etcd.EtcdError."""
     grants = _Grants(client, ttl)
     held = None
     try:
-        held = _claim(client, layout, mine, last, lease, grants)
+        held = _claim(client, layout, mine, last, lease, grants, listed)
         return held
     finally:
         grants.settle(held.lease if held is not None else 0)
 
 
-def _claim(client: etcd.Client, layout: Layout, mine: Record, last: str, lease: int, grants: "_Grants") -> Record:
+def _claim(client: etcd.Client, layout: Layout, mine: Record, last: str, lease: int, grants: "_Grants",
+           listed: tuple[list, list[Record]] | None) -> Record:
     for _ in range(3 * layout.count() + 10):  # each round loses only to another node's write
-        kvs, _ = client.list_prefix(layout.directory)
-        records, _ = parse_all(layout, kvs)
+        if listed is not None:
+            (kvs, records), listed = listed, None
+        else:
+            kvs, _ = client.list_prefix(layout.directory)
+            records, _ = parse_all(layout, kvs)
         own = [r for r in records if r.node == mine.node or r.proven_of(mine)]
         if own:
             record = min(own, key=lambda r: (r.node != mine.node, str(r.subnet) != last, r.revision))

@@ -69,6 +69,7 @@ class Outcome:
     changed: int = 0
     removed: int = 0
     conflicts: list[str] = field(default_factory=list)  # records not programmed (peers.select)
+    records: list = field(default_factory=list)  # the valid records of the list it programmed from
 
 
 def local_underlay(settings: dict) -> tuple[str, int, str, int]:
@@ -89,9 +90,10 @@ def mtu_of(settings: dict, underlay_mtu: int) -> int:
 
 
 def converge(settings: dict, state_dir: str, client: etcd.Client | None = None,
-             records: list | None = None) -> Outcome:
+             listed: list | None = None) -> Outcome:
     """Claim (or keep) the lease, ensure the device, program the mesh from a fresh list (or
-    from `records`, a list the caller just read), save the state file."""
+    from `listed`, the key-values the caller just listed: one list and one parse a converge),
+    save the state file."""
     from pyroute2.netlink.exceptions import NetlinkError
 
     from ...linux import links, vxlan
@@ -107,11 +109,12 @@ def converge(settings: dict, state_dir: str, client: etcd.Client | None = None,
     layout = layout_of(settings)
     client = client or client_of(settings)
     mine = lease.Record(layout.subnet, node, ul_ip, vtep_mac(node, network), machine=state.machine_id(state_dir))
+    if listed is None:
+        listed, _ = client.list_prefix(layout.directory)
+    records, skipped = lease.parse_all(layout, listed)
     held = lease.claim(client, layout, mine, settings["leaseTTL"], last=cached.get("subnet", ""),
-                       lease=int(cached.get("lease", 0)) if cached.get("node") == node else 0)
-    skipped: list[str] = []
-    if records is None:
-        records, skipped, _ = lease.read_all(client, layout)
+                       lease=int(cached.get("lease", 0)) if cached.get("node") == node else 0,
+                       listed=(listed, records))
     _, vx_name = device_names(network)
     wanted, dropped = peers.select(records, node, held.subnet, ul_ip, mine.vtep_mac)
     others = [vxlan.Peer(str(r.subnet), r.vtep_ip, r.vtep_mac) for r in wanted]
@@ -128,7 +131,7 @@ def converge(settings: dict, state_dir: str, client: etcd.Client | None = None,
         "underlay": ul_name, "mtu": mtu, "confirmed": time.time(), "settings": settings,
     }
     state.write(state_dir, network, data)
-    return Outcome(data, skipped, changed, removed, [why for _, why in dropped])
+    return Outcome(data, skipped, changed, removed, [why for _, why in dropped], records)
 
 
 ALIAS_PREFIX = "cnm-overlay:"
