@@ -11,6 +11,12 @@ itself. Every other request (dumps, bridge creation,
 port flags, VLANs, lookups, address deletion) goes to `Rtnl.iproute`, a pyroute2 IPRoute in
 the same netns opened on first use: callers name it, nothing falls through.
 
+A deleted link is gone once the kernel announces it (RTM_DELLINK): out of its netns, closed,
+its addresses, MAC and master's port dropped, all under RTNL. The request itself returns only
+after an RCU barrier that waits for the kernel to free the device (~15 ms here), which nothing
+of ours or the runtime's needs, so `del_link` sends it from a thread of its own and returns at
+the announcement (or at the answer, if that comes first: an error).
+
 A new veth is not echoed (NLM_F_ECHO): pyroute2's parse of the link message is dearer than
 the three facts wanted from it (the host end's index and MAC, the peer's index), which are
 three ioctls (linux/links.py).
@@ -23,12 +29,16 @@ linux/sysctl.py).
 
 from __future__ import annotations
 
+import errno
 import fcntl
 import functools
 import os
 import socket
+import sys
+import threading
 
 from pyroute2.netlink import NLM_F_ACK, NLM_F_CREATE, NLM_F_EXCL, NLM_F_REQUEST, NLMSG_DONE, NLMSG_ERROR, nla, nlmsg
+from pyroute2.netlink.exceptions import NetlinkError
 from pyroute2.netlink.rtnl import RTM_DELLINK, RTM_GETLINK, RTM_NEWADDR, RTM_NEWLINK, RTM_NEWROUTE
 from pyroute2.netlink.rtnl.ifaddrmsg import ifaddrmsg
 from pyroute2.netlink.rtnl.ifinfmsg import ifinfmsg
@@ -39,6 +49,12 @@ from . import netns
 
 IFF_UP = 0x1
 SIOCGSKNS = 0x894C  # the netns of a socket, as an fd
+SIOCGIFINDEX = 0x8933
+SOL_NETLINK = 270
+NETLINK_ADD_MEMBERSHIP = 1
+NETLINK_DROP_MEMBERSHIP = 2
+RTNLGRP_LINK = 1
+SENDER_CHECK_S = 1.0  # waiting for a deletion: how often to look whether its thread failed to send
 RT_TABLE_MAIN = 254
 RTPROT_STATIC = 4  # what IPRoute's route("add") sets
 RTN_UNICAST = 1
@@ -112,8 +128,9 @@ class Rtnl:
 
     def del_link(self, *, ifname: str | None = None, index: int = 0) -> None:
         """Delete the link named `ifname` or numbered `index` (a veth: both ends);
-        NetlinkError (ENODEV) when there is none."""
-        self._request(_link_msg(ifname, index), RTM_DELLINK)
+        NetlinkError (ENODEV) when there is none. Returns once the kernel has announced the
+        link gone, before it frees it (see the module doc)."""
+        self._request(_link_msg(ifname, index), RTM_DELLINK, unlisting=True)
 
     def add_veth(self, ifname: str, peer: str, *, peer_netns_fd: int | None = None, mtu: int = 0,
                  peer_address: str | None = None, master: int = 0, up: bool = False) -> None:
@@ -250,17 +267,20 @@ class Rtnl:
         msg["attrs"] = attrs
         self._request(msg, RTM_NEWROUTE, PREPEND if prepend else CREATE)
 
-    def _request(self, msg, msg_type: int, flags: int = NLM_F_ACK) -> list:
+    def _request(self, msg, msg_type: int, flags: int = NLM_F_ACK, unlisting: bool = False) -> list:
         """Send `msg` and return the messages answered before its ACK; NetlinkError on error.
 
         Every request asks for an ACK, as IPRoute's do, so the answer always ends with one
-        (a GET's answer comes before it)."""
+        (a GET's answer comes before it). `unlisting` (a link deletion): see _unlist."""
         self._seq += 1
         header = msg["header"]
         header["type"] = msg_type
         header["flags"] = NLM_F_REQUEST | flags | NLM_F_ACK
         header["sequence_number"] = self._seq
         msg.encode()
+        if unlisting:
+            self._unlist(msg)
+            return []
         self._sock.send(msg.data)
         answers = []
         while True:
@@ -275,6 +295,106 @@ class Rtnl:
                 if head["type"] == NLMSG_DONE:
                     return answers
                 answers.append(reply)
+
+    def _unlist(self, msg) -> None:
+        """Send the link deletion `msg` from a thread of its own (on a duplicate of this
+        socket: its answer still comes here) and return at the kernel's RTM_DELLINK of the
+        link, heard on this socket, or at the answer if that comes first. The thread ends with
+        the request; a process that exits or is killed meanwhile does not undo it (the kernel
+        finishes a request it has begun)."""
+        index = msg["index"] or self._index_of(msg.get_attr("IFLA_IFNAME"))
+        self._sock.setsockopt(SOL_NETLINK, NETLINK_ADD_MEMBERSHIP, RTNLGRP_LINK)
+        try:
+            sender = _Sender(os.dup(self._sock.fileno()), msg.data)
+            sender.start()
+            if self._await_unlisted(index, sender):
+                return
+        finally:
+            self._sock.setsockopt(SOL_NETLINK, NETLINK_DROP_MEMBERSHIP, RTNLGRP_LINK)
+        # Announcements were lost (the socket overflowed with other links' news): ask the kernel.
+        sender.join()
+        if sender.error is not None:
+            raise sender.error
+        if index and self._exists(index):
+            raise NetlinkError(errno.EIO, f"link {index} still exists after its deletion")
+
+    def _await_unlisted(self, index: int, sender: "_Sender") -> bool:
+        """True at the RTM_DELLINK of link `index` or the request's ACK (its error raised);
+        False when this socket lost messages (ENOBUFS)."""
+        self._sock.settimeout(SENDER_CHECK_S)
+        try:
+            while True:
+                try:
+                    data = self._sock.recv(RECV_SIZE)
+                except TimeoutError:
+                    if sender.is_alive():
+                        continue
+                    if sender.error is not None:
+                        raise sender.error from None
+                    return False
+                except OSError as exc:
+                    if exc.errno == errno.ENOBUFS:
+                        return False
+                    raise
+                for reply in _NewsMarshal().parse(data):
+                    head = reply["header"]
+                    if head["type"] == NLMSG_ERROR and head["sequence_number"] == self._seq:
+                        if head["error"] is not None:
+                            raise head["error"]
+                        return True
+                    if head["type"] == RTM_DELLINK and index and reply["index"] == index:
+                        return True
+        finally:
+            self._sock.settimeout(None)
+
+    def _index_of(self, ifname: str | None) -> int:
+        """The index of link `ifname` here (SIOCGIFINDEX), 0 when there is none."""
+        name = (ifname or "").encode()
+        if not name or len(name) > 15:
+            return 0
+        try:
+            answer = fcntl.ioctl(self._sock.fileno(), SIOCGIFINDEX, name.ljust(40, b"\0"))  # struct ifreq
+        except OSError:
+            return 0
+        return int.from_bytes(answer[16:20], sys.byteorder, signed=True)
+
+    def _exists(self, index: int) -> bool:
+        try:
+            self.get_link(index=index)
+        except NetlinkError as exc:
+            if exc.code in (errno.ENODEV, errno.ENOENT):
+                return False
+            raise
+        return True
+
+
+class _Sender(threading.Thread):
+    """Writes one request on its own descriptor of the socket, then closes it."""
+
+    def __init__(self, fd: int, data: bytes):
+        super().__init__(name="cnm-rtnl-send")
+        self.fd, self.data = fd, bytes(data)
+        self.error: OSError | None = None
+
+    def run(self) -> None:
+        try:
+            os.write(self.fd, self.data)
+        except OSError as exc:
+            self.error = exc
+        finally:
+            os.close(self.fd)
+
+
+class _linkhead(nlmsg):
+    """An ifinfomsg without its attributes: which link a notification is about, cheaply (a
+    full link message costs pyroute2 ~0.2 ms to parse; a deletion hears every link's news)."""
+
+    fields = ifinfmsg.fields
+    nla_map = ()
+
+
+class _NewsMarshal(Marshal):
+    msg_map = {RTM_NEWLINK: _linkhead, RTM_DELLINK: _linkhead}
 
 
 class _Marshal(Marshal):

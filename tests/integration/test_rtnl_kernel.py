@@ -247,3 +247,22 @@ def test_primary_ipv4_by_ioctl(netns):
     promoted = ip_json(ns, "-4", "addr", "show", "dev", "cnmrd0")
     expect = [f"{a['local']}/{a['prefixlen']}" for link in promoted for a in link["addr_info"]][:1] or [None]
     assert in_netns(ns, lambda: addr.primary_ipv4("cnmrd0")) == expect[0]
+
+
+def test_a_deletion_the_kernel_refuses_is_its_error(netns):
+    """A link deletion returns once the kernel announces the link gone, not at the request's
+    answer, which waits for an RCU barrier (issue 15, item 6). A deletion the kernel refuses
+    announces nothing: its answer, the error, still comes through, and a link deleted after
+    it on the same socket goes."""
+    ns = netns("cnmrd")
+    ip(ns, "link", "add", "cnmrx0", "type", "veth", "peer", "name", "cnmrx1")
+
+    def go():
+        with Rtnl() as r:
+            with pytest.raises(NetlinkError) as refused:
+                r.del_link(ifname="lo")  # the loopback cannot be deleted
+            r.del_link(ifname="cnmrx0")
+            return refused.value.code
+
+    assert in_netns(ns, go) == errno.EOPNOTSUPP
+    assert [link["ifname"] for link in ip_json(ns, "link", "show")] == ["lo"]

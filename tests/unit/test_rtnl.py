@@ -61,7 +61,7 @@ class Captured(rtnl.Rtnl):
         self._iproute = None
         self.sent: list[tuple[bytes, int, int]] = []
 
-    def _request(self, msg, msg_type, flags=0):
+    def _request(self, msg, msg_type, flags=0, **_):
         msg["header"]["type"] = msg_type
         msg.encode()
         self.sent.append((bytes(msg.data), msg_type, NLM_F_REQUEST | flags | NLM_F_ACK))
