@@ -59,6 +59,7 @@ PRELOAD = (
     "cni_plugins.drivers.host",
     "cni_plugins.drivers.bridge",
     "cni_plugins.drivers.container",
+    "cni_plugins.drivers.macvlan",
     "cni_plugins.ipam.plugin",
     "cni_plugins.ipam.disk",
     "cni_plugins.linux.links",
