@@ -105,28 +105,33 @@ class Users:
         return sorted(set(found))
 
 
-# /proc/net files of the reading thread's netns that list sockets (header line first)
-SOCKET_TABLES = ("tcp", "tcp6", "udp", "udp6", "raw", "raw6", "udplite", "udplite6", "unix", "packet", "netlink")
+# /proc/net files of the reading thread's netns that list sockets (header line first), with
+# the column of a row's inode: 0 for a socket no descriptor owns (TIME_WAIT, an orphan
+# closing): no process can use it again, and it does not keep the netns alive.
+SOCKET_TABLES = {"tcp": 9, "tcp6": 9, "udp": 9, "udp6": 9, "raw": 9, "raw6": 9, "udplite": 9, "udplite6": 9,
+                 "unix": 6, "packet": 8, "netlink": 9}
 
 
 def sockets_in(netns_fd: int) -> list[str]:
     """Sockets that live in the netns (a socket keeps its netns alive, and its owner may have
     left it: a process that entered it, opened a listening socket and came back), as
-    "<table>: <count>"; netlink sockets of the kernel itself (port 0) are not counted."""
+    "<table>: <count>"; netlink sockets of the kernel itself (port 0) and sockets without an
+    owner (inode 0) are not counted."""
     found: list[str] = []
     # On this thread, and back before returning: a thread of its own that ended in the netns
     # could linger there for a moment as a task, which the next sweep would take for a user.
     with entered(netns_fd):
-        for table in SOCKET_TABLES:
+        for table, inode_column in SOCKET_TABLES.items():
             try:
                 with open(f"/proc/thread-self/net/{table}") as f:
-                    rows = f.read().splitlines()[1:]
+                    rows = [r.split() for r in f.read().splitlines()[1:]]
             except OSError:
                 continue
+            owned = [r for r in rows if len(r) > inode_column and r[inode_column] != "0"]
             if table == "netlink":
-                rows = [r for r in rows if len(r.split()) > 2 and r.split()[2] != "0"]
-            if rows:
-                found.append(f"{table}: {len(rows)}")
+                owned = [r for r in owned if r[2] != "0"]
+            if owned:
+                found.append(f"{table}: {len(owned)}")
     return found
 
 

@@ -553,3 +553,27 @@ def test_a_socket_left_in_the_namespace_keeps_the_sandbox(lab):
     proc = cnmctl_gc(lab)  # the socket closed: only our pin holds it now, released
     assert proc.returncode == 0 and [a["kind"] for a in json.loads(proc.stdout)["removed"]] == ["release"], proc
     assert lab.endpoints() == [] and lab.veths() == []
+
+
+def test_a_time_wait_socket_does_not_keep_the_sandbox(lab):
+    """CI, pass through the helper: podman's next `run -p` of a forgotten container's port
+    failed with "port already allocated" — the container's HTTP server had closed its last
+    connection first, and the TCP socket it left in TIME_WAIT (no descriptor owns it, 60 s)
+    counted as a user of the namespace. Such a socket keeps nothing alive: the sandbox is
+    abandoned and collected; an owned socket still keeps it (test above)."""
+    import sys
+
+    conf = bridge_conf(lab)
+    ns = lab.container()
+    lab.add(conf, ns, cid="c1")
+    script = ("import socket; s = socket.socket(); s.bind(('127.0.0.1', 0)); s.listen(); "
+              "c = socket.create_connection(s.getsockname()); a, _ = s.accept(); a.close(); "
+              "assert c.recv(1) == b''; c.close(); s.close()")
+    subprocess.run(["nsenter", f"--net={ns}", "--", "ip", "link", "set", "lo", "up"], check=True)
+    subprocess.run(["nsenter", f"--net={ns}", "--", sys.executable, "-c", script], check=True)
+    tcp = subprocess.run(["nsenter", f"--net={ns}", "--", "cat", "/proc/net/tcp"], capture_output=True, text=True)
+    assert [r.split()[3] for r in tcp.stdout.splitlines()[1:]] == ["06"], tcp.stdout  # one TIME_WAIT, the server's
+    subprocess.run(["ip", "netns", "del", os.path.basename(ns)], check=True)
+    proc = cnmctl_gc(lab)
+    assert proc.returncode == 0 and [a["kind"] for a in json.loads(proc.stdout)["removed"]] == ["release"], proc
+    assert lab.endpoints() == [] and lab.veths() == []
