@@ -12,7 +12,9 @@ it; one that ran in-process is found by the next scan). Per network two threads:
     follows a watch of the network's prefix from the list's revision, applying each change
     to the kernel. A broken or compacted watch, one silent for a lease TTL, or etcd
     unreachable, means: wait (at most a second), converge again from a fresh list.
-Hostile records are skipped with a log line. Nothing here ever stops the helper.
+The list and the watch cover the network's whole directory: the subnet leases, and the pod
+names the nodes publish (cli/overlaynames.py, which also publishes this node's from a third
+thread). Hostile records are skipped with a log line. Nothing here ever stops the helper.
 """
 
 from __future__ import annotations
@@ -37,12 +39,16 @@ class NetworkAgent:
         self._records: dict[bytes, object] = {}
         self._clients: dict = {}  # _client()
         self.converged = threading.Event()  # (set after each successful converge: for tests and doctor)
+        from .overlaynames import NameExchange
+
+        self.names = NameExchange(self)
         self._watcher = threading.Thread(target=self._watch_loop, name=f"cnmd-overlay-{network[:20]}", daemon=True)
         self._keeper = threading.Thread(target=self._keep_loop, name=f"cnmd-lease-{network[:20]}", daemon=True)
 
     def start(self) -> None:
         self._watcher.start()
         self._keeper.start()
+        self.names.start()
 
     def stop(self) -> None:
         self.stop_event.set()
@@ -50,6 +56,15 @@ class NetworkAgent:
         for t in (self._watcher, self._keeper):
             if t.is_alive():
                 t.join(timeout=10)
+        self.names.stop()
+
+    def lease_holders(self) -> dict[str, tuple[str, int]]:
+        """subnet -> (node, etcd lease) of every other node, as the list and watch show them."""
+        from ..drivers.overlay import state
+
+        own = state.read(self.state_dir, self.network) or {}
+        return {str(r.subnet): (r.node, r.lease) for r in list(self._records.values())
+                if r.node != own.get("node") and str(r.subnet) != own.get("subnet")}
 
     def alive(self) -> bool:
         return self._watcher.is_alive()
@@ -84,8 +99,10 @@ class NetworkAgent:
         failures = 0
         while not self.stop_event.is_set():
             settings = self._settings()
-            if settings is None:
-                return  # the network is gone from this node
+            if settings is None:  # the network is gone from this node
+                self.stop_event.set()  # (the names publisher ends with it)
+                self.names.forget()
+                return
             try:
                 revision = self._converge(settings)
                 failures = 0
@@ -108,19 +125,21 @@ class NetworkAgent:
                 self.stop_event.wait(RETRY_S[min(failures, len(RETRY_S)) - 1])
 
     def _converge(self, settings: dict) -> int:
-        from ..drivers.overlay import mesh
+        from ..drivers.overlay import mesh, namerecords
 
         client = mesh.client_of(settings)
         layout = mesh.layout_of(settings)
-        kvs, revision = client.list_prefix(layout.directory)
+        kvs, revision = client.list_prefix(namerecords.network_directory(layout))  # (leases and names)
         with self.lock:
             self._reconverge.clear()
-            outcome = mesh.converge(settings, self.state_dir, client, kvs)
+            outcome = mesh.converge(settings, self.state_dir, client,
+                                    [kv for kv in kvs if kv.key.startswith(layout.directory)])
             self._records = {layout.key(r.subnet): r for r in outcome.records}
         for why in outcome.skipped:
             self.log(f"overlay {self.network}: ignored record {why}")
         for why in outcome.conflicts:
             self.log(f"overlay {self.network}: duplicate VTEP MAC: {why}")
+        self.names.reset(layout, [kv for kv in kvs if namerecords.is_name_key(layout, kv.key)], outcome.data)
         if outcome.changed or outcome.removed:
             self.log(f"overlay {self.network}: mesh converged ({outcome.changed} nodes added or changed, "
                      f"{outcome.removed} removed)")
@@ -128,11 +147,12 @@ class NetworkAgent:
         return revision
 
     def _follow(self, settings: dict, revision: int) -> None:
-        from ..drivers.overlay import etcd, mesh
+        from ..drivers.overlay import etcd, mesh, namerecords
 
         client = mesh.client_of(settings)
         layout = mesh.layout_of(settings)
-        watch = client.watch(layout.directory, etcd.prefix_end(layout.directory), start_revision=revision + 1)
+        directory = namerecords.network_directory(layout)
+        watch = client.watch(directory, etcd.prefix_end(directory), start_revision=revision + 1)
         # (a member stopped or cut off from the quorum keeps the stream open and silent: a
         # node joining or vanishing would never be seen; etcd's progress notifications come
         # only every 10 minutes)
@@ -155,11 +175,13 @@ class NetworkAgent:
     def _apply(self, settings: dict, layout, events) -> None:
         """Each change on its own: one node's three entries added, replaced or removed (the
         cost of an event does not grow with the number of nodes)."""
-        from ..drivers.overlay import lease, mesh, state
+        from ..drivers.overlay import lease, mesh, namerecords, state
         from ..linux import links, vxlan
 
         own = (state.read(self.state_dir, self.network) or {})
         own_key = layout.key(ipaddress.ip_network(own["subnet"])) if own.get("subnet") else None
+        named = [e for e in events if namerecords.is_name_key(layout, e.kv.key)]
+        events = [e for e in events if e.kv.key.startswith(layout.directory)]
 
         def peer(record):
             if record is None or record.node == own.get("node") or str(record.subnet) == own.get("subnet") \
@@ -190,6 +212,8 @@ class NetworkAgent:
         if self._reconverge.is_set():
             self._close_watch()
             return
+        if named or changes:
+            self.names.apply(layout, named, own)  # (after the lease records: a new node's names need its lease)
         if not changes:
             return
         _, vx_name = mesh.device_names(self.network)

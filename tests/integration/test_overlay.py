@@ -76,7 +76,8 @@ def test_mtu_larger_than_the_underlay_allows_is_refused(world):
     ({"store": {"endpoints": ["127.0.0.1:2379"]}}, "store.endpoints"),
     ({"store": {"endpoints": ["http://h:1"], "certFile": "/x"}}, "store.certFile"),
     ({"bridge": "br0"}, "bridge"),
-    ({"dnsEnabled": True}, "dnsEnabled"),
+    ({"dnsEnabled": True, "dnsDomain": "not_a.domain"}, "dnsDomain"),
+    ({"dnsEnabled": "yes"}, "dnsEnabled"),
     ({"underlayInterface": "eth0", "underlayAddress": "192.0.2.1"}, "underlayInterface"),
 ])
 def test_bad_config_is_code_7_naming_the_key(world, keys, key):

@@ -78,6 +78,7 @@ class SimNode:
         conf = {"cniVersion": "1.1.0", "name": self.world.network, "type": "cnm-overlay",
                 "subnet": self.world.subnet, "nodeName": self.name, "underlayInterface": "eth0",
                 "leaseTTL": self.world.ttl, "store": {"endpoints": self.world.endpoints(), "prefix": self.world.prefix}}
+        conf.update(self.world.keys)
         conf.update(keys)
         return conf
 
@@ -162,6 +163,7 @@ class World:
         self.service_address = f"{self.underlay_net}.254"
         sh("ip", "addr", "add", f"{self.service_address}/24", "dev", self.bridge, ns=self.underlay_ns)
         self.nodes: list[SimNode] = []
+        self.keys: dict = {}  # config keys every node's conf has (e.g. dnsEnabled)
 
     def endpoints(self) -> list[str]:
         return self.cluster.endpoints

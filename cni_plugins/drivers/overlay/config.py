@@ -80,9 +80,6 @@ class OverlayConfig(BaseModel):
                 ipaddress.IPv4Address(self.underlayAddress)
             except ValueError:
                 raise ValueError(f"underlayAddress: {self.underlayAddress!r} is not an IPv4 address") from None
-        if self.dnsEnabled:
-            raise ValueError("dnsEnabled: not supported by cnm-overlay yet (a node's name server would answer "
-                             "for its own pods only, not for the pods on the other nodes)")
         if self.mtu and self.mtu < 576:
             raise ValueError(f"mtu: {self.mtu} is below IPv4's minimum (576)")
         if self.nodeName and (len(self.nodeName) > 253 or not self.nodeName.isprintable()):

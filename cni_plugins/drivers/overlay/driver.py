@@ -10,7 +10,8 @@ pod to pod keeps its source address across nodes.
 
 ADD reads the lease from the node's state file; only when no helper keeps it fresh does it
 claim the lease and program the mesh itself (one etcd round trip per stale ADD). DEL never
-needs etcd.
+needs etcd. Names (`dnsEnabled`) are recorded in the node's store as on cnm-bridge; the
+resident helper publishes them to etcd and learns the other nodes' (namerecords.py).
 """
 
 from __future__ import annotations
@@ -66,6 +67,12 @@ class OverlayDriver(Driver):
 
     def join(self, ctx: Context, network, endpoint: Endpoint, sandbox):
         return self._bridge.join(_as_bridge(ctx, _recorded(ctx.request, endpoint)), network, endpoint, sandbox)
+
+    def name_server_addresses(self, ctx: Context, network, endpoint: Endpoint) -> list[tuple[str, str]]:
+        """The node's gateway on the network's bridge, as on cnm-bridge (the names of the other
+        nodes' pods come from etcd through the resident helper: drivers/overlay/namerecords.py)."""
+        return self._bridge.name_server_addresses(_as_bridge(ctx, _recorded(ctx.request, endpoint)), network,
+                                                  endpoint)
 
     # ---- DEL (never etcd) -----------------------------------------------------------------
     def leave(self, ctx: Context, network, endpoint: Endpoint, sandbox) -> None:

@@ -1,0 +1,41 @@
+"""Names that other nodes hold on a network (an overlay's: the resident helper learns them from
+etcd, cli/overlaynames.py), for this process's name servers: zone.py answers them after the
+network's own names, which always win (a remote claim never shadows a local pod).
+
+Per (store directory, network) one immutable snapshot; a new one replaces it whole, so a
+server compares snapshots by identity, as it does the store's records.
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+from dataclasses import dataclass, field
+
+
+@dataclass(frozen=True)
+class RemoteNames:
+    names: dict[str, tuple[str, ...]] = field(default_factory=dict)  # label -> addresses
+    reverse: dict[str, str] = field(default_factory=dict)  # address -> the endpoint's first name
+
+
+_lock = threading.Lock()
+_boards: dict[tuple[str, str], RemoteNames] = {}
+
+
+def _key(directory: str, network: str) -> tuple[str, str]:
+    return os.path.abspath(directory), network
+
+
+def publish(directory: str, network: str, names: RemoteNames) -> None:
+    with _lock:
+        _boards[_key(directory, network)] = names
+
+
+def clear(directory: str, network: str) -> None:
+    with _lock:
+        _boards.pop(_key(directory, network), None)
+
+
+def current(directory: str, network: str) -> RemoteNames | None:
+    return _boards.get(_key(directory, network))  # (a dict read: atomic, no lock on the query path)
