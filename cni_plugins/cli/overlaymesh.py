@@ -212,8 +212,8 @@ class NetworkAgent:
         if self._reconverge.is_set():
             self._close_watch()
             return
-        if named or changes:
-            self.names.apply(layout, named, own)  # (after the lease records: a new node's names need its lease)
+        if named or events:
+            self.names.apply(layout, named, own)  # (after the lease records: a node's names need its lease)
         if not changes:
             return
         _, vx_name = mesh.device_names(self.network)

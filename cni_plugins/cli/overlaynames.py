@@ -34,6 +34,7 @@ class NameExchange:
         self._local_version = None
         self._shadowed: set[tuple[bytes, str]] = set()  # (key, name) already logged
         self._wake = threading.Event()
+        self._dirty = True  # etcd's keys under this node's subnet may not say what the store says
         self._reader = None
         self._client = None
         self._warned = False
@@ -79,6 +80,7 @@ class NameExchange:
                 theirs[kv.key] = record
         with self._lock:
             self._theirs, self._mine = theirs, mine
+        self._dirty = True
         self._wake.set()
         self.refresh()
 
@@ -95,6 +97,7 @@ class NameExchange:
                         self._mine.pop(key, None)
                     else:
                         self._mine[key] = (event.kv.value, event.kv.lease)
+                    self._dirty = True
                     self._wake.set()
                     continue
                 self._theirs.pop(key, None)
@@ -152,16 +155,18 @@ class NameExchange:
             if self.agent.stop_event.is_set():
                 return
             try:
-                changed = self._read_local()
-                if changed:
+                if self._read_local():
                     self.refresh()
-                self._publish()
+                    self._dirty = True
+                if self._dirty:
+                    self._dirty = False
+                    self._publish()
             except Exception as exc:  # noqa: BLE001 -- logged once, tried again next round
+                self._dirty = True
                 if not self._warned:
                     self.log(f"overlay {self.agent.network}: names not published: {type(exc).__name__}: {exc}")
                     self._warned = True
                 self.agent.stop_event.wait(1.0)
-                self._wake.set()  # (whatever failed, look again)
             else:
                 if self._warned:
                     self.log(f"overlay {self.agent.network}: names published again")

@@ -23,19 +23,20 @@ _lock = threading.Lock()
 _boards: dict[tuple[str, str], RemoteNames] = {}
 
 
-def _key(directory: str, network: str) -> tuple[str, str]:
+def key_of(directory: str, network: str) -> tuple[str, str]:
     return os.path.abspath(directory), network
 
 
 def publish(directory: str, network: str, names: RemoteNames) -> None:
     with _lock:
-        _boards[_key(directory, network)] = names
+        _boards[key_of(directory, network)] = names
 
 
 def clear(directory: str, network: str) -> None:
     with _lock:
-        _boards.pop(_key(directory, network), None)
+        _boards.pop(key_of(directory, network), None)
 
 
-def current(directory: str, network: str) -> RemoteNames | None:
-    return _boards.get(_key(directory, network))  # (a dict read: atomic, no lock on the query path)
+def current(key: tuple[str, str]) -> RemoteNames | None:
+    """`key`: key_of()'s, computed once by the reader (this runs for every query)."""
+    return _boards.get(key)  # (a dict read: atomic, no lock on the query path)

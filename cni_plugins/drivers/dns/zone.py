@@ -110,6 +110,7 @@ class Zone:
         self._version: int | None = None
         self._local = Records()
         self._remote: remote.RemoteNames | None = None
+        self._remote_key = remote.key_of(store_directory, network)
         self._records = Records()
 
     def current(self) -> Records:
@@ -121,7 +122,7 @@ class Zone:
                 self._reader.close()
                 self._reader, self._file, self._version = Reader(self._directory), file, None
             version = self._reader.version()
-            others = remote.current(self._directory, self.network)
+            others = remote.current(self._remote_key)
             if version != self._version:
                 with self._reader.transaction() as tx:
                     self._local = read(tx, self.network)

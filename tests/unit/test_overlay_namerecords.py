@@ -1,0 +1,75 @@
+"""The overlay's name records in etcd read with suspicion, and the other nodes' names merged
+under a network's own (issue 16 item 1, `dnsEnabled` across nodes)."""
+
+from __future__ import annotations
+
+import ipaddress
+import json
+
+import pytest
+
+from cni_plugins.drivers.dns import remote
+from cni_plugins.drivers.dns.zone import Records, merged
+from cni_plugins.drivers.overlay import etcd, namerecords
+from cni_plugins.drivers.overlay.lease import Layout
+
+LAYOUT = Layout("/cnm", "pods", ipaddress.ip_network("10.244.0.0/16"), 24)
+SUBNET = ipaddress.ip_network("10.244.3.0/24")
+
+
+def kv(key: bytes, value: bytes, lease: int = 7) -> etcd.KeyValue:
+    return etcd.KeyValue(key, value, 1, 1, lease)
+
+
+def test_a_record_written_by_a_node_reads_back():
+    key = namerecords.key(LAYOUT, SUBNET, "ep1")
+    assert key.startswith(b"/cnm/overlay/pods/names/10.244.3.0-24/")
+    record, why = namerecords.parse(LAYOUT, kv(key, namerecords.value("n1", ["Web", "www"], ["10.244.3.4"])))
+    assert why == "" and record.names == ("web", "www") and record.addresses == ("10.244.3.4",)
+    assert record.subnet == SUBNET and record.node == "n1" and record.lease == 7
+
+
+BASE = b"/cnm/overlay/pods/names/"
+GOOD = namerecords.value("n1", ["web"], ["10.244.3.4"])
+
+
+@pytest.mark.parametrize("key, value, why", [
+    (BASE + b"10.244.3.0-24/e", b"{bad", "not a JSON record"),
+    (BASE + b"10.244.3.0-24/e", GOOD + b" " * 5000, "bytes"),
+    (BASE + b"10.244.3.0-24/e", json.dumps({"node": "n", "names": ["a_b"], "addresses": ["10.244.3.4"]}).encode(),
+     "DNS labels"),
+    (BASE + b"10.244.3.0-24/e", json.dumps({"node": "n", "names": [], "addresses": ["10.244.3.4"]}).encode(),
+     "DNS labels"),
+    (BASE + b"10.244.3.0-24/e", json.dumps({"node": "n", "names": ["a"] * 33, "addresses": ["10.244.3.4"]}).encode(),
+     "DNS labels"),
+    (BASE + b"10.244.3.0-24/e", json.dumps({"node": "n", "names": ["a"], "addresses": ["10.244.4.4"]}).encode(),
+     "outside the key's subnet"),
+    (BASE + b"10.244.3.0-24/e", json.dumps({"node": "n", "names": ["a"], "addresses": ["fd00::1"]}).encode(),
+     "outside the key's subnet"),
+    (BASE + b"10.244.3.0-24/e", json.dumps({"node": "n", "names": ["a"], "addresses": []}).encode(), "no address"),
+    (BASE + b"10.244.3.0-24/e", json.dumps({"node": 1, "names": ["a"], "addresses": ["10.244.3.4"]}).encode(),
+     "node must be"),
+    (BASE + b"10.99.3.0-24/e", GOOD, "is not a /24"),
+    (BASE + b"10.244.3.0-25/e", GOOD, "is not a /24"),
+    (BASE + b"10.244.3.0-024/e", GOOD, "is not <subnet>/<endpoint>"),
+    (BASE + b"10.244.3.0-24/", GOOD, "is not <subnet>/<endpoint>"),
+    (BASE + b"10.244.3.0-24/a/b", GOOD, "is not <subnet>/<endpoint>"),
+    (BASE + b"nonsense", GOOD, "does not name a subnet"),
+    (b"/cnm/overlay/pods/subnets/10.244.3.0-24", GOOD, "outside"),
+])
+def test_hostile_records_are_skipped_with_why(key, value, why):
+    record, reason = namerecords.parse(LAYOUT, kv(key, value))
+    assert record is None and why in reason, reason
+
+
+def test_local_names_win_and_other_nodes_add_theirs():
+    local = Records("pods.cnm", None, {"web": ("10.244.1.2",)}, {"10.244.1.2": "web"},
+                    frozenset({("10.244.1.1", "br")}))
+    others = remote.RemoteNames({"web": ("10.244.3.4",), "db": ("10.244.3.5", "10.244.4.5")},
+                                {"10.244.3.4": "web", "10.244.3.5": "db", "10.244.4.5": "db"})
+    both = merged(local, others)
+    assert both.names == {"web": ("10.244.1.2",), "db": ("10.244.3.5", "10.244.4.5")}
+    assert both.reverse["10.244.1.2"] == "web" and both.reverse["10.244.3.4"] == "web"
+    assert both.listen == local.listen and both.domain == "pods.cnm"
+    assert merged(Records(), others) == Records()  # a network without names takes none
+    assert merged(local, None) is local
