@@ -73,3 +73,31 @@ def test_local_names_win_and_other_nodes_add_theirs():
     assert both.listen == local.listen and both.domain == "pods.cnm"
     assert merged(Records(), others) == Records()  # a network without names takes none
     assert merged(local, None) is local
+
+
+def test_deeply_nested_json_is_skipped_not_raised():
+    """Finding (attack on names across nodes, item "crash the helper"): a record of a few KiB of
+    `[[[[...` made json.loads raise RecursionError, which neither parser caught. In a names
+    record it broke every node's converge (no watch, no name learned, a full list each second);
+    in a subnet record it also failed the mesh's converge and every ADD that lists the leases.
+    Both parsers now skip it with why."""
+    nested = b"[" * 2000
+    record, why = namerecords.parse(LAYOUT, kv(BASE + b"10.244.3.0-24/e", nested))
+    assert record is None and "not a JSON record" in why
+    lease_record, why = LAYOUT.parse(kv(LAYOUT.key(SUBNET), b"[" * 1020))
+    assert lease_record is None and "not a JSON record" in why
+
+
+def test_a_pod_with_many_long_aliases_is_published_as_other_nodes_accept_it():
+    """Finding (names across nodes, item "careless operator"): an endpoint with more than
+    MAX_NAMES aliases (or aliases long enough to pass MAX_RECORD) was published as is and
+    refused whole by every other node: none of its names resolved there. value() now keeps
+    the first names that fit."""
+    many = [f"alias{i}" for i in range(40)]
+    record, why = namerecords.parse(LAYOUT, kv(namerecords.key(LAYOUT, SUBNET, "ep"),
+                                               namerecords.value("n1", many, ["10.244.3.4"])))
+    assert why == "" and record.names == tuple(many[:namerecords.MAX_NAMES])
+    long = [("x%02d" % i) + "a" * 60 for i in range(namerecords.MAX_NAMES)]
+    record, why = namerecords.parse(LAYOUT, kv(namerecords.key(LAYOUT, SUBNET, "ep"),
+                                               namerecords.value("n" * 5000, long, ["10.244.3.4"])))
+    assert why == "" and record.names == tuple(long[:len(record.names)]) and len(record.names) > 20

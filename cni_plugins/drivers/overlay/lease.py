@@ -114,7 +114,7 @@ class Layout:
         try:
             data = json.loads(kv.value)
             node, vtep_ip, vtep_mac = data["node"], data["vtepIP"], data["vtepMAC"]
-        except (ValueError, TypeError, KeyError):
+        except (ValueError, TypeError, KeyError, RecursionError):  # ("[[[[...": deeper than the stack)
             return None, "not a JSON record with node, vtepIP and vtepMAC"
         if not (isinstance(node, str) and isinstance(vtep_ip, str) and isinstance(vtep_mac, str)) or not node:
             return None, "node, vtepIP and vtepMAC must be strings"

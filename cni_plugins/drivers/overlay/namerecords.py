@@ -59,7 +59,16 @@ def key(layout: Layout, subnet, endpoint_id: str) -> bytes:
 
 
 def value(node: str, names, addresses) -> bytes:
-    return json.dumps({"node": node, "names": list(names), "addresses": list(addresses)}, sort_keys=True).encode()
+    """What parse() takes back on every node: at most MAX_NAMES names (the first ones) and
+    MAX_RECORD bytes (names dropped from the end; the node name, only informative, cut) — an
+    endpoint with more aliases than that would otherwise be refused whole by the other nodes."""
+    names = list(names)[:MAX_NAMES]
+    node = node[:253]
+    while True:
+        data = json.dumps({"node": node, "names": names, "addresses": list(addresses)}, sort_keys=True).encode()
+        if len(data) <= MAX_RECORD or len(names) <= 1:
+            return data
+        names.pop()
 
 
 def is_name_key(layout: Layout, raw_key: bytes) -> bool:
@@ -88,7 +97,7 @@ def parse(layout: Layout, kv: etcd.KeyValue) -> tuple[NameRecord | None, str]:
     try:
         data = json.loads(kv.value)
         node, names, addresses = data["node"], data["names"], data["addresses"]
-    except (ValueError, TypeError, KeyError):
+    except (ValueError, TypeError, KeyError, RecursionError):  # ("[[[[...": deeper than the stack)
         return None, "not a JSON record with node, names and addresses"
     if not isinstance(node, str) or not isinstance(names, list) or not isinstance(addresses, list):
         return None, "node must be a string, names and addresses lists"
