@@ -33,6 +33,8 @@ class NameExchange:
         self._local: dict[str, tuple] = {}  # endpoint id -> (names, addresses) in the store
         self._local_version = None
         self._shadowed: set[tuple[bytes, str]] = set()  # (key, name) already logged
+        self._logged: set[tuple[bytes, str]] = set()  # (key, why) of ignored records already logged
+        self._log_lock = threading.Lock()
         self._wake = threading.Event()
         self._dirty = True  # etcd's keys under this node's subnet may not say what the store says
         self._reader = None
@@ -110,8 +112,16 @@ class NameExchange:
         self.refresh()
 
     def _ignored(self, key: bytes, why: str) -> None:
+        """Logged once per key and reason: every converge (each leaseTTL on a quiet network)
+        reads the records again, and a hostile writer may put the same bad record in a loop."""
         from ..drivers.overlay.lease import printable_key
 
+        with self._log_lock:
+            if (key, why) in self._logged:
+                return
+            if len(self._logged) > 4096:  # (only for logging once: bounded)
+                self._logged.clear()
+            self._logged.add((key, why))
         self.log(f"overlay {self.agent.network}: ignored name record {printable_key(key)}: {why}")
 
     # ---- what the name servers answer ------------------------------------------------------

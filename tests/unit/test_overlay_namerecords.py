@@ -101,3 +101,28 @@ def test_a_pod_with_many_long_aliases_is_published_as_other_nodes_accept_it():
     record, why = namerecords.parse(LAYOUT, kv(namerecords.key(LAYOUT, SUBNET, "ep"),
                                                namerecords.value("n" * 5000, long, ["10.244.3.4"])))
     assert why == "" and record.names == tuple(long[:len(record.names)]) and len(record.names) > 20
+
+
+def test_a_bad_record_is_logged_once_and_briefly(tmp_path):
+    """Finding (names across nodes, item "flood the helper's log"): every converge (each
+    leaseTTL on a quiet network: the watch goes idle and the helper lists again) and every
+    put of the same bad record logged it again, forever; and a key of any length was copied
+    whole into the reason. Now: once per key and reason, the reason's key cut short."""
+    import types
+
+    from cni_plugins.cli.overlaynames import NameExchange
+
+    lines = []
+    agent = types.SimpleNamespace(state_dir=str(tmp_path), network="pods", log=lines.append,
+                                  lease_holders=dict)
+    names = NameExchange(agent)
+    try:
+        bad = kv(BASE + b"10.244.3.0-24/e", b"[" * 2000)
+        long_key = kv(BASE + b"x" * 100_000, GOOD)
+        for _ in range(3):
+            names.reset(LAYOUT, [bad, long_key], {})
+            names.apply(LAYOUT, [etcd.Event("PUT", bad)], {})
+        assert len(lines) == 2, lines
+        assert all(len(line) < 1000 for line in lines), [len(line) for line in lines]
+    finally:
+        names.forget()

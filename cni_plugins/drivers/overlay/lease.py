@@ -103,12 +103,12 @@ class Layout:
         try:
             subnet = ipaddress.ip_network(f"{address}/{length}")
         except ValueError:
-            return None, f"key {name!r} does not name a subnet"
+            return None, f"key {name[:100]!r} does not name a subnet"
         inside = subnet.version == self.subnet.version and subnet.subnet_of(self.subnet)
         if not inside or subnet.prefixlen != self.host_length:
             return None, f"subnet {subnet} is not a /{self.host_length} of {self.subnet}"
         if kv.key != self.key(subnet):  # e.g. "-024": a second key for one subnet would let two nodes hold it
-            return None, f"key {name!r} is not the subnet's own key {self.key(subnet).decode()!r}"
+            return None, f"key {name[:100]!r} is not the subnet's own key {self.key(subnet).decode()!r}"
         if len(kv.value) > MAX_RECORD:
             return None, f"record of {len(kv.value)} bytes (at most {MAX_RECORD})"
         try:

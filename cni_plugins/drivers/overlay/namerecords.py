@@ -86,12 +86,12 @@ def parse(layout: Layout, kv: etcd.KeyValue) -> tuple[NameRecord | None, str]:
     try:
         subnet = ipaddress.ip_network(f"{address}/{length}")
     except ValueError:
-        return None, f"key {rest!r} does not name a subnet"
+        return None, f"key {rest[:100]!r} does not name a subnet"
     if not (subnet.version == layout.subnet.version and subnet.subnet_of(layout.subnet)
             and subnet.prefixlen == layout.host_length):
         return None, f"subnet {subnet} is not a /{layout.host_length} of {layout.subnet}"
     if not sep or not tag or "/" in tag or not kv.key.startswith(subnet_directory(layout, subnet)):
-        return None, f"key {rest!r} is not <subnet>/<endpoint>"
+        return None, f"key {rest[:100]!r} is not <subnet>/<endpoint>"
     if len(kv.value) > MAX_RECORD:
         return None, f"record of {len(kv.value)} bytes (at most {MAX_RECORD})"
     try:
