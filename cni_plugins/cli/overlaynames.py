@@ -128,6 +128,13 @@ class NameExchange:
     def refresh(self) -> None:
         """The other nodes' names, for this process's name servers: only records bound to the
         lease of the node holding their subnet, never a name a local pod holds."""
+        # (the watch thread and the publisher both refresh: without this, a snapshot taken
+        # before a change could be published after the one taken after it, and a deleted
+        # pod's name would answer until the next change)
+        with self._refreshing:
+            self._refresh()
+
+    def _refresh(self) -> None:
         from ..drivers.dns import remote
         from ..drivers.overlay.lease import printable_key
 
@@ -141,6 +148,7 @@ class NameExchange:
             holder = holders.get(str(record.subnet))
             if holder is None or holder[1] != record.lease:
                 continue  # not (or no longer) the record of the node holding that subnet
+            kept = []
             for name in record.names:
                 if name in local:
                     if len(self._shadowed) > 4096:  # (only for logging once: bounded)
@@ -150,10 +158,11 @@ class NameExchange:
                         self.log(f"overlay {self.agent.network}: ignored name {name!r} of node {holder[0]!r} "
                                  f"({printable_key(key)}): a pod on this node holds it")
                     continue
+                kept.append(name)
                 known = names.setdefault(name, [])
                 known += [a for a in record.addresses if a not in known]
-            for address in record.addresses:
-                reverse.setdefault(address, record.names[0])
+            for address in record.addresses if kept else ():  # (a PTR never gives a local pod's name)
+                reverse.setdefault(address, kept[0])
         remote.publish(self.agent.state_dir, self.agent.network,
                        remote.RemoteNames({k: tuple(v) for k, v in names.items()}, reverse))
 

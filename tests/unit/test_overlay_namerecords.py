@@ -126,3 +126,61 @@ def test_a_bad_record_is_logged_once_and_briefly(tmp_path):
         assert all(len(line) < 1000 for line in lines), [len(line) for line in lines]
     finally:
         names.forget()
+
+
+def _exchange(tmp_path, log):
+    import types
+
+    from cni_plugins.cli.overlaynames import NameExchange
+
+    agent = types.SimpleNamespace(state_dir=str(tmp_path), network="pods", log=log,
+                                  lease_holders=lambda: {str(SUBNET): ("n1", 7)})
+    names = NameExchange(agent)
+    names._set_local({"local-ep": (("home",), ("10.244.1.2",))})
+    return names
+
+
+def test_a_remote_claim_on_a_local_name_gives_no_ptr(tmp_path):
+    """Finding (names across nodes, item "poison answers"): another node's record naming a
+    pod of this node (`home`) was left out of the A answers but still gave the PTR of its
+    address: a reverse lookup of the other node's address said `home.<domain>`."""
+    names = _exchange(tmp_path, lambda line: None)
+    try:
+        claim = kv(namerecords.key(LAYOUT, SUBNET, "x"), namerecords.value("n1", ["home"], ["10.244.3.4"]))
+        names.reset(LAYOUT, [claim], {})
+        both = merged(Records("pods.cnm", None, {"home": ("10.244.1.2",)}, {"10.244.1.2": "home"}),
+                      remote.current(remote.key_of(str(tmp_path), "pods")))
+        assert both.names == {"home": ("10.244.1.2",)} and "10.244.3.4" not in both.reverse
+    finally:
+        names.forget()
+
+
+def test_an_older_snapshot_of_remote_names_never_lands_last(tmp_path):
+    """Finding (names across nodes, item "names of deleted pods linger"): the watch thread and
+    the publisher thread both rebuilt the remote names with no order between them: a rebuild
+    from before a DELETE could be published after the one from after it, and the deleted
+    pod's name answered until the next change on the network. Here the first rebuild is held
+    (in its log line) while the DELETE's rebuild runs."""
+    import threading
+
+    gate = threading.Event()
+
+    def log(line):
+        if "ignored name 'home'" in line:
+            gate.wait(10)
+
+    names = _exchange(tmp_path, log)
+    try:
+        gone = kv(namerecords.key(LAYOUT, SUBNET, "x"), namerecords.value("n1", ["home", "away"], ["10.244.3.4"]))
+        first = threading.Thread(target=names.reset, args=(LAYOUT, [gone], {}))
+        first.start()
+        second = threading.Thread(target=names.apply, args=(LAYOUT, [etcd.Event("DELETE", gone)], {}))
+        second.start()
+        second.join(timeout=1)  # (with the fix it waits for the first rebuild)
+        gate.set()
+        first.join(10)
+        second.join(10)
+        assert "away" not in remote.current(remote.key_of(str(tmp_path), "pods")).names
+    finally:
+        gate.set()
+        names.forget()
