@@ -117,7 +117,7 @@ def test_a_deleted_pod_and_a_vanished_node_lose_their_names(world):
 
 
 def test_hostile_name_records_are_ignored(world):
-    """Records in etcd with bad JSON, a huge value, a name that is no DNS label, an address
+    """Records in etcd with bad JSON (also nested deeper than the parser's stack), a huge value, a name that is no DNS label, an address
     outside the key's subnet, a subnet nobody holds or outside the network, or another node's
     claim on a name a local pod holds: logged (or, unbound to a holder's lease, silently
     left out) and ignored; the helpers live; the local pod keeps its name. A key under a node's
@@ -140,6 +140,7 @@ def test_hostile_name_records_are_ignored(world):
     def record(names, addrs):
         return json.dumps({"node": "evil", "names": names, "addresses": addrs}).encode()
 
+    c.put(base + f"{key}/e0".encode(), b"[" * 3000, lease)  # (json.loads: RecursionError, once fatal to every converge)
     c.put(base + f"{key}/e1".encode(), b"{bad json", lease)
     c.put(base + f"{key}/e2".encode(), record(["huge"], [inside]) + b" " * 10000, lease)
     c.put(base + f"{key}/e3".encode(), record(["not_a_label"], [inside]), lease)
@@ -156,7 +157,7 @@ def test_hostile_name_records_are_ignored(world):
     for name in ("huge", "outside", "ghost", "far"):
         assert unknown(home, name)(), name
     wait_for(lambda: c.get(planted) is None, what="node1 deleting the key planted under its subnet")
-    wait_for(lambda: helper_log(nodes[0]).count("ignored name record") >= 5, what="the log lines")
+    wait_for(lambda: helper_log(nodes[0]).count("ignored name record") >= 6, what="the log lines")
     assert "ignored name 'home' of node 'evil'" in helper_log(nodes[0])
     assert all(n.helper.poll() is None for n in nodes)
     c.revoke(lease)
