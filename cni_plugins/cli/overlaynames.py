@@ -13,6 +13,8 @@ Learning: the other nodes' records, as the list and watch show them, go to the n
 of this process (drivers/dns/remote.py) — only records under a subnet some other node holds
 a lease on, bound to that lease; a name a local pod holds is never taken from another node
 (logged once). The same name on several other nodes answers with all their addresses.
+What the servers answer is rebuilt by a thread of its own after changes, at most every
+REFRESH_S (a burst of watch events costs one rebuild).
 """
 
 from __future__ import annotations
@@ -21,6 +23,9 @@ import ipaddress
 import threading
 
 PUBLISH_S = 0.25  # how often the store is looked at for names to publish (a data_version read)
+# At most this often the other nodes' names are rebuilt (a rebuild is O(all records): ~80 ms at
+# 20000 pods; one per watch event let any churn, or one writer's put loop, burn a core per node).
+REFRESH_S = 0.2
 
 
 class NameExchange:
@@ -36,12 +41,16 @@ class NameExchange:
         self._logged: set[tuple[bytes, str]] = set()  # (key, why) of ignored records already logged
         self._log_lock = threading.Lock()
         self._wake = threading.Event()
+        self._stale = threading.Event()  # the other nodes' names (or the local ones) changed: rebuild
+        self._refresh_warned = False
         self._dirty = True  # etcd's keys under this node's subnet may not say what the store says
         self._reader = None
         self._client = None
         self._warned = False
         self._thread = threading.Thread(target=self._publish_loop, name=f"cnmd-names-{agent.network[:20]}",
                                         daemon=True)
+        self._refresher = threading.Thread(target=self._refresh_loop, name=f"cnmd-dns-{agent.network[:20]}",
+                                           daemon=True)
 
     @property
     def log(self):
@@ -49,11 +58,14 @@ class NameExchange:
 
     def start(self) -> None:
         self._thread.start()
+        self._refresher.start()
 
     def stop(self) -> None:
         self._wake.set()
-        if self._thread.is_alive() and self._thread is not threading.current_thread():
-            self._thread.join(timeout=10)
+        self._stale.set()
+        for thread in (self._thread, self._refresher):
+            if thread.is_alive() and thread is not threading.current_thread():
+                thread.join(timeout=10)
         self.forget()
         if self._reader is not None and not self._thread.is_alive():
             self._reader.close()
@@ -62,7 +74,8 @@ class NameExchange:
         """The network is gone from this node: its servers answer no other node's names."""
         from ..drivers.dns import remote
 
-        remote.clear(self.agent.state_dir, self.agent.network)
+        with self._refreshing:  # (a rebuild under way must not publish after it)
+            remote.clear(self.agent.state_dir, self.agent.network)
 
     # ---- what etcd holds (the mesh's list and watch) ----------------------------------------
     def reset(self, layout, kvs, own: dict) -> None:
@@ -84,7 +97,7 @@ class NameExchange:
             self._theirs, self._mine = theirs, mine
         self._dirty = True
         self._wake.set()
-        self.refresh()
+        self._stale.set()
 
     def apply(self, layout, events, own: dict) -> None:
         """Watch events on the names directory."""
@@ -109,7 +122,7 @@ class NameExchange:
                         self._ignored(key, why)
                     else:
                         self._theirs[key] = record
-        self.refresh()
+        self._stale.set()
 
     def _ignored(self, key: bytes, why: str) -> None:
         """Logged once per key and reason: every converge (each leaseTTL on a quiet network)
@@ -128,11 +141,31 @@ class NameExchange:
     def refresh(self) -> None:
         """The other nodes' names, for this process's name servers: only records bound to the
         lease of the node holding their subnet, never a name a local pod holds."""
-        # (the watch thread and the publisher both refresh: without this, a snapshot taken
-        # before a change could be published after the one taken after it, and a deleted
-        # pod's name would answer until the next change)
+        # (the rebuilder and a direct call may overlap: without this, a snapshot taken before
+        # a change could be published after the one taken after it, and a deleted pod's name
+        # would answer until the next change)
         with self._refreshing:
-            self._refresh()
+            if not self.agent.stop_event.is_set():  # (stopped: forget() cleared the board for good)
+                self._refresh()
+
+    def _refresh_loop(self) -> None:
+        """Rebuilds after changes, at most one per REFRESH_S: the changes of a burst in one."""
+        while True:
+            self._stale.wait()
+            if self.agent.stop_event.is_set():
+                return
+            self._stale.clear()
+            try:
+                self.refresh()
+            except Exception as exc:  # noqa: BLE001 -- logged once, tried again at the next change
+                if not self._refresh_warned:
+                    self.log(f"overlay {self.agent.network}: other nodes' names not rebuilt: "
+                             f"{type(exc).__name__}: {exc}")
+                    self._refresh_warned = True
+                self._stale.set()
+            else:
+                self._refresh_warned = False
+            self.agent.stop_event.wait(REFRESH_S)
 
     def _refresh(self) -> None:
         from ..drivers.dns import remote
@@ -175,7 +208,7 @@ class NameExchange:
                 return
             try:
                 if self._read_local():
-                    self.refresh()
+                    self._stale.set()
                     self._dirty = True
                 if self._dirty:
                     self._dirty = False
