@@ -220,3 +220,14 @@ def test_a_flood_of_watch_events_costs_few_rebuilds(tmp_path):
     finally:
         names.agent.stop_event.set()
         names.stop()
+
+
+@pytest.mark.parametrize("endpoint", ["http://admin:hunter2@etcd1", "admin:hunter2@etcd1:2379",
+                                      "ftp://admin:hunter2@etcd1:2379", "http://admin:hunter2@"])
+def test_a_malformed_endpoint_with_credentials_is_refused_without_them(endpoint):
+    """Finding (item "leak secrets"): a store endpoint with a user:password and a typo (no
+    port, no scheme) was refused with the endpoint whole in the message, which reaches the
+    runtime's events and the plugin's log: the password with it."""
+    with pytest.raises(ValueError) as refused:
+        etcd.split_endpoint(endpoint)
+    assert "hunter2" not in str(refused.value) and "***@" in str(refused.value)

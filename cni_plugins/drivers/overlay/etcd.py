@@ -409,17 +409,28 @@ class Watch:
 
 def split_endpoint(endpoint: str) -> tuple[str, str]:
     scheme, sep, rest = endpoint.partition("://")
+    shown = _masked(endpoint)  # (these messages reach the runtime and the logs)
     if not sep or scheme not in ("http", "https", "unix") or not rest:
-        raise ValueError(f"{endpoint!r} is not an etcd endpoint (http://host:port, https://host:port, unix:///path)")
+        raise ValueError(f"{shown!r} is not an etcd endpoint (http://host:port, https://host:port, unix:///path)")
     if scheme == "unix":
         if not rest.startswith("/"):
-            raise ValueError(f"{endpoint!r}: a unix socket's path must be absolute (unix:///path)")
+            raise ValueError(f"{shown!r}: a unix socket's path must be absolute (unix:///path)")
         return scheme, rest
     rest = rest.rstrip("/")
     host, _, port = rest.rpartition(":")
     if not host or not port.isdigit():
-        raise ValueError(f"{endpoint!r} has no host:port")
+        raise ValueError(f"{shown!r} has no host:port")
     return scheme, rest
+
+
+def _masked(endpoint: str) -> str:
+    """`endpoint` with whatever precedes an '@' (a user:password) replaced, even when the
+    endpoint is malformed (safe_endpoint() expects a scheme)."""
+    head, at, tail = endpoint.rpartition("@")
+    if not at:
+        return endpoint
+    scheme, sep, _ = head.partition("://")
+    return f"{scheme}{sep}***@{tail}" if sep else f"***@{tail}"
 
 
 def safe_endpoint(endpoint: str) -> str:
