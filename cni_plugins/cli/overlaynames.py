@@ -76,6 +76,7 @@ class NameExchange:
 
         with self._refreshing:  # (a rebuild under way must not publish after it)
             remote.clear(self.agent.state_dir, self.agent.network)
+        self._stale.set()  # (the rebuilder, stopped with the agent, returns)
 
     # ---- what etcd holds (the mesh's list and watch) ----------------------------------------
     def reset(self, layout, kvs, own: dict) -> None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import ipaddress
 import json
+import threading
 import time
 
 import pytest
@@ -217,6 +218,12 @@ def test_a_flood_of_watch_events_costs_few_rebuilds(tmp_path):
             assert time.monotonic() - start < 60, "the last events never rebuilt"
             time.sleep(0.05)
         assert len(calls) < 100, len(calls)
+        names.agent.stop_event.set()  # the network gone from the node (the watcher's way out):
+        names.forget()
+        threads = [t for t in threading.enumerate() if t.name.endswith("-pods")]
+        for thread in threads:
+            thread.join(10)
+        assert not any(t.is_alive() for t in threads)  # (no thread left waiting per network ever joined)
     finally:
         names.agent.stop_event.set()
         names.stop()
