@@ -303,20 +303,54 @@ class Rtnl:
         the request; a process that exits or is killed meanwhile does not undo it (the kernel
         finishes a request it has begun)."""
         index = msg["index"] or self._index_of(msg.get_attr("IFLA_IFNAME"))
+        sender = None
+        unlisted = False
         self._sock.setsockopt(SOL_NETLINK, NETLINK_ADD_MEMBERSHIP, RTNLGRP_LINK)
         try:
             sender = _Sender(os.dup(self._sock.fileno()), msg.data)
             sender.start()
-            if self._await_unlisted(index, sender):
-                return
+            unlisted = self._await_unlisted(index, sender)
         finally:
             self._sock.setsockopt(SOL_NETLINK, NETLINK_DROP_MEMBERSHIP, RTNLGRP_LINK)
-        # Announcements were lost (the socket overflowed with other links' news): ask the kernel.
-        sender.join()
+            if sender is not None and sender.ident is not None and not unlisted:
+                sender.join()  # its answer is then queued here, unless the overflow dropped it
+            # The news still queued could fill the socket: the kernel would drop the next
+            # request's answer, which that request would wait for forever.
+            answer = self._drain()
+        if unlisted:
+            return
+        # Announcements were lost (the socket overflowed with other links' news): the answer
+        # tells, if it was not dropped too; else ask the kernel.
         if sender.error is not None:
             raise sender.error
+        if answer is not None:
+            if answer["error"] is not None:
+                raise answer["error"]
+            return
         if index and self._exists(index):
             raise NetlinkError(errno.EIO, f"link {index} still exists after its deletion")
+
+    def _drain(self):
+        """Read away whatever is queued on this socket (ENOBUFS included); the header of the
+        current request's answer if it was among it, else None."""
+        answer = None
+        self._sock.setblocking(False)
+        try:
+            while True:
+                try:
+                    data = self._sock.recv(RECV_SIZE)
+                except BlockingIOError:
+                    return answer
+                except OSError as exc:
+                    if exc.errno == errno.ENOBUFS:
+                        continue
+                    raise
+                for reply in _NewsMarshal().parse(data):
+                    head = reply["header"]
+                    if head["type"] == NLMSG_ERROR and head["sequence_number"] == self._seq:
+                        answer = head
+        finally:
+            self._sock.setblocking(True)
 
     def _await_unlisted(self, index: int, sender: "_Sender") -> bool:
         """True at the RTM_DELLINK of link `index` or the request's ACK (its error raised);
