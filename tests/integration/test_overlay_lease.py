@@ -3,6 +3,7 @@ a restarted node takes its own subnet back, exhaustion, concurrent claims, hosti
 
 from __future__ import annotations
 
+import dataclasses
 import ipaddress
 import threading
 
@@ -134,3 +135,20 @@ def test_unreachable_store_raises_unavailable(tmp_path):
     c = etcd.Client([f"unix://{tmp_path}/none:1"], timeout=1)
     with pytest.raises(etcd.Unavailable):
         lease.claim(c, layout(), node("n1"), ttl=30)
+
+
+def test_a_twin_that_loses_the_create_race_does_not_take_the_winners_record(etcd_cluster):
+    """Attack on issue 16's lease fixes: two machines given one nodeName pick the same subnet
+    (the choice hashes the name) and create at once. The loser's create found the winner's
+    record, saw its own node name in it and returned it as "our own create, retried": both
+    machines then held one subnet, on the winner's lease and VTEP. Only a record on the loser's
+    own lease and VTEP is its retried create; the winner's is a live lease of another VTEP:
+    Conflict, as when the record is found by listing."""
+    c, lay = etcd_cluster.client(), layout()
+    before = c.list_prefix(lay.directory)[0], []  # both listed the directory empty
+    a = lease.claim(c, lay, dataclasses.replace(node("twin", "192.0.2.1"), machine="a" * 32), ttl=30, listed=before)
+    with pytest.raises(lease.Conflict):
+        lease.claim(c, lay, dataclasses.replace(node("twin", "192.0.2.2"), machine="b" * 32), ttl=30, listed=before)
+    kv = c.get(lay.key(a.subnet))
+    assert lay.parse(kv)[0] == a  # the winner's record stands, untouched
+    assert [k.key for k in c.list_prefix(lay.directory)[0]] == [lay.key(a.subnet)]

@@ -208,7 +208,9 @@ def _claim(client: etcd.Client, layout: Layout, mine: Record, last: str, lease: 
             return record.with_lease(lease, client.get(layout.key(subnet)).mod_revision)
         if current is not None:
             theirs, _ = layout.parse(current)
-            if theirs is not None and theirs.node == mine.node:  # our own create, retried
+            # Our own create, retried, is on our lease and VTEP; another machine's of our name
+            # (it chose the same subnet) is not ours: the next round's _adopt tells.
+            if theirs is not None and theirs.lease == lease and theirs.value() == record.value():
                 return theirs
     raise etcd.EtcdError(f"no subnet of {layout.subnet} could be claimed: every try lost to another node")
 
