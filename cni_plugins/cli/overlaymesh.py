@@ -24,6 +24,7 @@ import threading
 import time
 
 RETRY_S = (0.1, 0.2, 0.5, 1.0)  # waits between failed converges (the last repeats)
+TOO_LARGE_RETRY_S = 30.0  # a listing over the client's caps: every node re-reading it each second would flood etcd
 SCAN_S = 2.0  # how often the known stores are looked at for networks an in-process ADD joined
 
 
@@ -98,6 +99,7 @@ class NetworkAgent:
 
         failures = 0
         while not self.stop_event.is_set():
+            too_large = False
             settings = self._settings()
             if settings is None:  # the network is gone from this node
                 self.stop_event.set()  # (the names publisher ends with it)
@@ -112,6 +114,11 @@ class NetworkAgent:
             except etcd.Compacted:
                 self.log(f"overlay {self.network}: watch compacted; listing again")
                 continue
+            except etcd.TooLarge as exc:
+                if failures == 0:
+                    self.log(f"overlay {self.network}: {exc}; retrying in {TOO_LARGE_RETRY_S:.0f} s")
+                failures += 1
+                too_large = True
             except etcd.EtcdError as exc:
                 if not self.stop_event.is_set():
                     if failures == 0:
@@ -122,7 +129,7 @@ class NetworkAgent:
                     self.log(f"overlay {self.network}: {type(exc).__name__}: {exc}; retrying")
                 failures += 1
             if failures:
-                self.stop_event.wait(RETRY_S[min(failures, len(RETRY_S)) - 1])
+                self.stop_event.wait(TOO_LARGE_RETRY_S if too_large else RETRY_S[min(failures, len(RETRY_S)) - 1])
 
     def _converge(self, settings: dict) -> int:
         from ..drivers.overlay import mesh, namerecords

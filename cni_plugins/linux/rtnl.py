@@ -376,7 +376,8 @@ class Rtnl:
                         if head["error"] is not None:
                             raise head["error"]
                         return True
-                    if head["type"] == RTM_DELLINK and index and reply["index"] == index:
+                    # (family AF_UNSPEC: the link's unregistering; a bridge port's removal is AF_BRIDGE)
+                    if head["type"] == RTM_DELLINK and index and reply["index"] == index and reply["family"] == 0:
                         return True
         finally:
             self._sock.settimeout(None)
