@@ -12,9 +12,10 @@ it; one that ran in-process is found by the next scan). Per network two threads:
     follows a watch of the network's prefix from the list's revision, applying each change
     to the kernel. A broken or compacted watch, one silent for a lease TTL, or etcd
     unreachable, means: wait (at most a second), converge again from a fresh list.
-The list and the watch cover the network's whole directory: the subnet leases, and the pod
-names the nodes publish (cli/overlaynames.py, which also publishes this node's from a third
-thread). Hostile records are skipped with a log line. Nothing here ever stops the helper.
+The watch covers the network's whole directory: the subnet leases, and the pod names the
+nodes publish (cli/overlaynames.py, which also publishes this node's from a third thread); a
+converge lists the two apart, at one revision (names too many for a list cost the names, never
+the mesh). Hostile records are skipped with a log line. Nothing here ever stops the helper.
 """
 
 from __future__ import annotations
@@ -132,21 +133,30 @@ class NetworkAgent:
                 self.stop_event.wait(TOO_LARGE_RETRY_S if too_large else RETRY_S[min(failures, len(RETRY_S)) - 1])
 
     def _converge(self, settings: dict) -> int:
-        from ..drivers.overlay import mesh, namerecords
+        from ..drivers.overlay import etcd, mesh, namerecords
 
         client = mesh.client_of(settings)
         layout = mesh.layout_of(settings)
-        kvs, revision = client.list_prefix(namerecords.network_directory(layout))  # (leases and names)
+        # The leases and the names in two lists of one revision: the names (one key per pod of
+        # the whole cluster) too many or too big for a list must not stop the mesh.
+        kvs, revision = client.list_prefix(layout.directory)
+        directory = namerecords.names_directory(layout)
+        try:
+            named, _ = client.range(directory, etcd.prefix_end(directory), revision=revision,
+                                    limit=etcd.MAX_LIST_KEYS)
+        except etcd.TooLarge as exc:
+            named = None
+            self.log(f"overlay {self.network}: other nodes' names not listed (kept as they were): {exc}")
         with self.lock:
             self._reconverge.clear()
-            outcome = mesh.converge(settings, self.state_dir, client,
-                                    [kv for kv in kvs if kv.key.startswith(layout.directory)])
+            outcome = mesh.converge(settings, self.state_dir, client, kvs)
             self._records = {layout.key(r.subnet): r for r in outcome.records}
         for why in outcome.skipped:
             self.log(f"overlay {self.network}: ignored record {why}")
         for why in outcome.conflicts:
             self.log(f"overlay {self.network}: duplicate VTEP MAC: {why}")
-        self.names.reset(layout, [kv for kv in kvs if namerecords.is_name_key(layout, kv.key)], outcome.data)
+        if named is not None:
+            self.names.reset(layout, named, outcome.data)
         if outcome.changed or outcome.removed:
             self.log(f"overlay {self.network}: mesh converged ({outcome.changed} nodes added or changed, "
                      f"{outcome.removed} removed)")

@@ -16,7 +16,7 @@ import pytest
 from dns_support import addresses, query
 from support.common import unique
 from support.etcd import etcd_cluster3  # noqa: F401 (fixture)
-from support.overlay import World, helper_log, start_helper, stop_helper, wait_for
+from support.overlay import World, helper_log, mesh_of, start_helper, stop_helper, wait_for
 
 DOMAIN = "ov.test"
 
@@ -182,3 +182,24 @@ def test_etcd_down_local_names_resolve_and_names_converge_after(world):
     world.cluster.wait_ready()
     wait_for(resolves(first[0], "b1.", [late[1].address]), timeout=60, what="b1 from node0 after etcd returned")
     wait_for(resolves(first[1], "b0.", [late[0].address]), timeout=60, what="b0 from node1 after etcd returned")
+
+
+def test_names_too_big_for_a_list_never_stop_the_mesh(world):
+    """Finding (names across nodes, item "huge or many records"): the helper listed the leases
+    and the names in one range, capped (100000 keys, 32 MiB): names past the cap (a big
+    cluster's pods, or one writer's junk under a subnet nobody holds) made every converge
+    fail: no watch, and a node joining later was never meshed. Now the names are listed apart;
+    only they are skipped (logged)."""
+    world.ttl = 60  # (c, without a helper, keeps its lease while etcd fills)
+    a = nodes_with_helpers(world, 1)[0]
+    Pod(a, ("home",))
+    client = world.cluster.client(timeout=60)
+    junk = f"{world.prefix}/overlay/{world.network}/names/10.250.250.0-24/".encode()
+    for i in range(40):
+        client.put(junk + b"big%03d" % i, b"x" * (1 << 20))
+    stop_helper(a)
+    start_helper(a)
+    c = world.add_node()
+    c.add_pod()
+    wait_for(lambda: c.state()["subnet"] in mesh_of(a), timeout=60, what="a to mesh the node that joined later")
+    assert "names not listed" in helper_log(a) and a.helper.poll() is None
