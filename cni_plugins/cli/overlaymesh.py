@@ -264,13 +264,16 @@ class NetworkAgent:
             settings = self._settings()
             if settings is None:
                 return
-            if self.stop_event.wait(max(settings.get("leaseTTL", 60) / 3, 0.5)):
+            interval = max(settings.get("leaseTTL", 60) / 3, 0.5)
+            if self.stop_event.wait(interval):
                 return
             data = state.read(self.state_dir, self.network) or {}
             if not data.get("lease"):
                 continue
             try:
-                ttl = self._client(settings, timeout=2).keepalive(int(data["lease"]))
+                # A hung member costs one timeout before the next is asked: wait + timeout must
+                # stay well inside the TTL (with a short TTL, 1/3 + 2 s did not).
+                ttl = self._client(settings, timeout=min(2.0, interval)).keepalive(int(data["lease"]))
             except etcd.EtcdError as exc:
                 if not warned:
                     self.log(f"overlay {self.network}: lease not refreshed: {exc}")
