@@ -8,12 +8,12 @@ import struct
 
 from pyroute2.netlink.exceptions import NetlinkError
 
+from .ifreq import ifreq, ioctl_index  # noqa: F401 -- (their home was here)
 from .rtnl import Rtnl
 
 IFF_UP = 0x1
 SIOCGIFFLAGS = 0x8913
 SIOCGIFHWADDR = 0x8927
-SIOCGIFINDEX = 0x8933
 SIOCGIFMTU = 0x8921
 RT_SCOPE_UNIVERSE = 0
 RT_SCOPE_HOST = 254
@@ -24,18 +24,6 @@ def rtnl(netns_fd: int | None = None) -> Rtnl:
     ADD/CHECK/DEL as its methods, the rest through its `iproute`, a pyroute2 IPRoute opened
     when first needed (linux/rtnl.py). Use it in a `with` block."""
     return Rtnl(netns_fd)
-
-
-def ifreq(name: str) -> bytes:
-    """A struct ifreq naming link `name`, for the SIOCGIF* ioctls (name, then a 24-byte union)."""
-    return struct.pack("16s24x", name.encode())
-
-
-def ioctl_index(sock, name: str) -> int:
-    """The ifindex of link `name` in the netns of socket `sock` (any socket: the kernel answers
-    SIOCGIFINDEX for every family): no netlink message to build or parse. OSError (ENODEV)
-    when there is none."""
-    return struct.unpack_from("i", fcntl.ioctl(sock.fileno(), SIOCGIFINDEX, ifreq(name)), 16)[0]
 
 
 def ioctl_flags(sock, name: str) -> int:

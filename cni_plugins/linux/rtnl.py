@@ -34,7 +34,6 @@ import fcntl
 import functools
 import os
 import socket
-import sys
 import threading
 
 from pyroute2.netlink import NLM_F_ACK, NLM_F_CREATE, NLM_F_EXCL, NLM_F_REQUEST, NLMSG_DONE, NLMSG_ERROR, nla, nlmsg
@@ -46,10 +45,10 @@ from pyroute2.netlink.marshal import Marshal
 from pyroute2.netlink.rtnl.rtmsg import rtmsg
 
 from . import netns
+from .ifreq import ioctl_index
 
 IFF_UP = 0x1
 SIOCGSKNS = 0x894C  # the netns of a socket, as an fd
-SIOCGIFINDEX = 0x8933
 SOL_NETLINK = 270
 NETLINK_ADD_MEMBERSHIP = 1
 NETLINK_DROP_MEMBERSHIP = 2
@@ -383,15 +382,13 @@ class Rtnl:
             self._sock.settimeout(None)
 
     def _index_of(self, ifname: str | None) -> int:
-        """The index of link `ifname` here (SIOCGIFINDEX), 0 when there is none."""
-        name = (ifname or "").encode()
-        if not name or len(name) > 15:
+        """The index of link `ifname` here, 0 when there is none."""
+        if not ifname or len(ifname.encode()) > 15:
             return 0
         try:
-            answer = fcntl.ioctl(self._sock.fileno(), SIOCGIFINDEX, name.ljust(40, b"\0"))  # struct ifreq
+            return ioctl_index(self._sock, ifname)
         except OSError:
             return 0
-        return int.from_bytes(answer[16:20], sys.byteorder, signed=True)
 
     def _exists(self, index: int) -> bool:
         try:
