@@ -278,6 +278,7 @@ class NetworkAgent:
                 if not warned:
                     self.log(f"overlay {self.network}: lease not refreshed: {exc}")
                     warned = True
+                self._mark(data["lease"], unreachable=time.time())  # ADDs do not wait on it too
                 continue
             warned = False
             if ttl <= 0:
@@ -285,14 +286,20 @@ class NetworkAgent:
                 self._reconverge.set()
                 self._close_watch()
                 continue
-            with self.lock:
-                current = state.read(self.state_dir, self.network) or {}
-                if current.get("lease") == data["lease"]:
-                    state.write(self.state_dir, self.network, dict(current, confirmed=time.time()))
+            self._mark(data["lease"], confirmed=time.time())
             if not self._device_present():  # deleted by hand: converge recreates it (same MAC)
                 self.log(f"overlay {self.network}: VXLAN device missing; recreating it")
                 self._reconverge.set()
                 self._close_watch()
+
+    def _mark(self, lease_id, **fields) -> None:
+        """Record a keep-alive's outcome in the network's file, if it still holds that lease."""
+        from ..drivers.overlay import state
+
+        with self.lock:
+            current = state.read(self.state_dir, self.network) or {}
+            if current.get("lease") == lease_id:
+                state.write(self.state_dir, self.network, dict(current, **fields))
 
     def _device_present(self) -> bool:
         from ..drivers.overlay import mesh

@@ -173,3 +173,34 @@ def test_a_deleted_vxlan_device_is_recreated_with_its_mesh(world):
     link = __import__("json").loads(sh("ip", "-j", "link", "show", vx, ns=nodes[0].host).stdout)[0]
     assert link["address"] == mac
     assert ping(pods[1][0], pods[0][2]) and ping(pods[0][0], pods[1][2])
+
+
+def test_an_add_does_not_wait_on_a_wedged_store_the_helper_found_down(world):
+    """Every etcd member wedged (SIGSTOP: connections hang instead of being refused, as in a
+    partition) past half the lease TTL. The helper's keep-alive found the store down, so an ADD
+    on the leased node takes the node's own subnet at once. Before, each ADD first tried to
+    claim again and waited a timeout per member (15 s) before falling back to the same subnet."""
+    import signal
+    import time
+
+    from cni_plugins.drivers.overlay import etcd, state
+
+    world.ttl = 30  # fresh for 15 s; the keeper tries every 10 s, a wedged try costs 3 × 2 s
+    node = nodes_with_helpers(world, 1)[0]
+    first = node.add_pod()
+    for m in world.cluster.members:
+        m.proc.send_signal(signal.SIGSTOP)
+    try:
+        wait_for(lambda: state.store_down(node.state(), world.ttl) and not state.fresh(node.state(), world.ttl),
+                 timeout=world.ttl / 2 + 10, what="the keeper to find etcd down")
+        started = time.monotonic()
+        pod = node.add_pod()
+        took = time.monotonic() - started
+        assert not state.expired(node.state())
+        assert took < etcd.DEFAULT_TIMEOUT, f"the ADD waited {took:.1f} s on the store"
+        assert ping(pod[0], first[2])
+    finally:
+        for m in world.cluster.members:
+            m.proc.send_signal(signal.SIGCONT)
+    world.cluster.wait_ready()
+    wait_for(lambda: state.fresh(node.state(), world.ttl), timeout=world.ttl, what="the lease confirmed again")

@@ -178,8 +178,11 @@ def node_lease(request: Request, conf: config.OverlayConfig) -> dict:
     directory = _state_dir(request)
     cached = state.read(directory, conf.name)
     settings = mesh.settings_of(conf)
-    if cached is not None and state.fresh(cached, conf.leaseTTL) and cached.get("settings") == settings:
-        return cached
+    if cached is not None and cached.get("settings") == settings:
+        if state.fresh(cached, conf.leaseTTL):
+            return cached
+        if state.store_down(cached, conf.leaseTTL) and not state.expired(cached):
+            return cached  # still this node's subnet; the helper converges when etcd is back
     _node(conf)  # code 7 when the node has no identity
     try:
         return mesh.converge(settings, directory).data

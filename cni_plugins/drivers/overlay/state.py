@@ -127,6 +127,13 @@ def fresh(data: dict, ttl: int) -> bool:
     return time.time() - float(data.get("confirmed", 0)) < ttl / 2
 
 
+def store_down(data: dict, ttl: int) -> bool:
+    """The helper found etcd unreachable at its last keep-alive, and that try is recent (the
+    keeper tries every third of the TTL): an ADD need not wait on the same timeouts again."""
+    since = float(data.get("unreachable", 0))
+    return since > float(data.get("confirmed", 0)) and time.time() - since < ttl / 3 + 5
+
+
 def expired(data: dict) -> bool:
     """Not confirmed with etcd for a whole lease TTL: the lease may have expired and its subnet
     gone to another node (etcd unreachable from here is no proof it is down for them)."""
