@@ -270,6 +270,7 @@ class NetworkAgent:
             data = state.read(self.state_dir, self.network) or {}
             if not data.get("lease"):
                 continue
+            tried = time.time()  # (the lease lives at least TTL from here, however long the call)
             try:
                 # A hung member costs one timeout before the next is asked: wait + timeout must
                 # stay well inside the TTL (with a short TTL, 1/3 + 2 s did not).
@@ -278,15 +279,15 @@ class NetworkAgent:
                 if not warned:
                     self.log(f"overlay {self.network}: lease not refreshed: {exc}")
                     warned = True
-                self._mark(data["lease"], unreachable=time.time())  # ADDs do not wait on it too
+                self._mark(data["lease"], unreachable=tried)  # ADDs do not wait on it too
                 continue
             warned = False
-            if ttl <= 0:
-                self.log(f"overlay {self.network}: lease {data['lease']} is gone; claiming again")
+            if ttl < settings.get("leaseTTL", 60):  # gone, or granted for a shorter leaseTTL
+                self.log(f"overlay {self.network}: lease {data['lease']} is gone or too short; claiming again")
                 self._reconverge.set()
                 self._close_watch()
                 continue
-            self._mark(data["lease"], confirmed=time.time())
+            self._mark(data["lease"], confirmed=tried)
             if not self._device_present():  # deleted by hand: converge recreates it (same MAC)
                 self.log(f"overlay {self.network}: VXLAN device missing; recreating it")
                 self._reconverge.set()
@@ -297,9 +298,7 @@ class NetworkAgent:
         from ..drivers.overlay import state
 
         with self.lock:
-            current = state.read(self.state_dir, self.network) or {}
-            if current.get("lease") == lease_id:
-                state.write(self.state_dir, self.network, dict(current, **fields))
+            state.amend(self.state_dir, self.network, lease_id, **fields)
 
     def _device_present(self) -> bool:
         from ..drivers.overlay import mesh

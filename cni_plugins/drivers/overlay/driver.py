@@ -194,9 +194,9 @@ def node_lease(request: Request, conf: config.OverlayConfig) -> dict:
     except mesh.MtuTooLarge as exc:
         raise CNIError(INVALID_CONFIG, "invalid mtu", str(exc)) from None
     except etcd.EtcdError as exc:
-        if cached is not None and cached.get("settings", {}).get("subnet") == conf.subnet \
-                and not state.expired(cached):
-            return cached  # this node's subnet is still its own until its lease expires
+        if cached is not None and cached.get("settings") == settings and not state.expired(cached):
+            return cached  # this node's subnet is still its own until its lease expires (and only
+            # under the settings it was claimed with: another store, name or TTL may not own it)
         raise CNIError(TRY_AGAIN_LATER, f"network {conf.name}: no subnet lease on this node and etcd is "
                                         f"unreachable", str(exc)) from None
     except (mesh.SetupError, OSError, ValueError) as exc:

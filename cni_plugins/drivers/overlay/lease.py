@@ -200,7 +200,7 @@ def _claim(client: etcd.Client, layout: Layout, mine: Record, last: str, lease: 
         if not free:
             raise Exhausted(f"every /{layout.host_length} of {layout.subnet} is held by another node")
         subnet = _pick(free, mine.node, last)
-        if lease == 0 or client.keepalive(lease) == 0:
+        if not _lives_long_enough(client, lease, grants.ttl):
             lease = grants.new()
         record = dataclasses.replace(mine, subnet=subnet, lease=lease)
         created, current = client.create(layout.key(subnet), record.value(), lease)
@@ -248,23 +248,33 @@ def _adopt(client: etcd.Client, layout: Layout, record: Record, mine: Record, le
     the VTEP, the name or the machine id changed), else re-bound to a live lease
     (compare-and-swap: None when it moved)."""
     wanted = dataclasses.replace(mine, subnet=record.subnet, lease=0, revision=0)
-    alive = record.lease != 0 and client.keepalive(record.lease) > 0
+    ttl = client.keepalive(record.lease) if record.lease else 0
+    alive = ttl > 0
     if alive and record.lease != lease and record.vtep_ip != mine.vtep_ip:
         # A live lease we do not hold, for another VTEP: a second machine with our name (a
         # cloned machine-id, a copied nodeName). Taking it over would put both on one subnet.
         raise Conflict(f"node name {mine.node!r} holds subnet {record.subnet} from VTEP {record.vtep_ip} on a "
                        f"live lease this node does not hold: two machines share the name (set nodeName), or "
                        f"wait for that lease to expire")
+    if alive and ttl < grants.ttl:
+        # Granted for a shorter leaseTTL than the one configured now: the node would trust its
+        # subnet (fresh for TTL/2, kept alive every TTL/3) after etcd let it go. Re-bound below.
+        alive = False
     if alive and wanted.value() == record.value():
         return record
     if not alive:
-        lease = lease if lease and lease != record.lease and client.keepalive(lease) > 0 else grants.new()
+        lease = lease if lease != record.lease and _lives_long_enough(client, lease, grants.ttl) else grants.new()
     else:
         lease = record.lease
     if not client.replace(layout.key(record.subnet), record.revision, wanted.value(), lease):
         grants.drop(lease)  # (only if granted here: never the lease the node holds)
         return None
     return wanted.with_lease(lease, client.get(layout.key(record.subnet)).mod_revision)
+
+
+def _lives_long_enough(client: etcd.Client, lease: int, ttl: int) -> bool:
+    """`lease` is alive and was granted for at least `ttl` seconds (refreshed by asking)."""
+    return bool(lease) and client.keepalive(lease) >= ttl
 
 
 def _release_stale(client: etcd.Client, layout: Layout, record: Record, keep: int) -> None:

@@ -99,6 +99,7 @@ def converge(settings: dict, state_dir: str, client: etcd.Client | None = None,
     from ...linux import links, vxlan
 
     network = settings["name"]
+    started = time.time()  # (the lease is confirmed as of before the claim refreshed it)
     node = lease.node_identity(settings.get("nodeName", ""))
     try:
         ul_name, ul_index, ul_ip, ul_mtu = local_underlay(settings)
@@ -128,7 +129,7 @@ def converge(settings: dict, state_dir: str, client: etcd.Client | None = None,
         raise SetupError(f"VXLAN device {vx_name}: {exc}") from None
     data = {
         "subnet": str(held.subnet), "lease": held.lease, "node": node, "vtepIP": ul_ip, "vtepMAC": mine.vtep_mac,
-        "underlay": ul_name, "mtu": mtu, "confirmed": time.time(), "settings": settings,
+        "underlay": ul_name, "mtu": mtu, "confirmed": started, "settings": settings,
     }
     state.write(state_dir, network, data)
     return Outcome(data, skipped, changed, removed, [why for _, why in dropped], records)

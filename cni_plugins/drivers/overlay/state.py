@@ -10,9 +10,12 @@ files to know which networks it serves.
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import hashlib
 import json
 import os
+import threading
 import time
 
 from ...linux.fs import make_dirs
@@ -61,15 +64,45 @@ def read_file(file: str, network: str | None = None) -> dict | None:
 
 def write(state_dir: str, network: str, data: dict) -> None:
     """Atomically (a reader sees the old file or the new one)."""
+    with _locked(state_dir, network):
+        _replace(state_dir, network, data)
+    if _observer is not None:
+        _observer(state_dir, network)
+
+
+def amend(state_dir: str, network: str, lease: int, **fields) -> bool:
+    """Set `fields` in the network's file if it still holds `lease` (the helper's keep-alive
+    outcome): never over a file an ADD rewrote meanwhile with another lease."""
+    with _locked(state_dir, network):
+        current = read(state_dir, network)
+        if current is None or current.get("lease") != lease:
+            return False
+        _replace(state_dir, network, dict(current, **fields))
+    if _observer is not None:
+        _observer(state_dir, network)
+    return True
+
+
+@contextlib.contextmanager
+def _locked(state_dir: str, network: str):
+    """One writer of a network's file at a time, across threads and processes (a read-modify-
+    write must not put back what another writer just replaced)."""
     make_dirs(directory(state_dir), 0o700)
+    fd = os.open(path(state_dir, network) + ".lock", os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(fd)
+
+
+def _replace(state_dir: str, network: str, data: dict) -> None:
     final = path(state_dir, network)
-    tmp = f"{final}.{os.getpid()}.tmp"
+    tmp = f"{final}.{os.getpid()}.{threading.get_ident()}.tmp"
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600)
     with os.fdopen(fd, "w", encoding="utf-8") as f:
         json.dump(dict(data, network=network), f, sort_keys=True)
     os.replace(tmp, final)
-    if _observer is not None:
-        _observer(state_dir, network)
 
 
 MACHINE_FILE = "machine-id"
