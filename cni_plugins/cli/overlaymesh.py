@@ -40,6 +40,7 @@ class NetworkAgent:
         self._reconverge = threading.Event()
         self._records: dict[bytes, object] = {}
         self._clients: dict = {}  # _client()
+        self._unrefreshed_logged = False  # (one log line per outage, not one per keep-alive)
         self.converged = threading.Event()  # (set after each successful converge: for tests and doctor)
         from .overlaynames import NameExchange
 
@@ -257,9 +258,7 @@ class NetworkAgent:
 
     # ---- keeper -------------------------------------------------------------------------
     def _keep_loop(self) -> None:
-        from ..drivers.overlay import etcd, state
-
-        warned = False
+        failing = False
         while True:
             settings = self._settings()
             if settings is None:
@@ -267,31 +266,43 @@ class NetworkAgent:
             interval = max(settings.get("leaseTTL", 60) / 3, 0.5)
             if self.stop_event.wait(interval):
                 return
-            data = state.read(self.state_dir, self.network) or {}
-            if not data.get("lease"):
-                continue
-            tried = time.time()  # (the lease lives at least TTL from here, however long the call)
             try:
-                # A hung member costs one timeout before the next is asked: wait + timeout must
-                # stay well inside the TTL (with a short TTL, 1/3 + 2 s did not).
-                ttl = self._client(settings, timeout=min(2.0, interval)).keepalive(int(data["lease"]))
-            except etcd.EtcdError as exc:
-                if not warned:
-                    self.log(f"overlay {self.network}: lease not refreshed: {exc}")
-                    warned = True
-                self._mark(data["lease"], unreachable=tried)  # ADDs do not wait on it too
-                continue
-            warned = False
-            if ttl < settings.get("leaseTTL", 60):  # gone, or granted for a shorter leaseTTL
-                self.log(f"overlay {self.network}: lease {data['lease']} is gone or too short; claiming again")
-                self._reconverge.set()
-                self._close_watch()
-                continue
-            self._mark(data["lease"], confirmed=tried)
-            if not self._device_present():  # deleted by hand: converge recreates it (same MAC)
-                self.log(f"overlay {self.network}: VXLAN device missing; recreating it")
-                self._reconverge.set()
-                self._close_watch()
+                self._keep_once(settings, interval)
+                failing = False
+            except Exception as exc:  # noqa: BLE001 -- e.g. the state file not writable: a round
+                # lost, never the keeper (without it the lease would lapse every TTL)
+                if not failing:
+                    self.log(f"overlay {self.network}: keep-alive round failed: {type(exc).__name__}: {exc}")
+                failing = True
+
+    def _keep_once(self, settings: dict, interval: float) -> None:
+        from ..drivers.overlay import etcd, state
+
+        data = state.read(self.state_dir, self.network) or {}
+        if not data.get("lease"):
+            return
+        tried = time.time()  # (the lease lives at least TTL from here, however long the call)
+        try:
+            # A hung member costs one timeout before the next is asked: wait + timeout must
+            # stay well inside the TTL (with a short TTL, 1/3 + 2 s did not).
+            ttl = self._client(settings, timeout=min(2.0, interval)).keepalive(int(data["lease"]))
+        except etcd.EtcdError as exc:
+            if not self._unrefreshed_logged:
+                self.log(f"overlay {self.network}: lease not refreshed: {exc}")
+                self._unrefreshed_logged = True
+            self._mark(data["lease"], unreachable=tried)  # ADDs do not wait on it too
+            return
+        self._unrefreshed_logged = False
+        if ttl < settings.get("leaseTTL", 60):  # gone, or granted for a shorter leaseTTL
+            self.log(f"overlay {self.network}: lease {data['lease']} is gone or too short; claiming again")
+            self._reconverge.set()
+            self._close_watch()
+            return
+        self._mark(data["lease"], confirmed=tried)
+        if not self._device_present():  # deleted by hand: converge recreates it (same MAC)
+            self.log(f"overlay {self.network}: VXLAN device missing; recreating it")
+            self._reconverge.set()
+            self._close_watch()
 
     def _mark(self, lease_id, **fields) -> None:
         """Record a keep-alive's outcome in the network's file, if it still holds that lease."""

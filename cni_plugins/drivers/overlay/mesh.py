@@ -93,10 +93,8 @@ def converge(settings: dict, state_dir: str, client: etcd.Client | None = None,
              listed: list | None = None) -> Outcome:
     """Claim (or keep) the lease, ensure the device, program the mesh from a fresh list (or
     from `listed`, the key-values the caller just listed: one list and one parse a converge),
-    save the state file."""
-    from pyroute2.netlink.exceptions import NetlinkError
-
-    from ...linux import links, vxlan
+    save the state file. A subnet claimed here is given back if the rest fails."""
+    from ...linux import vxlan
 
     network = settings["name"]
     started = time.time()  # (the lease is confirmed as of before the claim refreshed it)
@@ -116,6 +114,32 @@ def converge(settings: dict, state_dir: str, client: etcd.Client | None = None,
     held = lease.claim(client, layout, mine, settings["leaseTTL"], last=cached.get("subnet", ""),
                        lease=int(cached.get("lease", 0)) if cached.get("node") == node else 0,
                        listed=(listed, records))
+    try:
+        return _realise(settings, state_dir, held, mine, records, skipped, started,
+                        (ul_name, ul_index, ul_ip, mtu))
+    except BaseException:
+        if not any(r.subnet == held.subnet for r in records):  # claimed just now: nobody uses it
+            _give_back(client, layout, held)
+        raise
+
+
+def _give_back(client: etcd.Client, layout: lease.Layout, held: lease.Record) -> None:
+    try:
+        lease.release(client, layout, held)
+    except etcd.EtcdError:
+        pass  # (its lease expires by itself)
+
+
+def _realise(settings: dict, state_dir: str, held: lease.Record, mine: lease.Record, records, skipped,
+             started: float, underlay: tuple) -> Outcome:
+    """The kernel side of a held lease (device and mesh), then the state file."""
+    from pyroute2.netlink.exceptions import NetlinkError
+
+    from ...linux import links, vxlan
+
+    network = settings["name"]
+    ul_name, ul_index, ul_ip, mtu = underlay
+    node = mine.node
     _, vx_name = device_names(network)
     wanted, dropped = peers.select(records, node, held.subnet, ul_ip, mine.vtep_mac)
     others = [vxlan.Peer(str(r.subnet), r.vtep_ip, r.vtep_mac) for r in wanted]

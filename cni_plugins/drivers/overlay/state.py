@@ -21,6 +21,7 @@ import time
 from ...linux.fs import make_dirs
 
 DIRECTORY = "overlay"
+LOCK_WAIT_S = 10.0  # for a network's file lock
 _observer = None  # observe()
 
 
@@ -88,9 +89,18 @@ def _locked(state_dir: str, network: str):
     """One writer of a network's file at a time, across threads and processes (a read-modify-
     write must not put back what another writer just replaced)."""
     make_dirs(directory(state_dir), 0o700)
-    fd = os.open(path(state_dir, network) + ".lock", os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+    file = path(state_dir, network) + ".lock"
+    fd = os.open(file, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
     try:
-        fcntl.flock(fd, fcntl.LOCK_EX)
+        deadline = time.monotonic() + LOCK_WAIT_S
+        while True:  # (writers hold it for one small file write: a holder past this is stuck)
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                break
+            except BlockingIOError:
+                if time.monotonic() > deadline:
+                    raise TimeoutError(f"{file}: held by another process for {LOCK_WAIT_S:.0f} s") from None
+                time.sleep(0.01)
         yield
     finally:
         os.close(fd)
