@@ -281,6 +281,15 @@ class NetworkAgent:
         data = state.read(self.state_dir, self.network) or {}
         if not data.get("lease"):
             return
+        record = self._own_record(settings, data)
+        if record is not None and record.lease and record.lease != int(data["lease"]):
+            # (two ADDs raced a re-bind and the file kept the lease the record left: keeping
+            # that one alive would let the record's own lapse and free the subnet)
+            self.log(f"overlay {self.network}: this node's record stands on another lease than the state "
+                     f"file's; claiming again")
+            self._reconverge.set()
+            self._close_watch()
+            return
         tried = time.time()  # (the lease lives at least TTL from here, however long the call)
         try:
             # A hung member costs one timeout before the next is asked: wait + timeout must
@@ -303,6 +312,17 @@ class NetworkAgent:
             self.log(f"overlay {self.network}: VXLAN device missing; recreating it")
             self._reconverge.set()
             self._close_watch()
+
+    def _own_record(self, settings: dict, data: dict):
+        """This node's record as the watch last saw it (None if unknown)."""
+        from ..drivers.overlay import mesh
+
+        try:
+            key = mesh.layout_of(settings).key(ipaddress.ip_network(data.get("subnet", "")))
+        except ValueError:
+            return None
+        record = self._records.get(key)
+        return record if record is not None and record.node == data.get("node") else None
 
     def _mark(self, lease_id, **fields) -> None:
         """Record a keep-alive's outcome in the network's file, if it still holds that lease."""

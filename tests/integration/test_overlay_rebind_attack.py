@@ -161,3 +161,33 @@ def test_concurrent_adds_across_ttl_changes_keep_one_subnet_per_node(world):
              what="the short leases to expire")  # (+2: a node's last file may still name its 3 s one)
     wait_for(lambda: set(leases(world)) <= {r.lease for r in records(world)}, timeout=30,
              what=f"only the records' leases left: {leases(world)}")
+
+
+def test_the_keeper_follows_the_lease_its_record_stands_on(world):
+    """Two ADDs racing a leaseTTL change can leave the state file on another live lease than
+    the one the node's record was re-bound to (each wrote what its own claim saw). The keeper
+    then refreshed the file's lease only: the record's lapsed, the subnet was free in etcd
+    (recreated at the next claim, if still free) while the node's pods kept using it. Now the
+    keeper sees the record on another lease and claims again: the record never lapses."""
+    a = world.add_node()
+    start_helper(a)
+    a.add_pod()
+
+    def own():
+        return next((r for r in records(world) if r.node == a.name), None)
+
+    wait_for(lambda: own() is not None and own().lease == a.state()["lease"], what="the helper's converge")
+    before = own()
+    client = world.cluster.client()
+    other = client.grant(60)
+    try:
+        data = a.state()
+        data["lease"] = other  # what the losing ADD of such a race writes
+        state.write(a.state_dir, world.network, data)
+        time.sleep(world.ttl * 3)  # (three of the record's TTLs: it lapses unless kept alive)
+        after = own()
+        assert after is not None and after.created == before.created and after.subnet == before.subnet, \
+            f"the node's record lapsed and was made again: {before} -> {after}"
+        assert a.state()["lease"] == after.lease
+    finally:
+        client.revoke(other)
