@@ -95,3 +95,23 @@ def test_the_give_back_does_not_free_the_subnet_the_nodes_pods_use(world):
     assert got is None or not ipaddress.ip_interface(got) in ipaddress.ip_network(mine), \
         f"node b got {got} in {mine}, the subnet node a's live pod {a.pods[0][2]} uses (a's helper runs, etcd " \
         f"is up; record now {holder.value if holder else None}):\n{helper_log(a)[-2000:]}"
+
+
+def test_a_device_that_cannot_be_made_is_logged_once_not_every_keeper_round(world):
+    """The node's VXLAN device deleted and its re-creation refused (a device in the way) while
+    the lease is alive: the watcher logs its failing converge once, but the keeper logs 'VXLAN
+    device missing; recreating it' again every round (every leaseTTL/3) for as long as the
+    condition lasts -- a log line per round, forever, for one fault. The lease must stay
+    the node's meanwhile (its record is listed: nothing is given back)."""
+    a = world.add_node()
+    start_helper(a)
+    a.add_pod()
+    wait_for(lambda: "keeping this node's lease" in helper_log(a), what="the helper to serve the network")
+    mine = a.state()["subnet"]
+    block_vxlan(a)
+    wait_for(lambda: "VXLAN device missing" in helper_log(a), timeout=30, what="the keeper to see the device gone")
+    time.sleep(5 * world.ttl / 3)  # five keeper rounds
+    held = [str(r.subnet) for r in records(world) if r.node == a.name]
+    assert held == [mine], f"the node's record went while its pods use {mine}: {held}"
+    lines = [line for line in helper_log(a).splitlines() if "VXLAN device missing" in line]
+    assert len(lines) <= 1, f"{len(lines)} lines for one missing device in five keeper rounds:\n" + "\n".join(lines)
