@@ -115,3 +115,46 @@ def test_a_device_that_cannot_be_made_is_logged_once_not_every_keeper_round(worl
     assert held == [mine], f"the node's record went while its pods use {mine}: {held}"
     lines = [line for line in helper_log(a).splitlines() if "VXLAN device missing" in line]
     assert len(lines) <= 1, f"{len(lines)} lines for one missing device in five keeper rounds:\n" + "\n".join(lines)
+
+
+def test_a_held_state_lock_does_not_cost_the_node_its_lease(world):
+    """A process holds the network's state-file lock and does not let go (stopped, frozen in a
+    cgroup, stuck on a slow disk). The keeper refreshes the etcd lease, then waits up to 10 s
+    for the lock to stamp the file (under the agent's lock): one round takes 10 s + TTL/3, so
+    with a leaseTTL under ~15 s the lease lapses between two keep-alives, and the converge that
+    follows re-claims the subnet, fails on the state write and gives it back. The node's record
+    must stay while its helper runs and etcd is up."""
+    import fcntl
+    import os
+    import subprocess
+    import sys
+
+    from cni_plugins.drivers.overlay import state
+
+    a = world.add_node()
+    start_helper(a)
+    a.add_pod()
+    wait_for(lambda: "keeping this node's lease" in helper_log(a), what="the helper to serve the network")
+    key = own_key(world, a.state()["subnet"])
+    client = world.cluster.client()
+    first = client.get(key).create_revision
+    lock = state.path(a.state_dir, world.network) + ".lock"
+    holder = subprocess.Popen([sys.executable, "-c",
+                               "import fcntl, os, sys, time\n"
+                               "fd = os.open(sys.argv[1], os.O_RDWR | os.O_CREAT)\n"
+                               "fcntl.flock(fd, fcntl.LOCK_EX)\nprint('held', flush=True)\ntime.sleep(3600)\n",
+                               lock], stdout=subprocess.PIPE, text=True)
+    lost = []
+    try:
+        assert holder.stdout.readline().strip() == "held"
+        end = time.monotonic() + 5 * world.ttl
+        while time.monotonic() < end:
+            kv = client.get(key)
+            if kv is None or kv.create_revision != first:
+                lost.append(None if kv is None else kv.create_revision)
+            time.sleep(0.1)
+    finally:
+        holder.kill()
+        holder.wait()
+    assert not lost, f"the node's record was gone or re-created {len(lost)} times in 5 TTLs while a process " \
+                     f"held the state lock (helper running, etcd up):\n{helper_log(a)[-2500:]}"
