@@ -158,3 +158,25 @@ def test_a_held_state_lock_does_not_cost_the_node_its_lease(world):
         holder.wait()
     assert not lost, f"the node's record was gone or re-created {len(lost)} times in 5 TTLs while a process " \
                      f"held the state lock (helper running, etcd up):\n{helper_log(a)[-2500:]}"
+
+
+def test_a_state_file_removed_by_hand_does_not_drop_the_lease_of_live_pods(world):
+    """The network's state file removed by hand (a cleanup script, a restore of an old backup of
+    /var/lib/cni) while the node's pods run: the agent takes the missing file as 'the network is
+    gone from this node' and stops keeping the lease, so the record lapses within a TTL and the
+    subnet the pods use is free for another node, with the helper running and etcd up."""
+    import os
+
+    from cni_plugins.drivers.overlay import state
+
+    a = world.add_node()
+    start_helper(a)
+    a.add_pod()
+    wait_for(lambda: "keeping this node's lease" in helper_log(a), what="the helper to serve the network")
+    mine = a.state()["subnet"]
+    key = own_key(world, mine)
+    client = world.cluster.client()
+    os.unlink(state.path(a.state_dir, world.network))
+    time.sleep(3 * world.ttl)
+    assert client.get(key) is not None, \
+        f"{mine} is free in etcd while node a's pod {a.pods[0][2]} uses it (helper running, etcd up)"
