@@ -24,6 +24,7 @@ import ipaddress
 import threading
 import time
 
+MARK_LOCK_WAIT_S = 0.5  # for the state file's lock when stamping a keep-alive's outcome
 RETRY_S = (0.1, 0.2, 0.5, 1.0)  # waits between failed converges (the last repeats)
 TOO_LARGE_RETRY_S = 30.0  # a listing over the client's caps: every node re-reading it each second would flood etcd
 SCAN_S = 2.0  # how often the known stores are looked at for networks an in-process ADD joined
@@ -41,6 +42,8 @@ class NetworkAgent:
         self._records: dict[bytes, object] = {}
         self._clients: dict = {}  # _client()
         self._unrefreshed_logged = False  # (one log line per outage, not one per keep-alive)
+        self._device_missing_logged = False
+        self._last: dict | None = None  # the state file as last read (_settings)
         self.converged = threading.Event()  # (set after each successful converge: for tests and doctor)
         from .overlaynames import NameExchange
 
@@ -90,9 +93,24 @@ class NetworkAgent:
         return client
 
     def _settings(self) -> dict | None:
-        from ..drivers.overlay import state
+        """The network's settings from its state file; None when the node left the network.
+        A file removed by hand while pods of this node are on its subnet is written again: its
+        lease must be kept (the pods still use the subnet); without pods the node has left."""
+        from ..drivers.overlay import mesh, state
 
         data = state.read(self.state_dir, self.network)
+        last = self._last
+        if data is None and last is not None and last.get("subnet") and mesh.pods_on(
+                self.state_dir, self.network, ipaddress.ip_network(last["subnet"])):
+            try:
+                if state.restore(self.state_dir, self.network, last):
+                    self.log(f"overlay {self.network}: state file removed while pods use {last['subnet']}; "
+                             f"written again")
+            except OSError as exc:
+                self.log(f"overlay {self.network}: state file removed and cannot be written again: {exc}")
+            data = last
+        if data is not None:
+            self._last = data
         return (data or {}).get("settings")
 
     # ---- watcher ------------------------------------------------------------------------
@@ -309,9 +327,13 @@ class NetworkAgent:
             return
         self._mark(data["lease"], confirmed=tried)
         if not self._device_present():  # deleted by hand: converge recreates it (same MAC)
-            self.log(f"overlay {self.network}: VXLAN device missing; recreating it")
+            if not self._device_missing_logged:  # (once per absence: the converge logs its failures)
+                self.log(f"overlay {self.network}: VXLAN device missing; recreating it")
+                self._device_missing_logged = True
             self._reconverge.set()
             self._close_watch()
+        else:
+            self._device_missing_logged = False
 
     def _own_record(self, settings: dict, data: dict):
         """This node's record as the watch last saw it (None if unknown)."""
@@ -328,8 +350,9 @@ class NetworkAgent:
         """Record a keep-alive's outcome in the network's file, if it still holds that lease."""
         from ..drivers.overlay import state
 
-        with self.lock:
-            state.amend(self.state_dir, self.network, lease_id, **fields)
+        # (never under the agent's lock, which a converge holds while it waits on etcd and on
+        # this file: a stuck holder costs a stamp, never the next keep-alive's time)
+        state.amend(self.state_dir, self.network, lease_id, wait=MARK_LOCK_WAIT_S, **fields)
 
     def _device_present(self) -> bool:
         from ..drivers.overlay import mesh

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import hashlib
 import ipaddress
+import os
 import time
 from dataclasses import dataclass, field
 
@@ -118,9 +119,33 @@ def converge(settings: dict, state_dir: str, client: etcd.Client | None = None,
         return _realise(settings, state_dir, held, mine, records, skipped, started,
                         (ul_name, ul_index, ul_ip, mtu))
     except BaseException:
-        if not any(r.subnet == held.subnet for r in records):  # claimed just now: nobody uses it
-            _give_back(client, layout, held)
+        if not any(r.subnet == held.subnet for r in records) and not _may_be_in_use(state_dir, network, held.subnet,
+                                                                                     cached):
+            _give_back(client, layout, held)  # claimed just now and no pod of this node is on it
         raise
+
+
+def _may_be_in_use(state_dir: str, network: str, subnet, cached: dict) -> bool:
+    """This node's pods may hold addresses of `subnet`: the state file names it (its record may
+    have lapsed while the helper was down), or an address lease in it is on disk."""
+    return cached.get("subnet") == str(subnet) or pods_on(state_dir, network, subnet)
+
+
+def pods_on(state_dir: str, network: str, subnet) -> bool:
+    """An address lease of this node's pods in `subnet` is on disk (or the disk cannot tell)."""
+    try:
+        names = os.listdir(os.path.join(state.ipam_dir(state_dir), network))
+    except FileNotFoundError:
+        return False
+    except OSError:
+        return True  # (cannot tell: keep it)
+    for name in names:
+        try:
+            if ipaddress.ip_address(name) in subnet:
+                return True
+        except ValueError:
+            continue
+    return False
 
 
 def _give_back(client: etcd.Client, layout: lease.Layout, held: lease.Record) -> None:

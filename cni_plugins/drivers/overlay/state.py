@@ -71,10 +71,10 @@ def write(state_dir: str, network: str, data: dict) -> None:
         _observer(state_dir, network)
 
 
-def amend(state_dir: str, network: str, lease: int, **fields) -> bool:
+def amend(state_dir: str, network: str, lease: int, wait: float = LOCK_WAIT_S, **fields) -> bool:
     """Set `fields` in the network's file if it still holds `lease` (the helper's keep-alive
     outcome): never over a file an ADD rewrote meanwhile with another lease."""
-    with _locked(state_dir, network):
+    with _locked(state_dir, network, wait):
         current = read(state_dir, network)
         if current is None or current.get("lease") != lease:
             return False
@@ -84,22 +84,33 @@ def amend(state_dir: str, network: str, lease: int, **fields) -> bool:
     return True
 
 
+def restore(state_dir: str, network: str, data: dict) -> bool:
+    """Write `data` as the network's file if there is none (it was removed by hand)."""
+    with _locked(state_dir, network):
+        if read(state_dir, network) is not None:
+            return False
+        _replace(state_dir, network, data)
+    if _observer is not None:
+        _observer(state_dir, network)
+    return True
+
+
 @contextlib.contextmanager
-def _locked(state_dir: str, network: str):
+def _locked(state_dir: str, network: str, wait: float = LOCK_WAIT_S):
     """One writer of a network's file at a time, across threads and processes (a read-modify-
     write must not put back what another writer just replaced)."""
     make_dirs(directory(state_dir), 0o700)
     file = path(state_dir, network) + ".lock"
     fd = os.open(file, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
     try:
-        deadline = time.monotonic() + LOCK_WAIT_S
+        deadline = time.monotonic() + wait
         while True:  # (writers hold it for one small file write: a holder past this is stuck)
             try:
                 fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
                 break
             except BlockingIOError:
                 if time.monotonic() > deadline:
-                    raise TimeoutError(f"{file}: held by another process for {LOCK_WAIT_S:.0f} s") from None
+                    raise TimeoutError(f"{file}: held by another process for {wait:g} s") from None
                 time.sleep(0.01)
         yield
     finally:
