@@ -9,11 +9,10 @@ import time
 
 import pytest
 
-from cni_plugins.drivers.overlay import lease
 from cni_plugins.drivers.overlay.mesh import device_names
 from support.common import unique
 from support.etcd import etcd_cluster  # noqa: F401 (fixture)
-from support.overlay import World, helper_log, sh, start_helper, stop_helper, wait_for
+from support.overlay import World, helper_log, layout_of, records, sh, start_helper, stop_helper, wait_for
 
 
 @pytest.fixture
@@ -21,20 +20,6 @@ def world(netns, tmp_path, etcd_cluster):
     w = World(netns, tmp_path, etcd_cluster, ttl=3)
     yield w
     w.cleanup()
-
-
-def layout_of(world) -> lease.Layout:
-    return lease.Layout(world.prefix, world.network, ipaddress.ip_network(world.subnet), 24)
-
-
-def records(world) -> list[lease.Record]:
-    found, _, _ = lease.read_all(world.cluster.client(), layout_of(world))
-    return found
-
-
-def leases(world) -> list[int]:
-    answer = world.cluster.client().call("/v3/lease/leases", {})
-    return sorted(int(entry["ID"]) for entry in answer.get("leases") or [])
 
 
 def try_add(node, **keys):
@@ -124,8 +109,6 @@ def test_a_held_state_lock_does_not_cost_the_node_its_lease(world):
     with a leaseTTL under ~15 s the lease lapses between two keep-alives, and the converge that
     follows re-claims the subnet, fails on the state write and gives it back. The node's record
     must stay while its helper runs and etcd is up."""
-    import fcntl
-    import os
     import subprocess
     import sys
 

@@ -13,7 +13,7 @@ import pytest
 from cni_plugins.drivers.overlay import etcd, lease, state
 from support.common import unique
 from support.etcd import etcd_cluster, etcd_cluster3  # noqa: F401 (fixtures)
-from support.overlay import World, start_helper, wait_for
+from support.overlay import World, layout_of, start_helper, wait_for
 
 
 @pytest.fixture
@@ -31,10 +31,6 @@ def world3(netns, tmp_path, etcd_cluster3):
         if m.alive:
             m.proc.send_signal(signal.SIGCONT)
     w.cleanup()
-
-
-def layout_of(world, prefix=None) -> lease.Layout:
-    return lease.Layout(prefix or world.prefix, world.network, ipaddress.ip_network(world.subnet), 24)
 
 
 INTRUDER = lease.Record(ipaddress.ip_network("0.0.0.0/32"), "intruder", "192.0.2.77", "02:00:00:00:00:77")
@@ -125,7 +121,7 @@ def test_a_new_store_prefix_does_not_reuse_the_old_stores_lease(world):
     held = a.state()
     new_prefix = f"/{unique('cnmt')}"
     client = world.cluster.client()
-    taken = lease.claim(client, layout_of(world, new_prefix), INTRUDER, ttl=120, last=held["subnet"])
+    taken = lease.claim(client, layout_of(world, prefix=new_prefix), INTRUDER, ttl=120, last=held["subnet"])
     assert str(taken.subnet) == held["subnet"]
     world.cluster.kill(world.cluster.members[0])
     run, address = try_add(a, store={"endpoints": world.endpoints(), "prefix": new_prefix})

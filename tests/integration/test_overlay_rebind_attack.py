@@ -14,10 +14,10 @@ import time
 
 import pytest
 
-from cni_plugins.drivers.overlay import lease, state
+from cni_plugins.drivers.overlay import state
 from support.common import exec_plugin, unique
 from support.etcd import etcd_cluster  # noqa: F401 (fixture)
-from support.overlay import World, helper_log, start_helper, wait_for
+from support.overlay import World, helper_log, layout_of, leases, records, start_helper, wait_for
 
 
 @pytest.fixture
@@ -25,20 +25,6 @@ def world(netns, tmp_path, etcd_cluster):
     w = World(netns, tmp_path, etcd_cluster, ttl=3)
     yield w
     w.cleanup()
-
-
-def layout_of(world) -> lease.Layout:
-    return lease.Layout(world.prefix, world.network, ipaddress.ip_network(world.subnet), 24)
-
-
-def records(world) -> list[lease.Record]:
-    found, _, _ = lease.read_all(world.cluster.client(), layout_of(world))
-    return found
-
-
-def leases(world) -> list[int]:
-    answer = world.cluster.client().call("/v3/lease/leases", {})
-    return sorted(int(entry["ID"]) for entry in answer.get("leases") or [])
 
 
 def lock_path(node) -> str:

@@ -295,3 +295,26 @@ def wait_for(predicate, timeout: float = 30, what: str = "") -> None:
     while not predicate():
         assert time.monotonic() < deadline, f"timed out waiting for {what or predicate}"
         time.sleep(0.05)
+
+
+def layout_of(world: "World", length: int = 24, prefix: str | None = None):
+    """The lease layout of the world's network (its records' keys in etcd)."""
+    import ipaddress
+
+    from cni_plugins.drivers.overlay import lease
+
+    return lease.Layout(prefix or world.prefix, world.network, ipaddress.ip_network(world.subnet), length)
+
+
+def records(world: "World") -> list:
+    """The subnet records in etcd, as the nodes parse them."""
+    from cni_plugins.drivers.overlay import lease
+
+    found, _, _ = lease.read_all(world.cluster.client(), layout_of(world))
+    return found
+
+
+def leases(world: "World") -> list[int]:
+    """Every lease etcd holds (granted and not yet expired or revoked)."""
+    answer = world.cluster.client().call("/v3/lease/leases", {})
+    return sorted(int(entry["ID"]) for entry in answer.get("leases") or [])
