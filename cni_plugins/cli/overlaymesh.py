@@ -94,14 +94,15 @@ class NetworkAgent:
 
     def _settings(self) -> dict | None:
         """The network's settings from its state file; None when the node left the network.
-        A file removed by hand while pods of this node are on its subnet is written again: its
-        lease must be kept (the pods still use the subnet); without pods the node has left."""
+        A file removed by hand while the node's store records endpoints on the network is written
+        again: its lease must be kept (the pods use the subnet); without them the node has left
+        (a stray address lease, e.g. of a dead ADD, does not hold the network on the node)."""
         from ..drivers.overlay import mesh, state
 
         data = state.read(self.state_dir, self.network)
         last = self._last
-        if data is None and last is not None and last.get("subnet") and mesh.pods_on(
-                self.state_dir, self.network, ipaddress.ip_network(last["subnet"])):
+        if data is None and last is not None and last.get("subnet") and mesh.endpoints_on(
+                self.state_dir, self.network):
             try:
                 if state.restore(self.state_dir, self.network, last):
                     self.log(f"overlay {self.network}: state file removed while pods use {last['subnet']}; "
@@ -141,7 +142,7 @@ class NetworkAgent:
                 too_large = True
             except etcd.EtcdError as exc:
                 if not self.stop_event.is_set():
-                    if failures == 0:
+                    if failures == 0 and not self._reconverge.is_set():  # (not the keeper's own close)
                         self.log(f"overlay {self.network}: {exc}; retrying")
                     failures += 1
             except Exception as exc:  # noqa: BLE001 -- a bug or a kernel refusal: logged, retried

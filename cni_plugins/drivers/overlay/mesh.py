@@ -12,11 +12,12 @@ from __future__ import annotations
 import hashlib
 import ipaddress
 import os
+import sqlite3
 import time
 from dataclasses import dataclass, field
 
 from ...cnm.model import STORE_TAG_LEN
-from ...cnm.store import Store
+from ...cnm.store import Store, StoreError
 from . import etcd, lease, peers, state
 
 SETTINGS_KEYS = ("subnet", "hostSubnetLength", "vni", "port", "underlayInterface", "underlayAddress", "mtu",
@@ -129,6 +130,16 @@ def _may_be_in_use(state_dir: str, network: str, subnet, cached: dict) -> bool:
     """This node's pods may hold addresses of `subnet`: the state file names it (its record may
     have lapsed while the helper was down), or an address lease in it is on disk."""
     return cached.get("subnet") == str(subnet) or pods_on(state_dir, network, subnet)
+
+
+def endpoints_on(state_dir: str, network: str) -> bool:
+    """The node's store records endpoints on `network` (its pods, up or not yet deleted); an
+    unreadable store counts as yes."""
+    try:
+        with Store(state_dir).read_only() as tx:
+            return tx is not None and bool(tx.list_endpoints(network=network))
+    except (StoreError, sqlite3.Error, OSError):
+        return True
 
 
 def pods_on(state_dir: str, network: str, subnet) -> bool:
