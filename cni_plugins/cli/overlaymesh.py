@@ -75,6 +75,11 @@ class NetworkAgent:
     def alive(self) -> bool:
         return self._watcher.is_alive()
 
+    def _converge_again(self) -> None:
+        """Have the watcher converge from a fresh list now (its watch is closed under it)."""
+        self._reconverge.set()
+        self._close_watch()
+
     def _close_watch(self) -> None:
         watch = self._watch
         if watch is not None:
@@ -306,8 +311,7 @@ class NetworkAgent:
             # that one alive would let the record's own lapse and free the subnet)
             self.log(f"overlay {self.network}: this node's record stands on another lease than the state "
                      f"file's; claiming again")
-            self._reconverge.set()
-            self._close_watch()
+            self._converge_again()
             return
         tried = time.time()  # (the lease lives at least TTL from here, however long the call)
         try:
@@ -323,16 +327,14 @@ class NetworkAgent:
         self._unrefreshed_logged = False
         if ttl < settings.get("leaseTTL", 60):  # gone, or granted for a shorter leaseTTL
             self.log(f"overlay {self.network}: lease {data['lease']} is gone or too short; claiming again")
-            self._reconverge.set()
-            self._close_watch()
+            self._converge_again()
             return
         self._mark(data["lease"], confirmed=tried)
         if not self._device_present():  # deleted by hand: converge recreates it (same MAC)
             if not self._device_missing_logged:  # (once per absence: the converge logs its failures)
                 self.log(f"overlay {self.network}: VXLAN device missing; recreating it")
                 self._device_missing_logged = True
-            self._reconverge.set()
-            self._close_watch()
+            self._converge_again()
         else:
             self._device_missing_logged = False
 

@@ -12,7 +12,7 @@ import pytest
 from cni_plugins.drivers.overlay.mesh import device_names
 from support.common import unique
 from support.etcd import etcd_cluster  # noqa: F401 (fixture)
-from support.overlay import World, helper_log, layout_of, records, sh, start_helper, stop_helper, wait_for
+from support.overlay import World, helper_log, layout_of, records, sh, start_helper, stop_helper, try_add, wait_for
 
 
 @pytest.fixture
@@ -20,15 +20,6 @@ def world(netns, tmp_path, etcd_cluster):
     w = World(netns, tmp_path, etcd_cluster, ttl=3)
     yield w
     w.cleanup()
-
-
-def try_add(node, **keys):
-    ns = node.new_netns()
-    cid = unique("c", 30)
-    run = node.run("ADD", node.conf(**keys), ns, cid)
-    if run.rc == 0:
-        node.pods.append((ns, cid, run.json["ips"][0]["address"].split("/")[0]))
-    return run
 
 
 def block_vxlan(node) -> str:

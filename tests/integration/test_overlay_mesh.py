@@ -10,7 +10,7 @@ import threading
 
 import pytest
 
-from support.etcd import etcd_cluster3  # noqa: F401 (fixture)
+from support.etcd import etcd_cluster3, stopped  # noqa: F401 (fixture)
 from support.overlay import World, helper_log, mesh_of, ping, start_helper, stop_helper, tcp_source, wait_for
 
 
@@ -180,7 +180,6 @@ def test_an_add_does_not_wait_on_a_wedged_store_the_helper_found_down(world):
     partition) past half the lease TTL. The helper's keep-alive found the store down, so an ADD
     on the leased node takes the node's own subnet at once. Before, each ADD first tried to
     claim again and waited a timeout per member (15 s) before falling back to the same subnet."""
-    import signal
     import time
 
     from cni_plugins.drivers.overlay import etcd, state
@@ -188,9 +187,7 @@ def test_an_add_does_not_wait_on_a_wedged_store_the_helper_found_down(world):
     world.ttl = 30  # fresh for 15 s; the keeper tries every 10 s, a wedged try costs 3 × 2 s
     node = nodes_with_helpers(world, 1)[0]
     first = node.add_pod()
-    for m in world.cluster.members:
-        m.proc.send_signal(signal.SIGSTOP)
-    try:
+    with stopped(*world.cluster.members):
         wait_for(lambda: state.store_down(node.state(), world.ttl) and not state.fresh(node.state(), world.ttl),
                  timeout=world.ttl / 2 + 10, what="the keeper to find etcd down")
         started = time.monotonic()
@@ -199,8 +196,5 @@ def test_an_add_does_not_wait_on_a_wedged_store_the_helper_found_down(world):
         assert not state.expired(node.state())
         assert took < etcd.DEFAULT_TIMEOUT, f"the ADD waited {took:.1f} s on the store"
         assert ping(pod[0], first[2])
-    finally:
-        for m in world.cluster.members:
-            m.proc.send_signal(signal.SIGCONT)
     world.cluster.wait_ready()
     wait_for(lambda: state.fresh(node.state(), world.ttl), timeout=world.ttl, what="the lease confirmed again")

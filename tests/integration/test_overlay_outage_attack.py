@@ -12,8 +12,8 @@ import pytest
 
 from cni_plugins.drivers.overlay import etcd, lease, state
 from support.common import unique
-from support.etcd import etcd_cluster, etcd_cluster3  # noqa: F401 (fixtures)
-from support.overlay import World, layout_of, start_helper, wait_for
+from support.etcd import etcd_cluster, etcd_cluster3, stopped  # noqa: F401 (fixtures)
+from support.overlay import World, layout_of, start_helper, try_add, wait_for
 
 
 @pytest.fixture
@@ -36,16 +36,10 @@ def world3(netns, tmp_path, etcd_cluster3):
 INTRUDER = lease.Record(ipaddress.ip_network("0.0.0.0/32"), "intruder", "192.0.2.77", "02:00:00:00:00:77")
 
 
-def try_add(node, **keys):
-    """An ADD on `node`; a pod it made is remembered for the node's cleanup. (run, address)."""
-    ns = node.new_netns()
-    cid = unique("c", 30)
-    run = node.run("ADD", node.conf(**keys), ns, cid)
-    address = None
-    if run.rc == 0:
-        address = run.json["ips"][0]["address"].split("/")[0]
-        node.pods.append((ns, cid, address))
-    return run, address
+def try_add_address(node, **keys):
+    """try_add, and the pod's address (None when it failed)."""
+    run = try_add(node, **keys)
+    return run, (run.json["ips"][0]["address"].split("/")[0] if run.rc == 0 else None)
 
 
 def in_subnet(address, subnet) -> bool:
@@ -71,7 +65,7 @@ def test_a_raised_lease_ttl_does_not_keep_the_short_etcd_lease(world):
     assert client.time_to_live(held["lease"]) > 3, "the node's record still stands on the 3 s lease"
     taken = lease.claim(client, layout_of(world), INTRUDER, ttl=60, last=held["subnet"])
     assert str(taken.subnet) != held["subnet"]
-    run, address = try_add(a)
+    run, address = try_add_address(a)
     assert run.rc == 0 and in_subnet(address, held["subnet"]), run
 
 
@@ -97,7 +91,7 @@ def test_a_stale_lease_under_the_store_down_stamp_is_not_another_nodes(world3):
     assert str(taken.subnet) == held["subnet"]
     wait_for(lambda: state.store_down(a.state(), 30) and not state.fresh(a.state(), 30), timeout=60,
              what="the keeper to find etcd down and the file stale")
-    run, address = try_add(a, store=only_cut)
+    run, address = try_add_address(a, store=only_cut)
     cut.proc.send_signal(signal.SIGCONT)
     assert not in_subnet(address, taken.subnet), \
         f"node {a.name} gave {address} from {taken.subnet}, which etcd says the intruder holds"
@@ -124,7 +118,7 @@ def test_a_new_store_prefix_does_not_reuse_the_old_stores_lease(world):
     taken = lease.claim(client, layout_of(world, prefix=new_prefix), INTRUDER, ttl=120, last=held["subnet"])
     assert str(taken.subnet) == held["subnet"]
     world.cluster.kill(world.cluster.members[0])
-    run, address = try_add(a, store={"endpoints": world.endpoints(), "prefix": new_prefix})
+    run, address = try_add_address(a, store={"endpoints": world.endpoints(), "prefix": new_prefix})
     assert not in_subnet(address, taken.subnet), \
         f"node {a.name} gave {address} from {taken.subnet}, which the new store gives the intruder"
 
@@ -136,16 +130,11 @@ def test_an_expired_lease_is_refused_even_under_the_store_down_stamp(world3):
     a = world3.add_node()
     start_helper(a)
     a.add_pod()
-    for m in world3.cluster.members:
-        m.proc.send_signal(signal.SIGSTOP)
-    try:
+    with stopped(*world3.cluster.members):
         wait_for(lambda: state.expired(a.state()) and state.store_down(a.state(), 6), timeout=60,
                  what="an expired lease under a recent stamp")
-        run, address = try_add(a)
+        run, address = try_add_address(a)
         assert run.rc != 0 and run.json["code"] == 11, run
-    finally:
-        for m in world3.cluster.members:
-            m.proc.send_signal(signal.SIGCONT)
     world3.cluster.wait_ready()
     wait_for(lambda: state.fresh(a.state(), 6), timeout=60, what="the lease confirmed again")
 
@@ -158,18 +147,13 @@ def test_the_stamp_does_not_outlive_etcds_return(world3):
     a = world3.add_node()
     start_helper(a)
     a.add_pod()
-    for m in world3.cluster.members:
-        m.proc.send_signal(signal.SIGSTOP)
-    try:
+    with stopped(*world3.cluster.members):
         wait_for(lambda: state.store_down(a.state(), 30), timeout=60, what="the keeper to find etcd down")
-    finally:
-        for m in world3.cluster.members:
-            m.proc.send_signal(signal.SIGCONT)
     world3.cluster.wait_ready()
     wait_for(lambda: not state.store_down(a.state(), 30) and state.fresh(a.state(), 30), timeout=60,
              what="the stamp superseded by a confirmation")
     held = a.state()
     kv = world3.cluster.client().get(layout_of(world3).key(ipaddress.ip_network(held["subnet"])))
     assert kv is not None and lease.Layout.parse(layout_of(world3), kv)[0].node == a.name
-    run, address = try_add(a)
+    run, address = try_add_address(a)
     assert run.rc == 0 and in_subnet(address, held["subnet"]), run

@@ -17,7 +17,7 @@ import pytest
 from cni_plugins.drivers.overlay import state
 from support.common import exec_plugin, unique
 from support.etcd import etcd_cluster  # noqa: F401 (fixture)
-from support.overlay import World, helper_log, layout_of, leases, records, start_helper, wait_for
+from support.overlay import World, helper_log, layout_of, leases, records, start_helper, try_add, wait_for
 
 
 @pytest.fixture
@@ -29,15 +29,6 @@ def world(netns, tmp_path, etcd_cluster):
 
 def lock_path(node) -> str:
     return state.path(node.state_dir, node.world.network) + ".lock"
-
-
-def try_add(node, **keys):
-    ns = node.new_netns()
-    cid = unique("c", 30)
-    run = node.run("ADD", node.conf(**keys), ns, cid)
-    if run.rc == 0:
-        node.pods.append((ns, cid, run.json["ips"][0]["address"].split("/")[0]))
-    return run
 
 
 def test_the_keeper_survives_a_state_write_error(world):

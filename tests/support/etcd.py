@@ -9,6 +9,7 @@ heartbeat is flaky on a loaded 2-core machine. Everything is killed and removed 
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import signal
@@ -170,3 +171,17 @@ def etcd_cluster3():
         yield cluster.start()
     finally:
         cluster.stop()
+
+
+@contextlib.contextmanager
+def stopped(*members: Member):
+    """Members wedged (SIGSTOP: their connections hang instead of being refused, as in a
+    partition) for the block; resumed after it, also when it fails."""
+    for m in members:
+        m.proc.send_signal(signal.SIGSTOP)
+    try:
+        yield
+    finally:
+        for m in members:
+            if m.alive:
+                m.proc.send_signal(signal.SIGCONT)

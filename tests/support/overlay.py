@@ -318,3 +318,13 @@ def leases(world: "World") -> list[int]:
     """Every lease etcd holds (granted and not yet expired or revoked)."""
     answer = world.cluster.client().call("/v3/lease/leases", {})
     return sorted(int(entry["ID"]) for entry in answer.get("leases") or [])
+
+
+def try_add(node: SimNode, **keys) -> PluginRun:
+    """An ADD on `node` that may fail; a pod it made is remembered for the node's cleanup."""
+    ns = node.new_netns()
+    cid = unique("c", 30)
+    run = node.run("ADD", node.conf(**keys), ns, cid)
+    if run.rc == 0:
+        node.pods.append((ns, cid, run.json["ips"][0]["address"].split("/")[0]))
+    return run

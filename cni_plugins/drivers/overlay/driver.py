@@ -178,7 +178,9 @@ def node_lease(request: Request, conf: config.OverlayConfig) -> dict:
     directory = _state_dir(request)
     cached = state.read(directory, conf.name)
     settings = mesh.settings_of(conf)
-    if cached is not None and cached.get("settings") == settings:
+    # (a lease claimed under other settings, another store, name or TTL, is never reused)
+    claimed_so = cached is not None and cached.get("settings") == settings
+    if claimed_so:
         if state.fresh(cached, conf.leaseTTL):
             return cached
         if state.store_down(cached, conf.leaseTTL) and not state.expired(cached):
@@ -194,9 +196,8 @@ def node_lease(request: Request, conf: config.OverlayConfig) -> dict:
     except mesh.MtuTooLarge as exc:
         raise CNIError(INVALID_CONFIG, "invalid mtu", str(exc)) from None
     except etcd.EtcdError as exc:
-        if cached is not None and cached.get("settings") == settings and not state.expired(cached):
-            return cached  # this node's subnet is still its own until its lease expires (and only
-            # under the settings it was claimed with: another store, name or TTL may not own it)
+        if claimed_so and not state.expired(cached):
+            return cached  # this node's subnet is still its own until its lease expires
         raise CNIError(TRY_AGAIN_LATER, f"network {conf.name}: no subnet lease on this node and etcd is "
                                         f"unreachable", str(exc)) from None
     except (mesh.SetupError, OSError, ValueError) as exc:

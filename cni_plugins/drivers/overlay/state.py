@@ -65,29 +65,27 @@ def read_file(file: str, network: str | None = None) -> dict | None:
 
 def write(state_dir: str, network: str, data: dict) -> None:
     """Atomically (a reader sees the old file or the new one)."""
-    with _locked(state_dir, network):
-        _replace(state_dir, network, data)
-    if _observer is not None:
-        _observer(state_dir, network)
+    _update(state_dir, network, lambda _current: data)
 
 
 def amend(state_dir: str, network: str, lease: int, wait: float = LOCK_WAIT_S, **fields) -> bool:
     """Set `fields` in the network's file if it still holds `lease` (the helper's keep-alive
     outcome): never over a file an ADD rewrote meanwhile with another lease."""
-    with _locked(state_dir, network, wait):
-        current = read(state_dir, network)
-        if current is None or current.get("lease") != lease:
-            return False
-        _replace(state_dir, network, dict(current, **fields))
-    if _observer is not None:
-        _observer(state_dir, network)
-    return True
+    return _update(state_dir, network, lambda current: dict(current, **fields)
+                   if current is not None and current.get("lease") == lease else None, wait)
 
 
 def restore(state_dir: str, network: str, data: dict) -> bool:
     """Write `data` as the network's file if there is none (it was removed by hand)."""
-    with _locked(state_dir, network):
-        if read(state_dir, network) is not None:
+    return _update(state_dir, network, lambda current: data if current is None else None)
+
+
+def _update(state_dir: str, network: str, change, wait: float = LOCK_WAIT_S) -> bool:
+    """Replace the network's file by `change(current file or None)` unless that is None, under
+    the file's lock; the observer hears of each write."""
+    with _locked(state_dir, network, wait):
+        data = change(read(state_dir, network))
+        if data is None:
             return False
         _replace(state_dir, network, data)
     if _observer is not None:
